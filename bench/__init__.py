@@ -1,0 +1,1 @@
+"""tether's benchmarks: ``python -m bench <name>`` (see docs/benchmarks.md)."""

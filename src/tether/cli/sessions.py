@@ -1,0 +1,172 @@
+"""``tether ls``, ``tether show`` and ``tether end``."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from ..model import Message, Session
+from .common import DbOption, JsonOption, ago, cli_errors, emit_json, open_cli_store, out, shorten
+
+
+def _state(s: Session) -> Text:
+    if s.ended_at is None:
+        return Text("open", style="green")
+    return Text(s.end_reason or "ended", style="dim")
+
+
+@cli_errors
+def ls(
+    db: DbOption = None,
+    all_: Annotated[
+        bool, typer.Option("--all", "-a", help="Also list sessions without messages.")
+    ] = False,
+    source: Annotated[str | None, typer.Option("--source", "-s", help="Only this source.")] = None,
+    cwd: Annotated[str | None, typer.Option("--cwd", help="Only this working directory.")] = None,
+    open_: Annotated[bool, typer.Option("--open", help="Only open sessions.")] = False,
+    ended: Annotated[bool, typer.Option("--ended", help="Only ended sessions.")] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000)] = 20,
+    cursor: Annotated[
+        str | None, typer.Option("--cursor", help="Continue after a previous page.")
+    ] = None,
+    json_: JsonOption = False,
+) -> None:
+    """List resumable sessions, newest activity first (one row per chain)."""
+    if open_ and ended:
+        raise typer.BadParameter("--open and --ended exclude each other")
+    state = "open" if open_ else "ended" if ended else "all"
+    with open_cli_store(db) as store:
+        page = store.list_sessions(
+            source=source,
+            cwd=cwd,
+            state=state,
+            limit=limit,
+            cursor=cursor,
+            include_empty=all_,
+        )
+    if json_:
+        emit_json(page.to_dict())
+        return
+    if not page.items:
+        out.print("no sessions")
+        return
+    now = time.time()
+    headers = ("ID", "SOURCE", "MODEL", "TITLE", "MSGS", "ACTIVE", "STATE")
+    rows = [
+        (
+            item.session.id,
+            item.session.source,
+            shorten(item.session.model, 16),
+            shorten(item.title, 40),
+            str(item.chain_message_count),
+            ago(item.chain_last_active_at, now),
+            _state(item.session),
+        )
+        for item in page.items
+    ]
+    # One space between columns; every column keeps its width but the title,
+    # which is cut to what the terminal has left.
+    naturals = [max(len(h), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    room = out.width - sum(naturals) + naturals[3] - (len(headers) - 1)
+    title_width = max(8, min(naturals[3], room))
+    table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="bold")
+    for col in headers:
+        table.add_column(col, justify="right" if col == "MSGS" else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*row[:3], shorten(row[3], title_width), *row[4:])
+    out.print(table)
+    if page.next_cursor:
+        out.print(f"[dim]more: tether ls --cursor {page.next_cursor}[/]")
+
+
+def _message_line(m: Message) -> Text:
+    line = Text()
+    line.append(f"{m.seq:>4} ", style="dim")
+    line.append(f"{m.role:<10}", style="bold cyan" if m.role == "user" else "bold")
+    if m.tool_calls:
+        names = ", ".join(
+            str((c.get("function") or {}).get("name") or c.get("name") or "?")
+            if isinstance(c, dict)
+            else "?"
+            for c in m.tool_calls
+        )
+        line.append(f"[calls {names}] ", style="magenta")
+    if m.tool_name or m.tool_call_id:
+        line.append(f"[{m.tool_name or 'tool'} {m.tool_call_id or ''}] ", style="magenta")
+    line.append(m.content or "")
+    return line
+
+
+@cli_errors
+def show(
+    session_id: Annotated[str, typer.Argument(help="Session id (a unique prefix is enough).")],
+    db: DbOption = None,
+    json_: JsonOption = False,
+) -> None:
+    """Show one session and its messages."""
+    with open_cli_store(db) as store:
+        sid = store.resolve_id(session_id)
+        session = store.get_session(sid)
+        chain = store.get_chain(sid)
+        messages = store.get_messages(sid)
+    if json_:
+        emit_json(
+            {
+                "session": session.to_dict(),
+                "chain": [s.id for s in chain],
+                "messages": [m.to_dict() for m in messages],
+            }
+        )
+        return
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("id", session.id)
+    head.add_row("source", session.source)
+    for label, value in (("model", session.model), ("title", session.title), ("cwd", session.cwd)):
+        if value:
+            head.add_row(label, value)
+    head.add_row("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(session.created_at)))
+    if session.ended_at is None:
+        head.add_row("state", Text("open", style="green"))
+    else:
+        ended = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(session.ended_at))
+        detail = f" ({session.end_detail})" if session.end_detail else ""
+        head.add_row("ended", f"{ended} {session.end_reason}{detail}")
+    if session.owner_id:
+        head.add_row("owner", f"{session.owner_id} (epoch {session.epoch})")
+    if len(chain) > 1:
+        marks = [f"[bold]{s.id}[/]" if s.id == sid else s.id for s in chain]
+        head.add_row("chain", " → ".join(marks))
+    head.add_row("messages", str(session.message_count))
+    out.print(head)
+    if messages:
+        out.print()
+    for m in messages:
+        out.print(_message_line(m))
+
+
+@cli_errors
+def end(
+    session_id: Annotated[str, typer.Argument(help="Session id (a unique prefix is enough).")],
+    reason: Annotated[str, typer.Option("--reason", "-r", help="End reason.")] = "manual",
+    detail: Annotated[str | None, typer.Option("--detail", help="Free-text detail.")] = None,
+    db: DbOption = None,
+    json_: JsonOption = False,
+) -> None:
+    """End a session now. Ending an ended session changes nothing and says so."""
+    with open_cli_store(db) as store:
+        sid = store.resolve_id(session_id)
+        ended = store.end_session(sid, reason, detail)
+        session = store.get_session(sid)
+    if json_:
+        emit_json({"id": sid, "ended": ended, "session": session.to_dict()})
+        return
+    if ended:
+        out.print(f"ended {sid} ({reason})")
+    else:
+        out.print(f"{sid} was already ended ({session.end_reason}); nothing changed")

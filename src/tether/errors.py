@@ -1,0 +1,102 @@
+"""The exceptions tether raises for foreseeable problems.
+
+Every exception here carries a one-line, human-readable message: the CLI prints
+``error: <message>`` and exits 1, and API users can catch the class they care
+about. All of them derive from :class:`TetherError`; where a builtin class fits
+(``LookupError``, ``ValueError``) they derive from it too, so generic handlers
+keep working.
+"""
+
+from __future__ import annotations
+
+
+class TetherError(Exception):
+    """Base class of every error tether raises on purpose."""
+
+
+# --- opening and using a store ------------------------------------------------
+
+
+class StoreError(TetherError):
+    """The store could not be opened or used."""
+
+
+class StoreOpenError(StoreError):
+    """The database could not be opened or created (bad path, permissions)."""
+
+
+class NotADatabaseError(StoreOpenError):
+    """The file exists but is not a database; it is left untouched."""
+
+
+class ForeignDatabaseError(StoreOpenError):
+    """The database belongs to another application; tether will not write to it."""
+
+
+class SchemaTooNewError(StoreOpenError):
+    """The database was written by a newer tether; upgrade tether to use it."""
+
+
+class StoreBusyError(StoreError):
+    """Another writer held the database for longer than the retry budget."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database server cannot be reached or refused the connection."""
+
+
+# --- sessions -----------------------------------------------------------------
+
+
+class SessionNotFoundError(TetherError, LookupError):
+    """No session has this id."""
+
+    def __init__(self, session_id: str, message: str | None = None) -> None:
+        super().__init__(message or f"no session with id {session_id!r}")
+        self.session_id = session_id
+
+
+class SessionEndedError(TetherError):
+    """The session has ended; it accepts no more messages."""
+
+    def __init__(self, session_id: str, reason: str | None = None) -> None:
+        why = f" ({reason})" if reason else ""
+        super().__init__(f"session {session_id} has ended{why}")
+        self.session_id = session_id
+        self.reason = reason
+
+
+class StaleOwnerError(TetherError):
+    """Another process took the session over; this handle may no longer write.
+
+    Raised to the previous owner after a takeover (fencing), instead of letting
+    two writers interleave in one transcript.
+    """
+
+    def __init__(self, session_id: str, epoch: int, current_epoch: int) -> None:
+        super().__init__(
+            f"session {session_id} was taken over by another owner "
+            f"(this handle holds epoch {epoch}, the session is at epoch {current_epoch})"
+        )
+        self.session_id = session_id
+        self.epoch = epoch
+        self.current_epoch = current_epoch
+
+
+class OwnerAliveError(TetherError):
+    """The session's owner is alive; resuming it needs ``force=True``."""
+
+    def __init__(self, session_id: str, owner: str) -> None:
+        super().__init__(
+            f"session {session_id} is owned by a live process ({owner}); "
+            "pass force=True to take it over"
+        )
+        self.session_id = session_id
+        self.owner = owner
+
+
+# --- input --------------------------------------------------------------------
+
+
+class InvalidInputError(TetherError, ValueError):
+    """An argument was rejected before anything was written."""

@@ -1,0 +1,204 @@
+"""Every exit path ends the session.
+
+Open handles are tracked here. On the first one, tether registers an
+``atexit`` hook and, from the main thread, handlers for SIGTERM, SIGHUP and
+SIGINT that chain to whatever was installed before.
+
+Signals are turned into unwinding, never into database work inside the signal
+handler: the handler may interrupt the main thread in the middle of a write
+transaction, so ending sessions right there could deadlock on the store's
+writer lock. Instead:
+
+* a signal whose previous disposition was "terminate" (SIG_DFL) raises
+  ``SystemExit(128 + signum)``; ``with`` blocks end their sessions as the stack
+  unwinds and the ``atexit`` hook ends the rest, with reason ``signal``;
+* SIGINT keeps Python's behaviour (``KeyboardInterrupt``), so a program can
+  still catch Ctrl+C to interrupt a turn; if it escapes, the sessions end with
+  reason ``signal`` / ``SIGINT``;
+* a previous Python handler is simply called; an ignored signal stays ignored.
+
+While sessions are being finalized on the main thread, incoming SIGINT,
+SIGTERM and SIGHUP are deferred until the end is recorded, so a second Ctrl+C
+cannot leave a session half-ended; they are delivered afterwards.
+
+Processes killed by SIGKILL, OOM or power loss run none of this; the liveness
+reaper ends their sessions.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..errors import TetherError
+
+if TYPE_CHECKING:
+    from ..store.core import Store
+    from .handle import SessionHandle
+
+log = logging.getLogger("tether.lifecycle")
+
+SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, name)
+)
+
+_lock = threading.Lock()
+_handles: dict[int, SessionHandle] = {}
+_atexit_installed = False
+_signals_installed = False
+_previous: dict[int, Any] = {}
+_depth = 0  # finalizations in progress on the main thread
+_deferred: list[int] = []
+_exit_signal: int | None = None  # a signal that is taking the process down
+_uncaught: BaseException | None = None  # what escaped the main module, if anything
+_exiting = False
+
+
+def track(handle: SessionHandle) -> None:
+    with _lock:
+        _handles[id(handle)] = handle
+    if not (_atexit_installed and _signals_installed):
+        _install()
+
+
+def untrack(handle: SessionHandle) -> None:
+    with _lock:
+        _handles.pop(id(handle), None)
+
+
+def open_handles() -> list[SessionHandle]:
+    with _lock:
+        return list(_handles.values())
+
+
+def _install() -> None:
+    global _atexit_installed, _signals_installed
+    with _lock:
+        if not _atexit_installed:
+            atexit.register(_at_exit)
+            previous_hook = sys.excepthook
+
+            def excepthook(tp: Any, value: BaseException, tb: Any) -> None:
+                global _uncaught
+                _uncaught = value
+                previous_hook(tp, value, tb)
+
+            sys.excepthook = excepthook
+            _atexit_installed = True
+        if _signals_installed or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in SIGNALS:
+            previous = signal.getsignal(sig)
+            if previous is None:  # installed by C code we cannot chain to: leave it alone
+                continue
+            _previous[sig] = previous
+            signal.signal(sig, _on_signal)
+        _signals_installed = True
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _on_signal(signum: int, frame: Any) -> Any:
+    global _exit_signal
+    if _depth > 0:
+        # We are recording an end on this very thread: finish it first.
+        _deferred.append(signum)
+        return None
+    previous = _previous.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        return previous(signum, frame)
+    if previous == signal.SIG_IGN:
+        return None
+    # The signal would have terminated the process: unwind so every exit path runs.
+    _exit_signal = signum
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def finalizing() -> Iterator[None]:
+    """Defer termination signals on the main thread while an end is recorded."""
+    global _depth
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        _depth += 1
+    try:
+        yield
+    finally:
+        if main:
+            _depth -= 1
+            if _depth == 0 and _deferred:
+                pending = list(_deferred)
+                _deferred.clear()
+                if not _exiting:
+                    for signum in pending:
+                        _on_signal(signum, None)
+
+
+def reason_for_exception(exc: BaseException | None) -> tuple[str, str | None]:
+    """The end reason and detail for a ``with`` block left by ``exc``."""
+    if exc is None:
+        return "completed", None
+    if isinstance(exc, KeyboardInterrupt):
+        return "signal", "SIGINT"
+    if isinstance(exc, SystemExit):
+        if _exit_signal is not None:
+            return "signal", signal_name(_exit_signal)
+        return "process_exit", f"SystemExit({exc.code!r})"
+    return "error", f"{type(exc).__name__}: {exc}"
+
+
+def _exit_reason() -> tuple[str, str]:
+    if _exit_signal is not None:
+        return "signal", signal_name(_exit_signal)
+    if isinstance(_uncaught, KeyboardInterrupt):
+        return "signal", "SIGINT"
+    if _uncaught is not None:
+        return "error", f"uncaught {type(_uncaught).__name__}: {_uncaught}"
+    return "process_exit", "the process exited without ending the session"
+
+
+def _end_all(handles: list[SessionHandle], reason: str, detail: str | None) -> None:
+    for handle in handles:
+        try:
+            handle.end(reason, detail, interrupted=True)
+        except TetherError as exc:  # the store is gone or unreachable: the reaper will end it
+            log.error("could not end session %s (%s): %s", handle.id, reason, exc)
+        except Exception:
+            log.exception("could not end session %s (%s)", handle.id, reason)
+
+
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+    reason, detail = _exit_reason()
+    _end_all(open_handles(), reason, detail)
+
+
+def end_handles_of(store: Store, reason: str, detail: str | None) -> None:
+    """End every open handle of ``store`` (used when the store is closed)."""
+    _end_all([h for h in open_handles() if h.store is store], reason, detail)
+
+
+def _after_fork_in_child() -> None:
+    # The child does not own its parent's sessions: never end them from here.
+    global _lock, _depth
+    _lock = threading.Lock()
+    _handles.clear()
+    _deferred.clear()
+    _depth = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,380 @@
+"""Session handles: the in-process face of one session.
+
+A handle writes nothing until it has content (no ghost rows), commits each
+``append`` before returning, batches ``buffer``-ed messages into one
+transaction per ``flush``, and ends exactly once on whatever path the process
+takes out (see :mod:`tether.lifecycle.exits`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..errors import SessionEndedError, StaleOwnerError, TetherError
+from ..ids import new_id
+from ..model import Message, Session
+from ..store.core import INTERRUPTED_REASONS, NewSession, Row, WriteState
+from ..validate import (
+    BAD_TEXT_SEARCH as _BAD_TEXT,
+)
+from ..validate import (
+    ROLES,
+    check_detail,
+    check_metadata,
+    check_reason,
+    check_role,
+    check_source,
+    check_text,
+    check_tool_calls,
+)
+from . import exits
+
+if TYPE_CHECKING:
+    from ..store.core import Store
+
+log = logging.getLogger("tether.lifecycle")
+
+
+class SessionHandle:
+    """A live session owned by this process. Get one from ``store.session(...)``.
+
+    Use it as a context manager so every exit path ends it::
+
+        with store.session(source="cli", model="gpt-4o") as s:
+            s.append("user", "hello")
+            s.append("assistant", "hi!")
+        # ended with reason "completed" (or "error" if the block raised)
+    """
+
+    def __init__(
+        self, store: Store, new: NewSession, *, persisted: bool, epoch: int, owns: bool = True
+    ) -> None:
+        self._store = store
+        self._owns = owns
+        self._new = new
+        self._persisted = persisted
+        self._w = WriteState(new.id, epoch)
+        self._pending: list[Row] = []
+        self._lock = threading.RLock()
+        self._closed = False  # ended (by us or found ended) or fenced off
+        self._fenced = False
+        self._now = store.clock.now
+
+    @classmethod
+    def _new(
+        cls,
+        store: Store,
+        *,
+        source: str,
+        model: str | None,
+        title: str | None,
+        cwd: str | None,
+        parent_id: str | None,
+        metadata: dict[str, Any] | None,
+        branch: bool,
+    ) -> SessionHandle:
+        now = store.clock.now()
+        new = NewSession(
+            id=new_id(now),
+            source=check_source(source),
+            model=check_text(model, "model"),
+            title=check_text(title, "title"),
+            cwd=check_text(cwd, "cwd"),
+            parent_id=check_text(parent_id, "parent_id"),
+            branch=bool(branch),
+            metadata=check_metadata(metadata),
+            created_at=now,
+        )
+        handle = cls(store, new, persisted=False, epoch=0)
+        exits.track(handle)
+        return handle
+
+    @classmethod
+    def _existing(cls, store: Store, session: Session, *, owns: bool) -> SessionHandle:
+        """A handle on a session row that already exists."""
+        new = NewSession(
+            id=session.id,
+            source=session.source,
+            model=session.model,
+            title=session.title,
+            cwd=session.cwd,
+            parent_id=session.parent_id,
+            branch=session.root_id == session.id and session.parent_id is not None,
+            metadata=None,
+            created_at=session.created_at,
+            owner_id=session.owner_id,
+        )
+        handle = cls(store, new, persisted=True, epoch=session.epoch, owns=owns)
+        exits.track(handle)
+        return handle
+
+    # --- state ---------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._new.id
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def persisted(self) -> bool:
+        """True once the session's row exists in the store."""
+        return self._persisted
+
+    @property
+    def ended(self) -> bool:
+        """True once this handle can write no more (ended, or taken over)."""
+        return self._closed
+
+    @property
+    def epoch(self) -> int:
+        return self._w.epoch
+
+    @property
+    def owns(self) -> bool:
+        """False for a handle from ``store.attach``: it never ends the session."""
+        return self._owns
+
+    @property
+    def pending(self) -> int:
+        """Buffered messages not yet flushed."""
+        return len(self._pending)
+
+    def session(self) -> Session:
+        """A fresh snapshot of the session row (it must be persisted)."""
+        return self._store.get_session(self.id)
+
+    def __repr__(self) -> str:
+        state = "ended" if self._closed else ("open" if self._persisted else "new")
+        return f"<SessionHandle {self.id} {state}>"
+
+    # --- writing -------------------------------------------------------------------
+
+    def _row(
+        self,
+        role: str,
+        content: str | None,
+        tool_calls: Any,
+        tool_call_id: str | None,
+        tool_name: str | None,
+        idem_key: str | None,
+    ) -> Row:
+        return (
+            check_role(role),
+            check_text(content, "content"),
+            check_tool_calls(tool_calls),
+            check_text(tool_call_id, "tool_call_id"),
+            check_text(tool_name, "tool_name"),
+            self._now(),
+            check_text(idem_key, "idem_key"),
+        )
+
+    def _check_writable(self) -> None:
+        if self._fenced:
+            raise StaleOwnerError(self.id, self._w.epoch, -1)
+        if self._closed:
+            raise SessionEndedError(self.id)
+
+    def _lost_write(self, exc: Exception) -> None:
+        """The session ended elsewhere or was taken over: this handle is done."""
+        self._closed = True
+        self._fenced = isinstance(exc, StaleOwnerError)
+        exits.untrack(self)
+
+    def _write(self, rows: list[Row]) -> list[int]:
+        """Write ``rows`` (persisting the session first if needed); caller holds the lock."""
+        new = None if self._persisted else self._new
+        try:
+            result = self._store._write_messages(new, self._w, rows)
+        except (StaleOwnerError, SessionEndedError) as exc:
+            self._lost_write(exc)
+            raise
+        result.apply(self._w)
+        if new is not None:
+            self._persisted = True
+            self._fire_start()
+        return result.seqs
+
+    def _fire_start(self) -> None:
+        if not self._store.plugins.implemented("on_session_start"):
+            return
+        try:
+            snapshot = self._store.get_session(self.id)
+        except TetherError:
+            log.exception("could not read session %s for on_session_start", self.id)
+            return
+        self._store.plugins.call("on_session_start", session=snapshot)
+
+    def persist(self) -> None:
+        """Write the session row now, even without content (on purpose, not a ghost)."""
+        with self._lock:
+            self._check_writable()
+            if not self._persisted:
+                self._write([])
+
+    def append(
+        self,
+        role: str,
+        content: str | None = None,
+        *,
+        tool_calls: list[Any] | None = None,
+        tool_call_id: str | None = None,
+        tool_name: str | None = None,
+        idem_key: str | None = None,
+    ) -> Message:
+        """Store one message; when this returns, it is committed.
+
+        Buffered messages still pending are written first, in the same
+        transaction, so the transcript keeps its order. With ``idem_key``, a
+        repeated append of the same key returns the stored message's seq and
+        writes nothing.
+        """
+        if (
+            tool_calls is None
+            and tool_call_id is None
+            and tool_name is None
+            and idem_key is None
+            and role in ROLES
+            and (content is None or (type(content) is str and not _BAD_TEXT(content)))
+        ):
+            row: Row = (role, content, None, None, None, self._now(), None)
+        else:
+            row = self._row(role, content, tool_calls, tool_call_id, tool_name, idem_key)
+        with self._lock:
+            if self._closed:
+                self._check_writable()
+            if self._persisted and not self._pending and row[6] is None:
+                # The hot path: one message, one transaction, no extra reads.
+                try:
+                    seq = self._store._append_one(self._w, row)
+                except (StaleOwnerError, SessionEndedError) as exc:
+                    self._lost_write(exc)
+                    raise
+            else:
+                rows = [*self._pending, row] if self._pending else [row]
+                seq = self._write(rows)[-1]
+                self._pending.clear()
+        return Message(self.id, seq, role, content, tool_calls, *row[3:7])
+
+    def buffer(
+        self,
+        role: str,
+        content: str | None = None,
+        *,
+        tool_calls: list[Any] | None = None,
+        tool_call_id: str | None = None,
+        tool_name: str | None = None,
+        idem_key: str | None = None,
+    ) -> str:
+        """Queue a message for the next :meth:`flush`; return its idempotency key.
+
+        The message is validated now, so a later flush cannot fail on it.
+        Every buffered message carries an idempotency key (one is made if none
+        is given): flushing again after an uncertain failure never duplicates it.
+        """
+        key = idem_key if idem_key is not None else "b:" + new_id()
+        row = self._row(role, content, tool_calls, tool_call_id, tool_name, key)
+        with self._lock:
+            self._check_writable()
+            self._pending.append(row)
+        return key
+
+    def flush(self) -> list[Message]:
+        """Write every buffered message in one transaction; return them with their seqs.
+
+        On failure nothing is lost: the messages stay buffered for the next flush.
+        """
+        with self._lock:
+            if not self._pending:
+                return []
+            self._check_writable()
+            rows = list(self._pending)
+            seqs = self._write(rows)
+            del self._pending[: len(rows)]
+        return [
+            Message(self.id, seq, r[0], r[1], _decode(r[2]), r[3], r[4], r[5], r[6])
+            for seq, r in zip(seqs, rows, strict=True)
+        ]
+
+    # --- ending --------------------------------------------------------------------
+
+    def end(
+        self,
+        reason: str = "completed",
+        detail: str | None = None,
+        *,
+        interrupted: bool | None = None,
+    ) -> bool:
+        """Finalize: flush what is buffered, record the end, fire ``on_session_end``.
+
+        Returns True if this call ended the session. Ending twice, ending a
+        session someone else ended, or ending one that never had content (no row
+        was written) returns False. A failing flush or hook is logged and the end
+        is still recorded. The end is recorded before hooks run, so a slow or
+        crashing hook (or a second Ctrl+C) can never leave the session open; the
+        hooks see the ended row. If the end cannot be recorded (the database is
+        unreachable), the error is raised and the handle stays open so a later
+        call, at exit at the latest, can retry.
+        """
+        reason = check_reason(reason)
+        detail = check_detail(detail)
+        if interrupted is None:
+            interrupted = reason in INTERRUPTED_REASONS
+        with exits.finalizing(), self._lock:
+            if self._closed:
+                return False
+            if self._pending:
+                try:
+                    self.flush()
+                except Exception:
+                    if self._closed:  # the session turned out ended or taken over
+                        log.error(
+                            "session %s: %d buffered messages could not be written: %s",
+                            self.id,
+                            len(self._pending),
+                            "it was taken over" if self._fenced else "it had already ended",
+                        )
+                        return False
+                    log.exception(
+                        "session %s: flushing %d buffered messages before ending failed",
+                        self.id,
+                        len(self._pending),
+                    )
+            if not self._persisted or not self._owns:
+                self._closed = True
+                exits.untrack(self)
+                return False
+            try:
+                ended = self._store._end(self.id, reason, detail, epoch=self._w.epoch)
+            except StaleOwnerError:
+                log.warning("session %s was taken over; this handle does not end it", self.id)
+                self._fenced = self._closed = True
+                exits.untrack(self)
+                return False
+            self._closed = True
+            exits.untrack(self)
+        if ended is None:
+            return False
+        self._store._fire_end(ended, reason, interrupted)
+        return True
+
+    def __enter__(self) -> SessionHandle:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        reason, detail = exits.reason_for_exception(exc)
+        try:
+            self.end(reason, detail)
+        except Exception:
+            if exc is None:
+                raise
+            log.exception("session %s: could not record its end", self.id)
+
+
+def _decode(text: str | None) -> Any:
+    return None if text is None else json.loads(text)

@@ -1,0 +1,222 @@
+"""Plain data returned by the store: sessions, messages, listing pages, census.
+
+These are immutable snapshots; they never talk to the database. ``to_dict()``
+gives the stable JSON shape the CLI prints with ``--json`` (times as ISO 8601
+UTC strings), documented in the README.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+def iso(ts: float | None) -> str | None:
+    """Seconds since the epoch -> ``2026-11-21T10:34:00.123Z`` (None stays None)."""
+    if ts is None:
+        return None
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def _json(value: Any) -> Any:
+    # SQLite hands back JSON as text; PostgreSQL's jsonb arrives decoded.
+    if value is None or not isinstance(value, str):
+        return value
+    return json.loads(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One session row."""
+
+    id: str
+    source: str
+    model: str | None
+    title: str | None
+    cwd: str | None
+    parent_id: str | None
+    root_id: str
+    origin: str | None
+    created_at: float
+    last_active_at: float
+    ended_at: float | None
+    end_reason: str | None
+    end_detail: str | None
+    message_count: int
+    owner_id: str | None
+    epoch: int
+    detached_at: float | None
+    metadata: dict[str, Any] | None
+
+    @property
+    def is_open(self) -> bool:
+        return self.ended_at is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "source": self.source,
+            "model": self.model,
+            "title": self.title,
+            "cwd": self.cwd,
+            "parent_id": self.parent_id,
+            "root_id": self.root_id,
+            "origin": self.origin,
+            "created_at": iso(self.created_at),
+            "last_active_at": iso(self.last_active_at),
+            "ended_at": iso(self.ended_at),
+            "end_reason": self.end_reason,
+            "end_detail": self.end_detail,
+            "message_count": self.message_count,
+            "owner_id": self.owner_id,
+            "epoch": self.epoch,
+            "detached_at": iso(self.detached_at),
+            "metadata": self.metadata,
+        }
+
+
+# Column order used by every SELECT that builds a Session (see store/sql.py).
+SESSION_COLUMNS = (
+    "id, source, model, title, cwd, parent_id, root_id, origin, created_at, "
+    "last_active_at, ended_at, end_reason, end_detail, message_count, owner_id, "
+    "epoch, detached_at, metadata"
+)
+
+
+def session_from_row(row: Any) -> Session:
+    return Session(*row[:17], _json(row[17]))
+
+
+@dataclass(slots=True)  # not frozen: frozen __init__ costs 1 us on the append hot path
+class Message:
+    """One stored message; ``seq`` counts from 1 within its session, without gaps."""
+
+    session_id: str
+    seq: int
+    role: str
+    content: str | None
+    tool_calls: list[Any] | None
+    tool_call_id: str | None
+    tool_name: str | None
+    created_at: float
+    idem_key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "role": self.role,
+            "content": self.content,
+            "tool_calls": self.tool_calls,
+            "tool_call_id": self.tool_call_id,
+            "tool_name": self.tool_name,
+            "created_at": iso(self.created_at),
+        }
+
+
+MESSAGE_COLUMNS = (
+    "session_id, seq, role, content, tool_calls, tool_call_id, tool_name, created_at, idem_key"
+)
+
+
+def message_from_row(row: Any) -> Message:
+    return Message(row[0], row[1], row[2], row[3], _json(row[4]), *row[5:9])
+
+
+@dataclass(frozen=True, slots=True)
+class ListedChain:
+    """One row of the resumable listing: a chain of sessions shown once.
+
+    ``session`` is the chain's newest tip (the session to resume); the counts
+    and activity cover the whole chain from its root.
+    """
+
+    session: Session
+    root_id: str
+    chain_message_count: int
+    chain_last_active_at: float
+    root_title: str | None = None
+
+    @property
+    def title(self) -> str | None:
+        """The tip's title, else the chain's first title."""
+        return self.session.title or self.root_title
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.session.to_dict()
+        d["title"] = self.title
+        d["root_id"] = self.root_id
+        d["chain_message_count"] = self.chain_message_count
+        d["chain_last_active_at"] = iso(self.chain_last_active_at)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of a keyset-paginated listing; pass ``next_cursor`` to get the next one."""
+
+    items: list[ListedChain]
+    next_cursor: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"items": [i.to_dict() for i in self.items], "next_cursor": self.next_cursor}
+
+
+@dataclass(frozen=True, slots=True)
+class SourceCensus:
+    total: int = 0
+    open: int = 0
+    ended: int = 0
+    ghosts: int = 0
+    end_reasons: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "open": self.open,
+            "ended": self.ended,
+            "ghosts": self.ghosts,
+            "end_reasons": dict(self.end_reasons),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Census:
+    """What ``tether doctor`` reports: the health of the whole store."""
+
+    total: int
+    open: int
+    ended: int
+    ghosts: int
+    end_reasons: dict[str, int]
+    by_source: dict[str, SourceCensus]
+    oldest_open: Session | None
+    # Liveness breakdown of the open sessions (filled in once owners exist).
+    open_live_owner: int = 0
+    open_dead_owner: int = 0
+    open_no_owner: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        oldest = self.oldest_open
+        return {
+            "total": self.total,
+            "open": self.open,
+            "ended": self.ended,
+            "ghosts": self.ghosts,
+            "end_reasons": dict(self.end_reasons),
+            "by_source": {k: v.to_dict() for k, v in self.by_source.items()},
+            "oldest_open": None
+            if oldest is None
+            else {
+                "id": oldest.id,
+                "source": oldest.source,
+                "created_at": iso(oldest.created_at),
+                "last_active_at": iso(oldest.last_active_at),
+                "owner_id": oldest.owner_id,
+            },
+            "open_live_owner": self.open_live_owner,
+            "open_dead_owner": self.open_dead_owner,
+            "open_no_owner": self.open_no_owner,
+        }

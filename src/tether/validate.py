@@ -1,0 +1,144 @@
+"""Input validation: everything is checked before anything is written.
+
+Text must be valid Unicode that every backend can store: no NUL characters
+(PostgreSQL ``text`` rejects them, many SQLite tools truncate at them) and no
+lone surrogates (they cannot be encoded as UTF-8). We refuse such input with a
+clear error rather than silently altering a transcript.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .errors import InvalidInputError
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+# End reasons used by tether itself and by the field (see docs/lifecycle.md).
+END_REASONS = frozenset(
+    {
+        # ours
+        "completed",
+        "error",
+        "signal",
+        "process_exit",
+        "reaped",
+        "abandoned",
+        "manual",
+        # the field's vocabulary
+        "cli_close",
+        "tui_close",
+        "new_session",
+        "resumed_other",
+        "branched",
+        "compression",
+        "cron_complete",
+        "session_reset",
+        "idle_timeout",
+        "lru_evict",
+        "ws_disconnect",
+    }
+)
+
+_REASON_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_BAD_CHAR_RE = re.compile("[\x00\ud800-\udfff]")
+BAD_TEXT_SEARCH = _BAD_CHAR_RE.search  # truthy if a string holds NUL or a lone surrogate
+_MAX_DETAIL = 4000
+
+
+def check_text(value: Any, field: str, *, required: bool = False) -> str | None:
+    """Return ``value`` if it is storable text (or None when allowed)."""
+    if value is None:
+        if required:
+            raise InvalidInputError(f"{field} is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{field} must be a string, not {type(value).__name__}")
+    bad = _BAD_CHAR_RE.search(value)
+    if bad is not None:
+        ch = bad.group()
+        what = "a NUL character" if ch == "\x00" else f"a lone surrogate (U+{ord(ch):04X})"
+        raise InvalidInputError(f"{field} contains {what} at offset {bad.start()}")
+    return value
+
+
+def check_role(role: Any) -> str:
+    if role not in ROLES:
+        raise InvalidInputError(
+            f"invalid role {role!r}: expected one of {', '.join(sorted(ROLES))}"
+        )
+    return role
+
+
+def check_reason(reason: Any) -> str:
+    """End reasons are short snake_case words; unknown words are allowed."""
+    if not isinstance(reason, str) or not _REASON_RE.fullmatch(reason):
+        raise InvalidInputError(
+            f"invalid end reason {reason!r}: use a lowercase word such as 'completed' "
+            "(letters, digits, underscores; at most 64 characters)"
+        )
+    return reason
+
+
+def check_detail(detail: Any) -> str | None:
+    detail = check_text(detail, "end detail")
+    if detail is not None and len(detail) > _MAX_DETAIL:
+        detail = detail[: _MAX_DETAIL - 1] + "…"
+    return detail
+
+
+def _walk_json(value: Any, field: str, path: str) -> None:
+    if isinstance(value, str):
+        check_text(value, f"{field}{path}")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidInputError(f"{field}{path} has a non-string key {k!r}")
+            check_text(k, f"{field}{path} key")
+            _walk_json(v, field, f"{path}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _walk_json(v, field, f"{path}[{i}]")
+    elif value is None or isinstance(value, bool | int | float):
+        return
+    else:
+        raise InvalidInputError(f"{field}{path} is not JSON-serialisable ({type(value).__name__})")
+
+
+def encode_json(value: Any, field: str) -> str | None:
+    """Validate and serialise a JSON payload (metadata, tool calls)."""
+    if value is None:
+        return None
+    _walk_json(value, field, "")
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError as exc:  # NaN / Infinity
+        raise InvalidInputError(f"{field} is not valid JSON: {exc}") from None
+
+
+def check_tool_calls(tool_calls: Any) -> str | None:
+    if tool_calls is None:
+        return None
+    if not isinstance(tool_calls, list | tuple):
+        raise InvalidInputError("tool_calls must be a list")
+    return encode_json(list(tool_calls), "tool_calls")
+
+
+def check_metadata(metadata: Any) -> str | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise InvalidInputError("metadata must be a dict")
+    return encode_json(metadata, "metadata")
+
+
+def check_source(source: Any) -> str:
+    source = check_text(source, "source", required=True)
+    assert source is not None
+    if not source or len(source) > 64 or source.strip() != source:
+        raise InvalidInputError(
+            f"invalid source {source!r}: a short name such as 'cli' is expected"
+        )
+    return source

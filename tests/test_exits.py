@@ -1,0 +1,225 @@
+"""Every exit path ends the session: each test runs a real child and reads the database after.
+
+Each child opens a session, appends one message, buffers two more (never
+flushed by the child itself) and then leaves by one exit path. Afterwards the
+session must be ended with the right reason and hold all three messages.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+
+import pytest
+
+import tether
+
+from .conftest import spawn, wait_for_line
+
+pytestmark = pytest.mark.slow
+
+SETUP = """
+store = tether.open_store(sys.argv[1])
+h = store.session(source="exit-test")
+h.append("user", "acknowledged")
+h.buffer("assistant", "buffered 1")
+h.buffer("assistant", "buffered 2")
+"""
+
+
+def check(db: str, reason: str, detail: str | None = None) -> tether.Session:
+    store = tether.open_store(db, load_plugins=False)
+    try:
+        [item] = store.list_sessions(include_empty=True).items
+        s = item.session
+        assert s.end_reason == reason, (s.end_reason, s.end_detail)
+        if detail is not None:
+            assert s.end_detail == detail
+        msgs = [m.content for m in store.get_messages(s.id)]
+        assert msgs == ["acknowledged", "buffered 1", "buffered 2"]
+        assert s.message_count == 3
+        return s
+    finally:
+        store.close()
+
+
+def finish(proc, timeout: float = 20.0) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def test_context_manager_exception_ends_with_error(db_path: str) -> None:
+    proc = spawn(
+        """
+        store = tether.open_store(sys.argv[1])
+        with store.session(source="exit-test") as h:
+            h.append("user", "acknowledged")
+            h.buffer("assistant", "buffered 1")
+            h.buffer("assistant", "buffered 2")
+            raise RuntimeError("tool exploded")
+        """,
+        db_path,
+    )
+    rc, _, err = finish(proc)
+    assert rc == 1 and "tool exploded" in err
+    check(db_path, "error", "RuntimeError: tool exploded")
+
+
+def test_atexit_ends_an_open_session(db_path: str) -> None:
+    proc = spawn(SETUP + "\nprint('done')", db_path)
+    rc, _out, err = finish(proc)
+    assert rc == 0, err
+    s = check(db_path, "process_exit")
+    assert "exited without ending" in (s.end_detail or "")
+
+
+def test_uncaught_exception_outside_a_with_block(db_path: str) -> None:
+    proc = spawn(SETUP + "\nraise KeyError('lost')", db_path)
+    rc, _, _ = finish(proc)
+    assert rc == 1
+    check(db_path, "error", "uncaught KeyError: 'lost'")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_termination_signals_end_the_session(db_path: str, sig: signal.Signals) -> None:
+    proc = spawn(SETUP + "\nprint('ready', flush=True)\ntime.sleep(60)", db_path)
+    wait_for_line(proc, "ready")
+    proc.send_signal(sig)
+    rc, _, err = finish(proc)
+    assert rc == 128 + sig, err
+    check(db_path, "signal", sig.name)
+
+
+def test_sigterm_inside_a_with_block(db_path: str) -> None:
+    proc = spawn(
+        """
+        store = tether.open_store(sys.argv[1])
+        with store.session(source="exit-test") as h:
+            h.append("user", "acknowledged")
+            h.buffer("assistant", "buffered 1")
+            h.buffer("assistant", "buffered 2")
+            print("ready", flush=True)
+            time.sleep(60)
+        """,
+        db_path,
+    )
+    wait_for_line(proc, "ready")
+    proc.send_signal(signal.SIGTERM)
+    rc, _, err = finish(proc)
+    assert rc == 143, err
+    check(db_path, "signal", "SIGTERM")
+
+
+def test_ctrl_c_ends_the_session(db_path: str) -> None:
+    proc = spawn(SETUP + "\nprint('ready', flush=True)\ntime.sleep(60)", db_path)
+    wait_for_line(proc, "ready")
+    proc.send_signal(signal.SIGINT)
+    rc, _, err = finish(proc)
+    assert rc in (1, -signal.SIGINT, 130), err
+    assert "KeyboardInterrupt" in err
+    check(db_path, "signal", "SIGINT")
+
+
+def test_ctrl_c_caught_by_the_program_does_not_end_the_session(db_path: str) -> None:
+    # Agents catch Ctrl+C to interrupt a turn; the session must live on.
+    proc = spawn(
+        SETUP
+        + """
+print("ready", flush=True)
+try:
+    time.sleep(60)
+except KeyboardInterrupt:
+    h.append("assistant", "interrupted turn")
+print("alive", h.ended, flush=True)
+h.end("cli_close")
+""",
+        db_path,
+    )
+    wait_for_line(proc, "ready")
+    proc.send_signal(signal.SIGINT)
+    rc, out, err = finish(proc)
+    assert rc == 0, err
+    assert "alive False" in out
+    store = tether.open_store(db_path, load_plugins=False)
+    [item] = store.list_sessions().items
+    assert item.session.end_reason == "cli_close" and item.session.message_count == 4
+    store.close()
+
+
+def test_second_ctrl_c_during_finalization_still_ends_the_session(db_path: str) -> None:
+    """Hold the write lock so finalization blocks; Ctrl+C twice; the end still lands."""
+    proc = spawn(
+        """
+        store = tether.open_store(sys.argv[1])
+        with store.session(source="exit-test") as h:
+            h.append("user", "acknowledged")
+            h.buffer("assistant", "buffered 1")
+            h.buffer("assistant", "buffered 2")
+            print("ready", flush=True)
+            time.sleep(60)
+        """,
+        db_path,
+    )
+    wait_for_line(proc, "ready")
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the child's flush + end must now wait
+    try:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)  # a second Ctrl+C while it is finalizing
+        time.sleep(0.5)
+        assert proc.poll() is None  # still finishing its end
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    rc, _, err = finish(proc)
+    assert rc != 0 and "KeyboardInterrupt" in err
+    check(db_path, "signal", "SIGINT")
+
+
+def test_previous_handler_is_chained(db_path: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    marker = tmp_path / "handler-ran"
+    proc = spawn(
+        "def graceful(signum, frame):\n"
+        "    open(sys.argv[2], 'w').write('yes')\n"
+        "    sys.exit(3)\n"
+        "signal.signal(signal.SIGTERM, graceful)\n"
+        + SETUP
+        + "\nprint('ready', flush=True)\ntime.sleep(60)",
+        db_path,
+        str(marker),
+    )
+    wait_for_line(proc, "ready")
+    proc.send_signal(signal.SIGTERM)
+    rc, _, err = finish(proc)
+    assert rc == 3, err
+    assert marker.read_text() == "yes"
+    check(db_path, "process_exit", "the process exited without ending the session")
+
+
+def test_ignored_signal_stays_ignored(db_path: str) -> None:
+    proc = spawn(
+        "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        + SETUP
+        + "\nprint('ready', flush=True)\ntime.sleep(1.5)\nh.end('completed')",
+        db_path,
+    )
+    wait_for_line(proc, "ready")
+    proc.send_signal(signal.SIGHUP)
+    rc, _, err = finish(proc)
+    assert rc == 0, err
+    check(db_path, "completed")
+
+
+def test_sigkill_leaves_acknowledged_messages(db_path: str) -> None:
+    # No exit path runs under SIGKILL; what append acknowledged is still there
+    # (the liveness reaper ends the session).
+    proc = spawn(SETUP + "\nprint('ready', flush=True)\ntime.sleep(60)", db_path)
+    wait_for_line(proc, "ready")
+    proc.kill()
+    finish(proc)
+    store = tether.open_store(db_path, load_plugins=False)
+    [item] = store.list_sessions().items
+    assert [m.content for m in store.get_messages(item.session.id)] == ["acknowledged"]
+    store.close()

@@ -1,0 +1,137 @@
+"""Property test: after any sequence of operations the store's bookkeeping holds.
+
+* every session's ``message_count`` equals the number of its stored messages,
+  and their seqs are exactly 1..count;
+* an ended session is never re-ended: its end time and reason never change,
+  and exactly one call reported ending it;
+* a session without content never has a row.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+
+import tether
+
+TEXT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20
+)
+ROLE = st.sampled_from(["user", "assistant", "tool", "system"])
+REASON = st.sampled_from(["completed", "error", "cli_close", "reaped", "manual"])
+
+
+class StoreMachine(RuleBasedStateMachine):
+    handles = Bundle("handles")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.TemporaryDirectory()
+        self.store = tether.open_store(Path(self.dir.name) / "p.db", load_plugins=False)
+        self.ended: dict[str, tuple[float, str]] = {}  # id -> (ended_at, reason) first seen
+        self.end_wins: dict[str, int] = {}
+        self.had_content: set[str] = set()
+        self.all: list[tether.SessionHandle] = []
+
+    def teardown(self) -> None:
+        self.store.close()
+        self.dir.cleanup()
+
+    @rule(target=handles, parent=st.booleans())
+    def new_session(self, parent: bool) -> tether.SessionHandle:
+        parents = [h.id for h in self.all if h.persisted]
+        pid = parents[-1] if parent and parents else None
+        h = self.store.session(source="prop", parent_id=pid)
+        self.all.append(h)
+        return h
+
+    @rule(
+        h=handles,
+        role=ROLE,
+        content=st.one_of(st.none(), TEXT),
+        key=st.sampled_from([None, "k1", "k2"]),
+    )
+    def append(
+        self, h: tether.SessionHandle, role: str, content: str | None, key: str | None
+    ) -> None:
+        if h.ended:
+            return
+        try:
+            h.append(role, content, idem_key=key)
+            self.had_content.add(h.id)
+        except tether.SessionEndedError:
+            assert h.id in self.ended
+
+    @rule(h=handles, content=TEXT, key=st.sampled_from([None, "k1", "k3"]))
+    def buffer(self, h: tether.SessionHandle, content: str, key: str | None) -> None:
+        if not h.ended:
+            h.buffer("assistant", content, idem_key=key)
+
+    @rule(h=handles)
+    def flush(self, h: tether.SessionHandle) -> None:
+        if h.ended:
+            return
+        try:
+            if h.flush():
+                self.had_content.add(h.id)
+        except tether.SessionEndedError:
+            assert h.id in self.ended
+
+    @rule(h=handles)
+    def persist(self, h: tether.SessionHandle) -> None:
+        if not h.ended:
+            try:
+                h.persist()
+            except tether.SessionEndedError:
+                assert h.id in self.ended
+
+    @rule(h=handles, reason=REASON)
+    def end_handle(self, h: tether.SessionHandle, reason: str) -> None:
+        pending = h.pending
+        if h.end(reason):
+            self.end_wins[h.id] = self.end_wins.get(h.id, 0) + 1
+            if pending:
+                self.had_content.add(h.id)
+
+    @rule(h=handles, reason=REASON)
+    def end_from_outside(self, h: tether.SessionHandle, reason: str) -> None:
+        if not h.persisted:
+            return
+        if self.store.end_session(h.id, reason):
+            self.end_wins[h.id] = self.end_wins.get(h.id, 0) + 1
+
+    @invariant()
+    def bookkeeping_holds(self) -> None:
+        rows = self.store.backend.read(
+            lambda c: c.execute(
+                "SELECT id, message_count, ended_at, end_reason FROM sessions"
+            ).fetchall()
+        )
+        for sid, count, ended_at, reason in rows:
+            seqs = [m.seq for m in self.store.get_messages(sid)]
+            assert seqs == list(range(1, count + 1)), (sid, count, seqs)
+            if ended_at is not None:
+                first = self.ended.setdefault(sid, (ended_at, reason))
+                assert first == (ended_at, reason), "an ended session was re-ended"
+                assert self.end_wins.get(sid) == 1, "exactly one call reports the end"
+            else:
+                assert sid not in self.ended
+        stored = {r[0] for r in rows}
+        for h in self.all:
+            if h.id in self.had_content:
+                assert h.id in stored
+            if h.id in stored and not h.persisted:
+                raise AssertionError("a row exists for a handle that never wrote")
+
+
+StoreMachine.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestStoreProperties = StoreMachine.TestCase

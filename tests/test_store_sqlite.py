@@ -1,0 +1,151 @@
+"""SQLite specifics: migrations, pragmas, query plans, concurrency."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tether
+from tether.store import listing
+from tether.store.sqlite import backend as sqlite_backend
+from tether.store.sqlite.schema import APPLICATION_ID, SCHEMA_VERSION
+
+from .conftest import child_env
+
+
+def test_new_database_is_wal_versioned_and_marked(db_path: str) -> None:
+    tether.open_store(db_path, load_plugins=False).close()
+    c = sqlite3.connect(db_path)
+    assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert c.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"sessions", "messages", "owners", "events"} <= tables
+
+
+def test_durability_setting(db_path: str) -> None:
+    for durability, level in (("normal", 1), ("full", 2)):
+        s = tether.open_store(db_path, durability=durability, load_plugins=False)
+        assert s.backend._writer.execute("PRAGMA synchronous").fetchone()[0] == level
+        s.close()
+
+
+def test_reopening_an_up_to_date_file_runs_no_ddl(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tether.open_store(db_path, load_plugins=False).close()
+    statements: list[str] = []
+    real_connect = sqlite_backend.SQLiteBackend._connect
+
+    def traced(self):  # type: ignore[no-untyped-def]
+        conn = real_connect(self)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sqlite_backend.SQLiteBackend, "_connect", traced)
+    s = tether.open_store(db_path, load_plugins=False)
+    s.close()
+    ddl = [x for x in statements if x.lstrip().upper().startswith(("CREATE", "ALTER", "DROP"))]
+    assert ddl == []
+    assert not any("user_version =" in x for x in statements)
+
+
+OPENER = """
+import sys, time, tether
+t = float(sys.argv[2])
+while time.time() < t:
+    pass
+s = tether.open_store(sys.argv[1], load_plugins=False)
+h = s.session(source="race")
+h.append("user", "hi")
+h.end()
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> None:
+    import time
+
+    for round_ in range(3):
+        path = str(tmp_path / f"new{round_}.db")
+        start = str(time.time() + 1.0)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPENER, path, start],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=child_env(),
+            )
+            for _ in range(4)
+        ]
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 0 and out.strip() == "ok", err
+        s = tether.open_store(path, load_plugins=False)
+        assert s.census().total == 4
+        s.close()
+
+
+def _plan(store: tether.Store, q: listing.ListQuery) -> list[str]:
+    sql, params = listing.build(q)
+    rows = store.backend.read(lambda c: c.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall())
+    return [r[3] for r in rows]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        listing.ListQuery(),
+        listing.ListQuery(cursor=listing.encode_cursor(1e9, "Z")),
+        listing.ListQuery(source="cli", cursor=listing.encode_cursor(1e9, "Z")),
+        listing.ListQuery(cwd="/src"),
+        listing.ListQuery(state="ended", include_empty=True),
+    ],
+)
+def test_listing_plan_is_an_index_walk(store: tether.Store, query: listing.ListQuery) -> None:
+    plan = _plan(store, query)
+    outer = plan[0]
+    assert "USING INDEX sessions_listing" in outer, plan
+    assert "TEMP B-TREE" not in " ".join(plan), plan  # no sort: rows come in index order
+    assert plan[1].startswith("SEARCH t USING") and "(id=?)" in plan[1], plan
+    if query.cursor is not None:
+        assert "<(?,?)" in outer, plan  # the cursor is a range seek, not a filter
+
+
+def test_open_listing_plan_starts_from_open_sessions(store: tether.Store) -> None:
+    plan = _plan(store, listing.ListQuery(state="open"))
+    assert plan[0].startswith("SCAN t USING INDEX sessions_open"), plan
+
+
+def test_listing_is_o_page_on_a_large_store(tmp_path: Path) -> None:
+    """20,000 chains: the first page reads about one page of rows, not the table."""
+    path = tmp_path / "big.db"
+    s = tether.open_store(path, load_plugins=False)
+    s.close()
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute("BEGIN")
+    c.executemany(
+        "INSERT INTO sessions (id, source, root_id, created_at, last_active_at, message_count,"
+        " chain_tip_id, chain_message_count, chain_last_active_at) VALUES (?,?,?,?,?,?,?,?,?)",
+        [
+            (f"S{i:08d}", "cli", f"S{i:08d}", i, i, 1, f"S{i:08d}", 1, float(i))
+            for i in range(20000)
+        ],
+    )
+    c.execute("COMMIT")
+    steps = []
+    s = tether.open_store(path, load_plugins=False)
+    conn = s.backend._acquire_reader()
+    conn.set_progress_handler(lambda: steps.append(1), 100)
+    s.backend._release_reader(conn)
+    page = s.list_sessions(limit=50)
+    assert [i.session.id for i in page.items][:2] == ["S00019999", "S00019998"]
+    # A full scan of 20,000 rows would take far more than a few thousand VM steps.
+    assert len(steps) * 100 < 20000, len(steps) * 100
+    s.close()
