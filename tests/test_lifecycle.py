@@ -293,3 +293,15 @@ def test_attach_cooperates_at_the_same_epoch(store: Store) -> None:
     assert owner.end() is True  # ...its owner does
     with pytest.raises(SessionEndedError):
         store.attach(owner.id)
+
+
+def test_mark_detached(store: Store, clock: tether.ManualClock) -> None:
+    h = store.session(source="gateway")
+    h.append("user", "x")
+    assert store.mark_detached(h.id, clock.now()) is True
+    assert store.get_session(h.id).detached_at == clock.now()
+    assert store.mark_detached(h.id, None) is True
+    assert store.get_session(h.id).detached_at is None
+    h.end()
+    assert store.mark_detached(h.id, clock.now()) is False
+    assert store.mark_detached("nope", None) is False

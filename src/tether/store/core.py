@@ -192,6 +192,18 @@ class Store:
         self._fire_end(ended, reason, interrupted)
         return True
 
+    def mark_detached(self, session_id: str, at: float | None) -> bool:
+        """Record that no client is attached since ``at`` (None: attached again).
+
+        Kept in the database so that what is detached survives a gateway
+        restart. Returns False if the session is unknown or already ended.
+        """
+
+        def tx(c: Conn) -> bool:
+            return c.execute(sql.SET_DETACHED, (at, session_id)).rowcount == 1
+
+        return self.backend.write(tx)
+
     # --- reads -----------------------------------------------------------------------
 
     def get_session(self, session_id: str) -> Session:

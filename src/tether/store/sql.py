@@ -64,6 +64,8 @@ UPDATE sessions SET chain_message_count = chain_message_count + ?,
 WHERE id = ?
 """
 
+SET_DETACHED = "UPDATE sessions SET detached_at = ? WHERE id = ? AND ended_at IS NULL"
+
 END_SESSION = f"""
 UPDATE sessions SET ended_at = ?, end_reason = ?, end_detail = ?
 WHERE id = ? AND ended_at IS NULL
