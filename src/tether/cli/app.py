@@ -9,7 +9,7 @@ import sys
 import typer
 
 from .. import __version__
-from . import demo, doctor, sessions
+from . import chat, demo, doctor, serve, sessions
 
 app = typer.Typer(
     name="tether",
@@ -24,6 +24,8 @@ app.command("show")(sessions.show)
 app.command("end")(sessions.end)
 app.command("doctor")(doctor.doctor)
 app.command("demo")(demo.demo)
+app.command("serve")(serve.serve)
+app.command("chat")(chat.chat)
 
 
 def _version(value: bool) -> None:
