@@ -23,7 +23,9 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--agent-option")
+            raise typer.BadParameter(
+                f"expected KEY=VALUE, got {pair!r}", param_hint="--agent-option"
+            )
         out[key.strip()] = value
     return out
 

@@ -156,6 +156,7 @@ class Attached:
     replay: list[str]
     reload: bool
     state: str
+    turn_id: str | None
 
     def to_result(self) -> dict[str, Any]:
         return {
@@ -165,6 +166,7 @@ class Attached:
             "replayed": len(self.replay),
             "reload": self.reload,
             "state": self.state,
+            "turn_id": self.turn_id,
         }
 
 
@@ -313,7 +315,7 @@ class Registry:
         self._schedule(s)
         # A new stream has no past: a client that saw events of an earlier one must reload.
         reload = since is not None and since > 0
-        return Attached(session_id, s.stream, 0, [], reload, s.state), actions
+        return Attached(session_id, s.stream, 0, [], reload, s.state, None), actions
 
     def attach(
         self,
@@ -350,7 +352,10 @@ class Registry:
         self._conns[conn].add(session_id)
         s.last_active = self.clock.monotonic()
         self._schedule(s)
-        return Attached(session_id, s.stream, s.replay.last_seq, replay, reload, s.state), actions
+        attached = Attached(
+            session_id, s.stream, s.replay.last_seq, replay, reload, s.state, s.turn_id
+        )
+        return attached, actions
 
     def _require_conn(self, conn: ConnId) -> None:
         if conn not in self._conns:
