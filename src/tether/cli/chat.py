@@ -54,6 +54,10 @@ class Chat:
         self.out.write(text + end)
         self.out.flush()
 
+    def note(self, text: str) -> None:
+        """Status on stderr, so the transcript on stdout stays exactly what was said."""
+        print(text, file=sys.stderr, flush=True)
+
     async def open(self) -> None:
         self.client = await Client.connect(self.url, self.token, on_event=self.on_event)
 
@@ -209,14 +213,15 @@ class Chat:
                 and not self.turn_done.is_set()
                 and not self.leaving.is_set()
             ):
-                self.say("\n[connection lost; reconnecting]")
+                self.note("[connection lost; reconnecting]")
                 if not await self.reconnect():
                     raise ConnectionLost("gateway")
+                self.note("[reconnected]")
 
     def on_sigint(self) -> None:
         if self.turn_id is not None and not self.interrupting:
             self.interrupting = True
-            self.say("\n^C interrupting (Ctrl+C again to leave)")
+            self.note("^C interrupting (Ctrl+C again to leave)")
             task = asyncio.ensure_future(self._interrupt())
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
         else:
