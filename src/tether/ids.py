@@ -44,4 +44,3 @@ def new_id(now: float | None = None) -> str:
             rand = int.from_bytes(os.urandom(10), "big") >> 1
         _last_ms, _last_rand = ms, rand
     return _encode(ms, 10) + _encode(rand, 16)
-
