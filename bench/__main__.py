@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-BENCHES = ("store",)
+BENCHES = ("store", "liveness")
 
 
 def main() -> None:

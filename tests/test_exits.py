@@ -126,8 +126,8 @@ def test_ctrl_c_caught_by_the_program_does_not_end_the_session(db_path: str) -> 
     proc = spawn(
         SETUP
         + """
-print("ready", flush=True)
 try:
+    print("ready", flush=True)
     time.sleep(60)
 except KeyboardInterrupt:
     h.append("assistant", "interrupted turn")

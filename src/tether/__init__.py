@@ -10,6 +10,7 @@ Open a store, start a session, append messages; every exit path ends it::
         s.append("assistant", "hi!")
 """
 
+from . import liveness
 from .clock import Clock, ManualClock, SystemClock
 from .errors import (
     ForeignDatabaseError,
@@ -60,5 +61,6 @@ __all__ = [
     "TetherError",
     "__version__",
     "hookimpl",
+    "liveness",
     "open_store",
 ]

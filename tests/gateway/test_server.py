@@ -508,3 +508,77 @@ def test_graceful_stop_ends_live_sessions_once_with_a_reason(tmp_path: Path, sig
             lambda c: c.execute("SELECT count(*) FROM events WHERE kind = 'ended'").fetchone()[0]
         )
     assert ended_events == 2  # exactly once each
+
+
+# --- a killed gateway ---------------------------------------------------------------------
+
+
+def test_sigkilled_gateway_is_reaped_by_the_next_and_nothing_acknowledged_is_lost(
+    tmp_path: Path,
+) -> None:
+    db = str(tmp_path / "shared.db")
+    acked: dict[str, list[str]] = {}  # session -> contents the gateway acknowledged as stored
+
+    async def first(served: Served) -> tuple[list[str], str]:
+        c = await served.client()
+        done = []
+        for i in range(3):
+            sid = (await c.call("session.create"))["session_id"]
+            await c.call("prompt.submit", session_id=sid, text=f"question {i}")
+            acked[sid] = [f"question {i}"]
+            while True:
+                m, p = await c.events.get()
+                if m == "message" and p["session_id"] == sid:
+                    acked[sid].append(p["message"]["content"])
+                if m == "turn.end" and p["session_id"] == sid:
+                    break
+            done.append(sid)
+        busy = (await c.call("session.create"))["session_id"]
+        await c.call("prompt.submit", session_id=busy, text="w " * 500)
+        acked[busy] = ["w " * 500]
+        await next_event(c, "message.delta", busy)
+        return done, busy
+
+    with serve(tmp_path, "-o", "delay=0.05", db=db, name="a") as a:
+        done, busy = run(first(a))
+        a.proc.kill()  # SIGKILL: no exit path runs
+        a.proc.wait()
+
+    with serve(tmp_path, db=db, name="b") as b:
+
+        async def reaped() -> bool:
+            with tether.open_store(db, load_plugins=False) as store:
+                return store.census().open == 0
+
+        assert run(wait_until(reaped, timeout=30))
+        for sid, contents in acked.items():
+            s, msgs = stored(db, sid)
+            assert s.end_reason == "reaped", (sid, s.end_reason)
+            assert [m.content for m in msgs][: len(contents)] == contents
+        assert [m.role for m in stored(db, busy)[1]] == ["user"]
+
+        async def go() -> None:
+            c = await b.client()
+            with pytest.raises(RemoteError) as err:
+                await c.call("session.resume", session_id=done[0])
+            assert err.value.data == {"reason": "reaped"}
+            child = await c.call("session.create", parent_id=done[0])
+            await c.call("prompt.submit", session_id=child["session_id"], text="go on")
+            assert (await next_event(c, "turn.end"))["status"] == "completed"
+
+        run(go())
+
+
+def test_resuming_a_session_another_live_process_owns_is_refused(gateway: Served) -> None:
+    with tether.open_store(gateway.db, load_plugins=False) as store:
+        mine = store.session(source="cli")
+        mine.append("user", "this process owns me")
+
+        async def go() -> None:
+            c = await gateway.client()
+            with pytest.raises(RemoteError) as err:
+                await c.call("session.resume", session_id=mine.id)
+            assert err.value.code == rpc.OWNER_ALIVE
+
+        run(go())
+        mine.end()

@@ -9,7 +9,7 @@ import sys
 import typer
 
 from .. import __version__
-from . import chat, demo, doctor, serve, sessions
+from . import chat, demo, doctor, liveness, serve, sessions
 
 app = typer.Typer(
     name="tether",
@@ -23,6 +23,7 @@ app.command("ls")(sessions.ls)
 app.command("show")(sessions.show)
 app.command("end")(sessions.end)
 app.command("doctor")(doctor.doctor)
+app.command("reap")(liveness.reap)
 app.command("demo")(demo.demo)
 app.command("serve")(serve.serve)
 app.command("chat")(chat.chat)

@@ -74,7 +74,24 @@ def open_cli_store(db: str | None, *, must_exist: bool = True) -> Store:
         path = Path(os.path.expanduser(target.removeprefix("sqlite://")))
         if not path.exists():
             raise fail(f"no database at {path} (a new one is created by the first session)")
-    return open_store(target)
+    return open_store(target, kind="cli")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``2h``, ``7d``, ``1w`` -> seconds."""
+    raw = text.strip().lower()
+    unit = _UNITS.get(raw[-1:]) if raw else None
+    number = raw[:-1] if unit else raw
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a duration (try 30m, 2h, 7d)") from None
+    if value < 0:
+        raise typer.BadParameter("a duration cannot be negative")
+    return value
 
 
 def emit_json(data: Any) -> None:

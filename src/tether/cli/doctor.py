@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
+import typer
 from rich.table import Table
 
-from ..model import Census
-from .common import DbOption, JsonOption, ago, cli_errors, emit_json, open_cli_store, out
+from ..liveness import Reaper
+from ..model import Census, iso
+from ..store import Store
+from .common import (
+    DbOption,
+    JsonOption,
+    ago,
+    cli_errors,
+    emit_json,
+    open_cli_store,
+    out,
+    parse_duration,
+)
 
 
 def render_census(census: Census) -> None:
@@ -47,11 +60,62 @@ def render_census(census: Census) -> None:
         out.print(table)
 
 
+def _repair(store: Store, stale_after: float, yes: bool, json_: bool) -> None:
+    found = store.repair_unowned(stale_after, apply=yes)
+    if json_:
+        emit_json(
+            {
+                "applied": yes,
+                "stale_after_seconds": stale_after,
+                "sessions": [
+                    {"id": s.id, "source": s.source, "last_active_at": iso(s.last_active_at)}
+                    for s in found
+                ],
+            }
+        )
+        return
+    now = time.time()
+    if not found:
+        out.print("nothing to repair: no open session without owner is that stale")
+        return
+    verb = "ended" if yes else "would end"
+    for s in found:
+        out.print(f"{verb} {s.id} ({s.source}, active {ago(s.last_active_at, now)}) as abandoned")
+    if not yes:
+        out.print(f"{len(found)} sessions; run again with --yes to end them")
+    else:
+        out.print(f"ended {len(found)} sessions (reason abandoned)")
+
+
 @cli_errors
-def doctor(db: DbOption = None, json_: JsonOption = False) -> None:
-    """Census of the store: open, ended, ghosts, end reasons overall and per source."""
+def doctor(
+    db: DbOption = None,
+    json_: JsonOption = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair", help="End open sessions without owner that are idle past --stale-after."
+        ),
+    ] = False,
+    stale_after: Annotated[
+        str | None,
+        typer.Option("--stale-after", help="With --repair: how idle (e.g. 30m, 2h, 7d)."),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="With --repair: do it (without: only show).")
+    ] = False,
+) -> None:
+    """Census of the store: open (by owner liveness), ended, ghosts, end reasons."""
+    if repair and stale_after is None:
+        raise typer.BadParameter("--repair needs --stale-after (e.g. --stale-after 2h)")
+    if not repair and (stale_after is not None or yes):
+        raise typer.BadParameter("--stale-after and --yes go with --repair")
     with open_cli_store(db) as store:
-        census = store.census()
+        if repair:
+            assert stale_after is not None
+            _repair(store, parse_duration(stale_after), yes, json_)
+            return
+        census = Reaper(store).census()
     if json_:
         emit_json(census.to_dict())
     else:

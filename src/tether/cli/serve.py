@@ -88,7 +88,7 @@ def serve(
         raise fail(str(exc)) from None
     token = load_token(token_file)
     target = db or default_db()
-    store = open_store(target)
+    store = open_store(target, kind="gateway")
     options = ServeOptions(
         host=host,
         port=port,

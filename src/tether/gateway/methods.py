@@ -130,14 +130,6 @@ def _replay(conn: Connection, frames: list[str]) -> Callable[[], None] | None:
     return send
 
 
-def _take_over(gw: Gateway, session_id: str) -> SessionHandle:
-    """On the writer thread: a handle to write an open session this gateway does not hold."""
-    resume = getattr(gw.store, "resume", None)  # liveness (issue 3): fenced takeover
-    if resume is not None:
-        return resume(session_id)
-    return gw.store.attach(session_id)
-
-
 # --- sessions ---------------------------------------------------------------------------
 
 
@@ -197,7 +189,9 @@ async def _resume_cold(gw: Gateway, conn: Connection, sid: str, since: int | Non
     session = await gw.read(gw.store.get_session, sid)
     if session.ended_at is not None:
         raise SessionEndedError(sid, session.end_reason)
-    handle = await gw.write(_take_over, gw, sid)
+    # Takes ownership if the owner is dead (epoch bump: its late writes are
+    # refused); OwnerAliveError if another live process holds it.
+    handle = await gw.write(gw.store.resume, sid)
     try:
         attached, actions = gw.registry.open(sid, conn.id, since=since)
     except Full:

@@ -248,10 +248,7 @@ class Gateway:
         if handle is None:
             return False
         try:
-            if handle.owns:
-                return handle.end(a.reason, interrupted=a.interrupted)
-            handle.end(a.reason)  # a cooperating handle: flushes, never ends
-            return self.store.end_session(a.session_id, a.reason, interrupted=a.interrupted)
+            return handle.end(a.reason, interrupted=a.interrupted)
         except TetherError as exc:  # the store is unreachable: the reaper ends it later
             log.error("could not end session %s (%s): %s", a.session_id, a.reason, exc)
             return False

@@ -25,6 +25,7 @@ from typing import Any
 import uvicorn
 
 from ..agents import Agent
+from ..liveness import ReaperLoop
 from ..store import Store
 from .app import PATH, build_app
 from .runtime import Gateway, GatewayConfig
@@ -81,15 +82,6 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
-def _start_reaper(store: Store, interval: float) -> Any:
-    try:
-        from ..liveness import ReaperLoop  # type: ignore[attr-defined]
-    except ImportError:  # liveness (issue 3) not merged yet
-        log.warning("no liveness reaper in this build: dead owners' sessions are not reaped")
-        return None
-    return ReaperLoop(store, interval=interval).start()
-
-
 async def serve(
     store: Store,
     agent: Agent,
@@ -126,7 +118,8 @@ async def serve(
     for sig in signals:
         loop.add_signal_handler(sig, server.request_stop)
     watcher = asyncio.create_task(_watch(stop, server)) if stop is not None else None
-    reaper = _start_reaper(store, options.reaper_interval)
+    # Ends the sessions of dead processes (a SIGKILLed gateway's, say) on this database.
+    reaper = ReaperLoop(store, interval=options.reaper_interval).start()
     await gateway.start()
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -140,8 +133,7 @@ async def serve(
             server.should_exit = True
             await asyncio.gather(serving, return_exceptions=True)
         await gateway.shutdown(SHUTDOWN_REASON)
-        if reaper is not None:
-            reaper.stop()
+        reaper.stop()
         if watcher is not None:
             watcher.cancel()
         for sig in signals:

@@ -34,7 +34,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TetherError
@@ -179,11 +179,27 @@ def _end_all(handles: list[SessionHandle], reason: str, detail: str | None) -> N
             log.exception("could not end session %s (%s)", handle.id, reason)
 
 
+_after_handles: list[Callable[[], None]] = []
+
+
+def after_handles(fn: Callable[[], None]) -> None:
+    """Run ``fn`` at exit once every open handle has been ended (e.g. drop the owner row)."""
+    if fn not in _after_handles:
+        _after_handles.append(fn)
+    if not _atexit_installed:
+        _install()
+
+
 def _at_exit() -> None:
     global _exiting
     _exiting = True
     reason, detail = _exit_reason()
     _end_all(open_handles(), reason, detail)
+    for fn in list(_after_handles):
+        try:
+            fn()
+        except Exception:
+            log.exception("exit hook %r failed", fn)
 
 
 def end_handles_of(store: Store, reason: str, detail: str | None) -> None:
@@ -197,6 +213,7 @@ def _after_fork_in_child() -> None:
     _lock = threading.Lock()
     _handles.clear()
     _deferred.clear()
+    _after_handles.clear()
     _depth = 0
 
 

@@ -180,11 +180,17 @@ class SessionHandle:
         if self._closed:
             raise SessionEndedError(self.id)
 
+    def _close_locally(self, *, fenced: bool = False) -> None:
+        """This handle can write no more: stop tracking it and release ownership."""
+        self._closed = True
+        self._fenced = self._fenced or fenced
+        exits.untrack(self)
+        if self._owns and self._persisted:
+            self._store._owner.release(self.id)
+
     def _lost_write(self, exc: Exception) -> None:
         """The session ended elsewhere or was taken over: this handle is done."""
-        self._closed = True
-        self._fenced = isinstance(exc, StaleOwnerError)
-        exits.untrack(self)
+        self._close_locally(fenced=isinstance(exc, StaleOwnerError))
 
     def _write(self, rows: list[Row]) -> list[int]:
         """Write ``rows`` (persisting the session first if needed); caller holds the lock."""
@@ -197,6 +203,8 @@ class SessionHandle:
         result.apply(self._w)
         if new is not None:
             self._persisted = True
+            if self._owns:
+                self._store._owner.acquire(self.id)
             self._fire_start()
         return result.seqs
 
@@ -346,18 +354,15 @@ class SessionHandle:
                         len(self._pending),
                     )
             if not self._persisted or not self._owns:
-                self._closed = True
-                exits.untrack(self)
+                self._close_locally()
                 return False
             try:
                 ended = self._store._end(self.id, reason, detail, epoch=self._w.epoch)
             except StaleOwnerError:
                 log.warning("session %s was taken over; this handle does not end it", self.id)
-                self._fenced = self._closed = True
-                exits.untrack(self)
+                self._close_locally(fenced=True)
                 return False
-            self._closed = True
-            exits.untrack(self)
+            self._close_locally()
         if ended is None:
             return False
         self._store._fire_end(ended, reason, interrupted)

@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 from ..clock import Clock
-from ..errors import StoreOpenError
+from ..errors import InvalidInputError, StoreOpenError
 from ..hooks import Plugins
 from ..paths import default_db, default_db_path
+from .backend import Backend
 from .core import Store
 
 __all__ = ["Store", "open_store"]
@@ -25,6 +26,10 @@ def open_store(
     clock: Clock | None = None,
     plugins: Plugins | None = None,
     load_plugins: bool = True,
+    kind: str = "process",
+    heartbeat_interval: float = 10.0,
+    owner_ttl: float = 30.0,
+    startup_sweep: bool = True,
 ) -> Store:
     """Open (creating and migrating if needed) a session store.
 
@@ -35,7 +40,16 @@ def open_store(
     ``durability`` (SQLite): ``"normal"`` keeps every acknowledged write through
     any process crash (kill -9, OOM); ``"full"`` also through power loss or an
     OS crash, at the cost of an fsync per commit.
+
+    Liveness: ``kind`` names this process in the ``owners`` table (``cli``,
+    ``gateway``, ``cron``...). While it owns open sessions, the process
+    heartbeats every ``heartbeat_interval`` seconds; an owner whose heartbeat
+    is older than ``owner_ttl`` counts as dead to every reaper. The first time
+    the process owns a session it runs one sweep for sessions of dead
+    processes (``startup_sweep``).
     """
+    if not 0 < heartbeat_interval < owner_ttl:
+        raise InvalidInputError("heartbeat_interval must be positive and below owner_ttl")
     if plugins is None:
         plugins = Plugins(load_entrypoints=load_plugins)
     target = default_db() if path_or_url is None else os.fspath(path_or_url)
@@ -47,14 +61,27 @@ def open_store(
                 f"PostgreSQL support is not installed ({exc.name}): pip install 'tether[postgres]'"
             ) from None
 
-        return Store(PostgresBackend(target), clock=clock, plugins=plugins)
+        backend: Backend = PostgresBackend(target)
+    else:
+        backend = _sqlite_backend(target, durability)
+    return Store(
+        backend,
+        clock=clock,
+        plugins=plugins,
+        kind=kind,
+        heartbeat_interval=heartbeat_interval,
+        owner_ttl=owner_ttl,
+        startup_sweep=startup_sweep,
+    )
+
+
+def _sqlite_backend(target: str, durability: str) -> Backend:
+    from .sqlite import SQLiteBackend
+
     # sqlite:///abs/path.db -> /abs/path.db; sqlite://rel.db -> rel.db
-    target = target.removeprefix("sqlite://")
-    target = os.path.expanduser(target)
+    target = os.path.expanduser(target.removeprefix("sqlite://"))
     if not target:
         raise StoreOpenError("empty database path")
     if Path(target) == default_db_path():  # the per-user default: create its directory
         default_db_path().parent.mkdir(parents=True, exist_ok=True)
-    from .sqlite import SQLiteBackend
-
-    return Store(SQLiteBackend(target, durability=durability), clock=clock, plugins=plugins)
+    return SQLiteBackend(target, durability=durability)

@@ -104,7 +104,8 @@ INSERT_EVENT = "INSERT INTO events (at, session_id, kind, data) VALUES (?, ?, ?,
 CENSUS_BY_SOURCE = """
 SELECT source, COUNT(*),
     SUM(CASE WHEN ended_at IS NULL THEN 1 ELSE 0 END),
-    SUM(CASE WHEN message_count = 0 THEN 1 ELSE 0 END)
+    SUM(CASE WHEN message_count = 0 THEN 1 ELSE 0 END),
+    SUM(CASE WHEN ended_at IS NULL AND owner_id IS NULL THEN 1 ELSE 0 END)
 FROM sessions GROUP BY source
 """
 
@@ -115,4 +116,127 @@ WHERE ended_at IS NOT NULL GROUP BY source, end_reason
 
 OLDEST_OPEN = f"""
 SELECT {SESSION_COLUMNS} FROM sessions WHERE ended_at IS NULL ORDER BY created_at LIMIT 1
+"""
+
+# --- owners and liveness ----------------------------------------------------------
+
+OWNER_COLUMNS = "host, boot_id, pid, pid_start_time, kind, started_at, heartbeat_at"
+
+# Heartbeats upsert, so an owner row deleted by mistake comes back on the next beat.
+UPSERT_OWNER = f"""
+INSERT INTO owners (id, {OWNER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at
+"""
+
+# Owners of open sessions with their open counts (an owner whose row is missing
+# comes back with NULLs). O(open): it counts the partial index of open sessions
+# by owner first, then looks each owner up.
+OWNERS_OF_OPEN_SESSIONS = f"""
+SELECT g.owner_id, {", ".join("o." + c.strip() for c in OWNER_COLUMNS.split(","))}, g.n
+FROM (SELECT owner_id, COUNT(*) AS n FROM sessions
+      WHERE ended_at IS NULL AND owner_id IS NOT NULL GROUP BY owner_id) g
+LEFT JOIN owners o ON o.id = g.owner_id
+"""
+
+SELECT_OWNER = f"SELECT id, {OWNER_COLUMNS} FROM owners WHERE id = ?"
+
+# What a sweep must look at: owners of open sessions that run on this host (a
+# pid probe decides) or whose heartbeat is already stale, plus owners whose
+# row is missing. A fresh remote owner cannot be dead: it is skipped here.
+SWEEP_CANDIDATES = f"""
+SELECT o.id, {OWNER_COLUMNS} FROM owners o
+WHERE (o.host = ? OR o.heartbeat_at < ?)
+  AND EXISTS (SELECT 1 FROM sessions s WHERE s.owner_id = o.id AND s.ended_at IS NULL)
+UNION ALL
+SELECT DISTINCT s.owner_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM sessions s
+WHERE s.ended_at IS NULL AND s.owner_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM owners o WHERE o.id = s.owner_id)
+"""
+
+# A session is reaped only if its owner is still as the reaper judged it: its
+# heartbeat unchanged (an owner that beat in the meantime is spared), or its
+# row still missing.
+_STILL_AS_JUDGED = """(CASE WHEN d.heartbeat_at IS NULL
+    THEN NOT EXISTS (SELECT 1 FROM owners o WHERE o.id = d.owner_id)
+    ELSE EXISTS (SELECT 1 FROM owners o WHERE o.id = d.owner_id
+                 AND o.heartbeat_at = d.heartbeat_at) END)"""
+
+REAP_BATCH = 500  # dead owners per statement
+
+
+def reap_owners(
+    dialect: str, dead: list[tuple[str, float | None, str]], now: float
+) -> tuple[str, list[object]]:
+    """One statement ending the open sessions of many dead owners.
+
+    It returns (id, owner id, detail) of each session it ended; the whole rows
+    are read afterwards only if a plugin wants them (RETURNING them all costs
+    as much as the update itself).
+
+    ``dead`` holds (owner id, judged heartbeat or None if its row is missing,
+    detail). On PostgreSQL the rows are claimed with FOR UPDATE SKIP LOCKED,
+    so reapers on many hosts share the work without blocking each other; on
+    SQLite the write transaction already serializes them.
+    """
+    if dialect == "postgresql":
+        query = f"""
+WITH d AS (SELECT * FROM unnest(?::text[], ?::float8[], ?::text[])
+           AS d(owner_id, heartbeat_at, detail)),
+claimed AS (
+    SELECT s.id, d.detail FROM sessions s JOIN d ON s.owner_id = d.owner_id
+    WHERE s.ended_at IS NULL AND {_STILL_AS_JUDGED}
+    FOR UPDATE OF s SKIP LOCKED)
+UPDATE sessions SET ended_at = ?, end_reason = 'reaped', end_detail = claimed.detail
+FROM claimed WHERE sessions.id = claimed.id
+RETURNING sessions.id, sessions.owner_id, sessions.end_detail
+"""
+        ids, beats, details = (list(x) for x in zip(*dead, strict=True))
+        return query, [ids, beats, details, now]
+    values = ", ".join("(?, ?, ?)" for _ in dead)
+    query = f"""
+WITH d(owner_id, heartbeat_at, detail) AS (VALUES {values})
+UPDATE sessions SET ended_at = ?, end_reason = 'reaped', end_detail = d.detail
+FROM d
+WHERE sessions.owner_id = d.owner_id AND sessions.ended_at IS NULL AND {_STILL_AS_JUDGED}
+RETURNING id, owner_id, end_detail
+"""
+    return query, [*(x for row in dead for x in row), now]
+
+
+def delete_idle_owners(n: int) -> str:
+    """Drop these owner rows if nothing open refers to them any more."""
+    marks = ", ".join("?" * n)
+    return f"""
+DELETE FROM owners WHERE id IN ({marks})
+AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.owner_id = owners.id AND s.ended_at IS NULL)
+"""
+
+
+PRUNE_OLD_OWNERS = """
+DELETE FROM owners WHERE heartbeat_at < ?
+AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.owner_id = owners.id AND s.ended_at IS NULL)
+"""
+
+SELECT_SESSION_OWNER = f"""
+SELECT s.ended_at, s.end_reason, s.epoch, s.owner_id, o.id,
+    {", ".join("o." + c.strip() for c in OWNER_COLUMNS.split(","))}
+FROM sessions s LEFT JOIN owners o ON o.id = s.owner_id WHERE s.id = ?
+"""
+
+TAKE_OVER = """
+UPDATE sessions SET owner_id = ?, epoch = epoch + 1, detached_at = NULL
+WHERE id = ? AND epoch = ? AND ended_at IS NULL
+"""
+
+# Legacy open rows (no owner): candidates for `tether doctor --repair`.
+STALE_UNOWNED = f"""
+SELECT {SESSION_COLUMNS} FROM sessions
+WHERE ended_at IS NULL AND owner_id IS NULL AND last_active_at < ?
+ORDER BY last_active_at
+"""
+
+END_STALE_UNOWNED = f"""
+UPDATE sessions SET ended_at = ?, end_reason = 'abandoned', end_detail = ?
+WHERE id = ? AND ended_at IS NULL AND owner_id IS NULL AND last_active_at < ?
+RETURNING {SESSION_COLUMNS}
 """

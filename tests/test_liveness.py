@@ -1,0 +1,654 @@
+"""Liveness: owners, heartbeats, the reaper, takeover and fencing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import tether
+from tether.liveness import OwnerInfo, Probe, ProcessIdentity, Reaper, ReaperLoop, judge, probe_pid
+from tether.liveness.identity import pid_start_time
+from tether.store import Store, sql
+
+from .conftest import spawn, wait_for_line
+
+ME = ProcessIdentity.current()
+FAR = ProcessIdentity("far-away-host", "boot-far", 4242, 77)
+
+
+def owned_sessions(
+    store: Store, identity: ProcessIdentity, n: int, heartbeat_at: float
+) -> list[str]:
+    """Write ``n`` open sessions owned by a process with ``identity`` (as if it ran elsewhere)."""
+    owner_id = tether.ids.new_id()
+    ids = [tether.ids.new_id() for _ in range(n)]
+
+    def tx(c):  # type: ignore[no-untyped-def]
+        c.execute(
+            sql.UPSERT_OWNER,
+            (
+                owner_id,
+                identity.host,
+                identity.boot_id,
+                identity.pid,
+                identity.start_time,
+                "test",
+                heartbeat_at,
+                heartbeat_at,
+            ),
+        )
+        for sid in ids:
+            c.execute(
+                sql.INSERT_SESSION,
+                (
+                    sid,
+                    "test",
+                    None,
+                    None,
+                    None,
+                    None,
+                    sid,
+                    None,
+                    heartbeat_at,
+                    heartbeat_at,
+                    owner_id,
+                    0,
+                    None,
+                    sid,
+                    heartbeat_at,
+                ),
+            )
+
+    store.backend.write(tx)
+    return ids
+
+
+def is_open(store: Store, sid: str) -> bool:
+    return store.get_session(sid).is_open
+
+
+# --- the pure policy ----------------------------------------------------------------
+
+
+def _owner(**kw) -> OwnerInfo:  # type: ignore[no-untyped-def]
+    base = dict(
+        id="o",
+        host=ME.host,
+        boot_id=ME.boot_id,
+        pid=10,
+        pid_start_time=5,
+        kind="cli",
+        started_at=0.0,
+        heartbeat_at=100.0,
+    )
+    base.update(kw)
+    return OwnerInfo(**base)  # type: ignore[arg-type]
+
+
+def _judge(owner: OwnerInfo, probe=Probe.ALIVE, now: float = 110.0):  # type: ignore[no-untyped-def]
+    return judge(
+        owner, host=ME.host, boot_id=ME.boot_id, now=now, ttl=30.0, probe=lambda pid, start: probe
+    )
+
+
+def test_policy_same_host_uses_the_pid() -> None:
+    assert _judge(_owner(), Probe.GONE).detail == "pid 10 gone"
+    assert _judge(_owner(), Probe.REUSED).detail == "pid 10 reused"
+    assert _judge(_owner(), Probe.ALIVE).alive
+    # A process that stopped beating (SIGSTOP, a hung interpreter) is dead anywhere.
+    stale = _judge(_owner(), Probe.ALIVE, now=141.0)
+    assert not stale.alive and stale.detail == "heartbeat stale 41 s" and stale.by_heartbeat
+
+
+def test_policy_reboot_and_remote_hosts() -> None:
+    assert _judge(_owner(boot_id="older-boot"), Probe.ALIVE).detail == "host rebooted"
+    probed = []
+    remote = _owner(host="elsewhere")
+    verdict = judge(
+        remote,
+        host=ME.host,
+        boot_id=ME.boot_id,
+        now=129.0,
+        ttl=30.0,
+        probe=lambda pid, start: probed.append(pid) or Probe.GONE,
+    )
+    assert verdict.alive and probed == []  # a remote pid is never probed here
+    assert not _judge(remote, now=131.0).alive
+
+
+# --- process identity ---------------------------------------------------------------
+
+
+def test_identity_and_probe() -> None:
+    me = ProcessIdentity.current()
+    assert me.pid == os.getpid() and me.start_time == pid_start_time(os.getpid())
+    assert len(me.boot_id) > 8
+    assert probe_pid(me.pid, me.start_time) is Probe.ALIVE
+    assert probe_pid(me.pid, (me.start_time or 0) + 1) is Probe.REUSED
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert probe_pid(child.pid, None) is Probe.GONE
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    time.sleep(0.5)  # exited but not waited for: a zombie
+    assert probe_pid(zombie.pid, None) is Probe.GONE
+    zombie.wait()
+
+
+# --- owners and heartbeats -------------------------------------------------------------
+
+
+def test_first_session_registers_the_owner_and_starts_the_heartbeat(db_path: str) -> None:
+    store = tether.open_store(
+        db_path, kind="cron", heartbeat_interval=0.05, owner_ttl=5, load_plugins=False
+    )
+    assert store.owner_id is None
+    h = store.session(source="cron")
+    assert not store._owner.beating  # nothing written, nothing owned
+    h.append("user", "x")
+    s = store.get_session(h.id)
+    assert s.owner_id == store.owner_id and s.epoch == 0
+    row = store.backend.read(lambda c: c.execute(sql.SELECT_OWNER, (s.owner_id,)).fetchone())
+    assert row[1:6] == (ME.host, ME.boot_id, os.getpid(), ME.start_time, "cron")
+    assert store._owner.beating
+    last_active = s.last_active_at
+    time.sleep(0.3)
+    row2 = store.backend.read(lambda c: c.execute(sql.SELECT_OWNER, (s.owner_id,)).fetchone())
+    assert row2[7] > row[7]  # the heartbeat moved...
+    assert store.get_session(h.id).last_active_at == last_active  # ...activity did not
+    h.end()
+    assert not store._owner.beating  # the last owned session stops it
+    store.close()
+    assert store.backend  # closed store dropped its idle owner row:
+    s2 = tether.open_store(db_path, load_plugins=False)
+    assert s2.backend.read(lambda c: c.execute("SELECT count(*) FROM owners").fetchone()[0]) == 0
+    s2.close()
+
+
+def test_heartbeat_is_one_write_per_tick_whatever_the_sessions(db_path: str) -> None:
+    store = tether.open_store(db_path, heartbeat_interval=0.05, owner_ttl=5, load_plugins=False)
+    handles = [store.session(source="many") for _ in range(200)]
+    for h in handles:
+        h.append("user", "x")
+    statements: list[str] = []
+    store.backend._writer.set_trace_callback(statements.append)
+    thread = store._owner._thread
+    beats_before = thread.beats
+    time.sleep(0.5)
+    store.backend._writer.set_trace_callback(None)
+    beats = thread.beats - beats_before
+    upserts = [s for s in statements if "INSERT INTO owners" in s]
+    assert beats >= 3
+    assert len(upserts) == beats  # one statement per tick, not one per session
+    assert not any("UPDATE sessions" in s for s in statements)
+    for h in handles:
+        h.end()
+    store.close()
+
+
+def test_a_failing_beat_is_retried_never_raised(db_path: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    store = tether.open_store(db_path, heartbeat_interval=0.05, owner_ttl=5, load_plugins=False)
+    real = store._beat
+    calls = {"n": 0}
+
+    def flaky(row):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise tether.StoreBusyError("simulated lock")
+        real(row)
+
+    monkeypatch.setattr(store, "_beat", flaky)
+    h = store.session(source="x")
+    h.append("user", "x")
+    deadline = time.time() + 10
+    while store._owner._thread.beats < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert store._owner._thread.beats >= 2 and calls["n"] >= 4
+    h.end()
+    store.close()
+
+
+# --- the reaper ---------------------------------------------------------------------
+
+
+def test_remote_owner_is_reaped_only_after_the_ttl(store: Store, clock: tether.ManualClock) -> None:
+    ids = owned_sessions(store, FAR, 3, heartbeat_at=clock.now())
+    reaper = Reaper(store, clock=clock, ttl=30.0)
+    clock.advance(29)
+    assert reaper.sweep().reaped == []
+    assert all(is_open(store, i) for i in ids)
+    clock.advance(12)
+    report = reaper.sweep()
+    assert sorted(r.id for r in report.reaped) == sorted(ids)
+    assert {r.detail for r in report.reaped} == {"heartbeat stale 41 s"}
+    for sid in ids:
+        s = store.get_session(sid)
+        assert s.end_reason == "reaped" and s.end_detail == "heartbeat stale 41 s"
+    assert reaper.sweep().reaped == []  # exactly once
+
+
+def test_dead_pid_and_reboot_on_this_host(store: Store, clock: tether.ManualClock) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    gone = owned_sessions(store, ProcessIdentity(ME.host, ME.boot_id, child.pid, 1), 2, clock.now())
+    reused = owned_sessions(
+        store,
+        ProcessIdentity(ME.host, ME.boot_id, os.getpid(), (ME.start_time or 0) + 9),
+        1,
+        clock.now(),
+    )
+    rebooted = owned_sessions(store, ProcessIdentity(ME.host, "old-boot", 1, 1), 1, clock.now())
+    alive = owned_sessions(store, ME, 1, clock.now())  # this very process: never reaped
+    report = Reaper(store, clock=clock).sweep()  # no TTL needed: death is certain
+    details = {r.id: r.detail for r in report.reaped}
+    assert details == {
+        **{i: f"pid {child.pid} gone" for i in gone},
+        reused[0]: f"pid {os.getpid()} reused",
+        rebooted[0]: "host rebooted",
+    }
+    assert is_open(store, alive[0])
+
+
+def test_unowned_legacy_rows_are_never_reaped(store: Store, clock: tether.ManualClock) -> None:
+    legacy = tether.ids.new_id()
+    store.backend.write(
+        lambda c: c.execute(
+            sql.INSERT_SESSION,
+            (
+                legacy,
+                "import",
+                None,
+                None,
+                None,
+                None,
+                legacy,
+                None,
+                0.0,
+                0.0,
+                None,
+                0,
+                None,
+                legacy,
+                0.0,
+            ),
+        )
+    )
+    clock.advance(10**6)
+    assert Reaper(store, clock=clock).sweep().reaped == []
+    assert is_open(store, legacy)
+
+
+def test_reaping_fires_interrupted_hooks(store: Store, clock: tether.ManualClock) -> None:
+    seen = []
+
+    class Hook:
+        @tether.hookimpl
+        def on_session_end(self, session, reason, interrupted):  # type: ignore[no-untyped-def]
+            seen.append((session.id, reason, interrupted, session.end_detail))
+
+    store.plugins.register(Hook())
+    [sid] = owned_sessions(store, FAR, 1, heartbeat_at=clock.now())
+    clock.advance(100)
+    Reaper(store, clock=clock).sweep()
+    assert seen == [(sid, "reaped", True, "heartbeat stale 100 s")]
+
+
+def test_an_owner_that_beats_in_between_is_not_reaped(
+    store: Store, clock: tether.ManualClock
+) -> None:
+    [sid] = owned_sessions(store, FAR, 1, heartbeat_at=clock.now())
+    clock.advance(100)
+    reaper = Reaper(store, clock=clock)
+    [state] = reaper.classify()
+    assert not state.verdict.alive
+    # The owner beats after the reaper judged it, before the reaper writes.
+    store.backend.write(
+        lambda c: c.execute(
+            "UPDATE owners SET heartbeat_at = ? WHERE id = ?", (clock.now(), state.owner_id)
+        )
+    )
+    ended = store._reap([(state.owner_id, state.info.heartbeat_at, "stale")], prune_before=0)
+    assert list(ended) == [] and is_open(store, sid)
+
+
+def test_concurrent_reapers_end_each_session_once(db_path: str) -> None:
+    clock = tether.ManualClock()
+    stores = [tether.open_store(db_path, clock=clock, load_plugins=False) for _ in range(4)]
+    try:
+        for round_ in range(5):
+            ids = []
+            for k in range(20):
+                ident = ProcessIdentity(f"host-{round_}-{k}", "b", 100 + k, 1)
+                ids += owned_sessions(stores[0], ident, 5, heartbeat_at=clock.now())
+            clock.advance(60)
+            barrier = threading.Barrier(len(stores))
+            results: list[list[str]] = [[] for _ in stores]
+
+            def sweep(i: int, barrier: threading.Barrier, results: list[list[str]]) -> None:
+                barrier.wait()
+                results[i] = [r.id for r in Reaper(stores[i], clock=clock).sweep().reaped]
+
+            threads = [
+                threading.Thread(target=sweep, args=(i, barrier, results))
+                for i in range(len(stores))
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            everything = [x for r in results for x in r]
+            assert sorted(everything) == sorted(ids)  # the counts add up, no session twice
+            assert not any(is_open(stores[0], i) for i in ids)
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_reaper_loop_ends_a_killed_process_quickly(db_path: str) -> None:
+    proc = spawn(
+        """
+        store = tether.open_store(sys.argv[1], heartbeat_interval=0.5, owner_ttl=5)
+        h = store.session(source="victim")
+        h.append("user", "acknowledged")
+        print(h.id, flush=True)
+        print("ready", flush=True)
+        time.sleep(60)
+        """,
+        db_path,
+    )
+    assert proc.stdout is not None
+    sid = proc.stdout.readline().strip()
+    wait_for_line(proc, "ready")
+    store = tether.open_store(db_path, load_plugins=False)
+    with ReaperLoop(store, interval=0.2):
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 10
+        while is_open(store, sid) and time.time() < deadline:
+            time.sleep(0.05)
+    s = store.get_session(sid)
+    assert s.end_reason == "reaped" and s.end_detail == f"pid {proc.pid} gone"
+    assert [m.content for m in store.get_messages(sid)] == ["acknowledged"]
+    store.close()
+
+
+def test_startup_sweep_reaps_dead_processes(db_path: str) -> None:
+    proc = spawn(
+        """
+        store = tether.open_store(sys.argv[1])
+        h = store.session(source="victim")
+        h.append("user", "x")
+        print(h.id, flush=True)
+        os.kill(os.getpid(), 9)
+        """,
+        db_path,
+    )
+    out, _ = proc.communicate(timeout=20)
+    sid = out.strip()
+    store = tether.open_store(db_path, load_plugins=False)
+    assert is_open(store, sid)
+    h = store.session(source="next")
+    h.append("user", "first write of a new process")  # starts the heartbeat + startup sweep
+    deadline = time.time() + 10
+    while is_open(store, sid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert store.get_session(sid).end_reason == "reaped"
+    h.end()
+    store.close()
+
+
+# --- a live owner is never reaped --------------------------------------------------------
+
+
+BLOCKER = """
+store = tether.open_store(sys.argv[1], heartbeat_interval=0.2, owner_ttl=1.0)
+h = store.session(source="tool-call")
+h.append("user", "run the long tool")
+print(h.id, flush=True)
+print("ready", flush=True)
+time.sleep(float(sys.argv[2]))  # the main thread is busy in a "tool call"
+h.append("tool", "done after a long time", tool_call_id="t1", tool_name="slow")
+h.end()
+print("finished", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_process_blocked_in_a_long_tool_call_is_not_reaped(db_path: str) -> None:
+    proc = spawn(BLOCKER, db_path, "3")
+    assert proc.stdout is not None
+    sid = proc.stdout.readline().strip()
+    wait_for_line(proc, "ready")
+    store = tether.open_store(db_path, load_plugins=False)
+    # Judge it as a remote reaper would (heartbeat only) and as a local one (pid too).
+    remote = Reaper(store, ttl=1.0, identity=FAR)
+    local = Reaper(store, ttl=1.0)
+    end = time.time() + 2.5
+    while time.time() < end:  # well past the TTL, several times over
+        assert remote.sweep().reaped == [] and local.sweep().reaped == []
+        time.sleep(0.1)
+    wait_for_line(proc, "finished")
+    assert proc.wait(timeout=10) == 0
+    s = store.get_session(sid)
+    assert s.end_reason == "completed" and s.message_count == 2
+    store.close()
+
+
+@pytest.mark.slow
+def test_a_frozen_process_is_reaped_and_fenced_when_it_wakes(db_path: str) -> None:
+    import signal
+
+    proc = spawn(
+        """
+        store = tether.open_store(sys.argv[1], heartbeat_interval=0.2, owner_ttl=1.0)
+        h = store.session(source="frozen")
+        h.append("user", "before")
+        print(h.id, flush=True)
+        print("ready", flush=True)
+        time.sleep(1.5)  # frozen by SIGSTOP somewhere in here
+        try:
+            h.append("user", "after waking")
+        except tether.SessionEndedError as exc:
+            print("refused:", exc, flush=True)
+        """,
+        db_path,
+    )
+    assert proc.stdout is not None
+    sid = proc.stdout.readline().strip()
+    wait_for_line(proc, "ready")
+    proc.send_signal(signal.SIGSTOP)  # its heartbeat thread stops too
+    store = tether.open_store(db_path, load_plugins=False)
+    reaper = Reaper(store, ttl=1.0)
+    deadline = time.time() + 10
+    while is_open(store, sid) and time.time() < deadline:
+        reaper.sweep()
+        time.sleep(0.1)
+    assert store.get_session(sid).end_detail.startswith("heartbeat stale")
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=20)
+    assert "refused: session" in out and "(reaped)" in out, (out, err)
+    assert [m.content for m in store.get_messages(sid)] == ["before"]
+    store.close()
+
+
+# --- takeover and fencing ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_takeover_fences_the_previous_owner(db_path: str) -> None:
+    proc = spawn(
+        """
+        store = tether.open_store(sys.argv[1], heartbeat_interval=0.2, owner_ttl=5)
+        h = store.session(source="first")
+        for i in range(3):
+            h.append("user", f"old owner {i}")
+        print(h.id, flush=True)
+        print("ready", flush=True)
+        while not os.path.exists(sys.argv[2]):
+            time.sleep(0.05)
+        try:
+            h.append("user", "late write")
+        except tether.StaleOwnerError as exc:
+            print("fenced:", exc, flush=True)
+        print("end returns", h.end(), flush=True)
+        """,
+        db_path,
+        db_path + ".go",
+    )
+    assert proc.stdout is not None
+    sid = proc.stdout.readline().strip()
+    wait_for_line(proc, "ready")
+    store = tether.open_store(db_path, load_plugins=False)
+    with pytest.raises(tether.OwnerAliveError, match="live process"):
+        store.resume(sid)
+    h = store.resume(sid, force=True)
+    assert h.epoch == 1 and store.get_session(sid).owner_id == store.owner_id
+    assert h.append("assistant", "new owner").seq == 4
+    open(db_path + ".go", "w").close()
+    out, err = proc.communicate(timeout=20)
+    assert "fenced: session" in out and "epoch 0" in out, (out, err)
+    assert "end returns False" in out  # the old owner cannot end what it no longer owns
+    assert [m.content for m in store.get_messages(sid)] == [
+        "old owner 0",
+        "old owner 1",
+        "old owner 2",
+        "new owner",
+    ]
+    assert store.get_session(sid).is_open
+    h.end()
+    store.close()
+
+
+def test_resume_after_the_owner_died_needs_no_force(db_path: str) -> None:
+    proc = spawn(
+        """
+        store = tether.open_store(sys.argv[1])
+        h = store.session(source="first")
+        h.append("user", "before the crash")
+        print(h.id, flush=True)
+        os.kill(os.getpid(), 9)
+        """,
+        db_path,
+    )
+    sid = proc.communicate(timeout=20)[0].strip()
+    store = tether.open_store(db_path, load_plugins=False, startup_sweep=False)
+    h = store.resume(sid)
+    assert h.epoch == 1
+    h.append("assistant", "after the crash")
+    assert [m.seq for m in store.get_messages(sid)] == [1, 2]
+    h.end()
+    with pytest.raises(tether.SessionEndedError):
+        store.resume(sid)
+    with pytest.raises(tether.SessionNotFoundError):
+        store.resume("nope")
+    store.close()
+
+
+def test_resume_of_a_legacy_row_takes_ownership(store: Store) -> None:
+    legacy = tether.ids.new_id()
+    store.backend.write(
+        lambda c: c.execute(
+            sql.INSERT_SESSION,
+            (
+                legacy,
+                "import",
+                None,
+                None,
+                None,
+                None,
+                legacy,
+                None,
+                1.0,
+                1.0,
+                None,
+                0,
+                None,
+                legacy,
+                1.0,
+            ),
+        )
+    )
+    h = store.resume(legacy)
+    assert h.append("user", "continued").seq == 1
+    assert store.get_session(legacy).owner_id == store.owner_id
+    h.end()
+
+
+# --- legacy repair and the CLI ------------------------------------------------------------
+
+
+def test_repair_unowned_dry_run_then_apply(store: Store) -> None:
+    now = time.time()
+    old, fresh = tether.ids.new_id(), tether.ids.new_id()
+    for sid, t in ((old, now - 7200), (fresh, now - 60)):
+        store.backend.write(
+            lambda c, sid=sid, t=t: c.execute(
+                sql.INSERT_SESSION,
+                (sid, "import", None, None, None, None, sid, None, t, t, None, 0, None, sid, t),
+            )
+        )
+    assert [s.id for s in store.repair_unowned(3600)] == [old]
+    assert is_open(store, old)  # a dry run changes nothing
+    assert [s.id for s in store.repair_unowned(3600, apply=True)] == [old]
+    s = store.get_session(old)
+    assert s.end_reason == "abandoned" and "no owner" in s.end_detail
+    assert is_open(store, fresh)
+
+
+def test_cli_reap_and_doctor(db_path: str) -> None:
+    from typer.testing import CliRunner
+
+    from tether.cli.app import app
+
+    store = tether.open_store(db_path, load_plugins=False)
+    dead = owned_sessions(store, FAR, 2, heartbeat_at=time.time() - 600)
+    live = owned_sessions(store, FAR, 1, heartbeat_at=time.time() + 3600)
+    legacy = tether.ids.new_id()
+    store.backend.write(
+        lambda c: c.execute(
+            sql.INSERT_SESSION,
+            (
+                legacy,
+                "import",
+                None,
+                None,
+                None,
+                None,
+                legacy,
+                None,
+                1.0,
+                1.0,
+                None,
+                0,
+                None,
+                legacy,
+                1.0,
+            ),
+        )
+    )
+    store.close()
+    runner = CliRunner()
+    import json
+
+    doc = json.loads(runner.invoke(app, ["doctor", "--db", db_path, "--json"]).stdout)
+    assert (doc["open_live_owner"], doc["open_dead_owner"], doc["open_no_owner"]) == (1, 2, 1)
+    r = runner.invoke(app, ["reap", "--db", db_path, "--json"])
+    data = json.loads(r.stdout)
+    assert data["reaped"] == 2
+    assert sorted(s["id"] for s in data["sessions"]) == sorted(dead)
+    assert all(set(s) == {"id", "owner", "detail"} for s in data["sessions"])
+    assert json.loads(runner.invoke(app, ["reap", "--db", db_path, "--json"]).stdout)["reaped"] == 0
+    r = runner.invoke(app, ["doctor", "--db", db_path, "--repair", "--stale-after", "1h"])
+    assert r.exit_code == 0 and f"would end {legacy}" in r.stdout
+    r = runner.invoke(app, ["doctor", "--db", db_path, "--repair", "--stale-after", "1h", "--yes"])
+    assert r.exit_code == 0 and "ended 1 sessions" in r.stdout
+    r = runner.invoke(app, ["doctor", "--db", db_path, "--repair"])
+    assert r.exit_code != 0
+    store = tether.open_store(db_path, load_plugins=False)
+    assert store.get_session(legacy).end_reason == "abandoned"
+    assert is_open(store, live[0])
+    store.close()
