@@ -68,7 +68,13 @@ class OpenAIAgent:
         )
 
     async def run(self, turn: Turn) -> AsyncIterator[AgentEvent]:
-        messages = [to_openai(m) for m in await turn.history()]
+        # An empty assistant message marks a turn that failed or was interrupted
+        # before saying anything: nothing for the model to read.
+        messages = [
+            to_openai(m)
+            for m in await turn.history()
+            if m.content or m.tool_calls or m.role != "assistant"
+        ]
         if self.system:
             messages.insert(0, {"role": "system", "content": self.system})
         try:
