@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +14,15 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from tether.gateway.client import Client
+from tether.gateway.process import Child, spawn_gateway
 
 from ..conftest import child_env
 
 TOKEN = "test-token-0123456789abcdef"
 
 
-@dataclass
-class Served:
-    url: str
-    db: str
-    token: str
-    proc: subprocess.Popen[str]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+class Served(Child):
+    """A gateway child with client helpers."""
 
     async def client(self, **kw: Any) -> Client:
         return await Client.connect(self.url, self.token, **kw)
@@ -46,48 +34,15 @@ class Served:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+        return self.proc.wait(timeout=timeout)
 
 
 @contextlib.contextmanager
 def serve(tmp: Path, *args: str, db: str | None = None, name: str = "gw") -> Iterator[Served]:
     """Start ``tether serve --port 0`` and wait for its address; always stopped afterwards."""
-    db = db or str(tmp / "tether.db")
-    log = tmp / f"{name}.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tether", "serve", "--db", db, "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=child_env(TETHER_TOKEN=TOKEN),
-        )
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 30
-        line = ""
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line or line.startswith("tether gateway on "):
-                break
-        if not line.startswith("tether gateway on "):
-            proc.kill()
-            proc.wait()
-            raise AssertionError(f"tether serve did not start: {log.read_text()}")
-        url = line.split()[3]
-        yield Served(url, db, TOKEN, proc, log)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    with spawn_gateway(tmp, *args, token=TOKEN, db=db, name=name, env=child_env()) as child:
+        served = Served(child.url, child.db, child.token, child.proc, child.log)
+        yield served
 
 
 @pytest.fixture
@@ -127,9 +82,3 @@ async def wait_until(check: Any, timeout: float = 20, every: float = 0.05) -> An
         if value or time.monotonic() > deadline:
             return value
         await asyncio.sleep(every)
-
-
-def env_without_token() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("TETHER_TOKEN", None)
-    return env

@@ -165,7 +165,7 @@ def test_chat_reconnects_after_a_drop_without_losing_or_repeating_output(
     tmp_path: Path,
 ) -> None:
     with serve(tmp_path, "-o", "delay=0.03") as served:
-        proxy = DroppingProxy(int(served.url.rsplit(":", 1)[1].split("/")[0]))
+        proxy = DroppingProxy(served.port)
         try:
             words = " ".join(f"w{i}" for i in range(60))
             with chat(f"ws://127.0.0.1:{proxy.port}/rpc") as (proc, out, err):

@@ -60,9 +60,8 @@ def test_refused_before_any_method_runs(
             full["Authorization"] = f"Bearer {gateway.token}"
         url, where = gateway.url, {}
         if "Host" in full:  # connect to 127.0.0.1 while the handshake names another host
-            port = int(url.rsplit(":", 1)[1].split("/")[0])
-            url = f"ws://{full.pop('Host')}:{port}/rpc"
-            where = {"host": "127.0.0.1", "port": port}
+            url = f"ws://{full.pop('Host')}:{gateway.port}/rpc"
+            where = {"host": "127.0.0.1", "port": gateway.port}
         with pytest.raises(InvalidStatus) as err:
             await connect(url, additional_headers=full, open_timeout=5, **where)
         assert err.value.response.status_code == status

@@ -50,7 +50,10 @@ class ServeOptions:
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket (port 0 picks a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets
+    # only when the proto says TCP. Without it Nagle holds the frame after a
+    # reply until the client's delayed ACK, 40 ms later.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
