@@ -114,6 +114,11 @@ def test_gateway_with_the_openai_agent(tmp_path: Path) -> None:
             ]
             info = await c.call("gateway.info")
             assert info["agent"] == "openai" and info["model"] == "fake-1"
+            # A continuation carries the conversation on: the model reads the chain.
+            await c.call("session.close", session_id=sid)
+            child = (await c.call("session.create", parent_id=sid))["session_id"]
+            await c.call("prompt.submit", session_id=child, text="third")
+            assert (await next_event(c, "turn.end", child))["status"] == "completed"
 
         run(go())
         # The second request carried the whole stored transcript.

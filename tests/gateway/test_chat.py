@@ -87,7 +87,8 @@ def test_chat_exchange_then_continue_the_session(tmp_path: Path) -> None:
         assert "[word_count -> 3]" in out.text
         assert f"tether chat --resume {first.id}" in out.text
         with chat(served.url, "--resume", first.id) as (proc, out, _):
-            out.wait_for("continuing it as")
+            out.wait_for(f"(continues {first.id}, which ended (cli_close))")
+            assert "you> hello there\n   > echo: hello there\n" in out.text
             send(proc, "again")
             out.wait_for("echo: again\n")
             proc.stdin.close()  # type: ignore[union-attr]
@@ -98,12 +99,11 @@ def test_chat_exchange_then_continue_the_session(tmp_path: Path) -> None:
 
 def test_ctrl_c_interrupts_the_reply_and_a_second_one_leaves(tmp_path: Path) -> None:
     with serve(tmp_path, "-o", "delay=0.05") as served:
-        with chat(served.url) as (proc, out, err):
+        with chat(served.url) as (proc, out, _):
             send(proc, " ".join(f"w{i}" for i in range(200)))
             out.wait_for("echo: w0")
             proc.send_signal(signal.SIGINT)
             out.wait_for("[interrupted]")
-            assert "interrupting" in err.wait_for("interrupting")
             assert proc.poll() is None  # still here after the first Ctrl+C
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=20) == 0

@@ -62,7 +62,8 @@ class Turn:
     session_id: str
     turn_id: str
     text: str
-    history: Callable[[], Awaitable[list[Message]]]  # every message so far, the prompt last
+    # Every message so far (of the whole chain, for a continued session), the prompt last.
+    history: Callable[[], Awaitable[list[Message]]]
 
 
 class AgentError(Exception):

@@ -109,27 +109,26 @@ class Chat:
 
     async def start(self, resume: str | None) -> None:
         if resume is None:
-            result = await self.call("session.create")
-            self.adopt(result)
+            self.adopt(await self.call("session.create"))
             self.say(f"session {self.session_id} (new)")
             return
         try:
             result = await self.call("session.resume", session_id=resume)
+            status = "resumed"
         except RemoteError as exc:
             if exc.code != rpc.SESSION_ENDED:
                 raise
+            # Ended is ended: continue it as a new session in the same chain.
             result = await self.call("session.create", parent_id=resume)
-            self.adopt(result)
-            why = (exc.data or {}).get("reason")
-            self.say(f"session {resume} has ended ({why}); continuing it as {self.session_id}")
-            return
-        self.adopt(result)
-        history = await self.call("session.history", session_id=resume)
+            status = f"continues {resume}, which ended ({(exc.data or {}).get('reason')})"
+        history = await self.call("session.history", session_id=resume, limit=1000)
         for m in history["messages"]:
-            self.last_message = m["seq"]
             if m["role"] in ("user", "assistant") and m["content"]:
                 self.say(f"{'you' if m['role'] == 'user' else '   '}> {m['content']}")
-        self.say(f"session {self.session_id} (resumed)")
+        self.adopt(result)
+        if self.session_id == resume:
+            self.last_message = history["messages"][-1]["seq"] if history["messages"] else 0
+        self.say(f"session {self.session_id} ({status})")
         if result["turn_id"] is not None:
             self.turn_id = result["turn_id"]
             self.turn_done.clear()
@@ -221,7 +220,6 @@ class Chat:
     def on_sigint(self) -> None:
         if self.turn_id is not None and not self.interrupting:
             self.interrupting = True
-            self.note("^C interrupting (Ctrl+C again to leave)")
             task = asyncio.ensure_future(self._interrupt())
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
         else:
@@ -263,7 +261,7 @@ async def run_chat(url: str, token: str, resume: str | None) -> None:
         await chat.start(resume)
         await chat.wait_turn()
         if interactive:
-            chat.say("Ctrl+C interrupts a reply; Ctrl+D or /quit leaves.")
+            chat.say("Ctrl+C interrupts a reply (twice: leaves); Ctrl+D or /quit leaves.")
         lines: asyncio.Queue[str | None] = asyncio.Queue()
         _stdin_lines(loop, lines)
         while not chat.leaving.is_set():

@@ -319,6 +319,20 @@ class Gateway:
             log.exception("agent %s failed in turn %s", self.agent.name, turn.turn_id)
             queue.put_nowait(_Stop("error", one_line(exc)))
 
+    def _transcript(self, session_id: str) -> list[Message]:
+        """On a reader thread: the messages of the session's whole chain, oldest first.
+
+        A session that continues an ended one (``parent_id``) carries on its
+        conversation, so the agent reads from the root of the chain.
+        """
+        by_id = {s.id: s for s in self.store.get_chain(session_id)}
+        lineage: list[str] = []
+        at: str | None = session_id
+        while at is not None and at in by_id:  # parent links only: not a sibling's turns
+            lineage.append(at)
+            at = by_id[at].parent_id
+        return [m for sid in reversed(lineage) for m in self.store.get_messages(sid)]
+
     async def _store(
         self,
         session_id: str,
@@ -336,7 +350,7 @@ class Gateway:
         return msg
 
     async def _run_turn(self, sid: str, r: _Running, text: str) -> None:
-        turn = Turn(sid, r.turn_id, text, history=lambda: self.read(self.store.get_messages, sid))
+        turn = Turn(sid, r.turn_id, text, history=lambda: self.read(self._transcript, sid))
         queue: asyncio.Queue[Any] = asyncio.Queue()
         if r.interrupted:  # interrupted (or closed) before it could start
             queue.put_nowait(_Stop("interrupted"))
