@@ -124,7 +124,8 @@ class Chat:
         history = await self.call("session.history", session_id=resume, limit=1000)
         for m in history["messages"]:
             if m["role"] in ("user", "assistant") and m["content"]:
-                self.say(f"{'you' if m['role'] == 'user' else '   '}> {m['content']}")
+                mark = " [interrupted]" if m["interrupted"] else ""
+                self.say(f"{'you' if m['role'] == 'user' else '   '}> {m['content']}{mark}")
         self.adopt(result)
         if self.session_id == resume:
             self.last_message = history["messages"][-1]["seq"] if history["messages"] else 0
