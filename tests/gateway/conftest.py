@@ -47,8 +47,8 @@ def serve(tmp: Path, *args: str, db: str | None = None, name: str = "gw") -> Ite
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Served]:
-    """A gateway with a 1 s grace and an echo agent that takes 20 ms per word."""
-    with serve(tmp_path, "--detach-grace", "1", "-o", "delay=0.02") as served:
+    """A gateway with a 2 s grace and an echo agent that takes 20 ms per word."""
+    with serve(tmp_path, "--detach-grace", "2", "-o", "delay=0.02") as served:
         yield served
 
 

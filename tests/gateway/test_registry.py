@@ -295,7 +295,9 @@ def test_max_live_evicts_least_recently_active_idle(clock: tether.ManualClock) -
     assert of(actions, Finalize) == [Finalize("old", "lru_evict", False)]
     assert [f["params"]["reason"] for f in frames(actions)] == ["lru_evict"]
     assert sorted(s["session_id"] for s in r.active()) == ["busy", "new"]
+    assert r.has_room()
     r.begin_turn("new", "c1", "t2")
+    assert not r.has_room()
     with pytest.raises(Full):
         r.open("third", "c1")
     assert len(r) == 2

@@ -377,7 +377,7 @@ def test_drop_and_never_return(gateway: Served) -> None:
         assert [m.role for m in msgs] == ["user", "assistant"]
         assert msgs[1].content == "echo: " + " ".join(["x"] * 30)
         # The grace counted from the end of the turn, not from the drop.
-        assert s.ended_at - msgs[1].created_at >= 1.0
+        assert s.ended_at - msgs[1].created_at >= 2.0
         assert s.detached_at is not None and s.detached_at <= msgs[1].created_at
         assert (await info(gateway))["stats"]["live_sessions"] == 0
 
@@ -394,12 +394,12 @@ def test_active_list_and_warm_reattach_within_grace(gateway: Served) -> None:
         c2 = await gateway.client()
         [row] = (await c2.call("session.active_list"))["sessions"]
         assert row["session_id"] == sid and row["state"] == "detached"
-        assert 0 < row["ends_in"] <= 1.0 and row["ends_as"] == "ws_disconnect"
+        assert 0 < row["ends_in"] <= 2.0 and row["ends_as"] == "ws_disconnect"
         s, _ = stored(gateway.db, sid)
         assert s.detached_at is not None
         r = await c2.call("session.resume", session_id=sid, since=0)
         assert r["replayed"] == r["last_seq"] and not r["reload"]
-        await asyncio.sleep(1.5)  # past the grace, but attached: still live
+        await asyncio.sleep(2.5)  # past the grace, but attached: still live
         assert (await c2.call("session.active_list"))["sessions"][0]["state"] == "attached"
         assert stored(gateway.db, sid)[0].detached_at is None
 
@@ -407,7 +407,7 @@ def test_active_list_and_warm_reattach_within_grace(gateway: Served) -> None:
 
 
 def test_idle_timeout_and_max_live_sessions(tmp_path: Path) -> None:
-    args = ("--idle-timeout", "0.5", "--max-live-sessions", "2", "-o", "delay=0")
+    args = ("--idle-timeout", "2", "--max-live-sessions", "2", "-o", "delay=0")
     with serve(tmp_path, *args) as served:
 
         async def go() -> None:

@@ -61,34 +61,34 @@ def method(name: str, *params: Param) -> Callable[[Handler], Handler]:
     return register
 
 
+# Foreseeable failures and their codes; the first matching class wins.
+_CODES: tuple[tuple[type[Exception], int], ...] = (
+    (NotLive, rpc.NOT_ATTACHED),
+    (NotAttached, rpc.NOT_ATTACHED),
+    (Closing, rpc.SESSION_ENDED),
+    (Full, rpc.GATEWAY_FULL),
+    (RegistryError, rpc.INVALID_REQUEST),
+    (SessionNotFoundError, rpc.SESSION_NOT_FOUND),
+    (StaleOwnerError, rpc.SESSION_ENDED),
+    (OwnerAliveError, rpc.OWNER_ALIVE),
+    (InvalidInputError, rpc.INVALID_PARAMS),
+    (TetherError, rpc.INTERNAL_ERROR),
+)
+
+
 def to_rpc_error(exc: Exception) -> RpcError:
     """The JSON-RPC error for an exception (one line; internal details stay in the log)."""
     if isinstance(exc, RpcError):
         return exc
     if isinstance(exc, Busy):
         return RpcError(rpc.BUSY, str(exc), {"turn_id": exc.turn_id})
-    if isinstance(exc, NotLive | NotAttached):
-        return RpcError(rpc.NOT_ATTACHED, str(exc))
-    if isinstance(exc, Closing):
-        return RpcError(rpc.SESSION_ENDED, str(exc))
-    if isinstance(exc, Full):
-        return RpcError(rpc.GATEWAY_FULL, str(exc))
-    if isinstance(exc, RegistryError):
-        return RpcError(rpc.INVALID_REQUEST, str(exc))
-    if isinstance(exc, SessionNotFoundError):
-        return RpcError(rpc.SESSION_NOT_FOUND, str(exc))
     if isinstance(exc, SessionEndedError):
         return RpcError(rpc.SESSION_ENDED, str(exc), {"reason": exc.reason})
-    if isinstance(exc, StaleOwnerError):
-        return RpcError(rpc.SESSION_ENDED, str(exc))
-    if isinstance(exc, OwnerAliveError):
-        return RpcError(rpc.OWNER_ALIVE, str(exc))
-    if isinstance(exc, InvalidInputError):
-        return RpcError(rpc.INVALID_PARAMS, str(exc))
     if isinstance(exc, StoreError):
         return RpcError(rpc.STORE_UNAVAILABLE, f"store unavailable: {exc}")
-    if isinstance(exc, TetherError):
-        return RpcError(rpc.INTERNAL_ERROR, str(exc))
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return RpcError(code, str(exc))
     log.exception("internal error while handling a request")
     return RpcError(rpc.INTERNAL_ERROR, "internal error (see the gateway's log)")
 
@@ -189,12 +189,14 @@ async def _resume_cold(gw: Gateway, conn: Connection, sid: str, since: int | Non
     session = await gw.read(gw.store.get_session, sid)
     if session.ended_at is not None:
         raise SessionEndedError(sid, session.end_reason)
+    if not gw.registry.has_room():
+        raise Full(gw.config.max_live_sessions or 0)
     # Takes ownership if the owner is dead (epoch bump: its late writes are
     # refused); OwnerAliveError if another live process holds it.
     handle = await gw.write(gw.store.resume, sid)
     try:
         attached, actions = gw.registry.open(sid, conn.id, since=since)
-    except Full:
+    except Full:  # filled up while we took it over: end it rather than hold it unseen
         await gw.write(handle.end, "lru_evict")
         raise
     gw.handles[sid] = handle

@@ -282,6 +282,12 @@ class Registry:
 
     # --- attaching -------------------------------------------------------------------
 
+    def has_room(self) -> bool:
+        """Whether :meth:`open` would succeed now (below the cap, or an idle session to evict)."""
+        if self.max_live is None or len(self._sessions) < self.max_live:
+            return True
+        return any(s.turn_id is None and s.closing is None for s in self._sessions.values())
+
     def open(
         self, session_id: str, conn: ConnId, *, since: int | None = None
     ) -> tuple[Attached, list[Action]]:
