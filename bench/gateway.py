@@ -143,10 +143,14 @@ def run(quick: bool = False, write: bool = True, directory: str | None = None) -
 
         async def main() -> dict[str, Any]:
             out: dict[str, Any] = {}
+            # Memory first: memory freed by the other runs would be reused and hide growth.
+            out["memory"] = await memory_per_session(child, 500 if quick else 5000)
             out["ping"] = [(n, await ping_rate(child, n, seconds)) for n in (1, 50, 500)]
             out["latency"] = await first_event_latency(child, 50, 4 if quick else 40)
-            out["memory"] = await memory_per_session(child, 500 if quick else 5000)
             out["churn"] = await churn_rate(child, 500 if quick else 5000, 10)
+            c = await Client.connect(child.url, child.token)
+            out["lag"] = (await c.call("gateway.info"))["stats"]["loop_lag_max_ms"]
+            await c.close()
             return out
 
         results = asyncio.run(main())
@@ -171,5 +175,7 @@ def run(quick: bool = False, write: bool = True, directory: str | None = None) -
         + f"\n\nMemory per live idle session: {per_session / 1024:.1f} KiB "
         f"(RSS growth over {live:,} attached sessions, one short turn each)."
         + f"\n\nConnect, create, drop: {results['churn']:,.0f} cycles/s (10 clients in parallel)."
+        + f"\n\nWorst event-loop lag in the gateway over the whole run: {results['lag']:.1f} ms "
+        "(store calls run on threads; this is what they and everything else cost the loop)."
     )
     publish("Gateway", text, notes=__doc__.split("\n\n", 1)[1] if __doc__ else "", write=write)

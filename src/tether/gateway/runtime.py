@@ -122,6 +122,8 @@ class Gateway:
         self._pending: set[asyncio.Future[Any]] = set()
         self._wake = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
+        self._lag: asyncio.Task[None] | None = None
+        self.loop_lag_max = 0.0  # seconds: the worst late wake-up of the event loop
         self.cold_lock = asyncio.Lock()
         self.started_at = clock.now()
         self.stopping = False
@@ -151,6 +153,15 @@ class Gateway:
 
     async def start(self) -> None:
         self._timer = asyncio.create_task(self._timers(), name="tether-timers")
+        self._lag = asyncio.create_task(self._watch_lag(), name="tether-loop-lag")
+
+    async def _watch_lag(self, every: float = 0.25) -> None:
+        """Measure how late the loop wakes up: store calls must never stall it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(every)
+            self.loop_lag_max = max(self.loop_lag_max, loop.time() - t - every)
 
     async def shutdown(self, reason: str = "gateway_shutdown") -> None:
         """End every live session once, with ``reason``; running turns store their output first."""
@@ -172,9 +183,10 @@ class Gateway:
             if sid not in self.finalizing:
                 self.run([Finalize(sid, reason, True)])
         await asyncio.gather(*self.finalizing.values(), *self._pending, return_exceptions=True)
-        if self._timer is not None:
-            self._timer.cancel()
-            await asyncio.gather(self._timer, return_exceptions=True)
+        for task in (self._timer, self._lag):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
 
@@ -428,7 +440,7 @@ class Gateway:
 
     # --- numbers for gateway.info and the tests ------------------------------------------
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         return {
             "live_sessions": len(self.registry),
             "connections": len(self.conns),
@@ -437,4 +449,5 @@ class Gateway:
             "finalizing": len(self.finalizing),
             "pending_writes": len(self._pending),
             "timers": self.registry.pending_timers,
+            "loop_lag_max_ms": round(self.loop_lag_max * 1000, 2),
         }
