@@ -131,7 +131,11 @@ class DroppingProxy:
         return self.server.sockets[0].getsockname()[1]
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:  # the gateway is down: so is this connection
+            w.close()
+            return
         self.writers |= {w, uw}
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -208,3 +212,25 @@ def test_chat_errors_are_one_line(tmp_path: Path, gateway: Served) -> None:
     )
     assert down.returncode == 1 and down.stderr.startswith("error: cannot reach the gateway")
     assert "Traceback" not in bad.stderr + down.stderr
+
+
+def test_chat_carries_on_across_a_gateway_restart(tmp_path: Path) -> None:
+    db = str(tmp_path / "shared.db")
+    with serve(tmp_path, "-o", "delay=0", db=db, name="a") as a:
+        proxy = DroppingProxy(a.port)
+        try:
+            with chat(f"ws://127.0.0.1:{proxy.port}/rpc") as (proc, out, err):
+                send(proc, "before")
+                out.wait_for("echo: before\n")
+                assert a.stop() == 0  # graceful: the session ends with gateway_shutdown
+                with serve(tmp_path, "-o", "delay=0", db=db, name="b") as b:
+                    proxy.target_port = b.port
+                    err.wait_for("(gateway_shutdown); continuing it as")
+                    send(proc, "after")
+                    out.wait_for("echo: after\n")
+                    proc.stdin.close()  # type: ignore[union-attr]
+                    assert proc.wait(timeout=20) == 0
+        finally:
+            proxy.close()
+    tip = only_session(db)
+    assert tip.parent_id is not None and tip.message_count == 2

@@ -49,6 +49,7 @@ class Chat:
         self.interrupting = False
         self.leaving = asyncio.Event()
         self.closing = False  # we are closing the session ourselves
+        self.reloaded = False  # events were lost: show the running turn's reply whole
 
     def say(self, text: str, end: str = "\n") -> None:
         self.out.write(text + end)
@@ -79,9 +80,13 @@ class Chat:
             self.turn_id = p["turn_id"]
             self.turn_done.clear()
         elif method == "message.delta":
-            self.say(p["text"], end="")
+            if not self.reloaded:
+                self.say(p["text"], end="")
         elif method == "message":
-            self.last_message = max(self.last_message, p["message"]["seq"])
+            m = p["message"]
+            self.last_message = max(self.last_message, m["seq"])
+            if self.reloaded and m["role"] == "assistant" and m["content"]:
+                self.say(f"[reloaded] {m['content']}", end="")  # the deltas had a gap
         elif method == "tool.call":
             self.say(f"[{p['name']} {p['arguments']}]")
         elif method == "tool.result":
@@ -101,6 +106,7 @@ class Chat:
             self.leaving.set()
 
     def finish_turn(self) -> None:
+        self.reloaded = False
         self.turn_id = None
         self.interrupting = False
         self.turn_done.set()
@@ -153,6 +159,19 @@ class Chat:
                     stream=self.stream,
                 )
                 break
+            except RemoteError as exc:
+                if exc.code != rpc.SESSION_ENDED:
+                    raise
+                # Ended while we were away (the gateway restarted, say): carry on in its chain.
+                result = await self.call("session.create", parent_id=self.session_id)
+                why = (exc.data or {}).get("reason")
+                self.note(
+                    f"[session {self.session_id} ended ({why}); continuing it as "
+                    f"{result['session_id']}]"
+                )
+                self.adopt(result)
+                self.finish_turn()
+                return True
             except (TimeoutError, OSError, WebSocketException, ConnectionLost):
                 await self.drop()
             if asyncio.get_running_loop().time() > deadline:
@@ -165,6 +184,12 @@ class Chat:
             await self.reload(result)
         return True
 
+    async def recover(self) -> None:
+        self.note("[connection lost; reconnecting]")
+        if not await self.reconnect():
+            raise ConnectionLost("gateway")
+        self.note("[reconnected]")
+
     async def reload(self, result: dict[str, Any]) -> None:
         """The missed events are gone: show the stored messages we have not shown."""
         self.stream, self.last_seq = result["stream"], result["last_seq"]
@@ -175,7 +200,9 @@ class Chat:
             self.last_message = m["seq"]
             if m["role"] == "assistant" and m["content"]:
                 self.say(f"\n[reloaded] {m['content']}")
-        if result["state"] != "running":
+        if result["state"] == "running":
+            self.reloaded = True  # its reply is printed whole when it is stored
+        else:
             self.finish_turn()
 
     async def drop(self) -> None:
@@ -213,10 +240,23 @@ class Chat:
                 and not self.turn_done.is_set()
                 and not self.leaving.is_set()
             ):
-                self.note("[connection lost; reconnecting]")
-                if not await self.reconnect():
-                    raise ConnectionLost("gateway")
-                self.note("[reconnected]")
+                await self.recover()
+
+    async def next_line(self, lines: asyncio.Queue[str | None]) -> str | None:
+        """The next line typed; meanwhile, reconnect if the connection drops."""
+        while True:
+            assert self.client is not None
+            waits = [lines.get(), self.leaving.wait(), self.client.lost.wait()]
+            get, leave, lost = tasks = [asyncio.create_task(w) for w in waits]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in (leave, lost):
+                task.cancel()
+            if get.done():
+                return get.result()
+            get.cancel()  # Queue.get is safe to cancel: no line is lost
+            if self.leaving.is_set():
+                return None
+            await self.recover()
 
     def on_sigint(self) -> None:
         if self.turn_id is not None and not self.interrupting:
@@ -268,14 +308,9 @@ async def run_chat(url: str, token: str, resume: str | None) -> None:
         while not chat.leaving.is_set():
             if interactive:
                 chat.say("you> ", end="")
-            get = asyncio.create_task(lines.get())
-            leave = asyncio.create_task(chat.leaving.wait())
-            done, _ = await asyncio.wait({get, leave}, return_when=asyncio.FIRST_COMPLETED)
-            leave.cancel()
-            if get not in done:
-                get.cancel()
+            line = await chat.next_line(lines)
+            if chat.leaving.is_set():
                 break
-            line = get.result()
             if line is None or line.strip() in ("/quit", "/exit"):
                 break
             if not line.strip():
