@@ -261,7 +261,7 @@ class Gateway:
             return False
         try:
             return handle.end(a.reason, interrupted=a.interrupted)
-        except TetherError as exc:  # the store is unreachable: the reaper ends it later
+        except TetherError as exc:  # unreachable store: retried at exit (exits), or reaped
             log.error("could not end session %s (%s): %s", a.session_id, a.reason, exc)
             return False
 
