@@ -18,7 +18,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	@touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(BIN)/tether demo
+	$(BIN)/tether serve
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench

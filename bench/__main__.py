@@ -1,4 +1,4 @@
-"""Run a benchmark: ``python -m bench store [--quick] [--no-write]``."""
+"""Run a benchmark: ``python -m bench store|liveness|gateway [--quick] [--no-write]``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-BENCHES = ("store", "liveness")
+BENCHES = ("store", "liveness", "gateway")
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import sys
 import typer
 
 from .. import __version__
-from . import demo, doctor, liveness, sessions
+from . import chat, demo, doctor, liveness, serve, sessions
 
 app = typer.Typer(
     name="tether",
@@ -25,6 +25,8 @@ app.command("end")(sessions.end)
 app.command("doctor")(doctor.doctor)
 app.command("reap")(liveness.reap)
 app.command("demo")(demo.demo)
+app.command("serve")(serve.serve)
+app.command("chat")(chat.chat)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,114 @@
+"""``tether serve``: the gateway, JSON-RPC 2.0 over WebSocket at ``/rpc``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ..agents import AgentError, make_agent
+from ..gateway.runtime import GatewayConfig
+from ..gateway.security import load_token
+from ..gateway.server import ServeOptions, run
+from ..paths import default_db
+from ..store import open_store
+from .common import DbOption, cli_errors, fail
+
+DEFAULT_PORT = 8765
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(
+                f"expected KEY=VALUE, got {pair!r}", param_hint="--agent-option"
+            )
+        out[key.strip()] = value
+    return out
+
+
+@cli_errors
+def serve(
+    db: DbOption = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind (loopback unless you mean it).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0: any free port.")] = (
+        DEFAULT_PORT
+    ),
+    agent: Annotated[str, typer.Option("--agent", help="The agent: echo or openai.")] = "echo",
+    agent_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--agent-option",
+            "-o",
+            help="KEY=VALUE for the agent (echo: delay, tool; openai: base_url, model, "
+            "api_key, system, timeout). Repeatable.",
+        ),
+    ] = None,
+    detach_grace: Annotated[
+        float,
+        typer.Option("--detach-grace", min=0.0, help="Seconds a detached idle session is kept."),
+    ] = 120.0,
+    idle_timeout: Annotated[
+        float | None,
+        typer.Option("--idle-timeout", min=0.001, help="End sessions idle this many seconds."),
+    ] = None,
+    max_live_sessions: Annotated[
+        int | None,
+        typer.Option("--max-live-sessions", min=1, help="Evict the least recently active idle."),
+    ] = None,
+    token_file: Annotated[
+        str | None,
+        typer.Option(
+            "--token-file",
+            help="The token file (made at first start, mode 0600) "
+            "[default: the data directory; $TETHER_TOKEN wins].",
+        ),
+    ] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option("--allow-host", help="Another Host name clients may use. Repeatable."),
+    ] = None,
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option("--allow-origin", help="A browser origin allowed to connect. Repeatable."),
+    ] = None,
+    max_frame: Annotated[
+        int, typer.Option("--max-frame", min=1024, help="Largest accepted frame, in bytes.")
+    ] = 1024 * 1024,
+) -> None:
+    """Run the gateway: JSON-RPC 2.0 over WebSocket at ws://HOST:PORT/rpc."""
+    try:
+        the_agent = make_agent(agent, parse_options(agent_option or []))
+    except AgentError as exc:
+        raise fail(str(exc)) from None
+    token = load_token(token_file)
+    target = db or default_db()
+    store = open_store(target, kind="gateway")
+    options = ServeOptions(
+        host=host,
+        port=port,
+        max_frame=max_frame,
+        allowed_hosts=tuple(allow_host or ()),
+        allowed_origins=tuple(allow_origin or ()),
+        gateway=GatewayConfig(
+            detach_grace=detach_grace,
+            idle_timeout=idle_timeout,
+            max_live_sessions=max_live_sessions,
+        ),
+    )
+
+    def ready(url: str) -> None:
+        print(f"tether gateway on {url} (agent {the_agent.name}, database {target})", flush=True)
+
+    try:
+        run(store, the_agent, token, options, ready=ready)
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    finally:
+        store.close()
+    print("tether gateway stopped", file=sys.stderr, flush=True)

@@ -1,0 +1,81 @@
+"""One client connection as the runtime sees it: an ordered, bounded outbox.
+
+Frames are queued without waiting (the registry's actions are carried out
+synchronously, so their order is the order on the wire) and a writer task
+sends them. A client that stops reading is disconnected once its outbox is
+full, instead of growing the gateway's memory; it can re-attach with
+``since`` and get what it missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("tether.gateway")
+
+SLOW_CLIENT = 1013  # "try again later"
+
+_CLOSE = object()
+
+
+class Connection:
+    def __init__(
+        self,
+        conn_id: int,
+        send: Callable[[str], Awaitable[None]],
+        close: Callable[[int, str], Awaitable[None]],
+        *,
+        limit: int,
+    ) -> None:
+        self.id = conn_id
+        self._send = send
+        self._close = close
+        self._limit = limit
+        self._outbox: asyncio.Queue[object] = asyncio.Queue()
+        self.closed = False
+        self._writer = asyncio.create_task(self._drain(), name=f"tether-conn-{conn_id}")
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id}{' closed' if self.closed else ''}>"
+
+    @property
+    def queued(self) -> int:
+        return self._outbox.qsize()
+
+    def send(self, frame: str) -> None:
+        """Queue a frame; never waits."""
+        if self.closed:
+            return
+        if self._outbox.qsize() >= self._limit:
+            log.warning(
+                "connection %s: outbox full (%d frames); disconnecting", self.id, self._limit
+            )
+            self.closed = True
+            while not self._outbox.empty():
+                self._outbox.get_nowait()
+            self._outbox.put_nowait(_CLOSE)
+            return
+        self._outbox.put_nowait(frame)
+
+    async def _drain(self) -> None:
+        try:
+            while True:
+                frame = await self._outbox.get()
+                if frame is _CLOSE:
+                    await self._close(SLOW_CLIENT, "client too slow: re-attach with since")
+                    return
+                await self._send(frame)  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the socket is gone; the receive side notices and detaches
+            self.closed = True
+
+    async def aclose(self) -> None:
+        """Stop the writer (the transport is closed by its owner)."""
+        self.closed = True
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer

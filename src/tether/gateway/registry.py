@@ -1,0 +1,516 @@
+"""The gateway's live-session registry, as a sans-IO state machine.
+
+Like python-websockets' ``protocol.py``, this module does no I/O and never
+reads the time by itself: every method takes its input, updates the state and
+returns *actions* for a thin asyncio layer (:mod:`tether.gateway.runtime`) to
+carry out: deliver a frame to connections, record a detachment in the
+database, interrupt a turn, finalize a session. Time comes from an injected
+clock, so the whole policy is tested by moving a :class:`~tether.ManualClock`.
+
+The rules it keeps:
+
+* A connection attaches to any number of sessions; a session has any number
+  of attached connections. Dropping a connection detaches its sessions.
+* Every event of a session gets the next per-session ``seq`` and goes to a
+  bounded replay buffer, whoever is attached. Re-attaching with ``since``
+  replays every later event exactly once, in order, or says ``reload``.
+* A session that is detached and idle (no running turn) for ``detach_grace``
+  seconds is finalized (``ws_disconnect``); the grace counts from the later of
+  the detachment and the end of the last turn. A running turn is never cut off
+  by a timer.
+* ``idle_timeout`` finalizes any session idle that long (``idle_timeout``);
+  ``max_live`` evicts the least recently active idle session (``lru_evict``).
+* One running turn per session.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import secrets
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..clock import SYSTEM_CLOCK, Clock
+from .replay import ReplayBuffer
+from .rpc import notification
+
+ConnId = Hashable
+
+# --- actions for the I/O layer --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Send ``frame`` (a JSON-RPC notification) to each connection, in order."""
+
+    conns: tuple[ConnId, ...]
+    frame: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkDetached:
+    """Record in the database that no client is attached since ``at`` (None: attached)."""
+
+    session_id: str
+    at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    """Stop the running turn; it ends by itself (``end_turn``) once it has stored its output."""
+
+    session_id: str
+    turn_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finalize:
+    """End the session in the store with ``reason`` and release everything it holds.
+
+    The registry has already forgotten it (and told attached clients).
+    """
+
+    session_id: str
+    reason: str
+    interrupted: bool
+
+
+Action = Deliver | MarkDetached | Interrupt | Finalize
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+class RegistryError(Exception):
+    """A request the registry refuses; the message is meant for the client."""
+
+
+class NotLive(RegistryError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id} is not live in this gateway")
+        self.session_id = session_id
+
+
+class NotAttached(RegistryError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f"this connection is not attached to session {session_id}: call session.resume first"
+        )
+
+
+class Busy(RegistryError):
+    def __init__(self, session_id: str, turn_id: str) -> None:
+        super().__init__(
+            f"busy: session {session_id} is running turn {turn_id}; "
+            "wait for turn.end or call session.interrupt"
+        )
+        self.turn_id = turn_id
+
+
+class Closing(RegistryError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id} is closing")
+
+
+class Full(RegistryError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the gateway holds its maximum of {limit} live sessions and every one "
+            "is running a turn; try again later"
+        )
+
+
+# --- state ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class LiveSession:
+    id: str
+    stream: str
+    replay: ReplayBuffer
+    last_active: float  # monotonic: creation, attach, prompt, end of a turn
+    idle_since: float  # monotonic: creation or the end of the last turn
+    conns: set[ConnId] = field(default_factory=set)
+    detached_since: float | None = None
+    turn_id: str | None = None
+    closing: str | None = None  # finalize with this reason once the running turn ends
+    deadline: float | None = None
+    deadline_reason: str | None = None
+
+    @property
+    def state(self) -> str:
+        if self.turn_id is not None:
+            return "running"
+        return "attached" if self.conns else "detached"
+
+
+@dataclass(frozen=True, slots=True)
+class Attached:
+    """The outcome of attaching: what to tell the client, and the frames to replay."""
+
+    session_id: str
+    stream: str
+    last_seq: int
+    replay: list[str]
+    reload: bool
+    state: str
+    turn_id: str | None
+
+    def to_result(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "stream": self.stream,
+            "last_seq": self.last_seq,
+            "replayed": len(self.replay),
+            "reload": self.reload,
+            "state": self.state,
+            "turn_id": self.turn_id,
+        }
+
+
+class Registry:
+    """Live sessions and attached connections; pure logic, see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        detach_grace: float = 120.0,
+        idle_timeout: float | None = None,
+        max_live: int | None = None,
+        replay_events: int = 2048,
+        replay_bytes: int = 512 * 1024,
+        stream_prefix: str | None = None,
+    ) -> None:
+        if detach_grace < 0:
+            raise ValueError("detach_grace must not be negative")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError("idle_timeout must be positive")
+        if max_live is not None and max_live < 1:
+            raise ValueError("max_live must be at least 1")
+        self.clock = clock
+        self.detach_grace = detach_grace
+        self.idle_timeout = idle_timeout
+        self.max_live = max_live
+        self._replay_events = replay_events
+        self._replay_bytes = replay_bytes
+        # Streams name one live incarnation of a session: seqs restart after a
+        # restart or a cold resume, and a client's old `since` must not match.
+        self._stream_prefix = stream_prefix or secrets.token_hex(4)
+        self._streams = itertools.count(1)
+        self._sessions: dict[str, LiveSession] = {}
+        self._conns: dict[ConnId, set[str]] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._tiebreak = itertools.count()
+
+    # --- reading ---------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._sessions
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    @property
+    def pending_timers(self) -> int:
+        """Entries in the deadline heap (stale ones included; bounded by compaction)."""
+        return len(self._heap)
+
+    def session(self, session_id: str) -> LiveSession:
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            raise NotLive(session_id) from None
+
+    def sessions_of(self, conn: ConnId) -> frozenset[str]:
+        return frozenset(self._conns.get(conn, ()))
+
+    def running(self) -> list[tuple[str, str]]:
+        """``(session_id, turn_id)`` of every running turn."""
+        return [(s.id, s.turn_id) for s in self._sessions.values() if s.turn_id is not None]
+
+    def active(self) -> list[dict[str, Any]]:
+        """What is live now: attached, running, or detached within the grace window."""
+        now = self.clock.monotonic()
+        out = []
+        for s in self._sessions.values():
+            if s.deadline is not None and s.deadline <= now:
+                continue  # expired; the next tick finalizes it
+            out.append(
+                {
+                    "session_id": s.id,
+                    "state": s.state,
+                    "attached": len(s.conns),
+                    "turn_id": s.turn_id,
+                    "last_seq": s.replay.last_seq,
+                    "idle_for": None if s.turn_id else round(now - s.idle_since, 3),
+                    "detached_for": None
+                    if s.detached_since is None
+                    else round(now - s.detached_since, 3),
+                    "ends_in": None if s.deadline is None else round(s.deadline - now, 3),
+                    "ends_as": s.deadline_reason,
+                }
+            )
+        out.sort(key=lambda d: d["session_id"])
+        return out
+
+    # --- connections -----------------------------------------------------------------
+
+    def connect(self, conn: ConnId) -> None:
+        self._conns.setdefault(conn, set())
+
+    def disconnect(self, conn: ConnId) -> list[Action]:
+        """The connection is gone: detach it from every session it was attached to."""
+        actions: list[Action] = []
+        now = self.clock.monotonic()
+        for sid in sorted(self._conns.pop(conn, ())):
+            s = self._sessions.get(sid)
+            if s is None:
+                continue
+            s.conns.discard(conn)
+            if not s.conns:
+                s.detached_since = now
+                actions.append(MarkDetached(sid, self.clock.now()))
+                self._schedule(s)
+        return actions
+
+    # --- attaching -------------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        """Whether :meth:`open` would succeed now (below the cap, or an idle session to evict)."""
+        if self.max_live is None or len(self._sessions) < self.max_live:
+            return True
+        return any(s.turn_id is None and s.closing is None for s in self._sessions.values())
+
+    def open(
+        self, session_id: str, conn: ConnId, *, since: int | None = None
+    ) -> tuple[Attached, list[Action]]:
+        """Make a session live (new, or loaded cold from the store) and attach ``conn``.
+
+        Past ``max_live``, the least recently active idle session is evicted
+        first; if every session is running a turn, :class:`Full` is raised and
+        nothing changes.
+        """
+        if session_id in self._sessions:
+            raise ValueError(f"session {session_id} is already live")
+        self._require_conn(conn)
+        actions: list[Action] = []
+        if self.max_live is not None and len(self._sessions) >= self.max_live:
+            idle = [s for s in self._sessions.values() if s.turn_id is None and s.closing is None]
+            if not idle:
+                raise Full(self.max_live)
+            victim = min(idle, key=lambda s: (s.last_active, s.id))
+            actions += self._finalize(victim, "lru_evict")
+        now = self.clock.monotonic()
+        s = LiveSession(
+            id=session_id,
+            stream=f"{self._stream_prefix}.{next(self._streams)}",
+            replay=ReplayBuffer(self._replay_events, self._replay_bytes),
+            last_active=now,
+            idle_since=now,
+        )
+        self._sessions[session_id] = s
+        s.conns.add(conn)
+        self._conns[conn].add(session_id)
+        self._schedule(s)
+        # A new stream has no past: a client that saw events of an earlier one must reload.
+        reload = since is not None and since > 0
+        return Attached(session_id, s.stream, 0, [], reload, s.state, None), actions
+
+    def attach(
+        self,
+        session_id: str,
+        conn: ConnId,
+        *,
+        since: int | None = None,
+        stream: str | None = None,
+    ) -> tuple[Attached, list[Action]]:
+        """Attach ``conn`` to a live session; with ``since``, replay what came after it.
+
+        The replay is every event with a larger seq, in order, exactly once;
+        if the buffer no longer holds all of them, or ``stream`` names another
+        incarnation, ``reload`` is set and nothing is replayed. The caller must
+        send the replay before anything else reaches this connection.
+        """
+        s = self.session(session_id)
+        self._require_conn(conn)
+        if s.closing is not None:
+            raise Closing(session_id)
+        replay: list[str] = []
+        reload = False
+        if since is not None:
+            frames = None if stream not in (None, s.stream) else s.replay.since(since)
+            if frames is None:
+                reload = True
+            else:
+                replay = frames
+        actions: list[Action] = []
+        if not s.conns:
+            s.detached_since = None
+            actions.append(MarkDetached(session_id, None))
+        s.conns.add(conn)
+        self._conns[conn].add(session_id)
+        s.last_active = self.clock.monotonic()
+        self._schedule(s)
+        attached = Attached(
+            session_id, s.stream, s.replay.last_seq, replay, reload, s.state, s.turn_id
+        )
+        return attached, actions
+
+    def _require_conn(self, conn: ConnId) -> None:
+        if conn not in self._conns:
+            raise ValueError(f"unknown connection {conn!r}: call connect() first")
+
+    # --- turns -----------------------------------------------------------------------
+
+    def begin_turn(self, session_id: str, conn: ConnId, turn_id: str) -> None:
+        """Mark a turn running; :class:`Busy` if one already is."""
+        s = self.session(session_id)
+        if conn not in s.conns:
+            raise NotAttached(session_id)
+        if s.closing is not None:
+            raise Closing(session_id)
+        if s.turn_id is not None:
+            raise Busy(session_id, s.turn_id)
+        s.turn_id = turn_id
+        s.last_active = self.clock.monotonic()
+        self._schedule(s)
+
+    def end_turn(
+        self,
+        session_id: str,
+        turn_id: str,
+        status: str,
+        error: str | None = None,
+        *,
+        announce: bool = True,
+    ) -> list[Action]:
+        """The turn is over (its output is stored); timers start counting again.
+
+        ``announce=False`` for a turn that never started (its prompt could not
+        be stored): no ``turn.end`` is sent.
+        """
+        s = self._sessions.get(session_id)
+        if s is None or s.turn_id != turn_id:
+            return []
+        actions: list[Action] = []
+        if announce:
+            params: dict[str, Any] = {"turn_id": turn_id, "status": status}
+            if error is not None:
+                params["error"] = error
+            actions += self.emit(session_id, "turn.end", params)
+        s.turn_id = None
+        s.idle_since = s.last_active = self.clock.monotonic()
+        if s.closing is not None:
+            return actions + self._finalize(s, s.closing, interrupted=status == "interrupted")
+        self._schedule(s)
+        return actions
+
+    def interrupt(self, session_id: str) -> list[Action]:
+        s = self.session(session_id)
+        return [] if s.turn_id is None else [Interrupt(session_id, s.turn_id)]
+
+    # --- events ----------------------------------------------------------------------
+
+    def emit(self, session_id: str, method: str, params: dict[str, Any]) -> list[Action]:
+        """Number an event, keep it for replay and deliver it to whoever is attached."""
+        s = self._sessions.get(session_id)
+        if s is None:
+            return []
+        seq = s.replay.last_seq + 1
+        frame = notification(method, {"session_id": session_id, "seq": seq, **params})
+        s.replay.add(seq, frame)
+        return [Deliver(tuple(s.conns), frame)] if s.conns else []
+
+    # --- ending ----------------------------------------------------------------------
+
+    def close(self, session_id: str, reason: str) -> list[Action]:
+        """Finalize now, or, with a running turn, interrupt it and finalize when it ends."""
+        s = self.session(session_id)
+        if s.turn_id is not None:
+            if s.closing is None:
+                s.closing = reason
+            return [Interrupt(session_id, s.turn_id)]
+        return self._finalize(s, reason)
+
+    def shutdown(self, reason: str) -> list[Action]:
+        """Close every live session (turns are interrupted first)."""
+        actions: list[Action] = []
+        for sid in sorted(self._sessions):
+            actions += self.close(sid, reason)
+        return actions
+
+    def _finalize(self, s: LiveSession, reason: str, *, interrupted: bool = False) -> list[Action]:
+        actions = self.emit(s.id, "session.ended", {"reason": reason})
+        del self._sessions[s.id]
+        for conn in s.conns:
+            self._conns[conn].discard(s.id)
+        s.conns.clear()
+        s.deadline = None
+        self._compact()
+        actions.append(Finalize(s.id, reason, interrupted))
+        return actions
+
+    # --- time ------------------------------------------------------------------------
+
+    def _due(self, s: LiveSession) -> tuple[float | None, str | None]:
+        if s.turn_id is not None:
+            return None, None  # a running turn is never cut off by a timer
+        best: tuple[float | None, str | None] = (None, None)
+        if s.detached_since is not None:
+            best = (max(s.detached_since, s.idle_since) + self.detach_grace, "ws_disconnect")
+        if self.idle_timeout is not None:
+            at = s.last_active + self.idle_timeout
+            if best[0] is None or at < best[0]:
+                best = (at, "idle_timeout")
+        return best
+
+    def _schedule(self, s: LiveSession) -> None:
+        at, reason = self._due(s)
+        s.deadline_reason = reason
+        if at == s.deadline:
+            return
+        s.deadline = at
+        if at is not None:
+            heapq.heappush(self._heap, (at, next(self._tiebreak), s.id))
+            self._compact()
+
+    def _compact(self) -> None:
+        # Superseded heap entries are skipped lazily; rebuild if they pile up.
+        if len(self._heap) > 2 * len(self._sessions) + 64:
+            self._heap = [
+                (s.deadline, next(self._tiebreak), s.id)
+                for s in self._sessions.values()
+                if s.deadline is not None
+            ]
+            heapq.heapify(self._heap)
+
+    def _live_top(self) -> tuple[float, LiveSession] | None:
+        while self._heap:
+            at, _, sid = self._heap[0]
+            s = self._sessions.get(sid)
+            if s is not None and s.deadline == at:
+                return at, s
+            heapq.heappop(self._heap)
+        return None
+
+    def next_deadline(self) -> float | None:
+        """The monotonic time at which :meth:`tick` next has work (None: no timer set)."""
+        top = self._live_top()
+        return None if top is None else top[0]
+
+    def tick(self) -> list[Action]:
+        """Finalize every session whose deadline has passed."""
+        now = self.clock.monotonic()
+        actions: list[Action] = []
+        while (top := self._live_top()) is not None and top[0] <= now:
+            heapq.heappop(self._heap)
+            s = top[1]
+            actions += self._finalize(s, s.deadline_reason or "ws_disconnect")
+        return actions

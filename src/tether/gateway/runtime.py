@@ -1,0 +1,453 @@
+"""The asyncio layer over the registry: it carries out actions, runs turns, calls the store.
+
+The :class:`~tether.gateway.registry.Registry` decides; this module only does
+what it says, in the order it says it:
+
+* ``Deliver`` queues a frame on each connection (synchronously, so frames keep
+  the registry's order);
+* ``MarkDetached`` and ``Finalize`` go to the store on one writer thread, so
+  they reach the database in order and never block the event loop;
+* ``Interrupt`` cancels the agent's iteration; the turn then stores what it
+  had and ends by itself.
+
+Store calls are blocking (SQLite here, PostgreSQL over the network later):
+writes run on a single thread (one writer per process, in order), reads on
+a small pool. Nothing here keeps a reference to a finalized session, so the
+registry, the tasks and the threads return to their baseline when every
+session has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..agents import Agent, AgentError, TextDelta, ToolCalls, ToolResult, Turn
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import TetherError
+from ..lifecycle import SessionHandle
+from ..model import Message
+from ..store import Store
+from . import rpc
+from .connection import Connection
+from .messages import message_view, turn_key
+from .registry import Action, Deliver, Finalize, Interrupt, MarkDetached, Registry
+
+log = logging.getLogger("tether.gateway")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    detach_grace: float = 120.0
+    idle_timeout: float | None = None
+    max_live_sessions: int | None = None
+    replay_events: int = 2048
+    replay_bytes: int = 512 * 1024
+    outbox_frames: int = 10_000
+    shutdown_timeout: float = 5.0
+    source: str = "gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    status: str  # completed | interrupted | error
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Running:
+    """A turn in progress: its runner (never cancelled) and the agent's pump (cancellable)."""
+
+    turn_id: str
+    handle: SessionHandle
+    task: asyncio.Task[None] | None = None
+    pump: asyncio.Task[None] | None = None
+    interrupted: bool = False
+    index: int = 1  # the prompt is message 0 of the turn
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+        if self.pump is not None:
+            self.pump.cancel()
+
+
+def _pass_result(waiter: asyncio.Future[bool], fut: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False if fut.cancelled() or fut.exception() else fut.result())
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+class Gateway:
+    """Live sessions of one gateway process, driven by JSON-RPC requests and timers."""
+
+    def __init__(
+        self,
+        store: Store,
+        agent: Agent,
+        config: GatewayConfig | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.store = store
+        self.agent = agent
+        self.config = config or GatewayConfig()
+        self.clock = clock
+        self.registry = Registry(
+            clock=clock,
+            detach_grace=self.config.detach_grace,
+            idle_timeout=self.config.idle_timeout,
+            max_live=self.config.max_live_sessions,
+            replay_events=self.config.replay_events,
+            replay_bytes=self.config.replay_bytes,
+        )
+        self.handles: dict[str, SessionHandle] = {}
+        self.turns: dict[str, _Running] = {}
+        self.finalizing: dict[str, asyncio.Future[bool]] = {}
+        self._waiters: dict[str, list[asyncio.Future[bool]]] = {}
+        self.conns: dict[int, Connection] = {}
+        self._conn_ids = itertools.count(1)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="tether-write")
+        self._readers = ThreadPoolExecutor(2, thread_name_prefix="tether-read")
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._wake = asyncio.Event()
+        self._timer: asyncio.Task[None] | None = None
+        self._lag: asyncio.Task[None] | None = None
+        self.loop_lag_max = 0.0  # seconds: the worst late wake-up of the event loop
+        self.cold_lock = asyncio.Lock()
+        self.started_at = clock.now()
+        self.stopping = False
+
+    # --- store access ------------------------------------------------------------------
+
+    def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        """Run a store write on the writer thread; submitted now, so writes keep their order."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._writer, functools.partial(fn, *args, **kwargs))
+
+    def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._readers, functools.partial(fn, *args, **kwargs))
+
+    def _background(self, fut: asyncio.Future[Any], what: str) -> None:
+        self._pending.add(fut)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            self._pending.discard(f)
+            if not f.cancelled() and f.exception() is not None:
+                log.error("%s failed: %s", what, one_line(f.exception()))  # type: ignore[arg-type]
+
+        fut.add_done_callback(done)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._timer = asyncio.create_task(self._timers(), name="tether-timers")
+        self._lag = asyncio.create_task(self._watch_lag(), name="tether-loop-lag")
+
+    async def _watch_lag(self, every: float = 0.25) -> None:
+        """Measure how late the loop wakes up: store calls must never stall it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(every)
+            self.loop_lag_max = max(self.loop_lag_max, loop.time() - t - every)
+
+    async def shutdown(self, reason: str = "gateway_shutdown") -> None:
+        """End every live session once, with ``reason``; running turns store their output first."""
+        self.stopping = True
+        for conn in list(self.conns.values()):
+            await self.disconnect(conn)
+        self.run(self.registry.shutdown(reason))
+        runners = [r.task for r in self.turns.values() if r.task is not None]
+        if runners:
+            _, late = await asyncio.wait(runners, timeout=self.config.shutdown_timeout)
+            for task in late:
+                log.error(
+                    "a turn did not stop within %ss; cancelling it", self.config.shutdown_timeout
+                )
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        # Anything still live (a turn that had to be cancelled): finalize it now.
+        for sid in list(self.handles):
+            if sid not in self.finalizing:
+                self.run([Finalize(sid, reason, True)])
+        await asyncio.gather(*self.finalizing.values(), *self._pending, return_exceptions=True)
+        for task in (self._timer, self._lag):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+
+    async def _timers(self) -> None:
+        while True:
+            at = self.registry.next_deadline()
+            delay = None if at is None else at - self.clock.monotonic()
+            if delay is None or delay > 0:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except TimeoutError:
+                    pass
+            try:
+                self.run(self.registry.tick())
+            except Exception:  # a bug: log it, never stop the timers
+                log.exception("gateway timer tick failed")
+
+    # --- carrying out the registry's actions -------------------------------------------
+
+    def run(self, actions: Iterable[Action]) -> None:
+        """Carry out ``actions`` in order (synchronously; store work is queued, in order)."""
+        for a in actions:
+            if isinstance(a, Deliver):
+                for cid in a.conns:
+                    conn = self.conns.get(cid)  # type: ignore[call-overload]
+                    if conn is not None:
+                        conn.send(a.frame)
+            elif isinstance(a, MarkDetached):
+                h = self.handles.get(a.session_id)
+                if h is not None and h.persisted:
+                    self._background(
+                        self.write(self.store.mark_detached, a.session_id, a.at), "mark_detached"
+                    )
+            elif isinstance(a, Interrupt):
+                running = self.turns.get(a.session_id)
+                if running is not None and running.turn_id == a.turn_id:
+                    running.interrupt()
+            elif isinstance(a, Finalize):
+                self._finalize(a)
+        self._wake.set()
+
+    def emit(self, session_id: str, method: str, params: dict[str, Any]) -> None:
+        self.run(self.registry.emit(session_id, method, params))
+
+    def _finalize(self, a: Finalize) -> None:
+        handle = self.handles.pop(a.session_id, None)
+        fut = self.write(self._end, handle, a)
+        sid = a.session_id
+        self.finalizing[sid] = fut
+
+        def done(f: asyncio.Future[bool]) -> None:
+            if self.finalizing.get(sid) is f:
+                del self.finalizing[sid]
+
+        fut.add_done_callback(done)
+        for waiter in self._waiters.pop(sid, ()):
+            fut.add_done_callback(functools.partial(_pass_result, waiter))
+
+    def when_ended(self, session_id: str) -> asyncio.Future[bool]:
+        """Resolves when the session is finalized: True if that recorded its end."""
+        fut = self.finalizing.get(session_id)
+        if fut is not None:
+            return fut
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(session_id, []).append(waiter)
+        return waiter
+
+    def _end(self, handle: SessionHandle | None, a: Finalize) -> bool:
+        """On the writer thread: record the end (first reason wins). True if this ended it."""
+        if handle is None:
+            return False
+        try:
+            return handle.end(a.reason, interrupted=a.interrupted)
+        except TetherError as exc:  # unreachable store: retried at exit (exits), or reaped
+            log.error("could not end session %s (%s): %s", a.session_id, a.reason, exc)
+            return False
+
+    # --- connections -------------------------------------------------------------------
+
+    def connect(
+        self,
+        send: Callable[[str], Awaitable[None]],
+        close: Callable[[int, str], Awaitable[None]],
+    ) -> Connection:
+        conn = Connection(next(self._conn_ids), send, close, limit=self.config.outbox_frames)
+        self.conns[conn.id] = conn
+        self.registry.connect(conn.id)
+        return conn
+
+    async def disconnect(self, conn: Connection) -> None:
+        """The client is gone: its sessions are detached (and, after the grace, finalized)."""
+        if self.conns.pop(conn.id, None) is None:
+            return
+        self.run(self.registry.disconnect(conn.id))
+        await conn.aclose()
+
+    async def receive(self, conn: Connection, data: str | bytes) -> None:
+        """Handle one frame: reply to every request in it; never raises for bad input."""
+        from .methods import call
+
+        items, batch = rpc.parse(data)
+        replies: list[dict[str, Any]] = []
+        for item in items:
+            if isinstance(item, dict):
+                replies.append(item)
+                continue
+            reply, after = await call(self, conn, item)
+            if batch:
+                # In a batch the reply waits for the others; what must follow a
+                # reply (a replay) goes out now, before any later event.
+                if after is not None:
+                    after()
+                if reply is not None:
+                    replies.append(reply)
+            else:
+                if reply is not None:
+                    conn.send(rpc.dumps(reply))
+                if after is not None:
+                    after()
+        if replies:
+            conn.send(rpc.dumps(replies if batch else replies[0]))
+
+    # --- turns -------------------------------------------------------------------------
+
+    def start_turn(self, session_id: str, running: _Running, text: str) -> None:
+        running.task = asyncio.create_task(
+            self._run_turn(session_id, running, text), name=f"tether-turn-{running.turn_id}"
+        )
+
+    async def _pump(self, turn: Turn, queue: asyncio.Queue[Any]) -> None:
+        """Feed the agent's events to the runner; cancelling this interrupts the agent."""
+        try:
+            async for event in self.agent.run(turn):
+                queue.put_nowait(event)
+            queue.put_nowait(_Stop("completed"))
+        except asyncio.CancelledError:
+            queue.put_nowait(_Stop("interrupted"))
+        except AgentError as exc:
+            queue.put_nowait(_Stop("error", str(exc)))
+        except Exception as exc:
+            log.exception("agent %s failed in turn %s", self.agent.name, turn.turn_id)
+            queue.put_nowait(_Stop("error", one_line(exc)))
+
+    def _transcript(self, session_id: str) -> list[Message]:
+        """On a reader thread: the messages of the session's whole chain, oldest first.
+
+        A session that continues an ended one (``parent_id``) carries on its
+        conversation, so the agent reads from the root of the chain.
+        """
+        by_id = {s.id: s for s in self.store.get_chain(session_id)}
+        lineage: list[str] = []
+        at: str | None = session_id
+        while at is not None and at in by_id:  # parent links only: not a sibling's turns
+            lineage.append(at)
+            at = by_id[at].parent_id
+        return [m for sid in reversed(lineage) for m in self.store.get_messages(sid)]
+
+    async def _store(
+        self,
+        session_id: str,
+        r: _Running,
+        role: str,
+        content: str | None,
+        *,
+        mark: str | None = None,
+        **fields: Any,
+    ) -> Message:
+        key = turn_key(r.turn_id, r.index, mark)
+        r.index += 1
+        msg = await self.write(r.handle.append, role, content, idem_key=key, **fields)
+        self.emit(session_id, "message", {"turn_id": r.turn_id, "message": message_view(msg)})
+        return msg
+
+    async def _run_turn(self, sid: str, r: _Running, text: str) -> None:
+        turn = Turn(sid, r.turn_id, text, history=lambda: self.read(self._transcript, sid))
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        if r.interrupted:  # interrupted (or closed) before it could start
+            queue.put_nowait(_Stop("interrupted"))
+        else:
+            r.pump = asyncio.create_task(self._pump(turn, queue), name=f"tether-agent-{r.turn_id}")
+        stop = _Stop("error", "the turn ended unexpectedly")
+        parts: list[str] = []
+        tid = r.turn_id
+        try:
+            while True:
+                event = await queue.get()
+                if isinstance(event, _Stop):
+                    stop = event
+                    break
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                    self.emit(sid, "message.delta", {"turn_id": tid, "text": event.text})
+                elif isinstance(event, ToolCalls):
+                    content = "".join(parts) or None
+                    parts.clear()
+                    calls = [c.to_openai() for c in event.calls]
+                    await self._store(sid, r, "assistant", content, tool_calls=calls)
+                    for c in event.calls:
+                        self.emit(
+                            sid,
+                            "tool.call",
+                            {
+                                "turn_id": tid,
+                                "call_id": c.id,
+                                "name": c.name,
+                                "arguments": c.arguments,
+                            },
+                        )
+                elif isinstance(event, ToolResult):
+                    await self._store(
+                        sid,
+                        r,
+                        "tool",
+                        event.content,
+                        tool_call_id=event.call_id,
+                        tool_name=event.name,
+                    )
+                    self.emit(
+                        sid,
+                        "tool.result",
+                        {
+                            "turn_id": tid,
+                            "call_id": event.call_id,
+                            "name": event.name,
+                            "content": event.content,
+                        },
+                    )
+            if stop.status == "completed":
+                if parts:
+                    await self._store(sid, r, "assistant", "".join(parts))
+            else:
+                # What the turn had, marked with how it ended (see messages.py).
+                await self._store(sid, r, "assistant", "".join(parts), mark=stop.status)
+        except TetherError as exc:
+            log.error("session %s: turn %s could not store its output: %s", sid, tid, exc)
+            stop = _Stop("error", f"the turn's output could not be stored: {exc}")
+        except Exception as exc:
+            log.exception("session %s: turn %s failed", sid, tid)
+            stop = _Stop("error", one_line(exc))
+        finally:
+            if r.pump is not None and not r.pump.done():
+                r.pump.cancel()
+            if r.pump is not None:
+                await asyncio.gather(r.pump, return_exceptions=True)
+            self.turns.pop(sid, None)
+            self.run(self.registry.end_turn(sid, tid, stop.status, stop.error))
+            if r.handle.ended and sid in self.registry:
+                # Ended or taken over elsewhere while the turn ran: forget it here.
+                self.run(self.registry.close(sid, "ended_elsewhere"))
+
+    # --- numbers for gateway.info and the tests ------------------------------------------
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "live_sessions": len(self.registry),
+            "connections": len(self.conns),
+            "running_turns": len(self.turns),
+            "handles": len(self.handles),
+            "finalizing": len(self.finalizing),
+            "pending_writes": len(self._pending),
+            "timers": self.registry.pending_timers,
+            "loop_lag_max_ms": round(self.loop_lag_max * 1000, 2),
+        }

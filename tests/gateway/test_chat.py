@@ -1,0 +1,236 @@
+"""``tether chat`` as a user runs it: a real process, a real gateway, stdin and signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tether
+
+from ..conftest import child_env
+from .conftest import TOKEN, Served, serve
+
+pytestmark = pytest.mark.slow
+
+
+class Output:
+    """Collects a stream on a thread, so tests can wait for text without blocking reads."""
+
+    def __init__(self, stream: object) -> None:
+        self.text = ""
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: object) -> None:
+        while chunk := stream.read1(4096):  # type: ignore[attr-defined]
+            with self._cond:
+                self.text += chunk.decode(errors="replace")
+                self._cond.notify_all()
+
+    def wait_for(self, needle: str, timeout: float = 20, count: int = 1) -> str:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: self.text.count(needle) >= count, timeout)
+        assert ok, f"never saw {needle!r} in {self.text!r}"
+        return self.text
+
+
+@contextlib.contextmanager
+def chat(url: str, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], Output, Output]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tether", "chat", "--url", url, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(TETHER_TOKEN=TOKEN),
+    )
+    try:
+        yield proc, Output(proc.stdout), Output(proc.stderr)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def send(proc: subprocess.Popen[bytes], line: str) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(line.encode() + b"\n")
+    proc.stdin.flush()
+
+
+def only_session(db: str) -> tether.Session:
+    with tether.open_store(db, load_plugins=False) as store:
+        [item] = store.list_sessions(include_empty=True).items
+        return item.session
+
+
+def test_chat_exchange_then_continue_the_session(tmp_path: Path) -> None:
+    with serve(tmp_path, "-o", "delay=0") as served:
+        with chat(served.url) as (proc, out, _):
+            send(proc, "hello there")
+            out.wait_for("echo: hello there\n")
+            send(proc, "/tool count me")
+            out.wait_for("echo: /tool count me (3 words)\n")
+            proc.stdin.close()  # type: ignore[union-attr]
+            assert proc.wait(timeout=20) == 0
+        first = only_session(served.db)
+        assert first.end_reason == "cli_close" and first.message_count == 6
+        assert "[word_count -> 3]" in out.text
+        assert f"tether chat --resume {first.id}" in out.text
+        with chat(served.url, "--resume", first.id) as (proc, out, _):
+            out.wait_for(f"(continues {first.id}, which ended (cli_close))")
+            assert "you> hello there\n   > echo: hello there\n" in out.text
+            send(proc, "again")
+            out.wait_for("echo: again\n")
+            proc.stdin.close()  # type: ignore[union-attr]
+            assert proc.wait(timeout=20) == 0
+        tip = only_session(served.db)  # the chain is listed once, by its newest tip
+        assert tip.parent_id == first.id and tip.end_reason == "cli_close"
+
+
+def test_ctrl_c_interrupts_the_reply_and_a_second_one_leaves(tmp_path: Path) -> None:
+    with serve(tmp_path, "-o", "delay=0.05") as served:
+        with chat(served.url) as (proc, out, _):
+            send(proc, " ".join(f"w{i}" for i in range(200)))
+            out.wait_for("echo: w0")
+            proc.send_signal(signal.SIGINT)
+            out.wait_for("[interrupted]")
+            assert proc.poll() is None  # still here after the first Ctrl+C
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=20) == 0
+        s = only_session(served.db)
+        assert s.end_reason == "cli_close"
+        with tether.open_store(served.db, load_plugins=False) as store:
+            msgs = store.get_messages(s.id)
+        assert msgs[-1].role == "assistant" and msgs[-1].idem_key.endswith(":interrupted")
+
+
+class DroppingProxy:
+    """A TCP proxy on 127.0.0.1 that can cut every connection through it at once."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.loop = asyncio.new_event_loop()
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:  # the gateway is down: so is this connection
+            w.close()
+            return
+        self.writers |= {w, uw}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(r, uw), pipe(ur, w))
+        self.writers -= {w, uw}
+
+    def drop_all(self) -> None:
+        def cut() -> None:
+            for w in list(self.writers):
+                w.transport.abort()
+
+        self.loop.call_soon_threadsafe(cut)
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+            self.drop_all()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_chat_reconnects_after_a_drop_without_losing_or_repeating_output(
+    tmp_path: Path,
+) -> None:
+    with serve(tmp_path, "-o", "delay=0.03") as served:
+        proxy = DroppingProxy(served.port)
+        try:
+            words = " ".join(f"w{i}" for i in range(60))
+            with chat(f"ws://127.0.0.1:{proxy.port}/rpc") as (proc, out, err):
+                send(proc, words)
+                out.wait_for(" w5")
+                proxy.drop_all()
+                err.wait_for("[reconnected]")
+                out.wait_for(f"echo: {words}\n")
+                send(proc, "after")
+                out.wait_for("echo: after\n")
+                time.sleep(0.2)  # anything repeated would have arrived by now
+                proc.stdin.close()  # type: ignore[union-attr]
+                assert proc.wait(timeout=20) == 0
+            assert out.text.count(f"echo: {words}\n") == 1
+            assert out.text.count(" w5 ") == 1
+        finally:
+            proxy.close()
+        assert only_session(served.db).message_count == 4
+
+
+def test_chat_errors_are_one_line(tmp_path: Path, gateway: Served) -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "tether", "chat", "--url", gateway.url],
+        capture_output=True,
+        text=True,
+        env=child_env(TETHER_TOKEN="wrong"),
+        timeout=30,
+    )
+    assert bad.returncode == 1
+    assert (
+        bad.stderr.strip()
+        == f"error: the gateway at {gateway.url} refused the connection (HTTP 401)"
+    )
+    down = subprocess.run(
+        [sys.executable, "-m", "tether", "chat", "--url", "ws://127.0.0.1:1/rpc"],
+        capture_output=True,
+        text=True,
+        env=child_env(TETHER_TOKEN="x"),
+        timeout=30,
+    )
+    assert down.returncode == 1 and down.stderr.startswith("error: cannot reach the gateway")
+    assert "Traceback" not in bad.stderr + down.stderr
+
+
+def test_chat_carries_on_across_a_gateway_restart(tmp_path: Path) -> None:
+    db = str(tmp_path / "shared.db")
+    with serve(tmp_path, "-o", "delay=0", db=db, name="a") as a:
+        proxy = DroppingProxy(a.port)
+        try:
+            with chat(f"ws://127.0.0.1:{proxy.port}/rpc") as (proc, out, err):
+                send(proc, "before")
+                out.wait_for("echo: before\n")
+                assert a.stop() == 0  # graceful: the session ends with gateway_shutdown
+                with serve(tmp_path, "-o", "delay=0", db=db, name="b") as b:
+                    proxy.target_port = b.port
+                    err.wait_for("(gateway_shutdown); continuing it as")
+                    send(proc, "after")
+                    out.wait_for("echo: after\n")
+                    proc.stdin.close()  # type: ignore[union-attr]
+                    assert proc.wait(timeout=20) == 0
+        finally:
+            proxy.close()
+    tip = only_session(db)
+    assert tip.parent_id is not None and tip.message_count == 2

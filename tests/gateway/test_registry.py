@@ -1,0 +1,427 @@
+"""The sans-IO registry: every rule checked by moving a ManualClock, no sockets, no sleeps."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tether
+from tether.gateway.registry import (
+    Busy,
+    Closing,
+    Deliver,
+    Finalize,
+    Full,
+    Interrupt,
+    MarkDetached,
+    NotAttached,
+    NotLive,
+    Registry,
+)
+
+GRACE = 120.0
+
+
+def make(clock: tether.ManualClock, **kw: Any) -> Registry:
+    kw.setdefault("detach_grace", GRACE)
+    return Registry(clock=clock, stream_prefix="t", **kw)
+
+
+def frames(actions: list[Any], conn: Any | None = None) -> list[dict[str, Any]]:
+    out = []
+    for a in actions:
+        if isinstance(a, Deliver) and (conn is None or conn in a.conns):
+            out.append(json.loads(a.frame))
+    return out
+
+
+def of(actions: list[Any], kind: type) -> list[Any]:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def test_open_attach_emit_delivers_numbered_events(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    r.connect("c1")
+    attached, actions = r.open("s1", "c1")
+    assert actions == []
+    assert attached.to_result() == {
+        "session_id": "s1",
+        "stream": "t.1",
+        "last_seq": 0,
+        "replayed": 0,
+        "reload": False,
+        "state": "attached",
+        "turn_id": None,
+    }
+    got = frames(r.emit("s1", "message.delta", {"text": "hi"}) + r.emit("s1", "x", {}))
+    assert [f["params"]["seq"] for f in got] == [1, 2]
+    assert got[0] == {
+        "jsonrpc": "2.0",
+        "method": "message.delta",
+        "params": {"session_id": "s1", "seq": 1, "text": "hi"},
+    }
+
+
+def test_drop_detaches_records_time_and_keeps_session(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.open("s1", "c1")
+    actions = r.disconnect("c1")
+    assert actions == [MarkDetached("s1", clock.now())]
+    assert "s1" in r and r.connections == 0
+    assert r.active()[0]["state"] == "detached"
+    assert r.next_deadline() == clock.monotonic() + GRACE
+
+
+def test_detached_idle_session_finalized_after_grace(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.open("s1", "c1")
+    r.disconnect("c1")
+    clock.advance(GRACE - 0.001)
+    assert r.tick() == []
+    clock.advance(0.001)
+    actions = r.tick()
+    assert of(actions, Finalize) == [Finalize("s1", "ws_disconnect", False)]
+    assert len(r) == 0 and r.next_deadline() is None and r.active() == []
+
+
+def test_warm_reattach_replays_missed_events_exactly_once_in_order(
+    clock: tether.ManualClock,
+) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.open("s1", "c1")
+    seen = frames(r.emit("s1", "e", {"n": 1}) + r.emit("s1", "e", {"n": 2}))
+    r.disconnect("c1")
+    for n in range(3, 8):
+        assert r.emit("s1", "e", {"n": n}) == []  # nobody attached: buffered only
+    clock.advance(GRACE / 2)
+    r.connect("c2")
+    attached, actions = r.attach("s1", "c2", since=seen[-1]["params"]["seq"], stream="t.1")
+    assert actions == [MarkDetached("s1", None)]
+    assert not attached.reload
+    replayed = [json.loads(f)["params"]["n"] for f in attached.replay]
+    assert replayed == [3, 4, 5, 6, 7]
+    live = frames(r.emit("s1", "e", {"n": 8}), "c2")
+    assert [f["params"]["n"] for f in live] == [8]
+    assert r.next_deadline() is None  # attached again: no timer
+
+
+def test_replay_gap_says_reload_never_a_silent_gap(clock: tether.ManualClock) -> None:
+    r = make(clock, replay_events=3)
+    r.connect("c1")
+    r.open("s1", "c1")
+    r.emit("s1", "e", {})
+    r.disconnect("c1")
+    for _ in range(5):
+        r.emit("s1", "e", {})
+    r.connect("c2")
+    attached, _ = r.attach("s1", "c2", since=1)
+    assert attached.reload and attached.replay == []
+    assert attached.last_seq == 6
+
+
+def test_replay_bounded_by_bytes(clock: tether.ManualClock) -> None:
+    r = make(clock, replay_bytes=500)
+    r.connect("c1")
+    r.open("s1", "c1")
+    for _ in range(20):
+        r.emit("s1", "e", {"text": "x" * 50})
+    s = r.session("s1")
+    assert s.replay.bytes <= 500 and len(s.replay) < 20
+    r.connect("c2")
+    assert r.attach("s1", "c2", since=0)[0].reload
+    ok, _ = r.attach("s1", "c2", since=20 - len(s.replay))
+    assert not ok.reload and len(ok.replay) == len(s.replay)
+
+
+def test_other_stream_or_future_seq_means_reload(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.open("s1", "c1")
+    r.emit("s1", "e", {})
+    assert r.attach("s1", "c1", since=0, stream="other.9")[0].reload
+    assert r.attach("s1", "c1", since=5)[0].reload
+    fresh, _ = r.attach("s1", "c1")  # no since: no replay, no reload
+    assert not fresh.reload and fresh.replay == [] and fresh.last_seq == 1
+
+
+def test_cold_open_with_since_asks_for_reload(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    r.connect("c1")
+    attached, _ = r.open("s1", "c1", since=42)
+    assert attached.reload
+
+
+def test_running_turn_is_never_cut_off_grace_counts_from_turn_end(
+    clock: tether.ManualClock,
+) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.open("s1", "c1")
+    r.begin_turn("s1", "c1", "t1")
+    r.disconnect("c1")
+    assert r.next_deadline() is None
+    clock.advance(GRACE * 10)
+    assert r.tick() == []
+    assert r.active()[0]["state"] == "running"
+    actions = r.end_turn("s1", "t1", "completed")
+    assert frames(actions) == []  # nobody attached; buffered for a re-attach
+    assert r.next_deadline() == clock.monotonic() + GRACE
+    clock.advance(GRACE - 1)
+    assert r.tick() == []
+    clock.advance(1)
+    assert of(r.tick(), Finalize) == [Finalize("s1", "ws_disconnect", False)]
+
+
+def test_one_turn_at_a_time_busy_error(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.open("s1", "c1")
+    r.begin_turn("s1", "c1", "t1")
+    with pytest.raises(Busy, match="busy") as err:
+        r.begin_turn("s1", "c1", "t2")
+    assert err.value.turn_id == "t1"
+    r.end_turn("s1", "t1", "completed")
+    r.begin_turn("s1", "c1", "t2")
+
+
+def test_turn_needs_an_attached_connection(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.connect("c2")
+    r.open("s1", "c1")
+    with pytest.raises(NotAttached):
+        r.begin_turn("s1", "c2", "t1")
+    with pytest.raises(NotLive):
+        r.begin_turn("nope", "c1", "t1")
+
+
+def test_end_turn_announces_and_ignores_stale_turn(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.open("s1", "c1")
+    r.begin_turn("s1", "c1", "t1")
+    assert r.end_turn("s1", "other", "completed") == []
+    [end] = frames(r.end_turn("s1", "t1", "error", "boom"))
+    assert end["method"] == "turn.end"
+    assert end["params"] == {
+        "session_id": "s1",
+        "seq": 1,
+        "turn_id": "t1",
+        "status": "error",
+        "error": "boom",
+    }
+    r.begin_turn("s1", "c1", "t2")
+    assert r.end_turn("s1", "t2", "error", announce=False) == []
+
+
+def test_interrupt(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.open("s1", "c1")
+    assert r.interrupt("s1") == []
+    r.begin_turn("s1", "c1", "t1")
+    assert r.interrupt("s1") == [Interrupt("s1", "t1")]
+
+
+def test_close_idle_session_tells_attached_clients(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.open("s1", "c1")
+    actions = r.close("s1", "completed")
+    [ended] = frames(actions, "c1")
+    assert ended["method"] == "session.ended" and ended["params"]["reason"] == "completed"
+    assert of(actions, Finalize) == [Finalize("s1", "completed", False)]
+    assert r.sessions_of("c1") == frozenset()
+    with pytest.raises(NotLive):
+        r.close("s1", "completed")
+
+
+def test_close_running_session_interrupts_then_finalizes(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.open("s1", "c1")
+    r.begin_turn("s1", "c1", "t1")
+    assert r.close("s1", "completed") == [Interrupt("s1", "t1")]
+    assert r.close("s1", "other") == [Interrupt("s1", "t1")]  # the first reason wins
+    with pytest.raises(Closing):
+        r.attach("s1", "c1")
+    actions = r.end_turn("s1", "t1", "interrupted")
+    assert [f["method"] for f in frames(actions)] == ["turn.end", "session.ended"]
+    assert of(actions, Finalize) == [Finalize("s1", "completed", True)]
+    assert len(r) == 0
+
+
+def test_idle_timeout_ends_attached_sessions(clock: tether.ManualClock) -> None:
+    r = make(clock, idle_timeout=30.0)
+    r.connect("c1")
+    r.open("s1", "c1")
+    clock.advance(20)
+    r.begin_turn("s1", "c1", "t1")
+    clock.advance(100)  # running: never timed out
+    assert r.tick() == []
+    r.end_turn("s1", "t1", "completed")
+    clock.advance(29)
+    assert r.tick() == []
+    clock.advance(1)
+    assert of(r.tick(), Finalize) == [Finalize("s1", "idle_timeout", False)]
+
+
+def test_shorter_idle_timeout_wins_over_grace(clock: tether.ManualClock) -> None:
+    r = make(clock, idle_timeout=10.0)
+    r.connect("c1")
+    r.open("s1", "c1")
+    r.disconnect("c1")
+    assert r.active()[0]["ends_as"] == "idle_timeout"
+    clock.advance(10)
+    assert of(r.tick(), Finalize)[0].reason == "idle_timeout"
+
+
+def test_max_live_evicts_least_recently_active_idle(clock: tether.ManualClock) -> None:
+    r = make(clock, max_live=2)
+    r.connect("c1")
+    r.open("old", "c1")
+    clock.advance(1)
+    r.open("busy", "c1")
+    r.begin_turn("busy", "c1", "t1")
+    clock.advance(1)
+    _, actions = r.open("new", "c1")
+    assert of(actions, Finalize) == [Finalize("old", "lru_evict", False)]
+    assert [f["params"]["reason"] for f in frames(actions)] == ["lru_evict"]
+    assert sorted(s["session_id"] for s in r.active()) == ["busy", "new"]
+    assert r.has_room()
+    r.begin_turn("new", "c1", "t2")
+    assert not r.has_room()
+    with pytest.raises(Full):
+        r.open("third", "c1")
+    assert len(r) == 2
+
+
+def test_reattach_refreshes_activity_for_lru(clock: tether.ManualClock) -> None:
+    r = make(clock, max_live=2)
+    r.connect("c1")
+    r.open("a", "c1")
+    clock.advance(1)
+    r.open("b", "c1")
+    clock.advance(1)
+    r.attach("a", "c1")  # a is now the most recently active
+    _, actions = r.open("c", "c1")
+    assert of(actions, Finalize)[0].session_id == "b"
+
+
+def test_fan_out_to_every_attached_connection(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    for c in ("c1", "c2"):
+        r.connect(c)
+    r.open("s1", "c1")
+    r.attach("s1", "c2")
+    [d] = r.emit("s1", "e", {})
+    assert set(d.conns) == {"c1", "c2"}
+    assert r.disconnect("c1") == []  # still attached through c2: not detached
+    assert r.active()[0]["state"] == "attached"
+
+
+def test_shutdown_closes_everything(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.open("a", "c1")
+    r.open("b", "c1")
+    r.begin_turn("b", "c1", "t1")
+    actions = r.shutdown("gateway_shutdown")
+    assert of(actions, Finalize) == [Finalize("a", "gateway_shutdown", False)]
+    assert of(actions, Interrupt) == [Interrupt("b", "t1")]
+    assert of(r.end_turn("b", "t1", "interrupted"), Finalize) == [
+        Finalize("b", "gateway_shutdown", True)
+    ]
+    assert len(r) == 0
+
+
+def test_back_to_baseline_after_many_cycles(clock: tether.ManualClock) -> None:
+    """1,000 connect/create/turn/drop cycles leave nothing behind once the grace passes."""
+    r = make(clock, detach_grace=5.0)
+    finalized = 0
+    for i in range(1000):
+        conn = f"c{i}"
+        r.connect(conn)
+        r.open(f"s{i}", conn)
+        r.begin_turn(f"s{i}", conn, f"t{i}")
+        r.emit(f"s{i}", "message.delta", {"text": "hi"})
+        r.end_turn(f"s{i}", f"t{i}", "completed")
+        r.disconnect(conn)
+        clock.advance(0.01)
+        finalized += len(of(r.tick(), Finalize))
+    clock.advance(5.0)
+    finalized += len(of(r.tick(), Finalize))
+    assert finalized == 1000
+    assert len(r) == 0 and r.connections == 0
+    assert r.next_deadline() is None
+    assert r.pending_timers <= 64  # the heap is compacted as sessions go
+
+
+def test_bad_configuration_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Registry(detach_grace=-1)
+    with pytest.raises(ValueError):
+        Registry(idle_timeout=0)
+    with pytest.raises(ValueError):
+        Registry(max_live=0)
+
+
+# --- a property: whatever happens, a re-attaching client sees each event once, in order ----
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("emit"), st.integers(1, 5)),
+        st.tuples(st.just("drop"), st.just(0)),
+        st.tuples(st.just("resume"), st.just(0)),
+        st.tuples(st.just("wait"), st.floats(0, 3)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=ops, events=st.integers(1, 8))
+def test_client_view_is_exactly_once_in_order_or_reload(
+    ops: list[tuple[str, Any]], events: int
+) -> None:
+    clock = tether.ManualClock()
+    r = Registry(clock=clock, detach_grace=5.0, replay_events=events, stream_prefix="p")
+    conn = 0
+    r.connect(conn)
+    r.open("s", conn)
+    emitted = 0
+    seen: list[int] = []  # what the client received, in order
+    attached = True
+    for op, arg in ops:
+        if "s" not in r:
+            break
+        if op == "emit":
+            for _ in range(arg):
+                emitted += 1
+                for a in r.emit("s", "e", {"n": emitted}):
+                    if attached:
+                        seen.append(json.loads(a.frame)["params"]["n"])
+        elif op == "drop" and attached:
+            r.disconnect(conn)
+            attached = False
+        elif op == "resume" and not attached:
+            conn += 1
+            r.connect(conn)
+            result, _ = r.attach("s", conn, since=seen[-1] if seen else 0, stream="p.1")
+            if result.reload:
+                seen = list(range(1, result.last_seq + 1))  # reload: read history instead
+            else:
+                seen += [json.loads(f)["params"]["n"] for f in result.replay]
+            attached = True
+        elif op == "wait":
+            clock.advance(arg)
+            r.tick()
+        if attached and "s" in r:
+            assert seen == list(range(1, emitted + 1))
