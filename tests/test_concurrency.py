@@ -36,15 +36,15 @@ print(json.dumps({"id": mine.id, "shared_seqs": seqs}))
 """
 
 
-def test_four_processes_same_and_different_sessions(db_path: str) -> None:
+def test_four_processes_same_and_different_sessions(db_url: str) -> None:
     n = 150
-    store = tether.open_store(db_path, load_plugins=False)
+    store = tether.open_store(db_url, load_plugins=False)
     shared = store.session(source="shared")
     shared.persist()
     start = str(time.time() + 1.5)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, db_path, shared.id, start, str(n)],
+            [sys.executable, "-c", WRITER, db_url, shared.id, start, str(n)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

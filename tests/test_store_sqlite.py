@@ -108,8 +108,10 @@ def _plan(store: tether.Store, q: listing.ListQuery) -> list[str]:
         listing.ListQuery(state="ended", include_empty=True),
     ],
 )
-def test_listing_plan_is_an_index_walk(store: tether.Store, query: listing.ListQuery) -> None:
-    plan = _plan(store, query)
+def test_listing_plan_is_an_index_walk(
+    sqlite_store: tether.Store, query: listing.ListQuery
+) -> None:
+    plan = _plan(sqlite_store, query)
     outer = plan[0]
     assert "USING INDEX sessions_listing" in outer, plan
     assert "TEMP B-TREE" not in " ".join(plan), plan  # no sort: rows come in index order
@@ -118,8 +120,8 @@ def test_listing_plan_is_an_index_walk(store: tether.Store, query: listing.ListQ
         assert "<(?,?)" in outer, plan  # the cursor is a range seek, not a filter
 
 
-def test_open_listing_plan_starts_from_open_sessions(store: tether.Store) -> None:
-    plan = _plan(store, listing.ListQuery(state="open"))
+def test_open_listing_plan_starts_from_open_sessions(sqlite_store: tether.Store) -> None:
+    plan = _plan(sqlite_store, listing.ListQuery(state="open"))
     assert plan[0].startswith("SCAN t USING INDEX sessions_open"), plan
 
 
