@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -49,6 +51,33 @@ def drop_schemas(*schemas: str) -> None:
         conn.execute("SET lock_timeout = '20s'")
         for schema in schemas:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def pg_connect(url: str) -> Any:
+    """A direct autocommit connection to a test URL (its ``?schema=`` included)."""
+    import psycopg
+
+    from tether.store.postgres.url import parse
+
+    target = parse(url)
+    return psycopg.connect(target.conninfo, **target.kwargs)
+
+
+@contextlib.contextmanager
+def hold_writes(url: str) -> Iterator[None]:
+    """Keep every other writer of the database at ``url`` waiting until the block ends."""
+    if url.startswith("postgresql://"):
+        conn = pg_connect(url)
+        conn.execute("BEGIN")
+        conn.execute("LOCK TABLE sessions IN EXCLUSIVE MODE")  # readers still read
+    else:
+        conn = sqlite3.connect(url, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from tether.liveness import OwnerInfo, Probe, ProcessIdentity, Reaper, ReaperLoo
 from tether.liveness.identity import pid_start_time
 from tether.store import Store, sql
 
-from .conftest import spawn, wait_for_line
+from .conftest import child_env, spawn, wait_for_line
 
 ME = ProcessIdentity.current()
 FAR = ProcessIdentity("far-away-host", "boot-far", 4242, 77)
@@ -346,6 +346,142 @@ def test_concurrent_reapers_end_each_session_once(db_url: str) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+# --- several hosts, one database ------------------------------------------------------------
+
+
+def _sweep_together(reapers: list[Reaper]) -> list[list[str]]:
+    """Every reaper sweeps at the same moment, each from its own thread and store."""
+    barrier = threading.Barrier(len(reapers))
+    results: list[list[str]] = [[] for _ in reapers]
+
+    def sweep(i: int) -> None:
+        barrier.wait()
+        results[i] = [r.id for r in reapers[i].sweep().reaped]
+
+    threads = [threading.Thread(target=sweep, args=(i,)) for i in range(len(reapers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
+def test_reapers_on_several_hosts(db_url: str) -> None:
+    """Hosts a, b and c share one database; reapers on a and b sweep at once.
+
+    A reaper judges owners of its own host by their pid and owners of other
+    hosts by their heartbeat only: it never probes (let alone reaps) a live
+    owner elsewhere, and reaps a silent one only once the TTL has passed.
+    """
+    clock = tether.ManualClock()
+    host = {
+        name: ProcessIdentity(f"host-{name}", f"boot-{name}", 0, None) for name in ("a", "b", "c")
+    }
+    pids = iter(range(10_000, 20_000))
+    sessions: dict[str, list[str]] = {}
+    owners_of: dict[str, list[tuple[int, str]]] = {}
+    stores = [tether.open_store(db_url, clock=clock, load_plugins=False) for _ in range(4)]
+    try:
+        for group, name, beat in (
+            ("a_dead", "a", 0),  # pid gone on a
+            ("a_live", "a", 0),  # running on a
+            ("b_live", "b", 0),  # fresh heartbeat on b
+            ("c_silent", "c", -100),  # stopped beating 100 s ago on c
+        ):
+            sessions[group], owners_of[group] = [], []
+            for _ in range(5):
+                pid = next(pids)
+                ident = ProcessIdentity(host[name].host, host[name].boot_id, pid, 1)
+                sessions[group] += owned_sessions(stores[0], ident, 3, clock.now() + beat)
+                owners_of[group].append((pid, host[name].host))
+        dead_pids = {pid for pid, _ in owners_of["a_dead"]}
+        probed: dict[str, list[int]] = {"a": [], "b": []}
+
+        def probe_on(name: str):  # type: ignore[no-untyped-def]
+            def probe(pid: int, start: int | None) -> Probe:
+                probed[name].append(pid)
+                return Probe.GONE if pid in dead_pids else Probe.ALIVE
+
+            return probe
+
+        # Two reapers on host a and two on host b, each with a store of its own.
+        reapers = [
+            Reaper(s, clock=clock, ttl=30.0, identity=host[n], probe=probe_on(n))
+            for s, n in zip(stores, "aabb", strict=True)
+        ]
+        results = _sweep_together(reapers)
+        everything = sorted(x for r in results for x in r)
+        assert everything == sorted(sessions["a_dead"] + sessions["c_silent"])  # each once
+        assert not set(results[2] + results[3]) & set(sessions["a_dead"])  # b never probes a
+        a_pids = {pid for pid, _ in owners_of["a_dead"] + owners_of["a_live"]}
+        b_pids = {pid for pid, _ in owners_of["b_live"]}
+        assert set(probed["a"]) <= a_pids and set(probed["b"]) <= b_pids
+        assert all(is_open(stores[0], sid) for sid in sessions["a_live"] + sessions["b_live"])
+
+        # Within the TTL nothing more is reaped; past it, the owners that stopped beating are.
+        clock.advance(20)
+        assert [x for r in _sweep_together(reapers) for x in r] == []
+        stores[0].backend.write(  # the owners on a keep beating; those on b fell silent
+            lambda c: c.execute(
+                "UPDATE owners SET heartbeat_at = ? WHERE host = ?", (clock.now(), "host-a")
+            )
+        )
+        clock.advance(15)
+        second = sorted(x for r in _sweep_together(reapers) for x in r)
+        assert second == sorted(sessions["b_live"])
+        assert all(is_open(stores[0], sid) for sid in sessions["a_live"])
+        details = {stores[0].get_session(sid).end_detail for sid in second}
+        assert details == {"heartbeat stale 35 s"}
+    finally:
+        for s in stores:
+            s.close()
+
+
+REMOTE_REAPER = """
+import json, sys, time, tether
+from tether.liveness import ProcessIdentity, Reaper
+store = tether.open_store(sys.argv[1], load_plugins=False)
+reaper = Reaper(store, identity=ProcessIdentity(sys.argv[2], "boot", 1, None))
+start = float(sys.argv[3])
+while time.time() < start:
+    pass
+print(json.dumps([r.id for r in reaper.sweep().reaped]))
+"""
+
+
+@pytest.mark.slow
+def test_reapers_in_several_processes_share_the_work(db_url: str) -> None:
+    """Four processes, each a reaper on a host of its own, sweep one database at once."""
+    import json
+
+    store = tether.open_store(db_url, load_plugins=False)
+    ids = []
+    for k in range(40):  # silent owners of 40 hosts, 5 sessions each
+        ident = ProcessIdentity(f"gone-{k}", "b", 100 + k, 1)
+        ids += owned_sessions(store, ident, 5, heartbeat_at=time.time() - 600)
+    live = owned_sessions(store, FAR, 5, heartbeat_at=time.time() + 3600)
+    start = str(time.time() + 2.0)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", REMOTE_REAPER, db_url, f"reaper-{n}", start],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        for n in range(4)
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        results.append(json.loads(out))
+    assert sorted(x for r in results for x in r) == sorted(ids)  # each ended exactly once
+    assert all(is_open(store, sid) for sid in live)
+    assert store.census().end_reasons == {"reaped": len(ids)}
+    store.close()
 
 
 def test_reaper_loop_ends_a_killed_process_quickly(db_url: str) -> None:
