@@ -1,10 +1,13 @@
-"""Run a benchmark: ``python -m bench store [--quick] [--no-write]``."""
+"""Run a benchmark: ``python -m bench store [--quick] [--no-write] [--pg URL|none]``."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from .pg import DEFAULT_URL
 
 BENCHES = ("store", "liveness")
 
@@ -19,9 +22,15 @@ def main() -> None:
     parser.add_argument(
         "--dir", default=None, help="where to put the databases (default: a temp dir)"
     )
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get("TETHER_TEST_PG", DEFAULT_URL),
+        help="PostgreSQL URL to benchmark too, 'none' to skip (default: the test server)",
+    )
     args = parser.parse_args()
     module = importlib.import_module(f"bench.{args.name}")
-    module.run(quick=args.quick, write=not args.no_write, directory=args.dir)
+    pg_url = None if args.pg.lower() == "none" else args.pg
+    module.run(quick=args.quick, write=not args.no_write, directory=args.dir, pg_url=pg_url)
 
 
 if __name__ == "__main__":
