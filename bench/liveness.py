@@ -110,6 +110,21 @@ def build_sweep_store(path: Path, total: int, open_: int, owners: int, dead: int
     c.close()
 
 
+def time_sweep(target: str | Path, reap_ms: list[float], idle_ms: list[float]) -> int:
+    """One sweep that reaps, then one that finds nothing; returns how many it reaped."""
+    store = tether.open_store(target, load_plugins=False, startup_sweep=False)
+    reaper = Reaper(store)
+    reaper.classify()  # warm the cache, as a running loop has
+    t = time.perf_counter()
+    report = reaper.sweep()
+    reap_ms.append((time.perf_counter() - t) * 1e3)
+    t = time.perf_counter()
+    assert reaper.sweep().reaped == []
+    idle_ms.append((time.perf_counter() - t) * 1e3)
+    store.close()
+    return len(report.reaped)
+
+
 def sweep_times(directory: Path, runs: int, owners: int) -> tuple[list[float], list[float], int]:
     base = directory / f"sweep-base-{owners}.db"
     build_sweep_store(base, total=100_000, open_=10_000, owners=owners, dead=1_000)
@@ -117,17 +132,7 @@ def sweep_times(directory: Path, runs: int, owners: int) -> tuple[list[float], l
     for r in range(runs):
         path = directory / f"sweep-{r}.db"
         shutil.copy(base, path)
-        store = tether.open_store(path, load_plugins=False, startup_sweep=False)
-        reaper = Reaper(store)
-        reaper.classify()  # warm the cache, as a running loop has
-        t = time.perf_counter()
-        report = reaper.sweep()
-        reap_ms.append((time.perf_counter() - t) * 1e3)
-        reaped = len(report.reaped)
-        t = time.perf_counter()
-        assert reaper.sweep().reaped == []
-        idle_ms.append((time.perf_counter() - t) * 1e3)
-        store.close()
+        reaped = time_sweep(path, reap_ms, idle_ms)
         os.remove(path)
     return reap_ms, idle_ms, reaped
 
@@ -141,17 +146,7 @@ def pg_sweep_times(base: str, runs: int, owners: int) -> tuple[list[float], list
         pg.copy_rows(url, "owners", OWNER_COLUMNS, owner_rows)
         pg.copy_rows(url, "sessions", SWEEP_COLUMNS, sessions)
         for _ in range(runs):
-            store = tether.open_store(url, load_plugins=False, startup_sweep=False)
-            reaper = Reaper(store)
-            reaper.classify()  # warm the cache, as a running loop has
-            t = time.perf_counter()
-            report = reaper.sweep()
-            reap_ms.append((time.perf_counter() - t) * 1e3)
-            reaped = len(report.reaped)
-            t = time.perf_counter()
-            assert reaper.sweep().reaped == []
-            idle_ms.append((time.perf_counter() - t) * 1e3)
-            store.close()
+            reaped = time_sweep(url, reap_ms, idle_ms)
             with pg.connect(url) as c:  # undo the sweep: reopen, restore owners, drop events
                 c.execute(
                     "UPDATE sessions SET ended_at = NULL, end_reason = NULL, end_detail = NULL"

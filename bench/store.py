@@ -134,12 +134,10 @@ def tether_buffered(path: Path, durability: str, batches: int) -> float:
     return batches * 10 / elapsed
 
 
-def compare(directory: Path, rounds: int, fn_raw, fn_ours, *args) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def summarize(pairs: list[tuple[float | tuple[float, list[float]], float]]) -> dict[str, float]:
+    """(ours, raw) rates per round -> medians, ratio, and latency percentiles if measured."""
     raw, ours, ratios, lat = [], [], [], []
-    for r in range(rounds):
-        tag = f"{fn_ours.__name__}-{'-'.join(map(str, args))}-{r}"
-        a = fn_raw(directory / f"raw-{tag}.db", *args)
-        b = fn_ours(directory / f"ours-{tag}.db", *args)
+    for b, a in pairs:
         if isinstance(b, tuple):
             b, latencies = b
             lat += latencies
@@ -152,6 +150,15 @@ def compare(directory: Path, rounds: int, fn_raw, fn_ours, *args) -> dict[str, f
         out["p99"] = percentile(lat, 0.99) * 1e6
         out["p999"] = percentile(lat, 0.999) * 1e6
     return out
+
+
+def compare(directory: Path, rounds: int, fn_raw, fn_ours, *args) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    pairs = []
+    for r in range(rounds):
+        tag = f"{fn_ours.__name__}-{'-'.join(map(str, args))}-{r}"
+        a = fn_raw(directory / f"raw-{tag}.db", *args)
+        pairs.append((fn_ours(directory / f"ours-{tag}.db", *args), a))
+    return summarize(pairs)
 
 
 # --- listing at scale -------------------------------------------------------------
@@ -335,23 +342,12 @@ def pg_raw_buffered(base: str, batches: int) -> float:
 
 
 def pg_compare(base: str, rounds: int, fn_raw, fn_ours, n: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    raw, ours, ratios, lat = [], [], [], []
+    pairs = []
     for _ in range(rounds):
         a = fn_raw(base, n)
         with pg.scratch_schema(base, "ours") as url:
-            b = fn_ours(url, "normal", n)
-        if isinstance(b, tuple):
-            b, latencies = b
-            lat += latencies
-        raw.append(a)
-        ours.append(b)
-        ratios.append(b / a)
-    out = {"raw": median(raw), "ours": median(ours), "ratio": median(ratios)}
-    if lat:
-        out["p50"] = percentile(lat, 0.50) * 1e6
-        out["p99"] = percentile(lat, 0.99) * 1e6
-        out["p999"] = percentile(lat, 0.999) * 1e6
-    return out
+            pairs.append((fn_ours(url, "normal", n), a))
+    return summarize(pairs)
 
 
 def pg_listing(base: str, n: int) -> tuple[list[tuple[str, str, str]], float]:

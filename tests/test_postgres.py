@@ -84,47 +84,6 @@ def test_reopening_an_up_to_date_schema_runs_no_ddl(
     tether.open_store(db_url, load_plugins=False).close()
 
 
-OPENER = """
-import sys, time, tether
-t = float(sys.argv[2])
-while time.time() < t:
-    pass
-s = tether.open_store(sys.argv[1], load_plugins=False)
-h = s.session(source="race")
-h.append("user", "hi")
-h.end()
-print("ok")
-"""
-
-
-@pytest.mark.slow
-def test_processes_opening_a_new_schema_at_once_all_succeed(
-    new_db: Callable[[], str],
-) -> None:
-    for _ in range(2):
-        url = new_db()
-        start = str(time.time() + 1.5)
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", OPENER, url, start],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=child_env(),
-            )
-            for _ in range(4)
-        ]
-        for p in procs:
-            out, err = p.communicate(timeout=60)
-            assert p.returncode == 0 and out.strip() == "ok", err
-        s = tether.open_store(url, load_plugins=False)
-        assert s.census().total == 4
-        query = f"SELECT version FROM {VERSION_TABLE}"
-        rows = s.backend.read(lambda c, q=query: c.execute(q).fetchall())
-        assert rows == [(SCHEMA_VERSION,)]  # migrated exactly once
-        s.close()
-
-
 def test_migrations_wait_for_the_transaction_scoped_advisory_lock(db_url: str, schema: str) -> None:
     """A first open waits while another transaction holds the migration lock."""
     holder = pg_admin()

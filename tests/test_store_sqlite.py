@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +11,6 @@ import tether
 from tether.store import listing
 from tether.store.sqlite import backend as sqlite_backend
 from tether.store.sqlite.schema import APPLICATION_ID, SCHEMA_VERSION
-
-from .conftest import child_env
 
 
 def test_new_database_is_wal_versioned_and_marked(db_path: str) -> None:
@@ -52,44 +48,6 @@ def test_reopening_an_up_to_date_file_runs_no_ddl(
     ddl = [x for x in statements if x.lstrip().upper().startswith(("CREATE", "ALTER", "DROP"))]
     assert ddl == []
     assert not any("user_version =" in x for x in statements)
-
-
-OPENER = """
-import sys, time, tether
-t = float(sys.argv[2])
-while time.time() < t:
-    pass
-s = tether.open_store(sys.argv[1], load_plugins=False)
-h = s.session(source="race")
-h.append("user", "hi")
-h.end()
-print("ok")
-"""
-
-
-@pytest.mark.slow
-def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> None:
-    import time
-
-    for round_ in range(3):
-        path = str(tmp_path / f"new{round_}.db")
-        start = str(time.time() + 1.0)
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", OPENER, path, start],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=child_env(),
-            )
-            for _ in range(4)
-        ]
-        for p in procs:
-            out, err = p.communicate(timeout=60)
-            assert p.returncode == 0 and out.strip() == "ok", err
-        s = tether.open_store(path, load_plugins=False)
-        assert s.census().total == 4
-        s.close()
 
 
 def _plan(store: tether.Store, q: listing.ListQuery) -> list[str]:

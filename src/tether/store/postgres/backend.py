@@ -111,25 +111,24 @@ class PostgresBackend:
         self.pool_timeout = pool_timeout
         self._closed = False
         self._lock = threading.Lock()
-        with self._connect() as conn:
+        with self.connect() as conn:
             self.schema = self._prepare(conn)
         self._pid = os.getpid()
         self._pool = self._new_pool()
 
     # --- connections ------------------------------------------------------------------
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        """One direct connection, with the error translated to one clear line."""
+    def connect(self) -> psycopg.Connection[Any]:
+        """A new autocommit connection outside the pool (for opening, LISTEN, bulk loads).
+
+        A failure is one clear line: :class:`StoreUnavailableError`.
+        """
         try:
             return psycopg.connect(self.target.conninfo, **self.target.kwargs)
         except psycopg.Error as exc:
             raise StoreUnavailableError(
                 f"cannot connect to PostgreSQL {self.url}: {one_line(exc)}"
             ) from None
-
-    def connect(self) -> psycopg.Connection[Any]:
-        """A new autocommit connection outside the pool (for LISTEN, bulk loads, tests)."""
-        return self._connect()
 
     def _new_pool(self) -> ConnectionPool:
         pool: ConnectionPool = ConnectionPool(
