@@ -22,9 +22,11 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
+	./scripts/ensure-postgres
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-test
+	./scripts/ensure-postgres
 	$(BIN)/python -m bench store
 
 lint: $(VENV)/.installed-test

@@ -1,10 +1,17 @@
-"""Run a benchmark: ``python -m bench store|liveness|gateway [--quick] [--no-write]``."""
+"""Run a benchmark: ``python -m bench store|liveness|gateway [--quick] [--no-write]``.
+
+``--pg URL|none`` adds (or skips) PostgreSQL where a benchmark supports it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
+import os
 import sys
+
+from .pg import DEFAULT_URL
 
 BENCHES = ("store", "liveness", "gateway")
 
@@ -19,9 +26,18 @@ def main() -> None:
     parser.add_argument(
         "--dir", default=None, help="where to put the databases (default: a temp dir)"
     )
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get("TETHER_TEST_PG", DEFAULT_URL),
+        help="PostgreSQL URL to benchmark too, 'none' to skip (default: the test server)",
+    )
     args = parser.parse_args()
     module = importlib.import_module(f"bench.{args.name}")
-    module.run(quick=args.quick, write=not args.no_write, directory=args.dir)
+    pg_url = None if args.pg.lower() == "none" else args.pg
+    options = {"quick": args.quick, "write": not args.no_write, "directory": args.dir}
+    if "pg_url" in inspect.signature(module.run).parameters:
+        options["pg_url"] = pg_url
+    module.run(**options)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ What is measured, each beside a baseline run in the same process:
   100,000 and 1,000,000 sessions (with continuation chains and ended
   sessions), warm cache, median and p99 of 200 calls; also the next page by
   cursor and a source-filtered page.
+* **PostgreSQL** (``--pg URL``, default the test server): the same appends
+  against raw psycopg inserting the same rows (autocommit, one INSERT each;
+  ``executemany`` of 10 in one transaction), and the same listings, loaded
+  with COPY. Each run gets a schema of its own, dropped afterwards.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ import random
 import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import tether
 from tether.store.sqlite.schema import MIGRATIONS
 
+from . import pg
 from .report import median, percentile, publish, table
 
 CONTENT = (
@@ -128,12 +134,10 @@ def tether_buffered(path: Path, durability: str, batches: int) -> float:
     return batches * 10 / elapsed
 
 
-def compare(directory: Path, rounds: int, fn_raw, fn_ours, *args) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def summarize(pairs: list[tuple[float | tuple[float, list[float]], float]]) -> dict[str, float]:
+    """(ours, raw) rates per round -> medians, ratio, and latency percentiles if measured."""
     raw, ours, ratios, lat = [], [], [], []
-    for r in range(rounds):
-        tag = f"{fn_ours.__name__}-{'-'.join(map(str, args))}-{r}"
-        a = fn_raw(directory / f"raw-{tag}.db", *args)
-        b = fn_ours(directory / f"ours-{tag}.db", *args)
+    for b, a in pairs:
         if isinstance(b, tuple):
             b, latencies = b
             lat += latencies
@@ -148,18 +152,39 @@ def compare(directory: Path, rounds: int, fn_raw, fn_ours, *args) -> dict[str, f
     return out
 
 
+def compare(directory: Path, rounds: int, fn_raw, fn_ours, *args) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    pairs = []
+    for r in range(rounds):
+        tag = f"{fn_ours.__name__}-{'-'.join(map(str, args))}-{r}"
+        a = fn_raw(directory / f"raw-{tag}.db", *args)
+        pairs.append((fn_ours(directory / f"ours-{tag}.db", *args), a))
+    return summarize(pairs)
+
+
 # --- listing at scale -------------------------------------------------------------
 
 
-def build_listing_store(path: Path, n: int) -> list[str]:
-    """``n`` sessions: roots, 5% continued by a child, 70% ended; return the sources."""
-    tether.open_store(path, load_plugins=False).close()
-    c = sqlite3.connect(path, isolation_level=None)
-    c.execute("PRAGMA synchronous = OFF")
+LISTING_COLUMNS = (
+    "id",
+    "source",
+    "parent_id",
+    "root_id",
+    "created_at",
+    "last_active_at",
+    "ended_at",
+    "end_reason",
+    "message_count",
+    "chain_tip_id",
+    "chain_message_count",
+    "chain_last_active_at",
+)
+
+
+def listing_rows(n: int) -> Iterator[tuple[object, ...]]:
+    """``n`` sessions: roots, 5% continued by a child, 70% ended (LISTING_COLUMNS)."""
     rnd = random.Random(7)
     sources = ["cli", "tui", "gateway", "cron"]
     base = time.time() - n * 10
-    rows = []
     i = 0
     while i < n:
         t = base + i * 10 + rnd.random()
@@ -168,55 +193,53 @@ def build_listing_store(path: Path, n: int) -> list[str]:
         ended = rnd.random() < 0.7
         if rnd.random() < 0.05 and i + 1 < n:
             child = f"S{i + 1:09d}"
-            rows.append(
-                (sid, source, None, sid, t, t + 1, t + 2, "compression", 12, child, 20, t + 5)
-            )
-            rows.append(
-                (
-                    child,
-                    source,
-                    sid,
-                    sid,
-                    t + 2,
-                    t + 5,
-                    t + 6 if ended else None,
-                    "completed" if ended else None,
-                    8,
-                    None,
-                    0,
-                    None,
-                )
+            yield (sid, source, None, sid, t, t + 1, t + 2, "compression", 12, child, 20, t + 5)
+            yield (
+                child,
+                source,
+                sid,
+                sid,
+                t + 2,
+                t + 5,
+                t + 6 if ended else None,
+                "completed" if ended else None,
+                8,
+                None,
+                0,
+                None,
             )
             i += 2
             continue
-        rows.append(
-            (
-                sid,
-                source,
-                None,
-                sid,
-                t,
-                t + 3,
-                t + 4 if ended else None,
-                "completed" if ended else None,
-                6,
-                sid,
-                6,
-                t + 3,
-            )
+        yield (
+            sid,
+            source,
+            None,
+            sid,
+            t,
+            t + 3,
+            t + 4 if ended else None,
+            "completed" if ended else None,
+            6,
+            sid,
+            6,
+            t + 3,
         )
         i += 1
+
+
+def build_listing_store(path: Path, n: int) -> None:
+    tether.open_store(path, load_plugins=False).close()
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute("PRAGMA synchronous = OFF")
     c.execute("BEGIN")
     c.executemany(
-        "INSERT INTO sessions (id, source, parent_id, root_id, created_at, last_active_at,"
-        " ended_at, end_reason, message_count, chain_tip_id, chain_message_count,"
-        " chain_last_active_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        rows,
+        f"INSERT INTO sessions ({', '.join(LISTING_COLUMNS)}) VALUES"
+        f" ({', '.join('?' * len(LISTING_COLUMNS))})",
+        listing_rows(n),
     )
     c.execute("COMMIT")
     c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     c.close()
-    return sources
 
 
 def time_calls(fn, calls: int = 200) -> tuple[float, float]:  # type: ignore[no-untyped-def]
@@ -230,10 +253,8 @@ def time_calls(fn, calls: int = 200) -> tuple[float, float]:  # type: ignore[no-
     return median(xs) * 1e3, percentile(xs, 0.99) * 1e3
 
 
-def listing(directory: Path, n: int) -> list[tuple[str, str, str]]:
-    path = directory / f"listing{n}.db"
-    build_listing_store(path, n)
-    store = tether.open_store(path, load_plugins=False)
+def time_listing(target: str | Path) -> list[tuple[str, str, str]]:
+    store = tether.open_store(target, load_plugins=False)
     first = store.list_sessions(limit=50)
     assert len(first.items) == 50
     results = []
@@ -246,11 +267,129 @@ def listing(directory: Path, n: int) -> list[tuple[str, str, str]]:
         med, p99 = time_calls(fn)
         results.append((label, f"{med:.2f}", f"{p99:.2f}"))
     store.close()
+    return results
+
+
+def listing(directory: Path, n: int) -> list[tuple[str, str, str]]:
+    path = directory / f"listing{n}.db"
+    build_listing_store(path, n)
+    results = time_listing(path)
     os.remove(path)
     return results
 
 
-def run(quick: bool = False, write: bool = True, directory: str | None = None) -> None:
+# --- PostgreSQL -----------------------------------------------------------------------
+
+
+def pg_raw_single(base: str, n: int) -> float:
+    """Raw psycopg: one INSERT per message into tether's messages table, autocommit."""
+    with pg.scratch_schema(base, "raw") as url:
+        tether.open_store(url, load_plugins=False).close()
+        with pg.connect(url) as c:
+            sid = tether.ids.new_id()
+            t = time.perf_counter()
+            for i in range(n):
+                c.execute(
+                    "INSERT INTO messages VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        sid,
+                        i + 1,
+                        "assistant",
+                        f"{CONTENT} {i}",
+                        None,
+                        None,
+                        None,
+                        time.time(),
+                        None,
+                    ),
+                )
+            elapsed = time.perf_counter() - t
+    return n / elapsed
+
+
+def pg_raw_buffered(base: str, batches: int) -> float:
+    """Raw psycopg: the same 10 rows per transaction with executemany."""
+    with pg.scratch_schema(base, "raw") as url:
+        tether.open_store(url, load_plugins=False).close()
+        with pg.connect(url) as c:
+            sid = tether.ids.new_id()
+            seq = 0
+            t = time.perf_counter()
+            for _ in range(batches):
+                rows = []
+                for _k in range(10):
+                    seq += 1
+                    key = "b:" + tether.ids.new_id()
+                    rows.append(
+                        (
+                            sid,
+                            seq,
+                            "assistant",
+                            f"{CONTENT} {seq}",
+                            None,
+                            None,
+                            None,
+                            time.time(),
+                            key,
+                        )
+                    )
+                with c.transaction(), c.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO messages VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows
+                    )
+            elapsed = time.perf_counter() - t
+    return batches * 10 / elapsed
+
+
+def pg_compare(base: str, rounds: int, fn_raw, fn_ours, n: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    pairs = []
+    for _ in range(rounds):
+        a = fn_raw(base, n)
+        with pg.scratch_schema(base, "ours") as url:
+            pairs.append((fn_ours(url, "normal", n), a))
+    return summarize(pairs)
+
+
+def pg_listing(base: str, n: int) -> tuple[list[tuple[str, str, str]], float]:
+    """The listing on PostgreSQL, loaded with COPY; returns the timings and the load time."""
+    with pg.scratch_schema(base, "listing") as url:
+        tether.open_store(url, load_plugins=False).close()
+        t = time.perf_counter()
+        pg.copy_rows(url, "sessions", LISTING_COLUMNS, listing_rows(n))
+        load = time.perf_counter() - t
+        return time_listing(url), load
+
+
+def run_pg(base: str, quick: bool) -> str:
+    n = 1000 if quick else 5000
+    rounds = 3 if quick else 5
+    rows = []
+    r = pg_compare(base, rounds, pg_raw_single, tether_single, n)
+    rows.append(("single append", f"{r['raw']:,.0f}", f"{r['ours']:,.0f}", f"{r['ratio']:.2f}x"))
+    single = r
+    r = pg_compare(base, rounds, pg_raw_buffered, tether_buffered, n // 10)
+    rows.append(
+        ("buffered, 10/flush", f"{r['raw']:,.0f}", f"{r['ours']:,.0f}", f"{r['ratio']:.2f}x")
+    )
+    text = f"PostgreSQL {pg.server_version(base)} on this machine (loopback TCP):\n\n"
+    text += table(["messages/s", "raw psycopg", "tether", "ratio"], rows)
+    text += "\n\nAppend latency on PostgreSQL (tether, µs):\n\n" + table(
+        ["p50", "p99", "p99.9"],
+        [(f"{single['p50']:.0f}", f"{single['p99']:.0f}", f"{single['p999']:.0f}")],
+    )
+    for size in [20_000] if quick else [100_000, 1_000_000]:
+        res, load = pg_listing(base, size)
+        text += (
+            f"\n\nListing at {size:,} sessions on PostgreSQL (ms; loaded with COPY in "
+            f"{load:.1f} s):\n\n"
+        )
+        text += table(["query", "median", "p99"], res)
+    return text
+
+
+def run(
+    quick: bool = False, write: bool = True, directory: str | None = None, pg_url: str | None = None
+) -> None:
     tmp = tempfile.TemporaryDirectory(dir=directory, prefix="tether-bench-")
     d = Path(tmp.name)
     n = 2000 if quick else 10000
@@ -294,6 +433,8 @@ def run(quick: bool = False, write: bool = True, directory: str | None = None) -
         res = listing(d, size)
         text += f"\n\nListing at {size:,} sessions (ms, target: first page < 5 ms):\n\n"
         text += table(["query", "median", "p99"], res)
+    if pg_url:
+        text += "\n\n" + run_pg(pg_url, quick)
     notes = (
         f"Rounds: {rounds}, interleaved; single appends: {n:,} per round at normal, "
         f"{max(500, n // 10):,} at full. Raw sqlite3 uses tether's messages DDL, "

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,13 +22,143 @@ from tether.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# --- the PostgreSQL test server ------------------------------------------------------
+
+PG_URL = os.environ.get("TETHER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+START_PG = (
+    "start it with `scripts/ensure-postgres` (or: pg_ctlcluster --skip-systemctl-redirect "
+    "$(ls /etc/postgresql) main start), or point $TETHER_TEST_PG at a server; see DEVELOPERS.md"
+)
+
+
+def pg_admin() -> Any:
+    """An autocommit connection to the test database, for setting up and cleaning up."""
+    import psycopg
+
+    return psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
+
+
+def with_params(url: str, **params: str) -> str:
+    """``url`` with query parameters added."""
+    sep = "&" if "?" in url else "?"
+    return url + sep + "&".join(f"{k}={v}" for k, v in params.items())
+
+
+def drop_schemas(*schemas: str) -> None:
+    if not schemas:
+        return
+    with pg_admin() as conn:
+        conn.execute("SET lock_timeout = '20s'")
+        for schema in schemas:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def pg_connect(url: str) -> Any:
+    """A direct autocommit connection to a test URL (its ``?schema=`` included)."""
+    import psycopg
+
+    from tether.store.postgres.url import parse
+
+    target = parse(url)
+    return psycopg.connect(target.conninfo, **target.kwargs)
+
+
+@contextlib.contextmanager
+def hold_writes(url: str) -> Iterator[None]:
+    """Keep every other writer of the database at ``url`` waiting until the block ends."""
+    if url.startswith("postgresql://"):
+        conn = pg_connect(url)
+        conn.execute("BEGIN")
+        conn.execute("LOCK TABLE sessions IN EXCLUSIVE MODE")  # readers still read
+    else:
+        conn = sqlite3.connect(url, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The test server's URL; a failure under CI=true, a skip that says what to do elsewhere."""
+    try:
+        import psycopg
+    except ImportError:
+        reason = "psycopg is not installed: pip install -e '.[test,postgres]'"
+    else:
+        try:
+            pg_admin().close()
+            return PG_URL
+        except psycopg.Error as exc:
+            reason = f"PostgreSQL is not reachable at {PG_URL} ({' '.join(str(exc).split())}); "
+            reason += START_PG
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend a contract test runs on: every test using it runs on both."""
+    return str(request.param)
+
+
+@pytest.fixture
+def new_db(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[], str]]:
+    """A factory of fresh, empty databases on the test's backend.
+
+    On SQLite a new file (the first one is ``db_path``); on PostgreSQL a
+    ``?schema=`` of its own in the test database, dropped afterwards, so runs on
+    one server (other engineers', CI's) never see each other's rows.
+    """
+    base = request.getfixturevalue("pg_server") if backend == "postgres" else ""
+    made: list[str] = []
+
+    def make() -> str:
+        n = len(made)
+        if backend == "postgres":
+            made.append(f"tether_test_{os.getpid()}_{uuid.uuid4().hex[:10]}")
+            return with_params(base, schema=made[-1])
+        made.append(str(tmp_path / ("tether.db" if n == 0 else f"tether{n}.db")))
+        return made[-1]
+
+    yield make
+    if backend == "postgres":
+        drop_schemas(*made)
+
+
+@pytest.fixture
+def db_url(new_db: Callable[[], str]) -> str:
+    """A fresh database on each backend: a SQLite path, or a PostgreSQL URL with its schema."""
+    return new_db()
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> str:
+    """A SQLite file (for tests about files, WAL and pragmas)."""
     return str(tmp_path / "tether.db")
 
 
 @pytest.fixture
-def store(db_path: str) -> Iterator[Store]:
+def store(db_url: str) -> Iterator[Store]:
+    """An open store on each backend."""
+    s = tether.open_store(db_url, load_plugins=False)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def sqlite_store(db_path: str) -> Iterator[Store]:
+    """An open SQLite store on ``db_path``."""
     s = tether.open_store(db_path, load_plugins=False)
     try:
         yield s

@@ -18,8 +18,8 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def filled(db_path: str) -> dict[str, str]:
-    s = tether.open_store(db_path, load_plugins=False)
+def filled(db_url: str) -> dict[str, str]:
+    s = tether.open_store(db_url, load_plugins=False)
     with s.session(source="cli", model="gpt-4o", title="Fix the build", cwd="/src") as done:
         done.append("user", "why does make fail?")
         done.append(
@@ -38,7 +38,7 @@ def filled(db_path: str) -> dict[str, str]:
     for h in (live, ghost):  # leave them open, as a crashed process would
         exits.untrack(h)
     s.close()
-    return {"done": done.id, "live": live.id, "ghost": ghost.id, "db": db_path}
+    return {"done": done.id, "live": live.id, "ghost": ghost.id, "db": db_url}
 
 
 def invoke(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -137,9 +137,9 @@ def test_default_database_lives_in_the_data_dir(tmp_path: Path) -> None:
     assert (tmp_path / "xdg" / "tether" / "tether.db").exists()
 
 
-def test_empty_listing(db_path: str) -> None:
-    tether.open_store(db_path, load_plugins=False).close()
-    assert invoke("ls", "--db", db_path).stdout.strip() == "no sessions"
+def test_empty_listing(db_url: str) -> None:
+    tether.open_store(db_url, load_plugins=False).close()
+    assert invoke("ls", "--db", db_url).stdout.strip() == "no sessions"
 
 
 def test_real_command_and_version() -> None:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -36,15 +37,15 @@ print(json.dumps({"id": mine.id, "shared_seqs": seqs}))
 """
 
 
-def test_four_processes_same_and_different_sessions(db_path: str) -> None:
+def test_four_processes_same_and_different_sessions(db_url: str) -> None:
     n = 150
-    store = tether.open_store(db_path, load_plugins=False)
+    store = tether.open_store(db_url, load_plugins=False)
     shared = store.session(source="shared")
     shared.persist()
     start = str(time.time() + 1.5)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, db_path, shared.id, start, str(n)],
+            [sys.executable, "-c", WRITER, db_url, shared.id, start, str(n)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -73,3 +74,44 @@ def test_four_processes_same_and_different_sessions(db_path: str) -> None:
     assert (c.total, c.open, c.ghosts) == (5, 1, 0)
     shared.end()
     store.close()
+
+
+OPENER = """
+import sys, time, tether
+t = float(sys.argv[2])
+while time.time() < t:
+    pass
+s = tether.open_store(sys.argv[1], load_plugins=False)
+h = s.session(source="race")
+h.append("user", "hi")
+h.end()
+print("ok")
+"""
+
+
+def test_processes_creating_a_new_database_at_once_all_succeed(
+    new_db: Callable[[], str], backend: str
+) -> None:
+    """Four processes open (so create and migrate) the same new database at once."""
+    for _ in range(3):
+        url = new_db()
+        start = str(time.time() + 1.5)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPENER, url, start],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=child_env(),
+            )
+            for _ in range(4)
+        ]
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 0 and out.strip() == "ok", err
+        s = tether.open_store(url, load_plugins=False)
+        assert s.census().total == 4
+        if backend == "postgres":
+            query = "SELECT version FROM tether_schema"
+            assert s.backend.read(lambda c, q=query: c.execute(q).fetchall()) == [(1,)]
+        s.close()

@@ -154,9 +154,9 @@ def test_unknown_session_id(store: Store) -> None:
     assert isinstance(tether.SessionNotFoundError("x"), LookupError)
 
 
-def test_unknown_session_id_on_the_cli(db_path: str, store: Store) -> None:
-    assert_one_clear_line(run_cli("show", "01NOPE", "--db", db_path), "no session")
-    assert_one_clear_line(run_cli("end", "01NOPE", "--db", db_path), "no session")
+def test_unknown_session_id_on_the_cli(db_url: str, store: Store) -> None:
+    assert_one_clear_line(run_cli("show", "01NOPE", "--db", db_url), "no session")
+    assert_one_clear_line(run_cli("end", "01NOPE", "--db", db_url), "no session")
 
 
 @pytest.mark.parametrize(
@@ -175,6 +175,7 @@ def test_unknown_session_id_on_the_cli(db_path: str, store: Store) -> None:
 def test_invalid_messages_write_nothing(store: Store, kwargs: dict, message: str) -> None:
     h = store.session(source="cli")
     h.append("user", "fine")
+    kwargs = dict(kwargs)  # the parameters are shared by both backends' runs
     role = kwargs.pop("role")
     with pytest.raises(tether.InvalidInputError, match=message):
         h.append(role, **kwargs)
@@ -209,10 +210,10 @@ def test_invalid_end_reason(store: Store) -> None:
     assert h.end("custom_reason") is True  # any snake_case word is allowed
 
 
-def test_bad_cli_reason(db_path: str, store: Store) -> None:
+def test_bad_cli_reason(db_url: str, store: Store) -> None:
     h = store.session(source="cli")
     h.append("user", "x")
     assert_one_clear_line(
-        run_cli("end", h.id, "--reason", "Bad Reason", "--db", db_path), "end reason"
+        run_cli("end", h.id, "--reason", "Bad Reason", "--db", db_url), "end reason"
     )
     assert store.get_session(h.id).is_open

@@ -8,14 +8,13 @@ session must be ended with the right reason and hold all three messages.
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
 
 import pytest
 
 import tether
 
-from .conftest import spawn, wait_for_line
+from .conftest import hold_writes, spawn, wait_for_line
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +48,7 @@ def finish(proc, timeout: float = 20.0) -> tuple[int, str, str]:  # type: ignore
     return proc.returncode, out, err
 
 
-def test_context_manager_exception_ends_with_error(db_path: str) -> None:
+def test_context_manager_exception_ends_with_error(db_url: str) -> None:
     proc = spawn(
         """
         store = tether.open_store(sys.argv[1])
@@ -59,39 +58,39 @@ def test_context_manager_exception_ends_with_error(db_path: str) -> None:
             h.buffer("assistant", "buffered 2")
             raise RuntimeError("tool exploded")
         """,
-        db_path,
+        db_url,
     )
     rc, _, err = finish(proc)
     assert rc == 1 and "tool exploded" in err
-    check(db_path, "error", "RuntimeError: tool exploded")
+    check(db_url, "error", "RuntimeError: tool exploded")
 
 
-def test_atexit_ends_an_open_session(db_path: str) -> None:
-    proc = spawn(SETUP + "\nprint('done')", db_path)
+def test_atexit_ends_an_open_session(db_url: str) -> None:
+    proc = spawn(SETUP + "\nprint('done')", db_url)
     rc, _out, err = finish(proc)
     assert rc == 0, err
-    s = check(db_path, "process_exit")
+    s = check(db_url, "process_exit")
     assert "exited without ending" in (s.end_detail or "")
 
 
-def test_uncaught_exception_outside_a_with_block(db_path: str) -> None:
-    proc = spawn(SETUP + "\nraise KeyError('lost')", db_path)
+def test_uncaught_exception_outside_a_with_block(db_url: str) -> None:
+    proc = spawn(SETUP + "\nraise KeyError('lost')", db_url)
     rc, _, _ = finish(proc)
     assert rc == 1
-    check(db_path, "error", "uncaught KeyError: 'lost'")
+    check(db_url, "error", "uncaught KeyError: 'lost'")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_termination_signals_end_the_session(db_path: str, sig: signal.Signals) -> None:
-    proc = spawn(SETUP + "\nprint('ready', flush=True)\ntime.sleep(60)", db_path)
+def test_termination_signals_end_the_session(db_url: str, sig: signal.Signals) -> None:
+    proc = spawn(SETUP + "\nprint('ready', flush=True)\ntime.sleep(60)", db_url)
     wait_for_line(proc, "ready")
     proc.send_signal(sig)
     rc, _, err = finish(proc)
     assert rc == 128 + sig, err
-    check(db_path, "signal", sig.name)
+    check(db_url, "signal", sig.name)
 
 
-def test_sigterm_inside_a_with_block(db_path: str) -> None:
+def test_sigterm_inside_a_with_block(db_url: str) -> None:
     proc = spawn(
         """
         store = tether.open_store(sys.argv[1])
@@ -102,26 +101,26 @@ def test_sigterm_inside_a_with_block(db_path: str) -> None:
             print("ready", flush=True)
             time.sleep(60)
         """,
-        db_path,
+        db_url,
     )
     wait_for_line(proc, "ready")
     proc.send_signal(signal.SIGTERM)
     rc, _, err = finish(proc)
     assert rc == 143, err
-    check(db_path, "signal", "SIGTERM")
+    check(db_url, "signal", "SIGTERM")
 
 
-def test_ctrl_c_ends_the_session(db_path: str) -> None:
-    proc = spawn(SETUP + "\nprint('ready', flush=True)\ntime.sleep(60)", db_path)
+def test_ctrl_c_ends_the_session(db_url: str) -> None:
+    proc = spawn(SETUP + "\nprint('ready', flush=True)\ntime.sleep(60)", db_url)
     wait_for_line(proc, "ready")
     proc.send_signal(signal.SIGINT)
     rc, _, err = finish(proc)
     assert rc in (1, -signal.SIGINT, 130), err
     assert "KeyboardInterrupt" in err
-    check(db_path, "signal", "SIGINT")
+    check(db_url, "signal", "SIGINT")
 
 
-def test_ctrl_c_caught_by_the_program_does_not_end_the_session(db_path: str) -> None:
+def test_ctrl_c_caught_by_the_program_does_not_end_the_session(db_url: str) -> None:
     # Agents catch Ctrl+C to interrupt a turn; the session must live on.
     proc = spawn(
         SETUP
@@ -134,20 +133,20 @@ except KeyboardInterrupt:
 print("alive", h.ended, flush=True)
 h.end("cli_close")
 """,
-        db_path,
+        db_url,
     )
     wait_for_line(proc, "ready")
     proc.send_signal(signal.SIGINT)
     rc, out, err = finish(proc)
     assert rc == 0, err
     assert "alive False" in out
-    store = tether.open_store(db_path, load_plugins=False)
+    store = tether.open_store(db_url, load_plugins=False)
     [item] = store.list_sessions().items
     assert item.session.end_reason == "cli_close" and item.session.message_count == 4
     store.close()
 
 
-def test_second_ctrl_c_during_finalization_still_ends_the_session(db_path: str) -> None:
+def test_second_ctrl_c_during_finalization_still_ends_the_session(db_url: str) -> None:
     """Hold the write lock so finalization blocks; Ctrl+C twice; the end still lands."""
     proc = spawn(
         """
@@ -159,26 +158,21 @@ def test_second_ctrl_c_during_finalization_still_ends_the_session(db_path: str) 
             print("ready", flush=True)
             time.sleep(60)
         """,
-        db_path,
+        db_url,
     )
     wait_for_line(proc, "ready")
-    blocker = sqlite3.connect(db_path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")  # the child's flush + end must now wait
-    try:
+    with hold_writes(db_url):  # the child's flush + end must now wait
         proc.send_signal(signal.SIGINT)
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)  # a second Ctrl+C while it is finalizing
         time.sleep(0.5)
         assert proc.poll() is None  # still finishing its end
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
     rc, _, err = finish(proc)
     assert rc != 0 and "KeyboardInterrupt" in err
-    check(db_path, "signal", "SIGINT")
+    check(db_url, "signal", "SIGINT")
 
 
-def test_previous_handler_is_chained(db_path: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_previous_handler_is_chained(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     marker = tmp_path / "handler-ran"
     proc = spawn(
         "def graceful(signum, frame):\n"
@@ -187,7 +181,7 @@ def test_previous_handler_is_chained(db_path: str, tmp_path) -> None:  # type: i
         "signal.signal(signal.SIGTERM, graceful)\n"
         + SETUP
         + "\nprint('ready', flush=True)\ntime.sleep(60)",
-        db_path,
+        db_url,
         str(marker),
     )
     wait_for_line(proc, "ready")
@@ -195,31 +189,31 @@ def test_previous_handler_is_chained(db_path: str, tmp_path) -> None:  # type: i
     rc, _, err = finish(proc)
     assert rc == 3, err
     assert marker.read_text() == "yes"
-    check(db_path, "process_exit", "the process exited without ending the session")
+    check(db_url, "process_exit", "the process exited without ending the session")
 
 
-def test_ignored_signal_stays_ignored(db_path: str) -> None:
+def test_ignored_signal_stays_ignored(db_url: str) -> None:
     proc = spawn(
         "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
         + SETUP
         + "\nprint('ready', flush=True)\ntime.sleep(1.5)\nh.end('completed')",
-        db_path,
+        db_url,
     )
     wait_for_line(proc, "ready")
     proc.send_signal(signal.SIGHUP)
     rc, _, err = finish(proc)
     assert rc == 0, err
-    check(db_path, "completed")
+    check(db_url, "completed")
 
 
-def test_sigkill_leaves_acknowledged_messages(db_path: str) -> None:
+def test_sigkill_leaves_acknowledged_messages(db_url: str) -> None:
     # No exit path runs under SIGKILL; what append acknowledged is still there
     # (the liveness reaper ends the session).
-    proc = spawn(SETUP + "\nprint('ready', flush=True)\ntime.sleep(60)", db_path)
+    proc = spawn(SETUP + "\nprint('ready', flush=True)\ntime.sleep(60)", db_url)
     wait_for_line(proc, "ready")
     proc.kill()
     finish(proc)
-    store = tether.open_store(db_path, load_plugins=False)
+    store = tether.open_store(db_url, load_plugins=False)
     [item] = store.list_sessions().items
     assert [m.content for m in store.get_messages(item.session.id)] == ["acknowledged"]
     store.close()

@@ -177,8 +177,8 @@ def test_context_manager_reasons(store: Store) -> None:
     assert s.end_reason == "error" and s.end_detail == "ValueError: kaput"
 
 
-def test_chains_are_listed_once_with_totals(store: Store, clock: tether.ManualClock) -> None:
-    s = tether.open_store(store.backend.url, clock=clock, load_plugins=False)
+def test_chains_are_listed_once_with_totals(db_url: str, clock: tether.ManualClock) -> None:
+    s = tether.open_store(db_url, clock=clock, load_plugins=False)
     root = s.session(source="cli", title="first")
     root.append("user", "a")
     root.append("assistant", "b")
@@ -218,8 +218,8 @@ def test_unknown_parent_is_refused_before_anything_is_written(store: Store) -> N
     assert rows(store, "sessions") == 0 and rows(store, "messages") == 0
 
 
-def test_listing_keyset_pagination_and_filters(store: Store, clock: tether.ManualClock) -> None:
-    s = tether.open_store(store.backend.url, clock=clock, load_plugins=False)
+def test_listing_keyset_pagination_and_filters(db_url: str, clock: tether.ManualClock) -> None:
+    s = tether.open_store(db_url, clock=clock, load_plugins=False)
     ids = []
     for i in range(25):
         h = s.session(source="cli" if i % 2 else "tui", cwd=f"/w{i % 3}")

@@ -15,7 +15,7 @@ from tether.liveness import OwnerInfo, Probe, ProcessIdentity, Reaper, ReaperLoo
 from tether.liveness.identity import pid_start_time
 from tether.store import Store, sql
 
-from .conftest import spawn, wait_for_line
+from .conftest import child_env, spawn, wait_for_line
 
 ME = ProcessIdentity.current()
 FAR = ProcessIdentity("far-away-host", "boot-far", 4242, 77)
@@ -142,9 +142,9 @@ def test_identity_and_probe() -> None:
 # --- owners and heartbeats -------------------------------------------------------------
 
 
-def test_first_session_registers_the_owner_and_starts_the_heartbeat(db_path: str) -> None:
+def test_first_session_registers_the_owner_and_starts_the_heartbeat(db_url: str) -> None:
     store = tether.open_store(
-        db_path, kind="cron", heartbeat_interval=0.05, owner_ttl=5, load_plugins=False
+        db_url, kind="cron", heartbeat_interval=0.05, owner_ttl=5, load_plugins=False
     )
     assert store.owner_id is None
     h = store.session(source="cron")
@@ -164,7 +164,7 @@ def test_first_session_registers_the_owner_and_starts_the_heartbeat(db_path: str
     assert not store._owner.beating  # the last owned session stops it
     store.close()
     assert store.backend  # closed store dropped its idle owner row:
-    s2 = tether.open_store(db_path, load_plugins=False)
+    s2 = tether.open_store(db_url, load_plugins=False)
     assert s2.backend.read(lambda c: c.execute("SELECT count(*) FROM owners").fetchone()[0]) == 0
     s2.close()
 
@@ -190,8 +190,8 @@ def test_heartbeat_is_one_write_per_tick_whatever_the_sessions(db_path: str) -> 
     store.close()
 
 
-def test_a_failing_beat_is_retried_never_raised(db_path: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    store = tether.open_store(db_path, heartbeat_interval=0.05, owner_ttl=5, load_plugins=False)
+def test_a_failing_beat_is_retried_never_raised(db_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    store = tether.open_store(db_url, heartbeat_interval=0.05, owner_ttl=5, load_plugins=False)
     real = store._beat
     calls = {"n": 0}
 
@@ -315,9 +315,9 @@ def test_an_owner_that_beats_in_between_is_not_reaped(
     assert list(ended) == [] and is_open(store, sid)
 
 
-def test_concurrent_reapers_end_each_session_once(db_path: str) -> None:
+def test_concurrent_reapers_end_each_session_once(db_url: str) -> None:
     clock = tether.ManualClock()
-    stores = [tether.open_store(db_path, clock=clock, load_plugins=False) for _ in range(4)]
+    stores = [tether.open_store(db_url, clock=clock, load_plugins=False) for _ in range(4)]
     try:
         for round_ in range(5):
             ids = []
@@ -348,7 +348,143 @@ def test_concurrent_reapers_end_each_session_once(db_path: str) -> None:
             s.close()
 
 
-def test_reaper_loop_ends_a_killed_process_quickly(db_path: str) -> None:
+# --- several hosts, one database ------------------------------------------------------------
+
+
+def _sweep_together(reapers: list[Reaper]) -> list[list[str]]:
+    """Every reaper sweeps at the same moment, each from its own thread and store."""
+    barrier = threading.Barrier(len(reapers))
+    results: list[list[str]] = [[] for _ in reapers]
+
+    def sweep(i: int) -> None:
+        barrier.wait()
+        results[i] = [r.id for r in reapers[i].sweep().reaped]
+
+    threads = [threading.Thread(target=sweep, args=(i,)) for i in range(len(reapers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
+def test_reapers_on_several_hosts(db_url: str) -> None:
+    """Hosts a, b and c share one database; reapers on a and b sweep at once.
+
+    A reaper judges owners of its own host by their pid and owners of other
+    hosts by their heartbeat only: it never probes (let alone reaps) a live
+    owner elsewhere, and reaps a silent one only once the TTL has passed.
+    """
+    clock = tether.ManualClock()
+    host = {
+        name: ProcessIdentity(f"host-{name}", f"boot-{name}", 0, None) for name in ("a", "b", "c")
+    }
+    pids = iter(range(10_000, 20_000))
+    sessions: dict[str, list[str]] = {}
+    owners_of: dict[str, list[tuple[int, str]]] = {}
+    stores = [tether.open_store(db_url, clock=clock, load_plugins=False) for _ in range(4)]
+    try:
+        for group, name, beat in (
+            ("a_dead", "a", 0),  # pid gone on a
+            ("a_live", "a", 0),  # running on a
+            ("b_live", "b", 0),  # fresh heartbeat on b
+            ("c_silent", "c", -100),  # stopped beating 100 s ago on c
+        ):
+            sessions[group], owners_of[group] = [], []
+            for _ in range(5):
+                pid = next(pids)
+                ident = ProcessIdentity(host[name].host, host[name].boot_id, pid, 1)
+                sessions[group] += owned_sessions(stores[0], ident, 3, clock.now() + beat)
+                owners_of[group].append((pid, host[name].host))
+        dead_pids = {pid for pid, _ in owners_of["a_dead"]}
+        probed: dict[str, list[int]] = {"a": [], "b": []}
+
+        def probe_on(name: str):  # type: ignore[no-untyped-def]
+            def probe(pid: int, start: int | None) -> Probe:
+                probed[name].append(pid)
+                return Probe.GONE if pid in dead_pids else Probe.ALIVE
+
+            return probe
+
+        # Two reapers on host a and two on host b, each with a store of its own.
+        reapers = [
+            Reaper(s, clock=clock, ttl=30.0, identity=host[n], probe=probe_on(n))
+            for s, n in zip(stores, "aabb", strict=True)
+        ]
+        results = _sweep_together(reapers)
+        everything = sorted(x for r in results for x in r)
+        assert everything == sorted(sessions["a_dead"] + sessions["c_silent"])  # each once
+        assert not set(results[2] + results[3]) & set(sessions["a_dead"])  # b never probes a
+        a_pids = {pid for pid, _ in owners_of["a_dead"] + owners_of["a_live"]}
+        b_pids = {pid for pid, _ in owners_of["b_live"]}
+        assert set(probed["a"]) <= a_pids and set(probed["b"]) <= b_pids
+        assert all(is_open(stores[0], sid) for sid in sessions["a_live"] + sessions["b_live"])
+
+        # Within the TTL nothing more is reaped; past it, the owners that stopped beating are.
+        clock.advance(20)
+        assert [x for r in _sweep_together(reapers) for x in r] == []
+        stores[0].backend.write(  # the owners on a keep beating; those on b fell silent
+            lambda c: c.execute(
+                "UPDATE owners SET heartbeat_at = ? WHERE host = ?", (clock.now(), "host-a")
+            )
+        )
+        clock.advance(15)
+        second = sorted(x for r in _sweep_together(reapers) for x in r)
+        assert second == sorted(sessions["b_live"])
+        assert all(is_open(stores[0], sid) for sid in sessions["a_live"])
+        details = {stores[0].get_session(sid).end_detail for sid in second}
+        assert details == {"heartbeat stale 35 s"}
+    finally:
+        for s in stores:
+            s.close()
+
+
+REMOTE_REAPER = """
+import json, sys, time, tether
+from tether.liveness import ProcessIdentity, Reaper
+store = tether.open_store(sys.argv[1], load_plugins=False)
+reaper = Reaper(store, identity=ProcessIdentity(sys.argv[2], "boot", 1, None))
+start = float(sys.argv[3])
+while time.time() < start:
+    pass
+print(json.dumps([r.id for r in reaper.sweep().reaped]))
+"""
+
+
+@pytest.mark.slow
+def test_reapers_in_several_processes_share_the_work(db_url: str) -> None:
+    """Four processes, each a reaper on a host of its own, sweep one database at once."""
+    import json
+
+    store = tether.open_store(db_url, load_plugins=False)
+    ids = []
+    for k in range(40):  # silent owners of 40 hosts, 5 sessions each
+        ident = ProcessIdentity(f"gone-{k}", "b", 100 + k, 1)
+        ids += owned_sessions(store, ident, 5, heartbeat_at=time.time() - 600)
+    live = owned_sessions(store, FAR, 5, heartbeat_at=time.time() + 3600)
+    start = str(time.time() + 2.0)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", REMOTE_REAPER, db_url, f"reaper-{n}", start],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        for n in range(4)
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        results.append(json.loads(out))
+    assert sorted(x for r in results for x in r) == sorted(ids)  # each ended exactly once
+    assert all(is_open(store, sid) for sid in live)
+    assert store.census().end_reasons == {"reaped": len(ids)}
+    store.close()
+
+
+def test_reaper_loop_ends_a_killed_process_quickly(db_url: str) -> None:
     proc = spawn(
         """
         store = tether.open_store(sys.argv[1], heartbeat_interval=0.5, owner_ttl=5)
@@ -358,12 +494,12 @@ def test_reaper_loop_ends_a_killed_process_quickly(db_path: str) -> None:
         print("ready", flush=True)
         time.sleep(60)
         """,
-        db_path,
+        db_url,
     )
     assert proc.stdout is not None
     sid = proc.stdout.readline().strip()
     wait_for_line(proc, "ready")
-    store = tether.open_store(db_path, load_plugins=False)
+    store = tether.open_store(db_url, load_plugins=False)
     with ReaperLoop(store, interval=0.2):
         proc.kill()
         proc.wait()
@@ -376,7 +512,7 @@ def test_reaper_loop_ends_a_killed_process_quickly(db_path: str) -> None:
     store.close()
 
 
-def test_startup_sweep_reaps_dead_processes(db_path: str) -> None:
+def test_startup_sweep_reaps_dead_processes(db_url: str) -> None:
     proc = spawn(
         """
         store = tether.open_store(sys.argv[1])
@@ -385,11 +521,11 @@ def test_startup_sweep_reaps_dead_processes(db_path: str) -> None:
         print(h.id, flush=True)
         os.kill(os.getpid(), 9)
         """,
-        db_path,
+        db_url,
     )
     out, _ = proc.communicate(timeout=20)
     sid = out.strip()
-    store = tether.open_store(db_path, load_plugins=False)
+    store = tether.open_store(db_url, load_plugins=False)
     assert is_open(store, sid)
     h = store.session(source="next")
     h.append("user", "first write of a new process")  # starts the heartbeat + startup sweep
@@ -418,12 +554,12 @@ print("finished", flush=True)
 
 
 @pytest.mark.slow
-def test_a_process_blocked_in_a_long_tool_call_is_not_reaped(db_path: str) -> None:
-    proc = spawn(BLOCKER, db_path, "3")
+def test_a_process_blocked_in_a_long_tool_call_is_not_reaped(db_url: str) -> None:
+    proc = spawn(BLOCKER, db_url, "3")
     assert proc.stdout is not None
     sid = proc.stdout.readline().strip()
     wait_for_line(proc, "ready")
-    store = tether.open_store(db_path, load_plugins=False)
+    store = tether.open_store(db_url, load_plugins=False)
     # Judge it as a remote reaper would (heartbeat only) and as a local one (pid too).
     remote = Reaper(store, ttl=1.0, identity=FAR)
     local = Reaper(store, ttl=1.0)
@@ -439,7 +575,7 @@ def test_a_process_blocked_in_a_long_tool_call_is_not_reaped(db_path: str) -> No
 
 
 @pytest.mark.slow
-def test_a_frozen_process_is_reaped_and_fenced_when_it_wakes(db_path: str) -> None:
+def test_a_frozen_process_is_reaped_and_fenced_when_it_wakes(db_url: str) -> None:
     import signal
 
     proc = spawn(
@@ -455,13 +591,13 @@ def test_a_frozen_process_is_reaped_and_fenced_when_it_wakes(db_path: str) -> No
         except tether.SessionEndedError as exc:
             print("refused:", exc, flush=True)
         """,
-        db_path,
+        db_url,
     )
     assert proc.stdout is not None
     sid = proc.stdout.readline().strip()
     wait_for_line(proc, "ready")
     proc.send_signal(signal.SIGSTOP)  # its heartbeat thread stops too
-    store = tether.open_store(db_path, load_plugins=False)
+    store = tether.open_store(db_url, load_plugins=False)
     reaper = Reaper(store, ttl=1.0)
     deadline = time.time() + 10
     while is_open(store, sid) and time.time() < deadline:
@@ -479,7 +615,7 @@ def test_a_frozen_process_is_reaped_and_fenced_when_it_wakes(db_path: str) -> No
 
 
 @pytest.mark.slow
-def test_takeover_fences_the_previous_owner(db_path: str) -> None:
+def test_takeover_fences_the_previous_owner(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     proc = spawn(
         """
         store = tether.open_store(sys.argv[1], heartbeat_interval=0.2, owner_ttl=5)
@@ -496,19 +632,19 @@ def test_takeover_fences_the_previous_owner(db_path: str) -> None:
             print("fenced:", exc, flush=True)
         print("end returns", h.end(), flush=True)
         """,
-        db_path,
-        db_path + ".go",
+        db_url,
+        str(tmp_path / "go"),
     )
     assert proc.stdout is not None
     sid = proc.stdout.readline().strip()
     wait_for_line(proc, "ready")
-    store = tether.open_store(db_path, load_plugins=False)
+    store = tether.open_store(db_url, load_plugins=False)
     with pytest.raises(tether.OwnerAliveError, match="live process"):
         store.resume(sid)
     h = store.resume(sid, force=True)
     assert h.epoch == 1 and store.get_session(sid).owner_id == store.owner_id
     assert h.append("assistant", "new owner").seq == 4
-    open(db_path + ".go", "w").close()
+    (tmp_path / "go").touch()
     out, err = proc.communicate(timeout=20)
     assert "fenced: session" in out and "epoch 0" in out, (out, err)
     assert "end returns False" in out  # the old owner cannot end what it no longer owns
@@ -523,7 +659,7 @@ def test_takeover_fences_the_previous_owner(db_path: str) -> None:
     store.close()
 
 
-def test_resume_after_the_owner_died_needs_no_force(db_path: str) -> None:
+def test_resume_after_the_owner_died_needs_no_force(db_url: str) -> None:
     proc = spawn(
         """
         store = tether.open_store(sys.argv[1])
@@ -532,10 +668,10 @@ def test_resume_after_the_owner_died_needs_no_force(db_path: str) -> None:
         print(h.id, flush=True)
         os.kill(os.getpid(), 9)
         """,
-        db_path,
+        db_url,
     )
     sid = proc.communicate(timeout=20)[0].strip()
-    store = tether.open_store(db_path, load_plugins=False, startup_sweep=False)
+    store = tether.open_store(db_url, load_plugins=False, startup_sweep=False)
     h = store.resume(sid)
     assert h.epoch == 1
     h.append("assistant", "after the crash")
@@ -599,12 +735,12 @@ def test_repair_unowned_dry_run_then_apply(store: Store) -> None:
     assert is_open(store, fresh)
 
 
-def test_cli_reap_and_doctor(db_path: str) -> None:
+def test_cli_reap_and_doctor(db_url: str) -> None:
     from typer.testing import CliRunner
 
     from tether.cli.app import app
 
-    store = tether.open_store(db_path, load_plugins=False)
+    store = tether.open_store(db_url, load_plugins=False)
     dead = owned_sessions(store, FAR, 2, heartbeat_at=time.time() - 600)
     live = owned_sessions(store, FAR, 1, heartbeat_at=time.time() + 3600)
     legacy = tether.ids.new_id()
@@ -634,21 +770,21 @@ def test_cli_reap_and_doctor(db_path: str) -> None:
     runner = CliRunner()
     import json
 
-    doc = json.loads(runner.invoke(app, ["doctor", "--db", db_path, "--json"]).stdout)
+    doc = json.loads(runner.invoke(app, ["doctor", "--db", db_url, "--json"]).stdout)
     assert (doc["open_live_owner"], doc["open_dead_owner"], doc["open_no_owner"]) == (1, 2, 1)
-    r = runner.invoke(app, ["reap", "--db", db_path, "--json"])
+    r = runner.invoke(app, ["reap", "--db", db_url, "--json"])
     data = json.loads(r.stdout)
     assert data["reaped"] == 2
     assert sorted(s["id"] for s in data["sessions"]) == sorted(dead)
     assert all(set(s) == {"id", "owner", "detail"} for s in data["sessions"])
-    assert json.loads(runner.invoke(app, ["reap", "--db", db_path, "--json"]).stdout)["reaped"] == 0
-    r = runner.invoke(app, ["doctor", "--db", db_path, "--repair", "--stale-after", "1h"])
+    assert json.loads(runner.invoke(app, ["reap", "--db", db_url, "--json"]).stdout)["reaped"] == 0
+    r = runner.invoke(app, ["doctor", "--db", db_url, "--repair", "--stale-after", "1h"])
     assert r.exit_code == 0 and f"would end {legacy}" in r.stdout
-    r = runner.invoke(app, ["doctor", "--db", db_path, "--repair", "--stale-after", "1h", "--yes"])
+    r = runner.invoke(app, ["doctor", "--db", db_url, "--repair", "--stale-after", "1h", "--yes"])
     assert r.exit_code == 0 and "ended 1 sessions" in r.stdout
-    r = runner.invoke(app, ["doctor", "--db", db_path, "--repair"])
+    r = runner.invoke(app, ["doctor", "--db", db_url, "--repair"])
     assert r.exit_code != 0
-    store = tether.open_store(db_path, load_plugins=False)
+    store = tether.open_store(db_url, load_plugins=False)
     assert store.get_session(legacy).end_reason == "abandoned"
     assert is_open(store, live[0])
     store.close()

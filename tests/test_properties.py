@@ -9,12 +9,17 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+from collections.abc import Callable
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 import tether
 
@@ -28,10 +33,9 @@ REASON = st.sampled_from(["completed", "error", "cli_close", "reaped", "manual"]
 class StoreMachine(RuleBasedStateMachine):
     handles = Bundle("handles")
 
-    def __init__(self) -> None:
+    def __init__(self, db: str) -> None:
         super().__init__()
-        self.dir = tempfile.TemporaryDirectory()
-        self.store = tether.open_store(Path(self.dir.name) / "p.db", load_plugins=False)
+        self.store = tether.open_store(db, load_plugins=False)
         self.ended: dict[str, tuple[float, str]] = {}  # id -> (ended_at, reason) first seen
         self.end_wins: dict[str, int] = {}
         self.had_content: set[str] = set()
@@ -39,7 +43,6 @@ class StoreMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.store.close()
-        self.dir.cleanup()
 
     @rule(target=handles, parent=st.booleans())
     def new_session(self, parent: bool) -> tether.SessionHandle:
@@ -128,10 +131,14 @@ class StoreMachine(RuleBasedStateMachine):
                 raise AssertionError("a row exists for a handle that never wrote")
 
 
-StoreMachine.TestCase.settings = settings(
-    max_examples=60,
-    stateful_step_count=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-TestStoreProperties = StoreMachine.TestCase
+def test_store_properties(new_db: Callable[[], str]) -> None:
+    """Each example runs on a fresh database of the test's backend."""
+    run_state_machine_as_test(
+        lambda: StoreMachine(new_db()),
+        settings=settings(
+            max_examples=60,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

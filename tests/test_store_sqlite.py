@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +11,6 @@ import tether
 from tether.store import listing
 from tether.store.sqlite import backend as sqlite_backend
 from tether.store.sqlite.schema import APPLICATION_ID, SCHEMA_VERSION
-
-from .conftest import child_env
 
 
 def test_new_database_is_wal_versioned_and_marked(db_path: str) -> None:
@@ -54,44 +50,6 @@ def test_reopening_an_up_to_date_file_runs_no_ddl(
     assert not any("user_version =" in x for x in statements)
 
 
-OPENER = """
-import sys, time, tether
-t = float(sys.argv[2])
-while time.time() < t:
-    pass
-s = tether.open_store(sys.argv[1], load_plugins=False)
-h = s.session(source="race")
-h.append("user", "hi")
-h.end()
-print("ok")
-"""
-
-
-@pytest.mark.slow
-def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> None:
-    import time
-
-    for round_ in range(3):
-        path = str(tmp_path / f"new{round_}.db")
-        start = str(time.time() + 1.0)
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", OPENER, path, start],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=child_env(),
-            )
-            for _ in range(4)
-        ]
-        for p in procs:
-            out, err = p.communicate(timeout=60)
-            assert p.returncode == 0 and out.strip() == "ok", err
-        s = tether.open_store(path, load_plugins=False)
-        assert s.census().total == 4
-        s.close()
-
-
 def _plan(store: tether.Store, q: listing.ListQuery) -> list[str]:
     sql, params = listing.build(q)
     rows = store.backend.read(lambda c: c.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall())
@@ -108,8 +66,10 @@ def _plan(store: tether.Store, q: listing.ListQuery) -> list[str]:
         listing.ListQuery(state="ended", include_empty=True),
     ],
 )
-def test_listing_plan_is_an_index_walk(store: tether.Store, query: listing.ListQuery) -> None:
-    plan = _plan(store, query)
+def test_listing_plan_is_an_index_walk(
+    sqlite_store: tether.Store, query: listing.ListQuery
+) -> None:
+    plan = _plan(sqlite_store, query)
     outer = plan[0]
     assert "USING INDEX sessions_listing" in outer, plan
     assert "TEMP B-TREE" not in " ".join(plan), plan  # no sort: rows come in index order
@@ -118,8 +78,8 @@ def test_listing_plan_is_an_index_walk(store: tether.Store, query: listing.ListQ
         assert "<(?,?)" in outer, plan  # the cursor is a range seek, not a filter
 
 
-def test_open_listing_plan_starts_from_open_sessions(store: tether.Store) -> None:
-    plan = _plan(store, listing.ListQuery(state="open"))
+def test_open_listing_plan_starts_from_open_sessions(sqlite_store: tether.Store) -> None:
+    plan = _plan(sqlite_store, listing.ListQuery(state="open"))
     assert plan[0].startswith("SCAN t USING INDEX sessions_open"), plan
 
 

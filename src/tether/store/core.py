@@ -27,6 +27,7 @@ from ..errors import (
     SessionEndedError,
     SessionNotFoundError,
     StaleOwnerError,
+    StoreError,
 )
 from ..hooks import Plugins
 from ..liveness.policy import OwnerInfo, judge
@@ -47,6 +48,7 @@ from .backend import Backend, Conn
 
 if TYPE_CHECKING:
     from ..lifecycle.handle import SessionHandle
+    from .postgres import EventListener
 
 log = logging.getLogger("tether.store")
 
@@ -129,6 +131,11 @@ class Store:
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.plugins = plugins or Plugins()
         self.owner_ttl = owner_ttl
+        # Reads that a write acts on lock their row on PostgreSQL (see sql.locking).
+        dialect = backend.dialect
+        self._lock_rows = dialect == "postgresql"
+        self._sql_write_state = sql.locking(dialect, sql.SELECT_WRITE_STATE)
+        self._sql_session_owner = sql.locking(dialect, sql.SELECT_SESSION_OWNER, of="s")
         self._owner = ProcessOwner(
             self,
             kind=check_source(kind),
@@ -233,7 +240,7 @@ class Store:
         me = self._owner
 
         def tx(c: Conn) -> Any:
-            row = c.execute(sql.SELECT_SESSION_OWNER, (session_id,)).fetchone()
+            row = c.execute(self._sql_session_owner, (session_id,)).fetchone()
             if row is None:
                 raise SessionNotFoundError(session_id)
             ended_at, reason, epoch, owner_id, found, *fields = row
@@ -578,8 +585,12 @@ class Store:
         return StaleOwnerError(session_id, epoch, current)
 
     def _load_write_state(self, c: Conn, w: WriteState) -> tuple[int, str]:
-        """Read the count and root the writer must know; refuse if it may not write."""
-        row = c.execute(sql.SELECT_WRITE_STATE, (w.session_id,)).fetchone()
+        """Read the count and root the writer must know; refuse if it may not write.
+
+        On PostgreSQL this locks the session row until the transaction ends, so
+        what was read stays true while the transaction acts on it.
+        """
+        row = c.execute(self._sql_write_state, (w.session_id,)).fetchone()
         if row is None:
             raise SessionNotFoundError(w.session_id)
         ended_at, reason, epoch, count, root_id = row
@@ -711,6 +722,11 @@ class Store:
             if new is not None:
                 root_id = self._insert_session(c, new)
                 state = WriteState(w.session_id, w.epoch, 0, root_id, new.created_at)
+            elif self._lock_rows and any(r[6] is not None for r in rows):
+                # PostgreSQL: lock the session before looking its keys up, or two
+                # writers flushing one key could both find it missing.
+                count, root_id = self._load_write_state(c, w)
+                state = WriteState(w.session_id, w.epoch, count, root_id, w.activity_at)
             if not rows:
                 return WriteResult([], state.count, state.root_id, state.activity_at)
             return self._append_rows(c, state, rows)
@@ -744,6 +760,24 @@ class Store:
 
     def _fire_end(self, session: Session, reason: str, interrupted: bool) -> None:
         self.plugins.call("on_session_end", session=session, reason=reason, interrupted=interrupted)
+
+    # --- following events ----------------------------------------------------------------
+
+    def listen(self) -> EventListener:
+        """Follow this store's lifecycle events live, from every process and host.
+
+        PostgreSQL only (LISTEN/NOTIFY): returns a connected
+        :class:`~tether.store.postgres.EventListener`; iterate
+        ``listener.events(timeout=..., limit=...)`` and close it when done (it
+        is a context manager). Raises :class:`StoreError` on SQLite.
+        """
+        listen = getattr(self.backend, "listen", None)
+        if listen is None:
+            raise StoreError(
+                f"following events live is not supported on {self.backend.dialect}: "
+                "it needs PostgreSQL (LISTEN/NOTIFY); read the events table instead"
+            )
+        return listen()
 
     # --- closing ---------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The store's SQL, named, in one place (``?`` placeholders, portable SQL).
 
 Every statement here runs unchanged on SQLite (>= 3.35, for RETURNING) and
-PostgreSQL. Statements that must differ live with their backend.
+PostgreSQL. Where the two must differ, a function taking the ``dialect``
+returns the right text (:func:`locking`, :func:`reap_owners`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,20 @@ SELECT_ID_PREFIX = "SELECT id FROM sessions WHERE id >= ? AND id < ? ORDER BY id
 SELECT_WRITE_STATE = (
     "SELECT ended_at, end_reason, epoch, message_count, root_id FROM sessions WHERE id = ?"
 )
+
+
+def locking(dialect: str, query: str, of: str | None = None) -> str:
+    """``query`` locking the rows it reads (of table alias ``of``) on PostgreSQL.
+
+    For a write that reads a row and then acts on what it read. Writers on
+    PostgreSQL run concurrently at READ COMMITTED, so without the lock the row
+    can change in between; on SQLite the write transaction already excludes
+    every other writer, and the query is unchanged.
+    """
+    if dialect != "postgresql":
+        return query
+    return f"{query.rstrip()} FOR UPDATE" + (f" OF {of}" if of else "")
+
 
 # The append hot path. The writer states the count it expects, so one UPDATE
 # checks ownership (epoch), liveness (ended_at) and order (message_count) and
@@ -142,15 +157,18 @@ SELECT_OWNER = f"SELECT id, {OWNER_COLUMNS} FROM owners WHERE id = ?"
 
 # What a sweep must look at: owners of open sessions that run on this host (a
 # pid probe decides) or whose heartbeat is already stale, plus owners whose
-# row is missing. A fresh remote owner cannot be dead: it is skipped here.
+# row is missing. A fresh remote owner cannot be dead: it is skipped here. (The
+# NULLs stand in a derived table's select list so PostgreSQL types them from the
+# first branch of the UNION; beside DISTINCT they would default to text.)
 SWEEP_CANDIDATES = f"""
 SELECT o.id, {OWNER_COLUMNS} FROM owners o
 WHERE (o.host = ? OR o.heartbeat_at < ?)
   AND EXISTS (SELECT 1 FROM sessions s WHERE s.owner_id = o.id AND s.ended_at IS NULL)
 UNION ALL
-SELECT DISTINCT s.owner_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM sessions s
-WHERE s.ended_at IS NULL AND s.owner_id IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM owners o WHERE o.id = s.owner_id)
+SELECT m.owner_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM (
+    SELECT DISTINCT s.owner_id FROM sessions s
+    WHERE s.ended_at IS NULL AND s.owner_id IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM owners o WHERE o.id = s.owner_id)) m
 """
 
 # A session is reaped only if its owner is still as the reaper judged it: its

@@ -1,0 +1,373 @@
+"""PostgreSQL backend: psycopg 3 and a small connection pool, for fleets of hosts.
+
+Transactions are explicit (``BEGIN`` ... ``COMMIT`` on autocommit
+connections): writes run at READ COMMITTED, where every statement the store
+uses either checks its own conditions in its WHERE clause (re-evaluated on the
+newest row version after a lock wait) or locks the row it depends on first
+(``SELECT ... FOR UPDATE``, see :mod:`tether.store.sql`); reads run in one
+REPEATABLE READ, READ ONLY snapshot. A write is retried whole on a
+serialization failure, a deadlock, or a connection lost before ``COMMIT`` was
+sent; a connection lost *during* ``COMMIT`` leaves the outcome unknown, so that
+one is reported rather than retried (re-running a write that did commit could
+append a message twice).
+
+Nothing relies on session state across transactions (the migration lock is
+transaction-scoped; no temporary tables; prepared statements can be turned off
+with ``?prepare_threshold=none``), so the backend works behind a
+transaction-mode pooler. LISTEN needs a session of its own: see
+:mod:`tether.store.postgres.listen`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql as pg_sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ...errors import (
+    ForeignDatabaseError,
+    SchemaTooNewError,
+    StoreBusyError,
+    StoreError,
+    StoreOpenError,
+    StoreUnavailableError,
+    TetherError,
+)
+from . import url as pg_url
+from .schema import LOCK_CLASS, MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
+
+T = TypeVar("T")
+log = logging.getLogger("tether.store.postgres")
+
+# Timestamps come from each host's clock (the store's injected clock), so hosts
+# sharing a database must agree on the time: a skew beyond this is logged at open.
+CLOCK_SKEW_WARNING = 5.0  # seconds
+
+_BEGIN_WRITE = "BEGIN"
+_BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+# Retrying these can only help: nothing was committed.
+_TRANSIENT = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
+# Pools inherited across fork() must never be used or closed by the child.
+_fork_graveyard: list[Any] = []
+
+
+@functools.lru_cache(maxsize=2048)
+def to_pg(query: str) -> str:
+    """``?`` placeholders -> ``%s`` (literal ``%`` escaped), once per distinct statement."""
+    return query.replace("%", "%%").replace("?", "%s")
+
+
+def one_line(exc: BaseException) -> str:
+    """libpq's multi-line message as one line, without the connection preamble."""
+    msg = " ".join(str(exc).split())
+    if msg.startswith("connection failed: ") or "connection to server" in msg:
+        msg = msg.rsplit("failed: ", 1)[-1]
+    return msg.removeprefix("FATAL: ").removeprefix("ERROR: ")
+
+
+class PgConn:
+    """The ``Conn`` a transaction function gets: ``?`` SQL on one psycopg cursor."""
+
+    __slots__ = ("_cur",)
+
+    def __init__(self, cur: psycopg.Cursor[Any]) -> None:
+        self._cur = cur
+
+    def execute(self, query: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        return self._cur.execute(to_pg(query), params)
+
+    def executemany(self, query: str, seq: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
+        self._cur.executemany(to_pg(query), seq)
+        return self._cur
+
+
+class _CommitUnknown(Exception):
+    """The connection broke while COMMIT was in flight."""
+
+
+class PostgresBackend:
+    dialect = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        write_budget: float = 30.0,
+        pool_timeout: float = 10.0,
+    ) -> None:
+        self.target = pg_url.parse(url)
+        self.url = self.target.display
+        self.write_budget = write_budget
+        self.pool_timeout = pool_timeout
+        self._closed = False
+        self._lock = threading.Lock()
+        with self.connect() as conn:
+            self.schema = self._prepare(conn)
+        self._pid = os.getpid()
+        self._pool = self._new_pool()
+
+    # --- connections ------------------------------------------------------------------
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A new autocommit connection outside the pool (for opening, LISTEN, bulk loads).
+
+        A failure is one clear line: :class:`StoreUnavailableError`.
+        """
+        try:
+            return psycopg.connect(self.target.conninfo, **self.target.kwargs)
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(
+                f"cannot connect to PostgreSQL {self.url}: {one_line(exc)}"
+            ) from None
+
+    def _new_pool(self) -> ConnectionPool:
+        pool: ConnectionPool = ConnectionPool(
+            self.target.conninfo,
+            kwargs=self.target.kwargs,
+            min_size=1,
+            max_size=self.target.pool_size,
+            open=False,
+            name=f"tether:{self.url}",
+            timeout=self.pool_timeout,
+            max_idle=300.0,
+            num_workers=2,
+        )
+        pool.open(wait=False)
+        return pool
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    # The parent's sockets are shared with it: abandon them, never close them.
+                    _fork_graveyard.append(self._pool)
+                    self._pool = self._new_pool()
+                    self._pid = os.getpid()
+
+    # --- opening and migrating -----------------------------------------------------------
+
+    def _prepare(self, conn: psycopg.Connection[Any]) -> str:
+        """Check the clock and the schema; migrate if needed. Returns the schema's name."""
+        try:
+            self._check_clock(conn)
+            schema, version = self._inspect(conn)
+            if version != SCHEMA_VERSION:
+                schema = self._migrate(conn, schema or self.target.schema)
+            return schema or "public"
+        except TetherError:
+            raise
+        except pg_errors.InsufficientPrivilege as exc:
+            raise StoreOpenError(
+                f"no permission to create tether's tables in {self.url}: {one_line(exc)}"
+            ) from None
+        except psycopg.Error as exc:
+            raise StoreOpenError(f"cannot open {self.url}: {one_line(exc)}") from None
+
+    def _check_clock(self, conn: psycopg.Connection[Any]) -> None:
+        t0 = time.time()
+        row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+        t1 = time.time()
+        assert row is not None
+        skew = row[0] - (t0 + t1) / 2
+        if abs(skew) > CLOCK_SKEW_WARNING + (t1 - t0) / 2:
+            log.warning(
+                "this host's clock is %.1f s %s the database server's: tether stores this "
+                "host's time, and owners on hosts whose clocks disagree by more than a few "
+                "seconds can be judged by a wrong heartbeat age; synchronize the clocks (NTP)",
+                abs(skew),
+                "behind" if skew > 0 else "ahead of",
+            )
+
+    def _inspect(self, conn: psycopg.Connection[Any]) -> tuple[str | None, int]:
+        """The current schema (None if it does not exist yet) and tether's version in it."""
+        row = conn.execute(
+            f"""
+            SELECT current_schema(),
+                to_regclass(quote_ident(current_schema()) || '.{VERSION_TABLE}') IS NOT NULL,
+                to_regclass(quote_ident(current_schema()) || '.sessions') IS NOT NULL
+            """
+        ).fetchone()
+        assert row is not None
+        schema, ours, has_sessions = row
+        if schema is None:
+            return None, 0
+        where = f"schema {schema} of database {self.target.dbname}"
+        if not ours:
+            if has_sessions:
+                raise ForeignDatabaseError(
+                    f"{where} has a sessions table of another application; tether will not "
+                    "write to it (add ?schema=NAME to the URL for a schema of tether's own)"
+                )
+            return schema, 0
+        version_row = conn.execute(
+            pg_sql.SQL("SELECT coalesce(max(version), 0) FROM {}.{}").format(
+                pg_sql.Identifier(schema), pg_sql.Identifier(VERSION_TABLE)
+            )
+        ).fetchone()
+        version = int(version_row[0]) if version_row else 0
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNewError(
+                f"{where} was written by a newer tether (schema version {version}; this "
+                f"tether knows up to {SCHEMA_VERSION}); upgrade tether to open it"
+            )
+        return schema, version
+
+    def _migrate(self, conn: psycopg.Connection[Any], schema: str | None) -> str:
+        """Apply missing migrations, each in one transaction with its version row."""
+        if schema is None:
+            raise StoreOpenError(
+                f"{self.url}: no schema of the search_path exists to create tether's tables "
+                "in; add ?schema=NAME to the URL"
+            )
+        for version, statements in MIGRATIONS:
+            with conn.transaction():
+                # Transaction-scoped: released at COMMIT, so no session state outlives it.
+                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, schema))
+                if self._create_schema(conn, schema):
+                    log.info("created schema %s in %s", schema, self.url)
+                # Re-read under the lock: another process may have migrated meanwhile.
+                _, current = self._inspect(conn)
+                if current >= version:
+                    continue
+                for stmt in statements:
+                    conn.execute(stmt)
+                conn.execute(
+                    pg_sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(
+                        pg_sql.Identifier(VERSION_TABLE)
+                    ),
+                    (version,),
+                )
+                log.info("migrated %s to schema version %d", self.url, version)
+        return schema
+
+    def _create_schema(self, conn: psycopg.Connection[Any], schema: str) -> bool:
+        exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        if exists.fetchone() is not None:
+            return False
+        try:
+            conn.execute(pg_sql.SQL("CREATE SCHEMA {}").format(pg_sql.Identifier(schema)))
+        except pg_errors.InsufficientPrivilege as exc:
+            raise StoreOpenError(
+                f"schema {schema} does not exist in {self.url} and this role may not create "
+                f"it: {one_line(exc)}"
+            ) from None
+        return True
+
+    # --- transactions ----------------------------------------------------------------------
+
+    def _translate(self, exc: psycopg.Error) -> StoreError:
+        msg = one_line(exc)
+        if isinstance(exc, pg_errors.InsufficientPrivilege):
+            return StoreOpenError(f"no permission in {self.url}: {msg}")
+        if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
+            return StoreOpenError(f"database {self.url} is read-only: {msg}")
+        if isinstance(exc, pg_errors.DiskFull):
+            return StoreError(f"database {self.url}: the server's disk is full")
+        return StoreError(f"database {self.url}: {msg}")
+
+    def _run(self, fn: Callable[[PgConn], T], begin: str) -> T:
+        """One attempt: borrow a connection, run ``fn`` between BEGIN and COMMIT."""
+        with self._pool.connection() as conn:
+            cur = conn.cursor()
+            try:
+                cur.execute(begin)
+                result = fn(PgConn(cur))
+            except BaseException:
+                if not conn.broken:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except psycopg.Error:  # the pool discards a connection it cannot reset
+                        log.debug("rollback failed on %s", self.url, exc_info=True)
+                raise
+            try:
+                cur.execute("COMMIT")
+            except psycopg.OperationalError as exc:
+                if conn.broken:
+                    raise _CommitUnknown(one_line(exc)) from None
+                raise
+            return result
+
+    def _transact(self, fn: Callable[[PgConn], T], begin: str, *, retry_commit: bool) -> T:
+        if self._closed:
+            raise StoreError(f"store {self.url} is closed")
+        self._check_fork()
+        deadline: float | None = None
+        delay = 0.01
+        while True:
+            try:
+                return self._run(fn, begin)
+            except _TRANSIENT as exc:
+                why: BaseException = exc
+                busy = True
+            except _CommitUnknown as exc:
+                if not retry_commit:
+                    raise StoreUnavailableError(
+                        f"lost the connection to {self.url} while committing; "
+                        f"the write may or may not have been applied ({exc})"
+                    ) from None
+                why, busy = exc, False
+            except PoolTimeout as exc:
+                why, busy = exc, False
+            except psycopg.OperationalError as exc:
+                # A connection that broke before COMMIT was sent: nothing was applied.
+                if not _is_disconnect(exc):
+                    raise self._translate(exc) from None
+                why, busy = exc, False
+            except psycopg.IntegrityError:
+                raise
+            except psycopg.Error as exc:
+                raise self._translate(exc) from None
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.write_budget
+            if now >= deadline:
+                if busy:
+                    raise StoreBusyError(
+                        f"database {self.url}: conflicting writers for "
+                        f"{self.write_budget:.0f} s ({one_line(why)})"
+                    )
+                raise StoreUnavailableError(
+                    f"lost the connection to PostgreSQL {self.url} for "
+                    f"{self.write_budget:.0f} s: {one_line(why) or type(why).__name__}"
+                )
+            log.debug("retrying a transaction on %s: %s", self.url, why)
+            time.sleep(min(random.uniform(delay / 2, delay), deadline - now))
+            delay = min(delay * 2, 1.0)
+
+    def write(self, fn: Callable[[PgConn], T]) -> T:
+        return self._transact(fn, _BEGIN_WRITE, retry_commit=False)
+
+    def read(self, fn: Callable[[PgConn], T]) -> T:
+        return self._transact(fn, _BEGIN_READ, retry_commit=True)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._pid == os.getpid():
+            self._pool.close(timeout=5.0)
+
+    # --- LISTEN/NOTIFY ------------------------------------------------------------------------
+
+    def listen(self) -> Any:
+        """A connected :class:`~tether.store.postgres.listen.EventListener` on this store."""
+        from .listen import EventListener
+
+        return EventListener(self.connect(), self.schema)
+
+
+def _is_disconnect(exc: psycopg.OperationalError) -> bool:
+    """Did the connection itself fail (rather than the statement)?"""
+    if isinstance(exc, pg_errors.AdminShutdown | pg_errors.CannotConnectNow):
+        return True
+    return exc.sqlstate is None or exc.sqlstate.startswith("08")

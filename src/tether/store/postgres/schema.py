@@ -1,0 +1,162 @@
+"""PostgreSQL schema: the same tables as SQLite's, versioned and migrated in place.
+
+The version lives in ``tether_schema`` (one row per applied migration), which
+also marks a schema as tether's: a schema with a ``sessions`` table but no
+``tether_schema`` belongs to another application and is left alone. Each
+migration runs in one transaction together with its version row, under a
+transaction-scoped advisory lock (released at commit, so it is safe behind a
+transaction-mode pooler), and re-reads the version once it holds the lock, so
+processes starting at once migrate exactly once. No statement here needs to run
+outside a transaction (no ``CREATE INDEX CONCURRENTLY``): the tables are created
+empty, so plain index builds cost nothing.
+
+Differences from SQLite, and why:
+
+* timestamps are ``double precision`` seconds since the epoch, as SQLite's REAL,
+  so both backends share every statement and the injected clock;
+* ``metadata``, ``tool_calls`` and ``events.data`` are ``jsonb`` (returned
+  decoded; :mod:`tether.model` accepts both forms);
+* ids and the filter columns use ``COLLATE "C"``: byte order, as SQLite's
+  BINARY, so keyset cursors order the same on both, whatever the database's
+  collation, and comparisons are cheaper;
+* a trigger on ``events`` publishes every lifecycle event with ``pg_notify``
+  in the transaction that writes it (see :mod:`tether.store.postgres.listen`).
+"""
+
+from __future__ import annotations
+
+# Advisory lock key (first half): "TETH"; the second half hashes the schema name.
+LOCK_CLASS = 0x54455448
+VERSION_TABLE = "tether_schema"
+EVENTS_CHANNEL = "tether_events"
+NOTIFY_DATA_LIMIT = 4000  # bytes of event data sent inline (NOTIFY payloads stop at 8000)
+
+_ID = 'text COLLATE "C"'
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            f"""
+            CREATE TABLE {VERSION_TABLE} (
+                version integer PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )
+            """,
+            # One row per process that owns (or owned) open sessions.
+            f"""
+            CREATE TABLE owners (
+                id {_ID} PRIMARY KEY,
+                host text NOT NULL,
+                boot_id text NOT NULL,
+                pid integer NOT NULL,
+                pid_start_time bigint,
+                kind text NOT NULL,
+                started_at double precision NOT NULL,
+                heartbeat_at double precision NOT NULL
+            )
+            """,
+            f"""
+            CREATE TABLE sessions (
+                id {_ID} PRIMARY KEY,
+                source {_ID} NOT NULL,
+                model text,
+                title text,
+                cwd {_ID},
+                parent_id {_ID},
+                root_id {_ID} NOT NULL,
+                origin text,
+                created_at double precision NOT NULL,
+                last_active_at double precision NOT NULL,
+                ended_at double precision,
+                end_reason text,
+                end_detail text,
+                message_count integer NOT NULL DEFAULT 0,
+                owner_id {_ID},
+                epoch integer NOT NULL DEFAULT 0,
+                detached_at double precision,
+                metadata jsonb,
+                chain_tip_id {_ID},
+                chain_message_count integer NOT NULL DEFAULT 0,
+                chain_last_active_at double precision
+            )
+            """,
+            """
+            CREATE INDEX sessions_listing ON sessions (chain_last_active_at, id)
+            WHERE root_id = id
+            """,
+            """
+            CREATE INDEX sessions_listing_source ON sessions (source, chain_last_active_at, id)
+            WHERE root_id = id
+            """,
+            """
+            CREATE INDEX sessions_listing_cwd ON sessions (cwd, chain_last_active_at, id)
+            WHERE root_id = id
+            """,
+            "CREATE INDEX sessions_open_owner ON sessions (owner_id) WHERE ended_at IS NULL",
+            "CREATE INDEX sessions_open_created ON sessions (created_at) WHERE ended_at IS NULL",
+            "CREATE INDEX sessions_root ON sessions (root_id)",
+            "CREATE UNIQUE INDEX sessions_origin ON sessions (origin) WHERE origin IS NOT NULL",
+            f"""
+            CREATE TABLE messages (
+                session_id {_ID} NOT NULL,
+                seq integer NOT NULL,
+                role text NOT NULL,
+                content text,
+                tool_calls jsonb,
+                tool_call_id text,
+                tool_name text,
+                created_at double precision NOT NULL,
+                idem_key text,
+                PRIMARY KEY (session_id, seq)
+            )
+            """,
+            """
+            CREATE UNIQUE INDEX messages_idem ON messages (session_id, idem_key)
+            WHERE idem_key IS NOT NULL
+            """,
+            f"""
+            CREATE TABLE events (
+                id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+                at double precision NOT NULL,
+                session_id {_ID},
+                kind text NOT NULL,
+                data jsonb
+            )
+            """,
+            "CREATE INDEX events_session ON events (session_id)",
+            # Every lifecycle event is published in the transaction that writes
+            # it (delivered at commit, dropped on rollback). The channel carries
+            # the schema name unless it is "public", so that several tether
+            # schemas in one database do not hear each other.
+            f"""
+            CREATE FUNCTION tether_notify_event() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_notify(
+                    CASE WHEN TG_TABLE_SCHEMA = 'public' THEN '{EVENTS_CHANNEL}'
+                         ELSE '{EVENTS_CHANNEL}.' || TG_TABLE_SCHEMA END,
+                    json_build_object(
+                        'id', NEW.id, 'at', NEW.at, 'kind', NEW.kind,
+                        'session_id', NEW.session_id,
+                        'data', CASE WHEN octet_length(NEW.data::text) <= {NOTIFY_DATA_LIMIT}
+                                     THEN NEW.data END
+                    )::text);
+                RETURN NULL;
+            END
+            $$
+            """,
+            """
+            CREATE TRIGGER events_notify AFTER INSERT ON events
+            FOR EACH ROW EXECUTE FUNCTION tether_notify_event()
+            """,
+        ],
+    ),
+]
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def events_channel(schema: str) -> str:
+    """The NOTIFY channel of the tether tables in ``schema`` (see the trigger)."""
+    return EVENTS_CHANNEL if schema == "public" else f"{EVENTS_CHANNEL}.{schema}"

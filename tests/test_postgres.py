@@ -1,0 +1,476 @@
+"""PostgreSQL specifics: migrations, plans, bad input, poolers, LISTEN/NOTIFY, dropped connections.
+
+The store contract itself runs on PostgreSQL through the ``backend`` fixture
+(see conftest.py); these tests cover what only PostgreSQL has.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import tether
+from tether.liveness import ProcessIdentity, Reaper
+from tether.store import listing
+from tether.store.postgres import backend as pg_backend
+from tether.store.postgres.schema import LOCK_CLASS, SCHEMA_VERSION, VERSION_TABLE
+
+from .conftest import (
+    PG_URL,
+    child_env,
+    drop_schemas,
+    pg_admin,
+    pg_connect,
+    run_cli,
+    with_params,
+)
+from .test_errors import assert_one_clear_line
+from .test_liveness import owned_sessions
+
+pytestmark = pytest.mark.postgres
+SRC = Path(__file__).resolve().parent.parent / "src" / "tether"
+
+
+@pytest.fixture
+def backend() -> str:
+    return "postgres"
+
+
+@pytest.fixture
+def schema(db_url: str) -> str:
+    """The (not yet created) schema of ``db_url``."""
+    return db_url.rsplit("schema=", 1)[1]
+
+
+def tables(schema: str) -> set[str]:
+    with pg_admin() as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+# --- migrations -----------------------------------------------------------------------
+
+
+def test_a_new_schema_is_created_versioned_and_migrated(db_url: str, schema: str) -> None:
+    s = tether.open_store(db_url, load_plugins=False)
+    assert s.backend.schema == schema
+    assert {"sessions", "messages", "owners", "events", VERSION_TABLE} <= tables(schema)
+    with pg_admin() as conn:
+        versions = conn.execute(f'SELECT version FROM "{schema}".{VERSION_TABLE}').fetchall()
+    assert versions == [(SCHEMA_VERSION,)]
+    s.close()
+
+
+def test_reopening_an_up_to_date_schema_runs_no_ddl(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tether.open_store(db_url, load_plugins=False).close()
+
+    def no_migration(*args: object) -> None:
+        raise AssertionError("an up-to-date schema was migrated again")
+
+    monkeypatch.setattr(pg_backend.PostgresBackend, "_migrate", no_migration)
+    tether.open_store(db_url, load_plugins=False).close()
+
+
+def test_migrations_wait_for_the_transaction_scoped_advisory_lock(db_url: str, schema: str) -> None:
+    """A first open waits while another transaction holds the migration lock."""
+    holder = pg_admin()
+    holder.execute("BEGIN")
+    holder.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, schema))
+    opened = threading.Event()
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        try:
+            tether.open_store(db_url, load_plugins=False).close()
+        except BaseException as exc:
+            errors.append(exc)
+        opened.set()
+
+    t = threading.Thread(target=open_it)
+    t.start()
+    try:
+        assert not opened.wait(1.0)  # blocked on the lock
+        assert VERSION_TABLE not in tables(schema)
+    finally:
+        holder.execute("COMMIT")  # transaction-scoped: released here
+        holder.close()
+    assert opened.wait(30) and not errors, errors
+    t.join()
+    assert VERSION_TABLE in tables(schema)
+
+
+def test_no_session_level_advisory_locks_or_temp_tables_in_the_source() -> None:
+    """Pooler safety, by grep: nothing may hold session state across transactions."""
+    code = "\n".join(p.read_text() for p in SRC.rglob("*.py"))
+    assert "pg_advisory_xact_lock" in code
+    for forbidden in (
+        r"pg_advisory_lock\b",
+        r"pg_try_advisory_lock\b",
+        r"pg_advisory_lock_shared",
+        r"CREATE\s+TEMP(ORARY)?\s+TABLE",
+        r"\bSET\s+SESSION\b",
+    ):
+        assert not re.search(forbidden, code, re.IGNORECASE), forbidden
+
+
+def test_a_newer_schema_is_refused(db_url: str, schema: str) -> None:
+    tether.open_store(db_url, load_plugins=False).close()
+    with pg_admin() as conn:
+        conn.execute(
+            f'INSERT INTO "{schema}".{VERSION_TABLE} (version) VALUES (%s)', (SCHEMA_VERSION + 5,)
+        )
+    with pytest.raises(tether.SchemaTooNewError, match="newer tether"):
+        tether.open_store(db_url, load_plugins=False)
+    assert_one_clear_line(run_cli("ls", "--db", db_url), "newer tether")
+
+
+def test_another_applications_schema_is_refused(db_url: str, schema: str) -> None:
+    with pg_admin() as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'CREATE TABLE "{schema}".sessions (id text PRIMARY KEY, source text)')
+    with pytest.raises(tether.ForeignDatabaseError, match="another application"):
+        tether.open_store(db_url, load_plugins=False)
+    assert_one_clear_line(run_cli("doctor", "--db", db_url), "another application")
+    assert tables(schema) == {"sessions"}  # left untouched
+
+
+# --- bad input: one clear line, nothing half-migrated ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "needle"),
+    [
+        (
+            "postgresql://postgres@127.0.0.1:1/test",
+            tether.StoreUnavailableError,
+            "Connection refused",
+        ),
+        (
+            "postgresql://postgres@127.0.0.1:notaport/test",
+            tether.StoreUnavailableError,
+            "invalid integer value",
+        ),
+        (
+            "postgresql://no_such_role_tether@127.0.0.1:5432/test",
+            tether.StoreUnavailableError,
+            'role "no_such_role_tether" does not exist',
+        ),
+        (
+            "postgresql://postgres@127.0.0.1:5432/no_such_db_tether",
+            tether.StoreUnavailableError,
+            'database "no_such_db_tether" does not exist',
+        ),
+        ("postgresql://postgres@127.0.0.1/test?sslmode=sometimes", tether.StoreError, "sslmode"),
+        ("postgresql://postgres@127.0.0.1/test?schema=Bad-Name", tether.StoreOpenError, "schema"),
+        (
+            "postgresql://postgres@127.0.0.1/test?prepare_threshold=lots",
+            tether.StoreOpenError,
+            "prepare_threshold",
+        ),
+    ],
+)
+def test_bad_urls_and_servers_fail_with_one_clear_line(
+    pg_server: str, url: str, error: type[Exception], needle: str
+) -> None:
+    with pytest.raises(error) as info:
+        tether.open_store(url, load_plugins=False)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    assert_one_clear_line(run_cli("ls", "--db", url), needle)
+    assert_one_clear_line(run_cli("doctor", "--json", env={"TETHER_DB": url}), needle)
+
+
+def test_a_password_never_appears_in_messages(pg_server: str) -> None:
+    url = "postgresql://postgres:s3cret-pw@127.0.0.1:1/test?password=other-secret"
+    with pytest.raises(tether.StoreUnavailableError) as info:
+        tether.open_store(url, load_plugins=False)
+    assert "s3cret" not in str(info.value) and "other-secret" not in str(info.value)
+    assert "postgres@127.0.0.1:1/test" in str(info.value)
+
+
+@pytest.fixture
+def weak_role(pg_server: str) -> Iterator[tuple[str, str]]:
+    """A role that may connect and use one schema, but create nothing; dropped afterwards."""
+    role = f"tether_weak_{uuid.uuid4().hex[:10]}"
+    schema = f"tether_test_weak_{uuid.uuid4().hex[:10]}"
+    with pg_admin() as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+    try:
+        yield role, schema
+    finally:
+        drop_schemas(schema)
+        with pg_admin() as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_no_permission_to_create_tables(weak_role: tuple[str, str]) -> None:
+    role, schema = weak_role
+    base = PG_URL.replace("postgres@", f"{role}@", 1)
+    url = with_params(base, schema=schema)
+    with pytest.raises(tether.StoreOpenError, match="no permission to create tether's tables"):
+        tether.open_store(url, load_plugins=False)
+    assert_one_clear_line(run_cli("ls", "--db", url), "permission denied")
+    assert tables(schema) == set()  # nothing half-migrated
+    missing = with_params(base, schema=f"{schema}_new")
+    with pytest.raises(tether.StoreOpenError, match="may not create it"):
+        tether.open_store(missing, load_plugins=False)
+    assert_one_clear_line(run_cli("ls", "--db", missing), "may not create it")
+
+
+# --- query plans --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_store(pg_server: str) -> Iterator[tether.Store]:
+    """100,000 chains, analyzed, so the planner picks what it would in production.
+
+    (The planner cannot estimate ``root_id = id``, the listing indexes'
+    predicate, and takes it for 0.5% of the rows: on a small table it would
+    rather sort a few rows than walk the index. Past ~30,000 sessions it walks.)
+    """
+    schema = f"tether_test_{uuid.uuid4().hex[:10]}"
+    s = tether.open_store(with_params(pg_server, schema=schema), load_plugins=False)
+
+    def fill(c):  # type: ignore[no-untyped-def]
+        c.execute(
+            """
+            INSERT INTO sessions (id, source, root_id, created_at, last_active_at, ended_at,
+                message_count, chain_tip_id, chain_message_count, chain_last_active_at, cwd)
+            SELECT 'S' || lpad(i::text, 8, '0'), (ARRAY['cli','tui','cron'])[i % 3 + 1],
+                'S' || lpad(i::text, 8, '0'), i, i, CASE WHEN i % 10 > 0 THEN i + 1 END, 1,
+                'S' || lpad(i::text, 8, '0'), 1, i, '/w' || (i % 7)
+            FROM generate_series(1, 100000) AS i
+            """
+        )
+
+    s.backend.write(fill)
+    s.backend.write(lambda c: c.execute("ANALYZE sessions"))
+    yield s
+    s.close()
+    drop_schemas(schema)
+
+
+def explain(store: tether.Store, q: listing.ListQuery) -> str:
+    query, params = listing.build(q)
+    rows = store.backend.read(lambda c: c.execute("EXPLAIN " + query, params).fetchall())
+    return "\n".join(r[0] for r in rows)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        listing.ListQuery(),
+        listing.ListQuery(cursor=listing.encode_cursor(50_000.0, "S00050000")),
+        listing.ListQuery(source="cli", cursor=listing.encode_cursor(1e9, "Z")),
+        listing.ListQuery(state="ended", include_empty=True),
+    ],
+)
+def test_listing_plan_walks_the_listing_index(
+    big_store: tether.Store, query: listing.ListQuery
+) -> None:
+    plan = explain(big_store, query)
+    assert re.search(r"Index Scan Backward using sessions_listing\w* on sessions r", plan), plan
+    assert "Sort" not in plan, plan  # rows come in index order: O(page)
+    assert re.search(r"Index Scan using sessions_pkey on sessions t", plan), plan
+    page = big_store.list_sessions(**{k: getattr(query, k) for k in ("source", "state", "cursor")})
+    assert len(page.items) == 50
+
+
+def test_open_listing_plan_starts_from_open_sessions(big_store: tether.Store) -> None:
+    plan = explain(big_store, listing.ListQuery(state="open"))
+    assert "sessions_open_" in plan and "Seq Scan" not in plan, plan
+
+
+# --- poolers ---------------------------------------------------------------------------------
+
+
+def test_prepared_statements_can_be_turned_off(db_url: str) -> None:
+    """``?prepare_threshold=none`` (transaction-mode poolers): no statement is ever prepared."""
+    url = with_params(db_url, prepare_threshold="none", pool_size="1")
+    s = tether.open_store(url, load_plugins=False)
+    assert s.backend.target.kwargs["prepare_threshold"] is None
+    h = s.session(source="pooled")
+    for i in range(20):  # far past psycopg's default threshold of 5
+        h.append("user", f"m{i}")
+    h.buffer("assistant", "buffered")
+    h.flush()
+    assert len(s.list_sessions().items) == 1
+    prepared = s.backend.read(
+        lambda c: c.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
+    )
+    assert prepared == 0
+    h.end()
+    s.close()
+    # The default does prepare the hot statements (one connection: the same session).
+    s = tether.open_store(with_params(db_url, pool_size="1"), load_plugins=False)
+    h = s.session(source="pooled")
+    for i in range(20):
+        h.append("user", f"m{i}")
+    prepared = s.backend.read(
+        lambda c: c.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
+    )
+    assert prepared > 0
+    h.end()
+    s.close()
+
+
+# --- connections that drop ------------------------------------------------------------------
+
+
+def test_a_dropped_connection_is_replaced_and_the_write_retried(db_url: str) -> None:
+    s = tether.open_store(with_params(db_url, pool_size="1"), load_plugins=False)
+    h = s.session(source="flaky")
+    h.append("user", "before")
+    pid = s.backend.read(lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0])
+    with pg_admin() as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    time.sleep(0.2)
+    assert h.append("user", "after").seq == 2  # the broken connection was replaced
+    assert [m.content for m in s.get_messages(h.id)] == ["before", "after"]
+    new_pid = s.backend.read(lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0])
+    assert new_pid != pid
+    h.end()
+    s.close()
+
+
+def test_a_server_that_stays_away_is_reported_after_the_budget(db_url: str) -> None:
+    s = tether.open_store(db_url, load_plugins=False)
+    s.backend.write_budget = 0.5
+    s.backend.close()  # as good as an unreachable server for the store's pool
+    s.backend._closed = False
+    s.backend._pool = pg_backend.ConnectionPool(
+        "postgresql://postgres@127.0.0.1:1/test", min_size=1, open=False, timeout=0.2
+    )
+    s.backend._pool.open(wait=False)
+    started = time.monotonic()
+    with pytest.raises(tether.StoreUnavailableError, match="lost the connection"):
+        s.get_session("x")
+    assert time.monotonic() - started < 10
+    s.backend._pool.close()
+    s.backend._closed = True
+
+
+# --- the clock ------------------------------------------------------------------------------
+
+
+def test_a_skewed_clock_is_logged_at_open(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = time.time
+    monkeypatch.setattr(pg_backend.time, "time", lambda: real() - 120)
+    with caplog.at_level(logging.WARNING, logger="tether.store.postgres"):
+        tether.open_store(db_url, load_plugins=False).close()
+    assert "clock is 120.0 s behind" in caplog.text or "clock is 119." in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(pg_backend.time, "time", real)
+    with caplog.at_level(logging.WARNING, logger="tether.store.postgres"):
+        tether.open_store(db_url, load_plugins=False).close()
+    assert "clock" not in caplog.text
+
+
+# --- LISTEN/NOTIFY --------------------------------------------------------------------------
+
+EMITTER = """
+import sys, tether
+store = tether.open_store(sys.argv[1], load_plugins=False)
+with store.session(source="remote") as h:
+    h.append("user", "from another process")
+print(h.id)
+"""
+
+
+def test_lifecycle_events_are_published_live(db_url: str) -> None:
+    clock = tether.ManualClock()
+    s = tether.open_store(db_url, clock=clock, load_plugins=False)
+    other = tether.open_store(db_url, load_plugins=False)  # another process, in effect
+    with s.listen() as listener:
+        assert listener.channel.endswith(s.backend.schema)
+        h = s.session(source="cli")
+        h.append("user", "hi")
+        h.end("completed")
+        [sid] = owned_sessions(s, ProcessIdentity("far", "b", 1, 1), 1, clock.now())
+        taken = other.resume(sid, force=True)
+        taken.end("cli_close")
+        [dead] = owned_sessions(s, ProcessIdentity("far2", "b", 2, 1), 1, clock.now())
+        clock.advance(100)
+        Reaper(s, clock=clock).sweep()
+        out = subprocess.run(
+            [sys.executable, "-c", EMITTER, db_url],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        remote = out.stdout.strip()
+        events = list(listener.events(timeout=10, limit=7))
+        assert list(listener.events(timeout=0.3)) == []  # and nothing else
+    assert [(e.kind, e.session_id) for e in events] == [
+        ("created", h.id),
+        ("ended", h.id),
+        ("taken_over", sid),
+        ("ended", sid),
+        ("reaped", dead),
+        ("created", remote),
+        ("ended", remote),
+    ]
+    assert events[1].data == {"reason": "completed", "detail": None}
+    assert events[4].data["detail"] == "heartbeat stale 100 s"
+    assert all(isinstance(e.id, int) and e.at > 0 for e in events)
+    ids = [e.id for e in events]
+    assert len(set(ids)) == len(ids)
+    other.close()
+    s.close()
+
+
+def test_a_rolled_back_event_is_never_heard(db_url: str) -> None:
+    s = tether.open_store(db_url, load_plugins=False)
+    with s.listen() as listener:
+
+        def tx(c):  # type: ignore[no-untyped-def]
+            s._event(c, None, "created", {})
+            raise RuntimeError("rolled back")
+
+        with pytest.raises(RuntimeError):
+            s.backend.write(tx)
+        assert list(listener.events(timeout=0.5)) == []
+        s.backend.write(lambda c: s._event(c, None, "attached", {"x": 1}))
+        [event] = listener.events(timeout=5, limit=1)
+        assert (event.kind, event.data) == ("attached", {"x": 1})
+    s.close()
+
+
+def test_schemas_do_not_hear_each_other(new_db: Callable[[], str]) -> None:
+    a = tether.open_store(new_db(), load_plugins=False)
+    b = tether.open_store(new_db(), load_plugins=False)
+    with a.listen() as listener:
+        with b.session(source="elsewhere") as h:
+            h.append("user", "x")
+        assert list(listener.events(timeout=0.5)) == []
+    a.close()
+    b.close()
+
+
+def test_listening_is_refused_on_sqlite(sqlite_store: tether.Store) -> None:
+    with pytest.raises(tether.StoreError, match="not supported on sqlite"):
+        sqlite_store.listen()
+
+
+def test_a_direct_connection_helper_sees_the_schema(db_url: str, schema: str) -> None:
+    tether.open_store(db_url, load_plugins=False).close()
+    with pg_connect(db_url) as conn:
+        assert conn.execute("SELECT current_schema()").fetchone()[0] == schema
