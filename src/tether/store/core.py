@@ -350,13 +350,12 @@ class Store:
         def tx(c: Conn) -> list[tuple[str, str, Any]]:
             now = self.clock.now()
             ended = []
+            logged = False
             for i in range(0, len(dead), sql.REAP_BATCH):
                 batch = dead[i : i + sql.REAP_BATCH]
-                query, params = sql.reap_owners(self.backend.dialect, batch, now)
+                query, params, logged = sql.reap_owners(self.backend.dialect, batch, now)
                 ended += c.execute(query, params).fetchall()
-                ids = [d[0] for d in batch]
-                c.execute(sql.delete_idle_owners(len(ids)), ids)
-            if ended:
+            if ended and not logged:
                 # One event per reaped session; the payload is the same for an owner's sessions.
                 payloads: dict[tuple[str, str], str] = {}
                 events = []

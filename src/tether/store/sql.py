@@ -184,17 +184,20 @@ REAP_BATCH = 500  # dead owners per statement
 
 def reap_owners(
     dialect: str, dead: list[tuple[str, float | None, str]], now: float
-) -> tuple[str, list[object]]:
+) -> tuple[str, list[object], bool]:
     """One statement ending the open sessions of many dead owners.
 
-    It returns (id, owner id, detail) of each session it ended; the whole rows
-    are read afterwards only if a plugin wants them (RETURNING them all costs
-    as much as the update itself).
+    Returns ``(query, params, logs_events)``. The query yields (id, owner id,
+    detail) of each session it ended; the whole rows are read afterwards only
+    if a plugin wants them (RETURNING them all costs as much as the update
+    itself). ``logs_events`` says whether it also wrote the ``reaped`` events.
 
     ``dead`` holds (owner id, judged heartbeat or None if its row is missing,
     detail). On PostgreSQL the rows are claimed with FOR UPDATE SKIP LOCKED,
-    so reapers on many hosts share the work without blocking each other; on
-    SQLite the write transaction already serializes them.
+    so reapers on many hosts share the work without blocking each other, and
+    the events are inserted by the same statement (a writable CTE: one round
+    trip instead of one per session). On SQLite the write transaction already
+    serializes reapers, and the caller inserts the events.
     """
     if dialect == "postgresql":
         query = f"""
@@ -203,13 +206,19 @@ WITH d AS (SELECT * FROM unnest(?::text[], ?::float8[], ?::text[])
 claimed AS (
     SELECT s.id, d.detail FROM sessions s JOIN d ON s.owner_id = d.owner_id
     WHERE s.ended_at IS NULL AND {_STILL_AS_JUDGED}
-    FOR UPDATE OF s SKIP LOCKED)
-UPDATE sessions SET ended_at = ?, end_reason = 'reaped', end_detail = claimed.detail
-FROM claimed WHERE sessions.id = claimed.id
-RETURNING sessions.id, sessions.owner_id, sessions.end_detail
+    FOR UPDATE OF s SKIP LOCKED),
+ended AS (
+    UPDATE sessions SET ended_at = ?, end_reason = 'reaped', end_detail = claimed.detail
+    FROM claimed WHERE sessions.id = claimed.id
+    RETURNING sessions.id, sessions.owner_id, sessions.end_detail),
+logged AS (
+    INSERT INTO events (at, session_id, kind, data)
+    SELECT ?, id, 'reaped', jsonb_build_object('owner', owner_id, 'detail', end_detail)
+    FROM ended)
+SELECT id, owner_id, end_detail FROM ended
 """
         ids, beats, details = (list(x) for x in zip(*dead, strict=True))
-        return query, [ids, beats, details, now]
+        return query, [ids, beats, details, now, now], True
     values = ", ".join("(?, ?, ?)" for _ in dead)
     query = f"""
 WITH d(owner_id, heartbeat_at, detail) AS (VALUES {values})
@@ -218,7 +227,7 @@ FROM d
 WHERE sessions.owner_id = d.owner_id AND sessions.ended_at IS NULL AND {_STILL_AS_JUDGED}
 RETURNING id, owner_id, end_detail
 """
-    return query, [*(x for row in dead for x in row), now]
+    return query, [*(x for row in dead for x in row), now], False
 
 
 def delete_idle_owners(n: int) -> str:
@@ -230,6 +239,8 @@ AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.owner_id = owners.id AND s.ende
 """
 
 
+# Dead owners' rows are not deleted by the sweep that reaps them (it would cost
+# a statement per sweep); they go with the rest once idle for OWNER_RETENTION.
 PRUNE_OLD_OWNERS = """
 DELETE FROM owners WHERE heartbeat_at < ?
 AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.owner_id = owners.id AND s.ended_at IS NULL)
