@@ -121,6 +121,42 @@ def test_failed_flush_keeps_messages_for_the_next(
     assert store.get_session(h.id).message_count == 2
 
 
+def test_a_flush_that_committed_but_failed_is_not_repeated(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit went through but the caller saw an error (a connection lost
+    as it committed, say): flushing again must not store the messages twice."""
+    h = store.session(source="agent")
+    h.append("user", "first")
+    for i in range(3):
+        h.buffer("assistant", f"part {i}")
+    real = store.backend.write
+    calls = {"n": 0}
+
+    def commits_then_fails(fn):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        result = real(fn)
+        if calls["n"] == 1:
+            raise tether.StoreUnavailableError("lost the connection while committing")
+        return result
+
+    monkeypatch.setattr(store.backend, "write", commits_then_fails)
+    with pytest.raises(tether.StoreUnavailableError):
+        h.flush()
+    assert h.pending == 3  # the handle cannot know they are stored...
+    h.buffer("assistant", "part 3")
+    assert [m.seq for m in h.flush()] == [2, 3, 4, 5]  # ...so the flush looks their keys up
+    assert [m.content for m in store.get_messages(h.id)] == [
+        "first",
+        "part 0",
+        "part 1",
+        "part 2",
+        "part 3",
+    ]
+    assert store.get_session(h.id).message_count == 5
+    h.end()
+
+
 def test_append_writes_pending_buffer_first(store: Store) -> None:
     h = store.session(source="agent")
     h.buffer("user", "buffered")

@@ -347,6 +347,32 @@ def test_a_dropped_connection_is_replaced_and_the_write_retried(db_url: str) -> 
     s.close()
 
 
+@pytest.mark.parametrize("landed", [True, False])
+def test_an_append_whose_commit_is_unknown_finds_out(
+    db_url: str, landed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-statement append lost its connection while committing: the
+    store checks whether the message landed instead of guessing, so it is
+    stored exactly once either way."""
+    s = tether.open_store(db_url, load_plugins=False)
+    h = s.session(source="unknown")
+    h.append("user", "first")
+    real = s._append_statement
+
+    def lost(query, params):  # type: ignore[no-untyped-def]
+        if landed:
+            real(query, params)
+        raise tether.CommitUnknownError("lost the connection while committing")
+
+    monkeypatch.setattr(s, "_append_statement", lost)
+    assert h.append("assistant", "second").seq == 2
+    monkeypatch.undo()
+    assert [m.content for m in s.get_messages(h.id)] == ["first", "second"]
+    assert s.get_session(h.id).message_count == 2
+    h.end()
+    s.close()
+
+
 def test_a_server_that_stays_away_is_reported_after_the_budget(db_url: str) -> None:
     s = tether.open_store(db_url, load_plugins=False)
     s.backend.write_budget = 0.5

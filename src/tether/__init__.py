@@ -13,6 +13,7 @@ Open a store, start a session, append messages; every exit path ends it::
 from . import liveness
 from .clock import Clock, ManualClock, SystemClock
 from .errors import (
+    CommitUnknownError,
     ForeignDatabaseError,
     InvalidInputError,
     NotADatabaseError,
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Census",
     "Clock",
+    "CommitUnknownError",
     "ForeignDatabaseError",
     "InvalidInputError",
     "ListedChain",

@@ -45,6 +45,15 @@ class StoreUnavailableError(StoreError):
     """The database server cannot be reached or refused the connection."""
 
 
+class CommitUnknownError(StoreUnavailableError):
+    """The connection broke while a write was committing: it may or may not have been applied.
+
+    Buffered messages are safe to flush again (their idempotency keys are
+    looked up); a single ``append`` resolves this itself by checking whether
+    its message landed.
+    """
+
+
 # --- sessions -----------------------------------------------------------------
 
 

@@ -8,8 +8,10 @@ takes out (see :mod:`tether.lifecycle.exits`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import secrets
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +63,12 @@ class SessionHandle:
         self._lock = threading.RLock()
         self._closed = False  # ended (by us or found ended) or fenced off
         self._fenced = False
+        # Buffered messages get keys unique to this handle; a flush looks them
+        # up in the store only when one may already be there: after a write that
+        # failed (it may have committed), or for keys the caller chose.
+        self._key_prefix = f"b:{secrets.token_hex(4)}:"
+        self._key_numbers = itertools.count(1)
+        self._check_keys = False
         self._now = store.clock.now
 
     @classmethod
@@ -192,14 +200,20 @@ class SessionHandle:
         """The session ended elsewhere or was taken over: this handle is done."""
         self._close_locally(fenced=isinstance(exc, StaleOwnerError))
 
-    def _write(self, rows: list[Row]) -> list[int]:
+    def _write(self, rows: list[Row], *, check_keys: bool = False) -> list[int]:
         """Write ``rows`` (persisting the session first if needed); caller holds the lock."""
         new = None if self._persisted else self._new
         try:
-            result = self._store._write_messages(new, self._w, rows)
+            result = self._store._write_messages(
+                new, self._w, rows, check_keys=check_keys or self._check_keys
+            )
         except (StaleOwnerError, SessionEndedError) as exc:
             self._lost_write(exc)
             raise
+        except BaseException:
+            self._check_keys = True  # it may have committed: look before writing again
+            raise
+        self._check_keys = False
         result.apply(self._w)
         if new is not None:
             self._persisted = True
@@ -265,7 +279,7 @@ class SessionHandle:
                     raise
             else:
                 rows = [*self._pending, row] if self._pending else [row]
-                seq = self._write(rows)[-1]
+                seq = self._write(rows, check_keys=row[6] is not None)[-1]
                 self._pending.clear()
         return Message(self.id, seq, role, content, tool_calls, *row[3:7])
 
@@ -285,11 +299,13 @@ class SessionHandle:
         Every buffered message carries an idempotency key (one is made if none
         is given): flushing again after an uncertain failure never duplicates it.
         """
-        key = idem_key if idem_key is not None else "b:" + new_id()
+        key = idem_key if idem_key is not None else f"{self._key_prefix}{next(self._key_numbers)}"
         row = self._row(role, content, tool_calls, tool_call_id, tool_name, key)
         with self._lock:
             self._check_writable()
             self._pending.append(row)
+            if idem_key is not None:
+                self._check_keys = True
         return key
 
     def flush(self) -> list[Message]:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import (
+    CommitUnknownError,
     InvalidInputError,
     OwnerAliveError,
     SessionEndedError,
@@ -136,6 +137,9 @@ class Store:
         self._lock_rows = dialect == "postgresql"
         self._sql_write_state = sql.locking(dialect, sql.SELECT_WRITE_STATE)
         self._sql_session_owner = sql.locking(dialect, sql.SELECT_SESSION_OWNER, of="s")
+        # A backend that can run one statement atomically on its own (PostgreSQL)
+        # takes the common append in a single round trip.
+        self._append_statement = getattr(backend, "write_statement", None)
         self._owner = ProcessOwner(
             self,
             kind=check_source(kind),
@@ -654,13 +658,21 @@ class Store:
             )
         return count, root_id, now if active else w.activity_at
 
-    def _append_rows(self, c: Conn, w: WriteState, rows: Sequence[Row]) -> WriteResult:
+    def _append_rows(
+        self, c: Conn, w: WriteState, rows: Sequence[Row], check_keys: bool = True
+    ) -> WriteResult:
         """Insert ``rows`` inside a write transaction; return their seqs and the new state.
 
-        Rows whose idempotency key is already stored (or repeated in ``rows``)
-        are not written again; they get the stored seq. ``w`` is only read: the
-        caller applies the result once the transaction has committed.
+        With ``check_keys``, rows whose idempotency key is already stored (or
+        repeated in ``rows``) are not written again; they get the stored seq.
+        Without, the caller vouches that no key of ``rows`` can be stored yet.
+        ``w`` is only read: the caller applies the result once the transaction
+        has committed.
         """
+        if not check_keys:
+            count, root_id, activity = self._insert_fresh(c, w, rows)
+            n = len(rows)
+            return WriteResult(list(range(count + 1, count + 1 + n)), count + n, root_id, activity)
         known = self._known_keys(c, w.session_id, rows)
         # plan[i] > 0: row i is already stored with that seq;
         # plan[i] = -k: row i is the k-th fresh row (its seq is count + k).
@@ -690,16 +702,30 @@ class Store:
         """The hot path: one message without idempotency key; returns its seq.
 
         The common case (a root session, its state cached, no listing update
-        due) runs two statements; anything else takes :meth:`_insert_fresh`.
+        due) runs two statements in a transaction, or one atomic statement on a
+        backend that offers ``write_statement`` (PostgreSQL); anything else
+        takes :meth:`_insert_fresh`.
         """
         sid = w.session_id
         count = w.count
+        common = (
+            count is not None and w.root_id == sid and row[5] - w.activity_at < ACTIVITY_RESOLUTION
+        )
+        if common and self._append_statement is not None:
+            assert count is not None
+            params = (count + 1, row[5], sid, w.epoch, count, count + 1, *row)
+            try:
+                done = self._append_statement(sql.APPEND_ONE_STATEMENT, params) == 1
+            except CommitUnknownError:
+                done = self._landed(sid, count + 1, row)  # find out instead of guessing
+            if done:
+                w.count = count + 1
+                return w.count
+            common = False  # the cached state was off (or it did not land): the slow path
 
         def tx(c: Conn) -> tuple[int, str, float]:
             if (
-                count is not None
-                and w.root_id == sid
-                and row[5] - w.activity_at < ACTIVITY_RESOLUTION
+                common
                 and c.execute(sql.BUMP_ROOT, (count + 1, 1, row[5], sid, w.epoch, count)).rowcount
                 == 1
             ):
@@ -711,8 +737,27 @@ class Store:
         w.count = before + 1
         return w.count
 
+    def _landed(self, session_id: str, seq: int, row: Row) -> bool:
+        """After a commit of unknown outcome: is this very message stored at ``seq``?
+
+        ``created_at`` comes from this writer's clock and ``role`` from the row,
+        so a match is this message, not another writer's.
+        """
+        found = self.backend.read(
+            lambda c: c.execute(
+                "SELECT role, created_at FROM messages WHERE session_id = ? AND seq = ?",
+                (session_id, seq),
+            ).fetchone()
+        )
+        return found is not None and found[0] == row[0] and found[1] == row[5]
+
     def _write_messages(
-        self, new: NewSession | None, w: WriteState, rows: Sequence[Row]
+        self,
+        new: NewSession | None,
+        w: WriteState,
+        rows: Sequence[Row],
+        *,
+        check_keys: bool = True,
     ) -> WriteResult:
         """Persist the session if ``new`` is given, then append ``rows``: one transaction."""
 
@@ -721,14 +766,14 @@ class Store:
             if new is not None:
                 root_id = self._insert_session(c, new)
                 state = WriteState(w.session_id, w.epoch, 0, root_id, new.created_at)
-            elif self._lock_rows and any(r[6] is not None for r in rows):
+            elif self._lock_rows and check_keys and any(r[6] is not None for r in rows):
                 # PostgreSQL: lock the session before looking its keys up, or two
                 # writers flushing one key could both find it missing.
                 count, root_id = self._load_write_state(c, w)
                 state = WriteState(w.session_id, w.epoch, count, root_id, w.activity_at)
             if not rows:
                 return WriteResult([], state.count, state.root_id, state.activity_at)
-            return self._append_rows(c, state, rows)
+            return self._append_rows(c, state, rows, check_keys)
 
         return self.backend.write(tx)
 

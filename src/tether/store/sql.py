@@ -66,6 +66,21 @@ UPDATE sessions SET message_count = ?, chain_message_count = chain_message_count
 WHERE id = ? AND epoch = ? AND ended_at IS NULL AND message_count = ?
 """
 
+# PostgreSQL runs the common append as this one statement, atomic on its own
+# (autocommit): one round trip instead of BEGIN, UPDATE, INSERT, COMMIT. The
+# INSERT reads from the UPDATE, so a stale count, epoch or an ended session
+# inserts nothing (row count 0) and the caller takes the slow path.
+APPEND_ONE_STATEMENT = """
+WITH bump AS (
+    UPDATE sessions SET message_count = ?, chain_message_count = chain_message_count + 1,
+        last_active_at = ?
+    WHERE id = ? AND epoch = ? AND ended_at IS NULL AND message_count = ?
+    RETURNING id)
+INSERT INTO messages (session_id, seq, role, content, tool_calls, tool_call_id, tool_name,
+    created_at, idem_key)
+SELECT id, ?::integer, ?::text, ?::text, ?::jsonb, ?::text, ?::text, ?::float8, ?::text FROM bump
+"""
+
 BUMP_CHILD = """
 UPDATE sessions SET message_count = ?, last_active_at = ?
 WHERE id = ? AND epoch = ? AND ended_at IS NULL AND message_count = ?

@@ -35,6 +35,7 @@ from psycopg import sql as pg_sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ...errors import (
+    CommitUnknownError,
     ForeignDatabaseError,
     SchemaTooNewError,
     StoreBusyError,
@@ -275,10 +276,21 @@ class PostgresBackend:
             return StoreError(f"database {self.url}: the server's disk is full")
         return StoreError(f"database {self.url}: {msg}")
 
-    def _run(self, fn: Callable[[PgConn], T], begin: str) -> T:
-        """One attempt: borrow a connection, run ``fn`` between BEGIN and COMMIT."""
+    def _run(self, fn: Callable[[PgConn], T], begin: str | None) -> T:
+        """One attempt: borrow a connection, run ``fn`` between BEGIN and COMMIT.
+
+        With ``begin=None``, ``fn`` runs one statement on its own (autocommit),
+        which is atomic by itself: one round trip instead of three.
+        """
         with self._pool.connection() as conn:
             cur = conn.cursor()
+            if begin is None:
+                try:
+                    return fn(PgConn(cur))
+                except psycopg.OperationalError as exc:
+                    if conn.broken:  # it may or may not have committed
+                        raise _CommitUnknown(one_line(exc)) from None
+                    raise
             try:
                 cur.execute(begin)
                 result = fn(PgConn(cur))
@@ -297,7 +309,7 @@ class PostgresBackend:
                 raise
             return result
 
-    def _transact(self, fn: Callable[[PgConn], T], begin: str, *, retry_commit: bool) -> T:
+    def _transact(self, fn: Callable[[PgConn], T], begin: str | None, *, retry_commit: bool) -> T:
         if self._closed:
             raise StoreError(f"store {self.url} is closed")
         self._check_fork()
@@ -311,7 +323,7 @@ class PostgresBackend:
                 busy = True
             except _CommitUnknown as exc:
                 if not retry_commit:
-                    raise StoreUnavailableError(
+                    raise CommitUnknownError(
                         f"lost the connection to {self.url} while committing; "
                         f"the write may or may not have been applied ({exc})"
                     ) from None
@@ -346,6 +358,10 @@ class PostgresBackend:
 
     def write(self, fn: Callable[[PgConn], T]) -> T:
         return self._transact(fn, _BEGIN_WRITE, retry_commit=False)
+
+    def write_statement(self, query: str, params: Sequence[Any]) -> int:
+        """Run one write statement atomically on its own; return its row count."""
+        return self._transact(lambda c: c.execute(query, params).rowcount, None, retry_commit=False)
 
     def read(self, fn: Callable[[PgConn], T]) -> T:
         return self._transact(fn, _BEGIN_READ, retry_commit=True)
