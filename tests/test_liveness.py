@@ -68,6 +68,18 @@ def owned_sessions(
     return ids
 
 
+def legacy_session(store: Store, at: float) -> str:
+    """An open session without owner, last active at ``at`` (as if written before owners)."""
+    sid = tether.ids.new_id()
+    store.backend.write(
+        lambda c: c.execute(
+            sql.INSERT_SESSION,
+            (sid, "import", None, None, None, None, sid, None, at, at, None, 0, None, sid, at),
+        )
+    )
+    return sid
+
+
 def is_open(store: Store, sid: str) -> bool:
     return store.get_session(sid).is_open
 
@@ -254,29 +266,7 @@ def test_dead_pid_and_reboot_on_this_host(store: Store, clock: tether.ManualCloc
 
 
 def test_unowned_legacy_rows_are_never_reaped(store: Store, clock: tether.ManualClock) -> None:
-    legacy = tether.ids.new_id()
-    store.backend.write(
-        lambda c: c.execute(
-            sql.INSERT_SESSION,
-            (
-                legacy,
-                "import",
-                None,
-                None,
-                None,
-                None,
-                legacy,
-                None,
-                0.0,
-                0.0,
-                None,
-                0,
-                None,
-                legacy,
-                0.0,
-            ),
-        )
-    )
+    legacy = legacy_session(store, at=0.0)
     clock.advance(10**6)
     assert Reaper(store, clock=clock).sweep().reaped == []
     assert is_open(store, legacy)
@@ -685,29 +675,7 @@ def test_resume_after_the_owner_died_needs_no_force(db_url: str) -> None:
 
 
 def test_resume_of_a_legacy_row_takes_ownership(store: Store) -> None:
-    legacy = tether.ids.new_id()
-    store.backend.write(
-        lambda c: c.execute(
-            sql.INSERT_SESSION,
-            (
-                legacy,
-                "import",
-                None,
-                None,
-                None,
-                None,
-                legacy,
-                None,
-                1.0,
-                1.0,
-                None,
-                0,
-                None,
-                legacy,
-                1.0,
-            ),
-        )
-    )
+    legacy = legacy_session(store, at=1.0)
     h = store.resume(legacy)
     assert h.append("user", "continued").seq == 1
     assert store.get_session(legacy).owner_id == store.owner_id
@@ -719,14 +687,7 @@ def test_resume_of_a_legacy_row_takes_ownership(store: Store) -> None:
 
 def test_repair_unowned_dry_run_then_apply(store: Store) -> None:
     now = time.time()
-    old, fresh = tether.ids.new_id(), tether.ids.new_id()
-    for sid, t in ((old, now - 7200), (fresh, now - 60)):
-        store.backend.write(
-            lambda c, sid=sid, t=t: c.execute(
-                sql.INSERT_SESSION,
-                (sid, "import", None, None, None, None, sid, None, t, t, None, 0, None, sid, t),
-            )
-        )
+    old, fresh = legacy_session(store, at=now - 7200), legacy_session(store, at=now - 60)
     assert [s.id for s in store.repair_unowned(3600)] == [old]
     assert is_open(store, old)  # a dry run changes nothing
     assert [s.id for s in store.repair_unowned(3600, apply=True)] == [old]
@@ -743,29 +704,7 @@ def test_cli_reap_and_doctor(db_url: str) -> None:
     store = tether.open_store(db_url, load_plugins=False)
     dead = owned_sessions(store, FAR, 2, heartbeat_at=time.time() - 600)
     live = owned_sessions(store, FAR, 1, heartbeat_at=time.time() + 3600)
-    legacy = tether.ids.new_id()
-    store.backend.write(
-        lambda c: c.execute(
-            sql.INSERT_SESSION,
-            (
-                legacy,
-                "import",
-                None,
-                None,
-                None,
-                None,
-                legacy,
-                None,
-                1.0,
-                1.0,
-                None,
-                0,
-                None,
-                legacy,
-                1.0,
-            ),
-        )
-    )
+    legacy = legacy_session(store, at=1.0)
     store.close()
     runner = CliRunner()
     import json

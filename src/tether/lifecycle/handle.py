@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SessionEndedError, StaleOwnerError, TetherError
 from ..ids import new_id
 from ..model import Message, Session
-from ..store.core import INTERRUPTED_REASONS, NewSession, Row, WriteState
+from ..store.core import INTERRUPTED_REASONS
+from ..store.writes import NewSession, Row, WriteState
 from ..validate import (
     BAD_TEXT_SEARCH as _BAD_TEXT,
 )
@@ -113,7 +114,6 @@ class SessionHandle:
             branch=session.root_id == session.id and session.parent_id is not None,
             metadata=None,
             created_at=session.created_at,
-            owner_id=session.owner_id,
         )
         handle = cls(store, new, persisted=True, epoch=session.epoch, owns=owns)
         exits.track(handle)

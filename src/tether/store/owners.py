@@ -1,0 +1,201 @@
+"""Ownership in the store: takeover with fencing, legacy repair, and the reaper's SQL.
+
+The policy (who is dead) lives in :mod:`tether.liveness`; this module holds
+the transactions it needs, mixed into :class:`~tether.store.Store`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidInputError, OwnerAliveError, SessionEndedError, SessionNotFoundError
+from ..liveness.policy import OwnerInfo, judge
+from ..model import SESSION_COLUMNS, Session, session_from_row
+from . import sql
+from .backend import Conn
+
+if TYPE_CHECKING:
+    from ..clock import Clock
+    from ..hooks import Plugins
+    from ..lifecycle.handle import SessionHandle
+    from ..liveness.owner import ProcessOwner
+    from .backend import Backend
+
+
+class Ownership:
+    """Takeover, repair and reaping transactions (mixed into :class:`~tether.store.Store`)."""
+
+    backend: Backend
+    clock: Clock
+    plugins: Plugins
+    owner_ttl: float
+    _owner: ProcessOwner
+    _sql_session_owner: str
+
+    if TYPE_CHECKING:  # provided by MessageWrites and Store
+
+        def _event(
+            self, c: Conn, session_id: str | None, kind: str, data: dict[str, Any]
+        ) -> None: ...
+
+        def _fire_end(self, session: Session, reason: str, interrupted: bool) -> None: ...
+
+    def resume(self, session_id: str, *, force: bool = False) -> SessionHandle:
+        """Take over an open session in this process and return its handle.
+
+        If the session's owner is dead (or it has none), ownership moves here
+        and the epoch goes up by one: from then on every write of the previous
+        owner (or of anyone holding the old epoch) is refused with
+        :class:`StaleOwnerError`, and nothing it wrote before is lost. If the
+        owner is alive, :class:`OwnerAliveError` unless ``force=True``. An ended
+        session raises :class:`SessionEndedError` (continue it instead:
+        ``store.session(..., parent_id=session_id)``).
+        """
+        from ..lifecycle.handle import SessionHandle
+        from ..liveness import Reaper
+
+        reaper = Reaper(self)
+        me = self._owner
+
+        def tx(c: Conn) -> Any:
+            row = c.execute(self._sql_session_owner, (session_id,)).fetchone()
+            if row is None:
+                raise SessionNotFoundError(session_id)
+            ended_at, reason, epoch, owner_id, found, *fields = row
+            if ended_at is not None:
+                raise SessionEndedError(session_id, reason)
+            previous = None
+            if owner_id is not None:
+                info = OwnerInfo(owner_id, *fields) if found is not None else None
+                previous = info.describe() if info else owner_id
+                if owner_id == me.id:
+                    alive = True
+                    previous = "this process"
+                elif info is None:
+                    alive = False
+                else:
+                    alive = judge(
+                        info,
+                        host=reaper.identity.host,
+                        boot_id=reaper.identity.boot_id,
+                        now=self.clock.now(),
+                        ttl=self.owner_ttl,
+                        probe=reaper.probe,
+                    ).alive
+                if alive and not force:
+                    raise OwnerAliveError(session_id, previous)
+            now = self.clock.now()
+            c.execute(sql.UPSERT_OWNER, me.row(now))
+            if c.execute(sql.TAKE_OVER, (me.id, session_id, epoch)).rowcount != 1:
+                raise OwnerAliveError(session_id, "another process that took it over just now")
+            self._event(
+                c,
+                session_id,
+                "taken_over",
+                {"from": owner_id, "to": me.id, "epoch": epoch + 1, "forced": force},
+            )
+            return c.execute(sql.SELECT_SESSION, (session_id,)).fetchone()
+
+        session = session_from_row(self.backend.write(tx))
+        handle = SessionHandle._existing(self, session, owns=True)
+        me.acquire(session.id)
+        return handle
+
+    def repair_unowned(self, stale_after: float, *, apply: bool = False) -> list[Session]:
+        """Open sessions without owner, idle for ``stale_after`` seconds.
+
+        Rows written before owners existed (or imported) are never reaped: no
+        process can be judged for them. This lists them, and with
+        ``apply=True`` ends them with reason ``abandoned``; returns what it
+        found (or ended).
+        """
+        if stale_after < 0:
+            raise InvalidInputError("stale_after must not be negative")
+        now = self.clock.now()
+        cutoff = now - stale_after
+        if not apply:
+            rows = self.backend.read(lambda c: c.execute(sql.STALE_UNOWNED, (cutoff,)).fetchall())
+            return [session_from_row(r) for r in rows]
+        detail = f"no owner, idle for more than {stale_after:.0f} s"
+
+        def tx(c: Conn) -> list[Any]:
+            ended = []
+            for (sid,) in c.execute(
+                "SELECT id FROM sessions WHERE ended_at IS NULL AND owner_id IS NULL"
+                " AND last_active_at < ?",
+                (cutoff,),
+            ).fetchall():
+                rows = c.execute(sql.END_STALE_UNOWNED, (now, detail, sid, cutoff)).fetchall()
+                if rows:
+                    self._event(c, sid, "ended", {"reason": "abandoned", "detail": detail})
+                    ended.append(rows[0])
+            return ended
+
+        sessions = [session_from_row(r) for r in self.backend.write(tx)]
+        for session in sessions:
+            self._fire_end(session, "abandoned", True)
+        return sessions
+
+    def _beat(self, owner_row: tuple[Any, ...]) -> None:
+        self.backend.write(lambda c: c.execute(sql.UPSERT_OWNER, owner_row))
+
+    def _drop_owner(self, owner_id: str) -> None:
+        self.backend.write(lambda c: c.execute(sql.delete_idle_owners(1), (owner_id,)))
+
+    def _sweep_candidates(
+        self, host: str, stale_before: float
+    ) -> list[tuple[str, OwnerInfo | None]]:
+        rows = self.backend.read(
+            lambda c: c.execute(sql.SWEEP_CANDIDATES, (host, stale_before)).fetchall()
+        )
+        return [(r[0], OwnerInfo(*r) if r[1] is not None else None) for r in rows]
+
+    def _owners_of_open_sessions(self) -> list[tuple[str, OwnerInfo | None, int]]:
+        rows = self.backend.read(lambda c: c.execute(sql.OWNERS_OF_OPEN_SESSIONS).fetchall())
+        out = []
+        for owner_id, *fields, count in rows:
+            info = OwnerInfo(owner_id, *fields) if fields[0] is not None else None
+            out.append((owner_id, info, int(count)))
+        return out
+
+    def _reap(
+        self, dead: list[tuple[str, float | None, str]], *, prune_before: float
+    ) -> list[tuple[Any, ...]]:
+        """End the open sessions of dead owners (owner id, judged heartbeat, detail)."""
+
+        def tx(c: Conn) -> list[tuple[str, str, Any]]:
+            now = self.clock.now()
+            ended = []
+            logged = False
+            for i in range(0, len(dead), sql.REAP_BATCH):
+                batch = dead[i : i + sql.REAP_BATCH]
+                query, params, logged = sql.reap_owners(self.backend.dialect, batch, now)
+                ended += c.execute(query, params).fetchall()
+            if ended and not logged:
+                # One event per reaped session; the payload is the same for an owner's sessions.
+                payloads: dict[tuple[str, str], str] = {}
+                events = []
+                for row in ended:
+                    key = (row[1], row[2])  # owner_id, end_detail
+                    if key not in payloads:
+                        payloads[key] = json.dumps(
+                            {"owner": key[0], "detail": key[1]}, separators=(",", ":")
+                        )
+                    events.append((now, row[0], "reaped", payloads[key]))
+                c.executemany(sql.INSERT_EVENT, events)
+            c.execute(sql.PRUNE_OLD_OWNERS, (prune_before,))
+            return ended
+
+        return self.backend.write(tx)  # (id, owner_id, end_detail) of each ended session
+
+    def _sessions(self, ids: list[str]) -> list[Session]:
+        """Several sessions by id (in no particular order)."""
+        out: list[Session] = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ", ".join("?" * len(chunk))
+            query = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id IN ({marks})"
+            rows = self.backend.read(lambda c, q=query, p=chunk: c.execute(q, p).fetchall())
+            out += [session_from_row(r) for r in rows]
+        return out

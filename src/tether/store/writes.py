@@ -1,0 +1,357 @@
+"""The write path: sessions' first rows, appends, ends.
+
+These are the store's private halves of the lifecycle: a
+:class:`~tether.lifecycle.SessionHandle` calls them, never users. The hot path
+(:meth:`MessageWrites._append_one`) is tuned with ``bench/store.py``: one
+transaction and two statements on SQLite, one statement on PostgreSQL, no
+extra reads. Everything else goes through :meth:`MessageWrites._insert_fresh`,
+which checks ownership (epoch), liveness (``ended_at``) and order
+(``message_count``) in the UPDATE that bumps the count.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CommitUnknownError, SessionEndedError, SessionNotFoundError, StaleOwnerError
+from ..model import Session, session_from_row
+from . import sql
+from .backend import Conn
+
+if TYPE_CHECKING:
+    from ..clock import Clock
+    from ..liveness.owner import ProcessOwner
+    from .backend import Backend
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    """What a handle knows before its row exists (written on first content)."""
+
+    id: str
+    source: str
+    model: str | None
+    title: str | None
+    cwd: str | None
+    parent_id: str | None
+    branch: bool
+    metadata: str | None  # JSON text, already validated
+    created_at: float
+
+
+@dataclass(slots=True)
+class WriteState:
+    """What a session's single writer knows, so the hot path needs no extra reads.
+
+    ``count`` and ``root_id`` are None until known; the UPDATE that bumps the
+    count checks the cached value, so a stale cache costs a re-read, never a
+    wrong seq.
+    """
+
+    session_id: str
+    epoch: int
+    count: int | None = None
+    root_id: str | None = None
+    activity_at: float = 0.0  # chain activity last written to the listing index
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    seqs: list[int]
+    count: int | None
+    root_id: str | None
+    activity_at: float
+
+    def apply(self, w: WriteState) -> None:
+        w.count, w.root_id, w.activity_at = self.count, self.root_id, self.activity_at
+
+
+# The listing's activity key moves at most this often per session (seconds):
+# it is indexed, and rewriting index entries on every append would cost more
+# than the append itself.
+ACTIVITY_RESOLUTION = 1.0
+
+# A message ready to insert: role, content, tool_calls JSON, tool_call_id,
+# tool_name, created_at, idem_key.
+Row = tuple[str, str | None, str | None, str | None, str | None, float, str | None]
+
+
+class MessageWrites:
+    """Writes on behalf of session handles (mixed into :class:`~tether.store.Store`)."""
+
+    backend: Backend
+    clock: Clock
+    _owner: ProcessOwner
+    _lock_rows: bool
+    _sql_write_state: str
+    _append_statement: Callable[[str, Sequence[Any]], int] | None
+
+    def _insert_session(self, c: Conn, s: NewSession) -> str:
+        """Write a new session row; return its chain's root id."""
+        root_id = s.id
+        if s.parent_id is not None:
+            parent = c.execute(sql.SELECT_ROOT_OF, (s.parent_id,)).fetchone()
+            if parent is None:
+                raise SessionNotFoundError(s.parent_id, f"no parent session {s.parent_id!r}")
+            if not s.branch:
+                root_id = parent[0]
+        is_root = root_id == s.id
+        owner_row = self._owner.row(self.clock.now())
+        c.execute(sql.UPSERT_OWNER, owner_row)
+        c.execute(
+            sql.INSERT_SESSION,
+            (
+                s.id,
+                s.source,
+                s.model,
+                s.title,
+                s.cwd,
+                s.parent_id,
+                root_id,
+                None,
+                s.created_at,
+                s.created_at,
+                owner_row[0],
+                0,
+                s.metadata,
+                s.id if is_root else None,
+                s.created_at if is_root else None,
+            ),
+        )
+        if not is_root:
+            c.execute(sql.SET_CHAIN_TIP, (s.id, root_id))
+        self._event(c, s.id, "created", {"source": s.source, "parent_id": s.parent_id})
+        return root_id
+
+    def _event(self, c: Conn, session_id: str | None, kind: str, data: dict[str, Any]) -> None:
+        c.execute(
+            sql.INSERT_EVENT,
+            (self.clock.now(), session_id, kind, json.dumps(data, separators=(",", ":"))),
+        )
+
+    def _write_state_error(self, c: Conn, session_id: str, epoch: int) -> Exception:
+        row = c.execute(sql.SELECT_WRITE_STATE, (session_id,)).fetchone()
+        if row is None:
+            return SessionNotFoundError(session_id)
+        ended_at, reason, current = row[:3]
+        if ended_at is not None:
+            return SessionEndedError(session_id, reason)
+        return StaleOwnerError(session_id, epoch, current)
+
+    def _load_write_state(self, c: Conn, w: WriteState) -> tuple[int, str]:
+        """Read the count and root the writer must know; refuse if it may not write.
+
+        On PostgreSQL this locks the session row until the transaction ends, so
+        what was read stays true while the transaction acts on it.
+        """
+        row = c.execute(self._sql_write_state, (w.session_id,)).fetchone()
+        if row is None:
+            raise SessionNotFoundError(w.session_id)
+        ended_at, reason, epoch, count, root_id = row
+        if ended_at is not None:
+            raise SessionEndedError(w.session_id, reason)
+        if epoch != w.epoch:
+            raise StaleOwnerError(w.session_id, w.epoch, epoch)
+        return count, root_id
+
+    def _known_keys(self, c: Conn, session_id: str, rows: Sequence[Row]) -> dict[str, int]:
+        """Idempotency keys of ``rows`` already stored, with their seqs."""
+        if len(rows) == 1:
+            if rows[0][6] is None:
+                return {}
+            keys = [rows[0][6]]
+        else:
+            keys = [r[6] for r in rows if r[6] is not None]
+            if not keys:
+                return {}
+        return dict(c.execute(sql.select_idem_keys(len(keys)), (session_id, *keys)).fetchall())
+
+    def _insert_fresh(self, c: Conn, w: WriteState, fresh: Sequence[Row]) -> tuple[int, str, float]:
+        """Bump the session's counters and insert ``fresh`` (all new) rows.
+
+        Returns the count before the bump (the first new seq is one more), the
+        chain root and the chain activity now stored in the listing index.
+        """
+        sid = w.session_id
+        count, root_id = w.count, w.root_id
+        if count is None or root_id is None:
+            count, root_id = self._load_write_state(c, w)
+        n = len(fresh)
+        now = fresh[-1][5]
+        active = now - w.activity_at >= ACTIVITY_RESOLUTION
+        for _ in range(2):
+            if root_id == sid:
+                if active:
+                    stmt, params = (
+                        sql.BUMP_ROOT_ACTIVE,
+                        (count + n, n, now, now, sid, w.epoch, count),
+                    )
+                else:
+                    stmt, params = sql.BUMP_ROOT, (count + n, n, now, sid, w.epoch, count)
+            else:
+                stmt, params = sql.BUMP_CHILD, (count + n, now, sid, w.epoch, count)
+            if c.execute(stmt, params).rowcount == 1:
+                break
+            # The cached count was stale (or the session moved on): re-read, retry once.
+            count, root_id = self._load_write_state(c, w)
+        else:  # pragma: no cover - after the re-read the UPDATE matches
+            raise self._write_state_error(c, sid, w.epoch)
+        if root_id != sid:
+            if active:
+                c.execute(sql.BUMP_CHAIN_ACTIVE, (n, now, sid, root_id))
+            else:
+                c.execute(sql.BUMP_CHAIN, (n, root_id))
+        if n == 1:
+            c.execute(sql.INSERT_MESSAGE, (sid, count + 1, *fresh[0]))
+        else:
+            c.executemany(
+                sql.INSERT_MESSAGE, [(sid, count + 1 + k, *r) for k, r in enumerate(fresh)]
+            )
+        return count, root_id, now if active else w.activity_at
+
+    def _append_rows(
+        self, c: Conn, w: WriteState, rows: Sequence[Row], check_keys: bool = True
+    ) -> WriteResult:
+        """Insert ``rows`` inside a write transaction; return their seqs and the new state.
+
+        With ``check_keys``, rows whose idempotency key is already stored (or
+        repeated in ``rows``) are not written again; they get the stored seq.
+        Without, the caller vouches that no key of ``rows`` can be stored yet.
+        ``w`` is only read: the caller applies the result once the transaction
+        has committed.
+        """
+        if not check_keys:
+            count, root_id, activity = self._insert_fresh(c, w, rows)
+            n = len(rows)
+            return WriteResult(list(range(count + 1, count + 1 + n)), count + n, root_id, activity)
+        known = self._known_keys(c, w.session_id, rows)
+        # plan[i] > 0: row i is already stored with that seq;
+        # plan[i] = -k: row i is the k-th fresh row (its seq is count + k).
+        plan: list[int] = []
+        fresh: list[Row] = []
+        slot: dict[str, int] = {}
+        for r in rows:
+            key = r[6]
+            if key is not None:
+                if key in known:
+                    plan.append(known[key])
+                    continue
+                if key in slot:  # the same key twice in one batch: one message
+                    plan.append(slot[key])
+                    continue
+            fresh.append(r)
+            plan.append(-len(fresh))
+            if key is not None:
+                slot[key] = -len(fresh)
+        if not fresh:
+            return WriteResult(plan, w.count, w.root_id, w.activity_at)
+        count, root_id, activity = self._insert_fresh(c, w, fresh)
+        seqs = [p if p > 0 else count - p for p in plan]
+        return WriteResult(seqs, count + len(fresh), root_id, activity)
+
+    def _append_one(self, w: WriteState, row: Row) -> int:
+        """The hot path: one message without idempotency key; returns its seq.
+
+        The common case (a root session, its state cached, no listing update
+        due) runs two statements in a transaction, or one atomic statement on a
+        backend that offers ``write_statement`` (PostgreSQL); anything else
+        takes :meth:`_insert_fresh`.
+        """
+        sid = w.session_id
+        count = w.count
+        common = (
+            count is not None and w.root_id == sid and row[5] - w.activity_at < ACTIVITY_RESOLUTION
+        )
+        if common and self._append_statement is not None:
+            assert count is not None
+            params = (count + 1, row[5], sid, w.epoch, count, count + 1, *row)
+            try:
+                done = self._append_statement(sql.APPEND_ONE_STATEMENT, params) == 1
+            except CommitUnknownError:
+                done = self._landed(sid, count + 1, row)  # find out instead of guessing
+            if done:
+                w.count = count + 1
+                return w.count
+            common = False  # the cached state was off (or it did not land): the slow path
+
+        def tx(c: Conn) -> tuple[int, str, float]:
+            if (
+                common
+                and c.execute(sql.BUMP_ROOT, (count + 1, 1, row[5], sid, w.epoch, count)).rowcount
+                == 1
+            ):
+                c.execute(sql.INSERT_MESSAGE, (sid, count + 1, *row))
+                return count, sid, w.activity_at
+            return self._insert_fresh(c, w, (row,))
+
+        before, w.root_id, w.activity_at = self.backend.write(tx)
+        w.count = before + 1
+        return w.count
+
+    def _landed(self, session_id: str, seq: int, row: Row) -> bool:
+        """After a commit of unknown outcome: is this very message stored at ``seq``?
+
+        ``created_at`` comes from this writer's clock and ``role`` from the row,
+        so a match is this message, not another writer's.
+        """
+        found = self.backend.read(
+            lambda c: c.execute(
+                "SELECT role, created_at FROM messages WHERE session_id = ? AND seq = ?",
+                (session_id, seq),
+            ).fetchone()
+        )
+        return found is not None and found[0] == row[0] and found[1] == row[5]
+
+    def _write_messages(
+        self,
+        new: NewSession | None,
+        w: WriteState,
+        rows: Sequence[Row],
+        *,
+        check_keys: bool = True,
+    ) -> WriteResult:
+        """Persist the session if ``new`` is given, then append ``rows``: one transaction."""
+
+        def tx(c: Conn) -> WriteResult:
+            state = w
+            if new is not None:
+                root_id = self._insert_session(c, new)
+                state = WriteState(w.session_id, w.epoch, 0, root_id, new.created_at)
+            elif self._lock_rows and check_keys and any(r[6] is not None for r in rows):
+                # PostgreSQL: lock the session before looking its keys up, or two
+                # writers flushing one key could both find it missing.
+                count, root_id = self._load_write_state(c, w)
+                state = WriteState(w.session_id, w.epoch, count, root_id, w.activity_at)
+            if not rows:
+                return WriteResult([], state.count, state.root_id, state.activity_at)
+            return self._append_rows(c, state, rows, check_keys)
+
+        return self.backend.write(tx)
+
+    def _end(
+        self, session_id: str, reason: str, detail: str | None, *, epoch: int | None
+    ) -> Session | None:
+        """Record the end; return the ended session, or None if it was already ended."""
+
+        def tx(c: Conn) -> Any:
+            now = self.clock.now()
+            if epoch is None:
+                rows = c.execute(sql.END_SESSION, (now, reason, detail, session_id)).fetchall()
+            else:
+                rows = c.execute(
+                    sql.END_SESSION_FENCED, (now, reason, detail, session_id, epoch)
+                ).fetchall()
+                if not rows:
+                    err = self._write_state_error(c, session_id, epoch)
+                    if not isinstance(err, SessionEndedError):
+                        raise err
+            if rows:
+                self._event(c, session_id, "ended", {"reason": reason, "detail": detail})
+                return rows[0]
+            return None
+
+        row = self.backend.write(tx)
+        return None if row is None else session_from_row(row)
