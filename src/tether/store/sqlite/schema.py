@@ -11,6 +11,8 @@ Timestamps are REAL seconds since the epoch (UTC).
 
 from __future__ import annotations
 
+from ..schema_common import EVENT_INDEXES, MESSAGE_INDEXES, SESSION_INDEXES
+
 APPLICATION_ID = 0x54455448  # "TETH"
 
 MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -56,24 +58,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 chain_last_active_at REAL
             )
             """,
-            # Resumable listing, O(page): root rows by chain activity (+ filtered variants).
-            """
-            CREATE INDEX sessions_listing ON sessions (chain_last_active_at, id)
-            WHERE root_id = id
-            """,
-            """
-            CREATE INDEX sessions_listing_source ON sessions (source, chain_last_active_at, id)
-            WHERE root_id = id
-            """,
-            """
-            CREATE INDEX sessions_listing_cwd ON sessions (cwd, chain_last_active_at, id)
-            WHERE root_id = id
-            """,
-            # Open sessions only: the reaper, census and the open listing are O(open).
-            "CREATE INDEX sessions_open_owner ON sessions (owner_id) WHERE ended_at IS NULL",
-            "CREATE INDEX sessions_open_created ON sessions (created_at) WHERE ended_at IS NULL",
-            "CREATE INDEX sessions_root ON sessions (root_id)",
-            "CREATE UNIQUE INDEX sessions_origin ON sessions (origin) WHERE origin IS NOT NULL",
+            *SESSION_INDEXES,
             """
             CREATE TABLE messages (
                 session_id TEXT NOT NULL,
@@ -88,10 +73,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 PRIMARY KEY (session_id, seq)
             )
             """,
-            """
-            CREATE UNIQUE INDEX messages_idem ON messages (session_id, idem_key)
-            WHERE idem_key IS NOT NULL
-            """,
+            *MESSAGE_INDEXES,
             # Append-only lifecycle log: activity feed, hook delivery, sync cursors.
             """
             CREATE TABLE events (
@@ -102,7 +84,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 data TEXT
             )
             """,
-            "CREATE INDEX events_session ON events (session_id)",
+            *EVENT_INDEXES,
         ],
     ),
 ]

@@ -1,0 +1,35 @@
+"""Schema pieces both backends share, so their indexes can never drift apart.
+
+The tables differ in types (REAL vs double precision, TEXT vs jsonb...) and
+live with each backend; the indexes are the same statements on both.
+"""
+
+from __future__ import annotations
+
+SESSION_INDEXES = [
+    # Resumable listing, O(page): root rows by chain activity (+ filtered variants).
+    "CREATE INDEX sessions_listing ON sessions (chain_last_active_at, id) WHERE root_id = id",
+    """
+    CREATE INDEX sessions_listing_source ON sessions (source, chain_last_active_at, id)
+    WHERE root_id = id
+    """,
+    """
+    CREATE INDEX sessions_listing_cwd ON sessions (cwd, chain_last_active_at, id)
+    WHERE root_id = id
+    """,
+    # Open sessions only: the reaper, census and the open listing are O(open).
+    "CREATE INDEX sessions_open_owner ON sessions (owner_id) WHERE ended_at IS NULL",
+    "CREATE INDEX sessions_open_created ON sessions (created_at) WHERE ended_at IS NULL",
+    "CREATE INDEX sessions_root ON sessions (root_id)",
+    "CREATE UNIQUE INDEX sessions_origin ON sessions (origin) WHERE origin IS NOT NULL",
+]
+
+MESSAGE_INDEXES = [
+    # Idempotent flushes: a key names one message of a session.
+    """
+    CREATE UNIQUE INDEX messages_idem ON messages (session_id, idem_key)
+    WHERE idem_key IS NOT NULL
+    """,
+]
+
+EVENT_INDEXES = ["CREATE INDEX events_session ON events (session_id)"]
