@@ -88,28 +88,33 @@ def tether_single(path: Path, durability: str, n: int) -> tuple[float, list[floa
     return n / elapsed, lat
 
 
+def raw_batch(sid: str, last_seq: int, n: int = 10) -> list[tuple[object, ...]]:
+    """The rows a raw baseline inserts for one flush: what tether stores for ``buffer()`` x n."""
+    return [
+        # The key is made as cheaply as tether makes its own buffered keys.
+        (
+            sid,
+            seq,
+            "assistant",
+            f"{CONTENT} {seq}",
+            None,
+            None,
+            None,
+            time.time(),
+            f"b:{sid[-8:]}:{seq}",
+        )
+        for seq in range(last_seq + 1, last_seq + 1 + n)
+    ]
+
+
 def raw_buffered(path: Path, durability: str, batches: int) -> float:
     c = _raw_connection(path, durability)
     sid = tether.ids.new_id()
     seq = 0
     t = time.perf_counter()
     for _ in range(batches):
-        rows = []
-        for _k in range(10):
-            seq += 1
-            rows.append(
-                (
-                    sid,
-                    seq,
-                    "assistant",
-                    f"{CONTENT} {seq}",
-                    None,
-                    None,
-                    None,
-                    time.time(),
-                    f"b:{sid[-8:]}:{seq}",  # as cheap as tether's own buffered keys
-                )
-            )
+        rows = raw_batch(sid, seq)
+        seq += len(rows)
         c.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         c.commit()
     elapsed = time.perf_counter() - t
@@ -316,23 +321,8 @@ def pg_raw_buffered(base: str, batches: int) -> float:
             seq = 0
             t = time.perf_counter()
             for _ in range(batches):
-                rows = []
-                for _k in range(10):
-                    seq += 1
-                    key = f"b:{sid[-8:]}:{seq}"  # as cheap as tether's own buffered keys
-                    rows.append(
-                        (
-                            sid,
-                            seq,
-                            "assistant",
-                            f"{CONTENT} {seq}",
-                            None,
-                            None,
-                            None,
-                            time.time(),
-                            key,
-                        )
-                    )
+                rows = raw_batch(sid, seq)
+                seq += len(rows)
                 with c.transaction(), c.cursor() as cur:
                     cur.executemany(
                         "INSERT INTO messages VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows
