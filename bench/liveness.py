@@ -31,6 +31,7 @@ from pathlib import Path
 import tether
 from tether.ids import new_id
 from tether.liveness import ProcessIdentity, Reaper, ReaperLoop
+from tether.store import sql
 
 from . import pg
 from .report import median, percentile, publish, table
@@ -47,8 +48,8 @@ def _free_pids(n: int) -> list[int]:
     return pids
 
 
-OWNER_COLUMNS = ("id", "host", "boot_id", "pid", "pid_start_time", "kind", "started_at")
-OWNER_COLUMNS += ("heartbeat_at",)
+# The owners table's columns, as the store itself names them.
+OWNER_COLUMNS = ("id", *(c.strip() for c in sql.OWNER_COLUMNS.split(",")))
 SWEEP_COLUMNS = (
     "id",
     "source",

@@ -142,3 +142,9 @@ def check_source(source: Any) -> str:
             f"invalid source {source!r}: a short name such as 'cli' is expected"
         )
     return source
+
+
+def check_liveness(heartbeat_interval: float, owner_ttl: float) -> None:
+    """An owner must beat (several times) before its heartbeat counts as stale."""
+    if not 0 < heartbeat_interval < owner_ttl:
+        raise InvalidInputError("heartbeat_interval must be positive and below owner_ttl")

@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 from ..clock import Clock
-from ..errors import InvalidInputError, StoreOpenError
+from ..errors import StoreOpenError
 from ..hooks import Plugins
 from ..paths import default_db, default_db_path
+from ..validate import check_liveness
 from .backend import Backend
 from .core import Store
 
@@ -48,8 +49,7 @@ def open_store(
     the process owns a session it runs one sweep for sessions of dead
     processes (``startup_sweep``).
     """
-    if not 0 < heartbeat_interval < owner_ttl:
-        raise InvalidInputError("heartbeat_interval must be positive and below owner_ttl")
+    check_liveness(heartbeat_interval, owner_ttl)  # before any connection opens
     if plugins is None:
         plugins = Plugins(load_entrypoints=load_plugins)
     target = default_db() if path_or_url is None else os.fspath(path_or_url)

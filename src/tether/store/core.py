@@ -35,7 +35,7 @@ from ..model import (
     message_from_row,
     session_from_row,
 )
-from ..validate import check_detail, check_reason, check_source, check_text
+from ..validate import check_detail, check_liveness, check_reason, check_source, check_text
 from . import listing, sql
 from .backend import Backend, Conn
 from .owners import Ownership
@@ -67,8 +67,7 @@ class Store(Ownership, MessageWrites):
     ) -> None:
         from ..liveness.owner import ProcessOwner
 
-        if not 0 < heartbeat_interval < owner_ttl:
-            raise InvalidInputError("heartbeat_interval must be positive and below owner_ttl")
+        check_liveness(heartbeat_interval, owner_ttl)
         self.backend = backend
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.plugins = plugins or Plugins()
