@@ -98,6 +98,18 @@ def test_repeated_key_within_one_flush_is_one_message(store: Store) -> None:
     h.end()
 
 
+def test_persist_between_buffer_and_flush_keeps_keys_deduplicated(store: Store) -> None:
+    # Found by the property test: persist() writes no pending row, so it must
+    # not forget that the pending rows carry keys the caller chose.
+    h = store.session(source="agent")
+    h.buffer("assistant", "same", idem_key="k1")
+    h.buffer("assistant", "same", idem_key="k1")
+    h.persist()
+    assert [m.seq for m in h.flush()] == [1, 1]
+    assert store.get_session(h.id).message_count == 1
+    h.end()
+
+
 def test_failed_flush_keeps_messages_for_the_next(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

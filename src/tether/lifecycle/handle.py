@@ -66,7 +66,8 @@ class SessionHandle:
         self._fenced = False
         # Buffered messages get keys unique to this handle; a flush looks them
         # up in the store only when one may already be there: after a write that
-        # failed (it may have committed), or for keys the caller chose.
+        # failed (it may have committed), or for keys the caller chose. Only a
+        # write that carried the pending rows clears the need.
         self._key_prefix = f"b:{secrets.token_hex(4)}:"
         self._key_numbers = itertools.count(1)
         self._check_keys = False
@@ -213,7 +214,8 @@ class SessionHandle:
         except BaseException:
             self._check_keys = True  # it may have committed: look before writing again
             raise
-        self._check_keys = False
+        if rows:  # persist() writes no row: the pending ones still need their lookup
+            self._check_keys = False
         result.apply(self._w)
         if new is not None:
             self._persisted = True
