@@ -22,26 +22,34 @@ FAR = ProcessIdentity("far-away-host", "boot-far", 4242, 77)
 
 
 def owned_sessions(
-    store: Store, identity: ProcessIdentity, n: int, heartbeat_at: float
+    store: Store,
+    identity: ProcessIdentity,
+    n: int,
+    heartbeat_at: float,
+    *,
+    lease: float = 30.0,
 ) -> list[str]:
     """Write ``n`` open sessions owned by a process with ``identity`` (as if it ran elsewhere)."""
     owner_id = tether.ids.new_id()
     ids = [tether.ids.new_id() for _ in range(n)]
+    values = {
+        "host": identity.host,
+        "boot_id": identity.boot_id,
+        "pid": identity.pid,
+        "pid_start_time": identity.start_time,
+        "pid_ns": getattr(identity, "pid_ns", None),
+        "lease": lease,
+        "kind": "test",
+        "started_at": heartbeat_at,
+        "heartbeat_at": heartbeat_at,
+    }
+    columns = [c.strip() for c in sql.OWNER_COLUMNS.split(",")]
+    insert_owner = (
+        f"INSERT INTO owners (id, {', '.join(columns)}) VALUES (?{', ?' * len(columns)})"
+    )
 
     def tx(c):  # type: ignore[no-untyped-def]
-        c.execute(
-            sql.UPSERT_OWNER,
-            (
-                owner_id,
-                identity.host,
-                identity.boot_id,
-                identity.pid,
-                identity.start_time,
-                "test",
-                heartbeat_at,
-                heartbeat_at,
-            ),
-        )
+        c.execute(insert_owner, (owner_id, *(values[k] for k in columns)))
         for sid in ids:
             c.execute(
                 sql.INSERT_SESSION,

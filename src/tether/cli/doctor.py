@@ -23,7 +23,7 @@ from .common import (
 )
 
 
-def render_census(census: Census) -> None:
+def render_census(census: Census, hung: int = 0) -> None:
     now = time.time()
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
@@ -31,6 +31,9 @@ def render_census(census: Census) -> None:
     summary.add_row("sessions", str(census.total))
     summary.add_row("open", str(census.open))
     summary.add_row("  with a live owner", str(census.open_live_owner))
+    # Alive on this host (its pid is there) but silent past its lease: stopped or
+    # stuck. Never reaped automatically; a human decides.
+    summary.add_row("    of which hung (no heartbeat)", str(hung))
     summary.add_row("  with a dead owner", str(census.open_dead_owner))
     summary.add_row("  without owner", str(census.open_no_owner))
     summary.add_row("ended", str(census.ended))
@@ -115,8 +118,8 @@ def doctor(
             assert stale_after is not None
             _repair(store, parse_duration(stale_after), yes, json_)
             return
-        census = Reaper(store).census()
+        census, hung = Reaper(store).breakdown()
     if json_:
-        emit_json(census.to_dict())
+        emit_json({**census.to_dict(), "open_hung_owner": hung})
     else:
-        render_census(census)
+        render_census(census, hung)

@@ -8,22 +8,50 @@ import typer
 from rich.table import Table
 
 from ..liveness import Reaper
-from .common import DbOption, JsonOption, cli_errors, emit_json, open_cli_store, out
+from ..store import Store
+from .common import DbOption, JsonOption, cli_errors, emit_json, err, open_cli_store, out
+
+
+def _longer_leases(store: Store, ttl: float) -> tuple[int, float]:
+    """How many owners of open sessions promised a lease longer than ``ttl``, and the longest."""
+    query = (
+        "SELECT COUNT(*), MAX(o.lease) FROM owners o WHERE o.lease > ? AND EXISTS"
+        " (SELECT 1 FROM sessions s WHERE s.owner_id = o.id AND s.ended_at IS NULL)"
+    )
+    n, longest = store.backend.read(lambda c: c.execute(query, (ttl,)).fetchone())
+    return int(n or 0), float(longest or 0.0)
 
 
 @cli_errors
 def reap(
     db: DbOption = None,
     ttl: Annotated[
-        float,
+        float | None,
         typer.Option(
-            "--ttl", min=1.0, help="Seconds without heartbeat after which an owner is dead."
+            "--ttl",
+            min=1.0,
+            help="Wait at least this long without heartbeat before judging an owner of another"
+            " host or namespace dead [default: the lease each owner promised]. It can only"
+            " lengthen an owner's lease: a shorter value is raised to the lease (with a note).",
         ),
-    ] = 30.0,
+    ] = None,
     json_: JsonOption = False,
 ) -> None:
-    """Sweep once: end every open session whose owner process is dead (reason ``reaped``)."""
+    """Sweep once: end every open session whose owner process is dead (reason ``reaped``).
+
+    On this host (same boot and PID namespace) a process is dead when its pid
+    is gone or reused; a stopped or hung one is alive (see ``tether doctor``).
+    Elsewhere, an owner is dead once its heartbeat is older than its lease.
+    """
     with open_cli_store(db) as store:
+        if ttl is not None:
+            n, longest = _longer_leases(store, ttl)
+            if n:
+                err.print(
+                    f"note: --ttl {ttl:g} is below the lease of {n} owners (up to {longest:g} s):"
+                    " they are judged by their own lease",
+                    soft_wrap=True,
+                )
         report = Reaper(store, ttl=ttl).sweep()
     if json_:
         emit_json(report.to_dict())
@@ -38,3 +66,4 @@ def reap(
         table.add_row(r.id, r.owner, r.detail)
     out.print(table)
     out.print(f"reaped {len(report.reaped)} sessions of {report.dead_owners} dead owners")
+

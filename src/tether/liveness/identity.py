@@ -1,9 +1,13 @@
 """Who a process is, in a way that survives pid reuse and reboots.
 
-A pid alone is not an identity: pids are reused, and after a reboot every pid
-means something else. A process is (host, boot id, pid, pid start time); the
-start time comes from ``/proc/PID/stat`` (clock ticks since boot), the boot id
-from ``/proc/sys/kernel/random/boot_id``.
+A pid alone is not an identity: pids are reused, after a reboot every pid
+means something else, and in another PID namespace (a container sharing the
+host's name) the same number names another process. A process is (host, boot
+id, PID namespace, pid, pid start time); the start time comes from
+``/proc/PID/stat`` (clock ticks since boot), the boot id from
+``/proc/sys/kernel/random/boot_id``, the namespace from the inode of
+``/proc/self/ns/pid``. Two processes can probe each other's pids only when
+host, boot id and namespace all match (:meth:`ProcessIdentity.probes`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,14 @@ def read_boot_id() -> str:
     return "unknown"
 
 
+def read_pid_ns() -> str | None:
+    """This process's PID namespace (the inode of ``/proc/self/ns/pid``), None if unknown."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return None
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     """Fields of ``/proc/PID/stat`` from the state on (field 3 is index 0)."""
     try:
@@ -53,6 +65,8 @@ def pid_start_time(pid: int) -> int | None:
 
 
 class Probe(enum.Enum):
+    """What a look at a local pid found. A stopped process (state T/t) is ALIVE."""
+
     ALIVE = "alive"
     GONE = "gone"
     REUSED = "reused"
@@ -71,8 +85,10 @@ def probe_pid(pid: int, start_time: int | None) -> Probe:
     fields = _stat_fields(pid)
     if not fields:
         return Probe.ALIVE  # no /proc here: the signal probe is all we have
-    if fields[0] in ("Z", "X"):  # exited, not yet waited for: it serves nothing
+    if fields[0] in ("Z", "X", "x"):  # exited, not yet waited for: it serves nothing
         return Probe.GONE
+    # Any other state is a process that can go on: running, sleeping, in disk I/O,
+    # or stopped (T: SIGSTOP, Ctrl+Z; t: a debugger), which is not a death.
     if start_time is not None and len(fields) > 19 and fields[19] != str(start_time):
         return Probe.REUSED
     return Probe.ALIVE
@@ -80,15 +96,29 @@ def probe_pid(pid: int, start_time: int | None) -> Probe:
 
 @dataclass(frozen=True, slots=True)
 class ProcessIdentity:
+    """Who a process is: host, boot id, pid, pid start time and PID namespace."""
+
     host: str
     boot_id: str
     pid: int
     start_time: int | None
+    pid_ns: str | None = None
 
     @classmethod
     def current(cls) -> ProcessIdentity:
         pid = os.getpid()
-        return cls(socket.gethostname(), read_boot_id(), pid, pid_start_time(pid))
+        return cls(
+            socket.gethostname(), read_boot_id(), pid, pid_start_time(pid), read_pid_ns()
+        )
+
+    def probes(self, host: str, boot_id: str, pid_ns: str | None) -> bool:
+        """Can this process probe the pids of a process on ``host``/``boot_id``/``pid_ns``?
+
+        Only on the same host, in the same boot and the same PID namespace: a
+        pid number means the same process only there. (Two unknown namespaces,
+        on a system without /proc, count as the same.)
+        """
+        return host == self.host and boot_id == self.boot_id and pid_ns == self.pid_ns
 
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host}"

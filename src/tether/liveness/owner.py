@@ -1,11 +1,19 @@
 """This process as the owner of sessions in one store.
 
 The owner row is written in the same transaction as the first session that
-refers to it, so an open session never points at a missing owner. The
-heartbeat thread runs while the process owns at least one open session; the
-first time it starts, it runs one cheap sweep for sessions of dead processes
-(the startup sweep). On a clean exit the row is deleted once nothing open
-refers to it. After ``fork()`` the child is a new owner.
+refers to it, so an open session never points at a missing owner. There is one
+owner id per process and store, however many threads write their first
+sessions at once. The row carries the lease the owner promises (the store's
+``owner_ttl``): every reaper judges it by that lease.
+
+The heartbeat thread runs while the process owns at least one open session;
+the first time it starts, it runs one cheap sweep for sessions of dead
+processes (the startup sweep). The owner knows when its lease is at risk: when
+its last successful heartbeat is older than half its lease, it logs an error
+and :attr:`ProcessOwner.lease_ok` turns False. On a clean exit (or when the
+store is closed) the heartbeat and any reaper loop on the store stop, and the
+row is deleted once nothing open refers to it. After ``fork()`` the child is a
+new owner.
 """
 
 from __future__ import annotations
@@ -13,7 +21,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Any
 
 from ..ids import new_id
 from .heartbeat import HeartbeatThread
@@ -24,20 +33,46 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tether.liveness")
 
-OwnerRow = tuple[str, str, str, int, int | None, str, float, float]
+# The upsert's parameters: id, then sql.OWNER_COLUMNS.
+OwnerRow = tuple[Any, ...]
+
+# Owners that may need closing at exit. Weak: a closed (or dropped) store is
+# released, never kept alive until exit by this list.
+_owners: weakref.WeakSet[ProcessOwner] = weakref.WeakSet()
+_exit_hooked = False
+_registry_lock = threading.Lock()
+
+
+def _close_owners_at_exit() -> None:
+    for owner in list(_owners):
+        owner.close()
 
 
 class ProcessOwner:
+    """This process's owner identity, heartbeat and lease in one store."""
+
     def __init__(
         self, store: Store, *, kind: str, heartbeat_interval: float, startup_sweep: bool = True
     ) -> None:
-        self._store = store
+        # Weak, so that a store dropped without close() is still released (the
+        # heartbeat thread holds this owner, and this owner must not hold the store).
+        self._store_ref = weakref.ref(store)
         self.kind = kind
         self.heartbeat_interval = heartbeat_interval
+        self.lease = float(store.owner_ttl)
         self.startup_sweep = startup_sweep
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._swept = False
+        self._loops: weakref.WeakSet[Any] = weakref.WeakSet()  # ReaperLoops on this store
+        self._at_risk_logged = False
         self._reset()
+
+    @property
+    def _store(self) -> Store:
+        store = self._store_ref()
+        if store is None:
+            raise RuntimeError("the store of this owner is gone")
+        return store
 
     def _reset(self) -> None:
         self._pid = os.getpid()
@@ -46,23 +81,38 @@ class ProcessOwner:
         self.started_at = 0.0
         self._sessions: set[str] = set()
         self._thread: HeartbeatThread | None = None
-        self._exit_hooked = False
+        self._last_beat: float | None = None  # monotonic time of the last row write
 
     def ensure(self) -> str:
-        """This process's owner id (made on first use, and anew after fork)."""
-        if self._pid != os.getpid():
-            self._reset()
-            self._swept = False
-        if self.id is None:
-            self.identity = ProcessIdentity.current()
-            self.id = new_id()
-            self.started_at = self._store.clock.now()
-        return self.id
+        """This process's owner id (made on first use, and anew after fork).
+
+        Locked: threads that write their first sessions at the same moment
+        must all get the same id, or the process registers several owners and
+        only one of them gets heartbeats.
+        """
+        with self._lock:
+            if self._pid != os.getpid():
+                self._reset()
+                self._swept = False
+            if self.id is None:
+                self.identity = ProcessIdentity.current()
+                self.started_at = self._store.clock.now()
+                self.id = new_id()
+            return self.id
 
     def row(self, now: float) -> OwnerRow:
-        owner_id = self.ensure()
-        ident = self.identity
-        assert ident is not None
+        """The owner row to upsert, with ``now`` as its heartbeat.
+
+        On a store whose heartbeats are stamped by the database server, the
+        heartbeat is left NULL for the server to fill in.
+        """
+        with self._lock:
+            owner_id = self.ensure()
+            ident = self.identity
+            started_at = self.started_at
+        if ident is None:  # ensure() sets it before the id, under the lock
+            raise RuntimeError("owner identity missing")
+        heartbeat = None if self._store._server_clock else now
         return (
             owner_id,
             ident.host,
@@ -70,8 +120,10 @@ class ProcessOwner:
             ident.pid,
             ident.start_time,
             self.kind,
-            self.started_at,
-            now,
+            started_at,
+            heartbeat,
+            ident.pid_ns,
+            self.lease,
         )
 
     @property
@@ -82,15 +134,53 @@ class ProcessOwner:
     def owned(self) -> int:
         return len(self._sessions)
 
+    @property
+    def lease_ok(self) -> bool:
+        """False when this process owns sessions and its last heartbeat is older than
+        half its lease: a reaper elsewhere may soon judge it dead."""
+        if not self._sessions or self._pid != os.getpid():
+            return True
+        last = self._last_beat
+        if last is None:
+            return True
+        age = self._store.clock.monotonic() - last
+        if age <= self.lease / 2:
+            return True
+        self._lease_at_risk(age)
+        return False
+
+    def _lease_at_risk(self, age: float) -> None:
+        if not self._at_risk_logged:
+            self._at_risk_logged = True
+            log.error(
+                "lease at risk: the last heartbeat of owner %s landed %.1f s ago (lease %.0f s);"
+                " other hosts may soon judge this process dead and reap its sessions",
+                self.id,
+                age,
+                self.lease,
+            )
+
+    def wrote_row(self) -> None:
+        """The owner row was just written (a heartbeat, or with a session)."""
+        self._last_beat = self._store.clock.monotonic()
+        if self._at_risk_logged:
+            self._at_risk_logged = False
+            log.warning("lease of owner %s is safe again: a heartbeat landed", self.id)
+
     def acquire(self, session_id: str) -> None:
         """A handle of this process now owns ``session_id``: keep the heartbeat going."""
+        global _exit_hooked
         with self._lock:
             self.ensure()
-            if not self._sessions and not self._exit_hooked:
-                from ..lifecycle import exits
+            _owners.add(self)
+            with _registry_lock:
+                if not _exit_hooked:
+                    from ..lifecycle import exits
 
-                exits.after_handles(self.close)
-                self._exit_hooked = True
+                    exits.after_handles(_close_owners_at_exit)
+                    _exit_hooked = True
+            if not self._sessions and self._last_beat is None:
+                self.wrote_row()  # the row was written with the session, just now
             self._sessions.add(session_id)
             if self._thread is None or not self._thread.is_alive():
                 sweep = None
@@ -101,6 +191,8 @@ class ProcessOwner:
                     self.beat,
                     interval=self.heartbeat_interval,
                     on_start=sweep,
+                    on_slow=self._beat_failed,
+                    slow_after=self.lease / 2,
                     name=f"tether-heartbeat-{self.id}",
                 )
                 self._thread.start()
@@ -112,11 +204,19 @@ class ProcessOwner:
             thread = self._thread if not self._sessions else None
             if thread is not None:
                 self._thread = None
+                self._last_beat = None
         if thread is not None:
             thread.stop()
 
     def beat(self) -> None:
-        self._store._beat(self.row(self._store.clock.now()))
+        store = self._store
+        store._beat(self.row(store.clock.now()))
+        self.wrote_row()
+
+    def _beat_failed(self) -> None:
+        """A beat failed or is slow: log once if the lease is at risk by now."""
+        if self._store_ref() is not None:
+            self.lease_ok  # noqa: B018 (the property logs when it turns False)
 
     def _startup_sweep(self) -> None:
         from .reaper import Reaper
@@ -125,15 +225,26 @@ class ProcessOwner:
         if report.reaped:
             log.info("startup sweep ended %d sessions of dead processes", len(report.reaped))
 
+    def add_loop(self, loop: Any) -> None:
+        """A :class:`~tether.liveness.ReaperLoop` runs on this store: stop it on close."""
+        self._loops.add(loop)
+
     def close(self) -> None:
-        """Stop beating and drop the owner row if nothing open refers to it."""
+        """Stop the reaper loops and the heartbeat, and drop the owner row if nothing
+        open refers to it. The threads are joined before this returns, so the store
+        can close its connections under no one."""
+        for loop in list(self._loops):
+            loop.stop()
         with self._lock:
             thread, self._thread = self._thread, None
             owner_id = self.id if self._pid == os.getpid() else None
+            self._last_beat = None
         if thread is not None:
             thread.stop()
-        if owner_id is not None:
+        _owners.discard(self)
+        store = self._store_ref()
+        if owner_id is not None and store is not None and not store._closed:
             try:
-                self._store._drop_owner(owner_id)
+                store._drop_owner(owner_id)
             except Exception as exc:  # exiting: the reaper prunes it later
                 log.debug("could not drop owner row %s: %s", owner_id, exc)

@@ -3,15 +3,21 @@
 ``Reaper.sweep()`` reads the owners of open sessions (O(open)), judges each
 with :func:`tether.liveness.policy.judge`, and in one write transaction ends
 the dead owners' open sessions with reason ``reaped`` and a detail that says
-why (``pid 1234 gone``, ``pid 1234 reused``, ``host rebooted``,
-``heartbeat stale 41 s``). Each UPDATE re-checks ``ended_at IS NULL`` and that
-the owner's heartbeat is still the one judged, so any number of reapers can
+why (``pid 1234 gone``, ``pid 1234 reused``, ``heartbeat stale 41 s``). Each
+UPDATE re-checks ``ended_at IS NULL`` and that the owner's heartbeat is still
+the one judged (under a row lock on PostgreSQL), so any number of reapers can
 sweep at once: each session is ended by exactly one of them, and the counts
 they report add up. ``on_session_end(..., interrupted=True)`` fires in the
 reaping process.
 
+Heartbeat ages are measured on the clock the heartbeats were written with:
+the database server's on PostgreSQL (unless the store was given a clock of
+its own, as tests do), the store's clock on SQLite. A reaper that notices a
+pause of its own (:class:`~tether.liveness.policy.PauseDetector`) gives no
+heartbeat verdict until a full lease has passed since.
+
 ``ReaperLoop`` runs sweeps on a daemon thread (every 2 s by default) for
-long-lived processes such as the gateway.
+long-lived processes such as the gateway; it stops when its store is closed.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ..clock import Clock
 from ..model import Census
 from .identity import Probe, ProcessIdentity, probe_pid
-from .policy import OwnerInfo, Verdict, judge
+from .policy import OwnerInfo, PauseDetector, Verdict, judge
 
 if TYPE_CHECKING:
     from ..store.core import Store
@@ -71,7 +77,11 @@ MISSING = Verdict(False, "owner record missing")
 
 
 class Reaper:
-    """Judges the owners of open sessions and ends the dead ones' sessions."""
+    """Judges the owners of open sessions and ends the dead ones' sessions.
+
+    ``ttl`` is this reaper's own grace for owners judged by heartbeat: it can
+    lengthen an owner's lease, never shorten it (None: each owner's lease).
+    """
 
     def __init__(
         self,
@@ -83,42 +93,65 @@ class Reaper:
         probe: Callable[[int, int | None], Probe] = probe_pid,
     ) -> None:
         self.store = store
-        self.ttl = store.owner_ttl if ttl is None else ttl
+        self.ttl = ttl
         self.clock = clock or store.clock
         self.identity = identity or ProcessIdentity.current()
         self.probe = probe
+        self.pauses = PauseDetector()
+        # With an injected clock, ages are measured on it; otherwise, on the
+        # clock the store stamps heartbeats with (the server's on PostgreSQL).
+        self._server_time = clock is None and store._server_clock
 
-    def _verdict(self, owner_id: str, info: OwnerInfo | None, now: float) -> Verdict:
+    def _quiet_for(self) -> float:
+        return self.pauses.observe(wall=self.clock.now(), mono=self.clock.monotonic())
+
+    def _verdict(
+        self, owner_id: str, info: OwnerInfo | None, now: float, quiet_for: float
+    ) -> Verdict:
         if info is None:
             return MISSING
         if owner_id == self.store.owner_id:
             return Verdict(True, "this process")
         me = self.identity
         return judge(
-            info, host=me.host, boot_id=me.boot_id, now=now, ttl=self.ttl, probe=self.probe
+            info,
+            host=me.host,
+            boot_id=me.boot_id,
+            pid_ns=me.pid_ns,
+            now=now,
+            ttl=self.ttl,
+            probe=self.probe,
+            quiet_for=quiet_for,
         )
 
     def classify(self) -> list[OwnerState]:
         """Every owner of an open session, with its verdict and open-session count."""
-        now = self.clock.now()
+        quiet_for = self._quiet_for()
+        now, rows = self.store._owners_of_open_sessions(server_time=self._server_time)
+        now = now if now is not None else self.clock.now()
         return [
-            OwnerState(owner_id, info, self._verdict(owner_id, info, now), count)
-            for owner_id, info, count in self.store._owners_of_open_sessions()
+            OwnerState(owner_id, info, self._verdict(owner_id, info, now, quiet_for), count)
+            for owner_id, info, count in rows
         ]
 
     def sweep(self) -> ReapReport:
         """End every open session whose owner is dead; report what this call ended."""
-        now = self.clock.now()
+        quiet_for = self._quiet_for()
+        now, candidates = self.store._sweep_candidates(
+            self.identity.host,
+            self.ttl or 0.0,
+            None if self._server_time else self.clock.now(),
+        )
         dead = []
-        for owner_id, info in self.store._sweep_candidates(self.identity.host, now - self.ttl):
-            verdict = self._verdict(owner_id, info, now)
+        for owner_id, info in candidates:
+            verdict = self._verdict(owner_id, info, now, quiet_for)
             if not verdict.alive:
                 dead.append(OwnerState(owner_id, info, verdict, 0))
         if not dead:
             return ReapReport()
         ended = self.store._reap(
             [(s.owner_id, s.info.heartbeat_at if s.info else None, s.verdict.detail) for s in dead],
-            prune_before=self.clock.now() - OWNER_RETENTION,
+            prune_before=now - OWNER_RETENTION,
         )
         names = {s.owner_id: (s.info.describe() if s.info else s.owner_id) for s in dead}
         reaped = [ReapedSession(sid, names.get(owner, owner), why) for sid, owner, why in ended]
@@ -131,14 +164,22 @@ class Reaper:
 
     def census(self) -> Census:
         """The store's census with open sessions split by their owner's liveness."""
+        return self.breakdown()[0]
+
+    def breakdown(self) -> tuple[Census, int]:
+        """The census (split by owner liveness) and how many open sessions have a
+        hung owner: alive by its pid on this host, but without heartbeat for
+        longer than its lease (stopped, or stuck). Hung owners are reported,
+        never reaped."""
         census = self.store.census()
-        live = dead = 0
+        live = dead = hung = 0
         for s in self.classify():
             if s.verdict.alive:
                 live += s.open_sessions
+                hung += s.open_sessions if s.verdict.hung else 0
             else:
                 dead += s.open_sessions
-        return dataclasses.replace(census, open_live_owner=live, open_dead_owner=dead)
+        return dataclasses.replace(census, open_live_owner=live, open_dead_owner=dead), hung
 
 
 class ReaperLoop:
@@ -146,6 +187,7 @@ class ReaperLoop:
 
     def __init__(self, store: Store, interval: float = 2.0, **reaper_options: Any) -> None:
         self.reaper = Reaper(store, **reaper_options)
+        store._owner.add_loop(self)  # closing the store stops this loop
         self.interval = interval
         self.sweeps = 0
         self.reaped = 0
@@ -171,10 +213,14 @@ class ReaperLoop:
 
     def _run(self) -> None:
         while True:
+            if self.reaper.store._closed:
+                return
             try:
                 report = self.reaper.sweep()
                 self.reaped += len(report.reaped)
             except Exception as exc:  # a busy or unreachable database: try again next tick
+                if self._halt.is_set() or self.reaper.store._closed:
+                    return  # the store is closing under this sweep
                 log.warning("reaper sweep failed: %s", exc)
             self.sweeps += 1
             if self._halt.wait(self.interval * random.uniform(0.9, 1.1)):

@@ -2,6 +2,11 @@
 
 The policy (who is dead) lives in :mod:`tether.liveness`; this module holds
 the transactions it needs, mixed into :class:`~tether.store.Store`.
+
+Heartbeat times: on PostgreSQL, a store on the system clock has its
+heartbeats stamped by the server (``now()``) and judged against the server's
+clock, so hosts whose clocks disagree cannot reap each other. A store given a
+clock of its own (tests, simulations) uses that clock everywhere.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from ..clock import SystemClock
 from ..errors import InvalidInputError, OwnerAliveError, SessionEndedError, SessionNotFoundError
 from ..liveness.policy import OwnerInfo, judge
 from ..model import SESSION_COLUMNS, Session, session_from_row
@@ -32,6 +38,7 @@ class Ownership:
     owner_ttl: float
     _owner: ProcessOwner
     _sql_session_owner: str
+    _closed: bool
 
     if TYPE_CHECKING:  # provided by MessageWrites and Store
 
@@ -40,6 +47,29 @@ class Ownership:
         ) -> None: ...
 
         def _fire_end(self, session: Session, reason: str, interrupted: bool) -> None: ...
+
+    @property
+    def _server_clock(self) -> bool:
+        """Are heartbeats stamped and judged on the database server's clock?"""
+        return self.backend.dialect == "postgresql" and isinstance(self.clock, SystemClock)
+
+    @property
+    def lease_ok(self) -> bool:
+        """False when this process's lease in this store is at risk.
+
+        That is: it owns open sessions here and its last successful heartbeat
+        is older than half its lease (``owner_ttl``); a reaper on another host
+        may soon judge it dead. An error is logged when it turns False. An
+        agent can check it before a long step and stop with a reason rather
+        than discover ``reaped`` on its next write. True when nothing is owned.
+        """
+        return self._owner.lease_ok
+
+    def _liveness_now(self, c: Conn) -> float:
+        """Now, on the clock heartbeats are stamped with (see the module docstring)."""
+        if self._server_clock:
+            return float(c.execute(sql.SERVER_NOW).fetchone()[0])
+        return self.clock.now()
 
     def resume(self, session_id: str, *, force: bool = False) -> SessionHandle:
         """Take over an open session in this process and return its handle.
@@ -79,8 +109,8 @@ class Ownership:
                         info,
                         host=reaper.identity.host,
                         boot_id=reaper.identity.boot_id,
-                        now=self.clock.now(),
-                        ttl=self.owner_ttl,
+                        pid_ns=reaper.identity.pid_ns,
+                        now=self._liveness_now(c),
                         probe=reaper.probe,
                     ).alive
                 if alive and not force:
@@ -144,20 +174,32 @@ class Ownership:
         self.backend.write(lambda c: c.execute(sql.delete_idle_owners(1), (owner_id,)))
 
     def _sweep_candidates(
-        self, host: str, stale_before: float
-    ) -> list[tuple[str, OwnerInfo | None]]:
-        rows = self.backend.read(
-            lambda c: c.execute(sql.SWEEP_CANDIDATES, (host, stale_before)).fetchall()
-        )
-        return [(r[0], OwnerInfo(*r) if r[1] is not None else None) for r in rows]
+        self, host: str, grace: float, now: float | None
+    ) -> tuple[float, list[tuple[str, OwnerInfo | None]]]:
+        """Now (the server's if ``now`` is None) and the owners a sweep must judge."""
 
-    def _owners_of_open_sessions(self) -> list[tuple[str, OwnerInfo | None, int]]:
-        rows = self.backend.read(lambda c: c.execute(sql.OWNERS_OF_OPEN_SESSIONS).fetchall())
+        def run(c: Conn) -> tuple[float, list[Any]]:
+            at = self._liveness_now(c) if now is None else now
+            return at, c.execute(sql.SWEEP_CANDIDATES, (host, grace, grace, at)).fetchall()
+
+        at, rows = self.backend.read(run)
+        return at, [(r[0], OwnerInfo(*r) if r[1] is not None else None) for r in rows]
+
+    def _owners_of_open_sessions(
+        self, *, server_time: bool = False
+    ) -> tuple[float | None, list[tuple[str, OwnerInfo | None, int]]]:
+        """Every owner of open sessions with its open count, and the server's now if asked."""
+
+        def run(c: Conn) -> tuple[float | None, list[Any]]:
+            at = self._liveness_now(c) if server_time else None
+            return at, c.execute(sql.OWNERS_OF_OPEN_SESSIONS).fetchall()
+
+        at, rows = self.backend.read(run)
         out = []
         for owner_id, *fields, count in rows:
             info = OwnerInfo(owner_id, *fields) if fields[0] is not None else None
             out.append((owner_id, info, int(count)))
-        return out
+        return at, out
 
     def _reap(
         self, dead: list[tuple[str, float | None, str]], *, prune_before: float

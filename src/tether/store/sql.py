@@ -150,19 +150,30 @@ SELECT {SESSION_COLUMNS} FROM sessions WHERE ended_at IS NULL ORDER BY created_a
 
 # --- owners and liveness ----------------------------------------------------------
 
-OWNER_COLUMNS = "host, boot_id, pid, pid_start_time, kind, started_at, heartbeat_at"
+# The column order of an owner row, as OwnerInfo takes it after the id. pid_ns
+# and lease came with schema 2.
+OWNER_COLUMNS = (
+    "host, boot_id, pid, pid_start_time, kind, started_at, heartbeat_at, pid_ns, lease"
+)
 
-# Heartbeats upsert, so an owner row deleted by mistake comes back on the next beat.
+# Heartbeats upsert, so an owner row deleted by mistake comes back on the next
+# beat. On PostgreSQL a NULL heartbeat_at is filled in with the server's now()
+# by a trigger (schema 2): owners judged by heartbeat age are judged on one clock.
 UPSERT_OWNER = f"""
-INSERT INTO owners (id, {OWNER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at
+INSERT INTO owners (id, {OWNER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, lease = excluded.lease
 """
+
+# The database server's clock, in the store's unit (PostgreSQL only).
+SERVER_NOW = "SELECT extract(epoch FROM now())::float8"
+
+_OWNER_FIELDS = ", ".join("o." + c.strip() for c in OWNER_COLUMNS.split(","))
 
 # Owners of open sessions with their open counts (an owner whose row is missing
 # comes back with NULLs). O(open): it counts the partial index of open sessions
 # by owner first, then looks each owner up.
 OWNERS_OF_OPEN_SESSIONS = f"""
-SELECT g.owner_id, {", ".join("o." + c.strip() for c in OWNER_COLUMNS.split(","))}, g.n
+SELECT g.owner_id, {_OWNER_FIELDS}, g.n
 FROM (SELECT owner_id, COUNT(*) AS n FROM sessions
       WHERE ended_at IS NULL AND owner_id IS NOT NULL GROUP BY owner_id) g
 LEFT JOIN owners o ON o.id = g.owner_id
@@ -170,17 +181,20 @@ LEFT JOIN owners o ON o.id = g.owner_id
 
 SELECT_OWNER = f"SELECT id, {OWNER_COLUMNS} FROM owners WHERE id = ?"
 
-# What a sweep must look at: owners of open sessions that run on this host (a
-# pid probe decides) or whose heartbeat is already stale, plus owners whose
-# row is missing. A fresh remote owner cannot be dead: it is skipped here. (The
-# NULLs stand in a derived table's select list so PostgreSQL types them from the
-# first branch of the UNION; beside DISTINCT they would default to text.)
+# What a sweep must look at: owners of open sessions that run on a host of this
+# name (a pid probe may decide) or whose heartbeat is already older than their
+# lease (or the reaper's grace, if longer), plus owners whose row is missing.
+# A fresh remote owner cannot be dead: it is skipped here. Parameters: host,
+# grace, grace, now. (The NULLs stand in a derived table's select list so
+# PostgreSQL types them from the first branch of the UNION; beside DISTINCT
+# they would default to text.)
 SWEEP_CANDIDATES = f"""
 SELECT o.id, {OWNER_COLUMNS} FROM owners o
-WHERE (o.host = ? OR o.heartbeat_at < ?)
+WHERE (o.host = ?
+       OR o.heartbeat_at + (CASE WHEN o.lease > ? THEN o.lease ELSE ? END) < ?)
   AND EXISTS (SELECT 1 FROM sessions s WHERE s.owner_id = o.id AND s.ended_at IS NULL)
 UNION ALL
-SELECT m.owner_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM (
+SELECT m.owner_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM (
     SELECT DISTINCT s.owner_id FROM sessions s
     WHERE s.ended_at IS NULL AND s.owner_id IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM owners o WHERE o.id = s.owner_id)) m
@@ -208,19 +222,33 @@ def reap_owners(
     itself). ``logs_events`` says whether it also wrote the ``reaped`` events.
 
     ``dead`` holds (owner id, judged heartbeat or None if its row is missing,
-    detail). On PostgreSQL the rows are claimed with FOR UPDATE SKIP LOCKED,
-    so reapers on many hosts share the work without blocking each other, and
-    the events are inserted by the same statement (a writable CTE: one round
-    trip instead of one per session). On SQLite the write transaction already
-    serializes reapers, and the caller inserts the events.
+    detail). On PostgreSQL writers run concurrently at READ COMMITTED, so a
+    plain comparison with the owner's row would read the statement's snapshot
+    and miss a heartbeat that commits while the statement runs: the owner rows
+    are locked first and compared under the lock (``FOR UPDATE`` re-reads the
+    newest committed row), so a heartbeat either committed before (the owner
+    is spared), is in flight (its row is locked: skipped, spared) or waits
+    until the reap commits. Owners and sessions are claimed with ``SKIP
+    LOCKED``, so reapers on many hosts share the work without waiting for (or
+    deadlocking with) each other, and the events are inserted by the
+    same statement (a writable CTE: one round trip instead of one per session).
+    On SQLite the write transaction already serializes every writer, and the
+    caller inserts the events.
     """
     if dialect == "postgresql":
-        query = f"""
+        query = """
 WITH d AS (SELECT * FROM unnest(?::text[], ?::float8[], ?::text[])
            AS d(owner_id, heartbeat_at, detail)),
+judged AS (
+    SELECT o.id FROM owners o JOIN d ON o.id = d.owner_id
+    WHERE o.heartbeat_at = d.heartbeat_at
+    FOR UPDATE OF o SKIP LOCKED),
 claimed AS (
     SELECT s.id, d.detail FROM sessions s JOIN d ON s.owner_id = d.owner_id
-    WHERE s.ended_at IS NULL AND {_STILL_AS_JUDGED}
+    WHERE s.ended_at IS NULL
+      AND (s.owner_id IN (SELECT id FROM judged)
+           OR (d.heartbeat_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM owners o WHERE o.id = d.owner_id)))
     FOR UPDATE OF s SKIP LOCKED),
 ended AS (
     UPDATE sessions SET ended_at = ?, end_reason = 'reaped', end_detail = claimed.detail
@@ -262,8 +290,7 @@ AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.owner_id = owners.id AND s.ende
 """
 
 SELECT_SESSION_OWNER = f"""
-SELECT s.ended_at, s.end_reason, s.epoch, s.owner_id, o.id,
-    {", ".join("o." + c.strip() for c in OWNER_COLUMNS.split(","))}
+SELECT s.ended_at, s.end_reason, s.epoch, s.owner_id, o.id, {_OWNER_FIELDS}
 FROM sessions s LEFT JOIN owners o ON o.id = s.owner_id WHERE s.id = ?
 """
 

@@ -136,6 +136,36 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             """,
         ],
     ),
+    (
+        2,
+        [
+            # Liveness identity and promise (additive: older rows and older
+            # processes keep working). pid_ns: the owner's PID namespace (NULL:
+            # written before schema 2, judged by its heartbeat). lease: the
+            # seconds without heartbeat after which the owner says it is dead.
+            "ALTER TABLE owners ADD COLUMN pid_ns text",
+            "ALTER TABLE owners ADD COLUMN lease double precision NOT NULL DEFAULT 30.0",
+            # Heartbeats on the server's clock: an owner writes heartbeat_at NULL
+            # and the server stamps it with now(), so owners on hosts whose clocks
+            # disagree are still judged on one clock. (Explicit values are kept:
+            # tests and imports write their own.) NOT NULL is checked after this.
+            """
+            CREATE FUNCTION tether_owner_heartbeat() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.heartbeat_at IS NULL THEN
+                    NEW.heartbeat_at := extract(epoch FROM now());
+                END IF;
+                RETURN NEW;
+            END
+            $$
+            """,
+            """
+            CREATE TRIGGER owners_heartbeat BEFORE INSERT OR UPDATE ON owners
+            FOR EACH ROW EXECUTE FUNCTION tether_owner_heartbeat()
+            """,
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

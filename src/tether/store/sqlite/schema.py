@@ -87,6 +87,19 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             *EVENT_INDEXES,
         ],
     ),
+    (
+        2,
+        [
+            # Liveness identity and promise (additive: older rows keep working).
+            # pid_ns: the owner's PID namespace; its pid can be probed only from
+            # the same host, boot and namespace (NULL: written before schema 2,
+            # judged by its heartbeat). lease: the seconds without heartbeat
+            # after which the owner itself says it is dead; every reaper judges
+            # it by this, not by its own setting.
+            "ALTER TABLE owners ADD COLUMN pid_ns TEXT",
+            "ALTER TABLE owners ADD COLUMN lease REAL NOT NULL DEFAULT 30.0",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
