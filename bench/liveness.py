@@ -77,11 +77,12 @@ def sweep_rows(
     for k in range(owners):
         oid = new_id()
         if k < dead // 2:  # dead on this host: the pid is gone
-            row = (oid, ME.host, ME.boot_id, local_dead[k], 1, "bench", now - 100, now)
+            row = (oid, ME.host, ME.boot_id, local_dead[k], 1, "bench", now - 100, now, ME.pid_ns)
         elif k < dead:  # dead elsewhere: the heartbeat is stale
-            row = (oid, f"remote-{k}", "b", 100 + k, 1, "bench", now - 1000, now - 600)
+            row = (oid, f"remote-{k}", "b", 100 + k, 1, "bench", now - 1000, now - 600, None)
         else:  # alive elsewhere: fresh heartbeat
-            row = (oid, f"remote-{k}", "b", 100 + k, 1, "bench", now - 1000, now + 3600)
+            row = (oid, f"remote-{k}", "b", 100 + k, 1, "bench", now - 1000, now + 3600, None)
+        row += (30.0,)  # the lease
         owner_rows.append(row)
     sessions: list[tuple[object, ...]] = []
     for i in range(total):
@@ -101,7 +102,8 @@ def build_sweep_store(path: Path, total: int, open_: int, owners: int, dead: int
     c = sqlite3.connect(path, isolation_level=None)
     c.execute("PRAGMA synchronous = OFF")
     c.execute("BEGIN")
-    c.executemany("INSERT INTO owners VALUES (?,?,?,?,?,?,?,?)", owner_rows)
+    marks = ", ".join("?" * len(OWNER_COLUMNS))
+    c.executemany(f"INSERT INTO owners ({', '.join(OWNER_COLUMNS)}) VALUES ({marks})", owner_rows)
     c.executemany(
         f"INSERT INTO sessions ({', '.join(SWEEP_COLUMNS)}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
         sessions,
@@ -155,7 +157,8 @@ def pg_sweep_times(base: str, runs: int, owners: int) -> tuple[list[float], list
                 )
                 with c.cursor() as cur:
                     cur.executemany(
-                        "INSERT INTO owners VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                        f"INSERT INTO owners ({', '.join(OWNER_COLUMNS)})"
+                        f" VALUES ({', '.join(['%s'] * len(OWNER_COLUMNS))})"
                         " ON CONFLICT DO NOTHING",
                         owner_rows,
                     )

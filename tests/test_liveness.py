@@ -45,9 +45,7 @@ def owned_sessions(
         "heartbeat_at": heartbeat_at,
     }
     columns = [c.strip() for c in sql.OWNER_COLUMNS.split(",")]
-    insert_owner = (
-        f"INSERT INTO owners (id, {', '.join(columns)}) VALUES (?{', ?' * len(columns)})"
-    )
+    insert_owner = f"INSERT INTO owners (id, {', '.join(columns)}) VALUES (?{', ?' * len(columns)})"
 
     def tx(c):  # type: ignore[no-untyped-def]
         c.execute(insert_owner, (owner_id, *(values[k] for k in columns)))
@@ -269,7 +267,8 @@ def test_remote_owner_is_reaped_only_after_the_ttl(store: Store, clock: tether.M
 def test_dead_pid_on_this_host_and_another_boot(store: Store, clock: tether.ManualClock) -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    gone = owned_sessions(store, dataclasses.replace(ME, pid=child.pid, start_time=1), 2, clock.now())
+    dead = dataclasses.replace(ME, pid=child.pid, start_time=1)
+    gone = owned_sessions(store, dead, 2, clock.now())
     reused = owned_sessions(
         store, dataclasses.replace(ME, start_time=(ME.start_time or 0) + 9), 1, clock.now()
     )

@@ -68,7 +68,9 @@ print("finished", flush=True)
 """
 
 
-def start_owner(db_url: str, go: Path, prefix: list[str] | None = None) -> tuple[subprocess.Popen[str], str]:
+def start_owner(
+    db_url: str, go: Path, prefix: list[str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     """Start OWNER (under ``prefix``, e.g. ``unshare``); return it and its session id."""
     script = CHILD_PRELUDE + textwrap.dedent(OWNER)
     proc = subprocess.Popen(
@@ -408,7 +410,7 @@ class SkewedClock(tether.SystemClock):
 @pytest.fixture
 def pg_url(new_db: Callable[[], str], backend: str) -> str:
     if backend != "postgres":
-        pytest.skip("PostgreSQL only: SQLite has no server clock")  # noqa: the [sqlite] half
+        pytest.skip("PostgreSQL only: SQLite has no server clock")
     return new_db()
 
 
@@ -527,7 +529,10 @@ def test_policy_probe_decides_on_this_host() -> None:
     stale = judge(dataclasses.replace(other_ns, heartbeat_at=960.0), **here, probe=None)  # type: ignore[arg-type]
     assert not stale.alive and stale.detail == "heartbeat stale 40 s"
     paused = judge(
-        dataclasses.replace(other_ns, heartbeat_at=960.0), **here, probe=None, quiet_for=29.0  # type: ignore[arg-type]
+        dataclasses.replace(other_ns, heartbeat_at=960.0),
+        **here,
+        probe=None,
+        quiet_for=29.0,  # type: ignore[arg-type]
     )
     assert paused.alive  # the reaper paused less than a lease ago: no heartbeat verdict
 

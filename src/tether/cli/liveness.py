@@ -66,4 +66,3 @@ def reap(
         table.add_row(r.id, r.owner, r.detail)
     out.print(table)
     out.print(f"reaped {len(report.reaped)} sessions of {report.dead_owners} dead owners")
-

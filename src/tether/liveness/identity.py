@@ -107,9 +107,7 @@ class ProcessIdentity:
     @classmethod
     def current(cls) -> ProcessIdentity:
         pid = os.getpid()
-        return cls(
-            socket.gethostname(), read_boot_id(), pid, pid_start_time(pid), read_pid_ns()
-        )
+        return cls(socket.gethostname(), read_boot_id(), pid, pid_start_time(pid), read_pid_ns())
 
     def probes(self, host: str, boot_id: str, pid_ns: str | None) -> bool:
         """Can this process probe the pids of a process on ``host``/``boot_id``/``pid_ns``?

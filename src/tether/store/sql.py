@@ -152,9 +152,7 @@ SELECT {SESSION_COLUMNS} FROM sessions WHERE ended_at IS NULL ORDER BY created_a
 
 # The column order of an owner row, as OwnerInfo takes it after the id. pid_ns
 # and lease came with schema 2.
-OWNER_COLUMNS = (
-    "host, boot_id, pid, pid_start_time, kind, started_at, heartbeat_at, pid_ns, lease"
-)
+OWNER_COLUMNS = "host, boot_id, pid, pid_start_time, kind, started_at, heartbeat_at, pid_ns, lease"
 
 # Heartbeats upsert, so an owner row deleted by mistake comes back on the next
 # beat. On PostgreSQL a NULL heartbeat_at is filled in with the server's now()
