@@ -540,3 +540,43 @@ def test_policy_probe_decides_on_this_host() -> None:
 def test_identity_includes_the_pid_namespace() -> None:
     ns = os.stat("/proc/self/ns/pid").st_ino
     assert ME.pid_ns == str(ns)
+
+
+# --- schema 2 on a database of schema 1 --------------------------------------------------------
+
+
+def test_schema_1_owners_get_a_lease_and_are_judged_by_it(db_path: str) -> None:
+    """Rows of owners written before schema 2 carry no namespace: judged by the default lease."""
+    from tether.store.sqlite.schema import APPLICATION_ID, MIGRATIONS
+
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("BEGIN")
+    for stmt in MIGRATIONS[0][1]:
+        conn.execute(stmt)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    now = time.time()
+    conn.execute(
+        "INSERT INTO owners VALUES ('old', ?, ?, 1, 1, 'cli', ?, ?)",
+        (ME.host, ME.boot_id, now - 20, now - 20),
+    )
+    conn.execute(
+        "INSERT INTO sessions (id, source, root_id, created_at, last_active_at, owner_id,"
+        " chain_tip_id, chain_last_active_at) VALUES ('s1', 'cli', 's1', ?, ?, 'old', 's1', ?)",
+        (now, now, now),
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    store = tether.open_store(db_path, load_plugins=False)
+    try:
+        row = store.backend.read(
+            lambda c: c.execute("SELECT pid_ns, lease FROM owners WHERE id = 'old'").fetchone()
+        )
+        assert tuple(row) == (None, 30.0)
+        # pid 1 here is not its process (it ran before namespaces were recorded): no probe.
+        assert Reaper(store).sweep().reaped == [] and is_open(store, "s1")
+        clock = tether.ManualClock(now + 11)
+        [reaped] = Reaper(store, clock=clock).sweep().reaped
+        assert reaped.id == "s1" and reaped.detail == "heartbeat stale 31 s"
+    finally:
+        store.close()
