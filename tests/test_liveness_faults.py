@@ -34,7 +34,7 @@ import tether
 from tether.liveness import Probe, Reaper, ReaperLoop
 from tether.store import Store
 
-from .conftest import CHILD_PRELUDE, child_env, run_cli, wait_for_line
+from .conftest import CHILD_PRELUDE, child_env, run_cli, spawn, wait_for_line
 from .test_liveness import FAR, ME, is_open, owned_sessions
 
 
@@ -578,5 +578,40 @@ def test_schema_1_owners_get_a_lease_and_are_judged_by_it(db_path: str) -> None:
         clock = tether.ManualClock(now + 11)
         [reaped] = Reaper(store, clock=clock).sweep().reaped
         assert reaped.id == "s1" and reaped.detail == "heartbeat stale 31 s"
+    finally:
+        store.close()
+
+
+def test_a_forked_child_is_a_new_owner_and_drops_its_row_at_exit(db_path: str) -> None:
+    proc = spawn(
+        """
+        store = tether.open_store(sys.argv[1], heartbeat_interval=0.2, owner_ttl=2)
+        h = store.session(source="parent")
+        h.append("user", "p")
+        pid = os.fork()
+        if pid == 0:
+            c = store.session(source="child")
+            c.append("user", "c")
+            print("child", store.owner_id, c.id, flush=True)
+            sys.exit(0)  # the exit path ends c and drops the child's owner row
+        os.waitpid(pid, 0)
+        print("parent", store.owner_id, h.id, flush=True)
+        """,
+        db_path,
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    (child_owner, child_sid), (parent_owner, parent_sid) = (
+        lines["child"].split(),
+        lines["parent"].split(),
+    )
+    assert child_owner != parent_owner
+    store = tether.open_store(db_path, load_plugins=False)
+    try:
+        assert store.get_session(child_sid).end_reason == "process_exit"
+        assert store.get_session(parent_sid).end_reason == "process_exit"
+        rows = store.backend.read(lambda c: c.execute("SELECT id FROM owners").fetchall())
+        assert rows == []  # both rows dropped on the way out
     finally:
         store.close()

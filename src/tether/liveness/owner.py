@@ -48,6 +48,17 @@ def _close_owners_at_exit() -> None:
         owner.close()
 
 
+def _after_fork_in_child() -> None:
+    # The exit hooks were cleared in the child (lifecycle.exits): register anew on first use.
+    global _exit_hooked
+    _exit_hooked = False
+    _owners.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class ProcessOwner:
     """This process's owner identity, heartbeat and lease in one store."""
 
