@@ -220,7 +220,13 @@ class ProcessOwner:
             thread.stop()
 
     def beat(self) -> None:
-        store = self._store
+        store = self._store_ref()
+        if store is None:  # dropped without close(): nothing left to keep alive
+            with self._lock:
+                thread, self._thread = self._thread, None
+            if thread is not None:
+                thread.stop()
+            return
         store._beat(self.row(store.clock.now()))
         self.wrote_row()
 

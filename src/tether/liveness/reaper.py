@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..clock import Clock
+from ..clock import Clock, SystemClock
 from ..model import Census
 from .identity import Probe, ProcessIdentity, probe_pid
 from .policy import OwnerInfo, PauseDetector, Verdict, judge
@@ -98,9 +98,9 @@ class Reaper:
         self.identity = identity or ProcessIdentity.current()
         self.probe = probe
         self.pauses = PauseDetector()
-        # With an injected clock, ages are measured on it; otherwise, on the
-        # clock the store stamps heartbeats with (the server's on PostgreSQL).
-        self._server_time = clock is None and store._server_clock
+        # Ages are measured on the clock heartbeats are stamped with: the server's
+        # on PostgreSQL, unless this reaper runs on a clock of its own (tests).
+        self._server_time = store._server_clock and isinstance(self.clock, SystemClock)
 
     def _quiet_for(self) -> float:
         return self.pauses.observe(wall=self.clock.now(), mono=self.clock.monotonic())
