@@ -514,27 +514,38 @@ def test_pause_detector() -> None:
 
 
 def test_policy_probe_decides_on_this_host() -> None:
-    from tether.liveness import OwnerInfo, judge
+    from tether.liveness import OwnerInfo, Verdict, judge
+
+    probed: list[int] = []
+
+    def here(owner: OwnerInfo, found: Probe, quiet_for: float = float("inf")) -> Verdict:
+        def probe(pid: int, start: int | None) -> Probe:
+            probed.append(pid)
+            return found
+
+        return judge(
+            owner,
+            host=ME.host,
+            boot_id=ME.boot_id,
+            pid_ns=ME.pid_ns,
+            now=1000.0,
+            probe=probe,
+            quiet_for=quiet_for,
+        )
 
     owner = OwnerInfo("o", ME.host, ME.boot_id, 10, 5, "cli", 0.0, 0.0, ME.pid_ns, 30.0)
-    here = dict(host=ME.host, boot_id=ME.boot_id, pid_ns=ME.pid_ns, now=1000.0)
-    stale_alive = judge(owner, **here, probe=lambda p, s: Probe.ALIVE)  # type: ignore[arg-type]
+    stale_alive = here(owner, Probe.ALIVE)
     assert stale_alive.alive and stale_alive.hung  # a stopped or hung process: reported only
-    gone = judge(owner, **here, probe=lambda p, s: Probe.GONE)  # type: ignore[arg-type]
+    gone = here(owner, Probe.GONE)
     assert not gone.alive and gone.detail == "pid 10 gone"
+    probed.clear()
     other_ns = dataclasses.replace(owner, pid_ns="4026531999", heartbeat_at=990.0)
-    probed: list[int] = []
-    fresh = judge(other_ns, **here, probe=lambda p, s: probed.append(p) or Probe.GONE)  # type: ignore[arg-type]
-    assert fresh.alive and probed == []  # another namespace is never probed
-    stale = judge(dataclasses.replace(other_ns, heartbeat_at=960.0), **here, probe=None)  # type: ignore[arg-type]
+    assert here(other_ns, Probe.GONE).alive and probed == []  # another namespace: no probe
+    stale = here(dataclasses.replace(other_ns, heartbeat_at=960.0), Probe.GONE)
     assert not stale.alive and stale.detail == "heartbeat stale 40 s"
-    paused = judge(
-        dataclasses.replace(other_ns, heartbeat_at=960.0),
-        **here,
-        probe=None,
-        quiet_for=29.0,  # type: ignore[arg-type]
-    )
-    assert paused.alive  # the reaper paused less than a lease ago: no heartbeat verdict
+    # The reaper paused less than a lease ago: no verdict by heartbeat yet.
+    assert here(dataclasses.replace(other_ns, heartbeat_at=960.0), Probe.GONE, 29.0).alive
+    assert probed == []
 
 
 def test_identity_includes_the_pid_namespace() -> None:
