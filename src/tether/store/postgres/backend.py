@@ -50,8 +50,9 @@ from .schema import LOCK_CLASS, MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
 T = TypeVar("T")
 log = logging.getLogger("tether.store.postgres")
 
-# Timestamps come from each host's clock (the store's injected clock), so hosts
-# sharing a database must agree on the time: a skew beyond this is logged at open.
+# Session and message timestamps come from each host's clock (heartbeats from the
+# server's), so hosts sharing a database should agree on the time: a skew beyond
+# this is logged at open.
 CLOCK_SKEW_WARNING = 5.0  # seconds
 
 _BEGIN_WRITE = "BEGIN"
@@ -182,9 +183,9 @@ class PostgresBackend:
         skew = row[0] - (t0 + t1) / 2
         if abs(skew) > CLOCK_SKEW_WARNING + (t1 - t0) / 2:
             log.warning(
-                "this host's clock is %.1f s %s the database server's: tether stores this "
-                "host's time, and owners on hosts whose clocks disagree by more than a few "
-                "seconds can be judged by a wrong heartbeat age; synchronize the clocks (NTP)",
+                "this host's clock is %.1f s %s the database server's: tether stamps sessions "
+                "and messages with this host's time (heartbeats use the server's), so activity "
+                "from hosts whose clocks disagree is ordered wrongly; synchronize the clocks (NTP)",
                 abs(skew),
                 "behind" if skew > 0 else "ahead of",
             )
