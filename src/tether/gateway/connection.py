@@ -20,8 +20,6 @@ log = logging.getLogger("tether.gateway")
 
 SLOW_CLIENT = 1013  # "try again later"
 
-_CLOSE = object()
-
 
 class Connection:
     def __init__(
@@ -39,8 +37,9 @@ class Connection:
         self._limit = limit
         self._max_bytes = max_bytes
         self.queued_bytes = 0  # characters of the frames waiting in the outbox
-        self._outbox: asyncio.Queue[object] = asyncio.Queue()
+        self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self.closed = False
+        self._closing: asyncio.Task[None] | None = None
         self._writer = asyncio.create_task(self._drain(), name=f"tether-conn-{conn_id}")
 
     def __repr__(self) -> str:
@@ -65,7 +64,14 @@ class Connection:
             while not self._outbox.empty():
                 self._outbox.get_nowait()
             self.queued_bytes = 0
-            self._outbox.put_nowait(_CLOSE)
+            # The writer may be stuck in a send the client never reads: stop it
+            # and close from a task of its own (the closer cuts the socket if
+            # the close frame cannot go out either).
+            self._writer.cancel()
+            self._closing = asyncio.create_task(
+                self._close(SLOW_CLIENT, "client too slow: re-attach with since"),
+                name=f"tether-close-{self.id}",
+            )
             return
         self.queued_bytes += len(frame)
         self._outbox.put_nowait(frame)
@@ -74,11 +80,8 @@ class Connection:
         try:
             while True:
                 frame = await self._outbox.get()
-                if frame is _CLOSE:
-                    await self._close(SLOW_CLIENT, "client too slow: re-attach with since")
-                    return
-                self.queued_bytes -= len(frame)  # type: ignore[arg-type]
-                await self._send(frame)  # type: ignore[arg-type]
+                self.queued_bytes -= len(frame)
+                await self._send(frame)
         except asyncio.CancelledError:
             raise
         except Exception:  # the socket is gone; the receive side notices and detaches
@@ -90,3 +93,6 @@ class Connection:
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
+        if self._closing is not None:
+            with contextlib.suppress(Exception):
+                await self._closing
