@@ -246,6 +246,9 @@ def test_resume_with_since_but_no_stream_reloads(sqlite_db: tuple[str, Store]) -
             assert other["reload"] is True and other["replayed"] == 0
             same = await b.call("session.resume", session_id=sid, since=2, stream=got["stream"])
             assert same["reload"] is False and same["replayed"] == got["last_seq"] - 2
+            # "I saw nothing" needs no stream: everything is replayed.
+            zero = await b.call("session.resume", session_id=sid, since=0)
+            assert zero["reload"] is False and zero["replayed"] == got["last_seq"]
 
     go(scenario())
 

@@ -185,9 +185,10 @@ async def session_create(gw: Gateway, conn: Connection, p: dict[str, Any]) -> An
 )
 async def session_resume(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any:
     sid, since, stream = p["session_id"], p["since"], p["stream"]
-    if since is not None and stream is None:
+    if since and stream is None:
         # A seq means nothing without the stream it counts in: replaying from
-        # it could skip events, so the client reloads instead.
+        # it could skip events, so the client reloads instead. (since=0, "I saw
+        # nothing", needs no stream: the whole buffer, or reload, is right.)
         stream = ""  # names no stream
     if sid not in gw.registry:
         async with gw.cold_lock:
