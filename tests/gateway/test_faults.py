@@ -466,3 +466,59 @@ def test_session_ended_elsewhere_is_told_to_attached_clients(
             assert err.value.code == rpc.NOT_ATTACHED
 
     go(scenario())
+
+
+# --- on both backends ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("session.history", {"session_id": "01ABC\x00"}),
+        ("session.resume", {"session_id": "\x00"}),
+        ("session.close", {"session_id": "x\x00y"}),
+        ("session.list", {"source": "cli\x00"}),
+        ("session.list", {"cwd": "/tmp/\x00"}),
+        ("session.list", {"cursor": "!!"}),  # the store's InvalidInputError
+        ("session.history", {"session_id": "x", "after_seq": 2**63}),
+    ],
+)
+def test_bad_input_is_32602_on_every_backend(
+    store: Store, method: str, params: dict[str, Any]
+) -> None:
+    async def scenario() -> None:
+        async with running(store) as gw:
+            peer = Peer(gw)
+            with pytest.raises(CallError) as err:
+                await peer.call(method, **params)
+            assert err.value.code == rpc.INVALID_PARAMS, err.value.message
+            assert (await peer.call("ping"))["pong"] is True
+
+    go(scenario())
+
+
+def test_invalid_input_maps_to_32602_whatever_else_it_is() -> None:
+    from tether.errors import InvalidInputError, StoreError
+    from tether.gateway.methods import to_rpc_error
+
+    class BadAndStore(InvalidInputError, StoreError):
+        pass
+
+    assert to_rpc_error(InvalidInputError("x")).code == rpc.INVALID_PARAMS
+    assert to_rpc_error(BadAndStore("x")).code == rpc.INVALID_PARAMS
+
+
+def test_session_ended_elsewhere_reaches_clients_on_every_backend(
+    store: Store, db_url: str
+) -> None:
+    async def scenario() -> None:
+        async with running(store) as gw:
+            a = Peer(gw)
+            sid = await chat(a)
+            with tether.open_store(db_url, load_plugins=False) as other:
+                assert await asyncio.to_thread(other.end_session, sid, "session_reset")
+            ended = await a.event("session.ended", timeout=5)
+            assert ended["reason"] == "session_reset"
+            await until(lambda: sid not in gw.registry and not gw.registry.is_ending(sid))
+
+    go(scenario())
