@@ -162,7 +162,6 @@ def _protocols(options: ServeOptions, accepts: _AcceptErrors) -> tuple[type, typ
             self._stop_timer()
             super().connection_lost(exc)
 
-    _Http.ws_protocol_class = _WebSocket  # type: ignore[attr-defined]
     return _Http, _WebSocket
 
 
