@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -522,3 +523,29 @@ def test_session_ended_elsewhere_reaches_clients_on_every_backend(
             await until(lambda: sid not in gw.registry and not gw.registry.is_ending(sid))
 
     go(scenario())
+
+
+def test_running_session_ended_elsewhere_stops_its_turn_and_tells_clients_at_once(
+    sqlite_db: tuple[str, Store], caplog: pytest.LogCaptureFixture
+) -> None:
+    db, store = sqlite_db
+
+    async def scenario() -> str:
+        async with running(store, delay=0.05) as gw:
+            a = Peer(gw)
+            sid = await chat(a, "first")
+            await a.call("prompt.submit", session_id=sid, text="w " * 200)  # 10 s of reply
+            await a.event("message.delta")
+            with tether.open_store(db, load_plugins=False) as other:
+                assert await asyncio.to_thread(other.end_session, sid, "session_reset")
+            t = time.monotonic()
+            end = await a.event("turn.end", timeout=5)
+            ended = await a.event("session.ended", timeout=5)
+            assert time.monotonic() - t < 2.0
+            assert end["status"] == "interrupted" and ended["reason"] == "session_reset"
+            await until(lambda: not gw.turns and sid not in gw.registry)
+            return sid
+
+    sid = go(scenario())
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+    assert stored(db, sid).end_reason == "session_reset"

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from ..agents import Agent, AgentError, TextDelta, ToolCalls, ToolResult, Turn
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import StoreError, TetherError
+from ..errors import SessionEndedError, StaleOwnerError, StoreError, TetherError
 from ..lifecycle import SessionHandle
 from ..model import Message
 from ..store import Store
@@ -604,6 +604,10 @@ class Gateway:
             else:
                 # What the turn had, marked with how it ended (see messages.py).
                 await self._store(sid, r, "assistant", "".join(parts), mark=stop.status)
+        except (SessionEndedError, StaleOwnerError) as exc:
+            # Ended or taken over elsewhere meanwhile (session.ended says so): not a fault here.
+            log.info("session %s: turn %s stopped: %s", sid, tid, exc)
+            stop = _Stop("interrupted", f"the session ended elsewhere: {exc}")
         except TetherError as exc:
             log.error("session %s: turn %s could not store its output: %s", sid, tid, exc)
             stop = _Stop("error", f"the turn's output could not be stored: {exc}")
