@@ -607,7 +607,7 @@ class Gateway:
         except (SessionEndedError, StaleOwnerError) as exc:
             # Ended or taken over elsewhere meanwhile (session.ended says so): not a fault here.
             log.info("session %s: turn %s stopped: %s", sid, tid, exc)
-            stop = _Stop("interrupted", f"the session ended elsewhere: {exc}")
+            stop = _Stop("interrupted")
         except TetherError as exc:
             log.error("session %s: turn %s could not store its output: %s", sid, tid, exc)
             stop = _Stop("error", f"the turn's output could not be stored: {exc}")
