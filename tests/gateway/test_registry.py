@@ -553,3 +553,16 @@ def test_phase_transitions_are_explicit_and_logged(
         "session s1: running -> closing",
         "session s1: closing -> finalizing",
     ]
+
+
+def test_a_reserved_session_is_never_evicted_until_confirmed(clock: tether.ManualClock) -> None:
+    r = make(clock, max_live=1)
+    r.connect("c1")
+    r.open("cold", "c1", reserve=True)  # the store is taking it over
+    assert not r.has_room()
+    with pytest.raises(Full):
+        r.open("new", "c1")
+    r.confirm("cold")
+    clock.advance(1)
+    _, actions = r.open("new", "c1")
+    assert of(actions, Finalize) == [Finalize("cold", "lru_evict", False)]

@@ -220,20 +220,20 @@ async def _resume_cold(gw: Gateway, conn: Connection, sid: str, since: int | Non
     # Take the place in the registry first (Full, or an idle session evicted,
     # before anything is written), then take ownership: a gateway that filled
     # up meanwhile can never leave a session taken over and ended unseen.
-    attached, actions = gw.registry.open(sid, conn.id, since=since)
+    attached, actions = gw.registry.open(sid, conn.id, since=since, reserve=True)
+    gw.run(actions)  # an idle session evicted to make room ends now
     try:
         # Takes ownership if the owner is dead (epoch bump: its late writes are
         # refused); OwnerAliveError if another live process holds it.
         handle = await gw.write(gw.store.resume, sid)
     except BaseException:
         gw.registry.forget(sid)
-        gw.run(actions)  # an evicted session still ends
         raise
-    if sid not in gw.registry:  # closed or evicted while it was being taken over
-        await gw.write(handle.end, "lru_evict")
-        raise Full(gw.config.max_live_sessions or 0)
+    if sid not in gw.registry:  # closed by a client while it was being taken over
+        await gw.write(handle.end, "completed")
+        raise SessionEndedError(sid, "completed")
+    gw.registry.confirm(sid)
     gw.handles[sid] = handle
-    gw.run(actions)
     return attached.to_result()
 
 

@@ -171,6 +171,7 @@ class LiveSession:
     deadline: float | None = None
     deadline_reason: str | None = None
     phase: Phase = Phase.ATTACHED
+    reserved: bool = False  # opened while the store takes it over: never an eviction victim
 
     @property
     def state(self) -> str:
@@ -387,16 +388,26 @@ class Registry:
         """Whether :meth:`open` would succeed now (below the cap, or an idle session to evict)."""
         if self.max_live is None or len(self._sessions) < self.max_live:
             return True
-        return any(s.turn_id is None and s.closing is None for s in self._sessions.values())
+        return any(self._evictable(s) for s in self._sessions.values())
+
+    @staticmethod
+    def _evictable(s: LiveSession) -> bool:
+        return s.turn_id is None and s.closing is None and not s.reserved
 
     def open(
-        self, session_id: str, conn: ConnId, *, since: int | None = None
+        self,
+        session_id: str,
+        conn: ConnId,
+        *,
+        since: int | None = None,
+        reserve: bool = False,
     ) -> tuple[Attached, list[Action]]:
         """Make a session live (new, or loaded cold from the store) and attach ``conn``.
 
         Past ``max_live``, the least recently active idle session is evicted
         first; if every session is running a turn, :class:`Full` is raised and
-        nothing changes.
+        nothing changes. ``reserve`` holds the place while the store takes the
+        session over (it cannot be evicted until :meth:`confirm`).
         """
         if session_id in self._sessions:
             raise ValueError(f"session {session_id} is already live")
@@ -406,7 +417,7 @@ class Registry:
         self._check_per_conn(conn)
         actions: list[Action] = []
         if self.max_live is not None and len(self._sessions) >= self.max_live:
-            idle = [s for s in self._sessions.values() if s.turn_id is None and s.closing is None]
+            idle = [s for s in self._sessions.values() if self._evictable(s)]
             if not idle:
                 raise Full(self.max_live)
             victim = min(idle, key=lambda s: (s.last_active, s.id))
@@ -418,6 +429,7 @@ class Registry:
             replay=ReplayBuffer(self._replay_events, self._replay_bytes),
             last_active=now,
             idle_since=now,
+            reserved=reserve,
         )
         self._sessions[session_id] = s
         s.conns.add(conn)
@@ -477,6 +489,12 @@ class Registry:
     def _check_per_conn(self, conn: ConnId) -> None:
         if self.max_per_conn is not None and len(self._conns[conn]) >= self.max_per_conn:
             raise TooMany(self.max_per_conn)
+
+    def confirm(self, session_id: str) -> None:
+        """The takeover of a reserved session succeeded: it is an ordinary live session now."""
+        s = self._sessions.get(session_id)
+        if s is not None:
+            s.reserved = False
 
     def forget(self, session_id: str) -> None:
         """Drop a live session without ending it (a reservation whose takeover failed)."""
