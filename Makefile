@@ -24,6 +24,8 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	./scripts/ensure-postgres
 	$(BIN)/python -m pytest
+	# The gateway and chat tests again, three times over on two workers: races show up here.
+	$(BIN)/python -m pytest -q -n 2 --count 3 tests/gateway
 
 bench: $(VENV)/.installed-test
 	./scripts/ensure-postgres

@@ -137,8 +137,10 @@ def run(quick: bool = False, write: bool = True, directory: str | None = None) -
     tmp = tempfile.TemporaryDirectory(dir=directory, prefix="tether-bench-")
     seconds = 1.0 if quick else 5.0
     token = secrets.token_urlsafe(16)
+    # The memory run holds thousands of live sessions on ten connections: lift the caps.
+    caps = ("--max-live-sessions", "100000", "--max-sessions-per-connection", "100000")
     with spawn_gateway(
-        Path(tmp.name), "-o", "delay=0", "--detach-grace", "1", token=token
+        Path(tmp.name), "-o", "delay=0", "--detach-grace", "1", *caps, token=token
     ) as child:
 
         async def main() -> dict[str, Any]:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,17 @@ class Served(Child):
 
 
 @contextlib.contextmanager
-def serve(tmp: Path, *args: str, db: str | None = None, name: str = "gw") -> Iterator[Served]:
+def serve(
+    tmp: Path,
+    *args: str,
+    db: str | None = None,
+    name: str = "gw",
+    preexec_fn: Callable[[], object] | None = None,
+) -> Iterator[Served]:
     """Start ``tether serve --port 0`` and wait for its address; always stopped afterwards."""
-    with spawn_gateway(tmp, *args, token=TOKEN, db=db, name=name, env=child_env()) as child:
+    with spawn_gateway(
+        tmp, *args, token=TOKEN, db=db, name=name, env=child_env(), preexec_fn=preexec_fn
+    ) as child:
         served = Served(child.url, child.db, child.token, child.proc, child.log)
         yield served
 

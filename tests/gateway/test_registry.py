@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -20,7 +21,9 @@ from tether.gateway.registry import (
     MarkDetached,
     NotAttached,
     NotLive,
+    Phase,
     Registry,
+    TooMany,
 )
 
 GRACE = 120.0
@@ -87,7 +90,10 @@ def test_detached_idle_session_finalized_after_grace(clock: tether.ManualClock) 
     clock.advance(0.001)
     actions = r.tick()
     assert of(actions, Finalize) == [Finalize("s1", "ws_disconnect", False)]
-    assert len(r) == 0 and r.next_deadline() is None and r.active() == []
+    assert len(r) == 0 and r.next_deadline() is None
+    assert [s["state"] for s in r.active()] == ["finalizing"]  # until the store has the end
+    r.end_recorded("s1")
+    assert r.active() == []
 
 
 def test_warm_reattach_replays_missed_events_exactly_once_in_order(
@@ -294,6 +300,7 @@ def test_max_live_evicts_least_recently_active_idle(clock: tether.ManualClock) -
     _, actions = r.open("new", "c1")
     assert of(actions, Finalize) == [Finalize("old", "lru_evict", False)]
     assert [f["params"]["reason"] for f in frames(actions)] == ["lru_evict"]
+    r.end_recorded("old")
     assert sorted(s["session_id"] for s in r.active()) == ["busy", "new"]
     assert r.has_room()
     r.begin_turn("new", "c1", "t2")
@@ -425,3 +432,137 @@ def test_client_view_is_exactly_once_in_order_or_reload(
             r.tick()
         if attached and "s" in r:
             assert seen == list(range(1, emitted + 1))
+
+
+# --- ends that could not be recorded, caps, phases --------------------------------------
+
+
+def test_failed_end_stays_finalizing_and_is_retried_with_backoff(
+    clock: tether.ManualClock,
+) -> None:
+    r = make(clock, end_retry=0.5, end_retry_max=4.0)
+    r.connect("c1")
+    r.open("s1", "c1")
+    [fin] = of(r.close("s1", "completed"), Finalize)
+    assert r.is_ending("s1") and "s1" not in r
+    with pytest.raises(Closing):
+        r.open("s1", "c1")  # a session whose end is decided cannot come back
+    delays = []
+    for _ in range(5):
+        at = r.end_failed("s1", "StoreBusyError: database is locked")
+        assert at is not None and r.next_deadline() == at
+        delays.append(at - clock.monotonic())
+        clock.advance(at - clock.monotonic() - 0.001)
+        assert r.tick() == []
+        [row] = r.active()
+        assert row["state"] == "finalizing" and row["ends_as"] == "completed"
+        assert row["error"] == "StoreBusyError: database is locked"
+        clock.advance(0.001)
+        assert r.tick() == [fin]  # asked again, same reason
+        assert r.tick() == [] and r.next_deadline() is None  # one attempt at a time
+    assert delays == pytest.approx([0.5, 1.0, 2.0, 4.0, 4.0])
+    r.end_recorded("s1")
+    assert not r.is_ending("s1") and r.active() == [] and r.next_deadline() is None
+
+
+def test_retry_endings_asks_again_at_once(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.open("a", "c1")
+    r.open("b", "c1")
+    r.shutdown("gateway_shutdown")
+    r.end_failed("a", "x")
+    r.end_failed("b", "x")
+    assert r.retry_endings() == [
+        Finalize("a", "gateway_shutdown", False),
+        Finalize("b", "gateway_shutdown", False),
+    ]
+    assert r.retry_endings() == []  # in flight now
+
+
+def test_per_connection_cap(clock: tether.ManualClock) -> None:
+    r = make(clock, max_per_conn=2)
+    for c in ("c1", "c2"):
+        r.connect(c)
+    r.open("a", "c1")
+    r.open("b", "c1")
+    with pytest.raises(TooMany):
+        r.open("c", "c1")
+    r.open("c", "c2")
+    with pytest.raises(TooMany):
+        r.attach("c", "c1")
+    r.attach("a", "c1")  # already attached: no new place taken
+    assert len(r) == 3
+
+
+def test_detach_one_connection_keeps_the_session(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    for c in ("c1", "c2"):
+        r.connect(c)
+    r.open("s1", "c1")
+    r.attach("s1", "c2")
+    assert r.detach("s1", "c1") == []  # c2 still attached
+    assert r.sessions_of("c1") == frozenset()
+    [d] = r.emit("s1", "e", {})
+    assert d.conns == ("c2",)
+    assert of(r.detach("s1", "c2"), MarkDetached) == [MarkDetached("s1", clock.now())]
+    assert r.active()[0]["state"] == "detached" and r.active()[0]["ends_as"] == "ws_disconnect"
+
+
+def test_ended_elsewhere_tells_clients_reason_and_detail(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.open("s1", "c1")
+    actions = r.close("s1", "cli_close", "ended by tether end")
+    [f] = frames(actions, "c1")
+    assert f["method"] == "session.ended"
+    assert f["params"] == {
+        "session_id": "s1",
+        "seq": 1,
+        "reason": "cli_close",
+        "detail": "ended by tether end",
+    }
+
+
+def test_forget_drops_a_reservation_without_an_end(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.open("s1", "c1")
+    r.forget("s1")
+    assert "s1" not in r and not r.is_ending("s1") and r.active() == []
+    assert r.sessions_of("c1") == frozenset() and r.next_deadline() is None
+
+
+def test_phase_transitions_are_explicit_and_logged(
+    clock: tether.ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tether.gateway")
+    r = make(clock)
+    r.connect("c1")
+    r.open("s1", "c1")
+    s = r.session("s1")
+    assert s.phase is Phase.ATTACHED
+    r.begin_turn("s1", "c1", "t1")
+    assert s.phase is Phase.RUNNING
+    r.close("s1", "completed")
+    assert s.phase is Phase.CLOSING
+    r.end_turn("s1", "t1", "interrupted")
+    assert s.phase is Phase.FINALIZING
+    assert [m for m in caplog.messages if m.startswith("session s1:")] == [
+        "session s1: attached -> running",
+        "session s1: running -> closing",
+        "session s1: closing -> finalizing",
+    ]
+
+
+def test_a_reserved_session_is_never_evicted_until_confirmed(clock: tether.ManualClock) -> None:
+    r = make(clock, max_live=1)
+    r.connect("c1")
+    r.open("cold", "c1", reserve=True)  # the store is taking it over
+    assert not r.has_room()
+    with pytest.raises(Full):
+        r.open("new", "c1")
+    r.confirm("cold")
+    clock.advance(1)
+    _, actions = r.open("new", "c1")
+    assert of(actions, Finalize) == [Finalize("cold", "lru_evict", False)]

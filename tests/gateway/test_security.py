@@ -76,6 +76,16 @@ def test_good_handshakes() -> None:
         ({**OK, "host": "127.0.0.1.evil.example"}, 403),
         ({**OK, "host": ""}, 403),
         ({**OK, "host": "127.0.0.1:notaport"}, 403),
+        ({**OK, "host": "evil.com@localhost:8765"}, 403),  # userinfo is not part of a Host
+        ({**OK, "host": "localhost:8765/evil"}, 403),  # nor is a path
+        ({**OK, "host": "localhost:8765?x"}, 403),
+        ({**OK, "host": "localhost:8765#x"}, 403),
+        ({**OK, "host": "localhost:99999"}, 403),
+        ({**OK, "host": "localhost:"}, 403),
+        ({**OK, "host": "local host"}, 403),
+        ({**OK, "host": "[::1"}, 403),
+        ({**OK, "host": "[evil.com]:8765"}, 403),
+        ({**OK, "host": "::1"}, 403),  # an IPv6 address needs its brackets
         ({**OK, "origin": "http://evil.example"}, 403),  # cross-site WebSocket hijacking
         ({**OK, "origin": "http://127.0.0.1:3000"}, 403),  # another local app
         ({**OK, "origin": "null"}, 403),

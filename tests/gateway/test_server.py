@@ -294,6 +294,7 @@ def test_close_while_running_interrupts_stores_and_ends(gateway: Served) -> None
         await next_event(c, "message.delta")
         assert await c.call("session.close", session_id=sid, reason="cli_close") == {
             "ended": True,
+            "others_attached": 0,
             "persisted": True,
         }
         s, msgs = stored(gateway.db, sid)
@@ -320,6 +321,7 @@ def test_empty_session_leaves_no_row(gateway: Served) -> None:
         assert (await c.call("session.history", session_id=sid))["messages"] == []
         assert await c.call("session.close", session_id=sid) == {
             "ended": False,
+            "others_attached": 0,
             "persisted": False,
         }
         assert (await c.call("session.list", include_empty=True))["items"] == []
@@ -333,7 +335,8 @@ def test_empty_session_leaves_no_row(gateway: Served) -> None:
 def test_drop_mid_turn_then_reattach_gets_every_event_once_in_order(gateway: Served) -> None:
     async def go() -> None:
         c = await gateway.client()
-        sid = (await c.call("session.create"))["session_id"]
+        created = await c.call("session.create")
+        sid = created["session_id"]
         text = " ".join(f"w{i}" for i in range(40))
         await c.call("prompt.submit", session_id=sid, text=text)
         seen: list[dict[str, Any]] = []
@@ -344,7 +347,9 @@ def test_drop_mid_turn_then_reattach_gets_every_event_once_in_order(gateway: Ser
         await c.abort()  # no closing handshake: a lost network
         await asyncio.sleep(0.2)  # the turn goes on, unwatched
         c2 = await gateway.client()
-        r = await c2.call("session.resume", session_id=sid, since=seen[-1]["seq"])
+        r = await c2.call(
+            "session.resume", session_id=sid, since=seen[-1]["seq"], stream=created["stream"]
+        )
         assert r["reload"] is False and r["replayed"] > 0
         rest = await drain_turn(c2)
         seqs = [p["seq"] for p in seen] + [p["seq"] for _, p in rest]
@@ -481,7 +486,7 @@ def test_thousand_connect_create_prompt_drop_cycles_leave_nothing(tmp_path: Path
 # --- stopping ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_graceful_stop_ends_live_sessions_once_with_a_reason(tmp_path: Path, sig: int) -> None:
     with serve(tmp_path, "-o", "delay=0.05") as served:
 
@@ -497,7 +502,8 @@ def test_graceful_stop_ends_live_sessions_once_with_a_reason(tmp_path: Path, sig
 
         idle, busy = run(go())
         assert served.stop(sig) == 0
-    assert "Traceback" not in served.log.read_text()
+    log = served.log.read_text()
+    assert "Traceback" not in log and "ERROR" not in log, log
     for sid in (idle, busy):
         s, msgs = stored(served.db, sid)
         assert s.end_reason == "gateway_shutdown"

@@ -58,9 +58,27 @@ def serve(
         typer.Option("--idle-timeout", min=0.001, help="End sessions idle this many seconds."),
     ] = None,
     max_live_sessions: Annotated[
-        int | None,
-        typer.Option("--max-live-sessions", min=1, help="Evict the least recently active idle."),
-    ] = None,
+        int,
+        typer.Option(
+            "--max-live-sessions",
+            min=1,
+            help="Live sessions in all; past it the least recently active idle one is evicted.",
+        ),
+    ] = 1000,
+    max_sessions_per_connection: Annotated[
+        int,
+        typer.Option(
+            "--max-sessions-per-connection", min=1, help="Live sessions one connection may hold."
+        ),
+    ] = 100,
+    handshake_timeout: Annotated[
+        float,
+        typer.Option(
+            "--handshake-timeout",
+            min=0.1,
+            help="Seconds a new connection has to complete its WebSocket handshake.",
+        ),
+    ] = 5.0,
     token_file: Annotated[
         str | None,
         typer.Option(
@@ -93,12 +111,14 @@ def serve(
         host=host,
         port=port,
         max_frame=max_frame,
+        handshake_timeout=handshake_timeout,
         allowed_hosts=tuple(allow_host or ()),
         allowed_origins=tuple(allow_origin or ()),
         gateway=GatewayConfig(
             detach_grace=detach_grace,
             idle_timeout=idle_timeout,
             max_live_sessions=max_live_sessions,
+            max_sessions_per_connection=max_sessions_per_connection,
         ),
     )
 

@@ -7,6 +7,7 @@ connection's frames go to the runtime one at a time, in order.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from starlette.applications import Starlette
@@ -20,13 +21,15 @@ from .security import Policy, check_handshake
 log = logging.getLogger("tether.gateway")
 
 PATH = "/rpc"
+CLOSE_WAIT = 2.0  # seconds a close may wait for a client that stopped reading; then cut it
 
 
 def build_app(gateway: Gateway, policy: Policy) -> Starlette:
     async def rpc_endpoint(ws: WebSocket) -> None:
         refusal = check_handshake(ws.headers, ws.query_params, policy)
         if refusal is not None:
-            log.warning("refused a connection from %s: %s", ws.client, refusal.reason)
+            # One line per refusal, never the token (uvicorn's own lines are silenced).
+            log.warning("refused a connection from %s: %s", _peer(ws), refusal.reason)
             if "websocket.http.response" in ws.scope.get("extensions", {}):
                 await ws.send_denial_response(
                     PlainTextResponse(refusal.reason + "\n", status_code=refusal.status)
@@ -56,11 +59,20 @@ def build_app(gateway: Gateway, policy: Policy) -> Starlette:
     return Starlette(routes=[WebSocketRoute(PATH, rpc_endpoint)])
 
 
+def _peer(ws: WebSocket) -> str:
+    return f"{ws.client.host}:{ws.client.port}" if ws.client else "an unknown peer"
+
+
 def _closer(ws: WebSocket):  # type: ignore[no-untyped-def]
     async def close(code: int, reason: str) -> None:
         try:
-            await ws.close(code=code, reason=reason)
+            # A client that stopped reading never lets the close frame out: cut it.
+            await asyncio.wait_for(ws.close(code=code, reason=reason), CLOSE_WAIT)
         except RuntimeError:  # already closed
             pass
+        except TimeoutError:
+            abort = ws.scope.get("tether.abort")
+            if abort is not None:
+                abort()
 
     return close

@@ -2,9 +2,11 @@
 
 Frames are queued without waiting (the registry's actions are carried out
 synchronously, so their order is the order on the wire) and a writer task
-sends them. A client that stops reading is disconnected once its outbox is
-full, instead of growing the gateway's memory; it can re-attach with
-``since`` and get what it missed.
+sends them. A client that stops reading is disconnected (close code 1013)
+once its outbox holds ``limit`` frames or ``max_bytes`` bytes, whichever
+comes first, instead of growing the gateway's memory; it can re-attach with
+``since`` and get what it missed. Counting bytes matters: a few requests for
+long histories weigh more than thousands of small events.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ log = logging.getLogger("tether.gateway")
 
 SLOW_CLIENT = 1013  # "try again later"
 
-_CLOSE = object()
-
 
 class Connection:
     def __init__(
@@ -29,13 +29,17 @@ class Connection:
         close: Callable[[int, str], Awaitable[None]],
         *,
         limit: int,
+        max_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.id = conn_id
         self._send = send
         self._close = close
         self._limit = limit
-        self._outbox: asyncio.Queue[object] = asyncio.Queue()
+        self._max_bytes = max_bytes
+        self.queued_bytes = 0  # characters of the frames waiting in the outbox
+        self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self.closed = False
+        self._closing: asyncio.Task[None] | None = None
         self._writer = asyncio.create_task(self._drain(), name=f"tether-conn-{conn_id}")
 
     def __repr__(self) -> str:
@@ -49,25 +53,35 @@ class Connection:
         """Queue a frame; never waits."""
         if self.closed:
             return
-        if self._outbox.qsize() >= self._limit:
+        if self._outbox.qsize() >= self._limit or self.queued_bytes + len(frame) > self._max_bytes:
             log.warning(
-                "connection %s: outbox full (%d frames); disconnecting", self.id, self._limit
+                "connection %s: the client is not reading (%d frames, %d bytes queued); closing it",
+                self.id,
+                self._outbox.qsize(),
+                self.queued_bytes,
             )
             self.closed = True
             while not self._outbox.empty():
                 self._outbox.get_nowait()
-            self._outbox.put_nowait(_CLOSE)
+            self.queued_bytes = 0
+            # The writer may be stuck in a send the client never reads: stop it
+            # and close from a task of its own (the closer cuts the socket if
+            # the close frame cannot go out either).
+            self._writer.cancel()
+            self._closing = asyncio.create_task(
+                self._close(SLOW_CLIENT, "client too slow: re-attach with since"),
+                name=f"tether-close-{self.id}",
+            )
             return
+        self.queued_bytes += len(frame)
         self._outbox.put_nowait(frame)
 
     async def _drain(self) -> None:
         try:
             while True:
                 frame = await self._outbox.get()
-                if frame is _CLOSE:
-                    await self._close(SLOW_CLIENT, "client too slow: re-attach with since")
-                    return
-                await self._send(frame)  # type: ignore[arg-type]
+                self.queued_bytes -= len(frame)
+                await self._send(frame)
         except asyncio.CancelledError:
             raise
         except Exception:  # the socket is gone; the receive side notices and detaches
@@ -79,3 +93,6 @@ class Connection:
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
+        if self._closing is not None:
+            with contextlib.suppress(Exception):
+                await self._closing

@@ -8,7 +8,9 @@ client gets a bare "internal error", never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 import threading
 from collections.abc import Awaitable, Callable
@@ -27,11 +29,12 @@ from ..errors import (
 )
 from ..ids import new_id
 from ..lifecycle import SessionHandle
-from ..validate import check_reason, check_text
+from ..store.listing import decode_cursor
+from ..validate import check_reason, check_source, check_text
 from . import rpc
 from .connection import Connection
 from .messages import message_view, turn_key
-from .registry import Busy, Closing, Full, NotAttached, NotLive, RegistryError
+from .registry import Busy, Closing, Full, NotAttached, NotLive, RegistryError, TooMany
 from .rpc import Param, RpcError
 from .runtime import Gateway, _Running
 
@@ -39,6 +42,8 @@ log = logging.getLogger("tether.gateway")
 
 HISTORY_LIMIT = 200
 MAX_PAGE = 1000
+MAX_CURSOR_TIME = 1e11  # seconds since the epoch: past year 5000, no cursor of ours
+TITLE_CHARS = 60  # a title made from the first prompt: one line, at most this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,7 @@ _CODES: tuple[tuple[type[Exception], int], ...] = (
     (NotAttached, rpc.NOT_ATTACHED),
     (Closing, rpc.SESSION_ENDED),
     (Full, rpc.GATEWAY_FULL),
+    (TooMany, rpc.GATEWAY_FULL),
     (RegistryError, rpc.INVALID_REQUEST),
     (SessionNotFoundError, rpc.SESSION_NOT_FOUND),
     (StaleOwnerError, rpc.SESSION_ENDED),
@@ -84,6 +90,8 @@ def to_rpc_error(exc: Exception) -> RpcError:
         return RpcError(rpc.BUSY, str(exc), {"turn_id": exc.turn_id})
     if isinstance(exc, SessionEndedError):
         return RpcError(rpc.SESSION_ENDED, str(exc), {"reason": exc.reason})
+    if isinstance(exc, InvalidInputError):  # bad input, whichever layer found it
+        return RpcError(rpc.INVALID_PARAMS, str(exc))
     if isinstance(exc, StoreError):
         return RpcError(rpc.STORE_UNAVAILABLE, f"store unavailable: {exc}")
     for cls, code in _CODES:
@@ -139,15 +147,19 @@ def _replay(conn: Connection, frames: list[str]) -> Callable[[], None] | None:
     Param("parent_id", "str"),
     Param("cwd", "str"),
     Param("metadata", "object"),
+    Param("source", "str"),
+    Param("model", "str"),
 )
 async def session_create(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any:
     if gw.stopping:
         raise RpcError(rpc.GATEWAY_FULL, "the gateway is shutting down")
+    source = check_source(gw.config.source if p["source"] is None else p["source"])  # tui, web...
+    model = check_text(p["model"], "model") or gw.agent.model
     if p["parent_id"] is not None:
         await gw.read(gw.store.get_session, p["parent_id"])  # SessionNotFoundError if unknown
     handle = gw.store.session(  # writes nothing until the first message (no ghosts)
-        source=gw.config.source,
-        model=gw.agent.model,
+        source=source,
+        model=model,
         title=p["title"],
         cwd=p["cwd"],
         parent_id=p["parent_id"],
@@ -159,6 +171,8 @@ async def session_create(gw: Gateway, conn: Connection, p: dict[str, Any]) -> An
         handle.end()  # never written: nothing to end, just forget it
         raise
     gw.handles[handle.id] = handle
+    if p["title"] is None:
+        gw.untitled.add(handle.id)  # titled from its first prompt
     gw.run(actions)
     return attached.to_result()
 
@@ -171,15 +185,29 @@ async def session_create(gw: Gateway, conn: Connection, p: dict[str, Any]) -> An
 )
 async def session_resume(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any:
     sid, since, stream = p["session_id"], p["since"], p["stream"]
+    if since and stream is None:
+        # A seq means nothing without the stream it counts in: replaying from
+        # it could skip events, so the client reloads instead. (since=0, "I saw
+        # nothing", needs no stream: the whole buffer, or reload, is right.)
+        stream = ""  # names no stream
     if sid not in gw.registry:
         async with gw.cold_lock:
-            if sid in gw.finalizing:  # being ended right now: let that finish first
-                await gw.finalizing[sid]
+            _refuse_ending(gw, sid)  # its end is being recorded: -32002, never -32006
             if sid not in gw.registry:
                 return await _resume_cold(gw, conn, sid, since)
     attached, actions = gw.registry.attach(sid, conn.id, since=since, stream=stream)
     gw.run(actions)
     return Reply(attached.to_result(), _replay(conn, attached.replay))
+
+
+def _refuse_ending(gw: Gateway, sid: str) -> None:
+    """A session whose end is decided but not yet recorded cannot be resumed."""
+    if gw.registry.is_ending(sid):
+        raise RpcError(
+            rpc.SESSION_ENDED,
+            f"session {sid} is ending: its end could not be recorded yet and is being retried",
+            {"reason": None},
+        )
 
 
 async def _resume_cold(gw: Gateway, conn: Connection, sid: str, since: int | None) -> Any:
@@ -189,18 +217,23 @@ async def _resume_cold(gw: Gateway, conn: Connection, sid: str, since: int | Non
     session = await gw.read(gw.store.get_session, sid)
     if session.ended_at is not None:
         raise SessionEndedError(sid, session.end_reason)
-    if not gw.registry.has_room():
-        raise Full(gw.config.max_live_sessions or 0)
-    # Takes ownership if the owner is dead (epoch bump: its late writes are
-    # refused); OwnerAliveError if another live process holds it.
-    handle = await gw.write(gw.store.resume, sid)
+    # Take the place in the registry first (Full, or an idle session evicted,
+    # before anything is written), then take ownership: a gateway that filled
+    # up meanwhile can never leave a session taken over and ended unseen.
+    attached, actions = gw.registry.open(sid, conn.id, since=since, reserve=True)
+    gw.run(actions)  # an idle session evicted to make room ends now
     try:
-        attached, actions = gw.registry.open(sid, conn.id, since=since)
-    except Full:  # filled up while we took it over: end it rather than hold it unseen
-        await gw.write(handle.end, "lru_evict")
+        # Takes ownership if the owner is dead (epoch bump: its late writes are
+        # refused); OwnerAliveError if another live process holds it.
+        handle = await gw.write(gw.store.resume, sid)
+    except BaseException:
+        gw.registry.forget(sid)
         raise
+    if sid not in gw.registry:  # closed by a client while it was being taken over
+        await gw.write(handle.end, "completed")
+        raise SessionEndedError(sid, "completed")
+    gw.registry.confirm(sid)
     gw.handles[sid] = handle
-    gw.run(actions)
     return attached.to_result()
 
 
@@ -208,22 +241,40 @@ async def _resume_cold(gw: Gateway, conn: Connection, sid: str, since: int | Non
     "session.close",
     Param("session_id", "str", required=True),
     Param("reason", "str"),
+    Param("if_alone", "bool"),
 )
 async def session_close(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any:
     sid = p["session_id"]
     reason = check_reason(p["reason"] or "completed")
     if sid in gw.registry:
         handle = gw.handles.get(sid)
+        others = len(gw.registry.session(sid).conns - {conn.id})
+        if p["if_alone"] and others:
+            # Other clients still use it: only this connection lets go.
+            gw.run(gw.registry.detach(sid, conn.id))
+            return {"ended": False, "others_attached": others, "detached": True}
         ended = gw.when_ended(sid)
         # A running turn is interrupted first; it stores what it had, then the end follows.
         gw.run(gw.registry.close(sid, reason))
-        return {"ended": await ended, "persisted": bool(handle and handle.persisted)}
-    fut = gw.finalizing.get(sid)
-    if fut is not None:
-        await fut
-        return {"ended": False, "persisted": True}
-    ended = await gw.write(gw.store.end_session, sid, reason)
-    return {"ended": ended, "persisted": True}
+        outcome = await ended
+        out = {
+            "ended": bool(outcome),
+            "others_attached": others,
+            "persisted": bool(handle and handle.persisted),
+        }
+        if outcome is None:  # the store could not take it: retried until it does
+            out["ending"] = True
+        return out
+    if gw.registry.is_ending(sid):  # its end is decided; recording it is being retried
+        return {"ended": False, "others_attached": 0, "persisted": True, "ending": True}
+    # Not live here: end it only if no live process owns it (never another
+    # gateway's live session): taking it over says so (OwnerAliveError, -32006).
+    try:
+        handle = await gw.write(gw.store.resume, sid)
+    except SessionEndedError:
+        return {"ended": False, "others_attached": 0, "persisted": True}
+    ended = await gw.write(handle.end, reason)
+    return {"ended": ended, "others_attached": 0, "persisted": True}
 
 
 @method(
@@ -239,6 +290,8 @@ async def session_list(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any:
     state = p["state"] or "all"
     if state not in ("all", "open", "ended"):
         raise RpcError(rpc.INVALID_PARAMS, "state must be 'all', 'open' or 'ended'")
+    if p["cursor"] is not None:
+        _check_cursor(p["cursor"])
     page = await gw.read(
         gw.store.list_sessions,
         source=p["source"],
@@ -249,6 +302,13 @@ async def session_list(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any:
         include_empty=bool(p["include_empty"]),
     )
     return page.to_dict()
+
+
+def _check_cursor(cursor: str) -> None:
+    """A listing cursor must be one the gateway could have made (a finite time, an id)."""
+    ts, _ = decode_cursor(cursor)  # InvalidInputError (-32602) if it is not a cursor at all
+    if not math.isfinite(ts) or abs(ts) > MAX_CURSOR_TIME:
+        raise RpcError(rpc.INVALID_PARAMS, f"invalid listing cursor {cursor[:64]!r}")
 
 
 @method("session.active_list")
@@ -278,7 +338,10 @@ async def session_history(gw: Gateway, conn: Connection, p: dict[str, Any]) -> A
 
 @method("session.interrupt", Param("session_id", "str", required=True))
 async def session_interrupt(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any:
-    actions = gw.registry.interrupt(p["session_id"])
+    sid = p["session_id"]
+    if conn.id not in gw.registry.session(sid).conns:
+        raise NotAttached(sid)
+    actions = gw.registry.interrupt(sid)
     gw.run(actions)
     return {"interrupted": bool(actions), "turn_id": actions[0].turn_id if actions else None}
 
@@ -296,17 +359,29 @@ async def prompt_submit(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any
     text = check_text(p["text"], "text", required=True) or ""
     if not text.strip():
         raise RpcError(rpc.INVALID_PARAMS, "text must not be empty")
+    if gw.stopping:
+        raise RpcError(rpc.SESSION_ENDED, "the gateway is shutting down", {"reason": None})
     handle = _live_handle(gw, sid)
     turn_id = new_id()
     gw.registry.begin_turn(sid, conn.id, turn_id)  # Busy if a turn runs
     running = _Running(turn_id, handle)
     gw.turns[sid] = running
+    if sid in gw.untitled:
+        gw.untitled.discard(sid)
+        if not handle.persisted:
+            _set_title(handle, title_of(text))
     try:
         msg = await gw.write(handle.append, "user", text, idem_key=turn_key(turn_id, 0))
     except BaseException:
         gw.turns.pop(sid, None)
         gw.run(gw.registry.end_turn(sid, turn_id, "error", announce=False))
         raise
+    if running.interrupted or gw.stopping:
+        # Closed (or the gateway began stopping) while the prompt was being
+        # stored: the prompt is kept, but no turn starts on an ending session.
+        gw.turns.pop(sid, None)
+        gw.run(gw.registry.end_turn(sid, turn_id, "interrupted"))
+        return {"turn_id": turn_id, "seq": msg.seq}
 
     def start() -> None:
         gw.emit(sid, "turn.start", {"turn_id": turn_id})
@@ -314,6 +389,20 @@ async def prompt_submit(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any
         gw.start_turn(sid, running, text)
 
     return Reply({"turn_id": turn_id, "seq": msg.seq}, start)
+
+
+def title_of(text: str) -> str:
+    """A session title from a prompt: its first non-empty line, whitespace collapsed, shortened."""
+    line = next((ln for ln in text.splitlines() if ln.strip()), text)
+    line = " ".join(line.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "\u2026"
+
+
+def _set_title(handle: SessionHandle, title: str) -> None:
+    # The row is written with the first message, so the title rides along with it.
+    # SessionHandle has no setter for an unwritten row's fields; replace the
+    # frozen description it will write (only before it is persisted).
+    handle._new = dataclasses.replace(handle._new, title=title)  # type: ignore[attr-defined]
 
 
 # --- the gateway ------------------------------------------------------------------------

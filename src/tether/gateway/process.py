@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ def spawn_gateway(
     db: str | None = None,
     name: str = "gateway",
     env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], object] | None = None,
 ) -> Iterator[Child]:
     """``tether serve --port 0`` on 127.0.0.1 in ``directory``; killed on exit if still running."""
     db = db or str(directory / "tether.db")
@@ -53,6 +54,7 @@ def spawn_gateway(
             stdin=subprocess.DEVNULL,
             text=True,
             env=child_env,
+            preexec_fn=preexec_fn,  # e.g. lower a resource limit in the child
         )
     try:
         assert proc.stdout is not None

@@ -21,12 +21,23 @@ The rules it keeps:
 * ``idle_timeout`` finalizes any session idle that long (``idle_timeout``);
   ``max_live`` evicts the least recently active idle session (``lru_evict``).
 * One running turn per session.
+* An end that could not be recorded (the database briefly unavailable, a
+  full disk) is never forgotten: the session stays here as ``finalizing``,
+  the I/O layer keeps its handle, and :meth:`tick` asks for the end again
+  with exponential backoff until :meth:`end_recorded` says it is stored.
+* Caps: at most ``max_per_conn`` sessions per connection and ``max_live``
+  live sessions in all (so one client cannot open thousands).
+
+Each live session's :class:`Phase` is explicit and every transition is
+logged (``tether.gateway`` at DEBUG), like websockets' connection state.
 """
 
 from __future__ import annotations
 
+import enum
 import heapq
 import itertools
+import logging
 import secrets
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -37,6 +48,19 @@ from .replay import ReplayBuffer
 from .rpc import notification
 
 ConnId = Hashable
+
+log = logging.getLogger("tether.gateway")
+
+
+class Phase(enum.Enum):
+    """Where a session stands in this gateway (the ``state`` clients see)."""
+
+    ATTACHED = "attached"  # idle, at least one client attached
+    DETACHED = "detached"  # idle, no client: the grace counts
+    RUNNING = "running"  # a turn runs
+    CLOSING = "closing"  # a turn runs and the session ends once it stops
+    FINALIZING = "finalizing"  # its end is being recorded (retried until it is)
+
 
 # --- actions for the I/O layer --------------------------------------------------------
 
@@ -114,6 +138,13 @@ class Closing(RegistryError):
         super().__init__(f"session {session_id} is closing")
 
 
+class TooMany(RegistryError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"this connection already holds its maximum of {limit} live sessions; close one first"
+        )
+
+
 class Full(RegistryError):
     def __init__(self, limit: int) -> None:
         super().__init__(
@@ -136,14 +167,42 @@ class LiveSession:
     detached_since: float | None = None
     turn_id: str | None = None
     closing: str | None = None  # finalize with this reason once the running turn ends
+    closing_detail: str | None = None
     deadline: float | None = None
     deadline_reason: str | None = None
+    phase: Phase = Phase.ATTACHED
+    reserved: bool = False  # opened while the store takes it over: never an eviction victim
 
     @property
     def state(self) -> str:
+        return self.phase.value
+
+    def update_phase(self) -> None:
+        """Derive the phase from the facts and log the transition, if any."""
         if self.turn_id is not None:
-            return "running"
-        return "attached" if self.conns else "detached"
+            phase = Phase.RUNNING if self.closing is None else Phase.CLOSING
+        else:
+            phase = Phase.ATTACHED if self.conns else Phase.DETACHED
+        self.set_phase(phase)
+
+    def set_phase(self, phase: Phase) -> None:
+        if phase is not self.phase:
+            log.debug("session %s: %s -> %s", self.id, self.phase.value, phase.value)
+            self.phase = phase
+
+
+@dataclass(slots=True)
+class Ending:
+    """A finalized session whose end is not recorded yet (see :meth:`Registry.end_failed`)."""
+
+    id: str
+    reason: str
+    interrupted: bool
+    detail: str | None
+    since: float  # monotonic
+    attempts: int = 0
+    retry_at: float | None = None  # None: an attempt is in flight
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +239,9 @@ class Registry:
         detach_grace: float = 120.0,
         idle_timeout: float | None = None,
         max_live: int | None = None,
+        max_per_conn: int | None = None,
+        end_retry: float = 0.5,
+        end_retry_max: float = 30.0,
         replay_events: int = 2048,
         replay_bytes: int = 512 * 1024,
         stream_prefix: str | None = None,
@@ -190,10 +252,18 @@ class Registry:
             raise ValueError("idle_timeout must be positive")
         if max_live is not None and max_live < 1:
             raise ValueError("max_live must be at least 1")
+        if max_per_conn is not None and max_per_conn < 1:
+            raise ValueError("max_per_conn must be at least 1")
+        if not 0 < end_retry <= end_retry_max:
+            raise ValueError("end_retry must be positive and at most end_retry_max")
         self.clock = clock
         self.detach_grace = detach_grace
         self.idle_timeout = idle_timeout
         self.max_live = max_live
+        self.max_per_conn = max_per_conn
+        self.end_retry = end_retry
+        self.end_retry_max = end_retry_max
+        self._ending: dict[str, Ending] = {}
         self._replay_events = replay_events
         self._replay_bytes = replay_bytes
         # Streams name one live incarnation of a session: seqs restart after a
@@ -257,6 +327,22 @@ class Registry:
                     "ends_as": s.deadline_reason,
                 }
             )
+        for e in self._ending.values():
+            out.append(
+                {
+                    "session_id": e.id,
+                    "state": Phase.FINALIZING.value,
+                    "attached": 0,
+                    "turn_id": None,
+                    "last_seq": None,
+                    "idle_for": None,
+                    "detached_for": None,
+                    "ends_in": None if e.retry_at is None else round(max(0.0, e.retry_at - now), 3),
+                    "ends_as": e.reason,
+                    "attempts": e.attempts,
+                    "error": e.error,
+                }
+            )
         out.sort(key=lambda d: d["session_id"])
         return out
 
@@ -278,6 +364,22 @@ class Registry:
                 s.detached_since = now
                 actions.append(MarkDetached(sid, self.clock.now()))
                 self._schedule(s)
+            s.update_phase()
+        return actions
+
+    def detach(self, session_id: str, conn: ConnId) -> list[Action]:
+        """Detach one connection from one session (it stays live; the grace counts if alone)."""
+        s = self.session(session_id)
+        if conn not in s.conns:
+            return []
+        s.conns.discard(conn)
+        self._conns.get(conn, set()).discard(session_id)
+        actions: list[Action] = []
+        if not s.conns:
+            s.detached_since = self.clock.monotonic()
+            actions.append(MarkDetached(session_id, self.clock.now()))
+            self._schedule(s)
+        s.update_phase()
         return actions
 
     # --- attaching -------------------------------------------------------------------
@@ -286,23 +388,36 @@ class Registry:
         """Whether :meth:`open` would succeed now (below the cap, or an idle session to evict)."""
         if self.max_live is None or len(self._sessions) < self.max_live:
             return True
-        return any(s.turn_id is None and s.closing is None for s in self._sessions.values())
+        return any(self._evictable(s) for s in self._sessions.values())
+
+    @staticmethod
+    def _evictable(s: LiveSession) -> bool:
+        return s.turn_id is None and s.closing is None and not s.reserved
 
     def open(
-        self, session_id: str, conn: ConnId, *, since: int | None = None
+        self,
+        session_id: str,
+        conn: ConnId,
+        *,
+        since: int | None = None,
+        reserve: bool = False,
     ) -> tuple[Attached, list[Action]]:
         """Make a session live (new, or loaded cold from the store) and attach ``conn``.
 
         Past ``max_live``, the least recently active idle session is evicted
         first; if every session is running a turn, :class:`Full` is raised and
-        nothing changes.
+        nothing changes. ``reserve`` holds the place while the store takes the
+        session over (it cannot be evicted until :meth:`confirm`).
         """
         if session_id in self._sessions:
             raise ValueError(f"session {session_id} is already live")
+        if session_id in self._ending:
+            raise Closing(session_id)
         self._require_conn(conn)
+        self._check_per_conn(conn)
         actions: list[Action] = []
         if self.max_live is not None and len(self._sessions) >= self.max_live:
-            idle = [s for s in self._sessions.values() if s.turn_id is None and s.closing is None]
+            idle = [s for s in self._sessions.values() if self._evictable(s)]
             if not idle:
                 raise Full(self.max_live)
             victim = min(idle, key=lambda s: (s.last_active, s.id))
@@ -314,6 +429,7 @@ class Registry:
             replay=ReplayBuffer(self._replay_events, self._replay_bytes),
             last_active=now,
             idle_since=now,
+            reserved=reserve,
         )
         self._sessions[session_id] = s
         s.conns.add(conn)
@@ -342,6 +458,8 @@ class Registry:
         self._require_conn(conn)
         if s.closing is not None:
             raise Closing(session_id)
+        if conn not in s.conns:
+            self._check_per_conn(conn)
         replay: list[str] = []
         reload = False
         if since is not None:
@@ -358,6 +476,7 @@ class Registry:
         self._conns[conn].add(session_id)
         s.last_active = self.clock.monotonic()
         self._schedule(s)
+        s.update_phase()
         attached = Attached(
             session_id, s.stream, s.replay.last_seq, replay, reload, s.state, s.turn_id
         )
@@ -366,6 +485,27 @@ class Registry:
     def _require_conn(self, conn: ConnId) -> None:
         if conn not in self._conns:
             raise ValueError(f"unknown connection {conn!r}: call connect() first")
+
+    def _check_per_conn(self, conn: ConnId) -> None:
+        if self.max_per_conn is not None and len(self._conns[conn]) >= self.max_per_conn:
+            raise TooMany(self.max_per_conn)
+
+    def confirm(self, session_id: str) -> None:
+        """The takeover of a reserved session succeeded: it is an ordinary live session now."""
+        s = self._sessions.get(session_id)
+        if s is not None:
+            s.reserved = False
+
+    def forget(self, session_id: str) -> None:
+        """Drop a live session without ending it (a reservation whose takeover failed)."""
+        s = self._sessions.pop(session_id, None)
+        if s is None:
+            return
+        for conn in s.conns:
+            self._conns[conn].discard(session_id)
+        s.conns.clear()
+        s.deadline = None
+        self._compact()
 
     # --- turns -----------------------------------------------------------------------
 
@@ -381,6 +521,7 @@ class Registry:
         s.turn_id = turn_id
         s.last_active = self.clock.monotonic()
         self._schedule(s)
+        s.update_phase()
 
     def end_turn(
         self,
@@ -408,8 +549,11 @@ class Registry:
         s.turn_id = None
         s.idle_since = s.last_active = self.clock.monotonic()
         if s.closing is not None:
-            return actions + self._finalize(s, s.closing, interrupted=status == "interrupted")
+            return actions + self._finalize(
+                s, s.closing, interrupted=status == "interrupted", detail=s.closing_detail
+            )
         self._schedule(s)
+        s.update_phase()
         return actions
 
     def interrupt(self, session_id: str) -> list[Action]:
@@ -430,14 +574,19 @@ class Registry:
 
     # --- ending ----------------------------------------------------------------------
 
-    def close(self, session_id: str, reason: str) -> list[Action]:
-        """Finalize now, or, with a running turn, interrupt it and finalize when it ends."""
+    def close(self, session_id: str, reason: str, detail: str | None = None) -> list[Action]:
+        """Finalize now, or, with a running turn, interrupt it and finalize when it ends.
+
+        ``detail`` goes into the ``session.ended`` event (an end recorded elsewhere).
+        """
         s = self.session(session_id)
         if s.turn_id is not None:
             if s.closing is None:
                 s.closing = reason
+                s.closing_detail = detail
+                s.update_phase()
             return [Interrupt(session_id, s.turn_id)]
-        return self._finalize(s, reason)
+        return self._finalize(s, reason, detail=detail)
 
     def shutdown(self, reason: str) -> list[Action]:
         """Close every live session (turns are interrupted first)."""
@@ -446,15 +595,68 @@ class Registry:
             actions += self.close(sid, reason)
         return actions
 
-    def _finalize(self, s: LiveSession, reason: str, *, interrupted: bool = False) -> list[Action]:
-        actions = self.emit(s.id, "session.ended", {"reason": reason})
+    def _finalize(
+        self,
+        s: LiveSession,
+        reason: str,
+        *,
+        interrupted: bool = False,
+        detail: str | None = None,
+    ) -> list[Action]:
+        params: dict[str, Any] = {"reason": reason}
+        if detail is not None:
+            params["detail"] = detail
+        actions = self.emit(s.id, "session.ended", params)
         del self._sessions[s.id]
         for conn in s.conns:
             self._conns[conn].discard(s.id)
         s.conns.clear()
         s.deadline = None
+        s.set_phase(Phase.FINALIZING)
         self._compact()
+        self._ending[s.id] = Ending(s.id, reason, interrupted, detail, self.clock.monotonic())
         actions.append(Finalize(s.id, reason, interrupted))
+        return actions
+
+    # --- finalizing ------------------------------------------------------------------
+
+    def is_ending(self, session_id: str) -> bool:
+        """Whether the session is finalized here but its end is not recorded yet."""
+        return session_id in self._ending
+
+    @property
+    def ending(self) -> int:
+        return len(self._ending)
+
+    def end_recorded(self, session_id: str) -> None:
+        """The store has the end (or the session turned out ended): forget it for good."""
+        e = self._ending.pop(session_id, None)
+        if e is not None and e.attempts:
+            log.info(
+                "session %s: end %s recorded after %d failed attempts",
+                session_id,
+                e.reason,
+                e.attempts,
+            )
+
+    def end_failed(self, session_id: str, error: str) -> float | None:
+        """Recording the end failed: retry after a backoff; returns the monotonic retry time."""
+        e = self._ending.get(session_id)
+        if e is None:
+            return None
+        e.attempts += 1
+        e.error = error
+        delay = min(self.end_retry * 2 ** min(e.attempts - 1, 32), self.end_retry_max)
+        e.retry_at = self.clock.monotonic() + delay
+        return e.retry_at
+
+    def retry_endings(self) -> list[Action]:
+        """Ask now for every end waiting for its retry (at shutdown: no more waiting)."""
+        actions: list[Action] = []
+        for e in sorted(self._ending.values(), key=lambda e: e.id):
+            if e.retry_at is not None:
+                e.retry_at = None
+                actions.append(Finalize(e.id, e.reason, e.interrupted))
         return actions
 
     # --- time ------------------------------------------------------------------------
@@ -503,7 +705,11 @@ class Registry:
     def next_deadline(self) -> float | None:
         """The monotonic time at which :meth:`tick` next has work (None: no timer set)."""
         top = self._live_top()
-        return None if top is None else top[0]
+        at = None if top is None else top[0]
+        for e in self._ending.values():
+            if e.retry_at is not None and (at is None or e.retry_at < at):
+                at = e.retry_at
+        return at
 
     def tick(self) -> list[Action]:
         """Finalize every session whose deadline has passed."""
@@ -513,4 +719,8 @@ class Registry:
             heapq.heappop(self._heap)
             s = top[1]
             actions += self._finalize(s, s.deadline_reason or "ws_disconnect")
+        for e in sorted(self._ending.values(), key=lambda e: (e.retry_at or 0.0, e.id)):
+            if e.retry_at is not None and e.retry_at <= now:
+                e.retry_at = None
+                actions.append(Finalize(e.id, e.reason, e.interrupted))
         return actions

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,13 @@ OWNER_ALIVE = -32006
 STORE_UNAVAILABLE = -32007
 
 MAX_BATCH = 100
+
+# What a parameter may hold anywhere inside it: integers that fit 64 bits (the
+# store's columns), and text without NUL or lone surrogates (neither can be
+# stored or encoded as UTF-8).
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+_MAX_DEPTH = 32
 
 # ASCII-only output: a client may send text with lone surrogates, and a reply that
 # echoes it must still encode as a WebSocket text frame.
@@ -168,9 +176,44 @@ def check_params(params: dict[str, Any], spec: tuple[Param, ...]) -> dict[str, A
             continue
         if not _CHECKS[p.kind](value) or (isinstance(value, float) and not math.isfinite(value)):
             raise RpcError(INVALID_PARAMS, f"parameter {p.name!r} must be of type {p.kind}")
+        problem = _unstorable(value)
+        if problem is not None:
+            raise RpcError(INVALID_PARAMS, f"parameter {p.name!r} {problem}")
         if p.minimum is not None and value < p.minimum:
             raise RpcError(INVALID_PARAMS, f"parameter {p.name!r} must be at least {p.minimum}")
         if p.maximum is not None and value > p.maximum:
             raise RpcError(INVALID_PARAMS, f"parameter {p.name!r} must be at most {p.maximum}")
         out[p.name] = value
     return out
+
+
+def _unstorable(value: Any, depth: int = 0) -> str | None:
+    """Why ``value`` (or anything inside it) cannot be stored, or None."""
+    if isinstance(value, str):
+        bad = _BAD_TEXT.search(value)
+        if bad is None:
+            return None
+        ch = bad.group()
+        what = "a NUL character" if ch == "\x00" else f"a lone surrogate (U+{ord(ch):04X})"
+        return f"contains {what} at offset {bad.start()}"
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        if INT_MIN <= value <= INT_MAX:
+            return None
+        return "holds an integer beyond 64 bits"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "holds a number that is not finite"
+    if depth >= _MAX_DEPTH:
+        return "is nested too deeply"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            problem = _unstorable(k, depth + 1) or _unstorable(v, depth + 1)
+            if problem is not None:
+                return problem
+    elif isinstance(value, list):
+        for v in value:
+            problem = _unstorable(v, depth + 1)
+            if problem is not None:
+                return problem
+    return None

@@ -10,6 +10,13 @@ what it says, in the order it says it:
 * ``Interrupt`` cancels the agent's iteration; the turn then stores what it
   had and ends by itself.
 
+An end that cannot be recorded (the store raised :class:`StoreError`) keeps
+the session's handle and goes back to the registry (``end_failed``), whose
+timer asks for it again with backoff until it is stored. A watcher follows
+the store's events (SQLite: the events table, polled by id; PostgreSQL:
+LISTEN/NOTIFY), so a session ended or taken over anywhere else leaves this
+registry at once and its attached clients get ``session.ended``.
+
 Store calls are blocking (SQLite here, PostgreSQL over the network later):
 writes run on a single thread (one writer per process, in order), reads on
 a small pool. Nothing here keeps a reference to a finalized session, so the
@@ -22,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import json
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,7 +39,7 @@ from typing import Any, TypeVar
 
 from ..agents import Agent, AgentError, TextDelta, ToolCalls, ToolResult, Turn
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import TetherError
+from ..errors import SessionEndedError, StaleOwnerError, StoreError, TetherError
 from ..lifecycle import SessionHandle
 from ..model import Message
 from ..store import Store
@@ -45,14 +54,27 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
+    """The gateway's limits and timers (``tether serve`` options set some of them)."""
+
     detach_grace: float = 120.0
     idle_timeout: float | None = None
-    max_live_sessions: int | None = None
+    # Caps, so that one client cannot open thousands of sessions: past
+    # max_live_sessions the least recently active idle session is evicted.
+    max_live_sessions: int | None = 1000
+    max_sessions_per_connection: int | None = 100
     replay_events: int = 2048
     replay_bytes: int = 512 * 1024
     outbox_frames: int = 10_000
+    outbox_bytes: int = 8 * 1024 * 1024  # a client that stops reading is closed past this
     shutdown_timeout: float = 5.0
+    end_retry: float = 0.5  # first retry of an end that could not be recorded; doubles
+    end_retry_max: float = 30.0
+    events_poll: float = 0.5  # SQLite: how often the events table is read for outside ends
     source: str = "gateway"
+
+
+# Events of the store that take a session away from this gateway.
+_ENDING_EVENTS = ("ended", "reaped", "taken_over")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +100,19 @@ class _Running:
             self.pump.cancel()
 
 
-def _pass_result(waiter: asyncio.Future[bool], fut: asyncio.Future[bool]) -> None:
+def _pass_result(waiter: asyncio.Future[bool | None], fut: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(False if fut.cancelled() or fut.exception() else fut.result())
+
+
+def _json(data: Any) -> dict[str, Any] | None:
+    if data is None or isinstance(data, dict):
+        return data
+    try:
+        out = json.loads(data)
+    except ValueError:
+        return None
+    return out if isinstance(out, dict) else None
 
 
 def one_line(exc: BaseException) -> str:
@@ -108,13 +140,18 @@ class Gateway:
             detach_grace=self.config.detach_grace,
             idle_timeout=self.config.idle_timeout,
             max_live=self.config.max_live_sessions,
+            max_per_conn=self.config.max_sessions_per_connection,
+            end_retry=self.config.end_retry,
+            end_retry_max=self.config.end_retry_max,
             replay_events=self.config.replay_events,
             replay_bytes=self.config.replay_bytes,
         )
         self.handles: dict[str, SessionHandle] = {}
         self.turns: dict[str, _Running] = {}
+        self.untitled: set[str] = set()  # sessions created without a title and no prompt yet
+        # Resolves once the session's end is recorded (True: this gateway recorded it).
         self.finalizing: dict[str, asyncio.Future[bool]] = {}
-        self._waiters: dict[str, list[asyncio.Future[bool]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[bool | None]]] = {}
         self.conns: dict[int, Connection] = {}
         self._conn_ids = itertools.count(1)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="tether-write")
@@ -123,6 +160,8 @@ class Gateway:
         self._wake = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
         self._lag: asyncio.Task[None] | None = None
+        self._events: asyncio.Task[None] | None = None
+        self._events_stop = threading.Event()
         self.loop_lag_max = 0.0  # seconds: the worst late wake-up of the event loop
         self.cold_lock = asyncio.Lock()
         self.started_at = clock.now()
@@ -154,6 +193,7 @@ class Gateway:
     async def start(self) -> None:
         self._timer = asyncio.create_task(self._timers(), name="tether-timers")
         self._lag = asyncio.create_task(self._watch_lag(), name="tether-loop-lag")
+        self._events = asyncio.create_task(self._watch_events(), name="tether-events")
 
     async def _watch_lag(self, every: float = 0.25) -> None:
         """Measure how late the loop wakes up: store calls must never stall it."""
@@ -182,8 +222,19 @@ class Gateway:
         for sid in list(self.handles):
             if sid not in self.finalizing:
                 self.run([Finalize(sid, reason, True)])
-        await asyncio.gather(*self.finalizing.values(), *self._pending, return_exceptions=True)
-        for task in (self._timer, self._lag):
+        # Ends waiting for a retry are tried now; the timers keep retrying the
+        # failures until the shutdown timeout, then the store's exit path has them.
+        self.run(self.registry.retry_endings())
+        if self.finalizing:
+            _, late_ends = await asyncio.wait(
+                list(self.finalizing.values()), timeout=self.config.shutdown_timeout
+            )
+            for fut in late_ends:
+                sid = next((k for k, v in self.finalizing.items() if v is fut), "?")
+                log.error("the end of session %s is still not recorded; leaving it to exit", sid)
+        self._events_stop.set()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        for task in (self._timer, self._lag, self._events):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -233,37 +284,163 @@ class Gateway:
         self.run(self.registry.emit(session_id, method, params))
 
     def _finalize(self, a: Finalize) -> None:
-        handle = self.handles.pop(a.session_id, None)
-        fut = self.write(self._end, handle, a)
+        """One attempt to record the end; a failure goes back to the registry for a retry."""
         sid = a.session_id
-        self.finalizing[sid] = fut
+        ended = self.finalizing.get(sid)
+        if ended is None:
+            ended = asyncio.get_running_loop().create_future()
+            self.finalizing[sid] = ended
+        # when_ended() callers hear the outcome of this attempt (None: not recorded yet).
+        first = self._waiters.pop(sid, [])
+        handle = self.handles.get(sid)  # kept until the end is recorded
+        try:
+            attempt = self.write(self._end, handle, a)
+        except RuntimeError:  # the writer is shut down: the store's exit path ends it
+            self._ended(sid, ended, False, first)
+            return
+        self._pending.add(attempt)
 
         def done(f: asyncio.Future[bool]) -> None:
-            if self.finalizing.get(sid) is f:
-                del self.finalizing[sid]
+            self._pending.discard(f)
+            exc = None if f.cancelled() else f.exception()
+            if f.cancelled() or isinstance(exc, StoreError):
+                error = one_line(exc) if exc else "cancelled"
+                retry_at = self.registry.end_failed(sid, error)
+                if retry_at is not None:
+                    log.error(
+                        "could not record the end of session %s (%s): %s; retrying in %.1f s",
+                        sid,
+                        a.reason,
+                        error,
+                        retry_at - self.clock.monotonic(),
+                    )
+                for waiter in first:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                self._wake.set()
+                return
+            if exc is not None:  # not the store's availability: retrying will not help
+                log.error("ending session %s failed: %s", sid, one_line(exc))
+            self._ended(sid, ended, bool(exc is None and f.result()), first)
 
-        fut.add_done_callback(done)
-        for waiter in self._waiters.pop(sid, ()):
-            fut.add_done_callback(functools.partial(_pass_result, waiter))
+        attempt.add_done_callback(done)
 
-    def when_ended(self, session_id: str) -> asyncio.Future[bool]:
-        """Resolves when the session is finalized: True if that recorded its end."""
+    def _ended(
+        self,
+        sid: str,
+        ended: asyncio.Future[bool],
+        result: bool,
+        waiters: list[asyncio.Future[bool | None]],
+    ) -> None:
+        self.handles.pop(sid, None)
+        self.untitled.discard(sid)
+        self.registry.end_recorded(sid)
+        if self.finalizing.get(sid) is ended:
+            del self.finalizing[sid]
+        for fut in (ended, *waiters):
+            if not fut.done():
+                fut.set_result(result)
+
+    def when_ended(self, session_id: str) -> asyncio.Future[bool | None]:
+        """Resolves once the session's next finalize attempt is over.
+
+        True if it recorded the end, False if the session was ended otherwise
+        (or had nothing to record), None if the store could not take it: the
+        end is then retried in the background.
+        """
+        waiter: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
         fut = self.finalizing.get(session_id)
         if fut is not None:
-            return fut
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(functools.partial(_pass_result, waiter))
+            return waiter
         self._waiters.setdefault(session_id, []).append(waiter)
         return waiter
 
     def _end(self, handle: SessionHandle | None, a: Finalize) -> bool:
-        """On the writer thread: record the end (first reason wins). True if this ended it."""
+        """On the writer thread: record the end (first reason wins). True if this ended it.
+
+        Raises :class:`StoreError` when the store cannot take it (retried).
+        """
         if handle is None:
             return False
+        return handle.end(a.reason, interrupted=a.interrupted)
+
+    # --- ends recorded elsewhere -------------------------------------------------------
+
+    async def _watch_events(self) -> None:
+        """Follow the store's events; a session of ours ended elsewhere leaves the registry."""
+        if self.store.backend.dialect == "postgresql":
+            await self._listen_events()
+            return
+        last = None
+        while True:
+            try:
+                if last is None:
+                    last = await self.read(self._max_event_id)
+                else:
+                    rows = await self.read(self._events_after, last)
+                    for event_id, sid, kind, data in rows:
+                        last = max(last, event_id)
+                        self._ended_elsewhere(sid, kind, _json(data))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store is briefly unavailable: try again later
+                log.warning("could not read the store's events: %s", one_line(exc))
+            await asyncio.sleep(self.config.events_poll)
+
+    def _max_event_id(self) -> int:
+        return self.store.backend.read(
+            lambda c: c.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+        )
+
+    def _events_after(self, after: int) -> list[Any]:
+        kinds = ", ".join(f"'{k}'" for k in _ENDING_EVENTS)
+        query = (
+            "SELECT id, session_id, kind, data FROM events "
+            f"WHERE id > ? AND kind IN ({kinds}) ORDER BY id LIMIT 1000"
+        )
+        return self.store.backend.read(lambda c: c.execute(query, (after,)).fetchall())
+
+    async def _listen_events(self) -> None:
+        """PostgreSQL: LISTEN on a thread of its own, handing events to the loop."""
+        loop = asyncio.get_running_loop()
+
+        def follow() -> None:
+            while not self._events_stop.is_set():
+                try:
+                    with self.store.listen() as listener:
+                        while not self._events_stop.is_set():
+                            for ev in listener.events(timeout=self.config.events_poll):
+                                if ev.kind in _ENDING_EVENTS and ev.session_id:
+                                    loop.call_soon_threadsafe(
+                                        self._ended_elsewhere, ev.session_id, ev.kind, ev.data
+                                    )
+                except Exception as exc:
+                    log.warning("lost the store's event feed: %s", one_line(exc))
+                    self._events_stop.wait(1.0)
+
+        thread = threading.Thread(target=follow, name="tether-events", daemon=True)
+        thread.start()
         try:
-            return handle.end(a.reason, interrupted=a.interrupted)
-        except TetherError as exc:  # unreachable store: retried at exit (exits), or reaped
-            log.error("could not end session %s (%s): %s", a.session_id, a.reason, exc)
-            return False
+            while thread.is_alive():
+                await asyncio.sleep(0.2)
+        finally:
+            self._events_stop.set()
+
+    def _ended_elsewhere(self, sid: str, kind: str, data: dict[str, Any] | None) -> None:
+        if sid not in self.registry:
+            return  # not ours, or our own end
+        data = data or {}
+        if kind == "taken_over":
+            if data.get("to") == self.store.owner_id:
+                return  # our own takeover (a cold resume)
+            reason, detail = "taken_over", f"taken over by owner {data.get('to')}"
+        elif kind == "reaped":
+            reason, detail = "reaped", data.get("detail")
+        else:
+            reason, detail = str(data.get("reason") or "ended"), data.get("detail")
+        log.info("session %s ended elsewhere (%s)", sid, reason)
+        self.run(self.registry.close(sid, reason, detail))
 
     # --- connections -------------------------------------------------------------------
 
@@ -272,7 +449,13 @@ class Gateway:
         send: Callable[[str], Awaitable[None]],
         close: Callable[[int, str], Awaitable[None]],
     ) -> Connection:
-        conn = Connection(next(self._conn_ids), send, close, limit=self.config.outbox_frames)
+        conn = Connection(
+            next(self._conn_ids),
+            send,
+            close,
+            limit=self.config.outbox_frames,
+            max_bytes=self.config.outbox_bytes,
+        )
         self.conns[conn.id] = conn
         self.registry.connect(conn.id)
         return conn
@@ -421,6 +604,10 @@ class Gateway:
             else:
                 # What the turn had, marked with how it ended (see messages.py).
                 await self._store(sid, r, "assistant", "".join(parts), mark=stop.status)
+        except (SessionEndedError, StaleOwnerError) as exc:
+            # Ended or taken over elsewhere meanwhile (session.ended says so): not a fault here.
+            log.info("session %s: turn %s stopped: %s", sid, tid, exc)
+            stop = _Stop("interrupted")
         except TetherError as exc:
             log.error("session %s: turn %s could not store its output: %s", sid, tid, exc)
             stop = _Stop("error", f"the turn's output could not be stored: {exc}")
@@ -447,6 +634,7 @@ class Gateway:
             "running_turns": len(self.turns),
             "handles": len(self.handles),
             "finalizing": len(self.finalizing),
+            "ending_retries": self.registry.ending,
             "pending_writes": len(self._pending),
             "timers": self.registry.pending_timers,
             "loop_lag_max_ms": round(self.loop_lag_max * 1000, 2),

@@ -20,12 +20,12 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from ..errors import TetherError
 from ..paths import data_dir
@@ -109,17 +109,31 @@ class Refusal:
     reason: str
 
 
+# A Host header is a host and an optional port, nothing else: no userinfo
+# ("evil.com@localhost"), no path, query or fragment ("localhost:P/evil").
+_HOST_RE = re.compile(
+    r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?))"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+
+
 def split_host(value: str) -> str | None:
-    """The host name of a ``Host`` header (``name``, ``name:port``, ``[v6]:port``)."""
-    value = value.strip()
-    if not value:
+    """The host name of a ``Host`` header (``name``, ``name:port``, ``[v6]:port``), or None.
+
+    Anything but a host and an optional port is refused, so that what is
+    checked is exactly what a browser resolved.
+    """
+    m = _HOST_RE.fullmatch(value.strip())
+    if m is None:
         return None
-    try:
-        parsed = urlsplit("//" + value)
-        _ = parsed.port  # raises on a malformed port
-    except ValueError:
+    if m.group("port") is not None and int(m.group("port")) > 65535:
         return None
-    return (parsed.hostname or "").lower() or None
+    if m.group("v6") is not None:
+        try:
+            return str(ipaddress.IPv6Address(m.group("v6")))
+        except ValueError:
+            return None
+    return m.group("name").lower()
 
 
 def host_allowed(host: str | None, policy: Policy) -> bool:

@@ -3,9 +3,20 @@
 Signals: uvicorn's own handlers would, after a graceful stop, restore the
 previous handlers and re-raise the signal, which (SIGTERM's default) kills
 the process before it has ended its sessions. So :class:`_Server` leaves
-signals to us: SIGTERM or SIGINT asks uvicorn to stop (a second one stops it
-without waiting for connections), then the gateway ends every live session
-exactly once, with reason ``gateway_shutdown``, and the process exits 0.
+signals to us: SIGTERM, SIGINT or SIGHUP (the terminal closed) asks uvicorn
+to stop (a second one stops it without waiting for connections), then the
+gateway ends every live session exactly once, with reason
+``gateway_shutdown``, and the process exits 0.
+
+Hostile or broken clients (see :class:`_Http` and :class:`_WebSocket`, thin
+subclasses of uvicorn's protocols): a connection that has not completed its
+WebSocket handshake within ``handshake_timeout`` seconds (silent, or stopped
+halfway through its headers) is closed; a client that floods pings without
+reading the pongs is dropped once its unsent bytes pass ``max_unsent``; a
+refused handshake is logged once by us, at WARNING, never as a uvicorn
+ERROR. Running out of file descriptors is logged once per burst (asyncio
+retries the accept every second), and the gateway serves again as soon as
+descriptors free up.
 The loop's signal handlers work through its wakeup fd, so they still fire
 when tether's exit-path handlers (installed with the first session handle)
 sit on top of them.
@@ -18,11 +29,14 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from ..agents import Agent
 from ..liveness import ReaperLoop
@@ -44,7 +58,111 @@ class ServeOptions:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     reaper_interval: float = 2.0
+    handshake_timeout: float = 5.0
+    max_unsent: int = 8 * 1024 * 1024  # bytes a client may leave unread (pongs) before it is cut
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+
+
+class _AcceptErrors:
+    """Log running out of descriptors once per burst, not a traceback per accept retry.
+
+    asyncio reports every failed ``accept()`` (up to the backlog per wake-up,
+    retried every second); one warning starts a burst, one line ends it, and
+    a burst lasts until ``quiet`` seconds pass without a failure.
+    """
+
+    def __init__(self, quiet: float = 30.0) -> None:
+        self.quiet = quiet
+        self.failed = 0  # failures in the current burst
+        self.last_failure = -float("inf")
+
+    def handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not context.get("message", "").startswith("socket.accept() out of system resource"):
+            loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if now - self.last_failure > self.quiet:
+            self.failed = 0
+        if not self.failed:
+            log.warning(
+                "cannot accept connections: %s; retrying every second until descriptors free up",
+                context.get("exception"),
+            )
+        self.failed += 1
+        self.last_failure = now
+
+    def accepted(self) -> None:
+        if self.failed and time.monotonic() - self.last_failure > self.quiet:
+            log.warning("accepting connections again (%d failed accepts)", self.failed)
+            self.failed = 0
+
+
+def _protocols(options: ServeOptions, accepts: _AcceptErrors) -> tuple[type, type]:
+    """uvicorn's HTTP and WebSocket protocols with the limits above (see the module docstring)."""
+
+    class _WebSocket(WebSocketsSansIOProtocol):
+        def handle_connect(self, event: Any) -> None:
+            super().handle_connect(event)
+            scope = getattr(self, "scope", None)
+            if scope is not None:  # lets the app cut a client that stopped reading
+                scope["tether.abort"] = self._abort
+
+        def _abort(self) -> None:
+            if not self.transport.is_closing() or self.transport.get_write_buffer_size():
+                self.transport.abort()
+
+        def handle_ping(self) -> None:
+            if self.transport.get_write_buffer_size() > options.max_unsent:
+                log.warning(
+                    "connection from %s: pings with no pongs read (%d bytes unsent); dropping it",
+                    self.client,
+                    self.transport.get_write_buffer_size(),
+                )
+                self.transport.abort()
+                return
+            super().handle_ping()
+
+        async def send(self, message: Any) -> None:
+            await super().send(message)
+            if message["type"] == "websocket.http.response.body" and not message.get(
+                "more_body", False
+            ):
+                # A refused handshake is complete once its response is sent
+                # (uvicorn would log "returned without completing handshake").
+                self.handshake_complete = True
+
+    class _Http(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            accepts.accepted()
+            self._handshake_timer: asyncio.TimerHandle | None = self.loop.call_later(
+                options.handshake_timeout, self._handshake_expired
+            )
+
+        def _handshake_expired(self) -> None:
+            self._handshake_timer = None
+            if self.transport.get_protocol() is self and not self.transport.is_closing():
+                log.info(
+                    "closing a connection from %s: no WebSocket handshake within %ss",
+                    self.client,
+                    options.handshake_timeout,
+                )
+                self.transport.abort()
+
+        def _stop_timer(self) -> None:
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
+                self._handshake_timer = None
+
+        def handle_websocket_upgrade(self, event: Any) -> None:
+            self._stop_timer()
+            super().handle_websocket_upgrade(event)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_timer()
+            super().connection_lost(exc)
+
+    return _Http, _WebSocket
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -96,7 +214,7 @@ async def serve(
     stop: asyncio.Event | None = None,
     handle_signals: bool = False,
 ) -> None:
-    """Serve until SIGINT/SIGTERM (with ``handle_signals``) or ``stop``, then end every session."""
+    """Serve until SIGINT/SIGTERM/SIGHUP (``handle_signals``) or ``stop``; then end sessions."""
     sock = sock or bind(options.host, options.port)
     policy = Policy(
         token=token,
@@ -105,9 +223,12 @@ async def serve(
         allowed_origins=frozenset(options.allowed_origins),
     )
     gateway = Gateway(store, agent, options.gateway)
+    accepts = _AcceptErrors()
+    http_protocol, ws_protocol = _protocols(options, accepts)
     config = uvicorn.Config(
         build_app(gateway, policy),
-        ws="websockets-sansio",
+        http=http_protocol,
+        ws=ws_protocol,
         lifespan="off",
         log_level="warning",
         access_log=False,
@@ -117,7 +238,9 @@ async def serve(
     )
     server = _Server(config)
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(accepts.handler)
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if handle_signals else ()
     for sig in signals:
         loop.add_signal_handler(sig, server.request_stop)
     watcher = asyncio.create_task(_watch(stop, server)) if stop is not None else None
@@ -141,6 +264,7 @@ async def serve(
             watcher.cancel()
         for sig in signals:
             loop.remove_signal_handler(sig)
+        loop.set_exception_handler(previous_handler)
         sock.close()
 
 
@@ -157,6 +281,6 @@ def run(
     *,
     ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Blocking entry point of ``tether serve``: serves until SIGINT or SIGTERM."""
+    """Blocking entry point of ``tether serve``: serves until SIGINT, SIGTERM or SIGHUP."""
     sock = bind(options.host, options.port)
     asyncio.run(serve(store, agent, token, options, sock=sock, ready=ready, handle_signals=True))
