@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from ..liveness import Reaper
-from .common import DbOption, JsonOption, cli_errors, emit_json, open_cli_store, out
+from .common import DbOption, JsonOption, cli_errors, emit_json, finite, open_cli_store, out, plural
 
 
 @cli_errors
@@ -17,12 +15,23 @@ def reap(
     ttl: Annotated[
         float,
         typer.Option(
-            "--ttl", min=1.0, help="Seconds without heartbeat after which an owner is dead."
+            "--ttl",
+            min=1.0,
+            metavar="SECONDS",
+            callback=finite,
+            help="Seconds without heartbeat after which an owner is dead.",
         ),
     ] = 30.0,
     json_: JsonOption = False,
 ) -> None:
-    """Sweep once: end every open session whose owner process is dead (reason ``reaped``)."""
+    """Sweep once: end every open session whose owner process is dead (reason reaped).
+
+    \b
+    Example:
+      tether reap --db sessions.db
+    """
+    from ..liveness import Reaper
+
     with open_cli_store(db) as store:
         report = Reaper(store, ttl=ttl).sweep()
     if json_:
@@ -31,10 +40,15 @@ def reap(
     if not report.reaped:
         out.print("nothing to reap: every open session has a live owner (or none)")
         return
+    from rich.table import Table
+
     table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="bold")
     for col in ("SESSION", "OWNER", "WHY"):
         table.add_column(col, no_wrap=True)
     for r in report.reaped:
         table.add_row(r.id, r.owner, r.detail)
     out.print(table)
-    out.print(f"reaped {len(report.reaped)} sessions of {report.dead_owners} dead owners")
+    out.print(
+        f"reaped {plural(len(report.reaped), 'session')} "
+        f"of {plural(report.dead_owners, 'dead owner')}"
+    )
