@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="tether", standalone_mode=False)
     except click_exceptions.UsageError as exc:
         if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:  # bare `tether`
             print(exc.ctx.get_help())

@@ -81,7 +81,9 @@ def ls(
     ] = 20,
     cursor: Annotated[
         str | None,
-        typer.Option("--cursor", help="Continue after a previous page (printed under it)."),
+        typer.Option(
+            "--cursor", metavar="CURSOR", help="Continue after a previous page (printed under it)."
+        ),
     ] = None,
     json_: JsonOption = False,
 ) -> None:
@@ -175,7 +177,9 @@ def _message_line(m: Message) -> Text:
 
 @cli_errors
 def show(
-    session_id: Annotated[str, typer.Argument(help="Session id (a unique prefix is enough).")],
+    session_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Session id (a unique prefix is enough).")
+    ],
     db: DbOption = None,
     json_: JsonOption = False,
 ) -> None:
@@ -235,7 +239,9 @@ def show(
 
 @cli_errors
 def end(
-    session_id: Annotated[str, typer.Argument(help="Session id (a unique prefix is enough).")],
+    session_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Session id (a unique prefix is enough).")
+    ],
     reason: Annotated[
         str,
         typer.Option("--reason", "-r", metavar="REASON", help="End reason (a snake_case word)."),
