@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from typing import Annotated
-from urllib.parse import urlsplit
 
 import typer
 
@@ -29,6 +28,8 @@ def token_source(token_file: str | None) -> str:
 
 def refusal_message(url: str, status: int, body: str, token_file: str | None) -> str:
     """One line saying why the gateway refused the handshake, and what to do."""
+    from urllib.parse import urlsplit
+
     reason = body.strip().splitlines()[0] if body.strip() else ""
     if status == 401:
         return (

@@ -132,12 +132,14 @@ def resolve_db(db: str | None) -> str | None:
     return db if db is not None else before
 
 
-def open_cli_store(db: str | None, *, must_exist: bool = True) -> Store:
+def open_cli_store(db: str | None, *, must_exist: bool = True, plugins: bool = True) -> Store:
     """Open the store named by ``--db`` / ``$TETHER_DB`` / the default path.
 
     A SQLite path given explicitly must exist for commands that only read or
     change existing sessions: a typo should not silently create an empty
-    database. The default database is created on first use.
+    database. The default database is created on first use. Commands that
+    only read pass ``plugins=False``: no hook can fire, and finding plugins
+    (entry points) costs start-up time.
     """
     from ..store import open_store
 
@@ -149,7 +151,7 @@ def open_cli_store(db: str | None, *, must_exist: bool = True) -> Store:
         path = Path(os.path.expanduser(target.removeprefix("sqlite://")))
         if not path.exists():
             raise fail(f"no database at {path} (a new one is created by the first session)")
-    return open_store(target, kind="cli")
+    return open_store(target, kind="cli", load_plugins=plugins)
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

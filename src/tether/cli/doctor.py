@@ -142,7 +142,7 @@ def doctor(
     if not repair and (stale_after is not None or yes):
         raise typer.BadParameter("--stale-after and --yes go with --repair")
     window = parse_duration(stale_after) if stale_after is not None else None
-    with open_cli_store(db) as store:
+    with open_cli_store(db, plugins=window is not None) as store:  # only --repair ends any
         if window is not None:
             _repair(store, window, yes, json_)
             return

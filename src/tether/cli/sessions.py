@@ -99,7 +99,7 @@ def ls(
         raise typer.BadParameter("--open and --ended exclude each other")
     state = "open" if open_ else "ended" if ended else "all"
     db = resolve_db(db)
-    with open_cli_store(db) as store:
+    with open_cli_store(db, plugins=False) as store:
         page = store.list_sessions(
             source=source,
             cwd=cwd,
@@ -189,7 +189,7 @@ def show(
     Example:
       tether show 01M7YW3W --db sessions.db
     """
-    with open_cli_store(db) as store:
+    with open_cli_store(db, plugins=False) as store:
         sid = store.resolve_id(session_id)
         session = store.get_session(sid)
         chain = store.get_chain(sid)
