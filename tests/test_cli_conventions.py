@@ -297,7 +297,7 @@ def test_the_cli_imports_no_gateway_rich_or_store_backend_at_start() -> None:
     code = (
         "import sys, tether.cli.app\n"
         "heavy = ['websockets', 'uvicorn', 'starlette', 'rich', 'tether.gateway', "
-        "'psycopg', 'openai']\n"
+        "'psycopg', 'openai', 'pydantic', 'tether.store']\n"
         "print([m for m in heavy if m in sys.modules])\n"
     )
     proc = subprocess.run(

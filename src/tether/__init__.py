@@ -61,8 +61,15 @@ def __getattr__(name: str) -> object:
     import importlib
 
     where = _LAZY.get(name)
-    if where is None:
-        raise AttributeError(f"module 'tether' has no attribute {name!r}")
+    if where is None:  # a submodule, as `tether.ids` was once the package loaded it all
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'tether' has no attribute {name!r}") from None
+        globals()[name] = value
+        return value
     module = importlib.import_module(where, __name__)
     value = module if name == "liveness" else getattr(module, name)
     globals()[name] = value
