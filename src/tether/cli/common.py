@@ -17,7 +17,7 @@ import math
 import os
 import shlex
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -204,11 +204,71 @@ def ago(ts: float | None, now: float) -> str:
     return f"{s / 86400:.0f}d ago"
 
 
+# Control characters in data (an ESC in a title) must not reach the terminal.
+_CONTROLS = {c: "\ufffd" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
 def shorten(text: str | None, width: int) -> str:
+    """One line of at most ``width`` characters, control characters replaced."""
     if not text:
         return ""
-    text = " ".join(text.split())
+    text = " ".join(text.split()).translate(_CONTROLS)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def cell_width(text: str) -> int:
+    """Terminal cells ``text`` takes (East Asian wide characters take two)."""
+    import unicodedata
+
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+def terminal_width() -> int:
+    """Columns of the terminal (``$COLUMNS`` first; 80 when not a terminal)."""
+    import shutil
+
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def use_color() -> bool:
+    """ANSI styles on stdout: only on a terminal, and never with ``$NO_COLOR``."""
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+def paint(text: str, sgr: str, color: bool) -> str:
+    """``text`` in an ANSI style (``1`` bold, ``2`` dim, ``32`` green) when ``color``."""
+    return f"\x1b[{sgr}m{text}\x1b[0m" if color and sgr else text
+
+
+def plain_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[tuple[str, str]]],
+    *,
+    right: frozenset[int] = frozenset(),
+) -> str:
+    """Columns separated by one space; each cell is ``(text, ANSI style)``.
+
+    The listing is printed without Rich: importing it costs more start-up time
+    than the whole table takes to print.
+    """
+    color = use_color()
+    widths = [
+        max(cell_width(h), *(cell_width(r[i][0]) for r in rows)) for i, h in enumerate(headers)
+    ]
+
+    def line(cells: Sequence[tuple[str, str]]) -> str:
+        parts = []
+        for i, (text, style) in enumerate(cells):
+            pad = " " * (widths[i] - cell_width(text))
+            last = i == len(cells) - 1
+            cell = pad + text if i in right else text + ("" if last else pad)
+            parts.append(paint(cell, style, color))
+        return " ".join(parts)
+
+    return "\n".join([line([(h, "1") for h in headers]), *(line(r) for r in rows)])
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:

@@ -11,14 +11,19 @@ from .common import (
     DbOption,
     JsonOption,
     ago,
+    cell_width,
     cli_errors,
     command_line,
     emit_json,
     open_cli_store,
     out,
+    paint,
+    plain_table,
     resolve_db,
     shorten,
     styled,
+    terminal_width,
+    use_color,
 )
 
 if TYPE_CHECKING:
@@ -27,10 +32,11 @@ if TYPE_CHECKING:
     from ..model import Message, Session
 
 
-def _state(s: Session) -> Text:
+def _state_cell(s: Session) -> tuple[str, str]:
+    """The STATE cell for the plain listing, with its ANSI style."""
     if s.ended_at is None:
-        return styled("open", "green")
-    return styled(s.end_reason or "ended", "dim")
+        return ("open", "32")
+    return (shorten(s.end_reason, 40) or "ended", "2")
 
 
 def next_page_hint(
@@ -112,35 +118,32 @@ def ls(
         emit_json(page.to_dict())
         return
     if not page.items:
-        out.print("no sessions")
+        print("no sessions")
         return
     now = time.time()
     headers = ("ID", "SOURCE", "MODEL", "TITLE", "MSGS", "ACTIVE", "STATE")
     rows = [
-        (
-            item.session.id,
-            item.session.source,
-            shorten(item.session.model, 16),
-            shorten(item.title, 40),
-            str(item.chain_message_count),
-            ago(item.chain_last_active_at, now),
-            _state(item.session),
-        )
+        [
+            (item.session.id, ""),
+            (shorten(item.session.source, 64), ""),
+            (shorten(item.session.model, 16), ""),
+            (shorten(item.title, 40), ""),
+            (str(item.chain_message_count), ""),
+            (ago(item.chain_last_active_at, now), ""),
+            _state_cell(item.session),
+        ]
         for item in page.items
     ]
-    # One space between columns; every column keeps its width but the title,
-    # which is cut to what the terminal has left.
-    naturals = [max(len(h), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    room = out.width - sum(naturals) + naturals[3] - (len(headers) - 1)
+    # Every column keeps its width but the title, which is cut to what the
+    # terminal has left.
+    naturals = [
+        max(cell_width(h), *(cell_width(r[i][0]) for r in rows)) for i, h in enumerate(headers)
+    ]
+    room = terminal_width() - sum(naturals) + naturals[3] - (len(headers) - 1)
     title_width = max(8, min(naturals[3], room))
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="bold")
-    for col in headers:
-        table.add_column(col, justify="right" if col == "MSGS" else "left", no_wrap=True)
     for row in rows:
-        table.add_row(*row[:3], shorten(row[3], title_width), *row[4:])
-    out.print(table)
+        row[3] = (shorten(row[3][0], title_width), "")
+    print(plain_table(headers, rows, right=frozenset({4})))
     if page.next_cursor:
         hint = next_page_hint(
             page.next_cursor,
@@ -152,7 +155,7 @@ def ls(
             ended=ended,
             limit=limit,
         )
-        out.print(styled(f"more: {hint}", "dim"), soft_wrap=True)
+        print(paint(f"more: {hint}", "2", use_color()))
 
 
 def _message_line(m: Message) -> Text:
