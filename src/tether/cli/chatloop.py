@@ -271,7 +271,9 @@ class Chat:
         return True
 
     async def recover(self) -> None:
-        self.note("[connection lost; reconnecting (Ctrl+C leaves)]")
+        self.note(
+            f"[connection lost; reconnecting for up to {RECONNECT_FOR:.0f} s (Ctrl+C leaves)]"
+        )
         if not await self.reconnect():
             if self.leaving.is_set():
                 return
