@@ -305,3 +305,16 @@ def test_the_cli_imports_no_gateway_rich_or_store_backend_at_start() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_control_characters_in_data_never_reach_the_terminal(tmp_path: Path) -> None:
+    db = str(tmp_path / "esc.db")
+    s = tether.open_store(db, load_plugins=False)
+    with s.session(source="cli", model="m\x1b[2J", title="\x1b]0;pwned\x07title") as h:
+        h.append("user", "line one\nline two \x1b[31mred\x1b[0m\r")
+    s.close()
+    for args in (["ls", "--db", db], ["show", h.id, "--db", db]):
+        proc = run_cli(*args, env=WIDE)
+        assert proc.returncode == 0, proc.stderr
+        assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout and "\r" not in proc.stdout
+    assert "line one\nline two \ufffd[31mred" in proc.stdout  # newlines kept, ESC shown

@@ -216,6 +216,13 @@ def shorten(text: str | None, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def clean(text: str | None) -> str:
+    """Data for the terminal: control characters replaced, newlines and tabs kept."""
+    if not text:
+        return ""
+    return text.translate({k: v for k, v in _CONTROLS.items() if k not in (9, 10)})
+
+
 def cell_width(text: str) -> int:
     """Terminal cells ``text`` takes (East Asian wide characters take two)."""
     import unicodedata

@@ -12,6 +12,7 @@ from .common import (
     JsonOption,
     ago,
     cell_width,
+    clean,
     cli_errors,
     command_line,
     emit_json,
@@ -171,10 +172,11 @@ def _message_line(m: Message) -> Text:
             else "?"
             for c in m.tool_calls
         )
-        line.append(f"[calls {names}] ", style="magenta")
+        line.append(f"[calls {clean(names)}] ", style="magenta")
     if m.tool_name or m.tool_call_id:
-        line.append(f"[{m.tool_name or 'tool'} {m.tool_call_id or ''}] ", style="magenta")
-    line.append(m.content or "")
+        tool = clean(f"[{m.tool_name or 'tool'} {m.tool_call_id or ''}] ")
+        line.append(tool, style="magenta")
+    line.append(clean(m.content))
     return line
 
 
@@ -212,16 +214,16 @@ def show(
     head.add_column(style="bold")
     head.add_column()
     head.add_row("id", session.id)
-    head.add_row("source", session.source)
+    head.add_row("source", clean(session.source))
     for label, value in (("model", session.model), ("title", session.title), ("cwd", session.cwd)):
         if value:
-            head.add_row(label, value)
+            head.add_row(label, clean(value))
     head.add_row("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(session.created_at)))
     if session.ended_at is None:
         head.add_row("state", styled("open", "green"))
     else:
         ended = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(session.ended_at))
-        detail = f" ({session.end_detail})" if session.end_detail else ""
+        detail = f" ({clean(session.end_detail)})" if session.end_detail else ""
         head.add_row("ended", f"{ended} {session.end_reason}{detail}")
     if session.owner_id:
         head.add_row("owner", f"{session.owner_id} (epoch {session.epoch})")
