@@ -6,7 +6,9 @@ What is measured: the wall time of whole processes, as a user waits for them:
 run through the installed ``tether`` script of this environment. The commands
 are run in interleaved rounds (one of each per round, order shuffled) so that
 machine noise falls on all of them alike; the table gives the median and the
-90th percentile per command, and the median time above the interpreter.
+90th percentile per command, the median CPU time (user + system: what the
+process itself spends, much less sensitive to a busy machine than the wall
+time), and the median wall time above the interpreter.
 
 Target (issue 10): ``tether ls`` and ``tether --help`` under 150 ms.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -26,10 +29,16 @@ from .report import median, percentile, progress, publish, table
 TARGET_MS = 150.0
 
 
-def _time(argv: list[str], env: dict[str, str]) -> float:
-    started = time.perf_counter()
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _time(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU (user + system) milliseconds of one run of ``argv``."""
+    cpu, started = _cpu(), time.perf_counter()
     subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    return (time.perf_counter() - started) * 1000
+    return (time.perf_counter() - started) * 1000, (_cpu() - cpu) * 1000
 
 
 def run(quick: bool = False, write: bool = True, directory: str | None = None) -> None:
@@ -53,19 +62,33 @@ def run(quick: bool = False, write: bool = True, directory: str | None = None) -
         for argv in commands.values():  # warm the page cache and the .pyc files
             _time(argv, env)
         times: dict[str, list[float]] = {name: [] for name in commands}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
         for r in range(rounds):
             order = list(commands)
             random.shuffle(order)
             for name in order:
-                times[name].append(_time(commands[name], env))
+                wall, used = _time(commands[name], env)
+                times[name].append(wall)
+                cpu[name].append(used)
             progress(f"startup: round {r + 1}/{rounds}")
     floor = median(times["python -c pass"])
     rows = []
     for name, ts in times.items():
         target = f"< {TARGET_MS:.0f} ms" if name in ("tether --help", "tether ls") else ""
         above = "" if name == "python -c pass" else f"{median(ts) - floor:.0f}"
-        rows.append((name, f"{median(ts):.0f}", f"{percentile(ts, 0.9):.0f}", above, target))
-    text = table(["command", "median ms", "p90 ms", "ms above python", "target"], rows)
+        rows.append(
+            (
+                name,
+                f"{median(ts):.0f}",
+                f"{percentile(ts, 0.9):.0f}",
+                f"{median(cpu[name]):.0f}",
+                above,
+                target,
+            )
+        )
+    text = table(
+        ["command", "median ms", "p90 ms", "CPU ms (median)", "ms above python", "target"], rows
+    )
     notes = (
         f"{rounds} interleaved rounds; each command is a whole process started by this "
         "benchmark (`python -m bench startup`)."
