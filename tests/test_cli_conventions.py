@@ -191,6 +191,8 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str], tmp_path: Path) -
         (["doctor", "--repair", "--stale-after", "infd"], "finite"),
         (["doctor", "--repair", "--stale-after", "1e400"], "finite"),
         (["ls", "--cursor", "garbage"], "cursor"),
+        (["serve", "--idle-timeout", "nan"], "finite"),
+        (["serve", "--detach-grace", "inf"], "finite"),
         (["show", "\udcff"], "surrogate"),
         (["end", "01M", "--reason", "r\udcff"], ""),
         (["show", "9" * 400], ""),

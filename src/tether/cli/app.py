@@ -80,6 +80,12 @@ def _root(
     """The root options; the commands read ``--db`` from here when not given their own."""
 
 
+# Ctrl+C at a prompt: Typer's own Abort, and Click's where Typer does not vendor it.
+_ABORTS: tuple[type[BaseException], ...] = tuple(
+    {typer.Abort, getattr(click_exceptions, "Abort", typer.Abort)}
+)
+
+
 def _usage(exc: Any) -> int:
     """Click's usage errors as one line (plus one hint), never a box."""
     message = exc.format_message()
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     except click_exceptions.ClickException as exc:  # a file option that cannot be opened, say
         print(f"error: {exc.format_message()}", file=sys.stderr)
         code = exc.exit_code
-    except (typer.Abort, click_exceptions.Abort):
+    except _ABORTS:
         print("interrupted", file=sys.stderr)
         code = 130
     except TetherError as exc:  # raised while parsing (a non-finite number, say)
