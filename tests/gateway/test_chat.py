@@ -362,3 +362,36 @@ def test_a_turn_that_ends_before_its_reply_is_handled_does_not_hang_the_chat(
         "echo: p1",
         "echo: p2",
     ]
+
+
+def test_a_gateway_that_stays_down_is_reported_with_the_way_back(tmp_path: Path) -> None:
+    from tether.cli.chatloop import Chat, GatewayGone
+
+    async def main(url: str, proxy: DroppingProxy) -> str:
+        c = Chat(url, TOKEN, out=io.StringIO(), reconnect_for=1.0)
+        await c.open()
+        try:
+            await c.start(None)
+            await c.submit("hello")
+            await c.wait_turn()
+            proxy.target_port = 1  # the gateway is gone: every reconnect fails
+            proxy.drop_all()
+            lines: asyncio.Queue[str | None] = asyncio.Queue()
+            with pytest.raises(GatewayGone) as gone:
+                await asyncio.wait_for(c.next_line(lines), 20)
+            assert c.session_id is not None
+            return str(gone.value).replace(c.session_id, "SID")
+        finally:
+            await c.drop()
+
+    with serve(tmp_path, "-o", "delay=0") as served:
+        proxy = DroppingProxy(served.port)
+        try:
+            url = f"ws://127.0.0.1:{proxy.port}/rpc"
+            said = asyncio.run(main(url, proxy))
+        finally:
+            proxy.close()
+    assert said == (
+        f"lost the gateway at {url} and could not reconnect within 1 s; "
+        "continue with: tether chat --resume SID once it is back"
+    )

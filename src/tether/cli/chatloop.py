@@ -34,10 +34,10 @@ RESOLVE_PAGES = 20  # listing pages read to resolve an id prefix (1,000 sessions
 class GatewayGone(Exception):
     """The gateway stayed away for the whole reconnect window."""
 
-    def __init__(self, url: str, session_id: str | None) -> None:
+    def __init__(self, url: str, session_id: str | None, waited: float = RECONNECT_FOR) -> None:
         hint = f"; {resume_hint(session_id)} once it is back" if session_id else ""
         super().__init__(
-            f"lost the gateway at {url} and could not reconnect within {RECONNECT_FOR:.0f} s{hint}"
+            f"lost the gateway at {url} and could not reconnect within {waited:g} s{hint}"
         )
 
 
@@ -68,8 +68,16 @@ def quit_message(session_id: str, result: dict[str, Any]) -> str:
 class Chat:
     """One chat session over a connection that may drop and come back."""
 
-    def __init__(self, url: str, token: str, out: TextIO = sys.stdout) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        out: TextIO = sys.stdout,
+        *,
+        reconnect_for: float = RECONNECT_FOR,
+    ) -> None:
         self.url = url
+        self.reconnect_for = reconnect_for
         self.token = token
         self.out = out
         self.client: Client | None = None
@@ -234,7 +242,7 @@ class Chat:
             self.reconnecting = False
 
     async def _reconnect(self) -> bool:
-        deadline = asyncio.get_running_loop().time() + RECONNECT_FOR
+        deadline = asyncio.get_running_loop().time() + self.reconnect_for
         attempt = 0
         while True:
             try:
@@ -277,7 +285,7 @@ class Chat:
         if not await self.reconnect():
             if self.leaving.is_set():
                 return
-            raise GatewayGone(self.url, self.session_id)
+            raise GatewayGone(self.url, self.session_id, self.reconnect_for)
         self.note("[reconnected]")
 
     async def reload(self, result: dict[str, Any]) -> None:
@@ -315,7 +323,7 @@ class Chat:
                     self._sync_turn()
                     if self.leaving.is_set():
                         return
-                    raise GatewayGone(self.url, self.session_id) from None
+                    raise GatewayGone(self.url, self.session_id, self.reconnect_for) from None
                 if self.turn.began is not None or self.ended is not None:
                     return  # it got through: the replay showed its turn
                 continue
