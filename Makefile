@@ -18,6 +18,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	@touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
+	@echo "tether is installed in $(BIN); in another terminal, '. $(BIN)/activate' puts it on PATH"
 	$(BIN)/tether serve
 
 test: $(VENV)/.installed-test

@@ -1,4 +1,4 @@
-"""Run a benchmark: ``python -m bench store|liveness|gateway [--quick] [--no-write]``.
+"""Run a benchmark: ``python -m bench store|liveness|gateway|startup [--quick] [--no-write]``.
 
 ``--pg URL|none`` adds (or skips) PostgreSQL where a benchmark supports it.
 """
@@ -12,8 +12,9 @@ import os
 import sys
 
 from .pg import DEFAULT_URL
+from .report import progress
 
-BENCHES = ("store", "liveness", "gateway")
+BENCHES = ("store", "liveness", "gateway", "startup")
 
 
 def main() -> None:
@@ -37,7 +38,9 @@ def main() -> None:
     options = {"quick": args.quick, "write": not args.no_write, "directory": args.dir}
     if "pg_url" in inspect.signature(module.run).parameters:
         options["pg_url"] = pg_url
+    progress(f"{args.name}: starting ({'quick' if args.quick else 'full'} run)")
     module.run(**options)
+    progress(f"{args.name}: done")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import os
 import platform
 import sqlite3
 import statistics
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +34,14 @@ def machine() -> str:
         f"{cpu}, {os.cpu_count()} cores{mem}; {platform.system()} {platform.release()}; "
         f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
     )
+
+
+_STARTED = time.monotonic()
+
+
+def progress(message: str) -> None:
+    """One line of progress on stderr (a long benchmark should not look hung)."""
+    print(f"[{time.monotonic() - _STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def median(xs: Sequence[float]) -> float:

@@ -35,7 +35,7 @@ import tether
 from tether.store.sqlite.schema import MIGRATIONS
 
 from . import pg
-from .report import median, percentile, publish, table
+from .report import median, percentile, progress, publish, table
 
 CONTENT = (
     "Sure - the build fails because the generated header is missing; run the code "
@@ -362,12 +362,13 @@ def run_pg(base: str, quick: bool) -> str:
         ("buffered, 10/flush", f"{r['raw']:,.0f}", f"{r['ours']:,.0f}", f"{r['ratio']:.2f}x")
     )
     text = f"PostgreSQL {pg.server_version(base)} on this machine (loopback TCP):\n\n"
-    text += table(["messages/s", "raw psycopg", "tether", "ratio"], rows)
+    text += table(["messages/s", "raw psycopg", "tether", "median ratio"], rows)
     text += "\n\nAppend latency on PostgreSQL (tether, µs):\n\n" + table(
         ["p50", "p99", "p99.9"],
         [(f"{single['p50']:.0f}", f"{single['p99']:.0f}", f"{single['p999']:.0f}")],
     )
     for size in [20_000] if quick else [100_000, 1_000_000]:
+        progress(f"store: PostgreSQL listing at {size:,} sessions")
         res, load = pg_listing(base, size)
         text += (
             f"\n\nListing at {size:,} sessions on PostgreSQL (ms; loaded with COPY in "
@@ -388,6 +389,7 @@ def run(
     singles = {}
     for durability in ("normal", "full"):
         count = n if durability == "normal" else max(500, n // 10)
+        progress(f"store: single appends, {durability} ({rounds} rounds of {count:,})")
         r = compare(d, rounds, raw_single, tether_single, durability, count)
         singles[durability] = r
         rows.append(
@@ -401,6 +403,7 @@ def run(
         )
     for durability in ("normal", "full"):
         batches = n // 10 if durability == "normal" else max(100, n // 50)
+        progress(f"store: buffered appends, {durability} ({rounds} rounds of {batches:,} flushes)")
         r = compare(d, rounds, raw_buffered, tether_buffered, durability, batches)
         rows.append(
             (
@@ -411,7 +414,7 @@ def run(
                 "≥ 0.70x",
             )
         )
-    text = table(["messages/s", "raw sqlite3", "tether", "ratio", "target"], rows)
+    text = table(["messages/s", "raw sqlite3", "tether", "median ratio", "target"], rows)
     lat_rows = [
         (d_, f"{r['p50']:.0f}", f"{r['p99']:.0f}", f"{r['p999']:.0f}") for d_, r in singles.items()
     ]
@@ -420,12 +423,16 @@ def run(
     )
     sizes = [20_000] if quick else [100_000, 1_000_000]
     for size in sizes:
+        progress(f"store: listing at {size:,} sessions (building the database)")
         res = listing(d, size)
         text += f"\n\nListing at {size:,} sessions (ms, target: first page < 5 ms):\n\n"
         text += table(["query", "median", "p99"], res)
     if pg_url:
+        progress("store: PostgreSQL")
         text += "\n\n" + run_pg(pg_url, quick)
     notes = (
+        "median ratio: the median of the per-round ratios (tether / raw, measured in the "
+        "same round), which can differ from the ratio of the two median rates beside it. "
         f"Rounds: {rounds}, interleaved; single appends: {n:,} per round at normal, "
         f"{max(500, n // 10):,} at full. Raw sqlite3 uses tether's messages DDL, "
         "WAL, the same synchronous level and SQLite's default auto-checkpoint; "

@@ -743,7 +743,7 @@ def test_cli_reap_and_doctor(db_url: str) -> None:
     r = runner.invoke(app, ["doctor", "--db", db_url, "--repair", "--stale-after", "1h"])
     assert r.exit_code == 0 and f"would end {legacy}" in r.stdout
     r = runner.invoke(app, ["doctor", "--db", db_url, "--repair", "--stale-after", "1h", "--yes"])
-    assert r.exit_code == 0 and "ended 1 sessions" in r.stdout
+    assert r.exit_code == 0 and "ended 1 session (" in r.stdout
     r = runner.invoke(app, ["doctor", "--db", db_url, "--repair"])
     assert r.exit_code != 0
     store = tether.open_store(db_url, load_plugins=False)

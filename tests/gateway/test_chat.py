@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -190,28 +192,117 @@ def test_chat_reconnects_after_a_drop_without_losing_or_repeating_output(
         assert only_session(served.db).message_count == 4
 
 
-def test_chat_errors_are_one_line(tmp_path: Path, gateway: Served) -> None:
-    bad = subprocess.run(
-        [sys.executable, "-m", "tether", "chat", "--url", gateway.url],
+def _chat_once(url: str, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tether", "chat", "--url", url, *args],
         capture_output=True,
         text=True,
-        env=child_env(TETHER_TOKEN="wrong"),
+        env=child_env(TETHER_TOKEN=token),
         timeout=30,
     )
+
+
+def test_chat_errors_are_one_line_and_say_what_to_do(tmp_path: Path, gateway: Served) -> None:
+    bad = _chat_once(gateway.url, "wrong")
     assert bad.returncode == 1
-    assert (
-        bad.stderr.strip()
-        == f"error: the gateway at {gateway.url} refused the connection (HTTP 401)"
+    assert bad.stderr.strip() == (
+        f"error: the gateway at {gateway.url} refused the token (HTTP 401); it was read from "
+        "$TETHER_TOKEN: pass the gateway's token with --token-file PATH or $TETHER_TOKEN"
     )
-    down = subprocess.run(
-        [sys.executable, "-m", "tether", "chat", "--url", "ws://127.0.0.1:1/rpc"],
-        capture_output=True,
-        text=True,
-        env=child_env(TETHER_TOKEN="x"),
-        timeout=30,
+    wrong_path = gateway.url.removesuffix("/rpc") + "/chat"
+    lost = _chat_once(wrong_path, TOKEN)
+    assert lost.returncode == 1
+    assert lost.stderr.strip() == (
+        "error: nothing answers at path /chat of the gateway (HTTP 403): "
+        "the gateway serves /rpc, as in ws://127.0.0.1:8765/rpc"
     )
-    assert down.returncode == 1 and down.stderr.startswith("error: cannot reach the gateway")
-    assert "Traceback" not in bad.stderr + down.stderr
+    started = time.monotonic()
+    down = _chat_once("ws://127.0.0.1:1/rpc", "x")
+    assert time.monotonic() - started < 10  # at once, not after a reconnect window
+    assert down.returncode == 1
+    assert down.stderr.strip() == (
+        "error: cannot reach the gateway at ws://127.0.0.1:1/rpc: nothing listens there "
+        "(start it with: tether serve)"
+    )
+    for proc in (bad, lost, down):
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_wrong_token_file_is_named(tmp_path: Path, gateway: Served) -> None:
+    token_file = tmp_path / "[other] token"
+    token_file.write_text("not-the-token\n")
+    token_file.chmod(0o600)
+    env = child_env()
+    env.pop("TETHER_TOKEN", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tether", "chat", "--url", gateway.url,
+         "--token-file", str(token_file)],
+        capture_output=True, text=True, env=env, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"it was read from {token_file}: pass the gateway's token" in proc.stderr
+
+
+def test_chat_resume_accepts_a_unique_prefix(tmp_path: Path) -> None:
+    with serve(tmp_path, "-o", "delay=0") as served:
+        with chat(served.url) as (proc, out, _):
+            send(proc, "remember me")
+            out.wait_for("echo: remember me\n")
+            proc.stdin.close()  # type: ignore[union-attr]
+            assert proc.wait(timeout=20) == 0
+        first = only_session(served.db)
+        with chat(served.url, "--resume", first.id[:12].lower()) as (proc, out, _):
+            out.wait_for(f"(continues {first.id}, which ended (cli_close))")
+            assert "you> remember me\n" in out.text
+            send(proc, "and more")
+            out.wait_for("echo: and more\n")
+            proc.stdin.close()  # type: ignore[union-attr]
+            assert proc.wait(timeout=20) == 0
+        with chat(served.url, "--resume", "0") as (proc, out, err):  # every id starts so
+            assert proc.wait(timeout=20) == 1
+            err.wait_for("give more of the id")
+
+
+def test_chat_says_at_once_when_its_session_is_ended_elsewhere(tmp_path: Path) -> None:
+    with serve(tmp_path, "-o", "delay=0") as served:
+        with chat(served.url) as (proc, out, err):
+            send(proc, "hello")
+            out.wait_for("echo: hello\n")
+            sid = out.text.split("session ", 1)[1].split(" ", 1)[0]
+
+            async def close_from_another_client() -> None:
+                other = await served.client()
+                try:
+                    await other.call("session.resume", session_id=sid)
+                    await other.call("session.close", session_id=sid, reason="manual")
+                finally:
+                    await other.close()
+
+            asyncio.run(asyncio.wait_for(close_from_another_client(), 30))
+            err.wait_for(f"[session {sid} was ended (manual)]")
+            assert proc.wait(timeout=20) == 0  # it leaves by itself, without a prompt lost
+            out.wait_for(f"continue with: tether chat --resume {sid}")
+        assert only_session(served.db).end_reason == "manual"
+
+
+def test_ctrl_c_while_reconnecting_leaves_at_once(tmp_path: Path) -> None:
+    with serve(tmp_path, "-o", "delay=0") as served:
+        proxy = DroppingProxy(served.port)
+        try:
+            with chat(f"ws://127.0.0.1:{proxy.port}/rpc") as (proc, out, err):
+                send(proc, "hello")
+                out.wait_for("echo: hello\n")
+                sid = out.text.split("session ", 1)[1].split(" ", 1)[0]
+                proxy.target_port = 1  # the gateway is gone: every reconnect fails
+                proxy.drop_all()
+                err.wait_for("[connection lost; reconnecting")
+                proc.send_signal(signal.SIGINT)
+                started = time.monotonic()
+                assert proc.wait(timeout=20) == 0
+                assert time.monotonic() - started < 3
+                out.wait_for(f"continue with: tether chat --resume {sid}")
+        finally:
+            proxy.close()
 
 
 def test_chat_carries_on_across_a_gateway_restart(tmp_path: Path) -> None:
@@ -234,3 +325,73 @@ def test_chat_carries_on_across_a_gateway_restart(tmp_path: Path) -> None:
             proxy.close()
     tip = only_session(db)
     assert tip.parent_id is not None and tip.message_count == 2
+
+
+def test_a_turn_that_ends_before_its_reply_is_handled_does_not_hang_the_chat(
+    tmp_path: Path,
+) -> None:
+    """A busy client handles the prompt.submit reply after the whole turn already arrived."""
+    from tether.cli.chatloop import Chat
+
+    class BusyChat(Chat):
+        async def call(self, method: str, **params: Any) -> Any:
+            if method != "prompt.submit":
+                return await super().call(method, **params)
+            reply = asyncio.ensure_future(super().call(method, **params))
+            await asyncio.sleep(0)  # the request is sent...
+            time.sleep(0.3)  # ...and the client is busy while the whole turn arrives
+            return await reply
+
+    async def main(url: str) -> str:
+        out = io.StringIO()
+        c = BusyChat(url, TOKEN, out=out)
+        await c.open()
+        try:
+            await c.start(None)
+            for i in range(3):
+                await c.submit(f"p{i}")
+                await asyncio.wait_for(c.wait_turn(), 10)  # the old client hung here
+            return out.getvalue()
+        finally:
+            await c.drop()
+
+    with serve(tmp_path, "-o", "delay=0") as served:
+        said = asyncio.run(main(served.url))
+    assert [line for line in said.splitlines() if line.startswith("echo:")] == [
+        "echo: p0",
+        "echo: p1",
+        "echo: p2",
+    ]
+
+
+def test_a_gateway_that_stays_down_is_reported_with_the_way_back(tmp_path: Path) -> None:
+    from tether.cli.chatloop import Chat, GatewayGone
+
+    async def main(url: str, proxy: DroppingProxy) -> str:
+        c = Chat(url, TOKEN, out=io.StringIO(), reconnect_for=1.0)
+        await c.open()
+        try:
+            await c.start(None)
+            await c.submit("hello")
+            await c.wait_turn()
+            proxy.target_port = 1  # the gateway is gone: every reconnect fails
+            proxy.drop_all()
+            lines: asyncio.Queue[str | None] = asyncio.Queue()
+            with pytest.raises(GatewayGone) as gone:
+                await asyncio.wait_for(c.next_line(lines), 20)
+            assert c.session_id is not None
+            return str(gone.value).replace(c.session_id, "SID")
+        finally:
+            await c.drop()
+
+    with serve(tmp_path, "-o", "delay=0") as served:
+        proxy = DroppingProxy(served.port)
+        try:
+            url = f"ws://127.0.0.1:{proxy.port}/rpc"
+            said = asyncio.run(main(url, proxy))
+        finally:
+            proxy.close()
+    assert said == (
+        f"lost the gateway at {url} and could not reconnect within 1 s; "
+        "continue with: tether chat --resume SID once it is back"
+    )

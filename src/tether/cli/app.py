@@ -1,22 +1,49 @@
-"""The ``tether`` command: thin, it parses, calls the layers and prints."""
+"""The ``tether`` command: thin, it parses, calls the layers and prints.
+
+Start-up time matters (``tether ls`` is typed all day): the command modules
+import only Typer at load time, and each command imports what it needs (Rich,
+the store, the gateway) when it runs.
+
+Exit codes: 0 done, 1 the operation failed (one ``error:`` line), 2 the
+command line was wrong (one ``error:`` line and at most one hint line).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from typing import Annotated, Any
 
 import typer
 
 from .. import __version__
+from ..errors import TetherError
 from . import chat, demo, doctor, liveness, serve, sessions
+from .common import EXIT_FAILED, EXIT_USAGE, click_exceptions
+
+HELP = """tether: durable sessions for AI agents that end exactly once.
+
+\b
+Examples:
+  tether ls                          newest sessions of the default database
+  tether --db sessions.db show 01M7  one session (a unique id prefix is enough)
+  tether serve                       the gateway on ws://127.0.0.1:8765/rpc
+  tether chat                        talk to it from another terminal
+
+Exit codes: 0 done, 1 the operation failed, 2 bad usage.
+"""
 
 app = typer.Typer(
     name="tether",
-    help="tether: durable sessions for AI agents that end exactly once.",
+    help=HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain Click help: brackets in help text stay as written (Rich markup would
+    # eat "[default: ...]"), flags show no type, and --help needs no Rich import.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 app.command("ls")(sessions.ls)
@@ -37,20 +64,61 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version."
-    ),
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            metavar="PATH|URL",
+            help="Database for the command (the same as the command's own --db).",
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
 ) -> None:
-    """tether: durable sessions for AI agents that end exactly once."""
+    """The root options; the commands read ``--db`` from here when not given their own."""
 
 
-def main() -> None:
+# Ctrl+C at a prompt: Typer's own Abort, and Click's where Typer does not vendor it.
+_ABORTS: tuple[type[BaseException], ...] = tuple(
+    {typer.Abort, getattr(click_exceptions, "Abort", typer.Abort)}
+)
+
+
+def _usage(exc: Any) -> int:
+    """Click's usage errors as one line (plus one hint), never a box."""
+    message = exc.format_message()
+    print(f"error: {message}", file=sys.stderr)
+    ctx = exc.ctx
+    if ctx is not None:
+        help_opt = (ctx.help_option_names or ["--help"])[-1]
+        print(f"try '{ctx.command_path} {help_opt}'", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=os.environ.get("TETHER_LOG", "WARNING").upper(),
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        app()
+        code = app(args=argv, prog_name="tether", standalone_mode=False)
+    except click_exceptions.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:  # bare `tether`
+            print(exc.ctx.get_help())
+            code = 0
+        else:
+            code = _usage(exc)
+    except click_exceptions.ClickException as exc:  # a file option that cannot be opened, say
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        code = exc.exit_code
+    except _ABORTS:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    except TetherError as exc:  # raised while parsing (a non-finite number, say)
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_FAILED
     except Exception as exc:  # a bug, not a foreseeable problem: say so in one line
         if os.environ.get("TETHER_DEBUG"):
             raise
@@ -59,4 +127,5 @@ def main() -> None:
             "(set TETHER_DEBUG=1 for the traceback, and please report it)",
             file=sys.stderr,
         )
-        sys.exit(2)
+        code = EXIT_FAILED
+    sys.exit(code if isinstance(code, int) else 0)

@@ -5,21 +5,31 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ..store import open_store
-from .common import DbOption, cli_errors, out
+from .common import DbOption, cli_errors, out, resolve_db, styled
 from .doctor import render_census
 from .sessions import ls
 
 
 @cli_errors
 def demo(db: DbOption = None) -> None:
-    """Write a few sessions the way an agent would, then list them and take a census."""
+    """Write a few sessions the way an agent would, then list them and take a census.
+
+    \b
+    Example:
+      tether demo                  (a throw-away database, removed afterwards)
+      tether demo --db demo.db     (kept: try tether ls --db demo.db)
+    """
+    from ..store import open_store
+
+    db = resolve_db(db)
     tmp = None
     if db is None:
         tmp = tempfile.TemporaryDirectory(prefix="tether-demo-")
         db = str(Path(tmp.name) / "demo.db")
     store = open_store(db)
-    out.print(f"[bold]database:[/] {db}\n")
+    line = styled("database:", "bold")
+    line.append(f" {db}\n")
+    out.print(line, soft_wrap=True)
 
     with store.session(source="cli", model="echo", title="Fix the build") as s:
         s.append("user", "Why does `make` fail?")
@@ -53,7 +63,7 @@ def demo(db: DbOption = None) -> None:
     ghost = store.session(source="tui")  # opened, never used: leaves no row at all
     ghost.end()
 
-    out.print("[bold]tether ls[/]")
+    out.print(styled("tether ls", "bold"))
     store.close()  # ends the still-open chain tip (reason process_exit)
     ls(
         db=db,
@@ -66,7 +76,8 @@ def demo(db: DbOption = None) -> None:
         cursor=None,
         json_=False,
     )
-    out.print("\n[bold]tether doctor[/]")
+    out.print()
+    out.print(styled("tether doctor", "bold"))
     with open_store(db) as again:
         render_census(again.census())
     if tmp is not None:

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from ..liveness import Reaper
-from ..model import Census, iso
-from ..store import Store
 from .common import (
     DbOption,
     JsonOption,
@@ -20,28 +16,52 @@ from .common import (
     open_cli_store,
     out,
     parse_duration,
+    plural,
 )
+
+if TYPE_CHECKING:
+    from ..model import Census
+    from ..store import Store
+
+
+def census_rows(census: Census, hung: int = 0) -> list[tuple[str, int]]:
+    """The counts, one (label, number) per line; indented labels break down the line above.
+
+    A new count is one more tuple here: the table adapts to every label's length.
+    """
+    return [
+        ("sessions", census.total),
+        ("open", census.open),
+        ("  with a live owner", census.open_live_owner),
+        # Alive on this host (its pid is there) but silent past its lease: stopped
+        # or stuck. Never reaped automatically; a human decides.
+        ("    of which hung (no heartbeat)", hung),
+        ("  with a dead owner", census.open_dead_owner),
+        ("  without owner", census.open_no_owner),
+        ("ended", census.ended),
+        ("ghosts (no messages)", census.ghosts),
+    ]
 
 
 def render_census(census: Census, hung: int = 0) -> None:
+    from rich.table import Table
+
     now = time.time()
+    # The counts stay a narrow two-column table (labels, right-aligned numbers);
+    # the oldest open session, a long line, is printed below it, so its length
+    # never pushes the numbers away from their labels.
     summary = Table.grid(padding=(0, 2))
-    summary.add_column(style="bold")
-    summary.add_column(justify="right")
-    summary.add_row("sessions", str(census.total))
-    summary.add_row("open", str(census.open))
-    summary.add_row("  with a live owner", str(census.open_live_owner))
-    # Alive on this host (its pid is there) but silent past its lease: stopped or
-    # stuck. Never reaped automatically; a human decides.
-    summary.add_row("    of which hung (no heartbeat)", str(hung))
-    summary.add_row("  with a dead owner", str(census.open_dead_owner))
-    summary.add_row("  without owner", str(census.open_no_owner))
-    summary.add_row("ended", str(census.ended))
-    summary.add_row("ghosts (no messages)", str(census.ghosts))
+    summary.add_column(style="bold", no_wrap=True)
+    summary.add_column(justify="right", no_wrap=True)
+    for label, n in census_rows(census, hung):
+        summary.add_row(label, str(n))
+    out.print(summary)
     if census.oldest_open is not None:
         o = census.oldest_open
-        summary.add_row("oldest open", f"{o.id} ({o.source}, active {ago(o.last_active_at, now)})")
-    out.print(summary)
+        out.print(
+            f"oldest open: {o.id} ({o.source}, active {ago(o.last_active_at, now)})",
+            soft_wrap=True,
+        )
     if census.end_reasons:
         out.print()
         reasons = Table(title="end reasons", title_justify="left", box=None, header_style="bold")
@@ -64,6 +84,8 @@ def render_census(census: Census, hung: int = 0) -> None:
 
 
 def _repair(store: Store, stale_after: float, yes: bool, json_: bool) -> None:
+    from ..model import iso
+
     found = store.repair_unowned(stale_after, apply=yes)
     if json_:
         emit_json(
@@ -85,9 +107,9 @@ def _repair(store: Store, stale_after: float, yes: bool, json_: bool) -> None:
     for s in found:
         out.print(f"{verb} {s.id} ({s.source}, active {ago(s.last_active_at, now)}) as abandoned")
     if not yes:
-        out.print(f"{len(found)} sessions; run again with --yes to end them")
+        out.print(f"{plural(len(found), 'session')}; run again with --yes to end them")
     else:
-        out.print(f"ended {len(found)} sessions (reason abandoned)")
+        out.print(f"ended {plural(len(found), 'session')} (reason abandoned)")
 
 
 @cli_errors
@@ -102,22 +124,33 @@ def doctor(
     ] = False,
     stale_after: Annotated[
         str | None,
-        typer.Option("--stale-after", help="With --repair: how idle (e.g. 30m, 2h, 7d)."),
+        typer.Option(
+            "--stale-after", metavar="DURATION", help="With --repair: how idle (e.g. 30m, 2h, 7d)."
+        ),
     ] = None,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="With --repair: do it (without: only show).")
     ] = False,
 ) -> None:
-    """Census of the store: open (by owner liveness), ended, ghosts, end reasons."""
+    """Census of the store: open (by owner liveness), ended, ghosts, end reasons.
+
+    \b
+    Examples:
+      tether doctor --db sessions.db
+      tether doctor --repair --stale-after 2h          (only shows)
+      tether doctor --repair --stale-after 2h --yes    (ends them as abandoned)
+    """
     if repair and stale_after is None:
         raise typer.BadParameter("--repair needs --stale-after (e.g. --stale-after 2h)")
     if not repair and (stale_after is not None or yes):
         raise typer.BadParameter("--stale-after and --yes go with --repair")
-    with open_cli_store(db) as store:
-        if repair:
-            assert stale_after is not None
-            _repair(store, parse_duration(stale_after), yes, json_)
+    window = parse_duration(stale_after) if stale_after is not None else None
+    with open_cli_store(db, plugins=window is not None) as store:  # only --repair ends any
+        if window is not None:
+            _repair(store, window, yes, json_)
             return
+        from ..liveness import Reaper
+
         census, hung = Reaper(store).breakdown()
     if json_:
         emit_json({**census.to_dict(), "open_hung_owner": hung})

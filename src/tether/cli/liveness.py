@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from ..liveness import Reaper
-from ..store import Store
-from .common import DbOption, JsonOption, cli_errors, emit_json, err, open_cli_store, out
+from .common import (
+    DbOption,
+    JsonOption,
+    cli_errors,
+    emit_json,
+    err,
+    finite,
+    open_cli_store,
+    out,
+    plural,
+)
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 
 def _longer_leases(store: Store, ttl: float) -> tuple[int, float]:
@@ -30,6 +40,8 @@ def reap(
         typer.Option(
             "--ttl",
             min=1.0,
+            metavar="SECONDS",
+            callback=finite,
             help="Wait at least this long without heartbeat before judging an owner of another"
             " host or namespace dead [default: the lease each owner promised]. It can only"
             " lengthen an owner's lease: a shorter value is raised to the lease (with a note).",
@@ -42,7 +54,13 @@ def reap(
     On this host (same boot and PID namespace) a process is dead when its pid
     is gone or reused; a stopped or hung one is alive (see ``tether doctor``).
     Elsewhere, an owner is dead once its heartbeat is older than its lease.
+
+    \b
+    Example:
+      tether reap --db sessions.db
     """
+    from ..liveness import Reaper
+
     with open_cli_store(db) as store:
         if ttl is not None:
             n, longest = _longer_leases(store, ttl)
@@ -59,10 +77,15 @@ def reap(
     if not report.reaped:
         out.print("nothing to reap: every open session has a live owner (or none)")
         return
+    from rich.table import Table
+
     table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="bold")
     for col in ("SESSION", "OWNER", "WHY"):
         table.add_column(col, no_wrap=True)
     for r in report.reaped:
         table.add_row(r.id, r.owner, r.detail)
     out.print(table)
-    out.print(f"reaped {len(report.reaped)} sessions of {report.dead_owners} dead owners")
+    out.print(
+        f"reaped {plural(len(report.reaped), 'session')} "
+        f"of {plural(report.dead_owners, 'dead owner')}"
+    )

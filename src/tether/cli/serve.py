@@ -7,13 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..agents import AgentError, make_agent
-from ..gateway.runtime import GatewayConfig
-from ..gateway.security import load_token
-from ..gateway.server import ServeOptions, run
 from ..paths import default_db
-from ..store import open_store
-from .common import DbOption, cli_errors, fail
+from .common import DbOption, cli_errors, fail, finite, resolve_db
 
 DEFAULT_PORT = 8765
 
@@ -34,41 +29,63 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
 def serve(
     db: DbOption = None,
     host: Annotated[
-        str, typer.Option("--host", help="Address to bind (loopback unless you mean it).")
+        str,
+        typer.Option(
+            "--host", metavar="ADDRESS", help="Address to bind (loopback unless you mean it)."
+        ),
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0: any free port.")] = (
-        DEFAULT_PORT
-    ),
-    agent: Annotated[str, typer.Option("--agent", help="The agent: echo or openai.")] = "echo",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, metavar="PORT", help="0: any free port.")
+    ] = (DEFAULT_PORT),
+    agent: Annotated[
+        str, typer.Option("--agent", metavar="NAME", help="The agent: echo or openai.")
+    ] = "echo",
     agent_option: Annotated[
         list[str] | None,
         typer.Option(
             "--agent-option",
             "-o",
+            metavar="KEY=VALUE",
             help="KEY=VALUE for the agent (echo: delay, tool; openai: base_url, model, "
             "api_key, system, timeout). Repeatable.",
         ),
     ] = None,
     detach_grace: Annotated[
         float,
-        typer.Option("--detach-grace", min=0.0, help="Seconds a detached idle session is kept."),
+        typer.Option(
+            "--detach-grace",
+            min=0.0,
+            metavar="SECONDS",
+            callback=finite,
+            help="Seconds a detached idle session is kept.",
+        ),
     ] = 120.0,
     idle_timeout: Annotated[
         float | None,
-        typer.Option("--idle-timeout", min=0.001, help="End sessions idle this many seconds."),
+        typer.Option(
+            "--idle-timeout",
+            min=0.001,
+            metavar="SECONDS",
+            callback=finite,
+            help="End sessions idle this many seconds.",
+        ),
     ] = None,
     max_live_sessions: Annotated[
         int,
         typer.Option(
             "--max-live-sessions",
             min=1,
+            metavar="N",
             help="Live sessions in all; past it the least recently active idle one is evicted.",
         ),
     ] = 1000,
     max_sessions_per_connection: Annotated[
         int,
         typer.Option(
-            "--max-sessions-per-connection", min=1, help="Live sessions one connection may hold."
+            "--max-sessions-per-connection",
+            min=1,
+            metavar="N",
+            help="Live sessions one connection may hold.",
         ),
     ] = 100,
     handshake_timeout: Annotated[
@@ -76,6 +93,8 @@ def serve(
         typer.Option(
             "--handshake-timeout",
             min=0.1,
+            metavar="SECONDS",
+            callback=finite,
             help="Seconds a new connection has to complete its WebSocket handshake.",
         ),
     ] = 5.0,
@@ -83,23 +102,44 @@ def serve(
         str | None,
         typer.Option(
             "--token-file",
+            metavar="PATH",
             help="The token file (made at first start, mode 0600) "
             "[default: the data directory; $TETHER_TOKEN wins].",
         ),
     ] = None,
     allow_host: Annotated[
         list[str] | None,
-        typer.Option("--allow-host", help="Another Host name clients may use. Repeatable."),
+        typer.Option(
+            "--allow-host", metavar="NAME", help="Another Host name clients may use. Repeatable."
+        ),
     ] = None,
     allow_origin: Annotated[
         list[str] | None,
-        typer.Option("--allow-origin", help="A browser origin allowed to connect. Repeatable."),
+        typer.Option(
+            "--allow-origin", metavar="URL", help="A browser origin allowed to connect. Repeatable."
+        ),
     ] = None,
     max_frame: Annotated[
-        int, typer.Option("--max-frame", min=1024, help="Largest accepted frame, in bytes.")
+        int,
+        typer.Option(
+            "--max-frame", min=1024, metavar="BYTES", help="Largest accepted frame, in bytes."
+        ),
     ] = 1024 * 1024,
 ) -> None:
-    """Run the gateway: JSON-RPC 2.0 over WebSocket at ws://HOST:PORT/rpc."""
+    """Run the gateway: JSON-RPC 2.0 over WebSocket at ws://HOST:PORT/rpc.
+
+    \b
+    Examples:
+      tether serve --db sessions.db
+      tether serve --agent openai -o base_url=http://127.0.0.1:8080/v1 -o model=qwen
+    """
+    from ..agents import AgentError, make_agent
+    from ..gateway.runtime import GatewayConfig
+    from ..gateway.security import load_token
+    from ..gateway.server import ServeOptions, run
+    from ..store import open_store
+
+    db = resolve_db(db)
     try:
         the_agent = make_agent(agent, parse_options(agent_option or []))
     except AgentError as exc:
