@@ -9,6 +9,7 @@ and the caller gets :class:`tether.MessagesLostError`.
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import threading
 import time
@@ -18,7 +19,7 @@ import pytest
 import tether
 from tether.store import Store
 
-from .conftest import hold_writes, pg_connect
+from .conftest import hold_writes, pg_connect, spawn
 
 
 class Recorder:
@@ -138,3 +139,34 @@ def test_flush_lost_to_a_takeover_is_not_an_error_of_this_handle(store: Store) -
     assert h.end("completed") is False
     assert store.get_session(h.id).ended_at is None
     other.end("completed")
+
+
+@pytest.mark.slow
+def test_sigterm_with_an_unstorable_buffer_ends_as_error_and_says_so(db_url: str) -> None:
+    """The exit paths go through the same end: recorded as error, logged on stderr."""
+    tether.open_store(db_url, load_plugins=False).close()  # create the tables
+    reject_poison(db_url)
+    proc = spawn(
+        """
+        store = tether.open_store(sys.argv[1])
+        h = store.session(source="exit-test")
+        h.append("user", "acknowledged")
+        h.buffer("assistant", "poison")
+        print("ID", h.id, flush=True)
+        time.sleep(60)
+        """,
+        db_url,
+    )
+    assert proc.stdout is not None
+    sid = proc.stdout.readline().split()[1]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 143, err
+    assert "1 buffered message could not be stored" in err
+    store = tether.open_store(db_url, load_plugins=False)
+    try:
+        s = store.get_session(sid)
+        assert s.end_reason == "error" and s.message_count == 1
+        assert "ending as signal (SIGTERM)" in (s.end_detail or "")
+    finally:
+        store.close()

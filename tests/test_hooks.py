@@ -284,3 +284,14 @@ def test_an_external_end_is_delivered_by_the_next_process_once_its_lease_passed(
         assert h.end() is False  # this handle learns the session ended elsewhere
     finally:
         store.close()
+
+
+def test_looking_for_owed_hooks_reads_only_the_partial_index(sqlite_store: Store) -> None:
+    from tether.store.deliveries import SELECT_HOOKS_DUE
+
+    plan = sqlite_store.backend.read(
+        lambda c: c.execute("EXPLAIN QUERY PLAN " + SELECT_HOOKS_DUE, ("x", 10)).fetchall()
+    )
+    details = [row[3] for row in plan]
+    assert details[0] == "SCAN e USING INDEX events_hooks_due", details
+    assert not any("TEMP B-TREE" in d for d in details)

@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..errors import TetherError
+from ..errors import MessagesLostError, TetherError
 
 if TYPE_CHECKING:
     from ..store.core import Store
@@ -203,6 +203,8 @@ def _end_all(handles: list[SessionHandle], reason: str, detail: str | None) -> N
     for handle in handles:
         try:
             handle.end(reason, detail, interrupted=True)
+        except MessagesLostError as exc:  # ended (as "error"), but not with everything
+            log.error("%s", exc)
         except TetherError as exc:  # the store is gone or unreachable: the reaper will end it
             log.error("could not end session %s (%s): %s", handle.id, reason, exc)
         except Exception:
