@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ import pytest
 import tether
 from tether.store import Store
 
-from .conftest import child_env, hold_writes, spawn, wait_for_line
+from .conftest import child_env, hold_writes, pg_connect, spawn, wait_for_line
 
 
 class Recorder:
@@ -295,3 +296,34 @@ def test_looking_for_owed_hooks_reads_only_the_partial_index(sqlite_store: Store
     details = [row[3] for row in plan]
     assert details[0] == "SCAN e USING INDEX events_hooks_due", details
     assert not any("TEMP B-TREE" in d for d in details)
+
+
+def test_a_database_from_before_migration_3_gets_the_mark_and_owes_nothing(db_url: str) -> None:
+    store = open_store_quietly(db_url)
+    h = store.session(source="cli")
+    h.append("user", "x")
+    h.end()
+    store.close()
+    # Back to the schema before migration 3, with an ended session in it.
+    if db_url.startswith("postgresql://"):
+        conn = pg_connect(db_url)
+        conn.execute("DROP INDEX events_hooks_due")
+        conn.execute("ALTER TABLE events DROP COLUMN hooks_due_by")
+        conn.execute("DELETE FROM tether_schema WHERE version = 3")
+    else:
+        conn = sqlite3.connect(db_url, isolation_level=None)
+        conn.execute("DROP INDEX events_hooks_due")
+        conn.execute("ALTER TABLE events DROP COLUMN hooks_due_by")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    store = open_store_quietly(db_url)
+    try:
+        rec = Recorder()
+        store.plugins.register(rec)
+        assert store.deliver_due_hooks() == 0 and rec.calls == []  # old ends owe nothing
+        rows = store.backend.read(
+            lambda c: c.execute("SELECT kind, hooks_due_by FROM events ORDER BY id").fetchall()
+        )
+        assert [tuple(r) for r in rows] == [("created", None), ("ended", None)]
+    finally:
+        store.close()
