@@ -112,6 +112,9 @@ def test_processes_creating_a_new_database_at_once_all_succeed(
         s = tether.open_store(url, load_plugins=False)
         assert s.census().total == 4
         if backend == "postgres":
-            query = "SELECT version FROM tether_schema"
-            assert s.backend.read(lambda c, q=query: c.execute(q).fetchall()) == [(1,)]
+            from tether.store.postgres.schema import MIGRATIONS
+
+            query = "SELECT version FROM tether_schema ORDER BY version"
+            got = s.backend.read(lambda c, q=query: c.execute(q).fetchall())
+            assert got == [(v,) for v, _ in MIGRATIONS]  # each migration applied once
         s.close()

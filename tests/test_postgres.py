@@ -67,7 +67,9 @@ def test_a_new_schema_is_created_versioned_and_migrated(db_url: str, schema: str
     assert s.backend.schema == schema
     assert {"sessions", "messages", "owners", "events", VERSION_TABLE} <= tables(schema)
     with pg_admin() as conn:
-        versions = conn.execute(f'SELECT version FROM "{schema}".{VERSION_TABLE}').fetchall()
+        versions = conn.execute(
+            f'SELECT version FROM "{schema}".{VERSION_TABLE} ORDER BY version'
+        ).fetchall()
     assert versions == [(v,) for v, _ in MIGRATIONS]  # one row per applied migration
     s.close()
 

@@ -20,7 +20,6 @@ from ..errors import (
     MessagesLostError,
     SessionEndedError,
     StaleOwnerError,
-    StoreBusyError,
     TetherError,
 )
 from ..ids import new_id
@@ -352,8 +351,8 @@ class SessionHandle:
         session someone else ended, or ending one that never had content (no row
         was written) returns False.
 
-        If the final flush fails (after the store's own retries while the
-        database is busy, and one more try when its outcome was unknown), the
+        If the final flush fails (after the store's own retries within its busy
+        budget, and one more try when a commit's outcome was unknown), the
         end is still recorded, with reason ``error`` and a detail that counts
         the messages that could not be stored (and names the reason asked
         for); then the hooks run and :class:`~tether.MessagesLostError` is
@@ -428,9 +427,10 @@ class SessionHandle:
                 return None
             except (StaleOwnerError, SessionEndedError) as exc:
                 return _describe(exc)
-            except (CommitUnknownError, StoreBusyError) as exc:
-                # It may have committed, or the lock may just have been released:
-                # one more try looks the idempotency keys up, so nothing doubles.
+            except CommitUnknownError as exc:
+                # It may have committed: one more try looks the idempotency keys
+                # up, so nothing doubles. (A busy store was already retried for
+                # its whole busy budget by the backend: no second budget here.)
                 if attempt == 2:
                     return _describe(exc)
                 log.warning("session %s: final flush failed (%s); trying once more", self.id, exc)

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tether.hooks")
 
+_starting = threading.Lock()
+
 # The end's event, with the owner id of the process that owes its hooks.
 INSERT_EVENT_HOOKS_DUE = (
     "INSERT INTO events (at, session_id, kind, data, hooks_due_by) VALUES (?, ?, ?, ?, ?)"
@@ -155,10 +157,13 @@ class HookDeliveries:
         """Once per store, in the background: deliver what dead processes owed."""
         if self._delivery_thread is not None or not self.plugins.implemented("on_session_end"):
             return
-        thread = threading.Thread(
-            target=self._deliver_in_background, name="tether-hook-delivery", daemon=True
-        )
-        self._delivery_thread = thread
+        with _starting:  # two threads writing their first sessions at once start one
+            if self._delivery_thread is not None:
+                return
+            thread = threading.Thread(
+                target=self._deliver_in_background, name="tether-hook-delivery", daemon=True
+            )
+            self._delivery_thread = thread
         thread.start()
 
     def _deliver_in_background(self) -> None:
