@@ -165,17 +165,22 @@ class Store(HookDeliveries, Ownership, MessageWrites):
         The first reason wins and is never overwritten; ending an ended session
         returns False. Raises :class:`SessionNotFoundError` for an unknown id.
         """
+        from ..lifecycle import exits
+
         reason = check_reason(reason)
         detail = check_detail(detail)
         due_by = self._hooks_due_by()
-        ended = self._end(
-            session_id, reason, detail, epoch=None, hooks_due_by=due_by, interrupted=interrupted
-        )
+        # As in SessionHandle.end: a Ctrl+C waits until the end and its hooks are done.
+        with exits.finalizing():
+            ended = self._end(
+                session_id, reason, detail, epoch=None, hooks_due_by=due_by, interrupted=interrupted
+            )
+            if ended is not None:
+                self._fire_end(ended, reason, interrupted)
+                self._hooks_delivered(session_id, due_by)
         if ended is None:
             self.get_session(session_id)  # raises SessionNotFoundError if unknown
             return False
-        self._fire_end(ended, reason, interrupted)
-        self._hooks_delivered(session_id, due_by)
         return True
 
     def mark_detached(self, session_id: str, at: float | None) -> bool:
