@@ -300,3 +300,25 @@ def test_sigterm_with_a_worker_nothing_stops_still_terminates(db_url: str) -> No
         raise AssertionError("the process hung after SIGTERM") from None
     assert rc == 143, err
     check(db_url, "signal", "SIGTERM")
+
+
+def test_a_store_opened_on_a_worker_thread_still_ends_its_sessions_at_exit(db_url: str) -> None:
+    """No signal handlers can be installed from there (documented); the atexit path still works."""
+    proc = spawn(
+        "import threading\n"
+        "def work():\n"
+        "    global h\n"
+        "    store = tether.open_store(sys.argv[1])\n"
+        "    h = store.session(source='exit-test')\n"
+        "    h.append('user', 'acknowledged')\n"
+        "    h.buffer('assistant', 'buffered 1')\n"
+        "    h.buffer('assistant', 'buffered 2')\n"
+        "t = threading.Thread(target=work)\n"
+        "t.start()\n"
+        "t.join()\n"
+        "print('done', flush=True)\n",
+        db_url,
+    )
+    rc, out, err = finish(proc)
+    assert rc == 0 and "done" in out, err
+    check(db_url, "process_exit")
