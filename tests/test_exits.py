@@ -8,6 +8,7 @@ session must be ended with the right reason and hold all three messages.
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 
 import pytest
@@ -217,3 +218,107 @@ def test_sigkill_leaves_acknowledged_messages(db_url: str) -> None:
     [item] = store.list_sessions().items
     assert [m.content for m in store.get_messages(item.session.id)] == ["acknowledged"]
     store.close()
+
+
+# --- worker threads ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_first_session_on_a_worker_thread_still_ends_on_signal(
+    db_url: str, sig: signal.Signals
+) -> None:
+    """Signal handlers can only be installed from the main thread: opening the store there is
+    enough, even when every session is created on a worker."""
+    proc = spawn(
+        """
+        import threading
+        store = tether.open_store(sys.argv[1])
+        def work():
+            h = store.session(source="exit-test")
+            h.append("user", "acknowledged")
+            h.buffer("assistant", "buffered 1")
+            h.buffer("assistant", "buffered 2")
+            print("ready", flush=True)
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        t.join()
+        time.sleep(60)
+        """,
+        db_url,
+    )
+    wait_for_line(proc, "ready")
+    proc.send_signal(sig)
+    rc, _, err = finish(proc)
+    assert rc == 128 + sig, err
+    check(db_url, "signal", sig.name)
+
+
+def test_sigterm_with_a_non_daemon_worker_stopped_by_atexit_terminates(db_url: str) -> None:
+    """Python joins non-daemon threads before ``atexit``: the program's own hook that stops
+    its worker never ran, and the process hung with the session open."""
+    proc = spawn(
+        "import atexit, threading\n"
+        "stop = threading.Event()\n"
+        "def work():\n"
+        "    while not stop.wait(0.05):\n"
+        "        pass\n"
+        "threading.Thread(target=work).start()  # non-daemon\n"
+        "atexit.register(stop.set)\n" + SETUP + "\nprint('ready', flush=True)\ntime.sleep(60)",
+        db_url,
+    )
+    wait_for_line(proc, "ready")
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc, _, err = finish(proc, timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the process hung after SIGTERM") from None
+    assert rc == 143, err
+    assert time.monotonic() - started < 5
+    check(db_url, "signal", "SIGTERM")
+
+
+def test_sigterm_with_a_worker_nothing_stops_still_terminates(db_url: str) -> None:
+    """Without tether, SIGTERM would kill it at once; with tether the sessions end first, and a
+    thread that never stops delays the exit by a bounded grace only."""
+    proc = spawn(
+        "import threading\n"
+        "threading.Thread(target=time.sleep, args=(600,)).start()  # non-daemon, never stops\n"
+        + SETUP
+        + "\nprint('ready', flush=True)\ntime.sleep(60)",
+        db_url,
+    )
+    wait_for_line(proc, "ready")
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc, _, err = finish(proc, timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the process hung after SIGTERM") from None
+    assert rc == 143, err
+    check(db_url, "signal", "SIGTERM")
+
+
+def test_a_store_opened_on_a_worker_thread_still_ends_its_sessions_at_exit(db_url: str) -> None:
+    """No signal handlers can be installed from there (documented); the atexit path still works."""
+    proc = spawn(
+        "import threading\n"
+        "def work():\n"
+        "    global h\n"
+        "    store = tether.open_store(sys.argv[1])\n"
+        "    h = store.session(source='exit-test')\n"
+        "    h.append('user', 'acknowledged')\n"
+        "    h.buffer('assistant', 'buffered 1')\n"
+        "    h.buffer('assistant', 'buffered 2')\n"
+        "t = threading.Thread(target=work)\n"
+        "t.start()\n"
+        "t.join()\n"
+        "print('done', flush=True)\n",
+        db_url,
+    )
+    rc, out, err = finish(proc)
+    assert rc == 0 and "done" in out, err
+    check(db_url, "process_exit")

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import tether
 from tether.store import Store
 
-from .conftest import child_env
+from .conftest import child_env, hold_writes, pg_connect, spawn, wait_for_line
 
 
 class Recorder:
@@ -124,3 +130,201 @@ def test_plugins_are_discovered_through_entry_points(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     sid = proc.stdout.split("ID ")[1].strip()
     assert f"AUDIT {sid} completed False" in proc.stdout
+
+
+# --- delivery under faults: exactly once in a process, at least once across a crash --------
+
+HOOKED_CHILD = """
+class Hook:
+    @tether.hookimpl
+    def on_session_end(self, session, reason, interrupted):
+        print("HOOK", session.id, reason, interrupted, flush=True)
+        if sys.argv[2] == "hang":
+            time.sleep(60)  # killed in here: after the end was recorded, before the hook finished
+
+store = tether.open_store(sys.argv[1])
+store.plugins.register(Hook())
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_end_still_fires_the_hook_once(db_url: str) -> None:
+    """Today a deferred Ctrl+C was re-raised before the hooks ran, so they never fired."""
+    proc = spawn(
+        HOOKED_CHILD
+        + """
+with store.session(source="exit-test") as h:
+    h.append("user", "acknowledged")
+    h.buffer("assistant", "buffered")
+    print("ID", h.id, flush=True)
+    print("ready", flush=True)
+    time.sleep(60)
+""",
+        db_url,
+        "return",
+    )
+    assert proc.stdout is not None
+    sid = proc.stdout.readline().split()[1]
+    wait_for_line(proc, "ready")
+    with hold_writes(db_url):  # the end now waits for the lock
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)  # arrives during end(): deferred
+        time.sleep(0.3)
+        assert proc.poll() is None
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert out.count("HOOK") == 1, (out, err)
+    assert f"HOOK {sid} signal True" in out
+    s = open_store_quietly(db_url)
+    try:
+        assert s.get_session(sid).end_reason == "signal"
+    finally:
+        s.close()
+
+
+def open_store_quietly(url: str) -> Store:
+    return tether.open_store(url, load_plugins=False)
+
+
+def wait_until(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_hooks_of_a_process_killed_before_they_ran_are_delivered_by_the_next(
+    db_url: str,
+) -> None:
+    proc = spawn(
+        HOOKED_CHILD
+        + """
+h = store.session(source="exit-test")
+h.append("user", "acknowledged")
+h.end("completed")
+""",
+        db_url,
+        "hang",
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("HOOK "), line
+    sid = line.split()[1]
+    store = open_store_quietly(db_url)
+    try:
+        rec = Recorder()
+        store.plugins.register(rec)
+        assert store.get_session(sid).end_reason == "completed"  # recorded before the hooks
+        # Its process is alive (running the hook): nobody else delivers it.
+        assert store.deliver_due_hooks() == 0
+        proc.kill()
+        proc.communicate(timeout=20)
+        # Dead now: the next process that records a session delivers it, once.
+        h = store.session(source="cli")
+        h.append("user", "x")
+        ends = lambda: [c for c in rec.calls if c[0] == "end"]  # noqa: E731
+        wait_until(ends)
+        assert ends() == [("end", sid, "completed", False, "completed")]
+        assert store.deliver_due_hooks() == 0
+        h.end()
+        assert ends() == [
+            ("end", sid, "completed", False, "completed"),
+            ("end", h.id, "completed", False, "completed"),
+        ]
+    finally:
+        store.close()
+    other = open_store_quietly(db_url)
+    try:
+        other.plugins.register(Recorder())
+        assert other.deliver_due_hooks() == 0  # delivered means delivered, for every process
+    finally:
+        other.close()
+
+
+def test_ends_without_hooks_leave_nothing_due(store: Store, db_url: str) -> None:
+    h = store.session(source="cli")
+    h.append("user", "x")
+    h.end()
+    store.end_session(h.id, "manual")
+    other = open_store_quietly(db_url)
+    try:
+        rec = Recorder()
+        other.plugins.register(rec)
+        assert other.deliver_due_hooks() == 0 and rec.calls == []
+    finally:
+        other.close()
+
+
+@pytest.mark.slow
+def test_an_external_end_is_delivered_by_the_next_process_once_its_lease_passed(
+    db_url: str,
+) -> None:
+    """A process without an owner row (``tether end``) cannot be probed: its lease decides."""
+    clock = tether.ManualClock(start=time.time())
+    store = tether.open_store(db_url, load_plugins=False, clock=clock)
+    try:
+        h = store.session(source="cli")
+        h.append("user", "x")
+        proc = spawn(
+            HOOKED_CHILD + "store.end_session(sys.argv[3], 'manual')\n", db_url, "hang", h.id
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.split() == ["HOOK", h.id, "manual", "True"], line
+        proc.kill()
+        proc.communicate(timeout=20)
+        rec = Recorder()
+        store.plugins.register(rec)
+        assert store.deliver_due_hooks() == 0  # within its lease it may still be delivering
+        # The child stamped its end with the real clock: move past that plus the lease.
+        clock.advance(time.time() - clock.now() + store.owner_ttl + 1)
+        assert store.deliver_due_hooks() == 1
+        assert rec.calls == [("end", h.id, "manual", True, "manual")]
+        assert store.deliver_due_hooks() == 0
+        assert h.end() is False  # this handle learns the session ended elsewhere
+    finally:
+        store.close()
+
+
+def test_looking_for_owed_hooks_reads_only_the_partial_index(sqlite_store: Store) -> None:
+    from tether.store.deliveries import SELECT_HOOKS_DUE
+
+    plan = sqlite_store.backend.read(
+        lambda c: c.execute("EXPLAIN QUERY PLAN " + SELECT_HOOKS_DUE, ("x", 10)).fetchall()
+    )
+    details = [row[3] for row in plan]
+    assert details[0] == "SCAN e USING INDEX events_hooks_due", details
+    assert not any("TEMP B-TREE" in d for d in details)
+
+
+def test_a_database_from_before_migration_3_gets_the_mark_and_owes_nothing(db_url: str) -> None:
+    store = open_store_quietly(db_url)
+    h = store.session(source="cli")
+    h.append("user", "x")
+    h.end()
+    store.close()
+    # Back to the schema before migration 3, with an ended session in it.
+    if db_url.startswith("postgresql://"):
+        conn = pg_connect(db_url)
+        conn.execute("DROP INDEX events_hooks_due")
+        conn.execute("ALTER TABLE events DROP COLUMN hooks_due_by")
+        conn.execute("DELETE FROM tether_schema WHERE version = 3")
+    else:
+        conn = sqlite3.connect(db_url, isolation_level=None)
+        conn.execute("DROP INDEX events_hooks_due")
+        conn.execute("ALTER TABLE events DROP COLUMN hooks_due_by")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    store = open_store_quietly(db_url)
+    try:
+        rec = Recorder()
+        store.plugins.register(rec)
+        assert store.deliver_due_hooks() == 0 and rec.calls == []  # old ends owe nothing
+        rows = store.backend.read(
+            lambda c: c.execute("SELECT kind, hooks_due_by FROM events ORDER BY id").fetchall()
+        )
+        assert [tuple(r) for r in rows] == [("created", None), ("ended", None)]
+    finally:
+        store.close()

@@ -92,6 +92,30 @@ class StaleOwnerError(TetherError):
         self.current_epoch = current_epoch
 
 
+class MessagesLostError(TetherError):
+    """Buffered messages could not be stored before the session ended.
+
+    Raised by ``SessionHandle.end()`` (and so by leaving its ``with`` block)
+    once everything else is done: the end was recorded with reason ``error``
+    and a detail counting the lost messages, and the ``on_session_end`` hooks
+    ran. ``lost`` is that count, ``ended`` whether this call recorded the end
+    (False for a handle that ends nothing: ``store.attach``, or a session whose
+    first write failed, so no row exists).
+    """
+
+    def __init__(self, session_id: str, lost: int, cause: str, *, ended: bool = True) -> None:
+        noun = "message" if lost == 1 else "messages"
+        what = "ended with reason 'error'" if ended else "was not ended"
+        super().__init__(
+            f"session {session_id} {what}: {lost} buffered {noun} could not be stored ({cause})"
+        )
+        self.session_id = session_id
+        self.lost = lost
+        self.cause = cause
+        self.ended = ended
+        self.reason = "error" if ended else None
+
+
 class OwnerAliveError(TetherError):
     """The session's owner is alive; resuming it needs ``force=True``."""
 

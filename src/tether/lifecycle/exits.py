@@ -18,8 +18,23 @@ writer lock. Instead:
 * a previous Python handler is simply called; an ignored signal stays ignored.
 
 While sessions are being finalized on the main thread, incoming SIGINT,
-SIGTERM and SIGHUP are deferred until the end is recorded, so a second Ctrl+C
-cannot leave a session half-ended; they are delivered afterwards.
+SIGTERM and SIGHUP are deferred until the end is recorded and its
+``on_session_end`` hooks ran, so a second Ctrl+C cannot leave a session
+half-ended or its hooks unfired; they are delivered afterwards.
+
+Threads. Python lets only the main thread install signal handlers, so they
+are installed when a store is opened there (:func:`prepare`), not only when
+the first session starts: a program whose sessions are all created by worker
+threads still ends them on SIGTERM/SIGHUP. (A store opened on a worker thread
+cannot do this; its sessions then end at a normal exit or by the reaper.)
+And Python joins non-daemon threads *before* it runs ``atexit`` hooks, so a
+program whose own ``atexit`` hook stops its worker thread would hang forever
+once a signal turned into ``SystemExit``, the session open and its owner
+heartbeating. So when a signal is taking the process down, tether runs the
+``atexit`` hooks (its own, which end the sessions, and the program's) first,
+gives the remaining non-daemon threads :data:`THREAD_GRACE` seconds to finish,
+and then exits with status 128 + signal number, as the default disposition
+would have terminated the process anyway.
 
 Processes killed by SIGKILL, OOM or power loss run none of this; the liveness
 reaper ends their sessions.
@@ -34,10 +49,11 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..errors import TetherError
+from ..errors import MessagesLostError, TetherError
 
 if TYPE_CHECKING:
     from ..store.core import Store
@@ -78,11 +94,25 @@ def open_handles() -> list[SessionHandle]:
         return list(_handles.values())
 
 
+def prepare() -> None:
+    """Install the exit paths now, signal handlers included if this is the main thread.
+
+    Called when a store is opened, so that sessions started later by worker
+    threads (which cannot install signal handlers) are covered too.
+    """
+    if not (_atexit_installed and _signals_installed):
+        _install()
+
+
 def _install() -> None:
     global _atexit_installed, _signals_installed
     with _lock:
         if not _atexit_installed:
             atexit.register(_at_exit)
+            register_before_join = getattr(threading, "_register_atexit", None)
+            if register_before_join is not None:  # CPython 3.9+; without it, Python's order
+                with contextlib.suppress(RuntimeError):  # already shutting down
+                    register_before_join(_before_joining_threads)
             previous_hook = sys.excepthook
 
             def excepthook(tp: Any, value: BaseException, tb: Any) -> None:
@@ -173,6 +203,8 @@ def _end_all(handles: list[SessionHandle], reason: str, detail: str | None) -> N
     for handle in handles:
         try:
             handle.end(reason, detail, interrupted=True)
+        except MessagesLostError as exc:  # ended (as "error"), but not with everything
+            log.error("%s", exc)
         except TetherError as exc:  # the store is gone or unreachable: the reaper will end it
             log.error("could not end session %s (%s): %s", handle.id, reason, exc)
         except Exception:
@@ -200,6 +232,37 @@ def _at_exit() -> None:
             fn()
         except Exception:
             log.exception("exit hook %r failed", fn)
+
+
+# Seconds that non-daemon threads get to finish when a signal takes the process
+# down, once the atexit hooks ran (without tether it would be killed at once).
+THREAD_GRACE = 5.0
+
+
+def _before_joining_threads() -> None:
+    """First step of Python's shutdown, before it joins non-daemon threads, then runs atexit."""
+    if _exit_signal is None:
+        return  # an ordinary exit keeps Python's order
+    # A terminating signal: end the sessions and let the program's own atexit
+    # clean-up stop its threads now, or the join below could wait forever.
+    atexit._run_exitfuncs()
+    deadline = time.monotonic() + THREAD_GRACE
+    me = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not me and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in threading.enumerate() if t is not me and not t.daemon and t.is_alive()]
+    if stuck:
+        log.warning(
+            "%s: threads %s still running after %.0f s; exiting without them",
+            signal_name(_exit_signal),
+            ", ".join(stuck),
+            THREAD_GRACE,
+        )
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(128 + _exit_signal)
 
 
 def end_handles_of(store: Store, reason: str, detail: str | None) -> None:

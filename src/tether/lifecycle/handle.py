@@ -15,7 +15,13 @@ import secrets
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SessionEndedError, StaleOwnerError, TetherError
+from ..errors import (
+    CommitUnknownError,
+    MessagesLostError,
+    SessionEndedError,
+    StaleOwnerError,
+    TetherError,
+)
 from ..ids import new_id
 from ..model import Message, Session
 from ..store.core import INTERRUPTED_REASONS
@@ -222,6 +228,9 @@ class SessionHandle:
             if self._owns:
                 self._store._owner.acquire(self.id)
             self._fire_start()
+            # This process writes sessions: it can also run the hooks that dead
+            # processes owed (once per store, in the background).
+            self._store._deliver_due_hooks_soon()
         return result.seqs
 
     def _fire_start(self) -> None:
@@ -340,51 +349,95 @@ class SessionHandle:
 
         Returns True if this call ended the session. Ending twice, ending a
         session someone else ended, or ending one that never had content (no row
-        was written) returns False. A failing flush or hook is logged and the end
-        is still recorded. The end is recorded before hooks run, so a slow or
-        crashing hook (or a second Ctrl+C) can never leave the session open; the
-        hooks see the ended row. If the end cannot be recorded (the database is
-        unreachable), the error is raised and the handle stays open so a later
-        call, at exit at the latest, can retry.
+        was written) returns False.
+
+        If the final flush fails (after the store's own retries within its busy
+        budget, and one more try when a commit's outcome was unknown), the
+        end is still recorded, with reason ``error`` and a detail that counts
+        the messages that could not be stored (and names the reason asked
+        for); then the hooks run and :class:`~tether.MessagesLostError` is
+        raised. The end is recorded before hooks run, so a slow or crashing
+        hook can never leave the session open; the hooks see the ended row,
+        and a Ctrl+C arriving meanwhile waits until they ran. If the end
+        cannot be recorded (the database is unreachable), the error is raised
+        and the handle stays open so a later call, at exit at the latest, can
+        retry.
         """
         reason = check_reason(reason)
         detail = check_detail(detail)
-        if interrupted is None:
-            interrupted = reason in INTERRUPTED_REASONS
-        with exits.finalizing(), self._lock:
-            if self._closed:
-                return False
-            if self._pending:
+        lost: tuple[int, str] | None = None
+        ended: Session | None = None
+        # Signals are deferred until the end is recorded *and* its hooks ran:
+        # a second Ctrl+C must not cut the hooks off (they fire exactly once).
+        with exits.finalizing():
+            with self._lock:
+                if self._closed:
+                    return False
+                if self._pending:
+                    cause = self._final_flush()
+                    if cause is not None:
+                        if self._closed:  # the session turned out ended or taken over
+                            log.error(
+                                "session %s: %d buffered messages could not be written: %s",
+                                self.id,
+                                len(self._pending),
+                                "it was taken over" if self._fenced else "it had already ended",
+                            )
+                            return False
+                        lost = (len(self._pending), cause)
+                if not self._persisted or not self._owns:
+                    self._close_locally()
+                    if lost is not None:  # no end of ours to record: still say what was lost
+                        self._pending.clear()
+                        raise MessagesLostError(self.id, lost[0], lost[1], ended=False)
+                    return False
+                if lost is not None:
+                    reason, detail = "error", _lost_detail(lost, reason, detail)
+                    interrupted = True
+                elif interrupted is None:
+                    interrupted = reason in INTERRUPTED_REASONS
+                due_by = self._store._hooks_due_by()
                 try:
-                    self.flush()
-                except Exception:
-                    if self._closed:  # the session turned out ended or taken over
-                        log.error(
-                            "session %s: %d buffered messages could not be written: %s",
-                            self.id,
-                            len(self._pending),
-                            "it was taken over" if self._fenced else "it had already ended",
-                        )
-                        return False
-                    log.exception(
-                        "session %s: flushing %d buffered messages before ending failed",
+                    ended = self._store._end(
                         self.id,
-                        len(self._pending),
+                        reason,
+                        detail,
+                        epoch=self._w.epoch,
+                        hooks_due_by=due_by,
+                        interrupted=interrupted,
                     )
-            if not self._persisted or not self._owns:
+                except StaleOwnerError:
+                    log.warning("session %s was taken over; this handle does not end it", self.id)
+                    self._close_locally(fenced=True)
+                    return False
+                self._pending.clear()  # stored, or counted as lost in the recorded end
                 self._close_locally()
-                return False
+            if ended is not None:
+                self._store._fire_end(ended, reason, interrupted)
+                self._store._hooks_delivered(self.id, due_by)
+        if lost is not None:
+            raise MessagesLostError(self.id, lost[0], lost[1], ended=ended is not None)
+        return ended is not None
+
+    def _final_flush(self) -> str | None:
+        """Flush before ending; on failure, say why (the rows stay pending)."""
+        for attempt in (1, 2):
             try:
-                ended = self._store._end(self.id, reason, detail, epoch=self._w.epoch)
-            except StaleOwnerError:
-                log.warning("session %s was taken over; this handle does not end it", self.id)
-                self._close_locally(fenced=True)
-                return False
-            self._close_locally()
-        if ended is None:
-            return False
-        self._store._fire_end(ended, reason, interrupted)
-        return True
+                self.flush()
+                return None
+            except (StaleOwnerError, SessionEndedError) as exc:
+                return _describe(exc)
+            except CommitUnknownError as exc:
+                # It may have committed: one more try looks the idempotency keys
+                # up, so nothing doubles. (A busy store was already retried for
+                # its whole busy budget by the backend: no second budget here.)
+                if attempt == 2:
+                    return _describe(exc)
+                log.warning("session %s: final flush failed (%s); trying once more", self.id, exc)
+            except Exception as exc:
+                log.error("session %s: final flush failed: %s", self.id, _describe(exc))
+                return _describe(exc)
+        return None  # pragma: no cover - the loop always returns
 
     def __enter__(self) -> SessionHandle:
         return self
@@ -393,10 +446,30 @@ class SessionHandle:
         reason, detail = exits.reason_for_exception(exc)
         try:
             self.end(reason, detail)
+        except MessagesLostError as lost:
+            if exc is None:
+                raise
+            log.error("%s", lost)  # the block's own exception goes on
         except Exception:
             if exc is None:
                 raise
             log.exception("session %s: could not record its end", self.id)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line naming ``exc``, safe to store (no NUL, no lone surrogate)."""
+    text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return text.replace("\x00", "").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _lost_detail(lost: tuple[int, str], reason: str, detail: str | None) -> str:
+    count, cause = lost
+    noun = "message" if count == 1 else "messages"
+    asked = f"{reason} ({detail})" if detail else reason
+    return (
+        check_detail(f"{count} buffered {noun} could not be stored; ending as {asked}: {cause}")
+        or ""
+    )
 
 
 def _decode(text: str | None) -> Any:

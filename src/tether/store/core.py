@@ -38,6 +38,7 @@ from ..model import (
 from ..validate import check_detail, check_liveness, check_reason, check_source, check_text
 from . import listing, sql
 from .backend import Backend, Conn
+from .deliveries import HookDeliveries
 from .owners import Ownership
 from .writes import MessageWrites
 
@@ -51,7 +52,7 @@ log = logging.getLogger("tether.store")
 INTERRUPTED_REASONS = frozenset({"error", "signal", "process_exit", "reaped", "abandoned"})
 
 
-class Store(Ownership, MessageWrites):
+class Store(HookDeliveries, Ownership, MessageWrites):
     """A session store. Get one with :func:`tether.open_store`."""
 
     def __init__(
@@ -87,6 +88,13 @@ class Store(Ownership, MessageWrites):
             startup_sweep=startup_sweep,
         )
         self._closed = False
+        self._delivery_thread = None
+        # Signal handlers can only be installed from the main thread: do it now,
+        # where stores are usually opened, so sessions that worker threads start
+        # later still end on SIGTERM/SIGHUP (see tether.lifecycle.exits).
+        from ..lifecycle import exits
+
+        exits.prepare()
 
     @property
     def owner_id(self) -> str | None:
@@ -157,13 +165,22 @@ class Store(Ownership, MessageWrites):
         The first reason wins and is never overwritten; ending an ended session
         returns False. Raises :class:`SessionNotFoundError` for an unknown id.
         """
+        from ..lifecycle import exits
+
         reason = check_reason(reason)
         detail = check_detail(detail)
-        ended = self._end(session_id, reason, detail, epoch=None)
+        due_by = self._hooks_due_by()
+        # As in SessionHandle.end: a Ctrl+C waits until the end and its hooks are done.
+        with exits.finalizing():
+            ended = self._end(
+                session_id, reason, detail, epoch=None, hooks_due_by=due_by, interrupted=interrupted
+            )
+            if ended is not None:
+                self._fire_end(ended, reason, interrupted)
+                self._hooks_delivered(session_id, due_by)
         if ended is None:
             self.get_session(session_id)  # raises SessionNotFoundError if unknown
             return False
-        self._fire_end(ended, reason, interrupted)
         return True
 
     def mark_detached(self, session_id: str, at: float | None) -> bool:
@@ -342,6 +359,7 @@ class Store(Ownership, MessageWrites):
         from ..lifecycle import exits
 
         exits.end_handles_of(self, "process_exit", "store closed")
+        self._stop_delivery()
         self._owner.close()
         self._closed = True
         self.backend.close()

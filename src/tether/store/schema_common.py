@@ -33,3 +33,14 @@ MESSAGE_INDEXES = [
 ]
 
 EVENT_INDEXES = ["CREATE INDEX events_session ON events (session_id)"]
+
+# Migration 3, the same on both backends. ``events.hooks_due_by`` is set, in the
+# transaction that records an end, to the owner id of the process that must
+# run the on_session_end hooks, and cleared once they ran: a crash in between
+# leaves it set, and another process delivers them. Rows written before (or by
+# a process without hooks) stay NULL: nothing is due. The partial index holds
+# only the few ends whose hooks are due, so looking for them is O(due).
+HOOK_DELIVERY = [
+    "ALTER TABLE events ADD COLUMN hooks_due_by TEXT",
+    "CREATE INDEX events_hooks_due ON events (id) WHERE hooks_due_by IS NOT NULL",
+]

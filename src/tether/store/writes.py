@@ -20,6 +20,7 @@ from ..errors import CommitUnknownError, SessionEndedError, SessionNotFoundError
 from ..model import Session, session_from_row
 from . import sql
 from .backend import Conn
+from .deliveries import INSERT_EVENT_HOOKS_DUE
 
 if TYPE_CHECKING:
     from ..clock import Clock
@@ -332,9 +333,20 @@ class MessageWrites:
         return self.backend.write(tx)
 
     def _end(
-        self, session_id: str, reason: str, detail: str | None, *, epoch: int | None
+        self,
+        session_id: str,
+        reason: str,
+        detail: str | None,
+        *,
+        epoch: int | None,
+        hooks_due_by: str | None = None,
+        interrupted: bool = True,
     ) -> Session | None:
-        """Record the end; return the ended session, or None if it was already ended."""
+        """Record the end; return the ended session, or None if it was already ended.
+
+        With ``hooks_due_by`` (an owner id), the ``ended`` event also says that
+        this process owes the end's hooks (see :mod:`tether.store.deliveries`).
+        """
 
         def tx(c: Conn) -> Any:
             now = self.clock.now()
@@ -349,7 +361,15 @@ class MessageWrites:
                     if not isinstance(err, SessionEndedError):
                         raise err
             if rows:
-                self._event(c, session_id, "ended", {"reason": reason, "detail": detail})
+                data: dict[str, Any] = {"reason": reason, "detail": detail}
+                if hooks_due_by is None:
+                    self._event(c, session_id, "ended", data)
+                else:
+                    data["interrupted"] = interrupted  # for a deliverer in another process
+                    c.execute(
+                        INSERT_EVENT_HOOKS_DUE,
+                        (now, session_id, "ended", json.dumps(data), hooks_due_by),
+                    )
                 return rows[0]
             return None
 

@@ -25,7 +25,7 @@ Differences from SQLite, and why:
 
 from __future__ import annotations
 
-from ..schema_common import EVENT_INDEXES, MESSAGE_INDEXES, SESSION_INDEXES
+from ..schema_common import EVENT_INDEXES, HOOK_DELIVERY, MESSAGE_INDEXES, SESSION_INDEXES
 
 # Advisory lock key (first half): "TETH"; the second half hashes the schema name.
 LOCK_CLASS = 0x54455448
@@ -166,6 +166,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             """,
         ],
     ),
+    # 3: on_session_end hooks survive a crash between the recorded end and its
+    # hooks (see tether.store.deliveries). Self-contained: it only adds to events.
+    (3, HOOK_DELIVERY),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -11,7 +11,7 @@ Timestamps are REAL seconds since the epoch (UTC).
 
 from __future__ import annotations
 
-from ..schema_common import EVENT_INDEXES, MESSAGE_INDEXES, SESSION_INDEXES
+from ..schema_common import EVENT_INDEXES, HOOK_DELIVERY, MESSAGE_INDEXES, SESSION_INDEXES
 
 APPLICATION_ID = 0x54455448  # "TETH"
 
@@ -100,6 +100,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE owners ADD COLUMN lease REAL NOT NULL DEFAULT 30.0",
         ],
     ),
+    # 3: on_session_end hooks survive a crash between the recorded end and its
+    # hooks (see tether.store.deliveries). Self-contained: it only adds to events.
+    (3, HOOK_DELIVERY),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
