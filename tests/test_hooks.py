@@ -315,7 +315,7 @@ def test_a_database_from_before_migration_3_gets_the_mark_and_owes_nothing(db_ur
         conn = sqlite3.connect(db_url, isolation_level=None)
         conn.execute("DROP INDEX events_hooks_due")
         conn.execute("ALTER TABLE events DROP COLUMN hooks_due_by")
-        conn.execute("PRAGMA user_version = 1")
+        conn.execute("PRAGMA user_version = 2")
     conn.close()
     store = open_store_quietly(db_url)
     try:
