@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import pq
 from psycopg import sql as pg_sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -291,21 +292,25 @@ class PostgresBackend:
                     if conn.broken:  # it may or may not have committed
                         raise _CommitUnknown(one_line(exc)) from None
                     raise
+            # BaseException included: a KeyboardInterrupt or a signal handler's
+            # SystemExit can land after any statement, BEGIN and COMMIT too; the
+            # connection goes back to the pool idle, never inside a transaction
+            # that holds row locks.
+            committing = False
             try:
                 cur.execute(begin)
                 result = fn(PgConn(cur))
-            except BaseException:
-                if not conn.broken:
+                committing = True
+                cur.execute("COMMIT")
+            except BaseException as exc:
+                if conn.broken:
+                    if committing and isinstance(exc, psycopg.OperationalError):
+                        raise _CommitUnknown(one_line(exc)) from None
+                elif conn.info.transaction_status != pq.TransactionStatus.IDLE:
                     try:
                         conn.execute("ROLLBACK")
                     except psycopg.Error:  # the pool discards a connection it cannot reset
                         log.debug("rollback failed on %s", self.url, exc_info=True)
-                raise
-            try:
-                cur.execute("COMMIT")
-            except psycopg.OperationalError as exc:
-                if conn.broken:
-                    raise _CommitUnknown(one_line(exc)) from None
                 raise
             return result
 

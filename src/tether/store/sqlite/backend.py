@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ...errors import (
+    CommitUnknownError,
     ForeignDatabaseError,
     NotADatabaseError,
     SchemaTooNewError,
@@ -93,6 +94,7 @@ class SQLiteBackend:
             self._writer = self._connect()
             self._wcur = self._writer.cursor()
             self._prepare(self._writer)
+            self._identity = self._file_identity()
         except BaseException:
             self._close_all()
             raise
@@ -112,6 +114,7 @@ class SQLiteBackend:
         self._closed = False
         self._commits = 0
         self._checkpointer: _Checkpointer | None = None
+        self._identity: tuple[int, int] | None = None
 
     def _check_path(self) -> None:
         if self._memory:
@@ -130,6 +133,34 @@ class SQLiteBackend:
         elif not os.access(parent, os.W_OK | os.X_OK):
             raise StoreOpenError(
                 f"cannot create database {self.path}: directory {parent} is not writable"
+            )
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the database file, to notice it being removed or replaced."""
+        if self._memory:
+            return None
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino
+
+    def _check_identity(self) -> None:
+        """Refuse to commit into a file that is no longer at our path.
+
+        SQLite keeps writing to the inode it opened: after ``rm`` (or a file
+        moved over ours) a commit would be acknowledged and then be nowhere
+        anyone can read it. One ``stat`` per write transaction (about a
+        microsecond) is the price of never acknowledging such a write.
+        """
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            found = None
+        else:
+            found = (st.st_dev, st.st_ino)
+        if found != self._identity:
+            what = "removed" if found is None else "replaced by another file"
+            raise StoreError(
+                f"database {self.path}: the database file was {what} while it was open; "
+                "nothing was written (reopen the store)"
             )
 
     def _connect(self) -> sqlite3.Connection:
@@ -153,6 +184,7 @@ class SQLiteBackend:
             self._writer = self._connect()
             self._wcur = self._writer.cursor()
             self._configure(self._writer)
+            self._identity = self._file_identity()
 
     # --- opening and migrating ---------------------------------------------------
 
@@ -276,34 +308,43 @@ class SQLiteBackend:
         while True:
             with self._wlock:
                 busy: BaseException | None = None
+                committing = False
+                # One handler for everything between BEGIN and COMMIT, BaseException
+                # included: a signal handler's KeyboardInterrupt or SystemExit can
+                # surface right after any statement returns (BEGIN IMMEDIATE too),
+                # and must never leave this connection inside a transaction that
+                # holds the write lock. A try costs nothing when nothing is raised.
                 try:
+                    if conn.in_transaction:  # left by an exception inside a rollback
+                        conn.execute("ROLLBACK")
                     cur.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as exc:
-                    if not _is_busy(exc):
+                    result = fn(cur)
+                    if self._identity is not None:
+                        self._check_identity()
+                    committing = True
+                    cur.execute("COMMIT")
+                except BaseException as exc:
+                    self._rollback(conn)
+                    if _is_busy(exc):
+                        busy = exc
+                    elif isinstance(exc, sqlite3.IntegrityError):
+                        raise
+                    elif isinstance(exc, sqlite3.Error):
+                        if committing:
+                            # SQLite may have written the commit frame before failing
+                            # (an I/O error on sync): the caller must find out.
+                            raise CommitUnknownError(
+                                f"database {self.path}: committing failed, the write may "
+                                f"or may not have been applied ({exc})"
+                            ) from None
                         raise self._translate(exc) from None
-                    busy = exc
+                    else:
+                        raise
                 else:
-                    try:
-                        result = fn(cur)
-                        cur.execute("COMMIT")
-                        self._commits += 1
-                        if self._commits >= _CHECKPOINT_EVERY:
-                            self._request_checkpoint()
-                        return result
-                    except BaseException as exc:
-                        if conn.in_transaction:
-                            try:
-                                conn.execute("ROLLBACK")
-                            except sqlite3.Error:
-                                log.exception("rollback failed on %s", self.path)
-                        if _is_busy(exc):
-                            busy = exc
-                        elif isinstance(exc, sqlite3.IntegrityError):
-                            raise
-                        elif isinstance(exc, sqlite3.Error):
-                            raise self._translate(exc) from None
-                        else:
-                            raise
+                    self._commits += 1
+                    if self._commits >= _CHECKPOINT_EVERY:
+                        self._request_checkpoint()
+                    return result
             now = time.monotonic()
             if deadline is None:
                 deadline = now + self.write_budget
@@ -314,6 +355,13 @@ class SQLiteBackend:
                 )
             time.sleep(min(random.uniform(delay / 2, delay), deadline - now))
             delay = min(delay * 2, 0.25)
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("rollback failed on %s", self.path)
 
     def write(self, fn: Callable[[Any], T]) -> T:
         if self._closed or self._forked:
