@@ -12,6 +12,7 @@ which checks ownership (epoch), liveness (``ended_at``) and order
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
     from ..clock import Clock
     from ..liveness.owner import ProcessOwner
     from .backend import Backend
+
+
+def _is_duplicate_key(exc: BaseException) -> bool:
+    """A unique violation (SQLite or PostgreSQL) on the messages' idempotency key."""
+    is_unique = isinstance(exc, sqlite3.IntegrityError) or getattr(exc, "sqlstate", None) == "23505"
+    return is_unique and "idem" in str(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +336,18 @@ class MessageWrites:
                 return WriteResult([], state.count, state.root_id, state.activity_at)
             return self._append_rows(c, state, rows, check_keys)
 
-        return self.backend.write(tx)
+        if check_keys or all(r[6] is None for r in rows):
+            return self.backend.write(tx)
+        try:
+            return self.backend.write(tx)
+        except Exception as exc:
+            if not _is_duplicate_key(exc):
+                raise
+            # The caller vouched that no key was stored yet, but an earlier write
+            # did commit them (an exception, a signal, landed after its COMMIT):
+            # nothing was written by this attempt, so look the keys up this time.
+            check_keys = True
+            return self.backend.write(tx)
 
     def _end(
         self, session_id: str, reason: str, detail: str | None, *, epoch: int | None

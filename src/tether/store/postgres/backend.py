@@ -283,36 +283,63 @@ class PostgresBackend:
         With ``begin=None``, ``fn`` runs one statement on its own (autocommit),
         which is atomic by itself: one round trip instead of three.
         """
-        with self._pool.connection() as conn:
-            cur = conn.cursor()
-            if begin is None:
-                try:
-                    return fn(PgConn(cur))
-                except psycopg.OperationalError as exc:
-                    if conn.broken:  # it may or may not have committed
-                        raise _CommitUnknown(one_line(exc)) from None
-                    raise
-            # BaseException included: a KeyboardInterrupt or a signal handler's
-            # SystemExit can land after any statement, BEGIN and COMMIT too; the
-            # connection goes back to the pool idle, never inside a transaction
-            # that holds row locks.
-            committing = False
+        # getconn/putconn rather than pool.connection(): its bookkeeping after
+        # the block can itself fail when a signal lands there.
+        pool = self._pool
+        conn = pool.getconn()
+        try:
+            return self._run_on(conn, fn, begin)
+        finally:
+            pool.putconn(conn)
+
+    def _run_on(
+        self, conn: psycopg.Connection[Any], fn: Callable[[PgConn], T], begin: str | None
+    ) -> T:
+        cur = conn.cursor()
+        if begin is None:
             try:
-                cur.execute(begin)
-                result = fn(PgConn(cur))
-                committing = True
-                cur.execute("COMMIT")
-            except BaseException as exc:
-                if conn.broken:
-                    if committing and isinstance(exc, psycopg.OperationalError):
-                        raise _CommitUnknown(one_line(exc)) from None
-                elif conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                return fn(PgConn(cur))
+            except psycopg.OperationalError as exc:
+                if conn.broken:  # it may or may not have committed
+                    raise _CommitUnknown(one_line(exc)) from None
+                raise
+            except BaseException:
+                self._discard_if_busy(conn)
+                raise
+        # BaseException included: a KeyboardInterrupt or a signal handler's
+        # SystemExit can land after any statement, BEGIN and COMMIT too; the
+        # connection goes back to the pool idle, never inside a transaction
+        # that holds row locks.
+        committing = False
+        try:
+            cur.execute(begin)
+            result = fn(PgConn(cur))
+            committing = True
+            cur.execute("COMMIT")
+        except BaseException as exc:
+            if conn.broken:
+                if committing and isinstance(exc, psycopg.OperationalError):
+                    raise _CommitUnknown(one_line(exc)) from None
+            elif not self._discard_if_busy(conn):
+                if conn.info.transaction_status != pq.TransactionStatus.IDLE:
                     try:
                         conn.execute("ROLLBACK")
                     except psycopg.Error:  # the pool discards a connection it cannot reset
                         log.debug("rollback failed on %s", self.url, exc_info=True)
-                raise
-            return result
+            raise
+        return result
+
+    def _discard_if_busy(self, conn: psycopg.Connection[Any]) -> bool:
+        """Close a connection left mid-query by an exception (the pool replaces it).
+
+        psycopg cancels a query interrupted by KeyboardInterrupt, but any other
+        exception raised by a signal handler leaves the query running: the
+        connection can take no ROLLBACK until it is read to the end.
+        """
+        if conn.info.transaction_status != pq.TransactionStatus.ACTIVE:
+            return False
+        conn.close()  # the server rolls the transaction back
+        return True
 
     def _transact(self, fn: Callable[[PgConn], T], begin: str | None, *, retry_commit: bool) -> T:
         if self._closed:
