@@ -33,6 +33,7 @@ def pg_url(pg_server: str) -> Iterator[str]:
     yield with_params(pg_server, schema=schema)
     drop_schemas(schema)
 
+
 # --- a signal never leaves a transaction open ---------------------------------------------
 
 
@@ -251,3 +252,93 @@ def test_signals_at_random_points_of_thousands_of_writes(db_path: str, signame: 
         assert c.session.message_count == len(stored) == (stored[-1].seq if stored else 0)
     s.close()
     _other_process_can_write(db_url)
+
+
+# --- a commit of unknown outcome is resolved by the store -----------------------------------
+
+
+class _Rollback(Exception):
+    pass
+
+
+def _lose_next_commit(store: Store, monkeypatch: pytest.MonkeyPatch, *, landed: bool) -> None:
+    """The next write transaction runs for real, then its commit's outcome is lost.
+
+    ``landed``: it committed; otherwise it was rolled back. Either way the
+    caller gets CommitUnknownError, as when the connection breaks during COMMIT.
+    """
+    real = store.backend.write
+    left = [1]
+
+    def write(fn: Any) -> Any:
+        if not left:
+            return real(fn)
+        left.clear()
+        if landed:
+            real(fn)
+        else:
+
+            def then_roll_back(c: Any) -> None:
+                fn(c)
+                raise _Rollback
+
+            with pytest.raises(_Rollback):
+                real(then_roll_back)
+        raise tether.CommitUnknownError("lost the connection while committing")
+
+    monkeypatch.setattr(store.backend, "write", write)
+
+
+def _transcript(store: Store, session_id: str) -> list[str | None]:
+    stored = store.get_messages(session_id)
+    assert store.get_session(session_id).message_count == len(stored)
+    assert [m.seq for m in stored] == list(range(1, len(stored) + 1))
+    return [m.content for m in stored]
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["landed", "not-landed"])
+def test_an_append_whose_commit_is_unknown_is_stored_once(
+    store: Store, monkeypatch: pytest.MonkeyPatch, landed: bool
+) -> None:
+    """The transaction path of ``append`` (SQLite's hot path; PostgreSQL's path
+    when the listing's activity moves) finds out instead of guessing."""
+    h = store.session(source="unknown")
+    h.append("user", "first")
+    _lose_next_commit(store, monkeypatch, landed=landed)
+    h._w.activity_at = 0.0  # the listing is due: PostgreSQL takes the transaction too
+    assert h.append("assistant", "second").seq == 2
+    assert h.append("user", "third").seq == 3
+    assert _transcript(store, h.id) == ["first", "second", "third"]
+    h.end()
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["landed", "not-landed"])
+def test_a_flush_whose_commit_is_unknown_is_stored_once(
+    store: Store, monkeypatch: pytest.MonkeyPatch, landed: bool
+) -> None:
+    h = store.session(source="unknown")
+    h.append("user", "first")
+    h.buffer("assistant", "b1")
+    h.buffer("assistant", "b2")
+    _lose_next_commit(store, monkeypatch, landed=landed)
+    assert [m.seq for m in h.flush()] == [2, 3]
+    assert h.pending == 0
+    h.flush()
+    assert _transcript(store, h.id) == ["first", "b1", "b2"]
+    h.end()
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["landed", "not-landed"])
+def test_a_first_write_whose_commit_is_unknown_creates_the_session_once(
+    store: Store, monkeypatch: pytest.MonkeyPatch, landed: bool
+) -> None:
+    """The first message also writes the session row (and, with buffered
+    messages pending, a message without key): neither is doubled."""
+    h = store.session(source="unknown")
+    h.buffer("user", "buffered")
+    _lose_next_commit(store, monkeypatch, landed=landed)
+    assert h.append("assistant", "no key").seq == 2
+    h.append("user", "after")
+    assert _transcript(store, h.id) == ["buffered", "no key", "after"]
+    assert len(store.list_sessions(include_empty=True).items) == 1
+    assert h.end() is True

@@ -320,12 +320,14 @@ class PostgresBackend:
             if conn.broken:
                 if committing and isinstance(exc, psycopg.OperationalError):
                     raise _CommitUnknown(one_line(exc)) from None
-            elif not self._discard_if_busy(conn):
-                if conn.info.transaction_status != pq.TransactionStatus.IDLE:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except psycopg.Error:  # the pool discards a connection it cannot reset
-                        log.debug("rollback failed on %s", self.url, exc_info=True)
+            elif (
+                not self._discard_if_busy(conn)
+                and conn.info.transaction_status != pq.TransactionStatus.IDLE
+            ):
+                try:
+                    conn.execute("ROLLBACK")
+                except psycopg.Error:  # the pool discards a connection it cannot reset
+                    log.debug("rollback failed on %s", self.url, exc_info=True)
             raise
         return result
 
