@@ -12,10 +12,13 @@ import os
 import random
 import signal
 import sqlite3
+import stat
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -342,3 +345,142 @@ def test_a_first_write_whose_commit_is_unknown_creates_the_session_once(
     assert _transcript(store, h.id) == ["buffered", "no key", "after"]
     assert len(store.list_sessions(include_empty=True).items) == 1
     assert h.end() is True
+
+
+# --- storage faults: files that vanish, cannot be written, or are no files -----------------
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_database_file_removed_while_open_refuses_the_next_write(
+    tmp_path: Path, how: str
+) -> None:
+    """No acknowledgement of a message that is then nowhere: the write fails,
+    and no new empty database appears in the file's place."""
+    db = tmp_path / "tether.db"
+    s = tether.open_store(db, load_plugins=False)
+    h = s.session(source="doomed")
+    h.append("user", "stored")
+    for suffix in ("", "-wal", "-shm"):
+        if (tmp_path / f"tether.db{suffix}").exists():
+            (tmp_path / f"tether.db{suffix}").unlink()
+    if how == "replaced":
+        tether.open_store(db, load_plugins=False).close()  # another, empty database
+    with pytest.raises(tether.StoreError, match=f"database file was {how}"):
+        h.append("user", "never acknowledged")
+    h.buffer("user", "buffered")
+    with pytest.raises(tether.StoreError, match=f"database file was {how}"):
+        h.flush()
+    assert db.exists() == (how == "replaced")
+    if how == "replaced":
+        fresh = tether.open_store(db, load_plugins=False)
+        assert fresh.list_sessions(include_empty=True).items == []
+        fresh.close()
+    h._pending.clear()  # nothing can be written anywhere: let the store close quietly
+    s.close()
+
+
+@pytest.mark.parametrize("target", ["/dev/null", "/dev/zero", "fifo", "directory"])
+def test_a_path_that_is_no_regular_file_is_refused_and_nothing_is_created(
+    tmp_path: Path, target: str
+) -> None:
+    if target == "fifo":
+        path = tmp_path / "pipe"
+        os.mkfifo(path)
+    elif target == "directory":
+        path = tmp_path / "dir.db"
+        path.mkdir()
+    else:
+        path = Path(target)
+    before = sorted(os.listdir(path.parent))
+    with pytest.raises(tether.StoreOpenError) as info:
+        tether.open_store(path, load_plugins=False)
+    message = str(info.value)
+    assert "\n" not in message and "not a database file" in message
+    assert sorted(os.listdir(path.parent)) == before  # no -journal, -wal or -shm beside it
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[tuple[Path, Any]]:
+    """A directory that becomes read-only for real when the returned function is called:
+    a tmpfs remounted read-only (as root), else a directory and file without write bits."""
+    root = os.geteuid() == 0
+    where = tmp_path / "mnt"
+    where.mkdir()
+    if root:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)], check=True)
+
+    def make_read_only() -> None:
+        if root:
+            subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        else:
+            for p in where.iterdir():
+                p.chmod(0o400)
+            where.chmod(0o500)
+
+    try:
+        yield where, make_read_only
+    finally:
+        if root:
+            subprocess.run(["umount", str(where)], check=True)
+        else:
+            where.chmod(0o700)
+
+
+def test_a_closed_database_on_a_read_only_mount_is_read_and_refuses_writes(
+    read_only_dir: tuple[Path, Any],
+) -> None:
+    where, make_read_only = read_only_dir
+    db = where / "tether.db"
+    s = tether.open_store(db, load_plugins=False)
+    with s.session(source="ro", title="kept") as h:
+        h.append("user", "hello")
+    s.close()
+    make_read_only()
+    files = sorted(os.listdir(where))
+    s = tether.open_store(db, load_plugins=False)
+    [chain] = s.list_sessions().items
+    assert chain.session.title == "kept"
+    assert [m.content for m in s.get_messages(chain.session.id)] == ["hello"]
+    assert s.census().total == 1
+    assert s.get_session(chain.session.id).end_reason == "completed"
+    with pytest.raises(tether.StoreOpenError, match="read-only") as info:
+        with s.session(source="ro") as h:
+            h.append("user", "refused")
+    assert "\n" not in str(info.value)
+    with pytest.raises(tether.StoreOpenError, match="read-only"):
+        s.end_session(chain.session.id, "manual")
+    s.close()
+    assert sorted(os.listdir(where)) == files
+
+
+def test_a_new_database_and_its_wal_are_private(tmp_path: Path) -> None:
+    db = tmp_path / "private.db"
+    s = tether.open_store(db, load_plugins=False)
+    with s.session(source="mode") as h:
+        h.append("user", "secret")
+        for suffix in ("", "-wal", "-shm"):
+            assert stat.S_IMODE((tmp_path / f"private.db{suffix}").stat().st_mode) == 0o600
+    s.close()
+
+
+def test_an_existing_database_keeps_its_mode(tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    tether.open_store(db, load_plugins=False).close()
+    db.chmod(0o640)
+    s = tether.open_store(db, load_plugins=False)
+    with s.session(source="mode") as h:
+        h.append("user", "shared on purpose")
+    s.close()
+    assert stat.S_IMODE(db.stat().st_mode) == 0o640
+
+
+def test_the_default_directory_is_created_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("TETHER_DB", raising=False)
+    s = tether.open_store(load_plugins=False)
+    s.close()
+    data = tmp_path / "xdg" / "tether"
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "tether.db").stat().st_mode) == 0o600

@@ -14,10 +14,12 @@ import logging
 import os
 import random
 import sqlite3
+import stat
 import threading
 import time
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import (
@@ -60,6 +62,20 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
 def _is_busy(exc: BaseException) -> bool:
     if not isinstance(exc, sqlite3.OperationalError):
         return False
@@ -88,10 +104,12 @@ class SQLiteBackend:
         self.busy_timeout = busy_timeout
         self.write_budget = write_budget
         self._memory = path == ":memory:" or path.startswith("file::memory:")
+        self._readonly: str | None = None  # why writes are refused, if they are
+        self._immutable = False
         self._check_path()
         self._init_process_state()
         try:
-            self._writer = self._connect()
+            self._writer = self._open_read_only() if self._readonly else self._connect()
             self._wcur = self._writer.cursor()
             self._prepare(self._writer)
             self._identity = self._file_identity()
@@ -117,23 +135,51 @@ class SQLiteBackend:
         self._identity: tuple[int, int] | None = None
 
     def _check_path(self) -> None:
+        """Refuse what is not a database file, before SQLite creates anything beside it.
+
+        Decides whether the database is read-only (a read-only mount, file or
+        directory): it is then opened for reading only, and writes are refused
+        with one clear error. A new file is created private (0600): it will
+        hold every conversation; SQLite gives its -wal and -shm the same mode.
+        """
         if self._memory:
             return
         path = os.path.abspath(self.path)
         parent = os.path.dirname(path)
-        if os.path.isdir(path):
-            raise StoreOpenError(f"cannot open database {self.path}: it is a directory")
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise StoreOpenError(f"cannot open database {self.path}: {exc.strerror}") from None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise StoreOpenError(
+                f"cannot open database {self.path}: it is {_file_kind(st.st_mode)}, "
+                "not a database file"
+            )
         if not os.path.isdir(parent):
             raise StoreOpenError(
                 f"cannot open database {self.path}: directory {parent} does not exist"
             )
-        if os.path.exists(path):
+        if st is not None:
             if not os.access(path, os.R_OK):
                 raise StoreOpenError(f"cannot open database {self.path}: permission denied")
-        elif not os.access(parent, os.W_OK | os.X_OK):
+            if not os.access(path, os.W_OK):
+                self._readonly = "the file cannot be written"
+            elif not os.access(parent, os.W_OK | os.X_OK) and not os.path.exists(path + "-wal"):
+                # WAL needs its -wal and -shm files beside the database.
+                self._readonly = f"directory {parent} is not writable"
+            return
+        if not os.access(parent, os.W_OK | os.X_OK):
             raise StoreOpenError(
                 f"cannot create database {self.path}: directory {parent} is not writable"
             )
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            pass  # another process created it meanwhile: its mode is left alone
+        except OSError as exc:
+            raise StoreOpenError(f"cannot create database {self.path}: {exc.strerror}") from None
 
     def _file_identity(self) -> tuple[int, int] | None:
         """(device, inode) of the database file, to notice it being removed or replaced."""
@@ -164,17 +210,34 @@ class SQLiteBackend:
             )
 
     def _connect(self) -> sqlite3.Connection:
+        target, uri = self.path, False
+        if self._readonly is not None:
+            # mode=ro reads a WAL database when its -shm can be used; on a read-only
+            # mount it cannot, and nothing can change the file there: immutable.
+            query = "immutable=1" if self._immutable else "mode=ro"
+            target, uri = f"{Path(os.path.abspath(self.path)).as_uri()}?{query}", True
         try:
             conn = sqlite3.connect(
-                self.path,
+                target,
                 timeout=self.busy_timeout,
                 isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
                 check_same_thread=False,  # guarded by our own locks
                 cached_statements=256,
+                uri=uri,
             )
         except sqlite3.Error as exc:
             raise StoreOpenError(f"cannot open database {self.path}: {exc}") from None
         return conn
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+        self._immutable = True
+        return self._connect()
 
     def _check_fork(self) -> None:
         if self._forked:
@@ -219,6 +282,13 @@ class SQLiteBackend:
                 f"{self.path} was written by a newer tether (schema version {version}; "
                 f"this tether knows up to {SCHEMA_VERSION}); upgrade tether to open it"
             )
+        if self._readonly is not None:
+            if version < SCHEMA_VERSION:
+                raise StoreOpenError(
+                    f"database {self.path} is read-only ({self._readonly}) and "
+                    + ("has no tether tables yet" if version == 0 else "needs a schema upgrade")
+                )
+            return
         self._set_wal(conn)
         self._configure(conn)
         if version < SCHEMA_VERSION:
@@ -364,9 +434,14 @@ class SQLiteBackend:
                 log.exception("rollback failed on %s", self.path)
 
     def write(self, fn: Callable[[Any], T]) -> T:
-        if self._closed or self._forked:
+        if self._closed or self._forked or self._readonly is not None:
             if self._closed:
                 raise StoreError(f"store {self.path} is closed")
+            if self._readonly is not None:
+                raise StoreOpenError(
+                    f"database {self.path} is read-only ({self._readonly}): "
+                    "it can be listed and read, not written"
+                )
             self._check_fork()
         return self._run_write(fn)
 
