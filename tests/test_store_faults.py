@@ -443,9 +443,9 @@ def test_a_closed_database_on_a_read_only_mount_is_read_and_refuses_writes(
     assert [m.content for m in s.get_messages(chain.session.id)] == ["hello"]
     assert s.census().total == 1
     assert s.get_session(chain.session.id).end_reason == "completed"
+    h = s.session(source="ro")
     with pytest.raises(tether.StoreOpenError, match="read-only") as info:
-        with s.session(source="ro") as h:
-            h.append("user", "refused")
+        h.append("user", "refused")
     assert "\n" not in str(info.value)
     with pytest.raises(tether.StoreOpenError, match="read-only"):
         s.end_session(chain.session.id, "manual")
