@@ -8,6 +8,7 @@ replacing the database.
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import signal
@@ -484,3 +485,107 @@ def test_the_default_directory_is_created_private(
     data = tmp_path / "xdg" / "tether"
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert stat.S_IMODE((data / "tether.db").stat().st_mode) == 0o600
+
+
+# --- hostile input: one clear InvalidInputError, on both backends --------------------------
+
+
+def _one_line_invalid(call: Any) -> str:
+    with pytest.raises(tether.InvalidInputError) as info:
+        call()
+    message = str(info.value)
+    assert message and "\n" not in message
+    return message
+
+
+NUL_AND_SURROGATES = ["a\x00b", "\ud800", "x\udfffy"]
+
+
+@pytest.mark.parametrize("bad", NUL_AND_SURROGATES, ids=["nul", "high-surrogate", "low-surrogate"])
+def test_bad_text_in_ids_and_filters_is_invalid_input(store: Store, bad: str) -> None:
+    """Never "store unavailable", UnicodeEncodeError or a driver's error."""
+    calls = [
+        lambda: store.get_session(bad),
+        lambda: store.get_chain(bad),
+        lambda: store.get_messages(bad),
+        lambda: store.attach(bad),
+        lambda: store.end_session(bad, "manual"),
+        lambda: store.mark_detached(bad, None),
+        lambda: store.resolve_id(bad),
+        lambda: store.list_sessions(source=bad),
+        lambda: store.list_sessions(cwd=bad),
+        lambda: store.session(source="ok", parent_id=bad).append("user", "x"),
+    ]
+    for call in calls:
+        _one_line_invalid(call)
+    with store.session(source="ok") as h:  # the store is as usable as before
+        h.append("user", "fine")
+
+
+def _cursor(payload: str) -> str:
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        _cursor('[NaN,"01ABC"]'),
+        _cursor('[Infinity,"01ABC"]'),
+        _cursor('[-Infinity,"01ABC"]'),
+        _cursor('[1e999,"01ABC"]'),
+        _cursor(f'[{10**400},"01ABC"]'),
+        _cursor('[1.5,"a\\u0000b"]'),
+        _cursor('[1.5,"\\ud800"]'),
+        _cursor('[true,"01ABC"]'),
+        _cursor('["1.5","01ABC"]'),
+        _cursor("[1.5]"),
+        _cursor("{}"),
+        _cursor("[" * 100000),
+        "not base64 at all!",
+        "é",
+        "\ud800",
+        "x" * 5000,
+    ],
+    ids=lambda c: c[:12],
+)
+def test_a_bad_cursor_is_invalid_input_never_a_page(store: Store, cursor: str) -> None:
+    with store.session(source="ok") as h:
+        h.append("user", "listed")
+    _one_line_invalid(lambda: store.list_sessions(cursor=cursor))
+    assert len(store.list_sessions().items) == 1
+
+
+def test_numbers_beyond_64_bits_nan_and_fractions_are_invalid_input(store: Store) -> None:
+    with store.session(source="ok") as h:
+        h.append("user", "one")
+        for after in (2**63, -(2**63) - 1, 10**30, float("nan"), float("inf"), 1.5, "3", True):
+            _one_line_invalid(lambda after=after: store.get_messages(h.id, after_seq=after))
+        for limit in (2**63, 10**30, -1, float("nan"), 2.5, "1"):
+            _one_line_invalid(lambda limit=limit: store.get_messages(h.id, limit=limit))
+        for limit in (0, 10**30, True, 2.0):
+            _one_line_invalid(lambda limit=limit: store.list_sessions(limit=limit))
+        for at in (float("nan"), float("inf"), 10**400, "now"):
+            _one_line_invalid(lambda at=at: store.mark_detached(h.id, at))
+        # The largest values that fit still work.
+        assert store.get_messages(h.id, after_seq=2**63 - 1, limit=2**63 - 1) == []
+        assert [m.seq for m in store.get_messages(h.id, after_seq=0.0, limit=1.0)] == [1]
+
+
+@pytest.mark.parametrize("stale_after", [float("nan"), float("inf"), -1, 10**400, "1", None])
+def test_repair_unowned_refuses_durations_that_are_no_durations(
+    store: Store, stale_after: Any
+) -> None:
+    for apply in (False, True):
+        _one_line_invalid(lambda apply=apply: store.repair_unowned(stale_after, apply=apply))
+
+
+def test_the_last_code_point_is_stored_like_any_other(store: Store) -> None:
+    """U+10FFFF (and other noncharacters, astral characters) are valid text."""
+    text = "\U0010ffff \U0001f600 \ufffe"
+    with store.session(source="ok", title=text, metadata={"k": text}) as h:
+        h.append("user", text, tool_calls=[{"name": text}])
+        h.buffer("assistant", text, idem_key=text)
+        h.flush()
+    assert store.get_session(h.id).title == text
+    assert [m.content for m in store.get_messages(h.id)] == [text, text]
+    assert store.list_sessions().items[0].session.title == text

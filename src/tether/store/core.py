@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import (
-    InvalidInputError,
     SessionEndedError,
     SessionNotFoundError,
     StoreError,
@@ -35,7 +34,16 @@ from ..model import (
     message_from_row,
     session_from_row,
 )
-from ..validate import check_detail, check_liveness, check_reason, check_source, check_text
+from ..validate import (
+    INT64_MAX,
+    check_detail,
+    check_id,
+    check_int,
+    check_liveness,
+    check_reason,
+    check_source,
+    check_timestamp,
+)
 from . import listing, sql
 from .backend import Backend, Conn
 from .owners import Ownership
@@ -157,6 +165,7 @@ class Store(Ownership, MessageWrites):
         The first reason wins and is never overwritten; ending an ended session
         returns False. Raises :class:`SessionNotFoundError` for an unknown id.
         """
+        session_id = check_id(session_id)
         reason = check_reason(reason)
         detail = check_detail(detail)
         ended = self._end(session_id, reason, detail, epoch=None)
@@ -173,6 +182,10 @@ class Store(Ownership, MessageWrites):
         restart. Returns False if the session is unknown or already ended.
         """
 
+        session_id = check_id(session_id)
+        if at is not None:
+            at = check_timestamp(at, "detached at")
+
         def tx(c: Conn) -> bool:
             return c.execute(sql.SET_DETACHED, (at, session_id)).rowcount == 1
 
@@ -182,6 +195,7 @@ class Store(Ownership, MessageWrites):
 
     def get_session(self, session_id: str) -> Session:
         """The session with this id; :class:`SessionNotFoundError` if there is none."""
+        session_id = check_id(session_id)
         row = self.backend.read(lambda c: c.execute(sql.SELECT_SESSION, (session_id,)).fetchone())
         if row is None:
             raise SessionNotFoundError(session_id)
@@ -199,10 +213,9 @@ class Store(Ownership, MessageWrites):
         self, session_id: str, after_seq: int | None = None, limit: int | None = None
     ) -> list[Message]:
         """Messages of one session in order, those after ``after_seq`` (at most ``limit``)."""
-        after = 0 if after_seq is None else int(after_seq)
-        if limit is not None and limit < 0:
-            raise InvalidInputError("limit must not be negative")
-        cap = 2**62 if limit is None else int(limit)
+        session_id = check_id(session_id)
+        after = 0 if after_seq is None else check_int(after_seq, "after_seq")
+        cap = INT64_MAX if limit is None else check_int(limit, "limit", minimum=0)
 
         def run(c: Conn) -> list[Any]:
             rows = c.execute(sql.SELECT_MESSAGES, (session_id, after, cap)).fetchall()
@@ -293,9 +306,7 @@ class Store(Ownership, MessageWrites):
 
     def resolve_id(self, prefix: str) -> str:
         """Expand a unique id prefix (as typed on a command line) to a full id."""
-        prefix = check_text(prefix, "session id", required=True) or ""
-        if not prefix:
-            raise InvalidInputError("session id must not be empty")
+        prefix = check_id(prefix)
 
         def run(c: Conn) -> list[Any]:
             exact = c.execute(sql.SELECT_WRITE_STATE, (prefix,)).fetchone()

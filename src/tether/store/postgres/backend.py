@@ -38,6 +38,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ...errors import (
     CommitUnknownError,
     ForeignDatabaseError,
+    InvalidInputError,
     SchemaTooNewError,
     StoreBusyError,
     StoreError,
@@ -371,6 +372,12 @@ class PostgresBackend:
                 why, busy = exc, False
             except psycopg.IntegrityError:
                 raise
+            except psycopg.DataError as exc:
+                if "NUL" in str(exc):  # refused by psycopg before anything was sent
+                    raise InvalidInputError(
+                        "text contains a NUL character, which PostgreSQL cannot store"
+                    ) from None
+                raise self._translate(exc) from None
             except psycopg.Error as exc:
                 raise self._translate(exc) from None
             now = time.monotonic()
