@@ -589,3 +589,56 @@ def test_the_last_code_point_is_stored_like_any_other(store: Store) -> None:
     assert store.get_session(h.id).title == text
     assert [m.content for m in store.get_messages(h.id)] == [text, text]
     assert store.list_sessions().items[0].session.title == text
+
+
+# --- PostgreSQL: the listing's plan does not depend on statistics ---------------------------
+
+
+def test_the_postgres_listing_walks_its_index_on_a_fresh_schema(pg_url: str) -> None:
+    """Before any ANALYZE (a fresh schema, autovacuum not yet run), every
+    listing but the open one walks its index: no sort over all chains."""
+    from tether.store import listing
+
+    s = tether.open_store(pg_url, load_plugins=False)
+    s.backend.write(
+        lambda c: c.execute(
+            """INSERT INTO sessions (id, source, cwd, root_id, created_at, last_active_at,
+                message_count, chain_tip_id, chain_message_count, chain_last_active_at, ended_at)
+            SELECT lpad(g::text, 26, '0'), 'cli', '/w', lpad(g::text, 26, '0'), g, g, 2,
+                lpad(g::text, 26, '0'), 2, g, CASE WHEN g % 2 = 0 THEN g END
+            FROM generate_series(1, 5000) g"""
+        )
+    )
+    analyzed = s.backend.read(
+        lambda c: c.execute(
+            "SELECT last_analyze, last_autoanalyze FROM pg_stat_user_tables"
+            " WHERE relname = 'sessions' AND schemaname = current_schema()"
+        ).fetchone()
+    )
+    assert analyzed in (None, (None, None))  # no statistics yet
+    first = s.list_sessions(limit=2)
+    cursor = first.next_cursor
+    assert cursor is not None
+    for q in [
+        listing.ListQuery(),
+        listing.ListQuery(cursor=cursor),
+        listing.ListQuery(state="ended"),
+        listing.ListQuery(source="cli"),
+        listing.ListQuery(cwd="/w", cursor=cursor),
+    ]:
+        query, params = listing.build(q)
+        plan = "\n".join(
+            r[0]
+            for r in s._list_reader(q.state)(
+                lambda c, query=query, params=params: c.execute(
+                    "EXPLAIN " + query, params
+                ).fetchall()
+            )
+        )
+        assert "Sort" not in plan, plan
+        assert "Index Scan Backward using sessions_listing" in plan, plan
+    assert [c.session.id for c in first.items] == ["0" * 22 + "5000", "0" * 22 + "4999"]
+    assert [c.session.id for c in s.list_sessions(state="ended", limit=1).items] == [
+        "0" * 22 + "5000"
+    ]
+    s.close()

@@ -250,7 +250,7 @@ class Store(Ownership, MessageWrites):
             cursor=cursor,
         )
         query, params = listing.build(q)
-        rows = self.backend.read(lambda c: c.execute(query, params).fetchall())
+        rows = self._list_reader(state)(lambda c: c.execute(query, params).fetchall())
         items = [
             ListedChain(session_from_row(r[:18]), r[18], r[19], r[20], r[21]) for r in rows[:limit]
         ]
@@ -259,6 +259,16 @@ class Store(Ownership, MessageWrites):
             last = items[-1]
             next_cursor = listing.encode_cursor(last.chain_last_active_at, last.root_id)
         return Page(items, next_cursor)
+
+    def _list_reader(self, state: str) -> Any:
+        """How a listing query is read: in index order where the backend can insist.
+
+        Every state but ``open`` walks the listing index; a backend whose
+        planner could prefer a sort (PostgreSQL without statistics) offers
+        ``read_ordered``. The open listing sorts the few open sessions.
+        """
+        ordered = getattr(self.backend, "read_ordered", None)
+        return ordered if ordered is not None and state != "open" else self.backend.read
 
     def census(self) -> Census:
         """Totals for ``tether doctor``: open, ended, ghosts, end reasons per source."""

@@ -58,6 +58,12 @@ CLOCK_SKEW_WARNING = 5.0  # seconds
 
 _BEGIN_WRITE = "BEGIN"
 _BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+# The listing walks an index in its ORDER BY order; before the first ANALYZE
+# of a fresh schema the planner guesses a handful of root rows and sorts them
+# all instead (17 ms at 8,000 sessions, not 0.5). With sorts priced out, the
+# plan no longer depends on statistics. Same round trip: two commands, sent
+# unprepared.
+_BEGIN_READ_ORDERED = _BEGIN_READ + "; SET LOCAL enable_sort = off"
 # Retrying these can only help: nothing was committed.
 _TRANSIENT = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 # Pools inherited across fork() must never be used or closed by the child.
@@ -313,7 +319,7 @@ class PostgresBackend:
         # that holds row locks.
         committing = False
         try:
-            cur.execute(begin)
+            cur.execute(begin, prepare=False)
             result = fn(PgConn(cur))
             committing = True
             cur.execute("COMMIT")
@@ -406,6 +412,10 @@ class PostgresBackend:
 
     def read(self, fn: Callable[[PgConn], T]) -> T:
         return self._transact(fn, _BEGIN_READ, retry_commit=True)
+
+    def read_ordered(self, fn: Callable[[PgConn], T]) -> T:
+        """:meth:`read` for queries that must follow an index's order, never sort."""
+        return self._transact(fn, _BEGIN_READ_ORDERED, retry_commit=True)
 
     def close(self) -> None:
         if self._closed:
