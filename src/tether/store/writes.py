@@ -139,7 +139,8 @@ class MessageWrites:
             ),
         )
         if not is_root:
-            c.execute(sql.SET_CHAIN_TIP, (s.id, root_id))
+            at = s.created_at
+            c.execute(sql.ADD_CHAIN_MEMBER, (at, s.id, s.id, at, at, root_id))
         self._event(c, s.id, "created", {"source": s.source, "parent_id": s.parent_id})
         return root_id
 
@@ -204,7 +205,7 @@ class MessageWrites:
                 if active:
                     stmt, params = (
                         sql.BUMP_ROOT_ACTIVE,
-                        (count + n, n, now, now, sid, w.epoch, count),
+                        (count + n, n, now, now, now, sid, w.epoch, count),
                     )
                 else:
                     stmt, params = sql.BUMP_ROOT, (count + n, n, now, sid, w.epoch, count)
@@ -218,7 +219,7 @@ class MessageWrites:
             raise self._write_state_error(c, sid, w.epoch)
         if root_id != sid:
             if active:
-                c.execute(sql.BUMP_CHAIN_ACTIVE, (n, now, sid, root_id))
+                c.execute(sql.BUMP_CHAIN_ACTIVE, (n, now, now, root_id))
             else:
                 c.execute(sql.BUMP_CHAIN, (n, root_id))
         if n == 1:
