@@ -127,6 +127,48 @@ def test_an_interrupt_right_after_begin_of_a_flush_keeps_the_buffer(db_path: str
     s.close()
 
 
+class _InterruptAfterBegin(sqlite3.Connection):
+    """A real reader connection, raising KeyboardInterrupt right after its BEGIN ran."""
+
+    armed = 0
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:  # type: ignore[override]
+        result = super().execute(sql, params)
+        if _InterruptAfterBegin.armed and sql == "BEGIN":
+            _InterruptAfterBegin.armed -= 1
+            raise KeyboardInterrupt
+        return result
+
+
+def test_an_interrupt_right_after_a_read_begins_leaves_no_snapshot_open(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader left inside its transaction would fail every later read on it
+    and pin an old snapshot (stale reads, a WAL that cannot be checkpointed)."""
+    s = tether.open_store(db_path, load_plugins=False)
+    h = s.session(source="sig")
+    h.append("user", "first")
+    backend: Any = s.backend
+    for conn in backend._idle_readers:  # new readers come from the patched connect
+        conn.close()
+    backend._reader_count -= len(backend._idle_readers)
+    backend._idle_readers.clear()
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(
+        sqlite3, "connect", lambda *a, **k: real_connect(*a, factory=_InterruptAfterBegin, **k)
+    )
+    _InterruptAfterBegin.armed = 3
+    for _ in range(3):
+        with pytest.raises(KeyboardInterrupt):
+            s.get_session(h.id)
+    h.append("user", "second")
+    assert [m.content for m in s.get_messages(h.id)] == ["first", "second"]
+    assert s.get_session(h.id).message_count == 2
+    assert all(not c.in_transaction for c in backend._idle_readers)
+    h.end()
+    s.close()
+
+
 def test_an_interrupt_inside_a_postgres_transaction_rolls_it_back(pg_url: str) -> None:
     """The same on PostgreSQL: the connection goes back to the pool idle, never
     inside a transaction, and its row locks are released."""

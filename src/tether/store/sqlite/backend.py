@@ -485,16 +485,20 @@ class SQLiteBackend:
 
     def _read_on(self, conn: sqlite3.Connection, fn: Callable[[Any], T]) -> T:
         # One snapshot for the whole read: a deferred transaction that only reads.
+        # As for writes, BaseException included: a reader left inside its
+        # transaction would pin an old snapshot and refuse every later BEGIN.
         try:
-            conn.execute("BEGIN")
-            try:
-                return fn(conn)
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if conn.in_transaction:
+            if conn.in_transaction:  # left by an exception inside a rollback
                 conn.execute("ROLLBACK")
-            raise self._translate(exc) from None
+            conn.execute("BEGIN")
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback(conn)
+            if isinstance(exc, sqlite3.OperationalError):
+                raise self._translate(exc) from None
+            raise
+        return result
 
     def close(self) -> None:
         if self._closed:
