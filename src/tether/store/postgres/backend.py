@@ -66,6 +66,7 @@ _BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 _BEGIN_READ_ORDERED = _BEGIN_READ + "; SET LOCAL enable_sort = off"
 # Retrying these can only help: nothing was committed.
 _TRANSIENT = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
+_MAIN_THREAD = threading.main_thread().ident
 # Pools inherited across fork() must never be used or closed by the child.
 _fork_graveyard: list[Any] = []
 
@@ -120,6 +121,9 @@ class PostgresBackend:
         self.pool_timeout = pool_timeout
         self._closed = False
         self._lock = threading.Lock()
+        self._main_conn: psycopg.Connection[Any] | None = None  # see _run_main
+        self._main_pid = 0
+        self._main_busy = False
         with self.connect() as conn:
             self.schema = self._prepare(conn)
         self._pid = os.getpid()
@@ -290,6 +294,8 @@ class PostgresBackend:
         With ``begin=None``, ``fn`` runs one statement on its own (autocommit),
         which is atomic by itself: one round trip instead of three.
         """
+        if threading.get_ident() == _MAIN_THREAD and not self._main_busy:
+            return self._run_main(fn, begin)
         # getconn/putconn rather than pool.connection(): its bookkeeping after
         # the block can itself fail when a signal lands there.
         pool = self._pool
@@ -298,6 +304,32 @@ class PostgresBackend:
             return self._run_on(conn, fn, begin)
         finally:
             pool.putconn(conn)
+
+    def _run_main(self, fn: Callable[[PgConn], T], begin: str | None) -> T:
+        """:meth:`_run` on the main thread, on a connection of its own, outside the pool.
+
+        Python runs signal handlers on the main thread only, between any two
+        bytecodes: a KeyboardInterrupt (or a handler's exception) landing inside
+        the pool's checkout loses the connection for good, and a few thousand
+        interrupts drain the pool. A connection held here can only be left
+        unusable, never lost: it is checked before every use and replaced.
+        """
+        conn = self._main_conn
+        if conn is None or conn.closed or conn.broken or self._main_pid != os.getpid():
+            if conn is not None and self._main_pid == os.getpid():
+                conn.close()
+            self._main_conn = None
+            conn = psycopg.connect(self.target.conninfo, **self.target.kwargs)
+            self._main_conn, self._main_pid = conn, os.getpid()
+        elif conn.info.transaction_status != pq.TransactionStatus.IDLE and not (
+            self._discard_if_busy(conn)  # closed: the retry takes a new one
+        ):
+            conn.execute("ROLLBACK")  # an exception landed where nothing could clean up
+        self._main_busy = True
+        try:
+            return self._run_on(conn, fn, begin)
+        finally:
+            self._main_busy = False
 
     def _run_on(
         self, conn: psycopg.Connection[Any], fn: Callable[[PgConn], T], begin: str | None
@@ -423,6 +455,9 @@ class PostgresBackend:
         self._closed = True
         if self._pid == os.getpid():
             self._pool.close(timeout=5.0)
+        main, self._main_conn = self._main_conn, None
+        if main is not None and self._main_pid == os.getpid():
+            main.close()
 
     # --- LISTEN/NOTIFY ------------------------------------------------------------------------
 
