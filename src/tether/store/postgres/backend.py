@@ -316,8 +316,11 @@ class PostgresBackend:
         """
         conn = self._main_conn
         if conn is None or conn.closed or conn.broken or self._main_pid != os.getpid():
-            if conn is not None and self._main_pid == os.getpid():
-                conn.close()
+            if conn is not None:
+                if self._main_pid == os.getpid():
+                    conn.close()
+                else:  # the parent's socket, shared after fork(): never close it here
+                    _fork_graveyard.append(conn)
             self._main_conn = None
             conn = psycopg.connect(self.target.conninfo, **self.target.kwargs)
             self._main_conn, self._main_pid = conn, os.getpid()
