@@ -406,6 +406,17 @@ def test_a_database_file_removed_while_open_refuses_the_next_write(
             (tmp_path / f"tether.db{suffix}").unlink()
     if how == "replaced":
         tether.open_store(db, load_plugins=False).close()  # another, empty database
+    else:
+        # A new connection (a reader, the checkpointer) must not create an empty
+        # database in its place: it fails instead.
+        backend: Any = s.backend
+        for conn in backend._idle_readers:
+            conn.close()
+        backend._reader_count -= len(backend._idle_readers)
+        backend._idle_readers.clear()
+        with pytest.raises(tether.StoreError, match="database file was removed"):
+            s.get_session(h.id)
+        assert not db.exists()
     with pytest.raises(tether.StoreError, match=f"database file was {how}"):
         h.append("user", "never acknowledged")
     h.buffer("user", "buffered")

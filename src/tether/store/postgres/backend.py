@@ -11,7 +11,9 @@ sent; a connection lost *during* ``COMMIT`` leaves the outcome unknown, so that
 one is reported rather than retried (re-running a write that did commit could
 append a message twice).
 
-Nothing relies on session state across transactions (the migration lock is
+The main thread, where Python runs signal handlers, uses a connection of its
+own outside the pool (see :meth:`PostgresBackend._run_main`); other threads
+borrow from the pool. Nothing relies on session state across transactions (the migration lock is
 transaction-scoped; no temporary tables; prepared statements can be turned off
 with ``?prepare_threshold=none``), so the backend works behind a
 transaction-mode pooler. LISTEN needs a session of its own: see

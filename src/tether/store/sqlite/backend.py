@@ -104,6 +104,8 @@ class SQLiteBackend:
         self.busy_timeout = busy_timeout
         self.write_budget = write_budget
         self._memory = path == ":memory:" or path.startswith("file::memory:")
+        # Resolved once: a later chdir() must not move the database under us.
+        self._file = path if self._memory else os.path.abspath(path)
         self._readonly: str | None = None  # why writes are refused, if they are
         self._immutable = False
         self._check_path()
@@ -185,7 +187,7 @@ class SQLiteBackend:
         """(device, inode) of the database file, to notice it being removed or replaced."""
         if self._memory:
             return None
-        st = os.stat(self.path)
+        st = os.stat(self._file)
         return st.st_dev, st.st_ino
 
     def _check_identity(self) -> None:
@@ -197,7 +199,7 @@ class SQLiteBackend:
         microsecond) is the price of never acknowledging such a write.
         """
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._file)
         except OSError:
             found = None
         else:
@@ -209,13 +211,24 @@ class SQLiteBackend:
                 "nothing was written (reopen the store)"
             )
 
-    def _connect(self) -> sqlite3.Connection:
-        target, uri = self.path, False
-        if self._readonly is not None:
-            # mode=ro reads a WAL database when its -shm can be used; on a read-only
-            # mount it cannot, and nothing can change the file there: immutable.
+    @property
+    def _target(self) -> str:
+        """The URI every connection opens: never one that creates the file.
+
+        The file is created once, by :meth:`_check_path`; a connection opened
+        after it was removed (a new reader, the checkpointer) must fail rather
+        than create an empty database in its place. ``mode=ro`` reads a WAL
+        database when its -shm can be used; on a read-only mount it cannot, and
+        nothing can change the file there: ``immutable=1``.
+        """
+        if self._readonly is None:
+            query = "mode=rw"
+        else:
             query = "immutable=1" if self._immutable else "mode=ro"
-            target, uri = f"{Path(os.path.abspath(self.path)).as_uri()}?{query}", True
+        return f"{Path(self._file).as_uri()}?{query}"
+
+    def _connect(self) -> sqlite3.Connection:
+        target, uri = (self.path, False) if self._memory else (self._target, True)
         try:
             conn = sqlite3.connect(
                 target,
@@ -226,6 +239,10 @@ class SQLiteBackend:
                 uri=uri,
             )
         except sqlite3.Error as exc:
+            if self._identity is not None and not os.path.exists(self._file):
+                raise StoreError(
+                    f"database {self.path}: the database file was removed while it was open"
+                ) from None
             raise StoreOpenError(f"cannot open database {self.path}: {exc}") from None
         return conn
 
@@ -536,6 +553,7 @@ class _Checkpointer(threading.Thread):
     def __init__(self, backend: SQLiteBackend) -> None:
         super().__init__(name=f"tether-checkpoint:{os.path.basename(backend.path)}", daemon=True)
         self.path = backend.path
+        self.target = backend._target
         self.busy_timeout = backend.busy_timeout
         self.wake = threading.Event()
         self._halt = threading.Event()
@@ -548,7 +566,9 @@ class _Checkpointer(threading.Thread):
 
     def run(self) -> None:
         try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+            conn = sqlite3.connect(
+                self.target, timeout=self.busy_timeout, isolation_level=None, uri=True
+            )
         except sqlite3.Error:
             log.exception("checkpointer cannot open %s", self.path)
             return
