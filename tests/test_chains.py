@@ -7,6 +7,8 @@ listing's resolution (``ACTIVITY_RESOLUTION``, one second).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 import tether
@@ -16,7 +18,7 @@ DAY = 86_400.0
 
 
 @pytest.fixture
-def clocked(db_url: str, clock: tether.ManualClock) -> tether.Store:
+def clocked(db_url: str, clock: tether.ManualClock) -> Iterator[tether.Store]:
     s = tether.open_store(db_url, clock=clock, load_plugins=False)
     yield s
     s.close()

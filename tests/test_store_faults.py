@@ -624,7 +624,11 @@ def test_numbers_beyond_64_bits_nan_and_fractions_are_invalid_input(store: Store
         assert [m.seq for m in store.get_messages(h.id, after_seq=0.0, limit=1.0)] == [1]
 
 
-@pytest.mark.parametrize("stale_after", [float("nan"), float("inf"), -1, 10**400, "1", None])
+@pytest.mark.parametrize(
+    "stale_after",
+    [float("nan"), float("inf"), -1, 10**400, "1", None],
+    ids=["nan", "inf", "negative", "10**400", "string", "none"],
+)
 def test_repair_unowned_refuses_durations_that_are_no_durations(
     store: Store, stale_after: Any
 ) -> None:
