@@ -69,6 +69,7 @@ _BEGIN_READ_ORDERED = _BEGIN_READ + "; SET LOCAL enable_sort = off"
 # Retrying these can only help: nothing was committed.
 _TRANSIENT = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 _MAIN_THREAD = threading.main_thread().ident
+_ROWS_PER_INSERT = 500  # rows per multi-row INSERT (PostgreSQL takes 65,535 parameters)
 # Pools inherited across fork() must never be used or closed by the child.
 _fork_graveyard: list[Any] = []
 
@@ -99,7 +100,25 @@ class PgConn:
         return self._cur.execute(to_pg(query), params)
 
     def executemany(self, query: str, seq: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
-        self._cur.executemany(to_pg(query), seq)
+        """Run ``query`` for each parameter row: one multi-row INSERT where possible.
+
+        Not psycopg's ``executemany``: it enters pipeline mode, and an
+        interrupt (Ctrl+C) landing inside that bookkeeping leaves psycopg's
+        own ``AssertionError`` instead of the KeyboardInterrupt. An INSERT
+        ending in one ``VALUES (...)`` group is sent once with a group per
+        row (one round trip as well); anything else runs row by row.
+        """
+        rows = list(seq)
+        head, sep, group = query.rstrip().rpartition("VALUES")
+        if not sep or not group.strip().startswith("(") or not group.strip().endswith(")"):
+            for row in rows:
+                self._cur.execute(to_pg(query), row)
+            return self._cur
+        group = group.strip()
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            statement = f"{head}VALUES {', '.join([group] * len(chunk))}"
+            self._cur.execute(to_pg(statement), [v for row in chunk for v in row])
         return self._cur
 
 
