@@ -61,6 +61,20 @@ def read_only(path: Path) -> Iterator[None]:
             path.chmod(mode)
 
 
+@pytest.mark.parametrize("target", ["/dev/null", "fifo"])
+def test_cli_on_a_device_or_fifo_is_one_error_and_creates_nothing(
+    tmp_path: Path, target: str
+) -> None:
+    if target == "fifo":
+        path = tmp_path / "pipe"
+        os.mkfifo(path)
+    else:
+        path = Path(target)
+    before = sorted(os.listdir(path.parent))
+    assert_one_clear_line(run_cli("ls", "--db", str(path)), "not a database file")
+    assert sorted(os.listdir(path.parent)) == before
+
+
 def test_read_only_directory(tmp_path: Path) -> None:
     ro = tmp_path / "ro"
     ro.mkdir()

@@ -22,6 +22,7 @@ import tether
 from tether.liveness import ProcessIdentity, Reaper
 from tether.store import listing
 from tether.store.postgres import backend as pg_backend
+from tether.store.postgres import url as pg_url
 from tether.store.postgres.schema import LOCK_CLASS, MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
 
 from .conftest import (
@@ -380,6 +381,8 @@ def test_a_server_that_stays_away_is_reported_after_the_budget(db_url: str) -> N
     s.backend.write_budget = 0.5
     s.backend.close()  # as good as an unreachable server for the store's pool
     s.backend._closed = False
+    # ... and for the main thread's own connection (see PostgresBackend._run_main)
+    s.backend.target = pg_url.parse("postgresql://postgres@127.0.0.1:1/test")
     s.backend._pool = pg_backend.ConnectionPool(
         "postgresql://postgres@127.0.0.1:1/test", min_size=1, open=False, timeout=0.2
     )

@@ -4,7 +4,12 @@
   and their seqs are exactly 1..count;
 * an ended session is never re-ended: its end time and reason never change,
   and exactly one call reported ending it;
-* a session without content never has a row.
+* a session without content never has a row;
+* every chain's summary on its root row holds: its tip is the newest created
+  member (greatest ``created_at``, then id), its message count the sum of its
+  members', and its activity the newest of any member's (creation or message)
+  at the listing's resolution: within ``ACTIVITY_RESOLUTION`` below it, never
+  above it. The clock moves by hand, across and within that resolution.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from hypothesis.stateful import (
 )
 
 import tether
+from tether.store.writes import ACTIVITY_RESOLUTION
 
 TEXT = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20
@@ -35,7 +41,8 @@ class StoreMachine(RuleBasedStateMachine):
 
     def __init__(self, db: str) -> None:
         super().__init__()
-        self.store = tether.open_store(db, load_plugins=False)
+        self.clock = tether.ManualClock()
+        self.store = tether.open_store(db, clock=self.clock, load_plugins=False)
         self.ended: dict[str, tuple[float, str]] = {}  # id -> (ended_at, reason) first seen
         self.end_wins: dict[str, int] = {}
         self.had_content: set[str] = set()
@@ -106,6 +113,38 @@ class StoreMachine(RuleBasedStateMachine):
             return
         if self.store.end_session(h.id, reason):
             self.end_wins[h.id] = self.end_wins.get(h.id, 0) + 1
+
+    @rule(seconds=st.sampled_from([0.3, 0.7, 1.0, 2.5, 3600.0]))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @invariant()
+    def chain_summaries_hold(self) -> None:
+        rows = self.store.backend.read(
+            lambda c: c.execute(
+                """SELECT s.id, s.root_id, s.created_at, s.message_count, s.chain_tip_id,
+                    s.chain_message_count, s.chain_last_active_at,
+                    (SELECT max(m.created_at) FROM messages m WHERE m.session_id = s.id)
+                FROM sessions s"""
+            ).fetchall()
+        )
+        chains: dict[str, list[tuple]] = {}
+        for row in rows:
+            chains.setdefault(row[1], []).append(row)
+        roots = {r[0]: r for r in rows if r[0] == r[1]}
+        assert set(chains) == set(roots), "every chain has its root row"
+        for root_id, members in chains.items():
+            root = roots[root_id]
+            tip = max(members, key=lambda m: (m[2], m[0]))
+            assert root[4] == tip[0], ("tip", root_id, root[4], tip[0])
+            assert root[5] == sum(m[3] for m in members), ("chain count", root_id)
+            newest = max(max(m[2], m[7] if m[7] is not None else m[2]) for m in members)
+            assert newest - ACTIVITY_RESOLUTION < root[6] <= newest, (
+                "chain activity",
+                root_id,
+                root[6],
+                newest,
+            )
 
     @invariant()
     def bookkeeping_holds(self) -> None:

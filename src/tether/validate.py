@@ -9,6 +9,7 @@ clear error rather than silently altering a transcript.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -148,3 +149,58 @@ def check_liveness(heartbeat_interval: float, owner_ttl: float) -> None:
     """An owner must beat (several times) before its heartbeat counts as stale."""
     if not 0 < heartbeat_interval < owner_ttl:
         raise InvalidInputError("heartbeat_interval must be positive and below owner_ttl")
+
+
+# SQLite INTEGER and PostgreSQL bigint: what a database column can hold.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_int(value: Any, field: str, *, minimum: int = INT64_MIN, maximum: int = INT64_MAX) -> int:
+    """An integer within ``minimum`` .. ``maximum`` (by default what a 64-bit column holds).
+
+    A float with an integral value is accepted (JSON has one number type);
+    booleans, NaN, infinities and fractions are not.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInputError(f"{field} must be an integer, not {type(value).__name__}")
+    if isinstance(value, float):
+        if not value.is_integer():  # NaN and infinities are not integers either
+            raise InvalidInputError(f"{field} must be an integer, not {value!r}")
+        value = int(value)
+    if not minimum <= value <= maximum:
+        raise InvalidInputError(f"{field} must be between {minimum} and {maximum}")
+    return value
+
+
+def check_duration(value: Any, field: str) -> float:
+    """A finite, non-negative number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInputError(f"{field} must be a number of seconds, not {type(value).__name__}")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond float's range
+        raise InvalidInputError(f"{field} is too large") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidInputError(f"{field} must be a finite number of seconds >= 0, not {value!r}")
+    return seconds
+
+
+def check_timestamp(value: Any, field: str) -> float:
+    """A finite time in seconds since the epoch (negative is allowed: it is only a time)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInputError(f"{field} must be a time in seconds, not {type(value).__name__}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise InvalidInputError(f"{field} is out of range") from None
+    if not math.isfinite(seconds):
+        raise InvalidInputError(f"{field} must be a finite time, not {value!r}")
+    return seconds
+
+
+def check_id(value: Any, field: str = "session id") -> str:
+    """A session id (or prefix) as given by a caller: storable, non-empty text."""
+    text = check_text(value, field, required=True)
+    if not text:
+        raise InvalidInputError(f"{field} must not be empty")
+    return text

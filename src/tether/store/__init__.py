@@ -83,5 +83,6 @@ def _sqlite_backend(target: str, durability: str) -> Backend:
     if not target:
         raise StoreOpenError("empty database path")
     if Path(target) == default_db_path():  # the per-user default: create its directory
-        default_db_path().parent.mkdir(parents=True, exist_ok=True)
+        # Private (0700): it holds every conversation. An existing one is left alone.
+        default_db_path().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     return SQLiteBackend(target, durability=durability)

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import (
-    InvalidInputError,
     SessionEndedError,
     SessionNotFoundError,
     StoreError,
@@ -35,7 +34,16 @@ from ..model import (
     message_from_row,
     session_from_row,
 )
-from ..validate import check_detail, check_liveness, check_reason, check_source, check_text
+from ..validate import (
+    INT64_MAX,
+    check_detail,
+    check_id,
+    check_int,
+    check_liveness,
+    check_reason,
+    check_source,
+    check_timestamp,
+)
 from . import listing, sql
 from .backend import Backend, Conn
 from .deliveries import HookDeliveries
@@ -167,6 +175,7 @@ class Store(HookDeliveries, Ownership, MessageWrites):
         """
         from ..lifecycle import exits
 
+        session_id = check_id(session_id)
         reason = check_reason(reason)
         detail = check_detail(detail)
         due_by = self._hooks_due_by()
@@ -190,6 +199,10 @@ class Store(HookDeliveries, Ownership, MessageWrites):
         restart. Returns False if the session is unknown or already ended.
         """
 
+        session_id = check_id(session_id)
+        if at is not None:
+            at = check_timestamp(at, "detached at")
+
         def tx(c: Conn) -> bool:
             return c.execute(sql.SET_DETACHED, (at, session_id)).rowcount == 1
 
@@ -199,6 +212,7 @@ class Store(HookDeliveries, Ownership, MessageWrites):
 
     def get_session(self, session_id: str) -> Session:
         """The session with this id; :class:`SessionNotFoundError` if there is none."""
+        session_id = check_id(session_id)
         row = self.backend.read(lambda c: c.execute(sql.SELECT_SESSION, (session_id,)).fetchone())
         if row is None:
             raise SessionNotFoundError(session_id)
@@ -216,10 +230,9 @@ class Store(HookDeliveries, Ownership, MessageWrites):
         self, session_id: str, after_seq: int | None = None, limit: int | None = None
     ) -> list[Message]:
         """Messages of one session in order, those after ``after_seq`` (at most ``limit``)."""
-        after = 0 if after_seq is None else int(after_seq)
-        if limit is not None and limit < 0:
-            raise InvalidInputError("limit must not be negative")
-        cap = 2**62 if limit is None else int(limit)
+        session_id = check_id(session_id)
+        after = 0 if after_seq is None else check_int(after_seq, "after_seq")
+        cap = INT64_MAX if limit is None else check_int(limit, "limit", minimum=0)
 
         def run(c: Conn) -> list[Any]:
             rows = c.execute(sql.SELECT_MESSAGES, (session_id, after, cap)).fetchall()
@@ -254,7 +267,7 @@ class Store(HookDeliveries, Ownership, MessageWrites):
             cursor=cursor,
         )
         query, params = listing.build(q)
-        rows = self.backend.read(lambda c: c.execute(query, params).fetchall())
+        rows = self._list_reader(state)(lambda c: c.execute(query, params).fetchall())
         items = [
             ListedChain(session_from_row(r[:18]), r[18], r[19], r[20], r[21]) for r in rows[:limit]
         ]
@@ -263,6 +276,16 @@ class Store(HookDeliveries, Ownership, MessageWrites):
             last = items[-1]
             next_cursor = listing.encode_cursor(last.chain_last_active_at, last.root_id)
         return Page(items, next_cursor)
+
+    def _list_reader(self, state: str) -> Any:
+        """How a listing query is read: in index order where the backend can insist.
+
+        Every state but ``open`` walks the listing index; a backend whose
+        planner could prefer a sort (PostgreSQL without statistics) offers
+        ``read_ordered``. The open listing sorts the few open sessions.
+        """
+        ordered = getattr(self.backend, "read_ordered", None)
+        return ordered if ordered is not None and state != "open" else self.backend.read
 
     def census(self) -> Census:
         """Totals for ``tether doctor``: open, ended, ghosts, end reasons per source."""
@@ -310,9 +333,7 @@ class Store(HookDeliveries, Ownership, MessageWrites):
 
     def resolve_id(self, prefix: str) -> str:
         """Expand a unique id prefix (as typed on a command line) to a full id."""
-        prefix = check_text(prefix, "session id", required=True) or ""
-        if not prefix:
-            raise InvalidInputError("session id must not be empty")
+        prefix = check_id(prefix)
 
         def run(c: Conn) -> list[Any]:
             exact = c.execute(sql.SELECT_WRITE_STATE, (prefix,)).fetchone()

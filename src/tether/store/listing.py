@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError
 from ..model import SESSION_COLUMNS
+from ..validate import BAD_TEXT_SEARCH, check_text
 
 STATES = ("all", "open", "ended")
 MAX_LIMIT = 1000
+_MAX_CURSOR = 1000  # characters: ours are about 60
 
 _TIP_COLUMNS = ", ".join(f"t.{c.strip()}" for c in SESSION_COLUMNS.split(","))
 _SELECT = f"SELECT {_TIP_COLUMNS}, r.id, r.chain_message_count, r.chain_last_active_at, r.title"
@@ -39,21 +42,38 @@ def encode_cursor(last_active_at: float, session_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The (activity, root id) a cursor points after; InvalidInputError for anything else.
+
+    A cursor comes back from clients, so it is checked like input: a NaN or
+    infinite time would compare false with every row and silently end the
+    listing; a number beyond a float, or an id that is not storable text,
+    would fail in the driver instead of saying the cursor is bad.
+    """
     try:
+        if not isinstance(cursor, str) or len(cursor) > _MAX_CURSOR:
+            raise ValueError
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         ts, sid = json.loads(raw)
-        if not isinstance(sid, str) or isinstance(ts, bool):
+        if not isinstance(sid, str) or BAD_TEXT_SEARCH(sid) or isinstance(ts, bool):
             raise ValueError
-        return float(ts), sid
-    except (ValueError, TypeError, json.JSONDecodeError):
-        raise InvalidInputError(f"invalid listing cursor {cursor!r}") from None
+        if not isinstance(ts, int | float):
+            raise ValueError
+        value = float(ts)  # OverflowError for an int beyond float's range
+        if not math.isfinite(value):
+            raise ValueError
+        return value, sid
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        shown = repr(cursor) if len(repr(cursor)) <= 80 else repr(cursor)[:77] + "..."
+        raise InvalidInputError(f"invalid listing cursor {shown}") from None
 
 
 def check_query(q: ListQuery) -> ListQuery:
     if q.state not in STATES:
         raise InvalidInputError(f"invalid state {q.state!r}: expected one of {', '.join(STATES)}")
-    if not isinstance(q.limit, int) or not 1 <= q.limit <= MAX_LIMIT:
+    if type(q.limit) is not int or not 1 <= q.limit <= MAX_LIMIT:
         raise InvalidInputError(f"limit must be between 1 and {MAX_LIMIT}")
+    check_text(q.source, "source")
+    check_text(q.cwd, "cwd")
     return q
 
 

@@ -140,8 +140,11 @@ class Ownership:
         ``apply=True`` ends them with reason ``abandoned``; returns what it
         found (or ended).
         """
-        if stale_after < 0:
-            raise InvalidInputError("stale_after must not be negative")
+        # NaN compares false and infinity or a huge int is not below 1e15: all refused.
+        if isinstance(stale_after, bool) or not isinstance(stale_after, int | float):
+            raise InvalidInputError("stale_after must be a number of seconds")
+        if not 0 <= stale_after < 1e15:
+            raise InvalidInputError(f"stale_after must be finite and >= 0, not {stale_after!r}")
         now = self.clock.now()
         cutoff = now - stale_after
         if not apply:

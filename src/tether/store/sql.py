@@ -23,7 +23,26 @@ ON CONFLICT (id) DO NOTHING
 
 SELECT_ROOT_OF = "SELECT root_id FROM sessions WHERE id = ?"
 
-SET_CHAIN_TIP = "UPDATE sessions SET chain_tip_id = ? WHERE id = ?"
+# The chain rule: a chain's tip is its newest created member (greatest
+# created_at, then id), and its activity the newest of any member's (at the
+# listing's resolution). Both only ever move forward, whoever writes: an older
+# member still writing moves the activity, never the tip; a late flush of
+# older rows moves neither.
+_LATER_ACTIVITY = """chain_last_active_at = CASE
+    WHEN chain_last_active_at IS NULL OR chain_last_active_at < ? THEN ?
+    ELSE chain_last_active_at END"""
+
+# A continuation joins its chain: it becomes the tip (unless a newer member
+# already is), and its creation is chain activity.
+ADD_CHAIN_MEMBER = f"""
+UPDATE sessions SET
+    chain_tip_id = CASE
+        WHEN chain_tip_id IS NULL OR (?, ?) > (
+            SELECT t.created_at, t.id FROM sessions t WHERE t.id = sessions.chain_tip_id)
+        THEN ? ELSE chain_tip_id END,
+    {_LATER_ACTIVITY}
+WHERE id = ?
+"""
 
 SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?"
 
@@ -60,9 +79,9 @@ UPDATE sessions SET message_count = ?, chain_message_count = chain_message_count
 WHERE id = ? AND epoch = ? AND ended_at IS NULL AND message_count = ?
 """
 
-BUMP_ROOT_ACTIVE = """
+BUMP_ROOT_ACTIVE = f"""
 UPDATE sessions SET message_count = ?, chain_message_count = chain_message_count + ?,
-    last_active_at = ?, chain_last_active_at = ?, chain_tip_id = id
+    last_active_at = ?, {_LATER_ACTIVITY}
 WHERE id = ? AND epoch = ? AND ended_at IS NULL AND message_count = ?
 """
 
@@ -88,9 +107,8 @@ WHERE id = ? AND epoch = ? AND ended_at IS NULL AND message_count = ?
 
 BUMP_CHAIN = "UPDATE sessions SET chain_message_count = chain_message_count + ? WHERE id = ?"
 
-BUMP_CHAIN_ACTIVE = """
-UPDATE sessions SET chain_message_count = chain_message_count + ?,
-    chain_last_active_at = ?, chain_tip_id = ?
+BUMP_CHAIN_ACTIVE = f"""
+UPDATE sessions SET chain_message_count = chain_message_count + ?, {_LATER_ACTIVITY}
 WHERE id = ?
 """
 

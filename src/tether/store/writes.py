@@ -12,11 +12,18 @@ which checks ownership (epoch), liveness (``ended_at``) and order
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CommitUnknownError, SessionEndedError, SessionNotFoundError, StaleOwnerError
+from ..errors import (
+    CommitUnknownError,
+    SessionEndedError,
+    SessionNotFoundError,
+    StaleOwnerError,
+    StoreUnavailableError,
+)
 from ..model import Session, session_from_row
 from . import sql
 from .backend import Conn
@@ -26,6 +33,12 @@ if TYPE_CHECKING:
     from ..clock import Clock
     from ..liveness.owner import ProcessOwner
     from .backend import Backend
+
+
+def _is_duplicate_key(exc: BaseException) -> bool:
+    """A unique violation (SQLite or PostgreSQL) on the messages' idempotency key."""
+    is_unique = isinstance(exc, sqlite3.IntegrityError) or getattr(exc, "sqlstate", None) == "23505"
+    return is_unique and "idem" in str(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +82,10 @@ class WriteResult:
     def apply(self, w: WriteState) -> None:
         w.count, w.root_id, w.activity_at = self.count, self.root_id, self.activity_at
 
+
+# Attempts at a write whose commits keep ending with an unknown outcome that
+# turns out not applied (each one is checked before the next).
+_UNKNOWN_RETRIES = 5
 
 # The listing's activity key moves at most this often per session (seconds):
 # it is indexed, and rewriting index entries on every append would cost more
@@ -123,7 +140,8 @@ class MessageWrites:
             ),
         )
         if not is_root:
-            c.execute(sql.SET_CHAIN_TIP, (s.id, root_id))
+            at = s.created_at
+            c.execute(sql.ADD_CHAIN_MEMBER, (at, s.id, s.id, at, at, root_id))
         self._event(c, s.id, "created", {"source": s.source, "parent_id": s.parent_id})
         return root_id
 
@@ -188,7 +206,7 @@ class MessageWrites:
                 if active:
                     stmt, params = (
                         sql.BUMP_ROOT_ACTIVE,
-                        (count + n, n, now, now, sid, w.epoch, count),
+                        (count + n, n, now, now, now, sid, w.epoch, count),
                     )
                 else:
                     stmt, params = sql.BUMP_ROOT, (count + n, n, now, sid, w.epoch, count)
@@ -202,7 +220,7 @@ class MessageWrites:
             raise self._write_state_error(c, sid, w.epoch)
         if root_id != sid:
             if active:
-                c.execute(sql.BUMP_CHAIN_ACTIVE, (n, now, sid, root_id))
+                c.execute(sql.BUMP_CHAIN_ACTIVE, (n, now, now, root_id))
             else:
                 c.execute(sql.BUMP_CHAIN, (n, root_id))
         if n == 1:
@@ -278,6 +296,8 @@ class MessageWrites:
                 return w.count
             common = False  # the cached state was off (or it did not land): the slow path
 
+        planned: list[tuple[int, str, float]] = []  # what tx did, for an unknown commit
+
         def tx(c: Conn) -> tuple[int, str, float]:
             if (
                 common
@@ -285,12 +305,31 @@ class MessageWrites:
                 == 1
             ):
                 c.execute(sql.INSERT_MESSAGE, (sid, count + 1, *row))
-                return count, sid, w.activity_at
-            return self._insert_fresh(c, w, (row,))
+                planned.append((count, sid, w.activity_at))
+            else:
+                planned.append(self._insert_fresh(c, w, (row,)))
+            return planned[-1]
 
-        before, w.root_id, w.activity_at = self.backend.write(tx)
+        for _ in range(_UNKNOWN_RETRIES):
+            try:
+                before, w.root_id, w.activity_at = self.backend.write(tx)
+                break
+            except CommitUnknownError:
+                if not planned or not self._landed(sid, planned[-1][0] + 1, row):
+                    planned.clear()
+                    continue  # nothing was applied: writing again cannot double it
+                before, w.root_id, w.activity_at = planned[-1]
+                break
+        else:
+            raise self._unresolved(sid)
         w.count = before + 1
         return w.count
+
+    def _unresolved(self, session_id: str) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"session {session_id}: {_UNKNOWN_RETRIES} commits in a row had an unknown "
+            "outcome and none was applied; nothing was written"
+        )
 
     def _landed(self, session_id: str, seq: int, row: Row) -> bool:
         """After a commit of unknown outcome: is this very message stored at ``seq``?
@@ -314,7 +353,12 @@ class MessageWrites:
         *,
         check_keys: bool = True,
     ) -> WriteResult:
-        """Persist the session if ``new`` is given, then append ``rows``: one transaction."""
+        """Persist the session if ``new`` is given, then append ``rows``: one transaction.
+
+        A commit of unknown outcome is resolved here (did it land?), so the
+        caller never sees :class:`CommitUnknownError` and a retry never doubles.
+        """
+        planned: list[WriteResult] = []  # what tx did, for an unknown commit
 
         def tx(c: Conn) -> WriteResult:
             state = w
@@ -327,10 +371,47 @@ class MessageWrites:
                 count, root_id = self._load_write_state(c, w)
                 state = WriteState(w.session_id, w.epoch, count, root_id, w.activity_at)
             if not rows:
-                return WriteResult([], state.count, state.root_id, state.activity_at)
-            return self._append_rows(c, state, rows, check_keys)
+                planned.append(WriteResult([], state.count, state.root_id, state.activity_at))
+            else:
+                planned.append(self._append_rows(c, state, rows, check_keys))
+            return planned[-1]
 
-        return self.backend.write(tx)
+        for _ in range(_UNKNOWN_RETRIES):
+            planned.clear()
+            try:
+                return self.backend.write(tx)
+            except CommitUnknownError:
+                if planned and self._all_landed(new, w.session_id, rows, planned[-1]):
+                    return planned[-1]
+                check_keys = True  # it did not land; look keys up all the same
+            except Exception as exc:
+                if check_keys or not _is_duplicate_key(exc):
+                    raise
+                # The caller vouched that no key was stored yet, but an earlier write
+                # did commit them (an exception, a signal, landed after its COMMIT):
+                # nothing was written by this attempt, so look the keys up this time.
+                check_keys = True
+        raise self._unresolved(w.session_id)
+
+    def _all_landed(
+        self, new: NewSession | None, session_id: str, rows: Sequence[Row], done: WriteResult
+    ) -> bool:
+        """After a commit of unknown outcome: did this transaction's writes land?
+
+        It is atomic, so one witness decides: the message stored at the new
+        count (the last one it inserted), or else the session row it created.
+        """
+        for seq, row in zip(done.seqs, rows, strict=True):
+            if seq == done.count:
+                return self._landed(session_id, seq, row)
+        if new is None:
+            return True  # it inserted nothing: there is nothing to find
+        found = self.backend.read(
+            lambda c: c.execute(
+                "SELECT created_at, owner_id FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+        )
+        return found is not None and found[0] == new.created_at and found[1] == self._owner.id
 
     def _end(
         self,

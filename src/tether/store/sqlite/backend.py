@@ -14,13 +14,16 @@ import logging
 import os
 import random
 import sqlite3
+import stat
 import threading
 import time
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import (
+    CommitUnknownError,
     ForeignDatabaseError,
     NotADatabaseError,
     SchemaTooNewError,
@@ -59,6 +62,20 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
 def _is_busy(exc: BaseException) -> bool:
     if not isinstance(exc, sqlite3.OperationalError):
         return False
@@ -87,12 +104,17 @@ class SQLiteBackend:
         self.busy_timeout = busy_timeout
         self.write_budget = write_budget
         self._memory = path == ":memory:" or path.startswith("file::memory:")
+        # Resolved once: a later chdir() must not move the database under us.
+        self._file = path if self._memory else os.path.abspath(path)
+        self._readonly: str | None = None  # why writes are refused, if they are
+        self._immutable = False
         self._check_path()
         self._init_process_state()
         try:
-            self._writer = self._connect()
+            self._writer = self._open_read_only() if self._readonly else self._connect()
             self._wcur = self._writer.cursor()
             self._prepare(self._writer)
+            self._identity = self._file_identity()
         except BaseException:
             self._close_all()
             raise
@@ -112,38 +134,127 @@ class SQLiteBackend:
         self._closed = False
         self._commits = 0
         self._checkpointer: _Checkpointer | None = None
+        self._identity: tuple[int, int] | None = None
 
     def _check_path(self) -> None:
+        """Refuse what is not a database file, before SQLite creates anything beside it.
+
+        Decides whether the database is read-only (a read-only mount, file or
+        directory): it is then opened for reading only, and writes are refused
+        with one clear error. A new file is created private (0600): it will
+        hold every conversation; SQLite gives its -wal and -shm the same mode.
+        """
         if self._memory:
             return
         path = os.path.abspath(self.path)
         parent = os.path.dirname(path)
-        if os.path.isdir(path):
-            raise StoreOpenError(f"cannot open database {self.path}: it is a directory")
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise StoreOpenError(f"cannot open database {self.path}: {exc.strerror}") from None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise StoreOpenError(
+                f"cannot open database {self.path}: it is {_file_kind(st.st_mode)}, "
+                "not a database file"
+            )
         if not os.path.isdir(parent):
             raise StoreOpenError(
                 f"cannot open database {self.path}: directory {parent} does not exist"
             )
-        if os.path.exists(path):
+        if st is not None:
             if not os.access(path, os.R_OK):
                 raise StoreOpenError(f"cannot open database {self.path}: permission denied")
-        elif not os.access(parent, os.W_OK | os.X_OK):
+            if not os.access(path, os.W_OK):
+                self._readonly = "the file cannot be written"
+            elif not os.access(parent, os.W_OK | os.X_OK) and not os.path.exists(path + "-wal"):
+                # WAL needs its -wal and -shm files beside the database.
+                self._readonly = f"directory {parent} is not writable"
+            return
+        if not os.access(parent, os.W_OK | os.X_OK):
             raise StoreOpenError(
                 f"cannot create database {self.path}: directory {parent} is not writable"
             )
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            pass  # another process created it meanwhile: its mode is left alone
+        except OSError as exc:
+            raise StoreOpenError(f"cannot create database {self.path}: {exc.strerror}") from None
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the database file, to notice it being removed or replaced."""
+        if self._memory:
+            return None
+        st = os.stat(self._file)
+        return st.st_dev, st.st_ino
+
+    def _check_identity(self) -> None:
+        """Refuse to commit into a file that is no longer at our path.
+
+        SQLite keeps writing to the inode it opened: after ``rm`` (or a file
+        moved over ours) a commit would be acknowledged and then be nowhere
+        anyone can read it. One ``stat`` per write transaction (about a
+        microsecond) is the price of never acknowledging such a write.
+        """
+        try:
+            st = os.stat(self._file)
+        except OSError:
+            found = None
+        else:
+            found = (st.st_dev, st.st_ino)
+        if found != self._identity:
+            what = "removed" if found is None else "replaced by another file"
+            raise StoreError(
+                f"database {self.path}: the database file was {what} while it was open; "
+                "nothing was written (reopen the store)"
+            )
+
+    @property
+    def _target(self) -> str:
+        """The URI every connection opens: never one that creates the file.
+
+        The file is created once, by :meth:`_check_path`; a connection opened
+        after it was removed (a new reader, the checkpointer) must fail rather
+        than create an empty database in its place. ``mode=ro`` reads a WAL
+        database when its -shm can be used; on a read-only mount it cannot, and
+        nothing can change the file there: ``immutable=1``.
+        """
+        if self._readonly is None:
+            query = "mode=rw"
+        else:
+            query = "immutable=1" if self._immutable else "mode=ro"
+        return f"{Path(self._file).as_uri()}?{query}"
 
     def _connect(self) -> sqlite3.Connection:
+        target, uri = (self.path, False) if self._memory else (self._target, True)
         try:
             conn = sqlite3.connect(
-                self.path,
+                target,
                 timeout=self.busy_timeout,
                 isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
                 check_same_thread=False,  # guarded by our own locks
                 cached_statements=256,
+                uri=uri,
             )
         except sqlite3.Error as exc:
+            if self._identity is not None and not os.path.exists(self._file):
+                raise StoreError(
+                    f"database {self.path}: the database file was removed while it was open"
+                ) from None
             raise StoreOpenError(f"cannot open database {self.path}: {exc}") from None
         return conn
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+        self._immutable = True
+        return self._connect()
 
     def _check_fork(self) -> None:
         if self._forked:
@@ -153,6 +264,7 @@ class SQLiteBackend:
             self._writer = self._connect()
             self._wcur = self._writer.cursor()
             self._configure(self._writer)
+            self._identity = self._file_identity()
 
     # --- opening and migrating ---------------------------------------------------
 
@@ -187,6 +299,13 @@ class SQLiteBackend:
                 f"{self.path} was written by a newer tether (schema version {version}; "
                 f"this tether knows up to {SCHEMA_VERSION}); upgrade tether to open it"
             )
+        if self._readonly is not None:
+            if version < SCHEMA_VERSION:
+                raise StoreOpenError(
+                    f"database {self.path} is read-only ({self._readonly}) and "
+                    + ("has no tether tables yet" if version == 0 else "needs a schema upgrade")
+                )
+            return
         self._set_wal(conn)
         self._configure(conn)
         if version < SCHEMA_VERSION:
@@ -276,34 +395,43 @@ class SQLiteBackend:
         while True:
             with self._wlock:
                 busy: BaseException | None = None
+                committing = False
+                # One handler for everything between BEGIN and COMMIT, BaseException
+                # included: a signal handler's KeyboardInterrupt or SystemExit can
+                # surface right after any statement returns (BEGIN IMMEDIATE too),
+                # and must never leave this connection inside a transaction that
+                # holds the write lock. A try costs nothing when nothing is raised.
                 try:
+                    if conn.in_transaction:  # left by an exception inside a rollback
+                        conn.execute("ROLLBACK")
                     cur.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as exc:
-                    if not _is_busy(exc):
+                    result = fn(cur)
+                    if self._identity is not None:
+                        self._check_identity()
+                    committing = True
+                    cur.execute("COMMIT")
+                except BaseException as exc:
+                    self._rollback(conn)
+                    if _is_busy(exc):
+                        busy = exc
+                    elif isinstance(exc, sqlite3.IntegrityError):
+                        raise
+                    elif isinstance(exc, sqlite3.Error):
+                        if committing:
+                            # SQLite may have written the commit frame before failing
+                            # (an I/O error on sync): the caller must find out.
+                            raise CommitUnknownError(
+                                f"database {self.path}: committing failed, the write may "
+                                f"or may not have been applied ({exc})"
+                            ) from None
                         raise self._translate(exc) from None
-                    busy = exc
+                    else:
+                        raise
                 else:
-                    try:
-                        result = fn(cur)
-                        cur.execute("COMMIT")
-                        self._commits += 1
-                        if self._commits >= _CHECKPOINT_EVERY:
-                            self._request_checkpoint()
-                        return result
-                    except BaseException as exc:
-                        if conn.in_transaction:
-                            try:
-                                conn.execute("ROLLBACK")
-                            except sqlite3.Error:
-                                log.exception("rollback failed on %s", self.path)
-                        if _is_busy(exc):
-                            busy = exc
-                        elif isinstance(exc, sqlite3.IntegrityError):
-                            raise
-                        elif isinstance(exc, sqlite3.Error):
-                            raise self._translate(exc) from None
-                        else:
-                            raise
+                    self._commits += 1
+                    if self._commits >= _CHECKPOINT_EVERY:
+                        self._request_checkpoint()
+                    return result
             now = time.monotonic()
             if deadline is None:
                 deadline = now + self.write_budget
@@ -315,10 +443,22 @@ class SQLiteBackend:
             time.sleep(min(random.uniform(delay / 2, delay), deadline - now))
             delay = min(delay * 2, 0.25)
 
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("rollback failed on %s", self.path)
+
     def write(self, fn: Callable[[Any], T]) -> T:
-        if self._closed or self._forked:
+        if self._closed or self._forked or self._readonly is not None:
             if self._closed:
                 raise StoreError(f"store {self.path} is closed")
+            if self._readonly is not None:
+                raise StoreOpenError(
+                    f"database {self.path} is read-only ({self._readonly}): "
+                    "it can be listed and read, not written"
+                )
             self._check_fork()
         return self._run_write(fn)
 
@@ -362,16 +502,20 @@ class SQLiteBackend:
 
     def _read_on(self, conn: sqlite3.Connection, fn: Callable[[Any], T]) -> T:
         # One snapshot for the whole read: a deferred transaction that only reads.
+        # As for writes, BaseException included: a reader left inside its
+        # transaction would pin an old snapshot and refuse every later BEGIN.
         try:
-            conn.execute("BEGIN")
-            try:
-                return fn(conn)
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if conn.in_transaction:
+            if conn.in_transaction:  # left by an exception inside a rollback
                 conn.execute("ROLLBACK")
-            raise self._translate(exc) from None
+            conn.execute("BEGIN")
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback(conn)
+            if isinstance(exc, sqlite3.OperationalError):
+                raise self._translate(exc) from None
+            raise
+        return result
 
     def close(self) -> None:
         if self._closed:
@@ -409,6 +553,7 @@ class _Checkpointer(threading.Thread):
     def __init__(self, backend: SQLiteBackend) -> None:
         super().__init__(name=f"tether-checkpoint:{os.path.basename(backend.path)}", daemon=True)
         self.path = backend.path
+        self.target = backend._target
         self.busy_timeout = backend.busy_timeout
         self.wake = threading.Event()
         self._halt = threading.Event()
@@ -421,7 +566,9 @@ class _Checkpointer(threading.Thread):
 
     def run(self) -> None:
         try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+            conn = sqlite3.connect(
+                self.target, timeout=self.busy_timeout, isolation_level=None, uri=True
+            )
         except sqlite3.Error:
             log.exception("checkpointer cannot open %s", self.path)
             return
