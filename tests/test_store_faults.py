@@ -135,7 +135,10 @@ class _InterruptAfterBegin(sqlite3.Connection):
 
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:  # type: ignore[override]
         result = super().execute(sql, params)
-        if _InterruptAfterBegin.armed and sql == "BEGIN":
+        # Only the test's own reads: the heartbeat thread's startup sweep reads too,
+        # and must not take an interrupt meant for the main thread.
+        main = threading.current_thread() is threading.main_thread()
+        if _InterruptAfterBegin.armed and sql == "BEGIN" and main:
             _InterruptAfterBegin.armed -= 1
             raise KeyboardInterrupt
         return result
