@@ -408,9 +408,8 @@ class SkewedClock(tether.SystemClock):
 
 
 @pytest.fixture
-def pg_url(new_db: Callable[[], str], backend: str) -> str:
-    if backend != "postgres":
-        pytest.skip("PostgreSQL only: SQLite has no server clock")
+def pg_url(new_db: Callable[[], str]) -> str:
+    """A fresh PostgreSQL schema (the tests using it pin ``backend`` to postgres)."""
     return new_db()
 
 
