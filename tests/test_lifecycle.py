@@ -35,6 +35,18 @@ def test_persist_writes_an_empty_session_on_purpose(store: Store) -> None:
     assert h.end() is True
 
 
+def test_set_title_before_the_first_write_rides_along_with_it(store: Store) -> None:
+    h = store.session(source="gateway")
+    assert h.set_title("Why does make fail?") is True
+    h.append("user", "Why does make fail?")
+    assert store.get_session(h.id).title == "Why does make fail?"
+    assert h.set_title("too late") is False  # the row exists: nothing changes
+    assert store.get_session(h.id).title == "Why does make fail?"
+    with pytest.raises(tether.InvalidInputError):
+        store.session(source="gateway").set_title("nul\x00")
+    h.end()
+
+
 def test_append_commits_and_numbers_messages(store: Store) -> None:
     h = store.session(source="cli", model="gpt", cwd="/src", metadata={"k": [1, "x"]})
     m1 = h.append("user", "hello")

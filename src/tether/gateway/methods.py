@@ -8,7 +8,6 @@ client gets a bare "internal error", never a traceback.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -369,7 +368,7 @@ async def prompt_submit(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any
     if sid in gw.untitled:
         gw.untitled.discard(sid)
         if not handle.persisted:
-            _set_title(handle, title_of(text))
+            handle.set_title(title_of(text))
     try:
         msg = await gw.write(handle.append, "user", text, idem_key=turn_key(turn_id, 0))
     except BaseException:
@@ -396,13 +395,6 @@ def title_of(text: str) -> str:
     line = next((ln for ln in text.splitlines() if ln.strip()), text)
     line = " ".join(line.split())
     return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "\u2026"
-
-
-def _set_title(handle: SessionHandle, title: str) -> None:
-    # The row is written with the first message, so the title rides along with it.
-    # SessionHandle has no setter for an unwritten row's fields; replace the
-    # frozen description it will write (only before it is persisted).
-    handle._new = dataclasses.replace(handle._new, title=title)  # type: ignore[attr-defined]
 
 
 # --- the gateway ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ takes out (see :mod:`tether.lifecycle.exits`).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -159,6 +160,19 @@ class SessionHandle:
     def pending(self) -> int:
         """Buffered messages not yet flushed."""
         return len(self._pending)
+
+    def set_title(self, title: str | None) -> bool:
+        """Give a session that is not written yet the title its row will carry.
+
+        The row is written with the first message, so a title known only then
+        (a gateway titles a session from its first prompt) rides along with it.
+        Returns False, changing nothing, once the row exists.
+        """
+        with self._lock:
+            if self._persisted:
+                return False
+            self._new = dataclasses.replace(self._new, title=check_text(title, "title"))
+            return True
 
     def session(self) -> Session:
         """A fresh snapshot of the session row (it must be persisted)."""
