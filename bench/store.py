@@ -42,7 +42,7 @@ CONTENT = (
     "generator first, then make. Here is the command and the reason it is needed."
 )
 MESSAGE_DDL = [
-    stmt for _, stmts in MIGRATIONS for stmt in stmts if "messages" in stmt.split("(", 1)[0]
+    stmt for m in MIGRATIONS for stmt in m.statements if "messages" in stmt.split("(", 1)[0]
 ]
 SYNC = {"normal": "NORMAL", "full": "FULL"}
 

@@ -111,10 +111,9 @@ def test_processes_creating_a_new_database_at_once_all_succeed(
             assert p.returncode == 0 and out.strip() == "ok", err
         s = tether.open_store(url, load_plugins=False)
         assert s.census().total == 4
-        if backend == "postgres":
-            from tether.store.postgres.schema import MIGRATIONS
+        from tether.store.sqlite.schema import MIGRATIONS
 
-            query = "SELECT version FROM tether_schema ORDER BY version"
-            got = s.backend.read(lambda c, q=query: c.execute(q).fetchall())
-            assert got == [(v,) for v, _ in MIGRATIONS]  # each migration applied once
+        query = "SELECT version FROM tether_migrations ORDER BY version"
+        got = s.backend.read(lambda c, q=query: [tuple(r) for r in c.execute(q).fetchall()])
+        assert got == [(m.version,) for m in MIGRATIONS]  # each migration applied once
         s.close()

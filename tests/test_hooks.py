@@ -310,12 +310,12 @@ def test_a_database_from_before_migration_3_gets_the_mark_and_owes_nothing(db_ur
         conn = pg_connect(db_url)
         conn.execute("DROP INDEX events_hooks_due")
         conn.execute("ALTER TABLE events DROP COLUMN hooks_due_by")
-        conn.execute("DELETE FROM tether_schema WHERE version = 3")
+        conn.execute("DELETE FROM tether_migrations WHERE version = 3")
     else:
         conn = sqlite3.connect(db_url, isolation_level=None)
         conn.execute("DROP INDEX events_hooks_due")
         conn.execute("ALTER TABLE events DROP COLUMN hooks_due_by")
-        conn.execute("PRAGMA user_version = 2")
+        conn.execute("DELETE FROM tether_migrations WHERE version = 3")
     conn.close()
     store = open_store_quietly(db_url)
     try:

@@ -69,9 +69,11 @@ def test_a_new_schema_is_created_versioned_and_migrated(db_url: str, schema: str
     assert {"sessions", "messages", "owners", "events", VERSION_TABLE} <= tables(schema)
     with pg_admin() as conn:
         versions = conn.execute(
-            f'SELECT version FROM "{schema}".{VERSION_TABLE} ORDER BY version'
+            f'SELECT version FROM "{schema}".tether_migrations ORDER BY version'
         ).fetchall()
-    assert versions == [(v,) for v, _ in MIGRATIONS]  # one row per applied migration
+        legacy = conn.execute(f'SELECT version FROM "{schema}".{VERSION_TABLE}').fetchall()
+    assert versions == [(m.version,) for m in MIGRATIONS]  # one row per applied migration
+    assert legacy == [(1,)]  # the compatible-with version (see tests/test_upgrades.py)
     s.close()
 
 
@@ -132,8 +134,10 @@ def test_no_session_level_advisory_locks_or_temp_tables_in_the_source() -> None:
 def test_a_newer_schema_is_refused(db_url: str, schema: str) -> None:
     tether.open_store(db_url, load_plugins=False).close()
     with pg_admin() as conn:
+        # A step of a newer tether that older code cannot survive (see tests/test_upgrades.py).
         conn.execute(
-            f'INSERT INTO "{schema}".{VERSION_TABLE} (version) VALUES (%s)', (SCHEMA_VERSION + 5,)
+            f'INSERT INTO "{schema}".tether_migrations VALUES (%s, %s, 0)',
+            (SCHEMA_VERSION + 5, SCHEMA_VERSION + 5),
         )
     with pytest.raises(tether.SchemaTooNewError, match="newer tether"):
         tether.open_store(db_url, load_plugins=False)

@@ -17,7 +17,10 @@ def test_new_database_is_wal_versioned_and_marked(db_path: str) -> None:
     tether.open_store(db_path, load_plugins=False).close()
     c = sqlite3.connect(db_path)
     assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    versions = c.execute("SELECT max(version), max(compatible_with) FROM tether_migrations")
+    assert versions.fetchone() == (SCHEMA_VERSION, 1)
+    # The legacy record holds the compatible-with version (see tests/test_upgrades.py).
+    assert c.execute("PRAGMA user_version").fetchone()[0] == 1
     assert c.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"sessions", "messages", "owners", "events"} <= tables

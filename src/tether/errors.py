@@ -34,7 +34,13 @@ class ForeignDatabaseError(StoreOpenError):
 
 
 class SchemaTooNewError(StoreOpenError):
-    """The database was written by a newer tether; upgrade tether to use it."""
+    """The database was migrated by a newer tether past what this one can use; upgrade tether.
+
+    A newer database that is still compatible with this tether (every step since
+    this tether's schema was additive) is opened as it is; this is raised only when
+    its compatible-with version is newer than anything this tether knows. The
+    message names both versions (see docs/data-model.md, "Upgrades").
+    """
 
 
 class StoreBusyError(StoreError):

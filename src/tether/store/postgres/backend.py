@@ -41,15 +41,16 @@ from ...errors import (
     CommitUnknownError,
     ForeignDatabaseError,
     InvalidInputError,
-    SchemaTooNewError,
     StoreBusyError,
     StoreError,
     StoreOpenError,
     StoreUnavailableError,
     TetherError,
 )
+from ..migrations import MIGRATIONS_TABLE, SchemaState, known_version, pending, state_after, too_new
+from . import schema as ddl
 from . import url as pg_url
-from .schema import LOCK_CLASS, MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
+from .schema import LOCK_CLASS, VERSION_TABLE
 
 T = TypeVar("T")
 log = logging.getLogger("tether.store.postgres")
@@ -195,8 +196,10 @@ class PostgresBackend:
         """Check the clock and the schema; migrate if needed. Returns the schema's name."""
         try:
             self._check_clock(conn)
-            schema, version = self._inspect(conn)
-            if version != SCHEMA_VERSION:
+            schema, state, recorded = self._inspect(conn)
+            # A newer but compatible schema is used as it is (_inspect refused the rest):
+            # this tether runs no step it does not know.
+            if state.version < known_version(ddl.MIGRATIONS) or not recorded:
                 schema = self._migrate(conn, schema or self.target.schema)
             return schema or "public"
         except TetherError:
@@ -223,19 +226,27 @@ class PostgresBackend:
                 "behind" if skew > 0 else "ahead of",
             )
 
-    def _inspect(self, conn: psycopg.Connection[Any]) -> tuple[str | None, int]:
-        """The current schema (None if it does not exist yet) and tether's version in it."""
+    def _inspect(self, conn: psycopg.Connection[Any]) -> tuple[str | None, SchemaState, bool]:
+        """The current schema (None if it does not exist yet), its tether schema state, and
+        whether it has the record of applied steps; raises if this tether cannot use it.
+
+        A schema from before the record (``tether_migrations``) has only the legacy
+        ``tether_schema``, whose greatest version was then its schema version: every
+        known step up to it ran. One whose version this tether does not know is taken
+        as usable from that version on only (nothing says more).
+        """
         row = conn.execute(
             f"""
             SELECT current_schema(),
                 to_regclass(quote_ident(current_schema()) || '.{VERSION_TABLE}') IS NOT NULL,
-                to_regclass(quote_ident(current_schema()) || '.sessions') IS NOT NULL
+                to_regclass(quote_ident(current_schema()) || '.sessions') IS NOT NULL,
+                to_regclass(quote_ident(current_schema()) || '.{MIGRATIONS_TABLE}') IS NOT NULL
             """
         ).fetchone()
         assert row is not None
-        schema, ours, has_sessions = row
+        schema, ours, has_sessions, recorded = row
         if schema is None:
-            return None, 0
+            return None, SchemaState(0, 0), False
         where = f"schema {schema} of database {self.target.dbname}"
         if not ours:
             if has_sessions:
@@ -243,47 +254,71 @@ class PostgresBackend:
                     f"{where} has a sessions table of another application; tether will not "
                     "write to it (add ?schema=NAME to the URL for a schema of tether's own)"
                 )
-            return schema, 0
-        version_row = conn.execute(
-            pg_sql.SQL("SELECT coalesce(max(version), 0) FROM {}.{}").format(
-                pg_sql.Identifier(schema), pg_sql.Identifier(VERSION_TABLE)
+            return schema, SchemaState(0, 0), False
+        known = known_version(ddl.MIGRATIONS)
+        if recorded:
+            state_row = conn.execute(
+                pg_sql.SQL(
+                    "SELECT coalesce(max(version), 0), coalesce(max(compatible_with), 0) FROM {}.{}"
+                ).format(pg_sql.Identifier(schema), pg_sql.Identifier(MIGRATIONS_TABLE))
+            ).fetchone()
+            assert state_row is not None
+            state = SchemaState(int(state_row[0]), int(state_row[1]))
+        else:
+            version_row = conn.execute(
+                pg_sql.SQL("SELECT coalesce(max(version), 0) FROM {}.{}").format(
+                    pg_sql.Identifier(schema), pg_sql.Identifier(VERSION_TABLE)
+                )
+            ).fetchone()
+            legacy = int(version_row[0]) if version_row else 0
+            state = (
+                SchemaState(legacy, legacy)
+                if legacy > known
+                else state_after(ddl.MIGRATIONS, legacy)
             )
-        ).fetchone()
-        version = int(version_row[0]) if version_row else 0
-        if version > SCHEMA_VERSION:
-            raise SchemaTooNewError(
-                f"{where} was written by a newer tether (schema version {version}; this "
-                f"tether knows up to {SCHEMA_VERSION}); upgrade tether to open it"
-            )
-        return schema, version
+        refused = too_new(where, state, known)
+        if refused is not None:
+            raise refused
+        return schema, state, bool(recorded)
 
     def _migrate(self, conn: psycopg.Connection[Any], schema: str | None) -> str:
-        """Apply missing migrations, each in one transaction with its version row."""
+        """Apply missing known steps, each in one transaction with its record rows."""
         if schema is None:
             raise StoreOpenError(
                 f"{self.url}: no schema of the search_path exists to create tether's tables "
                 "in; add ?schema=NAME to the URL"
             )
-        for version, statements in MIGRATIONS:
+        while True:
             with conn.transaction():
                 # Transaction-scoped: released at COMMIT, so no session state outlives it.
                 conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, schema))
                 if self._create_schema(conn, schema):
                     log.info("created schema %s in %s", schema, self.url)
                 # Re-read under the lock: another process may have migrated meanwhile.
-                _, current = self._inspect(conn)
-                if current >= version:
-                    continue
-                for stmt in statements:
-                    conn.execute(stmt)
-                conn.execute(
-                    pg_sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(
-                        pg_sql.Identifier(VERSION_TABLE)
-                    ),
-                    (version,),
-                )
-                log.info("migrated %s to schema version %d", self.url, version)
-        return schema
+                _, state, recorded = self._inspect(conn)
+                steps = pending(ddl.MIGRATIONS, state)
+                if recorded and not steps:
+                    return schema
+                now = time.time()
+                if not recorded:
+                    # A schema from before the record: record the steps it already has.
+                    conn.execute(ddl.CREATE_MIGRATIONS_TABLE)
+                    for m in ddl.MIGRATIONS:
+                        if m.version <= state.version:
+                            conn.execute(ddl.RECORD_STEP, (m.version, m.compatible_with, now))
+                compatible_with = state.compatible_with
+                if steps:
+                    step = steps[0]
+                    for stmt in step.statements:
+                        conn.execute(stmt)
+                    conn.execute(ddl.RECORD_STEP, (step.version, step.compatible_with, now))
+                    compatible_with = step.compatible_with
+                    log.info("migrated %s to schema version %d", self.url, step.version)
+                # The legacy record (migration 1 creates it): tethers from before the
+                # record read its greatest version as the schema version, so they open
+                # exactly the schemas compatible with them.
+                conn.execute(ddl.LEGACY_TRIM, (compatible_with,))
+                conn.execute(ddl.LEGACY_RECORD, (compatible_with, compatible_with))
 
     def _create_schema(self, conn: psycopg.Connection[Any], schema: str) -> bool:
         exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))

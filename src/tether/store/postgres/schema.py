@@ -1,9 +1,13 @@
 """PostgreSQL schema: the same tables as SQLite's, versioned and migrated in place.
 
-The version lives in ``tether_schema`` (one row per applied migration), which
-also marks a schema as tether's: a schema with a ``sessions`` table but no
-``tether_schema`` belongs to another application and is left alone. Each
-migration runs in one transaction together with its version row, under a
+``tether_migrations`` holds one row per applied step (the schema version, and
+the oldest version that can still use the schema: see
+:mod:`tether.store.migrations`). ``tether_schema`` is the legacy record: its
+greatest ``version`` is that compatible-with version, which tethers from before
+rolling upgrades read as the schema version, so they open compatible schemas and
+refuse the others. It also marks a schema as tether's: a schema with a
+``sessions`` table but no ``tether_schema`` belongs to another application and
+is left alone. Each migration runs in one transaction together with its version row, under a
 transaction-scoped advisory lock (released at commit, so it is safe behind a
 transaction-mode pooler), and re-reads the version once it holds the lock, so
 processes starting at once migrate exactly once. No statement here needs to run
@@ -25,6 +29,7 @@ Differences from SQLite, and why:
 
 from __future__ import annotations
 
+from ..migrations import MIGRATIONS_TABLE, Migration, check_steps
 from ..schema_common import EVENT_INDEXES, HOOK_DELIVERY, MESSAGE_INDEXES, SESSION_INDEXES
 
 # Advisory lock key (first half): "TETH"; the second half hashes the schema name.
@@ -35,8 +40,31 @@ NOTIFY_DATA_LIMIT = 4000  # bytes of event data sent inline (NOTIFY payloads sto
 
 _ID = 'text COLLATE "C"'
 
-MIGRATIONS: list[tuple[int, list[str]]] = [
-    (
+# The record of applied steps (see tether.store.migrations); created by the
+# migration runner, not by a step, so that schemas from before it get it too.
+CREATE_MIGRATIONS_TABLE = f"""
+CREATE TABLE {MIGRATIONS_TABLE} (
+    version integer PRIMARY KEY,
+    compatible_with integer NOT NULL,
+    applied_at double precision NOT NULL
+)
+"""
+RECORD_STEP = (
+    f"INSERT INTO {MIGRATIONS_TABLE} (version, compatible_with, applied_at) VALUES (%s, %s, %s)"
+)
+# The legacy record says the compatible-with version (see tether.store.migrations):
+# rows above it can only come from builds that predate the record; they go.
+LEGACY_TRIM = f"DELETE FROM {VERSION_TABLE} WHERE version > %s"
+LEGACY_RECORD = f"""
+INSERT INTO {VERSION_TABLE} (version) SELECT %s
+WHERE NOT EXISTS (SELECT 1 FROM {VERSION_TABLE} WHERE version = %s)
+"""
+
+# Each step declares the oldest schema version whose code still works after it:
+# additive steps keep the previous one (see docs/data-model.md, "Upgrades").
+# Migration 1 creates the legacy record (tether_schema) too.
+MIGRATIONS: list[Migration] = [
+    Migration(
         1,
         [
             f"""
@@ -135,8 +163,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             FOR EACH ROW EXECUTE FUNCTION tether_notify_event()
             """,
         ],
+        compatible_with=1,
     ),
-    (
+    Migration(
         2,
         [
             # Liveness identity and promise (additive: older rows and older
@@ -165,13 +194,15 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             FOR EACH ROW EXECUTE FUNCTION tether_owner_heartbeat()
             """,
         ],
+        compatible_with=1,
     ),
     # 3: on_session_end hooks survive a crash between the recorded end and its
     # hooks (see tether.store.deliveries). Self-contained: it only adds to events.
-    (3, HOOK_DELIVERY),
+    Migration(3, HOOK_DELIVERY, compatible_with=1),
 ]
+check_steps(MIGRATIONS)
 
-SCHEMA_VERSION = MIGRATIONS[-1][0]
+SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
 def events_channel(schema: str) -> str:

@@ -26,12 +26,13 @@ from ...errors import (
     CommitUnknownError,
     ForeignDatabaseError,
     NotADatabaseError,
-    SchemaTooNewError,
     StoreBusyError,
     StoreError,
     StoreOpenError,
 )
-from .schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from ..migrations import MIGRATIONS_TABLE, SchemaState, known_version, pending, state_after, too_new
+from . import schema as ddl
+from .schema import APPLICATION_ID
 
 T = TypeVar("T")
 log = logging.getLogger("tether.store.sqlite")
@@ -269,16 +270,16 @@ class SQLiteBackend:
     # --- opening and migrating ---------------------------------------------------
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        """Check the file is ours (or empty), set WAL, migrate if needed."""
+        """Check the file is ours (or empty) and usable here, set WAL, migrate if needed."""
         try:
             # One snapshot: another process may be migrating this file right now.
             conn.execute("BEGIN")
             try:
                 app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
                 tables = conn.execute(
                     "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
                 ).fetchone()[0]
+                state, recorded = self._schema_state(conn)
             finally:
                 conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
@@ -294,22 +295,49 @@ class SQLiteBackend:
                 f"{self.path} is a SQLite database of another application; "
                 "tether will not write to it"
             )
-        if version > SCHEMA_VERSION:
-            raise SchemaTooNewError(
-                f"{self.path} was written by a newer tether (schema version {version}; "
-                f"this tether knows up to {SCHEMA_VERSION}); upgrade tether to open it"
-            )
+        known = known_version(ddl.MIGRATIONS)
+        refused = too_new(str(self.path), state, known)
+        if refused is not None:
+            raise refused
+        # A newer but compatible file is used as it is: this tether runs no step it
+        # does not know, and newer steps only added what it never names.
+        behind = state.version < known
         if self._readonly is not None:
-            if version < SCHEMA_VERSION:
+            if behind:
                 raise StoreOpenError(
                     f"database {self.path} is read-only ({self._readonly}) and "
-                    + ("has no tether tables yet" if version == 0 else "needs a schema upgrade")
+                    + (
+                        "has no tether tables yet"
+                        if state.version == 0
+                        else "needs a schema upgrade"
+                    )
                 )
             return
         self._set_wal(conn)
         self._configure(conn)
-        if version < SCHEMA_VERSION:
+        if behind or not recorded:
             self._migrate(conn)
+
+    @staticmethod
+    def _schema_state(conn: sqlite3.Connection) -> tuple[SchemaState, bool]:
+        """The file's schema state, and whether it has the record of applied steps.
+
+        A file from before the record (``tether_migrations``) has only the legacy
+        ``user_version``, which was then its schema version: every known step up to
+        it ran. One whose version this tether does not know is taken as usable from
+        that version on only (nothing says more).
+        """
+        legacy = conn.execute("PRAGMA user_version").fetchone()[0]
+        has_record = conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+            (MIGRATIONS_TABLE,),
+        ).fetchone()[0]
+        if has_record:
+            row = conn.execute(ddl.READ_STATE).fetchone()
+            return SchemaState(row[0], row[1]), True
+        if legacy > known_version(ddl.MIGRATIONS):
+            return SchemaState(legacy, legacy), False
+        return state_after(ddl.MIGRATIONS, legacy), False
 
     def _set_wal(self, conn: sqlite3.Connection) -> None:
         if self._memory:
@@ -348,23 +376,35 @@ class SQLiteBackend:
         self._checkpointer.wake.set()
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Apply the missing known steps, each recorded, in one ``BEGIN IMMEDIATE`` transaction."""
+
         def apply(c: sqlite3.Connection) -> None:
             # Re-read under the write lock: another process may have migrated meanwhile.
-            current = c.execute("PRAGMA user_version").fetchone()[0]
-            if current == SCHEMA_VERSION:
+            state, recorded = self._schema_state(c)
+            refused = too_new(str(self.path), state, known_version(ddl.MIGRATIONS))
+            if refused is not None:
+                raise refused
+            steps = pending(ddl.MIGRATIONS, state)
+            if recorded and not steps:
                 return
-            if current > SCHEMA_VERSION:
-                raise SchemaTooNewError(
-                    f"{self.path} was written by a newer tether (schema version {current})"
-                )
-            for version, statements in MIGRATIONS:
-                if version <= current:
-                    continue
-                for stmt in statements:
+            now = time.time()
+            if not recorded:
+                # A file from before the record: record the steps it already has.
+                c.execute(ddl.CREATE_MIGRATIONS_TABLE)
+                for m in ddl.MIGRATIONS:
+                    if m.version <= state.version:
+                        c.execute(ddl.RECORD_STEP, (m.version, m.compatible_with, now))
+            compatible_with = state.compatible_with
+            for m in steps:
+                for stmt in m.statements:
                     c.execute(stmt)
-                log.info("migrated %s to schema version %d", self.path, version)
+                c.execute(ddl.RECORD_STEP, (m.version, m.compatible_with, now))
+                compatible_with = m.compatible_with
+                log.info("migrated %s to schema version %d", self.path, m.version)
             c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # The legacy record: tethers from before the record read it as the schema
+            # version, so they open exactly the files compatible with them.
+            c.execute(f"PRAGMA user_version = {compatible_with}")
 
         self._run_write(apply)
 

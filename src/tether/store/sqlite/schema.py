@@ -1,9 +1,13 @@
 """SQLite schema: versioned, in-place migrations.
 
-``PRAGMA user_version`` holds the schema version and ``PRAGMA application_id``
-marks the file as tether's, so tether never adds its tables to another
-application's database. Each migration is a list of statements applied in one
-``BEGIN IMMEDIATE`` transaction together with the version bump, so a crash
+The ``tether_migrations`` table holds one row per applied step (the schema
+version, and the oldest version that can still use the file: see
+:mod:`tether.store.migrations`). ``PRAGMA user_version`` holds that
+compatible-with version, which tethers from before rolling upgrades read as
+the schema version, so they open compatible files and refuse the others.
+``PRAGMA application_id`` marks the file as tether's, so tether never adds its
+tables to another application's database. The missing steps are applied in
+one ``BEGIN IMMEDIATE`` transaction together with their rows, so a crash
 mid-migration leaves the previous version intact.
 
 Timestamps are REAL seconds since the epoch (UTC).
@@ -11,12 +15,32 @@ Timestamps are REAL seconds since the epoch (UTC).
 
 from __future__ import annotations
 
+from ..migrations import MIGRATIONS_TABLE, Migration, check_steps
 from ..schema_common import EVENT_INDEXES, HOOK_DELIVERY, MESSAGE_INDEXES, SESSION_INDEXES
 
 APPLICATION_ID = 0x54455448  # "TETH"
 
-MIGRATIONS: list[tuple[int, list[str]]] = [
-    (
+# The record of applied steps (see tether.store.migrations); created by the
+# migration runner, not by a step, so that stores from before it get it too.
+CREATE_MIGRATIONS_TABLE = f"""
+CREATE TABLE {MIGRATIONS_TABLE} (
+    version INTEGER PRIMARY KEY,
+    compatible_with INTEGER NOT NULL,
+    applied_at REAL NOT NULL
+)
+"""
+RECORD_STEP = (
+    f"INSERT INTO {MIGRATIONS_TABLE} (version, compatible_with, applied_at) VALUES (?, ?, ?)"
+)
+# Compatible-with only rises (checked below), so its maximum is the current one.
+READ_STATE = (
+    f"SELECT coalesce(max(version), 0), coalesce(max(compatible_with), 0) FROM {MIGRATIONS_TABLE}"
+)
+
+# Each step declares the oldest schema version whose code still works after it:
+# additive steps keep the previous one (see docs/data-model.md, "Upgrades").
+MIGRATIONS: list[Migration] = [
+    Migration(
         1,
         [
             # One row per process that owns (or owned) open sessions.
@@ -86,8 +110,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             """,
             *EVENT_INDEXES,
         ],
+        compatible_with=1,
     ),
-    (
+    Migration(
         2,
         [
             # Liveness identity and promise (additive: older rows keep working).
@@ -99,10 +124,12 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE owners ADD COLUMN pid_ns TEXT",
             "ALTER TABLE owners ADD COLUMN lease REAL NOT NULL DEFAULT 30.0",
         ],
+        compatible_with=1,
     ),
     # 3: on_session_end hooks survive a crash between the recorded end and its
     # hooks (see tether.store.deliveries). Self-contained: it only adds to events.
-    (3, HOOK_DELIVERY),
+    Migration(3, HOOK_DELIVERY, compatible_with=1),
 ]
+check_steps(MIGRATIONS)
 
-SCHEMA_VERSION = MIGRATIONS[-1][0]
+SCHEMA_VERSION = MIGRATIONS[-1].version
