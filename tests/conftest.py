@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -182,7 +183,9 @@ def child_env(**extra: str) -> dict[str, str]:
 # Children start with the dispositions an interactive program has, whatever
 # the test runner inherited (a background job ignores SIGINT, nohup ignores SIGHUP).
 CHILD_PRELUDE = """
-import os, signal, sys, time
+import faulthandler, os, signal, sys, time
+# A child that hangs can be asked where: SIGUSR2 dumps every thread's stack to stderr.
+faulthandler.register(signal.SIGUSR2, all_threads=True)
 signal.signal(signal.SIGINT, signal.default_int_handler)
 signal.signal(signal.SIGTERM, signal.SIG_DFL)
 signal.signal(signal.SIGHUP, signal.SIG_DFL)
@@ -201,6 +204,19 @@ def spawn(code: str, *args: str, **env: str) -> subprocess.Popen[str]:
         text=True,
         env=child_env(**env),
     )
+
+
+def finish_child(proc: subprocess.Popen[str], timeout: float = 20.0) -> tuple[int, str, str]:
+    """Wait for a child from :func:`spawn`; a hang fails with every thread's stack."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR2)
+        time.sleep(1.0)
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"child still running after {timeout} s; stdout {out!r}; stacks:\n{err}")
+    return proc.returncode, out, err
 
 
 def wait_for_line(proc: subprocess.Popen[str], expected: str, timeout: float = 20.0) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 import tether
 
-from .conftest import hold_writes, spawn, wait_for_line
+from .conftest import finish_child, hold_writes, spawn, wait_for_line
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +44,8 @@ def check(db: str, reason: str, detail: str | None = None) -> tether.Session:
         store.close()
 
 
-def finish(proc, timeout: float = 20.0) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
+def finish(proc: subprocess.Popen[str], timeout: float = 20.0) -> tuple[int, str, str]:
+    return finish_child(proc, timeout)
 
 
 def test_context_manager_exception_ends_with_error(db_url: str) -> None:
