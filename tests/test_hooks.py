@@ -328,3 +328,103 @@ def test_a_database_from_before_migration_3_gets_the_mark_and_owes_nothing(db_ur
         assert [tuple(r) for r in rows] == [("created", None), ("ended", None)]
     finally:
         store.close()
+
+
+# --- reaper and repair ends are delivered durably too -------------------------------------
+
+OWNER_CHILD = """
+store = tether.open_store(sys.argv[1], load_plugins=False, startup_sweep=False)
+for _ in range(3):
+    h = store.session(source="cli")
+    h.append("user", "mine")
+    print("ID", h.id, flush=True)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+# Ends sessions (as the reaper or the legacy repair) with a hook that finishes the
+# first end's hooks and hangs in the second's: it is killed in there.
+ENDING_CHILD = """
+class Hook:
+    calls = 0
+
+    @tether.hookimpl
+    def on_session_end(self, session, reason, interrupted):
+        Hook.calls += 1
+        print("HOOK", session.id, reason, Hook.calls, flush=True)
+        if Hook.calls == 2:
+            time.sleep(60)
+
+store = tether.open_store(sys.argv[1], startup_sweep=False)
+store.plugins.register(Hook())
+if sys.argv[2] == "reap":
+    from tether.liveness import Reaper
+
+    Reaper(store).sweep()
+else:
+    store.repair_unowned(0, apply=True)
+"""
+
+
+def sessions_of_a_killed_owner(db_url: str) -> list[str]:
+    """Three open sessions whose owner process was SIGKILLed (so the reaper may end them)."""
+    proc = spawn(OWNER_CHILD, db_url)
+    try:
+        ids = [wait_for_line_prefix(proc, "ID ").split()[1] for _ in range(3)]
+        wait_for_line(proc, "ready")
+    finally:
+        proc.kill()
+        proc.communicate(timeout=20)
+    return ids
+
+
+def wait_for_line_prefix(proc: subprocess.Popen[str], prefix: str) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith(prefix), (line, proc.poll())
+    return line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ender", ["reap", "repair"])
+def test_reaper_and_repair_ends_killed_mid_hook_are_delivered_by_the_next_process_once(
+    db_url: str, ender: str
+) -> None:
+    """Reaped and abandoned ends owe their hooks like any other end, in the same transaction."""
+    if ender == "reap":
+        ids = sessions_of_a_killed_owner(db_url)
+        reason = "reaped"
+    else:
+        from .test_liveness import legacy_session
+
+        with open_store_quietly(db_url) as setup:
+            ids = [legacy_session(setup, at=time.time() - 100) for _ in range(3)]
+        reason = "abandoned"
+    proc = spawn(ENDING_CHILD, db_url, ender)
+    try:
+        first = wait_for_line_prefix(proc, "HOOK ").split()
+        second = wait_for_line_prefix(proc, "HOOK ").split()  # hanging in this one now
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == -signal.SIGKILL, err
+    assert first[2] == second[2] == reason and {first[1], second[1]} < set(ids)
+    store = open_store_quietly(db_url)
+    try:
+        assert {store.get_session(i).end_reason for i in ids} == {reason}
+        rec = Recorder()
+        store.plugins.register(rec)
+        # Its killer is dead (pid gone): the first end's hooks ran and were marked,
+        # the interrupted one and the one never reached are owed.
+        assert store.deliver_due_hooks() == 2
+        owed = set(ids) - {first[1]}
+        assert sorted(rec.calls) == sorted(("end", i, reason, True, reason) for i in owed)
+        assert store.deliver_due_hooks() == 0
+    finally:
+        store.close()
+    other = open_store_quietly(db_url)
+    try:
+        other.plugins.register(Recorder())
+        assert other.deliver_due_hooks() == 0  # exactly once across processes
+    finally:
+        other.close()
