@@ -40,13 +40,19 @@ class Ownership:
     _sql_session_owner: str
     _closed: bool
 
-    if TYPE_CHECKING:  # provided by MessageWrites and Store
+    if TYPE_CHECKING:  # provided by MessageWrites, HookDeliveries and Store
 
         def _event(
             self, c: Conn, session_id: str | None, kind: str, data: dict[str, Any]
         ) -> None: ...
 
         def _fire_end(self, session: Session, reason: str, interrupted: bool) -> None: ...
+
+        def hooks_due_by(self) -> str | None: ...
+
+        def _owe_hooks(self, c: Conn, now: float) -> None: ...
+
+        def mark_hooks_delivered(self, session_id: str, owner_id: str | None) -> None: ...
 
     @property
     def _server_clock(self) -> bool:
