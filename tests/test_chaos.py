@@ -100,7 +100,9 @@ def test_kill_9_at_random_moments(db_url: str) -> None:
             while True:
                 with lock:
                     warm = per_child[n] >= WARM_UP
-                assert proc.poll() is None, f"child {n} exited: {proc.communicate()[1]}"
+                if proc.poll() is not None:
+                    err = proc.stderr.read() if proc.stderr else ""
+                    raise AssertionError(f"child {n} exited before it was killed: {err}")
                 assert time.monotonic() < deadline, f"child {n} acknowledged {per_child[n]}"
                 if warm:
                     break
