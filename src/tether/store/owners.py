@@ -248,8 +248,11 @@ class Ownership:
                         payloads[key] = json.dumps(
                             {"owner": key[0], "detail": key[1]}, separators=(",", ":")
                         )
-                    events.append((now, row[0], "reaped", payloads[key], hooks_due_by))
-                c.executemany(sql.INSERT_EVENT_HOOKS_DUE, events)
+                    events.append((now, row[0], "reaped", payloads[key]))
+                if hooks_due_by is None:
+                    c.executemany(sql.INSERT_EVENT, events)
+                else:
+                    c.executemany(sql.INSERT_EVENT_HOOKS_DUE, [(*e, hooks_due_by) for e in events])
             if ended and hooks_due_by is not None:
                 self._owe_hooks(c, now)
             c.execute(sql.PRUNE_OLD_OWNERS, (prune_before,))
