@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 
 import tether
+from tether.liveness import Probe, ProcessIdentity, Reaper
+from tether.liveness.deliveries import owing_process_alive
 from tether.store import Store
+from tether.store.deliveries import DueEnd
 
 from .conftest import child_env, hold_writes, pg_connect, spawn, wait_for_line
 
@@ -328,3 +331,173 @@ def test_a_database_from_before_migration_3_gets_the_mark_and_owes_nothing(db_ur
         assert [tuple(r) for r in rows] == [("created", None), ("ended", None)]
     finally:
         store.close()
+
+
+# --- reaper and repair ends are delivered durably too -------------------------------------
+
+OWNER_CHILD = """
+store = tether.open_store(sys.argv[1], load_plugins=False, startup_sweep=False)
+for _ in range(3):
+    h = store.session(source="cli")
+    h.append("user", "mine")
+    print("ID", h.id, flush=True)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+# Ends sessions (as the reaper or the legacy repair) with a hook that finishes the
+# first end's hooks and hangs in the second's: it is killed in there.
+ENDING_CHILD = """
+class Hook:
+    calls = 0
+
+    @tether.hookimpl
+    def on_session_end(self, session, reason, interrupted):
+        Hook.calls += 1
+        print("HOOK", session.id, reason, Hook.calls, flush=True)
+        if Hook.calls == 2:
+            time.sleep(60)
+
+store = tether.open_store(sys.argv[1], startup_sweep=False)
+store.plugins.register(Hook())
+if sys.argv[2] == "reap":
+    from tether.liveness import Reaper
+
+    Reaper(store).sweep()
+else:
+    store.repair_unowned(0, apply=True)
+"""
+
+
+def sessions_of_a_killed_owner(db_url: str) -> list[str]:
+    """Three open sessions whose owner process was SIGKILLed (so the reaper may end them)."""
+    proc = spawn(OWNER_CHILD, db_url)
+    try:
+        ids = [wait_for_line_prefix(proc, "ID ").split()[1] for _ in range(3)]
+        wait_for_line(proc, "ready")
+    finally:
+        proc.kill()
+        proc.communicate(timeout=20)
+    return ids
+
+
+def wait_for_line_prefix(proc: subprocess.Popen[str], prefix: str) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith(prefix), (line, proc.poll())
+    return line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ender", ["reap", "repair"])
+def test_reaper_and_repair_ends_killed_mid_hook_are_delivered_by_the_next_process_once(
+    db_url: str, ender: str
+) -> None:
+    """Reaped and abandoned ends owe their hooks like any other end, in the same transaction."""
+    if ender == "reap":
+        ids = sessions_of_a_killed_owner(db_url)
+        reason = "reaped"
+    else:
+        from .test_liveness import legacy_session
+
+        with open_store_quietly(db_url) as setup:
+            ids = [legacy_session(setup, at=time.time() - 100) for _ in range(3)]
+        reason = "abandoned"
+    proc = spawn(ENDING_CHILD, db_url, ender)
+    try:
+        first = wait_for_line_prefix(proc, "HOOK ").split()
+        second = wait_for_line_prefix(proc, "HOOK ").split()  # hanging in this one now
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == -signal.SIGKILL, err
+    assert first[2] == second[2] == reason and {first[1], second[1]} < set(ids)
+    store = open_store_quietly(db_url)
+    try:
+        assert {store.get_session(i).end_reason for i in ids} == {reason}
+        rec = Recorder()
+        store.plugins.register(rec)
+        # Its killer is dead (pid gone): the first end's hooks ran and were marked,
+        # the interrupted one and the one never reached are owed.
+        assert store.deliver_due_hooks() == 2
+        owed = set(ids) - {first[1]}
+        assert sorted(rec.calls) == sorted(("end", i, reason, True, reason) for i in owed)
+        assert store.deliver_due_hooks() == 0
+    finally:
+        store.close()
+    other = open_store_quietly(db_url)
+    try:
+        other.plugins.register(Recorder())
+        assert other.deliver_due_hooks() == 0  # exactly once across processes
+    finally:
+        other.close()
+
+
+def test_a_reaper_that_ran_its_hooks_leaves_nothing_due(db_url: str) -> None:
+    ids = sessions_of_a_killed_owner(db_url)
+    store = open_store_quietly(db_url)
+    try:
+        rec = Recorder()
+        store.plugins.register(rec)
+        assert {r.id for r in Reaper(store).sweep().reaped} == set(ids)
+        assert sorted(rec.calls) == sorted(("end", i, "reaped", True, "reaped") for i in ids)
+        due = store.backend.read(
+            lambda c: c.execute(
+                "SELECT COUNT(*) FROM events WHERE hooks_due_by IS NOT NULL"
+            ).fetchone()[0]
+        )
+        assert due == 0
+    finally:
+        store.close()
+    other = open_store_quietly(db_url)
+    try:
+        other.plugins.register(Recorder())
+        assert other.deliver_due_hooks() == 0
+    finally:
+        other.close()
+
+
+def _due(owner: tuple[Any, ...] | None, ended_at: float = 100.0) -> DueEnd:
+    return DueEnd(1, "s", ended_at, "reaped", True, "o", owner)
+
+
+def test_who_may_deliver_is_judged_like_the_reaper_judges(store: Store) -> None:
+    """Pure judgement with an injected probe: the owing process's pid decides on this host."""
+    me = ProcessIdentity.current()
+    row = ("o", me.host, me.boot_id, 4242, 7, "cli", 0.0, 100.0, me.pid_ns, 30.0)
+    for probe, alive in [(Probe.ALIVE, True), (Probe.GONE, False), (Probe.REUSED, False)]:
+        reaper = Reaper(store, identity=me, probe=lambda pid, start, p=probe: p)
+        # However old its heartbeat: a live pid is alive, a gone one dead at once.
+        assert (
+            owing_process_alive(_due(row), reaper, heartbeat_now=10_000.0, now=10_000.0, lease=30.0)
+            is alive
+        )
+    far = ("o", "elsewhere", "b", 4242, 7, "cli", 0.0, 100.0, None, 30.0)
+    reaper = Reaper(store, identity=me, probe=lambda pid, start: Probe.GONE)  # never asked
+    assert owing_process_alive(_due(far), reaper, heartbeat_now=125.0, now=0.0, lease=5.0)
+    assert not owing_process_alive(_due(far), reaper, heartbeat_now=131.0, now=0.0, lease=5.0)
+    # No owner row: the deliverer's lease since the end decides.
+    assert owing_process_alive(_due(None), reaper, heartbeat_now=0.0, now=130.0, lease=30.0)
+    assert not owing_process_alive(_due(None), reaper, heartbeat_now=0.0, now=131.0, lease=30.0)
+
+
+def test_the_store_records_owed_hooks_without_importing_the_layers_above() -> None:
+    """store -> lifecycle -> liveness: the records stay in the store, the judging above it."""
+    import ast
+    import inspect
+
+    import tether.store.deliveries as records
+
+    def imports(node: ast.AST) -> list[str]:
+        """Modules imported at run time anywhere (not under ``if TYPE_CHECKING:``)."""
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            return []
+        found = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        if isinstance(node, ast.Import):
+            found = [a.name for a in node.names]
+        return found + [m for child in ast.iter_child_nodes(node) for m in imports(child)]
+
+    modules = imports(ast.parse(inspect.getsource(records)))
+    assert "errors" in modules  # the walk sees the imports
+    assert [m for m in modules if "liveness" in m or "lifecycle" in m] == []
+    assert "._verdict" not in inspect.getsource(records)

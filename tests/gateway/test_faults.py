@@ -549,3 +549,37 @@ def test_running_session_ended_elsewhere_stops_its_turn_and_tells_clients_at_onc
     sid = go(scenario())
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
     assert stored(db, sid).end_reason == "session_reset"
+
+
+# --- an end recorded with lost messages is recorded, not retried --------------------------
+
+
+def test_end_that_lost_buffered_messages_counts_as_recorded_and_is_not_retried(
+    store: Store, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``MessagesLostError`` means the end WAS recorded (as ``error``): not a failure to retry."""
+    from ..test_end_faults import reject_poison
+
+    async def scenario() -> str:
+        async with running(store, end_retry=0.05) as gw:
+            peer = Peer(gw)
+            sid = await chat(peer)
+            reject_poison(db_url)  # the final flush of the next message fails
+            gw.handles[sid].buffer("assistant", "poison")
+            closed = await peer.call("session.close", session_id=sid)
+            assert closed["ended"] is True and "ending" not in closed
+            assert sid not in gw.registry and not gw.registry.is_ending(sid)
+            assert gw.registry.active() == [] and sid not in gw.handles
+            return sid
+
+    sid = go(scenario())
+    s = stored(db_url, sid)
+    assert s.end_reason == "error" and s.end_detail is not None
+    assert s.end_detail.startswith("1 buffered message could not be stored; ending as completed")
+    errors = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelname == "ERROR" and r.name.startswith("tether.gateway")
+    ]
+    assert len(errors) == 1, errors  # one line, with the count; no "failed", no retry
+    assert f"session {sid} ended with reason 'error': 1 buffered message" in errors[0]

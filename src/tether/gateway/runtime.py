@@ -39,7 +39,13 @@ from typing import Any, TypeVar
 
 from ..agents import Agent, AgentError, TextDelta, ToolCalls, ToolResult, Turn
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import SessionEndedError, StaleOwnerError, StoreError, TetherError
+from ..errors import (
+    MessagesLostError,
+    SessionEndedError,
+    StaleOwnerError,
+    StoreError,
+    TetherError,
+)
 from ..lifecycle import SessionHandle
 from ..model import Message
 from ..store import Store
@@ -360,10 +366,17 @@ class Gateway:
         """On the writer thread: record the end (first reason wins). True if this ended it.
 
         Raises :class:`StoreError` when the store cannot take it (retried).
+        A :class:`MessagesLostError` is no such failure: the end *was*
+        recorded (as ``error``, counting the buffered messages that could not
+        be stored), so it is logged and counts as recorded, never retried.
         """
         if handle is None:
             return False
-        return handle.end(a.reason, interrupted=a.interrupted)
+        try:
+            return handle.end(a.reason, interrupted=a.interrupted)
+        except MessagesLostError as lost:
+            log.error("%s", lost)  # says the session, the count and why
+            return lost.ended
 
     # --- ends recorded elsewhere -------------------------------------------------------
 

@@ -24,6 +24,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from ..errors import TetherError
 from ..ids import new_id
 from .heartbeat import HeartbeatThread
 from .identity import ProcessIdentity
@@ -93,6 +94,8 @@ class ProcessOwner:
         self._sessions: set[str] = set()
         self._thread: HeartbeatThread | None = None
         self._last_beat: float | None = None  # monotonic time of the last row write
+        # Delivers the hooks dead processes owed, once per store and process.
+        self._delivery: threading.Thread | None = None
 
     def ensure(self) -> str:
         """This process's owner id (made on first use, and anew after fork).
@@ -242,6 +245,48 @@ class ProcessOwner:
         if report.reaped:
             log.info("startup sweep ended %d sessions of dead processes", len(report.reaped))
 
+    # --- hooks that dead processes owed (see tether.liveness.deliveries) ------------------
+
+    def deliver_due_hooks(self, limit: int = 100) -> int:
+        """Run the ``on_session_end`` hooks dead processes owed in this store; how many ends."""
+        # Loaded on first use: read-only commands (tether ls, show) never deliver.
+        from .deliveries import deliver_due_hooks
+
+        return deliver_due_hooks(self._store, limit)
+
+    def deliver_due_hooks_soon(self) -> None:
+        """Once per store (and process), in the background: deliver what dead processes owed."""
+        store = self._store_ref()
+        if store is None or not store.plugins.implemented("on_session_end"):
+            return
+        with self._lock:  # two threads writing their first sessions at once start one
+            if self._pid != os.getpid():
+                self.ensure()  # a forked child starts afresh
+            if self._delivery is not None:
+                return
+            thread = threading.Thread(
+                target=self._deliver_in_background, name="tether-hook-delivery", daemon=True
+            )
+            self._delivery = thread
+        thread.start()
+
+    def _deliver_in_background(self) -> None:
+        try:
+            n = self.deliver_due_hooks()
+        except TetherError as exc:
+            log.warning("could not deliver due on_session_end hooks: %s", exc)
+        except Exception:
+            log.exception("could not deliver due on_session_end hooks")
+        else:
+            if n:
+                log.info("delivered the on_session_end hooks of %d ends owed by dead processes", n)
+
+    def stop_delivery(self, timeout: float = 5.0) -> None:
+        """Wait (up to ``timeout`` s) for a background delivery to finish."""
+        thread = self._delivery
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     def add_loop(self, loop: Any) -> None:
         """A :class:`~tether.liveness.ReaperLoop` runs on this store: stop it on close."""
         self._loops.add(loop)
@@ -252,6 +297,7 @@ class ProcessOwner:
         can close its connections under no one."""
         for loop in list(self._loops):
             loop.stop()
+        self.stop_delivery()  # a delivery under way finishes its hooks first
         with self._lock:
             thread, self._thread = self._thread, None
             owner_id = self.id if self._pid == os.getpid() else None

@@ -8,7 +8,9 @@ UPDATE re-checks ``ended_at IS NULL`` and that the owner's heartbeat is still
 the one judged (under a row lock on PostgreSQL), so any number of reapers can
 sweep at once: each session is ended by exactly one of them, and the counts
 they report add up. ``on_session_end(..., interrupted=True)`` fires in the
-reaping process.
+reaping process; the ends are marked as owing those hooks in the reap's
+transaction, so a reaper killed before they ran leaves them to the next
+process (:mod:`tether.liveness.deliveries`).
 
 Heartbeat ages are measured on the clock the heartbeats were written with:
 the database server's on PostgreSQL (unless the store was given a clock of
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import threading
 from collections.abc import Callable
@@ -105,9 +108,17 @@ class Reaper:
     def _quiet_for(self) -> float:
         return self.pauses.observe(wall=self.clock.now(), mono=self.clock.monotonic())
 
-    def _verdict(
-        self, owner_id: str, info: OwnerInfo | None, now: float, quiet_for: float
+    def verdict(
+        self, owner_id: str, info: OwnerInfo | None, now: float, quiet_for: float = math.inf
     ) -> Verdict:
+        """This reaper's verdict on owner ``owner_id`` (its row ``info``, None if missing).
+
+        ``now`` is on the clock heartbeats are stamped with; ``quiet_for`` is
+        how long since this reaper last noticed a pause of its own (infinity:
+        none). A missing row is dead, this process alive; anyone else is
+        judged by :func:`~tether.liveness.policy.judge` from this reaper's
+        identity, with its ``ttl``.
+        """
         if info is None:
             return MISSING
         if owner_id == self.store.owner_id:
@@ -130,7 +141,7 @@ class Reaper:
         now, rows = self.store._owners_of_open_sessions(server_time=self._server_time)
         now = now if now is not None else self.clock.now()
         return [
-            OwnerState(owner_id, info, self._verdict(owner_id, info, now, quiet_for), count)
+            OwnerState(owner_id, info, self.verdict(owner_id, info, now, quiet_for), count)
             for owner_id, info, count in rows
         ]
 
@@ -144,20 +155,26 @@ class Reaper:
         )
         dead = []
         for owner_id, info in candidates:
-            verdict = self._verdict(owner_id, info, now, quiet_for)
+            verdict = self.verdict(owner_id, info, now, quiet_for)
             if not verdict.alive:
                 dead.append(OwnerState(owner_id, info, verdict, 0))
         if not dead:
             return ReapReport()
+        # With on_session_end hooks, each end is marked as owed by this process in
+        # the reap's transaction, and the mark cleared once its hooks ran: killed
+        # in between, another process delivers them (tether.liveness.deliveries).
+        due_by = self.store.hooks_due_by()
         ended = self.store._reap(
             [(s.owner_id, s.info.heartbeat_at if s.info else None, s.verdict.detail) for s in dead],
             prune_before=now - OWNER_RETENTION,
+            hooks_due_by=due_by,
         )
         names = {s.owner_id: (s.info.describe() if s.info else s.owner_id) for s in dead}
         reaped = [ReapedSession(sid, names.get(owner, owner), why) for sid, owner, why in ended]
-        if reaped and self.store.plugins.implemented("on_session_end"):
+        if reaped and due_by is not None:
             for session in self.store._sessions([r.id for r in reaped]):
                 self.store._fire_end(session, "reaped", True)
+                self.store.mark_hooks_delivered(session.id, due_by)
         if reaped:
             log.info("reaped %d sessions of %d dead owners", len(reaped), len(dead))
         return ReapReport(reaped, len(dead))

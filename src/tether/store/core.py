@@ -96,7 +96,6 @@ class Store(HookDeliveries, Ownership, MessageWrites):
             startup_sweep=startup_sweep,
         )
         self._closed = False
-        self._delivery_thread = None
         # Signal handlers can only be installed from the main thread: do it now,
         # where stores are usually opened, so sessions that worker threads start
         # later still end on SIGTERM/SIGHUP (see tether.lifecycle.exits).

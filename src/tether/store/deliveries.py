@@ -1,41 +1,37 @@
-"""Durable delivery of ``on_session_end`` hooks: at least once, even across a crash.
+"""Durable delivery of ``on_session_end`` hooks: the store's half (the records).
 
-An end is recorded in one transaction together with its ``ended`` event. When
-the ending process has ``on_session_end`` hooks, that event also names the
-process that must run them (``events.hooks_due_by``: its owner id); once they
-ran, the mark is cleared (one small UPDATE). A process killed in between
-(SIGKILL, OOM, power loss) leaves the mark set, and another process delivers
-those hooks later:
+An end is recorded in one transaction together with its event (``ended``, or
+``reaped`` for the reaper's ends). When the ending process has
+``on_session_end`` hooks, that event also names the process that must run
+them (``events.hooks_due_by``: its owner id), and that process's owner row is
+written if it had none, so that others can tell when it dies; once the hooks
+ran, the mark is cleared (one small UPDATE). This holds for every end: by a
+handle, by ``end_session``, by the reaper (``reaped``) and by the legacy
+repair (``abandoned``). A process killed in between (SIGKILL, OOM, power
+loss) leaves the mark set, and another process delivers those hooks later.
 
-* who: a process with ``on_session_end`` hooks, once per store, in the
-  background, the first time it writes a session of its own, or whenever it
-  calls :meth:`HookDeliveries.deliver_due_hooks`. Read-only work (``tether ls``,
-  ``show``, ``doctor``) never runs other processes' hooks;
-* when: as soon as the process that owed them is known to be dead (same host:
-  its pid is gone or reused, judged like the reaper does), or, when it cannot
-  be probed (another host, or no owner row, as for ``tether end``), once its
-  lease (``owner_ttl``) has passed since the end;
-* how: the deliverer first claims the event (compare-and-set of the mark to
-  its own owner id), so two deliverers do not both run it, and clears the mark
-  after the hooks ran. A deliverer that dies mid-way is itself judged dead.
+This module holds only the repository methods: which ends are owed by other
+processes (with the owing process's owner row), claiming one (a
+compare-and-set of the mark, so two deliverers never both run it) and
+clearing a mark. Judging whether the owing process is dead and running the
+hooks is liveness' work (:mod:`tether.liveness.deliveries`), reached through
+this process's owner object, which the store is composed with;
+:meth:`HookDeliveries.deliver_due_hooks` is the public entry point.
 
 This is at least once, not exactly once: a process killed after its hooks ran
 but before the mark was cleared has them run again elsewhere, so hooks must be
 idempotent (key their effects by ``session.id``). Within one living process an
-end fires its hooks exactly once. Reaper ends (``reaped``) are fired by the
-reaping process and are not tracked here.
+end fires its hooks exactly once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TetherError
-from ..model import Session
 from . import sql
 from .backend import Conn
 
@@ -47,16 +43,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tether.hooks")
 
-_starting = threading.Lock()
+# Kept importable from here (the write path marks its ends with it).
+INSERT_EVENT_HOOKS_DUE = sql.INSERT_EVENT_HOOKS_DUE
 
-# The end's event, with the owner id of the process that owes its hooks.
-INSERT_EVENT_HOOKS_DUE = (
-    "INSERT INTO events (at, session_id, kind, data, hooks_due_by) VALUES (?, ?, ?, ?, ?)"
-)
-
-# Ends whose hooks are owed by another process (the partial index events_hooks_due).
+# Ends whose hooks are owed by another process (the partial index events_hooks_due),
+# each with the owing process's owner row (NULLs when it has none).
 SELECT_HOOKS_DUE = f"""
-SELECT e.id, e.session_id, e.at, e.data, e.hooks_due_by, o.id,
+SELECT e.id, e.session_id, e.at, e.kind, e.data, e.hooks_due_by, o.id,
     {", ".join("o." + c.strip() for c in sql.OWNER_COLUMNS.split(","))}
 FROM events e LEFT JOIN owners o ON o.id = e.hooks_due_by
 WHERE e.hooks_due_by IS NOT NULL AND e.hooks_due_by <> ?
@@ -70,6 +63,39 @@ CLAIM_HOOKS = "UPDATE events SET hooks_due_by = ? WHERE id = ? AND hooks_due_by 
 HOOKS_DELIVERED = "UPDATE events SET hooks_due_by = NULL WHERE session_id = ? AND hooks_due_by = ?"
 
 
+@dataclass(frozen=True, slots=True)
+class DueEnd:
+    """An end whose ``on_session_end`` hooks another process owes (or owed, if it died)."""
+
+    event_id: int
+    session_id: str
+    ended_at: float  # when the end was recorded, on the ending process's clock
+    reason: str
+    interrupted: bool
+    due_by: str  # the owner id of the process that owes the hooks
+    # That process's owners row (id, then sql.OWNER_COLUMNS); None if it has none.
+    owner: tuple[Any, ...] | None
+
+
+def _due_end(row: Any) -> DueEnd:
+    event_id, session_id, at, kind, data, due_by, found, *fields = row
+    info = data if isinstance(data, dict) else json.loads(data or "{}")
+    # A reaper's event says why, not the reason: that is its kind. Every other
+    # event marked as owing hooks says whether the end was interrupted; a reaped
+    # (or any unmarked) end is.
+    reason = info.get("reason") or ("reaped" if kind == "reaped" else "unknown")
+    interrupted = info.get("interrupted")
+    return DueEnd(
+        event_id=int(event_id),
+        session_id=session_id,
+        ended_at=float(at),
+        reason=str(reason),
+        interrupted=True if interrupted is None else bool(interrupted),
+        due_by=due_by,
+        owner=None if found is None else (found, *fields),
+    )
+
+
 class HookDeliveries:
     """The durable half of ``on_session_end`` (mixed into :class:`~tether.store.Store`)."""
 
@@ -78,108 +104,95 @@ class HookDeliveries:
     plugins: Plugins
     owner_ttl: float
     _owner: ProcessOwner
-    _delivery_thread: threading.Thread | None = None
 
-    if TYPE_CHECKING:  # provided by Store
+    if TYPE_CHECKING:  # provided by Ownership
 
-        def get_session(self, session_id: str) -> Session: ...
+        def _liveness_now(self, c: Conn) -> float: ...
 
-        def _fire_end(self, session: Session, reason: str, interrupted: bool) -> None: ...
+    def hooks_due_by(self) -> str | None:
+        """The owner id this process marks its new ends with (they owe its hooks).
 
-    def _hooks_due_by(self) -> str | None:
-        """The owner id to mark a new end with, or None when no hook wants ends."""
+        None when no plugin implements ``on_session_end``: such ends owe nothing.
+        """
         if not self.plugins.implemented("on_session_end"):
             return None
         return self._owner.ensure()
 
-    def _hooks_delivered(self, session_id: str, owner_id: str | None) -> None:
-        """Clear the mark of an end whose hooks just ran in this process."""
+    _hooks_due_by = hooks_due_by  # the name the lifecycle layer calls
+
+    def _owe_hooks(self, c: Conn, now: float) -> None:
+        """In the transaction marking ends as owed by this process: write its owner row.
+
+        A process that owns no session (a ``tether reap``, a deliverer) has
+        none; with it, others can probe the process and deliver its hooks as
+        soon as it dies instead of waiting for a lease. Its heartbeat only
+        runs while it owns sessions: another host judges it by its lease.
+        """
+        c.execute(sql.UPSERT_OWNER, self._owner.row(now))
+
+    def mark_hooks_delivered(self, session_id: str, owner_id: str | None) -> None:
+        """Clear the mark of an end whose hooks ``owner_id`` (this process) just ran.
+
+        Nothing to do without a mark (``owner_id`` None). A failure is logged,
+        not raised: the end stays due and is delivered again elsewhere (at
+        least once).
+        """
         if owner_id is None:
             return
         try:
             self.backend.write(lambda c: c.execute(HOOKS_DELIVERED, (session_id, owner_id)))
-        except TetherError as exc:  # it stays due: delivered again elsewhere (at least once)
+        except TetherError as exc:
             log.warning("could not mark the hooks of session %s delivered: %s", session_id, exc)
+
+    _hooks_delivered = mark_hooks_delivered  # the name the lifecycle layer calls
+
+    def due_hook_ends(self, limit: int = 100) -> tuple[float, list[DueEnd]]:
+        """Ends whose hooks other processes owe, oldest first, at most ``limit``.
+
+        Returns them with the time now on the clock heartbeats are stamped
+        with (the database server's on PostgreSQL), to judge the owing
+        processes' heartbeats by. Reads only the partial index of owed ends.
+        """
+        me = self._owner.ensure()
+
+        def run(c: Conn) -> tuple[float, list[Any]]:
+            return self._liveness_now(c), c.execute(SELECT_HOOKS_DUE, (me, limit)).fetchall()
+
+        now, rows = self.backend.read(run)
+        return now, [_due_end(r) for r in rows]
+
+    def claim_hook_delivery(self, end: DueEnd) -> bool:
+        """Take over the hooks of ``end`` for this process; False if another took them.
+
+        The mark moves to this process (compare-and-set on the owner it was
+        read with), and this process's owner row is written in the same
+        transaction: a deliverer that dies mid-way is judged like any other.
+        """
+        me = self._owner.ensure()
+
+        def claim(c: Conn) -> bool:
+            if c.execute(CLAIM_HOOKS, (me, end.event_id, end.due_by)).rowcount != 1:
+                return False
+            self._owe_hooks(c, self.clock.now())
+            return True
+
+        return self.backend.write(claim)
 
     def deliver_due_hooks(self, limit: int = 100) -> int:
         """Run the ``on_session_end`` hooks that dead processes owed; return how many ends.
 
-        Ends recorded by a process that died before its hooks ran (see
-        :mod:`tether.store.deliveries`) are delivered here, each with the
-        session as it is now and the reason it ended with. Ends still owed by
-        a live process, or by one that cannot be probed and whose lease has
-        not passed, are left to it. Does nothing without ``on_session_end``
-        hooks.
+        Ends recorded (or reaped, or repaired) by a process that died before
+        its hooks ran are delivered here, each with the session as it is now
+        and the reason it ended with. Ends still owed by a live process, or by
+        one that cannot be probed and whose lease has not passed, are left to
+        it. Does nothing without ``on_session_end`` hooks. The judging is
+        liveness' (:func:`tether.liveness.deliveries.deliver_due_hooks`).
         """
-        if not self.plugins.implemented("on_session_end"):
-            return 0
-        from ..liveness import Reaper
-        from ..liveness.policy import OwnerInfo
-
-        me = self._owner.ensure()
-        rows = self.backend.read(lambda c: c.execute(SELECT_HOOKS_DUE, (me, limit)).fetchall())
-        if not rows:
-            return 0
-        reaper = Reaper(self)  # type: ignore[arg-type]  # a Store, of which this is a part
-        delivered = 0
-        for event_id, session_id, at, data, due_by, found, *fields in rows:
-            now = self.clock.now()
-            if found is not None:
-                info = OwnerInfo(found, *fields)
-                alive = reaper._verdict(due_by, info, now, math.inf).alive
-            else:  # nothing to probe: its lease decides
-                alive = now - at <= self.owner_ttl
-            if alive:
-                continue
-
-            def claim(c: Conn, event_id: Any = event_id, due_by: str = due_by) -> bool:
-                return c.execute(CLAIM_HOOKS, (me, event_id, due_by)).rowcount == 1
-
-            if not self.backend.write(claim):
-                continue  # another process took it
-            info = data if isinstance(data, dict) else json.loads(data or "{}")
-            reason = info.get("reason") or "unknown"
-            interrupted = info.get("interrupted")
-            if interrupted is None:
-                from .core import INTERRUPTED_REASONS
-
-                interrupted = reason in INTERRUPTED_REASONS
-            try:
-                session = self.get_session(session_id)
-            except TetherError as exc:
-                log.warning("cannot deliver the hooks of session %s: %s", session_id, exc)
-                continue
-            log.info("delivering the on_session_end hooks of %s (owed by %s)", session_id, due_by)
-            self._fire_end(session, reason, bool(interrupted))
-            self._hooks_delivered(session_id, me)
-            delivered += 1
-        return delivered
+        return self._owner.deliver_due_hooks(limit)
 
     def _deliver_due_hooks_soon(self) -> None:
         """Once per store, in the background: deliver what dead processes owed."""
-        if self._delivery_thread is not None or not self.plugins.implemented("on_session_end"):
-            return
-        with _starting:  # two threads writing their first sessions at once start one
-            if self._delivery_thread is not None:
-                return
-            thread = threading.Thread(
-                target=self._deliver_in_background, name="tether-hook-delivery", daemon=True
-            )
-            self._delivery_thread = thread
-        thread.start()
-
-    def _deliver_in_background(self) -> None:
-        try:
-            n = self.deliver_due_hooks()
-        except TetherError as exc:
-            log.warning("could not deliver due on_session_end hooks: %s", exc)
-        except Exception:
-            log.exception("could not deliver due on_session_end hooks")
-        else:
-            if n:
-                log.info("delivered the on_session_end hooks of %d ends owed by dead processes", n)
+        self._owner.deliver_due_hooks_soon()
 
     def _stop_delivery(self, timeout: float = 5.0) -> None:
-        thread = self._delivery_thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        self._owner.stop_delivery(timeout)

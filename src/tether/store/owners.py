@@ -40,13 +40,19 @@ class Ownership:
     _sql_session_owner: str
     _closed: bool
 
-    if TYPE_CHECKING:  # provided by MessageWrites and Store
+    if TYPE_CHECKING:  # provided by MessageWrites, HookDeliveries and Store
 
         def _event(
             self, c: Conn, session_id: str | None, kind: str, data: dict[str, Any]
         ) -> None: ...
 
         def _fire_end(self, session: Session, reason: str, interrupted: bool) -> None: ...
+
+        def hooks_due_by(self) -> str | None: ...
+
+        def _owe_hooks(self, c: Conn, now: float) -> None: ...
+
+        def mark_hooks_delivered(self, session_id: str, owner_id: str | None) -> None: ...
 
     @property
     def _server_clock(self) -> bool:
@@ -151,23 +157,27 @@ class Ownership:
             rows = self.backend.read(lambda c: c.execute(sql.STALE_UNOWNED, (cutoff,)).fetchall())
             return [session_from_row(r) for r in rows]
         detail = f"no owner, idle for more than {stale_after:.0f} s"
+        due_by = self.hooks_due_by()
+        data = json.dumps(
+            {"reason": "abandoned", "detail": detail, "interrupted": True}, separators=(",", ":")
+        )
 
         def tx(c: Conn) -> list[Any]:
             ended = []
-            for (sid,) in c.execute(
-                "SELECT id FROM sessions WHERE ended_at IS NULL AND owner_id IS NULL"
-                " AND last_active_at < ?",
-                (cutoff,),
-            ).fetchall():
+            for (sid,) in c.execute(sql.SELECT_STALE_UNOWNED_IDS, (cutoff,)).fetchall():
                 rows = c.execute(sql.END_STALE_UNOWNED, (now, detail, sid, cutoff)).fetchall()
                 if rows:
-                    self._event(c, sid, "ended", {"reason": "abandoned", "detail": detail})
+                    # Marked as owing its hooks in the same transaction (see deliveries).
+                    c.execute(sql.INSERT_EVENT_HOOKS_DUE, (now, sid, "ended", data, due_by))
                     ended.append(rows[0])
+            if ended and due_by is not None:
+                self._owe_hooks(c, now)
             return ended
 
         sessions = [session_from_row(r) for r in self.backend.write(tx)]
         for session in sessions:
             self._fire_end(session, "abandoned", True)
+            self.mark_hooks_delivered(session.id, due_by)
         return sessions
 
     def _beat(self, owner_row: tuple[Any, ...]) -> None:
@@ -205,9 +215,18 @@ class Ownership:
         return at, out
 
     def _reap(
-        self, dead: list[tuple[str, float | None, str]], *, prune_before: float
+        self,
+        dead: list[tuple[str, float | None, str]],
+        *,
+        prune_before: float,
+        hooks_due_by: str | None = None,
     ) -> list[tuple[Any, ...]]:
-        """End the open sessions of dead owners (owner id, judged heartbeat, detail)."""
+        """End the open sessions of dead owners (owner id, judged heartbeat, detail).
+
+        With ``hooks_due_by`` (this process's owner id, from :meth:`hooks_due_by`),
+        each ``reaped`` event is marked as owing its hooks, in the same
+        transaction; the caller clears each mark once its hooks ran.
+        """
 
         def tx(c: Conn) -> list[tuple[str, str, Any]]:
             now = self.clock.now()
@@ -215,7 +234,9 @@ class Ownership:
             logged = False
             for i in range(0, len(dead), sql.REAP_BATCH):
                 batch = dead[i : i + sql.REAP_BATCH]
-                query, params, logged = sql.reap_owners(self.backend.dialect, batch, now)
+                query, params, logged = sql.reap_owners(
+                    self.backend.dialect, batch, now, hooks_due_by
+                )
                 ended += c.execute(query, params).fetchall()
             if ended and not logged:
                 # One event per reaped session; the payload is the same for an owner's sessions.
@@ -228,7 +249,12 @@ class Ownership:
                             {"owner": key[0], "detail": key[1]}, separators=(",", ":")
                         )
                     events.append((now, row[0], "reaped", payloads[key]))
-                c.executemany(sql.INSERT_EVENT, events)
+                if hooks_due_by is None:
+                    c.executemany(sql.INSERT_EVENT, events)
+                else:
+                    c.executemany(sql.INSERT_EVENT_HOOKS_DUE, [(*e, hooks_due_by) for e in events])
+            if ended and hooks_due_by is not None:
+                self._owe_hooks(c, now)
             c.execute(sql.PRUNE_OLD_OWNERS, (prune_before,))
             return ended
 

@@ -147,6 +147,12 @@ def select_idem_keys(n: int) -> str:
 
 INSERT_EVENT = "INSERT INTO events (at, session_id, kind, data) VALUES (?, ?, ?, ?)"
 
+# An end's event, with the owner id of the process that owes its on_session_end
+# hooks (NULL: nothing owed; see tether.store.deliveries).
+INSERT_EVENT_HOOKS_DUE = (
+    "INSERT INTO events (at, session_id, kind, data, hooks_due_by) VALUES (?, ?, ?, ?, ?)"
+)
+
 # --- census ---------------------------------------------------------------------
 
 CENSUS_BY_SOURCE = """
@@ -228,7 +234,10 @@ REAP_BATCH = 500  # dead owners per statement
 
 
 def reap_owners(
-    dialect: str, dead: list[tuple[str, float | None, str]], now: float
+    dialect: str,
+    dead: list[tuple[str, float | None, str]],
+    now: float,
+    hooks_due_by: str | None = None,
 ) -> tuple[str, list[object], bool]:
     """One statement ending the open sessions of many dead owners.
 
@@ -247,9 +256,11 @@ def reap_owners(
     until the reap commits. Owners and sessions are claimed with ``SKIP
     LOCKED``, so reapers on many hosts share the work without waiting for (or
     deadlocking with) each other, and the events are inserted by the
-    same statement (a writable CTE: one round trip instead of one per session).
-    On SQLite the write transaction already serializes every writer, and the
-    caller inserts the events.
+    same statement (a writable CTE: one round trip instead of one per session),
+    each marked as owing its hooks by ``hooks_due_by`` (the reaping process's
+    owner id, or None when it has no ``on_session_end`` hooks). On SQLite the
+    write transaction already serializes every writer, and the caller inserts
+    the events.
     """
     if dialect == "postgresql":
         query = """
@@ -271,13 +282,14 @@ ended AS (
     FROM claimed WHERE sessions.id = claimed.id
     RETURNING sessions.id, sessions.owner_id, sessions.end_detail),
 logged AS (
-    INSERT INTO events (at, session_id, kind, data)
-    SELECT ?, id, 'reaped', jsonb_build_object('owner', owner_id, 'detail', end_detail)
+    INSERT INTO events (at, session_id, kind, data, hooks_due_by)
+    SELECT ?, id, 'reaped', jsonb_build_object('owner', owner_id, 'detail', end_detail),
+        ?::text
     FROM ended)
 SELECT id, owner_id, end_detail FROM ended
 """
         ids, beats, details = (list(x) for x in zip(*dead, strict=True))
-        return query, [ids, beats, details, now, now], True
+        return query, [ids, beats, details, now, now, hooks_due_by], True
     values = ", ".join("(?, ?, ?)" for _ in dead)
     query = f"""
 WITH d(owner_id, heartbeat_at, detail) AS (VALUES {values})
@@ -320,6 +332,10 @@ STALE_UNOWNED = f"""
 SELECT {SESSION_COLUMNS} FROM sessions
 WHERE ended_at IS NULL AND owner_id IS NULL AND last_active_at < ?
 ORDER BY last_active_at
+"""
+
+SELECT_STALE_UNOWNED_IDS = """
+SELECT id FROM sessions WHERE ended_at IS NULL AND owner_id IS NULL AND last_active_at < ?
 """
 
 END_STALE_UNOWNED = f"""
