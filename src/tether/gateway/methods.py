@@ -273,8 +273,8 @@ async def session_close(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any
         handle = await gw.write(gw.store.resume, sid)
     except SessionEndedError:
         return {"ended": False, "others_attached": 0, "persisted": True}
-    ended = await gw.write(handle.end, reason)
-    return {"ended": ended, "others_attached": 0, "persisted": True}
+    recorded = await gw.write(handle.end, reason)
+    return {"ended": recorded, "others_attached": 0, "persisted": True}
 
 
 @method(
@@ -402,7 +402,7 @@ def _set_title(handle: SessionHandle, title: str) -> None:
     # The row is written with the first message, so the title rides along with it.
     # SessionHandle has no setter for an unwritten row's fields; replace the
     # frozen description it will write (only before it is persisted).
-    handle._new = dataclasses.replace(handle._new, title=title)  # type: ignore[attr-defined]
+    handle._new_session = dataclasses.replace(handle._new_session, title=title)
 
 
 # --- the gateway ------------------------------------------------------------------------

@@ -137,9 +137,9 @@ class HookDeliveries:
 
             if not self.backend.write(claim):
                 continue  # another process took it
-            info = data if isinstance(data, dict) else json.loads(data or "{}")
-            reason = info.get("reason") or "unknown"
-            interrupted = info.get("interrupted")
+            end = data if isinstance(data, dict) else json.loads(data or "{}")
+            reason = end.get("reason") or "unknown"
+            interrupted = end.get("interrupted")
             if interrupted is None:
                 from .core import INTERRUPTED_REASONS
 
