@@ -74,6 +74,10 @@ class Agent(Protocol):
     """Runs one turn and yields its events; cancelling the iteration interrupts the turn."""
 
     name: str
-    model: str | None
+
+    @property
+    def model(self) -> str | None:
+        """The model it runs, if it names one (read-only: an agent may narrow it to str)."""
+        ...
 
     def run(self, turn: Turn) -> AsyncIterator[AgentEvent]: ...

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..model import Message
 from .base import AgentError, AgentEvent, TextDelta, Turn
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 DEFAULT_MODEL = "gpt-4o-mini"
 
@@ -78,8 +81,12 @@ class OpenAIAgent:
         if self.system:
             messages.insert(0, {"role": "system", "content": self.system})
         try:
+            # to_openai builds each message in its role's chat-completions shape; a
+            # dict built key by key cannot be matched to the SDK's TypedDicts.
             stream = await self._client.chat.completions.create(
-                model=self.model, messages=messages, stream=True
+                model=self.model,
+                messages=cast("list[ChatCompletionMessageParam]", messages),
+                stream=True,
             )
             async with stream:
                 async for chunk in stream:

@@ -49,7 +49,7 @@ def resume_hint(session_id: str) -> str:
     return f"continue with: tether chat --resume {session_id}"
 
 
-def ended_message(session_id: str, params: dict[str, Any]) -> str:
+def ended_message(session_id: str | None, params: dict[str, Any]) -> str:
     """What the chat says when its session was ended from elsewhere."""
     detail = params.get("detail")
     why = f"{params.get('reason')}" + (f": {detail}" if detail else "")
@@ -356,9 +356,10 @@ class Chat:
         """The next line typed; meanwhile, reconnect if the connection drops."""
         while True:
             assert self.client is not None
-            waits = [lines.get(), self.leaving.wait(), self.client.lost.wait()]
-            get, leave, lost = tasks = [asyncio.create_task(w) for w in waits]
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            get = asyncio.create_task(lines.get())
+            leave = asyncio.create_task(self.leaving.wait())
+            lost = asyncio.create_task(self.client.lost.wait())
+            await asyncio.wait([get, leave, lost], return_when=asyncio.FIRST_COMPLETED)
             for task in (leave, lost):
                 task.cancel()
             if get.done():

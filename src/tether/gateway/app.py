@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
@@ -63,7 +65,7 @@ def _peer(ws: WebSocket) -> str:
     return f"{ws.client.host}:{ws.client.port}" if ws.client else "an unknown peer"
 
 
-def _closer(ws: WebSocket):  # type: ignore[no-untyped-def]
+def _closer(ws: WebSocket) -> Callable[[int, str], Coroutine[Any, Any, None]]:
     async def close(code: int, reason: str) -> None:
         try:
             # A client that stopped reading never lets the close frame out: cut it.

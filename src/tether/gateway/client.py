@@ -101,7 +101,7 @@ class Client:
                     if "method" in item:
                         self._on_event(item["method"], item.get("params") or {})
                         continue
-                    fut = self._pending.get(item.get("id"))  # type: ignore[arg-type]
+                    fut = self._pending.get(item.get("id"))
                     if fut is None or fut.done():
                         continue
                     if "error" in item:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 log = logging.getLogger("tether.gateway")
 
@@ -26,7 +27,7 @@ class Connection:
         self,
         conn_id: int,
         send: Callable[[str], Awaitable[None]],
-        close: Callable[[int, str], Awaitable[None]],
+        close: Callable[[int, str], Coroutine[Any, Any, None]],  # run as a task of its own
         *,
         limit: int,
         max_bytes: int = 8 * 1024 * 1024,

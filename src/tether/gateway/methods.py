@@ -272,8 +272,8 @@ async def session_close(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any
         handle = await gw.write(gw.store.resume, sid)
     except SessionEndedError:
         return {"ended": False, "others_attached": 0, "persisted": True}
-    ended = await gw.write(handle.end, reason)
-    return {"ended": ended, "others_attached": 0, "persisted": True}
+    recorded = await gw.write(handle.end, reason)
+    return {"ended": recorded, "others_attached": 0, "persisted": True}
 
 
 @method(

@@ -308,7 +308,7 @@ class Registry:
     def active(self) -> list[dict[str, Any]]:
         """What is live now: attached, running, or detached within the grace window."""
         now = self.clock.monotonic()
-        out = []
+        out: list[dict[str, Any]] = []
         for s in self._sessions.values():
             if s.deadline is not None and s.deadline <= now:
                 continue  # expired; the next tick finalizes it
@@ -556,7 +556,7 @@ class Registry:
         s.update_phase()
         return actions
 
-    def interrupt(self, session_id: str) -> list[Action]:
+    def interrupt(self, session_id: str) -> list[Interrupt]:
         s = self.session(session_id)
         return [] if s.turn_id is None else [Interrupt(session_id, s.turn_id)]
 

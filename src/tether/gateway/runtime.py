@@ -32,7 +32,7 @@ import itertools
 import json
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -52,7 +52,7 @@ from ..store import Store
 from . import rpc
 from .connection import Connection
 from .messages import message_view, turn_key
-from .registry import Action, Deliver, Finalize, Interrupt, MarkDetached, Registry
+from .registry import Action, ConnId, Deliver, Finalize, Interrupt, MarkDetached, Registry
 
 log = logging.getLogger("tether.gateway")
 T = TypeVar("T")
@@ -158,7 +158,7 @@ class Gateway:
         # Resolves once the session's end is recorded (True: this gateway recorded it).
         self.finalizing: dict[str, asyncio.Future[bool]] = {}
         self._waiters: dict[str, list[asyncio.Future[bool | None]]] = {}
-        self.conns: dict[int, Connection] = {}
+        self.conns: dict[ConnId, Connection] = {}
         self._conn_ids = itertools.count(1)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="tether-write")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="tether-read")
@@ -189,8 +189,9 @@ class Gateway:
 
         def done(f: asyncio.Future[Any]) -> None:
             self._pending.discard(f)
-            if not f.cancelled() and f.exception() is not None:
-                log.error("%s failed: %s", what, one_line(f.exception()))  # type: ignore[arg-type]
+            exc = None if f.cancelled() else f.exception()
+            if exc is not None:
+                log.error("%s failed: %s", what, one_line(exc))
 
         fut.add_done_callback(done)
 
@@ -240,10 +241,10 @@ class Gateway:
                 log.error("the end of session %s is still not recorded; leaving it to exit", sid)
         self._events_stop.set()
         await asyncio.gather(*self._pending, return_exceptions=True)
-        for task in (self._timer, self._lag, self._events):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        for helper in (self._timer, self._lag, self._events):
+            if helper is not None:
+                helper.cancel()
+                await asyncio.gather(helper, return_exceptions=True)
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
 
@@ -269,7 +270,7 @@ class Gateway:
         for a in actions:
             if isinstance(a, Deliver):
                 for cid in a.conns:
-                    conn = self.conns.get(cid)  # type: ignore[call-overload]
+                    conn = self.conns.get(cid)
                     if conn is not None:
                         conn.send(a.frame)
             elif isinstance(a, MarkDetached):
@@ -343,7 +344,8 @@ class Gateway:
         self.registry.end_recorded(sid)
         if self.finalizing.get(sid) is ended:
             del self.finalizing[sid]
-        for fut in (ended, *waiters):
+        futs: tuple[asyncio.Future[Any], ...] = (ended, *waiters)  # bool fits all of them
+        for fut in futs:
             if not fut.done():
                 fut.set_result(result)
 
@@ -444,6 +446,7 @@ class Gateway:
         if sid not in self.registry:
             return  # not ours, or our own end
         data = data or {}
+        detail: str | None
         if kind == "taken_over":
             if data.get("to") == self.store.owner_id:
                 return  # our own takeover (a cold resume)
@@ -460,7 +463,7 @@ class Gateway:
     def connect(
         self,
         send: Callable[[str], Awaitable[None]],
-        close: Callable[[int, str], Awaitable[None]],
+        close: Callable[[int, str], Coroutine[Any, Any, None]],
     ) -> Connection:
         conn = Connection(
             next(self._conn_ids),

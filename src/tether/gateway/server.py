@@ -234,7 +234,8 @@ async def serve(
         access_log=False,
         ws_max_size=options.max_frame,
         ws_per_message_deflate=False,  # no compression bombs; 14 KiB per connection, not 64
-        timeout_graceful_shutdown=options.gateway.shutdown_timeout,
+        # Annotated int, but uvicorn hands it to asyncio.wait_for, which takes any float.
+        timeout_graceful_shutdown=options.gateway.shutdown_timeout,  # type: ignore[arg-type]
     )
     server = _Server(config)
     loop = asyncio.get_running_loop()

@@ -64,7 +64,7 @@ class SessionHandle:
     ) -> None:
         self._store = store
         self._owns = owns
-        self._new = new
+        self._new_session = new  # not _new: that name is the classmethod below
         self._persisted = persisted
         self._w = WriteState(new.id, epoch)
         self._pending: list[Row] = []
@@ -131,7 +131,7 @@ class SessionHandle:
 
     @property
     def id(self) -> str:
-        return self._new.id
+        return self._new_session.id
 
     @property
     def store(self) -> Store:
@@ -171,7 +171,9 @@ class SessionHandle:
         with self._lock:
             if self._persisted:
                 return False
-            self._new = dataclasses.replace(self._new, title=check_text(title, "title"))
+            self._new_session = dataclasses.replace(
+                self._new_session, title=check_text(title, "title")
+            )
             return True
 
     def session(self) -> Session:
@@ -223,7 +225,7 @@ class SessionHandle:
 
     def _write(self, rows: list[Row], *, check_keys: bool = False) -> list[int]:
         """Write ``rows`` (persisting the session first if needed); caller holds the lock."""
-        new = None if self._persisted else self._new
+        new = None if self._persisted else self._new_session
         try:
             result = self._store._write_messages(
                 new, self._w, rows, check_keys=check_keys or self._check_keys

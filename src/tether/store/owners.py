@@ -91,7 +91,7 @@ class Ownership:
         from ..lifecycle.handle import SessionHandle
         from ..liveness import Reaper
 
-        reaper = Reaper(self)
+        reaper = Reaper(self)  # type: ignore[arg-type]  # a Store, of which this is a part
         me = self._owner
 
         def tx(c: Conn) -> Any:
@@ -134,7 +134,8 @@ class Ownership:
             return c.execute(sql.SELECT_SESSION, (session_id,)).fetchone()
 
         session = session_from_row(self.backend.write(tx))
-        handle = SessionHandle._existing(self, session, owns=True)
+        # As for the Reaper: this mixin is only ever part of a Store.
+        handle = SessionHandle._existing(self, session, owns=True)  # type: ignore[arg-type]
         me.acquire(session.id)
         return handle
 
@@ -267,6 +268,10 @@ class Ownership:
             chunk = ids[i : i + 500]
             marks = ", ".join("?" * len(chunk))
             query = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id IN ({marks})"
-            rows = self.backend.read(lambda c, q=query, p=chunk: c.execute(q, p).fetchall())
+
+            def fetch(c: Conn, q: str = query, p: list[str] = chunk) -> list[Any]:
+                return c.execute(q, p).fetchall()
+
+            rows = self.backend.read(fetch)
             out += [session_from_row(r) for r in rows]
         return out

@@ -201,6 +201,7 @@ class MessageWrites:
         n = len(fresh)
         now = fresh[-1][5]
         active = now - w.activity_at >= ACTIVITY_RESOLUTION
+        params: tuple[Any, ...]
         for _ in range(2):
             if root_id == sid:
                 if active:
@@ -301,6 +302,7 @@ class MessageWrites:
         def tx(c: Conn) -> tuple[int, str, float]:
             if (
                 common
+                and count is not None  # implied by common; says so to the checker
                 and c.execute(sql.BUMP_ROOT, (count + 1, 1, row[5], sid, w.epoch, count)).rowcount
                 == 1
             ):

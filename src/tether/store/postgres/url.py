@@ -65,7 +65,7 @@ def parse(url: str) -> Target:
     except ValueError as exc:
         raise StoreOpenError(f"invalid PostgreSQL URL: {exc}") from None
     display = _display(url, params)
-    options = {"schema": None, "prepare_threshold": None, "pool_size": None}
+    options: dict[str, str | None] = {"schema": None, "prepare_threshold": None, "pool_size": None}
     rest = []
     for key, value in params:
         if key in options:

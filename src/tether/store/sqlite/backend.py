@@ -87,6 +87,12 @@ def _is_busy(exc: BaseException) -> bool:
 class SQLiteBackend:
     dialect = "sqlite"
 
+    # Declared here, not where __init__ first assigns them: they are None
+    # before _init_process_state() has run and again once the store is closed.
+    _writer: sqlite3.Connection | None
+    _wcur: sqlite3.Cursor | None
+    _identity: tuple[int, int] | None
+
     def __init__(
         self,
         path: str,
@@ -130,12 +136,12 @@ class SQLiteBackend:
         self._rlock = threading.Condition()
         self._idle_readers: list[sqlite3.Connection] = []
         self._reader_count = 0
-        self._writer: sqlite3.Connection | None = None
-        self._wcur: sqlite3.Cursor | None = None
+        self._writer = None
+        self._wcur = None
         self._closed = False
         self._commits = 0
         self._checkpointer: _Checkpointer | None = None
-        self._identity: tuple[int, int] | None = None
+        self._identity = None
 
     def _check_path(self) -> None:
         """Refuse what is not a database file, before SQLite creates anything beside it.
