@@ -378,6 +378,26 @@ def test_tether_ls_loads_only_what_listing_needs(tmp_path: Path) -> None:
     assert [m for m in NOT_FOR_LS if m in loaded] == []
 
 
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["ls"], "ls"),
+        (["ls", "--help"], "ls"),
+        (["--db", "show", "end", "01M7"], "end"),  # a database named like a command
+        (["--db=x.db", "doctor"], "doctor"),
+        (["--help"], None),
+        (["-h", "ls"], None),  # the root's help: every command is listed
+        (["--version"], None),
+        (["lss"], None),  # unknown: the whole app says so
+        ([], None),
+    ],
+)
+def test_main_builds_only_the_command_on_the_line(argv: list[str], command: str | None) -> None:
+    from tether.cli.app import command_named
+
+    assert command_named(argv) == command
+
+
 def test_control_characters_in_data_never_reach_the_terminal(tmp_path: Path) -> None:
     db = str(tmp_path / "esc.db")
     s = tether.open_store(db, load_plugins=False)
