@@ -304,7 +304,8 @@ def test_the_cli_imports_no_gateway_rich_or_store_backend_at_start() -> None:
     code = (
         "import sys, tether.cli.app\n"
         "heavy = ['websockets', 'uvicorn', 'starlette', 'rich', 'tether.gateway', "
-        "'psycopg', 'openai', 'pydantic', 'tether.store']\n"
+        "'psycopg', 'openai', 'pydantic', 'tether.store', 'tether.lifecycle', 'logging', "
+        "'platformdirs', 'tether.cli.sessions', 'tether.cli.chat', 'tether.cli.serve']\n"
         "print([m for m in heavy if m in sys.modules])\n"
     )
     proc = subprocess.run(
