@@ -145,3 +145,22 @@ def test_empty_listing(db_url: str) -> None:
 def test_real_command_and_version() -> None:
     proc = run_cli("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("tether ")
+
+
+def test_longest_owner_lease_counts_only_owners_of_open_sessions(db_url: str) -> None:
+    """The store answers `tether reap --ttl`'s question; the CLI runs no SQL of its own."""
+    from .test_liveness import FAR, owned_sessions
+
+    now = 1_000_000.0
+    with tether.open_store(db_url, load_plugins=False) as store:
+        assert store.longest_owner_lease(above=5) == (0, 0.0)
+        owned_sessions(store, FAR, 2, now, lease=600)
+        owned_sessions(store, FAR, 1, now, lease=90)
+        owned_sessions(store, FAR, 1, now, lease=4)  # within --ttl: not counted
+        gone = owned_sessions(store, FAR, 1, now, lease=9000)
+        store.end_session(gone[0], "done")  # owns nothing open any more: not counted
+        assert store.longest_owner_lease(above=5) == (2, 600.0)
+        assert store.longest_owner_lease(above=600) == (0, 0.0)
+    r = run_cli("reap", "--db", db_url, "--ttl", "5")
+    assert r.returncode == 0, r.stderr
+    assert "note: --ttl 5 is below the lease of 2 owners (up to 600 s)" in r.stderr

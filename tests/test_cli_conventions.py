@@ -304,7 +304,8 @@ def test_the_cli_imports_no_gateway_rich_or_store_backend_at_start() -> None:
     code = (
         "import sys, tether.cli.app\n"
         "heavy = ['websockets', 'uvicorn', 'starlette', 'rich', 'tether.gateway', "
-        "'psycopg', 'openai', 'pydantic', 'tether.store']\n"
+        "'psycopg', 'openai', 'pydantic', 'tether.store', 'tether.lifecycle', 'logging', "
+        "'platformdirs', 'tether.cli.sessions', 'tether.cli.chat', 'tether.cli.serve']\n"
         "print([m for m in heavy if m in sys.modules])\n"
     )
     proc = subprocess.run(
@@ -312,6 +313,90 @@ def test_the_cli_imports_no_gateway_rich_or_store_backend_at_start() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def _modules_after(*argv: str) -> tuple[str, list[str]]:
+    """Run ``tether *argv`` in a fresh interpreter; its stdout and the modules it loaded."""
+    code = (
+        "import sys\n"
+        "from tether.cli.app import main\n"
+        f"sys.argv = ['tether', *{list(argv)!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print('MODULES', ' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=child_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, proc.stderr.split("MODULES ", 1)[1].split()
+
+
+# What `tether --help` and `tether ls` must not pay for at start-up (issue 10: < 150 ms):
+# the other commands' modules, the session lifecycle (secrets, hmac and OpenSSL), the
+# reaper, and the platform directories when the database is named.
+NOT_FOR_LS = [
+    "tether.cli.chat",
+    "tether.cli.chatloop",
+    "tether.cli.demo",
+    "tether.cli.doctor",
+    "tether.cli.liveness",
+    "tether.cli.serve",
+    "tether.lifecycle.handle",
+    "tether.liveness.reaper",
+    "secrets",
+    "hmac",
+    "platformdirs",
+    "rich",
+    "websockets",
+    "tether.gateway",
+]
+
+
+def test_tether_help_loads_no_store_no_chat_engine_and_no_logging() -> None:
+    out, loaded = _modules_after("--help")
+    assert "tether ls" in out and "Exit codes" in out
+    assert "tether.cli.chat" in loaded  # the commands' modules: their help is listed
+    not_for_help = ["tether.store", "tether.cli.chatloop", "tether.lifecycle", "logging"]
+    heavy = [m for m in NOT_FOR_LS if not m.startswith("tether.cli.")] + not_for_help
+    assert [m for m in heavy if m in loaded] == []
+
+
+def test_tether_ls_loads_only_what_listing_needs(tmp_path: Path) -> None:
+    db = str(tmp_path / "few.db")
+    store = tether.open_store(db, load_plugins=False)
+    with store.session(source="cli", title="only one") as s:
+        s.append("user", "hello")
+    store.close()
+    out, loaded = _modules_after("ls", "--db", db)
+    assert "only one" in out
+    assert "tether.store" in loaded  # it did list, from the store
+    assert [m for m in NOT_FOR_LS if m in loaded] == []
+    out, loaded = _modules_after("--db", db, "ls", "--limit", "1")  # root --db too
+    assert "only one" in out
+    assert [m for m in NOT_FOR_LS if m in loaded] == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["ls"], "ls"),
+        (["ls", "--help"], "ls"),
+        (["--db", "show", "end", "01M7"], "end"),  # a database named like a command
+        (["--db=x.db", "doctor"], "doctor"),
+        (["--help"], None),
+        (["-h", "ls"], None),  # the root's help: every command is listed
+        (["--version"], None),
+        (["lss"], None),  # unknown: the whole app says so
+        ([], None),
+    ],
+)
+def test_main_builds_only_the_command_on_the_line(argv: list[str], command: str | None) -> None:
+    from tether.cli.app import command_named
+
+    assert command_named(argv) == command
 
 
 def test_control_characters_in_data_never_reach_the_terminal(tmp_path: Path) -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import platformdirs
-
 APP_NAME = "tether"
 ENV_DB = "TETHER_DB"
 
 
 def data_dir() -> Path:
     """The per-user data directory (``~/.local/share/tether`` on Linux)."""
+    import platformdirs  # here: a few ms of start-up that a named database never needs
+
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
 
 

@@ -18,7 +18,7 @@ import pytest
 
 import tether
 
-from ..conftest import child_env
+from ..conftest import child_env, run_cli
 from .conftest import TOKEN, Served, serve
 
 pytestmark = pytest.mark.slow
@@ -395,3 +395,67 @@ def test_a_gateway_that_stays_down_is_reported_with_the_way_back(tmp_path: Path)
         f"lost the gateway at {url} and could not reconnect within 1 s; "
         "continue with: tether chat --resume SID once it is back"
     )
+
+
+def test_quit_only_detaches_while_another_client_is_attached(tmp_path: Path) -> None:
+    """/quit ends the session only when this chat is its last client (issue 10, bug 6)."""
+    # The other client lives on a loop of its own thread, so that it keeps answering
+    # the gateway (pings, events) while the test waits on the chat process.
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def on_other_loop(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, 30), loop).result(40)
+
+    try:
+        with serve(tmp_path, "-o", "delay=0") as served:
+            with chat(served.url) as (proc, out, _):
+                send(proc, "hello")
+                out.wait_for("echo: hello\n")
+                sid = out.text.split("session ", 1)[1].split(" ", 1)[0]
+                other = on_other_loop(served.client())
+                on_other_loop(other.call("session.resume", session_id=sid))
+                send(proc, "/quit")
+                assert proc.wait(timeout=20) == 0
+                out.wait_for(
+                    "detached; the session stays open because 1 other client is attached; "
+                    f"continue with: tether chat --resume {sid}\n"
+                )
+            s = only_session(served.db)
+            assert s.id == sid and s.ended_at is None  # the other client still has it
+            # The other client still talks to it: the chat's /quit did not end it under it.
+            turn = on_other_loop(other.call("prompt.submit", session_id=sid, text="still"))
+            assert turn["turn_id"]
+            on_other_loop(other.close())
+            # Now alone: /quit ends it.
+            with chat(served.url, "--resume", sid) as (proc, out, _):
+                out.wait_for(f"session {sid} (resumed)")
+                send(proc, "/quit")
+                assert proc.wait(timeout=20) == 0
+                out.wait_for(f"left; continue with: tether chat --resume {sid}\n")
+                assert "detached" not in out.text
+            assert only_session(served.db).end_reason == "cli_close"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_tether_end_from_outside_is_said_at_once_in_the_chat(tmp_path: Path) -> None:
+    """`tether end ID --db X` in another terminal: the attached chat says so and leaves."""
+    with serve(tmp_path, "-o", "delay=0") as served:
+        with chat(served.url) as (proc, out, err):
+            send(proc, "hello")
+            out.wait_for("echo: hello\n")
+            sid = out.text.split("session ", 1)[1].split(" ", 1)[0]
+            ended = run_cli("end", sid[:10], "--db", served.db, "--detail", "from [outside]")
+            assert ended.returncode == 0, ended.stderr
+            assert f"ended {sid} (manual)" in ended.stdout
+            started = time.monotonic()
+            err.wait_for(f"[session {sid} was ended (manual: from [outside])]", timeout=10)
+            assert time.monotonic() - started < 2.5  # at once: no prompt needed to find out
+            assert proc.wait(timeout=20) == 0  # it leaves by itself
+            out.wait_for(f"left; continue with: tether chat --resume {sid}\n")
+        s = only_session(served.db)
+        assert (s.end_reason, s.end_detail) == ("manual", "from [outside]")

@@ -1,8 +1,11 @@
 """The ``tether`` command: thin, it parses, calls the layers and prints.
 
-Start-up time matters (``tether ls`` is typed all day): the command modules
-import only Typer at load time, and each command imports what it needs (Rich,
-the store, the gateway) when it runs.
+Start-up time matters (``tether ls`` is typed all day; the target is 150 ms):
+the command modules import only Typer at load time, each command imports what
+it needs (Rich, the store, the gateway) when it runs, and :func:`main` loads
+and registers only the command named on the command line (every command for
+``tether --help`` or a name it does not know). Logging is configured by the
+root callback, so ``--help`` never imports it.
 
 Exit codes: 0 done, 1 the operation failed (one ``error:`` line), 2 the
 command line was wrong (one ``error:`` line and at most one hint line).
@@ -10,7 +13,7 @@ command line was wrong (one ``error:`` line and at most one hint line).
 
 from __future__ import annotations
 
-import logging
+import importlib
 import os
 import sys
 from typing import Annotated, Any
@@ -19,7 +22,6 @@ import typer
 
 from .. import __version__
 from ..errors import TetherError
-from . import chat, demo, doctor, liveness, serve, sessions
 from .common import EXIT_FAILED, EXIT_USAGE, click_exceptions
 
 HELP = """tether: durable sessions for AI agents that end exactly once.
@@ -34,26 +36,66 @@ Examples:
 Exit codes: 0 done, 1 the operation failed, 2 bad usage.
 """
 
-app = typer.Typer(
-    name="tether",
-    help=HELP,
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    # Plain Click help: brackets in help text stay as written (Rich markup would
-    # eat "[default: ...]"), flags show no type, and --help needs no Rich import.
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+# Each command: its name, and the module and function that implement it (loaded
+# only when needed). The order is the order of `tether --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "ls": ("sessions", "ls"),
+    "show": ("sessions", "show"),
+    "end": ("sessions", "end"),
+    "doctor": ("doctor", "doctor"),
+    "reap": ("liveness", "reap"),
+    "demo": ("demo", "demo"),
+    "serve": ("serve", "serve"),
+    "chat": ("chat", "chat"),
+}
 
-app.command("ls")(sessions.ls)
-app.command("show")(sessions.show)
-app.command("end")(sessions.end)
-app.command("doctor")(doctor.doctor)
-app.command("reap")(liveness.reap)
-app.command("demo")(demo.demo)
-app.command("serve")(serve.serve)
-app.command("chat")(chat.chat)
+
+def build(only: str | None = None) -> typer.Typer:
+    """The ``tether`` application: every command, or only the one named ``only``.
+
+    Building a command costs its module's imports and Typer's reading of its
+    signature, so ``tether ls`` builds ``ls`` alone.
+    """
+    application = typer.Typer(
+        name="tether",
+        help=HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        # Plain Click help: brackets in help text stay as written (Rich markup would
+        # eat "[default: ...]"), flags show no type, and --help needs no Rich import.
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    application.callback()(_root)
+    for name, (module, function) in COMMANDS.items():
+        if only is None or name == only:
+            implementation = getattr(importlib.import_module(f".{module}", __package__), function)
+            application.command(name)(implementation)
+    return application
+
+
+def command_named(argv: list[str]) -> str | None:
+    """The command ``argv`` runs, if it is one of ours (``--db X`` may come before it)."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--db":
+            next(args, None)  # its value, whatever it looks like
+        elif arg.startswith("-"):
+            if arg in ("-h", "--help", "--version"):
+                return None  # the root's own help or version: every command is listed
+        else:
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def __getattr__(name: str) -> Any:
+    """``app``: the whole application, built on first use (tests invoke it)."""
+    if name == "app":
+        application = build()
+        globals()["app"] = application
+        return application
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _version(value: bool) -> None:
@@ -62,7 +104,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     db: Annotated[
         str | None,
@@ -78,6 +119,13 @@ def _root(
     ] = False,
 ) -> None:
     """The root options; the commands read ``--db`` from here when not given their own."""
+    # Here rather than in main(): `tether --help` never gets here and need not import logging.
+    import logging
+
+    logging.basicConfig(
+        level=os.environ.get("TETHER_LOG", "WARNING").upper(),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 # Ctrl+C at a prompt: Typer's own Abort, and Click's where Typer does not vendor it.
@@ -98,12 +146,10 @@ def _usage(exc: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(
-        level=os.environ.get("TETHER_LOG", "WARNING").upper(),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    """The ``tether`` command (the console script's entry point)."""
+    args = sys.argv[1:] if argv is None else argv
     try:
-        code = app(args=argv, prog_name="tether", standalone_mode=False)
+        code = build(command_named(args))(args=args, prog_name="tether", standalone_mode=False)
     except click_exceptions.UsageError as exc:
         if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:  # bare `tether`
             print(exc.ctx.get_help())

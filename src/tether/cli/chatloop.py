@@ -383,15 +383,9 @@ class Chat:
 
     async def close_session(self) -> dict[str, Any]:
         """``session.close``, ending the session only if no other client is attached."""
-        try:
-            return await self.call(
-                "session.close", session_id=self.session_id, reason=LEAVE_REASON, if_alone=True
-            )
-        except RemoteError as exc:
-            # A gateway from before `if_alone` refuses the parameter: close as it knows how.
-            if exc.code != rpc.INVALID_PARAMS or "if_alone" not in str(exc):
-                raise
-            return await self.call("session.close", session_id=self.session_id, reason=LEAVE_REASON)
+        return await self.call(
+            "session.close", session_id=self.session_id, reason=LEAVE_REASON, if_alone=True
+        )
 
     async def leave(self) -> None:
         """Close (or detach from) the session and say how to come back."""

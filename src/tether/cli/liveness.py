@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -17,19 +17,6 @@ from .common import (
     out,
     plural,
 )
-
-if TYPE_CHECKING:
-    from ..store import Store
-
-
-def _longer_leases(store: Store, ttl: float) -> tuple[int, float]:
-    """How many owners of open sessions promised a lease longer than ``ttl``, and the longest."""
-    query = (
-        "SELECT COUNT(*), MAX(o.lease) FROM owners o WHERE o.lease > ? AND EXISTS"
-        " (SELECT 1 FROM sessions s WHERE s.owner_id = o.id AND s.ended_at IS NULL)"
-    )
-    n, longest = store.backend.read(lambda c: c.execute(query, (ttl,)).fetchone())
-    return int(n or 0), float(longest or 0.0)
 
 
 @cli_errors
@@ -63,11 +50,11 @@ def reap(
 
     with open_cli_store(db) as store:
         if ttl is not None:
-            n, longest = _longer_leases(store, ttl)
+            n, longest = store.longest_owner_lease(above=ttl)
             if n:
                 err.print(
-                    f"note: --ttl {ttl:g} is below the lease of {n} owners (up to {longest:g} s):"
-                    " they are judged by their own lease",
+                    f"note: --ttl {ttl:g} is below the lease of {plural(n, 'owner')}"
+                    f" (up to {longest:g} s): they are judged by their own lease",
                     soft_wrap=True,
                 )
         report = Reaper(store, ttl=ttl).sweep()

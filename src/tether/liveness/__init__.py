@@ -8,9 +8,40 @@ namespace the pid probe decides (a stopped process is alive), elsewhere its
 own lease does. See :mod:`tether.liveness.policy`.
 """
 
-from .identity import Probe, ProcessIdentity, probe_pid
-from .policy import OwnerInfo, PauseDetector, Verdict, judge
-from .reaper import ReapedSession, Reaper, ReaperLoop, ReapReport
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .identity import Probe, ProcessIdentity, probe_pid
+    from .policy import OwnerInfo, PauseDetector, Verdict, judge
+    from .reaper import ReapedSession, Reaper, ReaperLoop, ReapReport
+
+# Loaded on first use (PEP 562): the store imports the policy and the owner, and a
+# store that only reads (`tether ls`) never needs the reaper.
+_WHERE = {
+    "Probe": ".identity",
+    "ProcessIdentity": ".identity",
+    "probe_pid": ".identity",
+    "OwnerInfo": ".policy",
+    "PauseDetector": ".policy",
+    "Verdict": ".policy",
+    "judge": ".policy",
+    "ReapedSession": ".reaper",
+    "Reaper": ".reaper",
+    "ReaperLoop": ".reaper",
+    "ReapReport": ".reaper",
+}
+
+
+def __getattr__(name: str) -> object:
+    import importlib
+
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "OwnerInfo",

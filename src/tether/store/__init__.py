@@ -82,7 +82,9 @@ def _sqlite_backend(target: str, durability: str) -> Backend:
     target = os.path.expanduser(target.removeprefix("sqlite://"))
     if not target:
         raise StoreOpenError("empty database path")
-    if Path(target) == default_db_path():  # the per-user default: create its directory
-        # Private (0700): it holds every conversation. An existing one is left alone.
+    # The per-user default: create its directory, private (0700): it holds every
+    # conversation. An existing one is left alone (and not compared: finding the
+    # data directory costs start-up time that `tether ls` need not pay).
+    if not Path(target).parent.is_dir() and Path(target) == default_db_path():
         default_db_path().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     return SQLiteBackend(target, durability=durability)

@@ -275,3 +275,14 @@ class Ownership:
             rows = self.backend.read(fetch)
             out += [session_from_row(r) for r in rows]
         return out
+
+    def longest_owner_lease(self, above: float) -> tuple[int, float]:
+        """How many owners of open sessions promised a lease longer than ``above``
+        seconds, and the longest such lease (``(0, 0.0)`` when none).
+
+        A reaper's ``ttl`` only ever lengthens an owner's lease, so ``tether reap
+        --ttl`` uses this to say which owners its shorter value cannot speed up.
+        """
+        row = self.backend.read(lambda c: c.execute(sql.LONGER_LEASES, (above,)).fetchone())
+        n, longest = row if row is not None else (0, None)
+        return int(n or 0), float(longest or 0.0)

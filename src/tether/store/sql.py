@@ -343,3 +343,9 @@ UPDATE sessions SET ended_at = ?, end_reason = 'abandoned', end_detail = ?
 WHERE id = ? AND ended_at IS NULL AND owner_id IS NULL AND last_active_at < ?
 RETURNING {SESSION_COLUMNS}
 """
+
+# `tether reap --ttl`: owners of open sessions whose promised lease exceeds a value.
+LONGER_LEASES = """
+SELECT COUNT(*), MAX(o.lease) FROM owners o WHERE o.lease > ? AND EXISTS
+(SELECT 1 FROM sessions s WHERE s.owner_id = o.id AND s.ended_at IS NULL)
+"""
