@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from tether.agents.echo import EchoAgent
+from tether.compose import Store
 from tether.gateway.runtime import Gateway, GatewayConfig
-from tether.store import Store
 
 
 class CallError(Exception):

@@ -22,9 +22,9 @@ import pytest
 
 import tether
 from tether.agents.echo import EchoAgent
+from tether.compose import Store
 from tether.gateway import rpc
 from tether.gateway.runtime import Gateway
-from tether.store import Store
 from tether.store.sqlite import SQLiteBackend
 
 from ..conftest import CHILD_PRELUDE, child_env

@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 from ..agents import Agent, AgentError, TextDelta, ToolCalls, ToolResult, Turn
 from ..clock import SYSTEM_CLOCK, Clock
+from ..compose import Store
 from ..errors import (
     MessagesLostError,
     SessionEndedError,
@@ -48,7 +49,6 @@ from ..errors import (
 )
 from ..lifecycle import SessionHandle
 from ..model import Message
-from ..store import Store
 from . import rpc
 from .connection import Connection
 from .messages import message_view, turn_key
