@@ -24,6 +24,7 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy  # src/tether, configured in pyproject.toml [tool.mypy]
+	$(BIN)/lint-imports  # the layers contract, pyproject.toml [tool.importlinter]
 	./scripts/ensure-postgres
 	$(BIN)/python -m pytest
 	# The gateway and chat tests again, three times over on two workers: races show up here.
@@ -37,6 +38,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

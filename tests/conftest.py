@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import tether
-from tether.store import Store
+from tether.compose import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ import time
 import pytest
 
 import tether
-from tether.store import Store
+from tether.compose import Store
 
 from .conftest import hold_writes, pg_connect, spawn
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import tether
-from tether.store import Store
+from tether.compose import Store
 from tether.store.sqlite.schema import SCHEMA_VERSION
 
 from .conftest import run_cli

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 import tether
+from tether.compose import Store
 from tether.liveness import Probe, ProcessIdentity, Reaper
 from tether.liveness.deliveries import owing_process_alive
-from tether.store import Store
 from tether.store.deliveries import DueEnd
 
 from .conftest import child_env, hold_writes, pg_connect, spawn, wait_for_line

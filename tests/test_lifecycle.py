@@ -6,7 +6,7 @@ import pytest
 
 import tether
 from tether import SessionEndedError, SessionNotFoundError
-from tether.store import Store
+from tether.compose import Store
 
 
 def rows(store: Store, table: str) -> int:

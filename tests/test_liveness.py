@@ -12,9 +12,10 @@ import time
 import pytest
 
 import tether
+from tether.compose import Store
 from tether.liveness import OwnerInfo, Probe, ProcessIdentity, Reaper, ReaperLoop, judge, probe_pid
 from tether.liveness.identity import pid_start_time
-from tether.store import Store, sql
+from tether.store import sql
 
 from .conftest import child_env, spawn, wait_for_line
 
@@ -225,7 +226,7 @@ def test_heartbeat_is_one_write_per_tick_whatever_the_sessions(db_path: str) -> 
 
 def test_a_failing_beat_is_retried_never_raised(db_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     store = tether.open_store(db_url, heartbeat_interval=0.05, owner_ttl=5, load_plugins=False)
-    real = store._beat
+    real = store.beat
     calls = {"n": 0}
 
     def flaky(row):  # type: ignore[no-untyped-def]
@@ -234,7 +235,7 @@ def test_a_failing_beat_is_retried_never_raised(db_url: str, monkeypatch) -> Non
             raise tether.StoreBusyError("simulated lock")
         real(row)
 
-    monkeypatch.setattr(store, "_beat", flaky)
+    monkeypatch.setattr(store, "beat", flaky)
     h = store.session(source="x")
     h.append("user", "x")
     deadline = time.time() + 10
@@ -320,7 +321,7 @@ def test_an_owner_that_beats_in_between_is_not_reaped(
             "UPDATE owners SET heartbeat_at = ? WHERE id = ?", (clock.now(), state.owner_id)
         )
     )
-    ended = store._reap([(state.owner_id, state.info.heartbeat_at, "stale")], prune_before=0)
+    ended = store.reap([(state.owner_id, state.info.heartbeat_at, "stale")], prune_before=0)
     assert list(ended) == [] and is_open(store, sid)
 
 

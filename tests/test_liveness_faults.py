@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 
 import tether
+from tether.compose import Store
 from tether.liveness import Probe, Reaper, ReaperLoop
-from tether.store import Store
 
 from .conftest import CHILD_PRELUDE, child_env, run_cli, spawn, wait_for_line
 from .test_liveness import FAR, ME, is_open, owned_sessions
@@ -450,7 +450,7 @@ def test_postgres_reap_sees_a_heartbeat_that_commits_while_it_runs(pg_url: str) 
         result: list[object] = []
         reap = threading.Thread(
             target=lambda: result.append(
-                store._reap([(state.owner_id, state.info.heartbeat_at, "stale")], prune_before=0)
+                store.reap([(state.owner_id, state.info.heartbeat_at, "stale")], prune_before=0)
             )
         )
         reap.start()

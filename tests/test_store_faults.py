@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 import tether
+from tether.compose import Store
 from tether.lifecycle import exits
-from tether.store import Store
 
 from .conftest import drop_schemas, spawn, wait_for_line, with_params
 

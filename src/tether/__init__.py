@@ -33,10 +33,10 @@ from .errors import (
 if TYPE_CHECKING:
     from . import liveness
     from .clock import Clock, ManualClock, SystemClock
+    from .compose import Store, open_store
     from .hooks import Plugins, hookimpl
     from .lifecycle import SessionHandle
     from .model import Census, ListedChain, Message, Page, Session
-    from .store import Store, open_store
 
 # The rest loads on first use (PEP 562), so that `tether --help` and other
 # light imports of the package do not pay for the store and liveness layers.
@@ -53,8 +53,8 @@ _LAZY = {
     "Message": ".model",
     "Page": ".model",
     "Session": ".model",
-    "Store": ".store",
-    "open_store": ".store",
+    "Store": ".compose",
+    "open_store": ".compose",
 }
 
 

@@ -2,7 +2,7 @@
 
 A :class:`Peer` is one client connection as the runtime sees it (the same
 ``Gateway.connect`` the WebSocket endpoint uses); requests go through
-``Gateway.receive`` and every frame the gateway sends is kept, in order.
+``methods.receive`` and every frame the gateway sends is kept, in order.
 Faults (a held write lock, a full gateway, a shutdown mid-request) are set up
 precisely here, where a child process could only be timed.
 """
@@ -18,8 +18,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from tether.agents.echo import EchoAgent
+from tether.compose import Store
+from tether.gateway.methods import receive
 from tether.gateway.runtime import Gateway, GatewayConfig
-from tether.store import Store
 
 
 class CallError(Exception):
@@ -53,7 +54,7 @@ class Peer:
         """Send one request and wait for its reply; raise :class:`CallError` for an error."""
         id_ = next(self._ids)
         frame = {"jsonrpc": "2.0", "id": id_, "method": method, "params": params}
-        await self.gw.receive(self.conn, json.dumps(frame))
+        await receive(self.gw, self.conn, json.dumps(frame))
         reply = await self._reply(id_, timeout)
         if "error" in reply:
             raise CallError(reply["error"])

@@ -22,9 +22,10 @@ import pytest
 
 import tether
 from tether.agents.echo import EchoAgent
+from tether.compose import Store
 from tether.gateway import rpc
+from tether.gateway.methods import receive
 from tether.gateway.runtime import Gateway
-from tether.store import Store
 from tether.store.sqlite import SQLiteBackend
 
 from ..conftest import CHILD_PRELUDE, child_env
@@ -298,7 +299,7 @@ def test_shutdown_racing_a_submit_starts_no_turn_and_leaves_no_task(
         frame = {"jsonrpc": "2.0", "id": 9, "method": "prompt.submit"}
         frame["params"] = {"session_id": sid, "text": "hi"}
         # The request itself (its reply is not awaited: shutdown drops the connections).
-        submit = asyncio.create_task(gw.receive(peer.conn, json.dumps(frame)))
+        submit = asyncio.create_task(receive(gw, peer.conn, json.dumps(frame)))
         await until(lambda: gw.registry.running())
         stopping = asyncio.create_task(gw.shutdown())
         await until(lambda: gw.stopping)

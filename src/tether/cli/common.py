@@ -30,7 +30,7 @@ from ..paths import ENV_DB, default_db
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..store import Store
+    from ..compose import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -141,7 +141,7 @@ def open_cli_store(db: str | None, *, must_exist: bool = True, plugins: bool = T
     only read pass ``plugins=False``: no hook can fire, and finding plugins
     (entry points) costs start-up time.
     """
-    from ..store import open_store
+    from ..compose import open_store
 
     db = resolve_db(db)
     target = db or default_db()

@@ -19,7 +19,7 @@ def demo(db: DbOption = None) -> None:
       tether demo                  (a throw-away database, removed afterwards)
       tether demo --db demo.db     (kept: try tether ls --db demo.db)
     """
-    from ..store import open_store
+    from ..compose import open_store
 
     db = resolve_db(db)
     tmp = None

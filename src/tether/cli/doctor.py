@@ -20,8 +20,8 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from ..compose import Store
     from ..model import Census
-    from ..store import Store
 
 
 def census_rows(census: Census, hung: int = 0) -> list[tuple[str, int]]:

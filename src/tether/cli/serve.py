@@ -134,10 +134,10 @@ def serve(
       tether serve --agent openai -o base_url=http://127.0.0.1:8080/v1 -o model=qwen
     """
     from ..agents import AgentError, make_agent
+    from ..compose import open_store
     from ..gateway.runtime import GatewayConfig
     from ..gateway.security import load_token
     from ..gateway.server import ServeOptions, run
-    from ..store import open_store
 
     db = resolve_db(db)
     try:

@@ -17,6 +17,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .methods import receive
 from .runtime import Gateway
 from .security import Policy, check_handshake
 
@@ -52,7 +53,7 @@ def build_app(gateway: Gateway, policy: Policy) -> Starlette:
                 data = message.get("text")
                 if data is None:
                     data = message.get("bytes") or b""
-                await gateway.receive(conn, data)
+                await receive(gateway, conn, data)
         except WebSocketDisconnect:
             pass
         finally:

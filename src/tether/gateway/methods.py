@@ -26,23 +26,20 @@ from ..errors import (
     StoreError,
     TetherError,
 )
-from ..ids import new_id
-from ..lifecycle import SessionHandle
 from ..store.listing import decode_cursor
-from ..validate import check_reason, check_source, check_text
+from ..validate import check_reason, check_text
 from . import rpc
 from .connection import Connection
-from .messages import message_view, turn_key
+from .messages import message_view
 from .registry import Busy, Closing, Full, NotAttached, NotLive, RegistryError, TooMany
 from .rpc import Param, RpcError
-from .runtime import Gateway, _Running
+from .runtime import Gateway
 
 log = logging.getLogger("tether.gateway")
 
 HISTORY_LIMIT = 200
 MAX_PAGE = 1000
 MAX_CURSOR_TIME = 1e11  # seconds since the epoch: past year 5000, no cursor of ours
-TITLE_CHARS = 60  # a title made from the first prompt: one line, at most this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +116,29 @@ async def call(
     return (None if req.is_notification else reply), after
 
 
-def _live_handle(gw: Gateway, session_id: str) -> SessionHandle:
-    h = gw.handles.get(session_id)
-    if h is None or session_id not in gw.registry:
-        raise NotLive(session_id)
-    return h
+async def receive(gw: Gateway, conn: Connection, data: str | bytes) -> None:
+    """Handle one frame: reply to every request in it; never raises for bad input."""
+    items, batch = rpc.parse(data)
+    replies: list[dict[str, Any]] = []
+    for item in items:
+        if isinstance(item, dict):
+            replies.append(item)
+            continue
+        reply, after = await call(gw, conn, item)
+        if batch:
+            # In a batch the reply waits for the others; what must follow a
+            # reply (a replay) goes out now, before any later event.
+            if after is not None:
+                after()
+            if reply is not None:
+                replies.append(reply)
+        else:
+            if reply is not None:
+                conn.send(rpc.dumps(reply))
+            if after is not None:
+                after()
+    if replies:
+        conn.send(rpc.dumps(replies if batch else replies[0]))
 
 
 def _replay(conn: Connection, frames: list[str]) -> Callable[[], None] | None:
@@ -150,29 +165,15 @@ def _replay(conn: Connection, frames: list[str]) -> Callable[[], None] | None:
     Param("model", "str"),
 )
 async def session_create(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any:
-    if gw.stopping:
-        raise RpcError(rpc.GATEWAY_FULL, "the gateway is shutting down")
-    source = check_source(gw.config.source if p["source"] is None else p["source"])  # tui, web...
-    model = check_text(p["model"], "model") or gw.agent.model
-    if p["parent_id"] is not None:
-        await gw.read(gw.store.get_session, p["parent_id"])  # SessionNotFoundError if unknown
-    handle = gw.store.session(  # writes nothing until the first message (no ghosts)
-        source=source,
-        model=model,
+    attached = await gw.create(
+        conn,
+        source=p["source"],
+        model=p["model"],
         title=p["title"],
         cwd=p["cwd"],
         parent_id=p["parent_id"],
         metadata=p["metadata"],
     )
-    try:
-        attached, actions = gw.registry.open(handle.id, conn.id)
-    except Full:
-        handle.end()  # never written: nothing to end, just forget it
-        raise
-    gw.handles[handle.id] = handle
-    if p["title"] is None:
-        gw.untitled.add(handle.id)  # titled from its first prompt
-    gw.run(actions)
     return attached.to_result()
 
 
@@ -183,57 +184,8 @@ async def session_create(gw: Gateway, conn: Connection, p: dict[str, Any]) -> An
     Param("stream", "str"),
 )
 async def session_resume(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any:
-    sid, since, stream = p["session_id"], p["since"], p["stream"]
-    if since and stream is None:
-        # A seq means nothing without the stream it counts in: replaying from
-        # it could skip events, so the client reloads instead. (since=0, "I saw
-        # nothing", needs no stream: the whole buffer, or reload, is right.)
-        stream = ""  # names no stream
-    if sid not in gw.registry:
-        async with gw.cold_lock:
-            _refuse_ending(gw, sid)  # its end is being recorded: -32002, never -32006
-            if sid not in gw.registry:
-                return await _resume_cold(gw, conn, sid, since)
-    attached, actions = gw.registry.attach(sid, conn.id, since=since, stream=stream)
-    gw.run(actions)
-    return Reply(attached.to_result(), _replay(conn, attached.replay))
-
-
-def _refuse_ending(gw: Gateway, sid: str) -> None:
-    """A session whose end is decided but not yet recorded cannot be resumed."""
-    if gw.registry.is_ending(sid):
-        raise RpcError(
-            rpc.SESSION_ENDED,
-            f"session {sid} is ending: its end could not be recorded yet and is being retried",
-            {"reason": None},
-        )
-
-
-async def _resume_cold(gw: Gateway, conn: Connection, sid: str, since: int | None) -> Any:
-    """Load an open session from the store (after a restart, or another process's)."""
-    if gw.stopping:
-        raise RpcError(rpc.GATEWAY_FULL, "the gateway is shutting down")
-    session = await gw.read(gw.store.get_session, sid)
-    if session.ended_at is not None:
-        raise SessionEndedError(sid, session.end_reason)
-    # Take the place in the registry first (Full, or an idle session evicted,
-    # before anything is written), then take ownership: a gateway that filled
-    # up meanwhile can never leave a session taken over and ended unseen.
-    attached, actions = gw.registry.open(sid, conn.id, since=since, reserve=True)
-    gw.run(actions)  # an idle session evicted to make room ends now
-    try:
-        # Takes ownership if the owner is dead (epoch bump: its late writes are
-        # refused); OwnerAliveError if another live process holds it.
-        handle = await gw.write(gw.store.resume, sid)
-    except BaseException:
-        gw.registry.forget(sid)
-        raise
-    if sid not in gw.registry:  # closed by a client while it was being taken over
-        await gw.write(handle.end, "completed")
-        raise SessionEndedError(sid, "completed")
-    gw.registry.confirm(sid)
-    gw.handles[sid] = handle
-    return attached.to_result()
+    attached, replay = await gw.resume(conn, p["session_id"], since=p["since"], stream=p["stream"])
+    return Reply(attached.to_result(), _replay(conn, replay))
 
 
 @method(
@@ -243,37 +195,8 @@ async def _resume_cold(gw: Gateway, conn: Connection, sid: str, since: int | Non
     Param("if_alone", "bool"),
 )
 async def session_close(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any:
-    sid = p["session_id"]
     reason = check_reason(p["reason"] or "completed")
-    if sid in gw.registry:
-        handle = gw.handles.get(sid)
-        others = len(gw.registry.session(sid).conns - {conn.id})
-        if p["if_alone"] and others:
-            # Other clients still use it: only this connection lets go.
-            gw.run(gw.registry.detach(sid, conn.id))
-            return {"ended": False, "others_attached": others, "detached": True}
-        ended = gw.when_ended(sid)
-        # A running turn is interrupted first; it stores what it had, then the end follows.
-        gw.run(gw.registry.close(sid, reason))
-        outcome = await ended
-        out = {
-            "ended": bool(outcome),
-            "others_attached": others,
-            "persisted": bool(handle and handle.persisted),
-        }
-        if outcome is None:  # the store could not take it: retried until it does
-            out["ending"] = True
-        return out
-    if gw.registry.is_ending(sid):  # its end is decided; recording it is being retried
-        return {"ended": False, "others_attached": 0, "persisted": True, "ending": True}
-    # Not live here: end it only if no live process owns it (never another
-    # gateway's live session): taking it over says so (OwnerAliveError, -32006).
-    try:
-        handle = await gw.write(gw.store.resume, sid)
-    except SessionEndedError:
-        return {"ended": False, "others_attached": 0, "persisted": True}
-    recorded = await gw.write(handle.end, reason)
-    return {"ended": recorded, "others_attached": 0, "persisted": True}
+    return await gw.close_session(conn, p["session_id"], reason, if_alone=bool(p["if_alone"]))
 
 
 @method(
@@ -312,7 +235,7 @@ def _check_cursor(cursor: str) -> None:
 
 @method("session.active_list")
 async def session_active_list(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any:
-    return {"sessions": gw.registry.active()}
+    return {"sessions": gw.active()}
 
 
 @method(
@@ -323,8 +246,7 @@ async def session_active_list(gw: Gateway, conn: Connection, p: dict[str, Any]) 
 )
 async def session_history(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any:
     sid, limit = p["session_id"], p["limit"] or HISTORY_LIMIT
-    h = gw.handles.get(sid)
-    if h is not None and not h.persisted:
+    if gw.unwritten(sid):
         return {"messages": [], "next_after_seq": None}  # live, but nothing said yet
     msgs = await gw.read(gw.store.get_messages, sid, p["after_seq"], limit + 1)
     more = len(msgs) > limit
@@ -337,12 +259,8 @@ async def session_history(gw: Gateway, conn: Connection, p: dict[str, Any]) -> A
 
 @method("session.interrupt", Param("session_id", "str", required=True))
 async def session_interrupt(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any:
-    sid = p["session_id"]
-    if conn.id not in gw.registry.session(sid).conns:
-        raise NotAttached(sid)
-    actions = gw.registry.interrupt(sid)
-    gw.run(actions)
-    return {"interrupted": bool(actions), "turn_id": actions[0].turn_id if actions else None}
+    turn_id = gw.interrupt(conn, p["session_id"])
+    return {"interrupted": turn_id is not None, "turn_id": turn_id}
 
 
 # --- turns ------------------------------------------------------------------------------
@@ -354,47 +272,11 @@ async def session_interrupt(gw: Gateway, conn: Connection, p: dict[str, Any]) ->
     Param("text", "str", required=True),
 )
 async def prompt_submit(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any:
-    sid = p["session_id"]
     text = check_text(p["text"], "text", required=True) or ""
     if not text.strip():
         raise RpcError(rpc.INVALID_PARAMS, "text must not be empty")
-    if gw.stopping:
-        raise RpcError(rpc.SESSION_ENDED, "the gateway is shutting down", {"reason": None})
-    handle = _live_handle(gw, sid)
-    turn_id = new_id()
-    gw.registry.begin_turn(sid, conn.id, turn_id)  # Busy if a turn runs
-    running = _Running(turn_id, handle)
-    gw.turns[sid] = running
-    if sid in gw.untitled:
-        gw.untitled.discard(sid)
-        if not handle.persisted:
-            handle.set_title(title_of(text))
-    try:
-        msg = await gw.write(handle.append, "user", text, idem_key=turn_key(turn_id, 0))
-    except BaseException:
-        gw.turns.pop(sid, None)
-        gw.run(gw.registry.end_turn(sid, turn_id, "error", announce=False))
-        raise
-    if running.interrupted or gw.stopping:
-        # Closed (or the gateway began stopping) while the prompt was being
-        # stored: the prompt is kept, but no turn starts on an ending session.
-        gw.turns.pop(sid, None)
-        gw.run(gw.registry.end_turn(sid, turn_id, "interrupted"))
-        return {"turn_id": turn_id, "seq": msg.seq}
-
-    def start() -> None:
-        gw.emit(sid, "turn.start", {"turn_id": turn_id})
-        gw.emit(sid, "message", {"turn_id": turn_id, "message": message_view(msg)})
-        gw.start_turn(sid, running, text)
-
-    return Reply({"turn_id": turn_id, "seq": msg.seq}, start)
-
-
-def title_of(text: str) -> str:
-    """A session title from a prompt: its first non-empty line, whitespace collapsed, shortened."""
-    line = next((ln for ln in text.splitlines() if ln.strip()), text)
-    line = " ".join(line.split())
-    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "\u2026"
+    turn_id, seq, start = await gw.submit(conn, p["session_id"], text)
+    return Reply({"turn_id": turn_id, "seq": seq}, start)
 
 
 # --- the gateway ------------------------------------------------------------------------

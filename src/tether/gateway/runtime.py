@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 from ..agents import Agent, AgentError, TextDelta, ToolCalls, ToolResult, Turn
 from ..clock import SYSTEM_CLOCK, Clock
+from ..compose import Store
 from ..errors import (
     MessagesLostError,
     SessionEndedError,
@@ -46,16 +47,32 @@ from ..errors import (
     StoreError,
     TetherError,
 )
+from ..ids import new_id
 from ..lifecycle import SessionHandle
 from ..model import Message
-from ..store import Store
+from ..validate import check_source, check_text
 from . import rpc
 from .connection import Connection
 from .messages import message_view, turn_key
-from .registry import Action, ConnId, Deliver, Finalize, Interrupt, MarkDetached, Registry
+from .registry import (
+    Action,
+    Attached,
+    ConnId,
+    Deliver,
+    Finalize,
+    Full,
+    Interrupt,
+    MarkDetached,
+    NotAttached,
+    NotLive,
+    Registry,
+)
+from .rpc import RpcError
 
 log = logging.getLogger("tether.gateway")
 T = TypeVar("T")
+
+TITLE_CHARS = 60  # a title made from the first prompt: one line, at most this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +104,13 @@ _ENDING_EVENTS = ("ended", "reaped", "taken_over")
 class _Stop:
     status: str  # completed | interrupted | error
     error: str | None = None
+
+
+def title_of(text: str) -> str:
+    """A session title from a prompt: its first non-empty line, whitespace collapsed, shortened."""
+    line = next((ln for ln in text.splitlines() if ln.strip()), text)
+    line = " ".join(line.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "\u2026"
 
 
 @dataclass(slots=True)
@@ -483,31 +507,200 @@ class Gateway:
         self.run(self.registry.disconnect(conn.id))
         await conn.aclose()
 
-    async def receive(self, conn: Connection, data: str | bytes) -> None:
-        """Handle one frame: reply to every request in it; never raises for bad input."""
-        from .methods import call
+    # --- sessions: what the JSON-RPC methods (methods.py) ask of the gateway -----------
 
-        items, batch = rpc.parse(data)
-        replies: list[dict[str, Any]] = []
-        for item in items:
-            if isinstance(item, dict):
-                replies.append(item)
-                continue
-            reply, after = await call(self, conn, item)
-            if batch:
-                # In a batch the reply waits for the others; what must follow a
-                # reply (a replay) goes out now, before any later event.
-                if after is not None:
-                    after()
-                if reply is not None:
-                    replies.append(reply)
-            else:
-                if reply is not None:
-                    conn.send(rpc.dumps(reply))
-                if after is not None:
-                    after()
-        if replies:
-            conn.send(rpc.dumps(replies if batch else replies[0]))
+    def _refuse_if_stopping(self, code: int = rpc.GATEWAY_FULL) -> None:
+        if self.stopping:
+            data = {"reason": None} if code == rpc.SESSION_ENDED else None
+            raise RpcError(code, "the gateway is shutting down", data)
+
+    def live_handle(self, session_id: str) -> SessionHandle:
+        """The handle of a session live here; :class:`NotLive` if there is none."""
+        h = self.handles.get(session_id)
+        if h is None or session_id not in self.registry:
+            raise NotLive(session_id)
+        return h
+
+    async def create(
+        self,
+        conn: Connection,
+        *,
+        source: str | None,
+        model: str | None,
+        title: str | None,
+        cwd: str | None,
+        parent_id: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> Attached:
+        """Start a session attached to ``conn``; nothing is written before its first message."""
+        self._refuse_if_stopping()
+        source = check_source(self.config.source if source is None else source)  # tui, web...
+        model = check_text(model, "model") or self.agent.model
+        if parent_id is not None:
+            await self.read(self.store.get_session, parent_id)  # SessionNotFoundError if unknown
+        handle = self.store.session(  # writes nothing until the first message (no ghosts)
+            source=source,
+            model=model,
+            title=title,
+            cwd=cwd,
+            parent_id=parent_id,
+            metadata=metadata,
+        )
+        try:
+            attached, actions = self.registry.open(handle.id, conn.id)
+        except Full:
+            handle.end()  # never written: nothing to end, just forget it
+            raise
+        self.handles[handle.id] = handle
+        if title is None:
+            self.untitled.add(handle.id)  # titled from its first prompt
+        self.run(actions)
+        return attached
+
+    async def resume(
+        self, conn: Connection, sid: str, *, since: int | None, stream: str | None
+    ) -> tuple[Attached, list[str]]:
+        """Attach ``conn`` to a session: live here, or loaded (taken over) from the store.
+
+        Returns the attachment and the frames to replay to ``conn`` right after
+        the reply (none for a session loaded from the store).
+        """
+        if since and stream is None:
+            # A seq means nothing without the stream it counts in: replaying from
+            # it could skip events, so the client reloads instead. (since=0, "I saw
+            # nothing", needs no stream: the whole buffer, or reload, is right.)
+            stream = ""  # names no stream
+        if sid not in self.registry:
+            async with self.cold_lock:
+                self._refuse_ending(sid)  # its end is being recorded: -32002, never -32006
+                if sid not in self.registry:
+                    return await self._resume_cold(conn, sid, since), []
+        attached, actions = self.registry.attach(sid, conn.id, since=since, stream=stream)
+        self.run(actions)
+        return attached, attached.replay
+
+    def _refuse_ending(self, sid: str) -> None:
+        """A session whose end is decided but not yet recorded cannot be resumed."""
+        if self.registry.is_ending(sid):
+            raise RpcError(
+                rpc.SESSION_ENDED,
+                f"session {sid} is ending: its end could not be recorded yet and is being retried",
+                {"reason": None},
+            )
+
+    async def _resume_cold(self, conn: Connection, sid: str, since: int | None) -> Attached:
+        """Load an open session from the store (after a restart, or another process's)."""
+        self._refuse_if_stopping()
+        session = await self.read(self.store.get_session, sid)
+        if session.ended_at is not None:
+            raise SessionEndedError(sid, session.end_reason)
+        # Take the place in the registry first (Full, or an idle session evicted,
+        # before anything is written), then take ownership: a gateway that filled
+        # up meanwhile can never leave a session taken over and ended unseen.
+        attached, actions = self.registry.open(sid, conn.id, since=since, reserve=True)
+        self.run(actions)  # an idle session evicted to make room ends now
+        try:
+            # Takes ownership if the owner is dead (epoch bump: its late writes are
+            # refused); OwnerAliveError if another live process holds it.
+            handle = await self.write(self.store.resume, sid)
+        except BaseException:
+            self.registry.forget(sid)
+            raise
+        if sid not in self.registry:  # closed by a client while it was being taken over
+            await self.write(handle.end, "completed")
+            raise SessionEndedError(sid, "completed")
+        self.registry.confirm(sid)
+        self.handles[sid] = handle
+        return attached
+
+    async def close_session(
+        self, conn: Connection, sid: str, reason: str, *, if_alone: bool
+    ) -> dict[str, Any]:
+        """End a session (or, ``if_alone`` with others attached, only detach ``conn``)."""
+        if sid in self.registry:
+            handle = self.handles.get(sid)
+            others = len(self.registry.session(sid).conns - {conn.id})
+            if if_alone and others:
+                # Other clients still use it: only this connection lets go.
+                self.run(self.registry.detach(sid, conn.id))
+                return {"ended": False, "others_attached": others, "detached": True}
+            ended = self.when_ended(sid)
+            # A running turn is interrupted first; it stores what it had, then the end follows.
+            self.run(self.registry.close(sid, reason))
+            outcome = await ended
+            out = {
+                "ended": bool(outcome),
+                "others_attached": others,
+                "persisted": bool(handle and handle.persisted),
+            }
+            if outcome is None:  # the store could not take it: retried until it does
+                out["ending"] = True
+            return out
+        if self.registry.is_ending(sid):  # its end is decided; recording it is being retried
+            return {"ended": False, "others_attached": 0, "persisted": True, "ending": True}
+        # Not live here: end it only if no live process owns it (never another
+        # gateway's live session): taking it over says so (OwnerAliveError, -32006).
+        try:
+            handle = await self.write(self.store.resume, sid)
+        except SessionEndedError:
+            return {"ended": False, "others_attached": 0, "persisted": True}
+        recorded = await self.write(handle.end, reason)
+        return {"ended": recorded, "others_attached": 0, "persisted": True}
+
+    def active(self) -> list[dict[str, Any]]:
+        """What is live here now: attached, running, or detached within the grace window."""
+        return self.registry.active()
+
+    def unwritten(self, sid: str) -> bool:
+        """Is ``sid`` live here with nothing stored yet (no history to read)?"""
+        h = self.handles.get(sid)
+        return h is not None and not h.persisted
+
+    def interrupt(self, conn: Connection, sid: str) -> str | None:
+        """Interrupt the running turn of ``sid``; its turn id, None if none was running."""
+        if conn.id not in self.registry.session(sid).conns:
+            raise NotAttached(sid)
+        actions = self.registry.interrupt(sid)
+        self.run(actions)
+        return actions[0].turn_id if actions else None
+
+    async def submit(
+        self, conn: Connection, sid: str, text: str
+    ) -> tuple[str, int, Callable[[], None] | None]:
+        """Store a prompt and start its turn: turn id, the prompt's seq, and what starts it.
+
+        The returned callable (None when no turn starts) must run right after the
+        reply is sent, so that the turn's events follow the reply.
+        """
+        self._refuse_if_stopping(rpc.SESSION_ENDED)
+        handle = self.live_handle(sid)
+        turn_id = new_id()
+        self.registry.begin_turn(sid, conn.id, turn_id)  # Busy if a turn runs
+        running = _Running(turn_id, handle)
+        self.turns[sid] = running
+        if sid in self.untitled:
+            self.untitled.discard(sid)
+            if not handle.persisted:
+                handle.set_title(title_of(text))
+        try:
+            msg = await self.write(handle.append, "user", text, idem_key=turn_key(turn_id, 0))
+        except BaseException:
+            self.turns.pop(sid, None)
+            self.run(self.registry.end_turn(sid, turn_id, "error", announce=False))
+            raise
+        if running.interrupted or self.stopping:
+            # Closed (or the gateway began stopping) while the prompt was being
+            # stored: the prompt is kept, but no turn starts on an ending session.
+            self.turns.pop(sid, None)
+            self.run(self.registry.end_turn(sid, turn_id, "interrupted"))
+            return turn_id, msg.seq, None
+
+        def start() -> None:
+            self.emit(sid, "turn.start", {"turn_id": turn_id})
+            self.emit(sid, "message", {"turn_id": turn_id, "message": message_view(msg)})
+            self.start_turn(sid, running, text)
+
+        return turn_id, msg.seq, start
 
     # --- turns -------------------------------------------------------------------------
 

@@ -39,8 +39,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from ..agents import Agent
+from ..compose import Store
 from ..liveness import ReaperLoop
-from ..store import Store
 from .app import PATH, build_app
 from .runtime import Gateway, GatewayConfig
 from .security import Policy, bind_hosts

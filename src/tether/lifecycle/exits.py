@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import MessagesLostError, TetherError
 
 if TYPE_CHECKING:
-    from ..store.core import Store
+    from ..store import StoreCore
     from .handle import SessionHandle
 
 log = logging.getLogger("tether.lifecycle")
@@ -265,7 +265,7 @@ def _before_joining_threads() -> None:
         os._exit(128 + _exit_signal)
 
 
-def end_handles_of(store: Store, reason: str, detail: str | None) -> None:
+def end_handles_of(store: StoreCore, reason: str, detail: str | None) -> None:
     """End every open handle of ``store`` (used when the store is closed)."""
     _end_all([h for h in open_handles() if h.store is store], reason, detail)
 

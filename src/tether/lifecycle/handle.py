@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import (
     CommitUnknownError,
@@ -43,9 +43,26 @@ from ..validate import (
 from . import exits
 
 if TYPE_CHECKING:
-    from ..store.core import Store
+    from ..store import StoreCore
 
 log = logging.getLogger("tether.lifecycle")
+
+
+class HandleOwner(Protocol):
+    """What a handle asks of this process's owner (:class:`tether.liveness.ProcessOwner`,
+    which sits above this layer and is handed in by :mod:`tether.compose`)."""
+
+    def acquire(self, session_id: str) -> None:
+        """A handle of this process now owns ``session_id``: keep the heartbeat going."""
+        ...
+
+    def release(self, session_id: str) -> None:
+        """``session_id`` is no longer owned here."""
+        ...
+
+    def deliver_due_hooks_soon(self) -> None:
+        """Once per store, in the background: deliver what dead processes owed."""
+        ...
 
 
 class SessionHandle:
@@ -60,11 +77,19 @@ class SessionHandle:
     """
 
     def __init__(
-        self, store: Store, new: NewSession, *, persisted: bool, epoch: int, owns: bool = True
+        self,
+        store: StoreCore,
+        owner: HandleOwner,
+        new: NewSession,
+        *,
+        persisted: bool,
+        epoch: int,
+        owns: bool = True,
     ) -> None:
         self._store = store
+        self._owner = owner
         self._owns = owns
-        self._new_session = new  # not _new: that name is the classmethod below
+        self._new_session = new  # not _new: an earlier name of the classmethod below
         self._persisted = persisted
         self._w = WriteState(new.id, epoch)
         self._pending: list[Row] = []
@@ -81,9 +106,10 @@ class SessionHandle:
         self._now = store.clock.now
 
     @classmethod
-    def _new(
+    def new(
         cls,
-        store: Store,
+        store: StoreCore,
+        owner: HandleOwner,
         *,
         source: str,
         model: str | None,
@@ -93,6 +119,7 @@ class SessionHandle:
         metadata: dict[str, Any] | None,
         branch: bool,
     ) -> SessionHandle:
+        """A handle on a session not written yet (``store.session``)."""
         now = store.clock.now()
         new = NewSession(
             id=new_id(now),
@@ -105,13 +132,15 @@ class SessionHandle:
             metadata=check_metadata(metadata),
             created_at=now,
         )
-        handle = cls(store, new, persisted=False, epoch=0)
+        handle = cls(store, owner, new, persisted=False, epoch=0)
         exits.track(handle)
         return handle
 
     @classmethod
-    def _existing(cls, store: Store, session: Session, *, owns: bool) -> SessionHandle:
-        """A handle on a session row that already exists."""
+    def existing(
+        cls, store: StoreCore, owner: HandleOwner, session: Session, *, owns: bool
+    ) -> SessionHandle:
+        """A handle on a session row that already exists (``store.resume``, ``attach``)."""
         new = NewSession(
             id=session.id,
             source=session.source,
@@ -123,7 +152,7 @@ class SessionHandle:
             metadata=None,
             created_at=session.created_at,
         )
-        handle = cls(store, new, persisted=True, epoch=session.epoch, owns=owns)
+        handle = cls(store, owner, new, persisted=True, epoch=session.epoch, owns=owns)
         exits.track(handle)
         return handle
 
@@ -134,7 +163,7 @@ class SessionHandle:
         return self._new_session.id
 
     @property
-    def store(self) -> Store:
+    def store(self) -> StoreCore:
         return self._store
 
     @property
@@ -217,7 +246,7 @@ class SessionHandle:
         self._fenced = self._fenced or fenced
         exits.untrack(self)
         if self._owns and self._persisted:
-            self._store._owner.release(self.id)
+            self._owner.release(self.id)
 
     def _lost_write(self, exc: Exception) -> None:
         """The session ended elsewhere or was taken over: this handle is done."""
@@ -227,7 +256,7 @@ class SessionHandle:
         """Write ``rows`` (persisting the session first if needed); caller holds the lock."""
         new = None if self._persisted else self._new_session
         try:
-            result = self._store._write_messages(
+            result = self._store.write_messages(
                 new, self._w, rows, check_keys=check_keys or self._check_keys
             )
         except (StaleOwnerError, SessionEndedError) as exc:
@@ -242,11 +271,11 @@ class SessionHandle:
         if new is not None:
             self._persisted = True
             if self._owns:
-                self._store._owner.acquire(self.id)
+                self._owner.acquire(self.id)
             self._fire_start()
             # This process writes sessions: it can also run the hooks that dead
             # processes owed (once per store, in the background).
-            self._store._deliver_due_hooks_soon()
+            self._owner.deliver_due_hooks_soon()
         return result.seqs
 
     def _fire_start(self) -> None:
@@ -300,7 +329,7 @@ class SessionHandle:
             if self._persisted and not self._pending and row[6] is None:
                 # The hot path: one message, one transaction, no extra reads.
                 try:
-                    seq = self._store._append_one(self._w, row)
+                    seq = self._store.append_message(self._w, row)
                 except (StaleOwnerError, SessionEndedError) as exc:
                     self._lost_write(exc)
                     raise
@@ -412,9 +441,9 @@ class SessionHandle:
                     interrupted = True
                 elif interrupted is None:
                     interrupted = reason in INTERRUPTED_REASONS
-                due_by = self._store._hooks_due_by()
+                due_by = self._store.hooks_due_by()
                 try:
-                    ended = self._store._end(
+                    ended = self._store.record_end(
                         self.id,
                         reason,
                         detail,
@@ -429,8 +458,8 @@ class SessionHandle:
                 self._pending.clear()  # stored, or counted as lost in the recorded end
                 self._close_locally()
             if ended is not None:
-                self._store._fire_end(ended, reason, interrupted)
-                self._store._hooks_delivered(self.id, due_by)
+                self._store.fire_end(ended, reason, interrupted)
+                self._store.mark_hooks_delivered(self.id, due_by)
         if lost is not None:
             raise MessagesLostError(self.id, lost[0], lost[1], ended=ended is not None)
         return ended is not None

@@ -30,7 +30,7 @@ from .policy import OwnerInfo
 from .reaper import Reaper
 
 if TYPE_CHECKING:
-    from ..store.core import Store
+    from ..store import StoreCore
     from ..store.deliveries import DueEnd
 
 log = logging.getLogger("tether.hooks")
@@ -53,7 +53,7 @@ def owing_process_alive(
     return reaper.verdict(end.due_by, info, heartbeat_now, math.inf).alive
 
 
-def deliver_due_hooks(store: Store, limit: int = 100, *, reaper: Reaper | None = None) -> int:
+def deliver_due_hooks(store: StoreCore, limit: int = 100, *, reaper: Reaper | None = None) -> int:
     """Run the hooks of up to ``limit`` ends that dead processes owed; how many ends.
 
     See the module docstring for who, when and how. Does nothing (and reads

@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import TetherError
 from ..ids import new_id
+from ..lifecycle import exits
 from .heartbeat import HeartbeatThread
 from .identity import ProcessIdentity
+from .loops import stop_loops
 
 if TYPE_CHECKING:
-    from ..store.core import Store
+    from ..store import StoreCore
 
 log = logging.getLogger("tether.liveness")
 
@@ -64,7 +66,7 @@ class ProcessOwner:
     """This process's owner identity, heartbeat and lease in one store."""
 
     def __init__(
-        self, store: Store, *, kind: str, heartbeat_interval: float, startup_sweep: bool = True
+        self, store: StoreCore, *, kind: str, heartbeat_interval: float, startup_sweep: bool = True
     ) -> None:
         # Weak, so that a store dropped without close() is still released (the
         # heartbeat thread holds this owner, and this owner must not hold the store).
@@ -75,12 +77,11 @@ class ProcessOwner:
         self.startup_sweep = startup_sweep
         self._lock = threading.RLock()
         self._swept = False
-        self._loops: weakref.WeakSet[Any] = weakref.WeakSet()  # ReaperLoops on this store
         self._at_risk_logged = False
         self._reset()
 
     @property
-    def _store(self) -> Store:
+    def _store(self) -> StoreCore:
         store = self._store_ref()
         if store is None:
             raise RuntimeError("the store of this owner is gone")
@@ -126,7 +127,7 @@ class ProcessOwner:
             started_at = self.started_at
         if ident is None:  # ensure() sets it before the id, under the lock
             raise RuntimeError("owner identity missing")
-        heartbeat = None if self._store._server_clock else now
+        heartbeat = None if self._store.server_clock else now
         return (
             owner_id,
             ident.host,
@@ -189,8 +190,6 @@ class ProcessOwner:
             _owners.add(self)
             with _registry_lock:
                 if not _exit_hooked:
-                    from ..lifecycle import exits
-
                     exits.after_handles(_close_owners_at_exit)
                     _exit_hooked = True
             if not self._sessions and self._last_beat is None:
@@ -230,7 +229,7 @@ class ProcessOwner:
             if thread is not None:
                 thread.stop()
             return
-        store._beat(self.row(store.clock.now()))
+        store.beat(self.row(store.clock.now()))
         self.wrote_row()
 
     def _beat_failed(self) -> None:
@@ -239,6 +238,7 @@ class ProcessOwner:
             self.lease_ok  # noqa: B018 (the property logs when it turns False)
 
     def _startup_sweep(self) -> None:
+        # Loaded on first use, for start-up speed: `tether ls` opens a store, never sweeps.
         from .reaper import Reaper
 
         report = Reaper(self._store).sweep()
@@ -249,7 +249,8 @@ class ProcessOwner:
 
     def deliver_due_hooks(self, limit: int = 100) -> int:
         """Run the ``on_session_end`` hooks dead processes owed in this store; how many ends."""
-        # Loaded on first use: read-only commands (tether ls, show) never deliver.
+        # Loaded on first use, for start-up speed: read-only commands (tether ls, show)
+        # never deliver.
         from .deliveries import deliver_due_hooks
 
         return deliver_due_hooks(self._store, limit)
@@ -287,16 +288,13 @@ class ProcessOwner:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
-    def add_loop(self, loop: Any) -> None:
-        """A :class:`~tether.liveness.ReaperLoop` runs on this store: stop it on close."""
-        self._loops.add(loop)
-
     def close(self) -> None:
         """Stop the reaper loops and the heartbeat, and drop the owner row if nothing
         open refers to it. The threads are joined before this returns, so the store
         can close its connections under no one."""
-        for loop in list(self._loops):
-            loop.stop()
+        store = self._store_ref()
+        if store is not None:
+            stop_loops(store)
         self.stop_delivery()  # a delivery under way finishes its hooks first
         with self._lock:
             thread, self._thread = self._thread, None
@@ -305,9 +303,8 @@ class ProcessOwner:
         if thread is not None:
             thread.stop()
         _owners.discard(self)
-        store = self._store_ref()
-        if owner_id is not None and store is not None and not store._closed:
+        if owner_id is not None and store is not None and not store.closed:
             try:
-                store._drop_owner(owner_id)
+                store.drop_owner(owner_id)
             except Exception as exc:  # exiting: the reaper prunes it later
                 log.debug("could not drop owner row %s: %s", owner_id, exc)

@@ -25,33 +25,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..store.owners import DEFAULT_LEASE, OwnerInfo
 from .identity import Probe
 
-# Default lease of owner rows written before leases were stored (schema 1).
-DEFAULT_LEASE = 30.0
+__all__ = ["ALIVE", "DEFAULT_LEASE", "OwnerInfo", "PauseDetector", "Verdict", "judge"]
 
 # Wall and monotonic clocks may drift apart this much between two sweeps before
 # the reaper counts it as its own pause (NTP slews far slower than this).
 PAUSE_TOLERANCE = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class OwnerInfo:
-    """An ``owners`` row."""
-
-    id: str
-    host: str
-    boot_id: str
-    pid: int
-    pid_start_time: int | None
-    kind: str
-    started_at: float
-    heartbeat_at: float
-    pid_ns: str | None = None
-    lease: float = DEFAULT_LEASE
-
-    def describe(self) -> str:
-        return f"{self.kind} pid {self.pid} on {self.host}"
 
 
 @dataclass(frozen=True, slots=True)

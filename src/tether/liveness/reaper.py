@@ -35,11 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock, SystemClock
 from ..model import Census
+from . import loops
 from .identity import Probe, ProcessIdentity, probe_pid
 from .policy import OwnerInfo, PauseDetector, Verdict, judge
 
 if TYPE_CHECKING:
-    from ..store.core import Store
+    from ..store import StoreCore
 
 log = logging.getLogger("tether.liveness")
 
@@ -88,7 +89,7 @@ class Reaper:
 
     def __init__(
         self,
-        store: Store,
+        store: StoreCore,
         *,
         ttl: float | None = None,
         clock: Clock | None = None,
@@ -103,7 +104,7 @@ class Reaper:
         self.pauses = PauseDetector()
         # Ages are measured on the clock heartbeats are stamped with: the server's
         # on PostgreSQL, unless this reaper runs on a clock of its own (tests).
-        self._server_time = store._server_clock and isinstance(self.clock, SystemClock)
+        self._server_time = store.server_clock and isinstance(self.clock, SystemClock)
 
     def _quiet_for(self) -> float:
         return self.pauses.observe(wall=self.clock.now(), mono=self.clock.monotonic())
@@ -138,7 +139,7 @@ class Reaper:
     def classify(self) -> list[OwnerState]:
         """Every owner of an open session, with its verdict and open-session count."""
         quiet_for = self._quiet_for()
-        now, rows = self.store._owners_of_open_sessions(server_time=self._server_time)
+        now, rows = self.store.owners_of_open_sessions(server_time=self._server_time)
         now = now if now is not None else self.clock.now()
         return [
             OwnerState(owner_id, info, self.verdict(owner_id, info, now, quiet_for), count)
@@ -148,7 +149,7 @@ class Reaper:
     def sweep(self) -> ReapReport:
         """End every open session whose owner is dead; report what this call ended."""
         quiet_for = self._quiet_for()
-        now, candidates = self.store._sweep_candidates(
+        now, candidates = self.store.sweep_candidates(
             self.identity.host,
             self.ttl or 0.0,
             None if self._server_time else self.clock.now(),
@@ -164,7 +165,7 @@ class Reaper:
         # the reap's transaction, and the mark cleared once its hooks ran: killed
         # in between, another process delivers them (tether.liveness.deliveries).
         due_by = self.store.hooks_due_by()
-        ended = self.store._reap(
+        ended = self.store.reap(
             [(s.owner_id, s.info.heartbeat_at if s.info else None, s.verdict.detail) for s in dead],
             prune_before=now - OWNER_RETENTION,
             hooks_due_by=due_by,
@@ -172,8 +173,8 @@ class Reaper:
         names = {s.owner_id: (s.info.describe() if s.info else s.owner_id) for s in dead}
         reaped = [ReapedSession(sid, names.get(owner, owner), why) for sid, owner, why in ended]
         if reaped and due_by is not None:
-            for session in self.store._sessions([r.id for r in reaped]):
-                self.store._fire_end(session, "reaped", True)
+            for session in self.store.sessions_by_id([r.id for r in reaped]):
+                self.store.fire_end(session, "reaped", True)
                 self.store.mark_hooks_delivered(session.id, due_by)
         if reaped:
             log.info("reaped %d sessions of %d dead owners", len(reaped), len(dead))
@@ -202,9 +203,9 @@ class Reaper:
 class ReaperLoop:
     """Sweeps every ``interval`` seconds (jittered) on a daemon thread until stopped."""
 
-    def __init__(self, store: Store, interval: float = 2.0, **reaper_options: Any) -> None:
+    def __init__(self, store: StoreCore, interval: float = 2.0, **reaper_options: Any) -> None:
         self.reaper = Reaper(store, **reaper_options)
-        store._owner.add_loop(self)  # closing the store stops this loop
+        loops.register(store, self)  # closing the store stops this loop
         self.interval = interval
         self.sweeps = 0
         self.reaped = 0
@@ -230,13 +231,13 @@ class ReaperLoop:
 
     def _run(self) -> None:
         while True:
-            if self.reaper.store._closed:
+            if self.reaper.store.closed:
                 return
             try:
                 report = self.reaper.sweep()
                 self.reaped += len(report.reaped)
             except Exception as exc:  # a busy or unreachable database: try again next tick
-                if self._halt.is_set() or self.reaper.store._closed:
+                if self._halt.is_set() or self.reaper.store.closed:
                     return  # the store is closing under this sweep
                 log.warning("reaper sweep failed: %s", exc)
             self.sweeps += 1

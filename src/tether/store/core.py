@@ -1,4 +1,10 @@
-"""The Store: tether's one contract over every backend.
+"""The store's repository: tether's one contract over every backend.
+
+:class:`StoreCore` offers public repository methods (sessions, messages,
+owners, events) and knows nothing of handles, threads or exit paths: it
+imports nothing above :mod:`tether.store`. What ``tether.open_store`` returns
+is :class:`tether.compose.Store`, this class plus the lifecycle and liveness
+entry points (``session``, ``resume``, ``attach``, the heartbeat).
 
 Invariants kept here, in SQL:
 
@@ -15,11 +21,11 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import (
-    SessionEndedError,
     SessionNotFoundError,
     StoreError,
 )
@@ -39,19 +45,16 @@ from ..validate import (
     check_detail,
     check_id,
     check_int,
-    check_liveness,
     check_reason,
-    check_source,
     check_timestamp,
 )
 from . import listing, sql
 from .backend import Backend, Conn
 from .deliveries import HookDeliveries
-from .owners import Ownership
+from .owners import OwnerPort, Ownership
 from .writes import MessageWrites
 
 if TYPE_CHECKING:
-    from ..lifecycle.handle import SessionHandle
     from .postgres import EventListener
 
 log = logging.getLogger("tether.store")
@@ -60,23 +63,23 @@ log = logging.getLogger("tether.store")
 INTERRUPTED_REASONS = frozenset({"error", "signal", "process_exit", "reaped", "abandoned"})
 
 
-class Store(HookDeliveries, Ownership, MessageWrites):
-    """A session store. Get one with :func:`tether.open_store`."""
+class StoreCore(HookDeliveries, Ownership, MessageWrites):
+    """The repository over one backend. ``tether.open_store`` returns a subclass
+    (:class:`tether.compose.Store`) that adds sessions' handles and liveness.
+
+    ``owner`` makes this process's owner for the store (called once, here):
+    the store writes its row in the transactions that need it.
+    """
 
     def __init__(
         self,
         backend: Backend,
         *,
+        owner: Callable[[StoreCore], OwnerPort],
         clock: Clock | None = None,
         plugins: Plugins | None = None,
-        kind: str = "process",
-        heartbeat_interval: float = 10.0,
         owner_ttl: float = 30.0,
-        startup_sweep: bool = True,
     ) -> None:
-        from ..liveness.owner import ProcessOwner
-
-        check_liveness(heartbeat_interval, owner_ttl)
         self.backend = backend
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.plugins = plugins or Plugins()
@@ -89,75 +92,18 @@ class Store(HookDeliveries, Ownership, MessageWrites):
         # A backend that can run one statement atomically on its own (PostgreSQL)
         # takes the common append in a single round trip.
         self._append_statement = getattr(backend, "write_statement", None)
-        self._owner = ProcessOwner(
-            self,
-            kind=check_source(kind),
-            heartbeat_interval=heartbeat_interval,
-            startup_sweep=startup_sweep,
-        )
         self._closed = False
-        # Signal handlers can only be installed from the main thread: do it now,
-        # where stores are usually opened, so sessions that worker threads start
-        # later still end on SIGTERM/SIGHUP (see tether.lifecycle.exits).
-        from ..lifecycle import exits
-
-        exits.prepare()
+        self._owner = owner(self)
 
     @property
     def owner_id(self) -> str | None:
         """This process's owner id in this store (None until it owned a session)."""
         return self._owner.id
 
-    # --- lifecycle entry points ----------------------------------------------------
-
-    def session(
-        self,
-        source: str,
-        model: str | None = None,
-        title: str | None = None,
-        cwd: str | None = None,
-        parent_id: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        *,
-        branch: bool = False,
-    ) -> SessionHandle:
-        """Start a session and return its handle. Nothing is written yet.
-
-        The row is written with the first message (or :meth:`SessionHandle.persist`),
-        so a session that ends without content leaves no trace. ``parent_id``
-        continues an earlier session (after compression, say): the two form one
-        chain, listed once. With ``branch=True`` the new session starts a chain
-        of its own that still points at its parent.
-        """
-        from ..lifecycle.handle import SessionHandle
-
-        return SessionHandle._new(
-            self,
-            source=source,
-            model=model,
-            title=title,
-            cwd=cwd,
-            parent_id=parent_id,
-            metadata=metadata,
-            branch=branch,
-        )
-
-    def attach(self, session_id: str) -> SessionHandle:
-        """A second writer on an open session, cooperating with its owner.
-
-        For processes of one application that share a session (a gateway
-        writing user messages while a worker writes replies, say). Writes
-        through it are serialized with the owner's and get exact, gap-free
-        seqs; it writes at the session's current epoch, so it is fenced out by a
-        takeover like the owner. It does not own the session: ending or
-        dropping it flushes its buffer but never ends the session.
-        """
-        from ..lifecycle.handle import SessionHandle
-
-        session = self.get_session(session_id)
-        if session.ended_at is not None:
-            raise SessionEndedError(session_id, session.end_reason)
-        return SessionHandle._existing(self, session, owns=False)
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran: connections are gone."""
+        return self._closed
 
     def end_session(
         self,
@@ -172,24 +118,19 @@ class Store(HookDeliveries, Ownership, MessageWrites):
         The first reason wins and is never overwritten; ending an ended session
         returns False. Raises :class:`SessionNotFoundError` for an unknown id.
         """
-        from ..lifecycle import exits
-
         session_id = check_id(session_id)
         reason = check_reason(reason)
         detail = check_detail(detail)
-        due_by = self._hooks_due_by()
-        # As in SessionHandle.end: a Ctrl+C waits until the end and its hooks are done.
-        with exits.finalizing():
-            ended = self._end(
-                session_id, reason, detail, epoch=None, hooks_due_by=due_by, interrupted=interrupted
-            )
-            if ended is not None:
-                self._fire_end(ended, reason, interrupted)
-                self._hooks_delivered(session_id, due_by)
-        if ended is None:
-            self.get_session(session_id)  # raises SessionNotFoundError if unknown
-            return False
-        return True
+        due_by = self.hooks_due_by()
+        ended = self.record_end(
+            session_id, reason, detail, epoch=None, hooks_due_by=due_by, interrupted=interrupted
+        )
+        if ended is not None:
+            self.fire_end(ended, reason, interrupted)
+            self.mark_hooks_delivered(session_id, due_by)
+            return True
+        self.get_session(session_id)  # raises SessionNotFoundError if unknown
+        return False
 
     def mark_detached(self, session_id: str, at: float | None) -> bool:
         """Record that no client is attached since ``at`` (None: attached again).
@@ -349,7 +290,8 @@ class Store(HookDeliveries, Ownership, MessageWrites):
             raise SessionNotFoundError(prefix, f"session id prefix {prefix!r} is ambiguous: {ids}")
         return rows[0][0]
 
-    def _fire_end(self, session: Session, reason: str, interrupted: bool) -> None:
+    def fire_end(self, session: Session, reason: str, interrupted: bool) -> None:
+        """Run the ``on_session_end`` hooks of an end just recorded (a failing hook is logged)."""
         self.plugins.call("on_session_end", session=session, reason=reason, interrupted=interrupted)
 
     # --- following events ----------------------------------------------------------------
@@ -373,18 +315,13 @@ class Store(HookDeliveries, Ownership, MessageWrites):
     # --- closing ---------------------------------------------------------------------
 
     def close(self) -> None:
-        """End this store's open handles (reason ``process_exit``) and close connections."""
+        """Close the backend's connections (the subclass ends handles first)."""
         if self._closed:
             return
-        from ..lifecycle import exits
-
-        exits.end_handles_of(self, "process_exit", "store closed")
-        self._stop_delivery()
-        self._owner.close()
         self._closed = True
         self.backend.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> StoreCore:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,9 +14,8 @@ This module holds only the repository methods: which ends are owed by other
 processes (with the owing process's owner row), claiming one (a
 compare-and-set of the mark, so two deliverers never both run it) and
 clearing a mark. Judging whether the owing process is dead and running the
-hooks is liveness' work (:mod:`tether.liveness.deliveries`), reached through
-this process's owner object, which the store is composed with;
-:meth:`HookDeliveries.deliver_due_hooks` is the public entry point.
+hooks is liveness' work (:mod:`tether.liveness.deliveries`);
+``store.deliver_due_hooks()`` (:mod:`tether.compose`) is the public entry point.
 
 This is at least once, not exactly once: a process killed after its hooks ran
 but before the mark was cleared has them run again elsewhere, so hooks must be
@@ -38,8 +37,8 @@ from .backend import Conn
 if TYPE_CHECKING:
     from ..clock import Clock
     from ..hooks import Plugins
-    from ..liveness.owner import ProcessOwner
     from .backend import Backend
+    from .owners import OwnerPort
 
 log = logging.getLogger("tether.hooks")
 
@@ -97,13 +96,13 @@ def _due_end(row: Any) -> DueEnd:
 
 
 class HookDeliveries:
-    """The durable half of ``on_session_end`` (mixed into :class:`~tether.store.Store`)."""
+    """The durable half of ``on_session_end`` (mixed into :class:`~tether.store.StoreCore`)."""
 
     backend: Backend
     clock: Clock
     plugins: Plugins
     owner_ttl: float
-    _owner: ProcessOwner
+    _owner: OwnerPort
 
     if TYPE_CHECKING:  # provided by Ownership
 
@@ -117,8 +116,6 @@ class HookDeliveries:
         if not self.plugins.implemented("on_session_end"):
             return None
         return self._owner.ensure()
-
-    _hooks_due_by = hooks_due_by  # the name the lifecycle layer calls
 
     def _owe_hooks(self, c: Conn, now: float) -> None:
         """In the transaction marking ends as owed by this process: write its owner row.
@@ -143,8 +140,6 @@ class HookDeliveries:
             self.backend.write(lambda c: c.execute(HOOKS_DELIVERED, (session_id, owner_id)))
         except TetherError as exc:
             log.warning("could not mark the hooks of session %s delivered: %s", session_id, exc)
-
-    _hooks_delivered = mark_hooks_delivered  # the name the lifecycle layer calls
 
     def due_hook_ends(self, limit: int = 100) -> tuple[float, list[DueEnd]]:
         """Ends whose hooks other processes owe, oldest first, at most ``limit``.
@@ -177,22 +172,3 @@ class HookDeliveries:
             return True
 
         return self.backend.write(claim)
-
-    def deliver_due_hooks(self, limit: int = 100) -> int:
-        """Run the ``on_session_end`` hooks that dead processes owed; return how many ends.
-
-        Ends recorded (or reaped, or repaired) by a process that died before
-        its hooks ran are delivered here, each with the session as it is now
-        and the reason it ended with. Ends still owed by a live process, or by
-        one that cannot be probed and whose lease has not passed, are left to
-        it. Does nothing without ``on_session_end`` hooks. The judging is
-        liveness' (:func:`tether.liveness.deliveries.deliver_due_hooks`).
-        """
-        return self._owner.deliver_due_hooks(limit)
-
-    def _deliver_due_hooks_soon(self) -> None:
-        """Once per store, in the background: deliver what dead processes owed."""
-        self._owner.deliver_due_hooks_soon()
-
-    def _stop_delivery(self, timeout: float = 5.0) -> None:
-        self._owner.stop_delivery(timeout)

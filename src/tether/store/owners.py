@@ -1,7 +1,10 @@
 """Ownership in the store: takeover with fencing, legacy repair, and the reaper's SQL.
 
 The policy (who is dead) lives in :mod:`tether.liveness`; this module holds
-the transactions it needs, mixed into :class:`~tether.store.Store`.
+the transactions it needs, mixed into :class:`~tether.store.StoreCore`, and
+the shapes both sides share (:class:`OwnerInfo`, an ``owners`` row, and
+:class:`OwnerPort`, what the store asks of this process's owner). It imports
+nothing above the store: liveness passes its verdicts in as callables.
 
 Heartbeat times: on PostgreSQL, a store on the system clock has its
 heartbeats stamped by the server (``now()``) and judged against the server's
@@ -12,11 +15,12 @@ clock of its own (tests, simulations) uses that clock everywhere.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..clock import SystemClock
 from ..errors import InvalidInputError, OwnerAliveError, SessionEndedError, SessionNotFoundError
-from ..liveness.policy import OwnerInfo, judge
 from ..model import SESSION_COLUMNS, Session, session_from_row
 from . import sql
 from .backend import Conn
@@ -24,21 +28,67 @@ from .backend import Conn
 if TYPE_CHECKING:
     from ..clock import Clock
     from ..hooks import Plugins
-    from ..lifecycle.handle import SessionHandle
-    from ..liveness.owner import ProcessOwner
     from .backend import Backend
+
+# Default lease of owner rows written before leases were stored (schema 1).
+DEFAULT_LEASE = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerInfo:
+    """An ``owners`` row."""
+
+    id: str
+    host: str
+    boot_id: str
+    pid: int
+    pid_start_time: int | None
+    kind: str
+    started_at: float
+    heartbeat_at: float
+    pid_ns: str | None = None
+    lease: float = DEFAULT_LEASE
+
+    def describe(self) -> str:
+        return f"{self.kind} pid {self.pid} on {self.host}"
+
+
+class OwnerPort(Protocol):
+    """What the store asks of this process's owner (:class:`tether.liveness.ProcessOwner`).
+
+    The store writes the owner's row in the transactions that need it (a new
+    session, a takeover, an end owing hooks); the owner itself (heartbeat,
+    lease, identity) lives above, in liveness.
+    """
+
+    @property
+    def id(self) -> str | None:
+        """This process's owner id, None until first made."""
+        ...
+
+    def ensure(self) -> str:
+        """This process's owner id, made on first use."""
+        ...
+
+    def row(self, now: float) -> tuple[Any, ...]:
+        """The owner row to upsert (id, then ``sql.OWNER_COLUMNS``), heartbeat ``now``."""
+        ...
+
+
+# Decides, inside a takeover, whether a session's current owner is alive: its
+# row and now on the heartbeats' clock. Liveness supplies it (the store has no policy).
+OwnerJudge = Callable[[OwnerInfo, float], bool]
 
 
 class Ownership:
-    """Takeover, repair and reaping transactions (mixed into :class:`~tether.store.Store`)."""
+    """Takeover, repair and reaping transactions (mixed into :class:`~tether.store.StoreCore`)."""
 
     backend: Backend
     clock: Clock
     plugins: Plugins
     owner_ttl: float
-    _owner: ProcessOwner
+    _owner: OwnerPort
     _sql_session_owner: str
-    _closed: bool
 
     if TYPE_CHECKING:  # provided by MessageWrites, HookDeliveries and Store
 
@@ -46,7 +96,7 @@ class Ownership:
             self, c: Conn, session_id: str | None, kind: str, data: dict[str, Any]
         ) -> None: ...
 
-        def _fire_end(self, session: Session, reason: str, interrupted: bool) -> None: ...
+        def fire_end(self, session: Session, reason: str, interrupted: bool) -> None: ...
 
         def hooks_due_by(self) -> str | None: ...
 
@@ -55,43 +105,26 @@ class Ownership:
         def mark_hooks_delivered(self, session_id: str, owner_id: str | None) -> None: ...
 
     @property
-    def _server_clock(self) -> bool:
+    def server_clock(self) -> bool:
         """Are heartbeats stamped and judged on the database server's clock?"""
         return self.backend.dialect == "postgresql" and isinstance(self.clock, SystemClock)
 
-    @property
-    def lease_ok(self) -> bool:
-        """False when this process's lease in this store is at risk.
-
-        That is: it owns open sessions here and its last successful heartbeat
-        is older than half its lease (``owner_ttl``); a reaper on another host
-        may soon judge it dead. An error is logged when it turns False. An
-        agent can check it before a long step and stop with a reason rather
-        than discover ``reaped`` on its next write. True when nothing is owned.
-        """
-        return self._owner.lease_ok
-
     def _liveness_now(self, c: Conn) -> float:
         """Now, on the clock heartbeats are stamped with (see the module docstring)."""
-        if self._server_clock:
+        if self.server_clock:
             return float(c.execute(sql.SERVER_NOW).fetchone()[0])
         return self.clock.now()
 
-    def resume(self, session_id: str, *, force: bool = False) -> SessionHandle:
-        """Take over an open session in this process and return its handle.
+    def take_over(self, session_id: str, judge: OwnerJudge, *, force: bool = False) -> Session:
+        """Move an open session to this process's owner, bumping its epoch; return it.
 
-        If the session's owner is dead (or it has none), ownership moves here
-        and the epoch goes up by one: from then on every write of the previous
-        owner (or of anyone holding the old epoch) is refused with
-        :class:`StaleOwnerError`, and nothing it wrote before is lost. If the
-        owner is alive, :class:`OwnerAliveError` unless ``force=True``. An ended
-        session raises :class:`SessionEndedError` (continue it instead:
-        ``store.session(..., parent_id=session_id)``).
+        The repository half of ``store.resume`` (which builds the handle). The
+        current owner, if any and not this process, is judged by ``judge`` in
+        the transaction; a live one raises :class:`OwnerAliveError` unless
+        ``force``. From then on every write holding the old epoch is refused
+        with :class:`StaleOwnerError`. An ended session raises
+        :class:`SessionEndedError`, an unknown one :class:`SessionNotFoundError`.
         """
-        from ..lifecycle.handle import SessionHandle
-        from ..liveness import Reaper
-
-        reaper = Reaper(self)  # type: ignore[arg-type]  # a Store, of which this is a part
         me = self._owner
 
         def tx(c: Conn) -> Any:
@@ -111,33 +144,23 @@ class Ownership:
                 elif info is None:
                     alive = False
                 else:
-                    alive = judge(
-                        info,
-                        host=reaper.identity.host,
-                        boot_id=reaper.identity.boot_id,
-                        pid_ns=reaper.identity.pid_ns,
-                        now=self._liveness_now(c),
-                        probe=reaper.probe,
-                    ).alive
+                    alive = judge(info, self._liveness_now(c))
                 if alive and not force:
                     raise OwnerAliveError(session_id, previous)
             now = self.clock.now()
-            c.execute(sql.UPSERT_OWNER, me.row(now))
-            if c.execute(sql.TAKE_OVER, (me.id, session_id, epoch)).rowcount != 1:
+            owner_row = me.row(now)
+            c.execute(sql.UPSERT_OWNER, owner_row)
+            if c.execute(sql.TAKE_OVER, (owner_row[0], session_id, epoch)).rowcount != 1:
                 raise OwnerAliveError(session_id, "another process that took it over just now")
             self._event(
                 c,
                 session_id,
                 "taken_over",
-                {"from": owner_id, "to": me.id, "epoch": epoch + 1, "forced": force},
+                {"from": owner_id, "to": owner_row[0], "epoch": epoch + 1, "forced": force},
             )
             return c.execute(sql.SELECT_SESSION, (session_id,)).fetchone()
 
-        session = session_from_row(self.backend.write(tx))
-        # As for the Reaper: this mixin is only ever part of a Store.
-        handle = SessionHandle._existing(self, session, owns=True)  # type: ignore[arg-type]
-        me.acquire(session.id)
-        return handle
+        return session_from_row(self.backend.write(tx))
 
     def repair_unowned(self, stale_after: float, *, apply: bool = False) -> list[Session]:
         """Open sessions without owner, idle for ``stale_after`` seconds.
@@ -177,17 +200,19 @@ class Ownership:
 
         sessions = [session_from_row(r) for r in self.backend.write(tx)]
         for session in sessions:
-            self._fire_end(session, "abandoned", True)
+            self.fire_end(session, "abandoned", True)
             self.mark_hooks_delivered(session.id, due_by)
         return sessions
 
-    def _beat(self, owner_row: tuple[Any, ...]) -> None:
+    def beat(self, owner_row: tuple[Any, ...]) -> None:
+        """Write (upsert) an owner row: a heartbeat. One statement."""
         self.backend.write(lambda c: c.execute(sql.UPSERT_OWNER, owner_row))
 
-    def _drop_owner(self, owner_id: str) -> None:
+    def drop_owner(self, owner_id: str) -> None:
+        """Delete an owner row, unless an open session still refers to it."""
         self.backend.write(lambda c: c.execute(sql.delete_idle_owners(1), (owner_id,)))
 
-    def _sweep_candidates(
+    def sweep_candidates(
         self, host: str, grace: float, now: float | None
     ) -> tuple[float, list[tuple[str, OwnerInfo | None]]]:
         """Now (the server's if ``now`` is None) and the owners a sweep must judge."""
@@ -199,7 +224,7 @@ class Ownership:
         at, rows = self.backend.read(run)
         return at, [(r[0], OwnerInfo(*r) if r[1] is not None else None) for r in rows]
 
-    def _owners_of_open_sessions(
+    def owners_of_open_sessions(
         self, *, server_time: bool = False
     ) -> tuple[float | None, list[tuple[str, OwnerInfo | None, int]]]:
         """Every owner of open sessions with its open count, and the server's now if asked."""
@@ -215,7 +240,7 @@ class Ownership:
             out.append((owner_id, info, int(count)))
         return at, out
 
-    def _reap(
+    def reap(
         self,
         dead: list[tuple[str, float | None, str]],
         *,
@@ -261,7 +286,7 @@ class Ownership:
 
         return self.backend.write(tx)  # (id, owner_id, end_detail) of each ended session
 
-    def _sessions(self, ids: list[str]) -> list[Session]:
+    def sessions_by_id(self, ids: list[str]) -> list[Session]:
         """Several sessions by id (in no particular order)."""
         out: list[Session] = []
         for i in range(0, len(ids), 500):

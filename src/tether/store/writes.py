@@ -1,8 +1,9 @@
 """The write path: sessions' first rows, appends, ends.
 
-These are the store's private halves of the lifecycle: a
-:class:`~tether.lifecycle.SessionHandle` calls them, never users. The hot path
-(:meth:`MessageWrites._append_one`) is tuned with ``bench/store.py``: one
+These are the store's halves of the lifecycle (public repository methods
+``write_messages``, ``append_message``, ``record_end``): a
+:class:`~tether.lifecycle.SessionHandle` calls them, users need not. The hot path
+(:meth:`MessageWrites.append_message`) is tuned with ``bench/store.py``: one
 transaction and two statements on SQLite, one statement on PostgreSQL, no
 extra reads. Everything else goes through :meth:`MessageWrites._insert_fresh`,
 which checks ownership (epoch), liveness (``ended_at``) and order
@@ -31,8 +32,8 @@ from .deliveries import INSERT_EVENT_HOOKS_DUE
 
 if TYPE_CHECKING:
     from ..clock import Clock
-    from ..liveness.owner import ProcessOwner
     from .backend import Backend
+    from .owners import OwnerPort
 
 
 def _is_duplicate_key(exc: BaseException) -> bool:
@@ -98,11 +99,11 @@ Row = tuple[str, str | None, str | None, str | None, str | None, float, str | No
 
 
 class MessageWrites:
-    """Writes on behalf of session handles (mixed into :class:`~tether.store.Store`)."""
+    """Writes on behalf of session handles (mixed into :class:`~tether.store.StoreCore`)."""
 
     backend: Backend
     clock: Clock
-    _owner: ProcessOwner
+    _owner: OwnerPort
     _lock_rows: bool
     _sql_write_state: str
     _append_statement: Callable[[str, Sequence[Any]], int] | None
@@ -272,7 +273,7 @@ class MessageWrites:
         seqs = [p if p > 0 else count - p for p in plan]
         return WriteResult(seqs, count + len(fresh), root_id, activity)
 
-    def _append_one(self, w: WriteState, row: Row) -> int:
+    def append_message(self, w: WriteState, row: Row) -> int:
         """The hot path: one message without idempotency key; returns its seq.
 
         The common case (a root session, its state cached, no listing update
@@ -347,7 +348,7 @@ class MessageWrites:
         )
         return found is not None and found[0] == row[0] and found[1] == row[5]
 
-    def _write_messages(
+    def write_messages(
         self,
         new: NewSession | None,
         w: WriteState,
@@ -415,7 +416,7 @@ class MessageWrites:
         )
         return found is not None and found[0] == new.created_at and found[1] == self._owner.id
 
-    def _end(
+    def record_end(
         self,
         session_id: str,
         reason: str,
