@@ -105,6 +105,12 @@ class Message:
     tool_name: str | None
     created_at: float
     idem_key: str | None = None
+    # Data model v2 (schema 4): facts that are not columns (the gateway's turn id,
+    # an importer's source message id...), the message's state (see
+    # MESSAGE_STATES), and a foreign framework's exact item, returned unchanged.
+    meta: dict[str, Any] | None = None
+    state: str = "active"
+    payload: dict[str, Any] | list[Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,16 +121,40 @@ class Message:
             "tool_call_id": self.tool_call_id,
             "tool_name": self.tool_name,
             "created_at": iso(self.created_at),
+            "meta": self.meta,
+            "state": self.state,
+            "payload": self.payload,
         }
 
 
+# What a message can be: active (the transcript), compacted (replaced by a
+# summary) or retracted (taken back); the last two keep their seq.
+MESSAGE_STATES = ("active", "compacted", "retracted")
+
+# The columns a writer fills in (state takes its default, 'active').
 MESSAGE_COLUMNS = (
     "session_id, seq, role, content, tool_calls, tool_call_id, tool_name, created_at, idem_key"
 )
+MESSAGE_WRITE_COLUMNS = MESSAGE_COLUMNS + ", meta, payload"
+# Column order used by every SELECT that builds a Message.
+MESSAGE_READ_COLUMNS = MESSAGE_COLUMNS + ", meta, state, payload"
 
 
 def message_from_row(row: Any) -> Message:
-    return Message(row[0], row[1], row[2], row[3], _json(row[4]), *row[5:9])
+    return Message(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        _json(row[4]),
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        _json(row[9]),
+        row[10],
+        _json(row[11]),
+    )
 
 
 @dataclass(frozen=True, slots=True)

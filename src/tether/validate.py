@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from .errors import InvalidInputError
+from .model import MESSAGE_STATES
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
@@ -133,6 +134,46 @@ def check_metadata(metadata: Any) -> str | None:
     if not isinstance(metadata, dict):
         raise InvalidInputError("metadata must be a dict")
     return encode_json(metadata, "metadata")
+
+
+def check_meta(meta: Any) -> str | None:
+    """A message's meta (schema 4): a JSON object, or None."""
+    if meta is None:
+        return None
+    if not isinstance(meta, dict):
+        raise InvalidInputError("meta must be a dict")
+    return encode_json(meta, "meta")
+
+
+def check_payload(payload: Any) -> str | None:
+    """A foreign framework's item (schema 4): a JSON object or array, or None.
+
+    Scalars are refused: a JSON string would read back ambiguously (text on
+    SQLite, decoded on PostgreSQL), and the items frameworks hand over are
+    objects.
+    """
+    if payload is None:
+        return None
+    if not isinstance(payload, dict | list | tuple):
+        raise InvalidInputError("payload must be a dict or a list")
+    return encode_json(list(payload) if isinstance(payload, tuple) else payload, "payload")
+
+
+def check_states(states: Any) -> tuple[str, ...]:
+    """Which message states a reader wants: a non-empty collection of MESSAGE_STATES."""
+    if isinstance(states, str):
+        states = (states,)
+    try:
+        wanted = tuple(dict.fromkeys(states))
+    except TypeError:
+        raise InvalidInputError("states must be a list of message states") from None
+    bad = [s for s in wanted if s not in MESSAGE_STATES]
+    if not wanted or bad:
+        raise InvalidInputError(
+            f"invalid message states {list(bad or wanted)!r}: "
+            f"expected some of {', '.join(MESSAGE_STATES)}"
+        )
+    return wanted
 
 
 def check_source(source: Any) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock
@@ -42,6 +43,8 @@ from ..validate import (
     check_liveness,
     check_reason,
     check_source,
+    check_states,
+    check_text,
     check_timestamp,
 )
 from . import listing, sql
@@ -226,15 +229,26 @@ class Store(HookDeliveries, Ownership, MessageWrites):
         return [session_from_row(r) for r in rows]
 
     def get_messages(
-        self, session_id: str, after_seq: int | None = None, limit: int | None = None
+        self,
+        session_id: str,
+        after_seq: int | None = None,
+        limit: int | None = None,
+        *,
+        states: Sequence[str] = ("active",),
     ) -> list[Message]:
-        """Messages of one session in order, those after ``after_seq`` (at most ``limit``)."""
+        """Messages of one session in order, those after ``after_seq`` (at most ``limit``).
+
+        Only messages in one of ``states`` (``active``, ``compacted``,
+        ``retracted``) are returned; by default the active transcript.
+        """
         session_id = check_id(session_id)
         after = 0 if after_seq is None else check_int(after_seq, "after_seq")
         cap = INT64_MAX if limit is None else check_int(limit, "limit", minimum=0)
+        wanted = check_states(states)
+        query = sql.select_messages(len(wanted))
 
         def run(c: Conn) -> list[Any]:
-            rows = c.execute(sql.SELECT_MESSAGES, (session_id, after, cap)).fetchall()
+            rows = c.execute(query, (session_id, after, *wanted, cap)).fetchall()
             if not rows and c.execute(sql.SELECT_WRITE_STATE, (session_id,)).fetchone() is None:
                 raise SessionNotFoundError(session_id)
             return rows
@@ -386,6 +400,67 @@ class Store(HookDeliveries, Ownership, MessageWrites):
 
     def __enter__(self) -> Store:
         return self
+
+    # --- data model v2 (schema 4) ------------------------------------------------------
+
+    def get_last_messages(
+        self, session_id: str, n: int, *, states: Sequence[str] = ("active",)
+    ) -> list[Message]:
+        """The last ``n`` messages of a session in ``states``, oldest first.
+
+        O(n): a backward walk of the primary key that stops after ``n`` rows.
+        """
+        session_id = check_id(session_id)
+        cap = check_int(n, "n", minimum=0)
+        wanted = check_states(states)
+        query = sql.select_last_messages(len(wanted))
+
+        def run(c: Conn) -> list[Any]:
+            rows = c.execute(query, (session_id, *wanted, cap)).fetchall()
+            if not rows and c.execute(sql.SELECT_WRITE_STATE, (session_id,)).fetchone() is None:
+                raise SessionNotFoundError(session_id)
+            return rows
+
+        return [message_from_row(r) for r in self.backend.read(run)]
+
+    def retract_last(self, session_id: str, *, epoch: int | None = None) -> Message | None:
+        """Mark the newest active message ``retracted``; return it (None: none is active).
+
+        The message keeps its seq and stays stored (``message_count`` still
+        counts it); readers leave it out unless they ask for retracted ones.
+        O(1): the newest active row is found by a backward walk of the primary
+        key. With ``epoch`` (what a session handle passes) the write is fenced
+        like an append: refused with :class:`StaleOwnerError` once the session
+        was taken over and :class:`SessionEndedError` once it ended. Without,
+        it works on any existing session, ended or not.
+        """
+        session_id = check_id(session_id)
+        if epoch is not None:
+            epoch = check_int(epoch, "epoch", minimum=0)
+
+        def tx(c: Conn) -> Any:
+            # Lock the session row first (PostgreSQL), so two retracts at once take
+            # two messages instead of racing for the same one.
+            state = c.execute(self._sql_write_state, (session_id,)).fetchone()
+            if state is None:
+                raise SessionNotFoundError(session_id)
+            if epoch is not None and (state[0] is not None or state[2] != epoch):
+                raise self._write_state_error(c, session_id, epoch)
+            newest = c.execute(sql.NEWEST_ACTIVE_SEQ, (session_id,)).fetchone()
+            if newest is None:
+                return None
+            row = c.execute(sql.RETRACT_MESSAGE, (session_id, newest[0])).fetchone()
+            self._event(c, session_id, "retracted", {"seq": newest[0]})
+            return row
+
+        row = self.backend.write(tx)
+        return None if row is None else message_from_row(row)
+
+    def find_by_origin(self, origin: str) -> Session | None:
+        """The session imported from ``origin`` (unique per store), or None."""
+        origin = check_text(origin, "origin", required=True) or ""
+        row = self.backend.read(lambda c: c.execute(sql.SELECT_BY_ORIGIN, (origin,)).fetchone())
+        return None if row is None else session_from_row(row)
 
     def __exit__(self, *exc: object) -> None:
         self.close()

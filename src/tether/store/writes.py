@@ -93,8 +93,10 @@ _UNKNOWN_RETRIES = 5
 ACTIVITY_RESOLUTION = 1.0
 
 # A message ready to insert: role, content, tool_calls JSON, tool_call_id,
-# tool_name, created_at, idem_key.
-Row = tuple[str, str | None, str | None, str | None, str | None, float, str | None]
+# tool_name, created_at, idem_key, meta JSON, payload JSON.
+Row = tuple[
+    str, str | None, str | None, str | None, str | None, float, str | None, str | None, str | None
+]
 
 
 class MessageWrites:
