@@ -8,6 +8,7 @@ import pytest
 
 import tether
 from tether import SessionEndedError, SessionNotFoundError, StaleOwnerError
+from tether.gateway.messages import message_view, turn_key, turn_meta
 from tether.store import Store
 
 
@@ -235,3 +236,34 @@ def test_find_by_origin(store: Store) -> None:
     assert store.find_by_origin("hermes:abc") is None
     with pytest.raises(tether.InvalidInputError):
         store.find_by_origin(None)  # type: ignore[arg-type]
+
+
+# --- the gateway's turn marks ------------------------------------------------------------------
+
+
+def test_turn_marks_live_in_meta_and_old_keyed_marks_are_still_read(store: Store) -> None:
+    h = store.session(source="gateway")
+    # Rows as gateways before schema 4 wrote them: the mark in the idempotency key.
+    h.append("user", "old prompt", idem_key=turn_key("T1", 0))
+    h.append("assistant", "old partial", idem_key="turn:T1:1:interrupted")
+    # Rows as they are written now: the key names the message, the meta says the rest.
+    h.append("user", "new prompt", idem_key=turn_key("T2", 0), meta=turn_meta("T2"))
+    h.append(
+        "assistant", "new partial", idem_key=turn_key("T2", 1), meta=turn_meta("T2", "interrupted")
+    )
+    h.append("assistant", "failed", idem_key=turn_key("T3", 1), meta=turn_meta("T3", "error"))
+    views = [message_view(m) for m in store.get_messages(h.id)]
+    assert [(v["turn_id"], v["interrupted"]) for v in views] == [
+        ("T1", False),
+        ("T1", True),
+        ("T2", False),
+        ("T2", True),
+        ("T3", False),
+    ]
+    stored = store.get_messages(h.id)
+    assert stored[3].idem_key == "turn:T2:1" and stored[3].meta == {
+        "turn_id": "T2",
+        "interrupted": True,
+    }
+    assert stored[4].meta == {"turn_id": "T3", "error": True}
+    h.end()

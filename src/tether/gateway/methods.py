@@ -32,7 +32,7 @@ from ..store.listing import decode_cursor
 from ..validate import check_reason, check_source, check_text
 from . import rpc
 from .connection import Connection
-from .messages import message_view, turn_key
+from .messages import message_view, turn_key, turn_meta
 from .registry import Busy, Closing, Full, NotAttached, NotLive, RegistryError, TooMany
 from .rpc import Param, RpcError
 from .runtime import Gateway, _Running
@@ -370,7 +370,9 @@ async def prompt_submit(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any
         if not handle.persisted:
             handle.set_title(title_of(text))
     try:
-        msg = await gw.write(handle.append, "user", text, idem_key=turn_key(turn_id, 0))
+        msg = await gw.write(
+            handle.append, "user", text, idem_key=turn_key(turn_id, 0), meta=turn_meta(turn_id)
+        )
     except BaseException:
         gw.turns.pop(sid, None)
         gw.run(gw.registry.end_turn(sid, turn_id, "error", announce=False))

@@ -51,7 +51,7 @@ from ..model import Message
 from ..store import Store
 from . import rpc
 from .connection import Connection
-from .messages import message_view, turn_key
+from .messages import message_view, turn_key, turn_meta
 from .registry import Action, ConnId, Deliver, Finalize, Interrupt, MarkDetached, Registry
 
 log = logging.getLogger("tether.gateway")
@@ -554,9 +554,10 @@ class Gateway:
         mark: str | None = None,
         **fields: Any,
     ) -> Message:
-        key = turn_key(r.turn_id, r.index, mark)
+        key = turn_key(r.turn_id, r.index)
         r.index += 1
-        msg = await self.write(r.handle.append, role, content, idem_key=key, **fields)
+        meta = turn_meta(r.turn_id, mark)
+        msg = await self.write(r.handle.append, role, content, idem_key=key, meta=meta, **fields)
         self.emit(session_id, "message", {"turn_id": r.turn_id, "message": message_view(msg)})
         return msg
 
