@@ -9,6 +9,7 @@ import pytest
 import tether
 from tether import SessionEndedError, SessionNotFoundError, StaleOwnerError
 from tether.gateway.messages import message_view, turn_key, turn_meta
+from tether.liveness import Reaper
 from tether.store import Store
 
 
@@ -267,3 +268,161 @@ def test_turn_marks_live_in_meta_and_old_keyed_marks_are_still_read(store: Store
     }
     assert stored[4].meta == {"turn_id": "T3", "error": True}
     h.end()
+
+
+# --- import and external sessions --------------------------------------------------------------
+
+T0 = 1_700_000_000.0
+
+
+def page(start: int, stop: int) -> list[dict[str, Any]]:
+    """Source messages ``start``..``stop - 1`` as an importer hands them over."""
+    return [
+        {
+            "key": f"src-{i}",
+            "role": "user" if i % 2 == 0 else "assistant",
+            "content": f"message {i}",
+            "created_at": T0 + 10 * i,
+            "meta": {"source_id": i, "tokens": 3 * i},
+            "payload": {"id": f"src-{i}", "raw": [i, None, "x"]},
+        }
+        for i in range(start, stop)
+    ]
+
+
+def counts(store: Store) -> tuple[int, int, int]:
+    return (
+        raw(store, "SELECT count(*) FROM sessions")[0][0],
+        raw(store, "SELECT count(*) FROM messages")[0][0],
+        raw(store, "SELECT count(*) FROM events")[0][0],
+    )
+
+
+def test_import_writes_history_and_a_reimport_writes_nothing(store: Store) -> None:
+    first = store.import_session(
+        "hermes:abc",
+        source="hermes",
+        model="m",
+        title="imported",
+        cwd="/w",
+        created_at=T0,
+        last_active_at=T0 + 5,
+        metadata={"k": 1},
+        messages=page(0, 3),
+    )
+    assert (first.created, first.ended, first.written) == (True, False, 3)
+    s = first.session
+    assert (s.origin, s.source, s.model) == ("hermes:abc", "hermes", "m")
+    assert (s.title, s.cwd, s.metadata) == ("imported", "/w", {"k": 1})
+    assert s.owner_id is None and s.created_at == T0 and s.ended_at is None
+    assert s.message_count == 3 and s.last_active_at == T0 + 20  # its newest message
+    assert store.find_by_origin("hermes:abc") == s
+    msgs = store.get_messages(s.id)
+    assert [(m.seq, m.idem_key, m.created_at) for m in msgs] == [
+        (1, "src-0", T0),
+        (2, "src-1", T0 + 10),
+        (3, "src-2", T0 + 20),
+    ]
+    assert msgs[1].meta == {"source_id": 1, "tokens": 3}
+    assert msgs[1].payload == {"id": "src-1", "raw": [1, None, "x"]}
+    before = counts(store)
+    again = store.import_session("hermes:abc", source="hermes", created_at=T0, messages=page(0, 3))
+    assert (again.created, again.ended, again.written) == (False, False, 0)
+    assert again.session == s and counts(store) == before
+    # A later page overlapping the first, then the end: each written once.
+    more = store.import_messages("hermes:abc", page(2, 6))
+    assert more.written == 3 and more.session.message_count == 6
+    ended = store.import_session(
+        "hermes:abc",
+        source="hermes",
+        created_at=T0,
+        ended_at=T0 + 100,
+        end_reason="cli_close",
+        end_detail="from hermes",
+    )
+    assert ended.ended and ended.session.ended_at == T0 + 100
+    assert ended.session.end_reason == "cli_close" and ended.session.end_detail == "from hermes"
+    before = counts(store)
+    replay = store.import_session(
+        "hermes:abc",
+        source="hermes",
+        created_at=T0,
+        ended_at=T0 + 200,
+        end_reason="other",
+        messages=page(0, 6),
+    )
+    assert (replay.created, replay.ended, replay.written) == (False, False, 0)
+    assert replay.session.end_reason == "cli_close"  # the first end wins
+    assert counts(store) == before
+    # Pages may still come after the end (an importer catching up).
+    late = store.import_messages("hermes:abc", page(6, 7))
+    assert late.written == 1 and late.session.message_count == 7
+    assert [m.seq for m in store.get_messages(s.id)] == list(range(1, 8))
+    # It is listed like any session with content, by its chain's activity.
+    listed = store.list_sessions(source="hermes").items
+    assert [c.session.id for c in listed] == [s.id] and listed[0].chain_message_count == 7
+
+
+def test_import_with_a_parent_joins_its_chain_and_is_checked(store: Store) -> None:
+    root = store.import_session("hermes:root", source="hermes", created_at=T0, messages=page(0, 2))
+    child = store.import_session(
+        "hermes:child",
+        source="hermes",
+        created_at=T0 + 50,
+        parent_id=root.session.id,
+        messages=page(0, 1),
+    )
+    assert child.session.parent_id == root.session.id
+    assert child.session.root_id == root.session.id
+    assert [x.id for x in store.get_chain(child.session.id)] == [root.session.id, child.session.id]
+    with pytest.raises(SessionNotFoundError):
+        store.import_session("hermes:orphan", source="hermes", created_at=T0, parent_id="nope")
+    assert store.find_by_origin("hermes:orphan") is None
+    with pytest.raises(SessionNotFoundError):
+        store.import_messages("hermes:unknown", page(0, 1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"messages": [{"role": "user", "created_at": T0}]}, "message key is required"),
+        ({"messages": [{"key": "k", "role": "user"}]}, "needs created_at"),
+        ({"messages": [{"key": "k", "role": "boss", "created_at": T0}]}, "invalid role"),
+        ({"messages": [{"key": "k", "role": "user", "created_at": T0, "x": 1}]}, "unknown"),
+        ({"ended_at": T0}, "needs both"),
+        ({"end_detail": "why"}, "end_detail needs"),
+        ({"created_at": float("inf")}, "created_at"),
+    ],
+)
+def test_import_validates_everything_before_writing(
+    store: Store, kwargs: dict[str, Any], message: str
+) -> None:
+    args: dict[str, Any] = {"source": "hermes", "created_at": T0, **kwargs}
+    with pytest.raises(tether.InvalidInputError, match=message):
+        store.import_session("hermes:x", **args)
+    assert counts(store) == (0, 0, 0)
+
+
+def test_external_sessions_are_never_reaped_nor_repaired_and_counted_apart(
+    store: Store, clock: tether.ManualClock
+) -> None:
+    ext = store.import_session("hermes:open", source="hermes", created_at=T0, messages=page(0, 1))
+    legacy = store.import_session("hermes:legacy", source="hermes", created_at=T0)
+    # A legacy row (written before owners): no owner, no origin.
+    store.backend.write(
+        lambda c: (
+            c.execute(
+                "UPDATE sessions SET origin = NULL WHERE id = ?", (legacy.session.id,)
+            ).rowcount
+        )
+    )
+    census = store.census()
+    assert (census.open, census.open_no_owner, census.open_external) == (2, 1, 1)
+    assert census.to_dict()["open_external"] == 1
+    report = Reaper(store, clock=clock).sweep()
+    assert report.reaped == []
+    # Idle for years, it is still not abandoned: its source ends it, never tether.
+    assert [s.id for s in store.repair_unowned(3600)] == [legacy.session.id]
+    assert [s.id for s in store.repair_unowned(3600, apply=True)] == [legacy.session.id]
+    assert store.get_session(ext.session.id).is_open
+    assert store.get_session(legacy.session.id).end_reason == "abandoned"

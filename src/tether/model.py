@@ -158,6 +158,24 @@ def message_from_row(row: Any) -> Message:
 
 
 @dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What one import call did: the session as stored now, and what it wrote."""
+
+    session: Session
+    created: bool  # this call wrote the session row
+    ended: bool  # this call recorded the session's end
+    written: int  # messages this call wrote (already imported ones are not counted)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session": self.session.to_dict(),
+            "created": self.created,
+            "ended": self.ended,
+            "written": self.written,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ListedChain:
     """One row of the resumable listing: a chain of sessions shown once.
 
@@ -229,6 +247,9 @@ class Census:
     open_live_owner: int = 0
     open_dead_owner: int = 0
     open_no_owner: int = 0
+    # Open imported sessions (an origin and no owner): their lifecycle belongs to
+    # their source; counted apart from open_no_owner, never reaped or repaired.
+    open_external: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         oldest = self.oldest_open
@@ -251,4 +272,5 @@ class Census:
             "open_live_owner": self.open_live_owner,
             "open_dead_owner": self.open_dead_owner,
             "open_no_owner": self.open_no_owner,
+            "open_external": self.open_external,
         }

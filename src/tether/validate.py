@@ -245,3 +245,59 @@ def check_id(value: Any, field: str = "session id") -> str:
     if not text:
         raise InvalidInputError(f"{field} must not be empty")
     return text
+
+
+# The fields an imported message may carry (see Store.import_session).
+IMPORT_MESSAGE_FIELDS = frozenset(
+    {
+        "key",
+        "role",
+        "content",
+        "tool_calls",
+        "tool_call_id",
+        "tool_name",
+        "created_at",
+        "meta",
+        "payload",
+    }
+)
+
+
+def check_import_message(
+    m: Any,
+) -> tuple[str, str | None, str | None, str | None, str | None, float, str, str | None, str | None]:
+    """An imported message (a mapping) as a row ready to insert; its ``key`` is required.
+
+    The key (the source's message id) becomes the idempotency key, so
+    importing the same message again writes nothing.
+    """
+    if not isinstance(m, dict):
+        raise InvalidInputError("an imported message must be a dict")
+    unknown = sorted(set(m) - IMPORT_MESSAGE_FIELDS)
+    if unknown:
+        raise InvalidInputError(f"unknown imported message fields: {', '.join(map(str, unknown))}")
+    key = check_text(m.get("key"), "message key", required=True)
+    assert key is not None
+    if not key:
+        raise InvalidInputError("message key must not be empty")
+    if "created_at" not in m:
+        raise InvalidInputError("an imported message needs created_at")
+    return (
+        check_role(m.get("role")),
+        check_text(m.get("content"), "content"),
+        check_tool_calls(m.get("tool_calls")),
+        check_text(m.get("tool_call_id"), "tool_call_id"),
+        check_text(m.get("tool_name"), "tool_name"),
+        check_timestamp(m["created_at"], "message created_at"),
+        key,
+        check_meta(m.get("meta")),
+        check_payload(m.get("payload")),
+    )
+
+
+def check_origin(origin: Any) -> str:
+    """An imported session's origin: its source and id there (``"hermes:<id>"``)."""
+    text = check_text(origin, "origin", required=True)
+    if not text or len(text) > 1000:
+        raise InvalidInputError("origin must be non-empty text of at most 1000 characters")
+    return text

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import (
+    InvalidInputError,
     SessionEndedError,
     SessionNotFoundError,
     StoreError,
@@ -27,6 +28,7 @@ from ..errors import (
 from ..hooks import Plugins
 from ..model import (
     Census,
+    ImportResult,
     ListedChain,
     Message,
     Page,
@@ -39,8 +41,11 @@ from ..validate import (
     INT64_MAX,
     check_detail,
     check_id,
+    check_import_message,
     check_int,
     check_liveness,
+    check_metadata,
+    check_origin,
     check_reason,
     check_source,
     check_states,
@@ -51,7 +56,7 @@ from . import listing, sql
 from .backend import Backend, Conn
 from .deliveries import HookDeliveries
 from .owners import Ownership
-from .writes import MessageWrites
+from .writes import ImportedSession, MessageWrites
 
 if TYPE_CHECKING:
     from ..lifecycle.handle import SessionHandle
@@ -319,10 +324,13 @@ class Store(HookDeliveries, Ownership, MessageWrites):
             overall[key] += int(n)
         by_source: dict[str, SourceCensus] = {}
         total = open_ = ghosts = 0
-        unowned = 0
-        for source, n, n_open, n_ghost, n_unowned in sorted(by_source_rows, key=lambda r: r[0]):
+        unowned = external = 0
+        for source, n, n_open, n_ghost, n_unowned, n_external in sorted(
+            by_source_rows, key=lambda r: r[0]
+        ):
             n, n_open, n_ghost = int(n), int(n_open or 0), int(n_ghost or 0)
             unowned += int(n_unowned or 0)
+            external += int(n_external or 0)
             by_source[source] = SourceCensus(
                 total=n,
                 open=n_open,
@@ -342,6 +350,7 @@ class Store(HookDeliveries, Ownership, MessageWrites):
             by_source=by_source,
             oldest_open=None if oldest is None else session_from_row(oldest),
             open_no_owner=unowned,
+            open_external=external,
         )
 
     def resolve_id(self, prefix: str) -> str:
@@ -456,9 +465,81 @@ class Store(HookDeliveries, Ownership, MessageWrites):
         row = self.backend.write(tx)
         return None if row is None else message_from_row(row)
 
+    def import_session(
+        self,
+        origin: str,
+        *,
+        source: str,
+        created_at: float,
+        last_active_at: float | None = None,
+        model: str | None = None,
+        title: str | None = None,
+        cwd: str | None = None,
+        parent_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ended_at: float | None = None,
+        end_reason: str | None = None,
+        end_detail: str | None = None,
+        messages: Sequence[dict[str, Any]] = (),
+    ) -> ImportResult:
+        """Import a session from another system, idempotently, in one transaction.
+
+        ``origin`` names it in its source (``"hermes:<id>"``, say; unique per
+        store). The first call writes the row with the historical times given,
+        no owner (an *external* session: its lifecycle belongs to its source,
+        so it is never reaped, never repaired as abandoned, and counted apart
+        by the census) and ``parent_id`` (a session of this store, by id).
+        Later calls find it by origin and leave its row as it is. Each call
+        may add a page of ``messages`` (dicts with ``key``, the source's
+        message id, and ``role``, ``created_at``, and optionally ``content``,
+        ``tool_calls``, ``tool_call_id``, ``tool_name``, ``meta``,
+        ``payload``): messages whose key the session holds are skipped, so a
+        re-import writes nothing. ``ended_at`` with ``end_reason`` records the
+        end once (the first end wins). No hook runs: nothing ended here.
+        """
+        origin = check_origin(origin)
+        created = check_timestamp(created_at, "created_at")
+        last = (
+            created if last_active_at is None else check_timestamp(last_active_at, "last_active_at")
+        )
+        new = ImportedSession(
+            origin=origin,
+            source=check_source(source),
+            model=check_text(model, "model"),
+            title=check_text(title, "title"),
+            cwd=check_text(cwd, "cwd"),
+            parent_id=None if parent_id is None else check_id(parent_id, "parent id"),
+            metadata=check_metadata(metadata),
+            created_at=created,
+            last_active_at=max(created, last),
+        )
+        end = None
+        if ended_at is not None or end_reason is not None:
+            if ended_at is None or end_reason is None:
+                raise InvalidInputError("an imported end needs both ended_at and end_reason")
+            end = (
+                check_timestamp(ended_at, "ended_at"),
+                check_reason(end_reason),
+                check_detail(end_detail),
+            )
+        elif end_detail is not None:
+            raise InvalidInputError("end_detail needs ended_at and end_reason")
+        rows = [check_import_message(m) for m in messages]
+        return self._import(origin, new, rows, end)
+
+    def import_messages(self, origin: str, messages: Sequence[dict[str, Any]]) -> ImportResult:
+        """Add a page of messages to the session imported from ``origin``, idempotently.
+
+        As :meth:`import_session` does with its ``messages``; raises
+        :class:`SessionNotFoundError` if nothing was imported from ``origin``.
+        """
+        origin = check_origin(origin)
+        rows = [check_import_message(m) for m in messages]
+        return self._import(origin, None, rows, None)
+
     def find_by_origin(self, origin: str) -> Session | None:
         """The session imported from ``origin`` (unique per store), or None."""
-        origin = check_text(origin, "origin", required=True) or ""
+        origin = check_origin(origin)
         row = self.backend.read(lambda c: c.execute(sql.SELECT_BY_ORIGIN, (origin,)).fetchone())
         return None if row is None else session_from_row(row)
 

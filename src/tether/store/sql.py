@@ -156,7 +156,8 @@ CENSUS_BY_SOURCE = """
 SELECT source, COUNT(*),
     SUM(CASE WHEN ended_at IS NULL THEN 1 ELSE 0 END),
     SUM(CASE WHEN message_count = 0 THEN 1 ELSE 0 END),
-    SUM(CASE WHEN ended_at IS NULL AND owner_id IS NULL THEN 1 ELSE 0 END)
+    SUM(CASE WHEN ended_at IS NULL AND owner_id IS NULL AND origin IS NULL THEN 1 ELSE 0 END),
+    SUM(CASE WHEN ended_at IS NULL AND owner_id IS NULL AND origin IS NOT NULL THEN 1 ELSE 0 END)
 FROM sessions GROUP BY source
 """
 
@@ -324,20 +325,23 @@ UPDATE sessions SET owner_id = ?, epoch = epoch + 1, detached_at = NULL
 WHERE id = ? AND epoch = ? AND ended_at IS NULL
 """
 
-# Legacy open rows (no owner): candidates for `tether doctor --repair`.
+# Legacy open rows (no owner, no origin): candidates for `tether doctor --repair`.
+# Imported ("external") sessions have an origin: their source ends them, never we.
 STALE_UNOWNED = f"""
 SELECT {SESSION_COLUMNS} FROM sessions
-WHERE ended_at IS NULL AND owner_id IS NULL AND last_active_at < ?
+WHERE ended_at IS NULL AND owner_id IS NULL AND origin IS NULL AND last_active_at < ?
 ORDER BY last_active_at
 """
 
 SELECT_STALE_UNOWNED_IDS = """
-SELECT id FROM sessions WHERE ended_at IS NULL AND owner_id IS NULL AND last_active_at < ?
+SELECT id FROM sessions
+WHERE ended_at IS NULL AND owner_id IS NULL AND origin IS NULL AND last_active_at < ?
 """
 
 END_STALE_UNOWNED = f"""
 UPDATE sessions SET ended_at = ?, end_reason = 'abandoned', end_detail = ?
-WHERE id = ? AND ended_at IS NULL AND owner_id IS NULL AND last_active_at < ?
+WHERE id = ? AND ended_at IS NULL AND owner_id IS NULL AND origin IS NULL
+    AND last_active_at < ?
 RETURNING {SESSION_COLUMNS}
 """
 
@@ -386,3 +390,22 @@ RETURNING {MESSAGE_READ_COLUMNS}
 """
 
 SELECT_BY_ORIGIN = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE origin = ?"
+
+# Imported sessions (see Store.import_session). ON CONFLICT without a target
+# also covers the origin's unique index: of two importers of one origin, the
+# second inserts nothing and reads the first one's row.
+INSERT_IMPORTED_SESSION = """
+INSERT INTO sessions (id, source, model, title, cwd, parent_id, root_id, origin,
+    created_at, last_active_at, message_count, owner_id, epoch, metadata,
+    chain_tip_id, chain_message_count, chain_last_active_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, 0, ?, ?, 0, ?)
+ON CONFLICT DO NOTHING
+"""
+
+# An import's page of messages: the count and activity move with the rows
+# (activity only forward), whether the session ended or not.
+IMPORT_BUMP = """
+UPDATE sessions SET message_count = message_count + ?,
+    last_active_at = CASE WHEN last_active_at < ? THEN ? ELSE last_active_at END
+WHERE id = ?
+"""
