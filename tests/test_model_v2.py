@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -426,3 +427,34 @@ def test_external_sessions_are_never_reaped_nor_repaired_and_counted_apart(
     assert [s.id for s in store.repair_unowned(3600, apply=True)] == [legacy.session.id]
     assert store.get_session(ext.session.id).is_open
     assert store.get_session(legacy.session.id).end_reason == "abandoned"
+
+
+def test_concurrent_retracts_take_distinct_messages(db_url: str) -> None:
+    stores = [tether.open_store(db_url, load_plugins=False) for _ in range(2)]
+    try:
+        h = stores[0].session(source="cli")
+        for i in range(1, 11):
+            h.buffer("user", f"m{i}")
+        h.flush()
+        start = threading.Barrier(6)
+        taken: list[int] = []
+        lock = threading.Lock()
+
+        def retract(store: Store) -> None:
+            start.wait(timeout=10)
+            m = store.retract_last(h.id)
+            assert m is not None
+            with lock:
+                taken.append(m.seq)
+
+        threads = [threading.Thread(target=retract, args=(stores[k % 2],)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert sorted(taken) == [5, 6, 7, 8, 9, 10]
+        assert [m.seq for m in stores[1].get_messages(h.id)] == [1, 2, 3, 4]
+        h.end()
+    finally:
+        for s in stores:
+            s.close()
