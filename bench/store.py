@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import tether
+from tether.model import MESSAGE_COLUMNS  # the columns a writer names (schema 4 adds defaults)
 from tether.store.sqlite.schema import MIGRATIONS
 
 from . import pg
@@ -45,6 +46,8 @@ MESSAGE_DDL = [
     stmt for m in MIGRATIONS for stmt in m.statements if "messages" in stmt.split("(", 1)[0]
 ]
 SYNC = {"normal": "NORMAL", "full": "FULL"}
+RAW_INSERT = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+RAW_INSERT_PG = RAW_INSERT.replace("?", "%s")
 
 
 def _raw_connection(path: Path, durability: str) -> sqlite3.Connection:
@@ -63,7 +66,7 @@ def raw_single(path: Path, durability: str, n: int) -> float:
     t = time.perf_counter()
     for i in range(n):
         c.execute(
-            "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            RAW_INSERT,
             (sid, i + 1, "assistant", f"{CONTENT} {i}", None, None, None, time.time(), None),
         )
         c.commit()
@@ -115,7 +118,7 @@ def raw_buffered(path: Path, durability: str, batches: int) -> float:
     for _ in range(batches):
         rows = raw_batch(sid, seq)
         seq += len(rows)
-        c.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        c.executemany(RAW_INSERT, rows)
         c.commit()
     elapsed = time.perf_counter() - t
     c.close()
@@ -295,7 +298,7 @@ def pg_raw_single(base: str, n: int) -> float:
             t = time.perf_counter()
             for i in range(n):
                 c.execute(
-                    "INSERT INTO messages VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    RAW_INSERT_PG,
                     (
                         sid,
                         i + 1,
@@ -324,9 +327,7 @@ def pg_raw_buffered(base: str, batches: int) -> float:
                 rows = raw_batch(sid, seq)
                 seq += len(rows)
                 with c.transaction(), c.cursor() as cur:
-                    cur.executemany(
-                        "INSERT INTO messages VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows
-                    )
+                    cur.executemany(RAW_INSERT_PG, rows)
             elapsed = time.perf_counter() - t
     return batches * 10 / elapsed
 

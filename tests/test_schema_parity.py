@@ -27,7 +27,13 @@ pytestmark = pytest.mark.postgres
 
 # Columns that hold JSON: TEXT on SQLite (decoded by tether.model), jsonb on PostgreSQL.
 # A new JSON column is listed here, or the two backends disagree on its family.
-JSON_COLUMNS = {("sessions", "metadata"), ("messages", "tool_calls"), ("events", "data")}
+JSON_COLUMNS = {
+    ("sessions", "metadata"),
+    ("messages", "tool_calls"),
+    ("messages", "meta"),
+    ("messages", "payload"),
+    ("events", "data"),
+}
 
 # PostgreSQL only: the legacy version record that tethers from before the migration
 # record read (see tether.store.migrations). SQLite keeps it in PRAGMA user_version.

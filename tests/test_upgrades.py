@@ -43,6 +43,20 @@ url, known, extra = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 for mod in (sqlite_schema, pg_schema):
     mod.MIGRATIONS = mod.MIGRATIONS[:known] + [Migration(v, s, c) for v, s, c in extra]
     check_steps(mod.MIGRATIONS)
+if known < 4:
+    # Before schema 4 a tether wrote no meta or payload column: its statements,
+    # taking (and requiring empty) the two values this code's writers add.
+    from tether.model import MESSAGE_COLUMNS as _V1  # the columns of schema 1
+    from tether.store import sql
+    _EMPTY = "CAST(? AS text) IS NULL AND CAST(? AS text) IS NULL"
+    sql.INSERT_MESSAGE = (
+        f"INSERT INTO messages ({_V1}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE {_EMPTY}"
+    )
+    sql.APPEND_ONE_STATEMENT = (
+        sql.APPEND_ONE_STATEMENT.replace(", meta, payload)", ")")
+        .replace(",\\n    ?::jsonb, ?::jsonb FROM bump", " FROM bump WHERE " + _EMPTY)
+    )
+    assert "meta" not in sql.INSERT_MESSAGE + sql.APPEND_ONE_STATEMENT
 """
 
 # A step older code survives (it never names the new table) and one it does not.

@@ -105,6 +105,12 @@ class Message:
     tool_name: str | None
     created_at: float
     idem_key: str | None = None
+    # Data model v2 (schema 4): facts that are not columns (the gateway's turn id,
+    # an importer's source message id...), the message's state (see
+    # MESSAGE_STATES), and a foreign framework's exact item, returned unchanged.
+    meta: dict[str, Any] | None = None
+    state: str = "active"
+    payload: dict[str, Any] | list[Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,16 +121,58 @@ class Message:
             "tool_call_id": self.tool_call_id,
             "tool_name": self.tool_name,
             "created_at": iso(self.created_at),
+            "meta": self.meta,
+            "state": self.state,
+            "payload": self.payload,
         }
 
 
+# What a message can be: active (the transcript), compacted (replaced by a
+# summary) or retracted (taken back); the last two keep their seq.
+MESSAGE_STATES = ("active", "compacted", "retracted")
+
+# The columns a writer fills in (state takes its default, 'active').
 MESSAGE_COLUMNS = (
     "session_id, seq, role, content, tool_calls, tool_call_id, tool_name, created_at, idem_key"
 )
+MESSAGE_WRITE_COLUMNS = MESSAGE_COLUMNS + ", meta, payload"
+# Column order used by every SELECT that builds a Message.
+MESSAGE_READ_COLUMNS = MESSAGE_COLUMNS + ", meta, state, payload"
 
 
 def message_from_row(row: Any) -> Message:
-    return Message(row[0], row[1], row[2], row[3], _json(row[4]), *row[5:9])
+    return Message(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        _json(row[4]),
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        _json(row[9]),
+        row[10],
+        _json(row[11]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What one import call did: the session as stored now, and what it wrote."""
+
+    session: Session
+    created: bool  # this call wrote the session row
+    ended: bool  # this call recorded the session's end
+    written: int  # messages this call wrote (already imported ones are not counted)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session": self.session.to_dict(),
+            "created": self.created,
+            "ended": self.ended,
+            "written": self.written,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +247,9 @@ class Census:
     open_live_owner: int = 0
     open_dead_owner: int = 0
     open_no_owner: int = 0
+    # Open imported sessions (an origin and no owner): their lifecycle belongs to
+    # their source; counted apart from open_no_owner, never reaped or repaired.
+    open_external: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         oldest = self.oldest_open
@@ -221,4 +272,5 @@ class Census:
             "open_live_owner": self.open_live_owner,
             "open_dead_owner": self.open_dead_owner,
             "open_no_owner": self.open_no_owner,
+            "open_external": self.open_external,
         }

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from .errors import InvalidInputError
+from .model import MESSAGE_STATES
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
@@ -135,6 +136,46 @@ def check_metadata(metadata: Any) -> str | None:
     return encode_json(metadata, "metadata")
 
 
+def check_meta(meta: Any) -> str | None:
+    """A message's meta (schema 4): a JSON object, or None."""
+    if meta is None:
+        return None
+    if not isinstance(meta, dict):
+        raise InvalidInputError("meta must be a dict")
+    return encode_json(meta, "meta")
+
+
+def check_payload(payload: Any) -> str | None:
+    """A foreign framework's item (schema 4): a JSON object or array, or None.
+
+    Scalars are refused: a JSON string would read back ambiguously (text on
+    SQLite, decoded on PostgreSQL), and the items frameworks hand over are
+    objects.
+    """
+    if payload is None:
+        return None
+    if not isinstance(payload, dict | list | tuple):
+        raise InvalidInputError("payload must be a dict or a list")
+    return encode_json(list(payload) if isinstance(payload, tuple) else payload, "payload")
+
+
+def check_states(states: Any) -> tuple[str, ...]:
+    """Which message states a reader wants: a non-empty collection of MESSAGE_STATES."""
+    if isinstance(states, str):
+        states = (states,)
+    try:
+        wanted = tuple(dict.fromkeys(states))
+    except TypeError:
+        raise InvalidInputError("states must be a list of message states") from None
+    bad = [s for s in wanted if s not in MESSAGE_STATES]
+    if not wanted or bad:
+        raise InvalidInputError(
+            f"invalid message states {list(bad or wanted)!r}: "
+            f"expected some of {', '.join(MESSAGE_STATES)}"
+        )
+    return wanted
+
+
 def check_source(source: Any) -> str:
     source = check_text(source, "source", required=True)
     assert source is not None
@@ -203,4 +244,60 @@ def check_id(value: Any, field: str = "session id") -> str:
     text = check_text(value, field, required=True)
     if not text:
         raise InvalidInputError(f"{field} must not be empty")
+    return text
+
+
+# The fields an imported message may carry (see Store.import_session).
+IMPORT_MESSAGE_FIELDS = frozenset(
+    {
+        "key",
+        "role",
+        "content",
+        "tool_calls",
+        "tool_call_id",
+        "tool_name",
+        "created_at",
+        "meta",
+        "payload",
+    }
+)
+
+
+def check_import_message(
+    m: Any,
+) -> tuple[str, str | None, str | None, str | None, str | None, float, str, str | None, str | None]:
+    """An imported message (a mapping) as a row ready to insert; its ``key`` is required.
+
+    The key (the source's message id) becomes the idempotency key, so
+    importing the same message again writes nothing.
+    """
+    if not isinstance(m, dict):
+        raise InvalidInputError("an imported message must be a dict")
+    unknown = sorted(set(m) - IMPORT_MESSAGE_FIELDS)
+    if unknown:
+        raise InvalidInputError(f"unknown imported message fields: {', '.join(map(str, unknown))}")
+    key = check_text(m.get("key"), "message key", required=True)
+    assert key is not None
+    if not key:
+        raise InvalidInputError("message key must not be empty")
+    if "created_at" not in m:
+        raise InvalidInputError("an imported message needs created_at")
+    return (
+        check_role(m.get("role")),
+        check_text(m.get("content"), "content"),
+        check_tool_calls(m.get("tool_calls")),
+        check_text(m.get("tool_call_id"), "tool_call_id"),
+        check_text(m.get("tool_name"), "tool_name"),
+        check_timestamp(m["created_at"], "message created_at"),
+        key,
+        check_meta(m.get("meta")),
+        check_payload(m.get("payload")),
+    )
+
+
+def check_origin(origin: Any) -> str:
+    """An imported session's origin: its source and id there (``"hermes:<id>"``)."""
+    text = check_text(origin, "origin", required=True)
+    if not text or len(text) > 1000:
+        raise InvalidInputError("origin must be non-empty text of at most 1000 characters")
     return text

@@ -113,7 +113,7 @@ def test_ctrl_c_interrupts_the_reply_and_a_second_one_leaves(tmp_path: Path) -> 
         assert s.end_reason == "cli_close"
         with tether.open_store(served.db, load_plugins=False) as store:
             msgs = store.get_messages(s.id)
-        assert msgs[-1].role == "assistant" and msgs[-1].idem_key.endswith(":interrupted")
+        assert msgs[-1].role == "assistant" and msgs[-1].meta["interrupted"] is True
 
 
 class DroppingProxy:

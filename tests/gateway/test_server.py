@@ -276,7 +276,7 @@ def test_second_submit_while_running_is_busy_and_interrupt_keeps_partial(
         assert [m.role for m in msgs] == ["user", "assistant"]
         partial = msgs[1].content
         assert partial and f"echo: {words}".startswith(partial) and partial != f"echo: {words}"
-        assert msgs[1].idem_key.endswith(":interrupted")
+        assert msgs[1].meta == {"turn_id": turn["turn_id"], "interrupted": True}
         history = (await c.call("session.history", session_id=sid))["messages"]
         assert history[-1]["interrupted"] is True
         # The session takes prompts again.
@@ -508,7 +508,7 @@ def test_graceful_stop_ends_live_sessions_once_with_a_reason(tmp_path: Path, sig
         s, msgs = stored(served.db, sid)
         assert s.end_reason == "gateway_shutdown"
         assert msgs[-1].role == "assistant"
-    assert stored(served.db, busy)[1][-1].idem_key.endswith(":interrupted")
+    assert stored(served.db, busy)[1][-1].meta["interrupted"] is True
     with tether.open_store(served.db, load_plugins=False) as store:
         ended_events = store.backend.read(
             lambda c: c.execute("SELECT count(*) FROM events WHERE kind = 'ended'").fetchone()[0]

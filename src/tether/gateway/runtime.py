@@ -53,7 +53,7 @@ from ..model import Message
 from ..validate import check_source, check_text
 from . import rpc
 from .connection import Connection
-from .messages import message_view, turn_key
+from .messages import message_view, turn_key, turn_meta
 from .registry import (
     Action,
     Attached,
@@ -683,7 +683,9 @@ class Gateway:
             if not handle.persisted:
                 handle.set_title(title_of(text))
         try:
-            msg = await self.write(handle.append, "user", text, idem_key=turn_key(turn_id, 0))
+            msg = await self.write(
+                handle.append, "user", text, idem_key=turn_key(turn_id, 0), meta=turn_meta(turn_id)
+            )
         except BaseException:
             self.turns.pop(sid, None)
             self.run(self.registry.end_turn(sid, turn_id, "error", announce=False))
@@ -747,9 +749,10 @@ class Gateway:
         mark: str | None = None,
         **fields: Any,
     ) -> Message:
-        key = turn_key(r.turn_id, r.index, mark)
+        key = turn_key(r.turn_id, r.index)
         r.index += 1
-        msg = await self.write(r.handle.append, role, content, idem_key=key, **fields)
+        meta = turn_meta(r.turn_id, mark)
+        msg = await self.write(r.handle.append, role, content, idem_key=key, meta=meta, **fields)
         self.emit(session_id, "message", {"turn_id": r.turn_id, "message": message_view(msg)})
         return msg
 

@@ -33,7 +33,9 @@ from ..validate import (
 from ..validate import (
     ROLES,
     check_detail,
+    check_meta,
     check_metadata,
+    check_payload,
     check_reason,
     check_role,
     check_source,
@@ -223,6 +225,8 @@ class SessionHandle:
         tool_call_id: str | None,
         tool_name: str | None,
         idem_key: str | None,
+        meta: Any = None,
+        payload: Any = None,
     ) -> Row:
         return (
             check_role(role),
@@ -232,6 +236,8 @@ class SessionHandle:
             check_text(tool_name, "tool_name"),
             self._now(),
             check_text(idem_key, "idem_key"),
+            check_meta(meta),
+            check_payload(payload),
         )
 
     def _check_writable(self) -> None:
@@ -304,25 +310,33 @@ class SessionHandle:
         tool_call_id: str | None = None,
         tool_name: str | None = None,
         idem_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+        payload: dict[str, Any] | list[Any] | None = None,
     ) -> Message:
         """Store one message; when this returns, it is committed.
 
         Buffered messages still pending are written first, in the same
         transaction, so the transcript keeps its order. With ``idem_key``, a
         repeated append of the same key returns the stored message's seq and
-        writes nothing.
+        writes nothing. ``meta`` (a JSON object) holds facts that are not
+        columns; ``payload`` (a JSON object or array) a foreign framework's
+        exact item, returned unchanged by the readers.
         """
         if (
             tool_calls is None
             and tool_call_id is None
             and tool_name is None
             and idem_key is None
+            and meta is None
+            and payload is None
             and role in ROLES
             and (content is None or (type(content) is str and not _BAD_TEXT(content)))
         ):
-            row: Row = (role, content, None, None, None, self._now(), None)
+            row: Row = (role, content, None, None, None, self._now(), None, None, None)
         else:
-            row = self._row(role, content, tool_calls, tool_call_id, tool_name, idem_key)
+            row = self._row(
+                role, content, tool_calls, tool_call_id, tool_name, idem_key, meta, payload
+            )
         with self._lock:
             if self._closed:
                 self._check_writable()
@@ -337,7 +351,20 @@ class SessionHandle:
                 rows = [*self._pending, row] if self._pending else [row]
                 seq = self._write(rows, check_keys=row[6] is not None)[-1]
                 self._pending.clear()
-        return Message(self.id, seq, role, content, tool_calls, *row[3:7])
+        return Message(
+            self.id,
+            seq,
+            role,
+            content,
+            tool_calls,
+            row[3],
+            row[4],
+            row[5],
+            row[6],
+            _decode(row[7]),
+            "active",
+            _decode(row[8]),
+        )
 
     def buffer(
         self,
@@ -348,6 +375,8 @@ class SessionHandle:
         tool_call_id: str | None = None,
         tool_name: str | None = None,
         idem_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+        payload: dict[str, Any] | list[Any] | None = None,
     ) -> str:
         """Queue a message for the next :meth:`flush`; return its idempotency key.
 
@@ -356,7 +385,7 @@ class SessionHandle:
         is given): flushing again after an uncertain failure never duplicates it.
         """
         key = idem_key if idem_key is not None else f"{self._key_prefix}{next(self._key_numbers)}"
-        row = self._row(role, content, tool_calls, tool_call_id, tool_name, key)
+        row = self._row(role, content, tool_calls, tool_call_id, tool_name, key, meta, payload)
         with self._lock:
             self._check_writable()
             self._pending.append(row)
@@ -377,9 +406,44 @@ class SessionHandle:
             seqs = self._write(rows)
             del self._pending[: len(rows)]
         return [
-            Message(self.id, seq, r[0], r[1], _decode(r[2]), r[3], r[4], r[5], r[6])
+            Message(
+                self.id,
+                seq,
+                r[0],
+                r[1],
+                _decode(r[2]),
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                _decode(r[7]),
+                "active",
+                _decode(r[8]),
+            )
             for seq, r in zip(seqs, rows, strict=True)
         ]
+
+    def retract_last(self) -> Message | None:
+        """Take back the newest active message (it keeps its seq); return it, or None.
+
+        Buffered messages are flushed first (the newest message may be one of
+        them). Fenced like an append: after a takeover it raises
+        :class:`StaleOwnerError`, and once the session ended
+        :class:`SessionEndedError`.
+        """
+        with self._lock:
+            self._check_writable()
+            if self._pending:
+                rows = list(self._pending)
+                self._write(rows)
+                del self._pending[: len(rows)]
+            if not self._persisted:
+                return None
+            try:
+                return self._store.retract_last(self.id, epoch=self._w.epoch)
+            except (StaleOwnerError, SessionEndedError) as exc:
+                self._lost_write(exc)
+                raise
 
     # --- ending --------------------------------------------------------------------
 

@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import (
+    InvalidInputError,
     SessionNotFoundError,
     StoreError,
 )
 from ..hooks import Plugins
 from ..model import (
     Census,
+    ImportResult,
     ListedChain,
     Message,
     Page,
@@ -44,15 +46,21 @@ from ..validate import (
     INT64_MAX,
     check_detail,
     check_id,
+    check_import_message,
     check_int,
+    check_metadata,
+    check_origin,
     check_reason,
+    check_source,
+    check_states,
+    check_text,
     check_timestamp,
 )
 from . import listing, sql
 from .backend import Backend, Conn
 from .deliveries import HookDeliveries
 from .owners import OwnerPort, Ownership
-from .writes import MessageWrites
+from .writes import ImportedSession, MessageWrites
 
 if TYPE_CHECKING:
     from .postgres import EventListener
@@ -167,15 +175,26 @@ class StoreCore(HookDeliveries, Ownership, MessageWrites):
         return [session_from_row(r) for r in rows]
 
     def get_messages(
-        self, session_id: str, after_seq: int | None = None, limit: int | None = None
+        self,
+        session_id: str,
+        after_seq: int | None = None,
+        limit: int | None = None,
+        *,
+        states: Sequence[str] = ("active",),
     ) -> list[Message]:
-        """Messages of one session in order, those after ``after_seq`` (at most ``limit``)."""
+        """Messages of one session in order, those after ``after_seq`` (at most ``limit``).
+
+        Only messages in one of ``states`` (``active``, ``compacted``,
+        ``retracted``) are returned; by default the active transcript.
+        """
         session_id = check_id(session_id)
         after = 0 if after_seq is None else check_int(after_seq, "after_seq")
         cap = INT64_MAX if limit is None else check_int(limit, "limit", minimum=0)
+        wanted = check_states(states)
+        query = sql.select_messages(len(wanted))
 
         def run(c: Conn) -> list[Any]:
-            rows = c.execute(sql.SELECT_MESSAGES, (session_id, after, cap)).fetchall()
+            rows = c.execute(query, (session_id, after, *wanted, cap)).fetchall()
             if not rows and c.execute(sql.SELECT_WRITE_STATE, (session_id,)).fetchone() is None:
                 raise SessionNotFoundError(session_id)
             return rows
@@ -246,10 +265,13 @@ class StoreCore(HookDeliveries, Ownership, MessageWrites):
             overall[key] += int(n)
         by_source: dict[str, SourceCensus] = {}
         total = open_ = ghosts = 0
-        unowned = 0
-        for source, n, n_open, n_ghost, n_unowned in sorted(by_source_rows, key=lambda r: r[0]):
+        unowned = external = 0
+        for source, n, n_open, n_ghost, n_unowned, n_external in sorted(
+            by_source_rows, key=lambda r: r[0]
+        ):
             n, n_open, n_ghost = int(n), int(n_open or 0), int(n_ghost or 0)
             unowned += int(n_unowned or 0)
+            external += int(n_external or 0)
             by_source[source] = SourceCensus(
                 total=n,
                 open=n_open,
@@ -269,6 +291,7 @@ class StoreCore(HookDeliveries, Ownership, MessageWrites):
             by_source=by_source,
             oldest_open=None if oldest is None else session_from_row(oldest),
             open_no_owner=unowned,
+            open_external=external,
         )
 
     def resolve_id(self, prefix: str) -> str:
@@ -323,6 +346,139 @@ class StoreCore(HookDeliveries, Ownership, MessageWrites):
 
     def __enter__(self) -> StoreCore:
         return self
+
+    # --- data model v2 (schema 4) ------------------------------------------------------
+
+    def get_last_messages(
+        self, session_id: str, n: int, *, states: Sequence[str] = ("active",)
+    ) -> list[Message]:
+        """The last ``n`` messages of a session in ``states``, oldest first.
+
+        O(n): a backward walk of the primary key that stops after ``n`` rows.
+        """
+        session_id = check_id(session_id)
+        cap = check_int(n, "n", minimum=0)
+        wanted = check_states(states)
+        query = sql.select_last_messages(len(wanted))
+
+        def run(c: Conn) -> list[Any]:
+            rows = c.execute(query, (session_id, *wanted, cap)).fetchall()
+            if not rows and c.execute(sql.SELECT_WRITE_STATE, (session_id,)).fetchone() is None:
+                raise SessionNotFoundError(session_id)
+            return rows
+
+        return [message_from_row(r) for r in self.backend.read(run)]
+
+    def retract_last(self, session_id: str, *, epoch: int | None = None) -> Message | None:
+        """Mark the newest active message ``retracted``; return it (None: none is active).
+
+        The message keeps its seq and stays stored (``message_count`` still
+        counts it); readers leave it out unless they ask for retracted ones.
+        O(1): the newest active row is found by a backward walk of the primary
+        key. With ``epoch`` (what a session handle passes) the write is fenced
+        like an append: refused with :class:`StaleOwnerError` once the session
+        was taken over and :class:`SessionEndedError` once it ended. Without,
+        it works on any existing session, ended or not.
+        """
+        session_id = check_id(session_id)
+        if epoch is not None:
+            epoch = check_int(epoch, "epoch", minimum=0)
+
+        def tx(c: Conn) -> Any:
+            # Lock the session row first (PostgreSQL), so two retracts at once take
+            # two messages instead of racing for the same one.
+            state = c.execute(self._sql_write_state, (session_id,)).fetchone()
+            if state is None:
+                raise SessionNotFoundError(session_id)
+            if epoch is not None and (state[0] is not None or state[2] != epoch):
+                raise self._write_state_error(c, session_id, epoch)
+            newest = c.execute(sql.NEWEST_ACTIVE_SEQ, (session_id,)).fetchone()
+            if newest is None:
+                return None
+            row = c.execute(sql.RETRACT_MESSAGE, (session_id, newest[0])).fetchone()
+            self._event(c, session_id, "retracted", {"seq": newest[0]})
+            return row
+
+        row = self.backend.write(tx)
+        return None if row is None else message_from_row(row)
+
+    def import_session(
+        self,
+        origin: str,
+        *,
+        source: str,
+        created_at: float,
+        last_active_at: float | None = None,
+        model: str | None = None,
+        title: str | None = None,
+        cwd: str | None = None,
+        parent_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ended_at: float | None = None,
+        end_reason: str | None = None,
+        end_detail: str | None = None,
+        messages: Sequence[dict[str, Any]] = (),
+    ) -> ImportResult:
+        """Import a session from another system, idempotently, in one transaction.
+
+        ``origin`` names it in its source (``"hermes:<id>"``, say; unique per
+        store). The first call writes the row with the historical times given,
+        no owner (an *external* session: its lifecycle belongs to its source,
+        so it is never reaped, never repaired as abandoned, and counted apart
+        by the census) and ``parent_id`` (a session of this store, by id).
+        Later calls find it by origin and leave its row as it is. Each call
+        may add a page of ``messages`` (dicts with ``key``, the source's
+        message id, and ``role``, ``created_at``, and optionally ``content``,
+        ``tool_calls``, ``tool_call_id``, ``tool_name``, ``meta``,
+        ``payload``): messages whose key the session holds are skipped, so a
+        re-import writes nothing. ``ended_at`` with ``end_reason`` records the
+        end once (the first end wins). No hook runs: nothing ended here.
+        """
+        origin = check_origin(origin)
+        created = check_timestamp(created_at, "created_at")
+        last = (
+            created if last_active_at is None else check_timestamp(last_active_at, "last_active_at")
+        )
+        new = ImportedSession(
+            origin=origin,
+            source=check_source(source),
+            model=check_text(model, "model"),
+            title=check_text(title, "title"),
+            cwd=check_text(cwd, "cwd"),
+            parent_id=None if parent_id is None else check_id(parent_id, "parent id"),
+            metadata=check_metadata(metadata),
+            created_at=created,
+            last_active_at=max(created, last),
+        )
+        end = None
+        if ended_at is not None or end_reason is not None:
+            if ended_at is None or end_reason is None:
+                raise InvalidInputError("an imported end needs both ended_at and end_reason")
+            end = (
+                check_timestamp(ended_at, "ended_at"),
+                check_reason(end_reason),
+                check_detail(end_detail),
+            )
+        elif end_detail is not None:
+            raise InvalidInputError("end_detail needs ended_at and end_reason")
+        rows = [check_import_message(m) for m in messages]
+        return self._import(origin, new, rows, end)
+
+    def import_messages(self, origin: str, messages: Sequence[dict[str, Any]]) -> ImportResult:
+        """Add a page of messages to the session imported from ``origin``, idempotently.
+
+        As :meth:`import_session` does with its ``messages``; raises
+        :class:`SessionNotFoundError` if nothing was imported from ``origin``.
+        """
+        origin = check_origin(origin)
+        rows = [check_import_message(m) for m in messages]
+        return self._import(origin, None, rows, None)
+
+    def find_by_origin(self, origin: str) -> Session | None:
+        """The session imported from ``origin`` (unique per store), or None."""
+        origin = check_origin(origin)
+        row = self.backend.read(lambda c: c.execute(sql.SELECT_BY_ORIGIN, (origin,)).fetchone())
+        return None if row is None else session_from_row(row)
 
     def __exit__(self, *exc: object) -> None:
         self.close()

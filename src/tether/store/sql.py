@@ -7,7 +7,7 @@ returns the right text (:func:`locking`, :func:`reap_owners`).
 
 from __future__ import annotations
 
-from ..model import MESSAGE_COLUMNS, SESSION_COLUMNS
+from ..model import MESSAGE_READ_COLUMNS, MESSAGE_WRITE_COLUMNS, SESSION_COLUMNS
 
 # --- sessions -------------------------------------------------------------------
 
@@ -96,8 +96,9 @@ WITH bump AS (
     WHERE id = ? AND epoch = ? AND ended_at IS NULL AND message_count = ?
     RETURNING id)
 INSERT INTO messages (session_id, seq, role, content, tool_calls, tool_call_id, tool_name,
-    created_at, idem_key)
-SELECT id, ?::integer, ?::text, ?::text, ?::jsonb, ?::text, ?::text, ?::float8, ?::text FROM bump
+    created_at, idem_key, meta, payload)
+SELECT id, ?::integer, ?::text, ?::text, ?::jsonb, ?::text, ?::text, ?::float8, ?::text,
+    ?::jsonb, ?::jsonb FROM bump
 """
 
 BUMP_CHILD = """
@@ -130,11 +131,7 @@ RETURNING {SESSION_COLUMNS}
 # --- messages -------------------------------------------------------------------
 
 INSERT_MESSAGE = f"""
-INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-
-SELECT_MESSAGES = f"""
-SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?
+INSERT INTO messages ({MESSAGE_WRITE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -159,7 +156,8 @@ CENSUS_BY_SOURCE = """
 SELECT source, COUNT(*),
     SUM(CASE WHEN ended_at IS NULL THEN 1 ELSE 0 END),
     SUM(CASE WHEN message_count = 0 THEN 1 ELSE 0 END),
-    SUM(CASE WHEN ended_at IS NULL AND owner_id IS NULL THEN 1 ELSE 0 END)
+    SUM(CASE WHEN ended_at IS NULL AND owner_id IS NULL AND origin IS NULL THEN 1 ELSE 0 END),
+    SUM(CASE WHEN ended_at IS NULL AND owner_id IS NULL AND origin IS NOT NULL THEN 1 ELSE 0 END)
 FROM sessions GROUP BY source
 """
 
@@ -327,20 +325,23 @@ UPDATE sessions SET owner_id = ?, epoch = epoch + 1, detached_at = NULL
 WHERE id = ? AND epoch = ? AND ended_at IS NULL
 """
 
-# Legacy open rows (no owner): candidates for `tether doctor --repair`.
+# Legacy open rows (no owner, no origin): candidates for `tether doctor --repair`.
+# Imported ("external") sessions have an origin: their source ends them, never we.
 STALE_UNOWNED = f"""
 SELECT {SESSION_COLUMNS} FROM sessions
-WHERE ended_at IS NULL AND owner_id IS NULL AND last_active_at < ?
+WHERE ended_at IS NULL AND owner_id IS NULL AND origin IS NULL AND last_active_at < ?
 ORDER BY last_active_at
 """
 
 SELECT_STALE_UNOWNED_IDS = """
-SELECT id FROM sessions WHERE ended_at IS NULL AND owner_id IS NULL AND last_active_at < ?
+SELECT id FROM sessions
+WHERE ended_at IS NULL AND owner_id IS NULL AND origin IS NULL AND last_active_at < ?
 """
 
 END_STALE_UNOWNED = f"""
 UPDATE sessions SET ended_at = ?, end_reason = 'abandoned', end_detail = ?
-WHERE id = ? AND ended_at IS NULL AND owner_id IS NULL AND last_active_at < ?
+WHERE id = ? AND ended_at IS NULL AND owner_id IS NULL AND origin IS NULL
+    AND last_active_at < ?
 RETURNING {SESSION_COLUMNS}
 """
 
@@ -348,4 +349,63 @@ RETURNING {SESSION_COLUMNS}
 LONGER_LEASES = """
 SELECT COUNT(*), MAX(o.lease) FROM owners o WHERE o.lease > ? AND EXISTS
 (SELECT 1 FROM sessions s WHERE s.owner_id = o.id AND s.ended_at IS NULL)
+"""
+
+
+# --- data model v2 (schema 4) -------------------------------------------------------
+
+
+def _in_states(n: int) -> str:
+    return "state IN (" + ", ".join("?" * n) + ")"
+
+
+def select_messages(n_states: int) -> str:
+    """Messages after a seq, in order, in any of ``n_states`` states (PK range scan)."""
+    return f"""
+SELECT {MESSAGE_READ_COLUMNS} FROM messages
+WHERE session_id = ? AND seq > ? AND {_in_states(n_states)} ORDER BY seq LIMIT ?
+"""
+
+
+def select_last_messages(n_states: int) -> str:
+    """The last N messages in these states, oldest first: a backward walk of the
+    primary key (session_id, seq) that stops after N rows, then a sort of those N."""
+    return f"""
+SELECT * FROM (
+    SELECT {MESSAGE_READ_COLUMNS} FROM messages
+    WHERE session_id = ? AND {_in_states(n_states)} ORDER BY seq DESC LIMIT ?) last_n
+ORDER BY seq
+"""
+
+
+# The newest active message, found by a backward walk of the primary key that
+# stops at the first active row (O(1) unless many retracted rows end the session).
+NEWEST_ACTIVE_SEQ = """
+SELECT seq FROM messages WHERE session_id = ? AND state = 'active' ORDER BY seq DESC LIMIT 1
+"""
+
+RETRACT_MESSAGE = f"""
+UPDATE messages SET state = 'retracted' WHERE session_id = ? AND seq = ? AND state = 'active'
+RETURNING {MESSAGE_READ_COLUMNS}
+"""
+
+SELECT_BY_ORIGIN = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE origin = ?"
+
+# Imported sessions (see Store.import_session). ON CONFLICT without a target
+# also covers the origin's unique index: of two importers of one origin, the
+# second inserts nothing and reads the first one's row.
+INSERT_IMPORTED_SESSION = """
+INSERT INTO sessions (id, source, model, title, cwd, parent_id, root_id, origin,
+    created_at, last_active_at, message_count, owner_id, epoch, metadata,
+    chain_tip_id, chain_message_count, chain_last_active_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, 0, ?, ?, 0, ?)
+ON CONFLICT DO NOTHING
+"""
+
+# An import's page of messages: the count and activity move with the rows
+# (activity only forward), whether the session ended or not.
+IMPORT_BUMP = """
+UPDATE sessions SET message_count = message_count + ?,
+    last_active_at = CASE WHEN last_active_at < ? THEN ? ELSE last_active_at END
+WHERE id = ?
 """

@@ -25,7 +25,8 @@ from ..errors import (
     StaleOwnerError,
     StoreUnavailableError,
 )
-from ..model import Session, session_from_row
+from ..ids import new_id
+from ..model import ImportResult, Session, session_from_row
 from . import sql
 from .backend import Conn
 from .deliveries import INSERT_EVENT_HOOKS_DUE
@@ -55,6 +56,21 @@ class NewSession:
     branch: bool
     metadata: str | None  # JSON text, already validated
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedSession:
+    """A session row as an importer hands it over (validated; see Store.import_session)."""
+
+    origin: str
+    source: str
+    model: str | None
+    title: str | None
+    cwd: str | None
+    parent_id: str | None
+    metadata: str | None  # JSON text, already validated
+    created_at: float
+    last_active_at: float
 
 
 @dataclass(slots=True)
@@ -94,8 +110,10 @@ _UNKNOWN_RETRIES = 5
 ACTIVITY_RESOLUTION = 1.0
 
 # A message ready to insert: role, content, tool_calls JSON, tool_call_id,
-# tool_name, created_at, idem_key.
-Row = tuple[str, str | None, str | None, str | None, str | None, float, str | None]
+# tool_name, created_at, idem_key, meta JSON, payload JSON.
+Row = tuple[
+    str, str | None, str | None, str | None, str | None, float, str | None, str | None, str | None
+]
 
 
 class MessageWrites:
@@ -459,3 +477,102 @@ class MessageWrites:
 
         row = self.backend.write(tx)
         return None if row is None else session_from_row(row)
+
+    def _import(
+        self,
+        origin: str,
+        new: ImportedSession | None,
+        rows: Sequence[Row],
+        end: tuple[float, str, str | None] | None,
+    ) -> ImportResult:
+        """One import call in one transaction: the row (if new), a page, the end (if new).
+
+        Idempotent: the session is found by its origin, messages by their keys,
+        and an end is recorded only while none is (the first end wins).
+        """
+
+        by_origin = sql.locking(self.backend.dialect, sql.SELECT_BY_ORIGIN)
+
+        def tx(c: Conn) -> ImportResult:
+            created = ended = False
+            row = c.execute(by_origin, (origin,)).fetchone()
+            if row is None and new is not None:
+                created = self._insert_imported(c, new)
+                row = c.execute(by_origin, (origin,)).fetchone()
+            if row is None:
+                raise SessionNotFoundError(origin, f"no session imported from {origin!r}")
+            session = session_from_row(row)
+            written = self._import_rows(c, session, rows) if rows else 0
+            if end is not None and session.ended_at is None:
+                ended_rows = c.execute(
+                    sql.END_SESSION, (end[0], end[1], end[2], session.id)
+                ).fetchall()
+                if ended_rows:
+                    ended = True
+                    self._event(c, session.id, "ended", {"reason": end[1], "detail": end[2]})
+            if written or ended:
+                row = c.execute(sql.SELECT_SESSION, (session.id,)).fetchone()
+                session = session_from_row(row)
+            return ImportResult(session, created, ended, written)
+
+        return self.backend.write(tx)
+
+    def _insert_imported(self, c: Conn, s: ImportedSession) -> bool:
+        """Write an imported session's row (no owner: external); False if one beat us to it."""
+        sid = new_id(s.created_at)
+        root_id = sid
+        if s.parent_id is not None:
+            parent = c.execute(sql.SELECT_ROOT_OF, (s.parent_id,)).fetchone()
+            if parent is None:
+                raise SessionNotFoundError(s.parent_id, f"no parent session {s.parent_id!r}")
+            root_id = parent[0]
+        is_root = root_id == sid
+        inserted = c.execute(
+            sql.INSERT_IMPORTED_SESSION,
+            (
+                sid,
+                s.source,
+                s.model,
+                s.title,
+                s.cwd,
+                s.parent_id,
+                root_id,
+                s.origin,
+                s.created_at,
+                s.last_active_at,
+                s.metadata,
+                sid if is_root else None,
+                s.last_active_at if is_root else None,
+            ),
+        ).rowcount
+        if inserted != 1:
+            return False
+        if not is_root:
+            at = s.created_at
+            c.execute(sql.ADD_CHAIN_MEMBER, (at, sid, sid, at, at, root_id))
+            c.execute(sql.BUMP_CHAIN_ACTIVE, (0, s.last_active_at, s.last_active_at, root_id))
+        self._event(c, sid, "imported", {"source": s.source, "origin": s.origin})
+        return True
+
+    def _import_rows(self, c: Conn, session: Session, rows: Sequence[Row]) -> int:
+        """Append the rows whose keys this session does not hold yet; return how many."""
+        sid = session.id
+        # Lock the row (PostgreSQL) so two importers of one page cannot both miss a key.
+        state = c.execute(self._sql_write_state, (sid,)).fetchone()
+        count, root_id = state[3], state[4]
+        known = self._known_keys(c, sid, rows)
+        fresh: list[Row] = []
+        seen: set[str | None] = set()
+        for r in rows:
+            if r[6] in known or r[6] in seen:
+                continue
+            seen.add(r[6])
+            fresh.append(r)
+        if not fresh:
+            return 0
+        c.executemany(sql.INSERT_MESSAGE, [(sid, count + 1 + k, *r) for k, r in enumerate(fresh)])
+        newest = max(r[5] for r in fresh)
+        n = len(fresh)
+        c.execute(sql.IMPORT_BUMP, (n, newest, newest, sid))
+        c.execute(sql.BUMP_CHAIN_ACTIVE, (n, newest, newest, root_id))
+        return n

@@ -199,6 +199,21 @@ MIGRATIONS: list[Migration] = [
     # 3: on_session_end hooks survive a crash between the recorded end and its
     # hooks (see tether.store.deliveries). Self-contained: it only adds to events.
     Migration(3, HOOK_DELIVERY, compatible_with=1),
+    # 4: data model v2 (see docs/data-model.md). Additive: older code never names
+    # these columns, and the state default keeps every row it writes active. A
+    # constant default makes each ADD COLUMN a catalog change, not a rewrite.
+    Migration(
+        4,
+        [
+            "ALTER TABLE messages ADD COLUMN meta jsonb",
+            """
+            ALTER TABLE messages ADD COLUMN state text NOT NULL DEFAULT 'active'
+            CHECK (state IN ('active', 'compacted', 'retracted'))
+            """,
+            "ALTER TABLE messages ADD COLUMN payload jsonb",
+        ],
+        compatible_with=1,
+    ),
 ]
 check_steps(MIGRATIONS)
 

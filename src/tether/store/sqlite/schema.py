@@ -129,6 +129,20 @@ MIGRATIONS: list[Migration] = [
     # 3: on_session_end hooks survive a crash between the recorded end and its
     # hooks (see tether.store.deliveries). Self-contained: it only adds to events.
     Migration(3, HOOK_DELIVERY, compatible_with=1),
+    # 4: data model v2 (see docs/data-model.md). Additive: older code never names
+    # these columns, and the state default keeps every row it writes active.
+    Migration(
+        4,
+        [
+            "ALTER TABLE messages ADD COLUMN meta TEXT",
+            """
+            ALTER TABLE messages ADD COLUMN state TEXT NOT NULL DEFAULT 'active'
+            CHECK (state IN ('active', 'compacted', 'retracted'))
+            """,
+            "ALTER TABLE messages ADD COLUMN payload TEXT",
+        ],
+        compatible_with=1,
+    ),
 ]
 check_steps(MIGRATIONS)
 
