@@ -9,9 +9,9 @@ import pytest
 
 import tether
 from tether import SessionEndedError, SessionNotFoundError, StaleOwnerError
+from tether.compose import Store
 from tether.gateway.messages import message_view, turn_key, turn_meta
 from tether.liveness import Reaper
-from tether.store import Store
 
 
 def raw(store: Store, query: str, *params: Any) -> list[Any]:
