@@ -185,6 +185,8 @@ async def test_store_by_path_is_opened_and_closed_by_the_session(tmp_path: Any) 
     session = TetherSession("sdk-path", str(path))
     await session.add_items([{"role": "user", "content": "hi"}])
     session.close()
+    with pytest.raises(RuntimeError, match="is closed"):
+        await session.get_items()  # its own store is closed with it
     with tether.open_store(path, load_plugins=False) as reopened:
         assert TetherSession("sdk-path", reopened).store is reopened
         [listed] = reopened.list_sessions().items

@@ -189,6 +189,9 @@ class TetherSession:
     # --- blocking implementations (run in a worker thread) ---------------------------
 
     def _get_items(self, limit: int | None) -> list[Any]:
+        if self._closed and self._owns_store:
+            # The store opened here is closed with the session: say so plainly.
+            self._check_open()
         current = self._current()
         if current is None or not current[1].is_open:
             return []
