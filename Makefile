@@ -21,7 +21,24 @@ run: $(VENV)/.installed
 	@echo "tether is installed in $(BIN); in another terminal, '. $(BIN)/activate' puts it on PATH"
 	$(BIN)/tether serve
 
-test: $(VENV)/.installed-test
+# The OpenAI Agents SDK needs openai>=3, which conflicts with hermes-agent's pin: it gets an
+# environment of its own, with tether installed into it, and the SDK's own session tests (they
+# ship only in its sdist) extracted under it, so that no test downloads anything.
+AGENTS_VENV := .venv-agents
+AGENTS_SDK  := openai-agents==0.24.0
+
+$(AGENTS_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(AGENTS_VENV)
+	$(AGENTS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AGENTS_VENV)/bin/python -m pip install --quiet -e '.[test,postgres]' '$(AGENTS_SDK)' pytest-asyncio
+	rm -rf $(AGENTS_VENV)/sdk-tests $(AGENTS_VENV)/sdist && mkdir -p $(AGENTS_VENV)/sdk-tests
+	$(AGENTS_VENV)/bin/python -m pip download --quiet --no-binary :all: --no-deps \
+		--dest $(AGENTS_VENV)/sdist '$(AGENTS_SDK)'
+	tar -xzf $(AGENTS_VENV)/sdist/openai_agents-*.tar.gz -C $(AGENTS_VENV)/sdk-tests \
+		--strip-components=1 --wildcards '*/tests' '*/pyproject.toml'
+	@touch $@
+
+test: $(VENV)/.installed-test $(AGENTS_VENV)/.installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy  # src/tether, configured in pyproject.toml [tool.mypy]
 	$(BIN)/lint-imports  # the layers contract, pyproject.toml [tool.importlinter]
@@ -29,6 +46,8 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 	# The gateway and chat tests again, three times over on two workers: races show up here.
 	$(BIN)/python -m pytest -q -n 2 --count 3 tests/gateway
+	# The OpenAI Agents SDK adapter, in its own environment (with the SDK's own session tests).
+	$(AGENTS_VENV)/bin/python -m pytest -q -o asyncio_default_fixture_loop_scope=function tests/interop_agents
 
 bench: $(VENV)/.installed-test
 	./scripts/ensure-postgres
@@ -41,4 +60,4 @@ lint: $(VENV)/.installed-test
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(AGENTS_VENV) build src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""Adapters that give other agent frameworks tether's sessions."""

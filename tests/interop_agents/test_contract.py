@@ -1,0 +1,193 @@
+"""TetherSession's own contract on both backends: what any SDK session does, and the mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from agents.memory import SessionSettings
+from agents.memory.session import _session_accepts_wrapper
+
+import tether
+from tether.interop.openai_agents import CLEARED_REASON, SOURCE, TetherSession
+
+pytestmark = pytest.mark.asyncio
+
+# The item shapes the runner stores after a tool turn (measured with ScriptedModel),
+# plus shapes tether has no column for (reasoning), and unicode.
+ITEMS: list[dict[str, Any]] = [
+    {"content": "count a b c", "role": "user"},
+    {
+        "arguments": '{"text":"a b c"}',
+        "call_id": "c1",
+        "name": "word_count",
+        "type": "function_call",
+        "id": "c1",
+    },
+    {"call_id": "c1", "output": "3", "type": "function_call_output"},
+    {
+        "id": "scripted-message",
+        "content": [
+            {"annotations": [], "text": "three words", "type": "output_text", "logprobs": []}
+        ],
+        "role": "assistant",
+        "status": "completed",
+        "type": "message",
+    },
+    {"id": "rs_1", "type": "reasoning", "summary": [{"type": "summary_text", "text": "thinking"}]},
+    {"role": "developer", "content": [{"type": "input_text", "text": "héllo ✓"}]},
+]
+
+
+@pytest_asyncio.fixture
+async def store(db_url: str) -> AsyncIterator[tether.Store]:
+    s = tether.open_store(db_url, load_plugins=False)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+async def test_items_round_trip_exactly_with_a_readable_projection(
+    store: tether.Store, backend: str
+) -> None:
+    session = TetherSession("sdk-1", store)
+    await session.add_items(ITEMS)
+    got = await session.get_items()
+    assert got == ITEMS
+    if backend == "sqlite":
+        # Byte-exact as JSON, key order included. (PostgreSQL's jsonb keeps the
+        # values but not the key order: equal, not byte-identical.)
+        assert json.dumps(got) == json.dumps(ITEMS)
+    [segment] = store.list_sessions(source=SOURCE).items
+    messages = store.get_messages(segment.session.id)
+    shown = [(m.role, m.content, m.tool_call_id) for m in messages]
+    assert shown == [
+        ("user", "count a b c", None),
+        ("assistant", None, None),
+        ("tool", "3", "c1"),
+        ("assistant", "three words", None),
+        ("assistant", None, None),
+        ("developer", "héllo ✓", None),
+    ]
+    assert messages[1].tool_calls == [
+        {
+            "id": "c1",
+            "type": "function",
+            "function": {"name": "word_count", "arguments": '{"text":"a b c"}'},
+        }
+    ]
+    assert messages[4].meta == {"kind": "reasoning"}
+
+
+async def test_pop_retracts_the_newest_item_and_leaves_no_seq_gap(store: tether.Store) -> None:
+    session = TetherSession("sdk-pop", store)
+    await session.add_items([{"role": "user", "content": str(i)} for i in range(3)])
+    assert await session.pop_item() == {"role": "user", "content": "2"}
+    await session.add_items([{"role": "user", "content": "3"}])
+    assert [i["content"] for i in await session.get_items()] == ["0", "1", "3"]
+    [listed] = store.list_sessions(source=SOURCE).items
+    every = store.get_messages(listed.session.id, states=("active", "retracted"))
+    assert [(m.seq, m.state) for m in every] == [
+        (1, "active"),
+        (2, "active"),
+        (3, "retracted"),
+        (4, "active"),
+    ]
+    for _ in range(3):
+        assert await session.pop_item() is not None
+    assert await session.pop_item() is None
+    assert await session.get_items() == []
+
+
+async def test_limit_reads_the_tail_in_order(store: tether.Store) -> None:
+    session = TetherSession("sdk-limit", store, session_settings={"limit": 4})
+    await session.add_items([{"role": "user", "content": str(i)} for i in range(50)])
+    assert [i["content"] for i in await session.get_items()] == ["46", "47", "48", "49"]
+    assert [i["content"] for i in await session.get_items(2)] == ["48", "49"]
+    assert await session.get_items(0) == []
+    assert len(await session.get_items(-1)) == 50
+    assert isinstance(session.session_settings, SessionSettings)
+
+
+async def test_clear_ends_the_segment_and_the_chain_continues_listed_once(
+    store: tether.Store,
+) -> None:
+    session = TetherSession("sdk-clear", store)
+    await session.add_items([{"role": "user", "content": "before"}])
+    await session.clear_session()
+    assert await session.get_items() == []
+    assert await session.pop_item() is None
+    await session.add_items([{"role": "user", "content": "after"}])
+    assert await session.get_items() == [{"role": "user", "content": "after"}]
+
+    [listed] = store.list_sessions(source=SOURCE).items
+    chain = store.get_chain(listed.session.id)
+    assert [s.origin for s in chain] == ["openai-agents:sdk-clear#1", "openai-agents:sdk-clear#2"]
+    assert chain[0].end_reason == CLEARED_REASON
+    assert chain[1].is_open and chain[1].parent_id == chain[0].id
+    # Another instance (another worker, say) sees the same conversation.
+    other = TetherSession("sdk-clear", store)
+    assert await other.get_items() == [{"role": "user", "content": "after"}]
+
+
+async def test_closed_session_rejects_writes_and_leaves_the_conversation_open(
+    store: tether.Store,
+) -> None:
+    session = TetherSession("sdk-close", store)
+    await session.add_items([{"role": "user", "content": "kept"}])
+    session.close()
+    session.close()  # idempotent
+    for call in (
+        session.add_items([]),
+        session.add_items([{"role": "user", "content": "x"}]),
+        session.pop_item(),
+        session.clear_session(),
+    ):
+        with pytest.raises(RuntimeError, match="is closed"):
+            await call
+    [listed] = store.list_sessions(source=SOURCE).items
+    assert listed.session.is_open
+    assert await TetherSession("sdk-close", store).get_items() == [
+        {"role": "user", "content": "kept"}
+    ]
+
+
+async def test_a_cancelled_mutation_completes_once_and_propagates_the_cancellation(
+    store: tether.Store,
+) -> None:
+    session = TetherSession("sdk-cancel", store)
+    # Hold the instance's write lock so the mutation is in flight (in its worker
+    # thread) when the caller is cancelled; then let it finish.
+    session._lock.acquire()
+    task = asyncio.create_task(session.add_items([{"role": "user", "content": "once"}]))
+    await asyncio.sleep(0)  # the task starts and hands the write to its thread
+    task.cancel()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not task.done()  # the cancellation waits for the write's outcome
+    session._lock.release()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await session.get_items() == [{"role": "user", "content": "once"}]
+
+
+async def test_every_method_accepts_the_runner_context_wrapper(store: tether.Store) -> None:
+    assert _session_accepts_wrapper(TetherSession("sdk-wrap", store))
+
+
+async def test_store_by_path_is_opened_and_closed_by_the_session(tmp_path: Any) -> None:
+    path = tmp_path / "by-path.db"
+    session = TetherSession("sdk-path", str(path))
+    await session.add_items([{"role": "user", "content": "hi"}])
+    session.close()
+    with pytest.raises(RuntimeError, match="is closed"):
+        await session.get_items()  # its own store is closed with it
+    with tether.open_store(path, load_plugins=False) as reopened:
+        assert TetherSession("sdk-path", reopened).store is reopened
+        [listed] = reopened.list_sessions().items
+        assert listed.session.source == SOURCE
