@@ -36,7 +36,7 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from ..model import Message, Session
-from ..store import Store, open_store
+from ..compose import Store, open_store
 
 __all__ = ["CLEARED_REASON", "SOURCE", "TetherSession", "project_item"]
 
