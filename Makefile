@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# The real hermes-agent for the interop tests, in its own environment: it pins exact
+# versions (openai==2.24.0, ...) that tether's environment must not carry.
+HERMES_VENV    := .venv-hermes
+HERMES_VERSION := 0.19.0
 
 .PHONY: run test bench lint clean
 
@@ -17,11 +21,16 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
 	@touch $@ $(VENV)/.installed
 
+$(HERMES_VENV)/.installed:
+	$(PYTHON) -m venv $(HERMES_VENV)
+	$(HERMES_VENV)/bin/python -m pip install --quiet 'hermes-agent==$(HERMES_VERSION)'
+	@touch $@
+
 run: $(VENV)/.installed
 	@echo "tether is installed in $(BIN); in another terminal, '. $(BIN)/activate' puts it on PATH"
 	$(BIN)/tether serve
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test $(HERMES_VENV)/.installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy  # src/tether, configured in pyproject.toml [tool.mypy]
 	./scripts/ensure-postgres
@@ -39,4 +48,4 @@ lint: $(VENV)/.installed-test
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(HERMES_VENV) build src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
