@@ -16,6 +16,9 @@ the file is what Hermes 0.19.0 (schema 22) itself writes. Older schema generatio
         a live Hermes writer: appends about R messages a second to one open session
         through SessionDB until S seconds have passed, then prints
         {"appended": n, "failures": n, "errors": [...]} as JSON.
+    hold PATH [SID...]
+        a live Hermes holding the store open: appends one message to each SID,
+        prints "ready", and keeps the store open until its stdin is closed.
 """
 
 from __future__ import annotations
@@ -146,6 +149,16 @@ def write(path: Path, seconds: float, rate: float) -> None:
     print(json.dumps({"appended": appended, "failures": len(errors), "errors": errors[:5]}))
 
 
+def hold(path: Path, sids: list[str]) -> None:
+    """A live Hermes process: the store open, one message appended to each of ``sids``."""
+    db = session_db(path)
+    for sid in sids:
+        db.append_message(sid, "user", "still here")
+    print("ready", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+    db.close()
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -157,9 +170,14 @@ def main(argv: list[str]) -> None:
     w.add_argument("path", type=Path)
     w.add_argument("--seconds", type=float, default=3.0)
     w.add_argument("--rate", type=float, default=100.0)
+    h = sub.add_parser("hold")
+    h.add_argument("path", type=Path)
+    h.add_argument("sids", nargs="*")
     args = parser.parse_args(argv)
     if args.cmd == "generate":
         generate(args.path, args.seed, args.conversations)
+    elif args.cmd == "hold":
+        hold(args.path, args.sids)
     else:
         write(args.path, args.seconds, args.rate)
 

@@ -401,24 +401,27 @@ def expected_census_v2(path: Path) -> dict[str, Any]:
 # --- the README ---------------------------------------------------------------------------
 
 
-def test_the_readme_shows_the_census_of_a_generated_store_as_printed(
+def test_the_readme_shows_census_and_repair_of_a_generated_store_as_printed(
     hermes_python: Path, tmp_path: Path
 ) -> None:
     readme = (ROOT / "README.md").read_text()
     start = readme.index("\n## Coming from Hermes")
-    block = readme[start:].split("```text\n", 1)[1].split("```", 1)[0].splitlines()
-    generate_line, census_line, *shown = block
-    assert generate_line.startswith("$ .venv-hermes/bin/python tests/interop/hermes_fixture.py")
-    seed = int(generate_line.split("--seed")[1])
-    assert census_line == "$ tether hermes census state.db"
-    generate(hermes_python, tmp_path / "state.db", seed=seed)
-    proc = subprocess.run(
-        [sys.executable, "-m", "tether", "hermes", "census", "state.db"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=60,
+    end = readme.index("\n## ", start + 1)
+    census_block, repair_block = (
+        b.split("```", 1)[0].splitlines() for b in readme[start:end].split("```text\n")[1:3]
     )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == shown
+    generate_line, *steps = census_block
+    assert generate_line.startswith("$ .venv-hermes/bin/python tests/interop/hermes_fixture.py")
+    generate(hermes_python, tmp_path / "state.db", seed=int(generate_line.split("--seed")[1]))
+    for command, *shown in (steps, repair_block):
+        assert command in ("$ tether hermes census state.db", "$ tether hermes repair state.db")
+        proc = subprocess.run(
+            [sys.executable, "-m", "tether", *command.split()[2:]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines() == shown, command

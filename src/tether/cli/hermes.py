@@ -89,3 +89,64 @@ def _print_figures(c: dict[str, Any]) -> None:
         for name, inner in zip(names, c["by_source"].values(), strict=True):
             figures = "".join(f"{inner[k]:>7}" for k in ("total", "open", "ended", "ghosts"))
             print(f"    {name.ljust(w - 2)}{figures}")
+
+
+CLASS_LABELS = {
+    "dead": "dead: no process holds the store (proof)",
+    "probably_dead": "probably dead: every holder started after its last activity",
+    "live": "live or unknown: a holder may own it",
+    "parked": "parked gateway chats (never ended by default)",
+    "by_design": "api_server rows (Hermes never ends them)",
+}
+
+
+@app.command("repair")
+@cli_errors
+def repair(
+    paths: PathsArgument = None,
+    stale_after: Annotated[
+        str | None,
+        typer.Option(
+            "--stale-after",
+            metavar="DURATION",
+            help="Also list open rows idle this long (e.g. 2h, 7d); idleness alone ends nothing.",
+        ),
+    ] = None,
+    json_: JsonOption = False,
+) -> None:
+    """Classify the open rows of Hermes stores by the evidence that their owner is dead.
+
+    A dry run: it prints each class and changes nothing (the file stays
+    byte-identical). Ending the dead rows (`--yes`) is not there yet.
+
+    \b
+    Examples:
+      tether hermes repair                        the stores Hermes itself would use
+      tether hermes repair state.db --stale-after 2h
+    """
+    from ..interop.hermes import discover
+    from ..interop.hermes.repair import CLASSES, plan_repair
+    from .common import parse_duration
+
+    stale = parse_duration(stale_after) if stale_after is not None else None
+    plans = [plan_repair(p, stale_after=stale) for p in discover(paths or ())]
+    if json_:
+        emit_json({"stores": [p.to_dict() for p in plans]})
+        return
+    for plan in plans:
+        lock = "held" if plan.gateway_lock_held else "free"
+        pids = ", ".join(str(h.pid) for h in plan.holders) or "none"
+        print(f"{clean(str(plan.path))}: processes holding it: {pids}; gateway.lock {lock}")
+        width = max(len(label) for label in CLASS_LABELS.values()) + 2
+        for cls in CLASSES:
+            ids = plan.classes[cls]
+            print(f"  {CLASS_LABELS[cls].ljust(width)}{len(ids)}")
+            if cls in ("dead", "probably_dead"):
+                for sid in ids:
+                    print(f"    {clean(sid)}")
+        if stale is not None:
+            print(
+                f"  {f'idle longer than {stale_after} (listed only)'.ljust(width)}{len(plan.idle)}"
+            )
+            for sid in plan.idle:
+                print(f"    {clean(sid)}")
