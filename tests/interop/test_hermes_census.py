@@ -425,3 +425,33 @@ def test_the_readme_shows_census_and_repair_of_a_generated_store_as_printed(
         )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.splitlines() == shown, command
+
+
+# --- the Hermes environment ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_a_missing_hermes_environment_fails_under_ci_and_skips_elsewhere(
+    ci: str, tmp_path: Path
+) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{Path(__file__)}::test_the_fixture_has_every_shape_the_census_counts",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(CI=ci, TETHER_TEST_HERMES_PYTHON=str(tmp_path / "none" / "python")),
+    )
+    assert "no Hermes environment at" in proc.stdout, proc.stdout
+    if ci:
+        assert proc.returncode == 1 and "1 error" in proc.stdout, proc.stdout
+    else:
+        assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout
