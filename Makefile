@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# The real hermes-agent for the interop tests, in its own environment: it pins exact
+# versions (openai==2.24.0, ...) that tether's environment must not carry.
+HERMES_VENV    := .venv-hermes
+HERMES_VERSION := 0.19.0
 
 .PHONY: run test bench lint clean
 
@@ -16,6 +20,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
 	@touch $@ $(VENV)/.installed
+
+$(HERMES_VENV)/.installed:
+	$(PYTHON) -m venv $(HERMES_VENV)
+	$(HERMES_VENV)/bin/python -m pip install --quiet 'hermes-agent==$(HERMES_VERSION)'
+	@touch $@
 
 run: $(VENV)/.installed
 	@echo "tether is installed in $(BIN); in another terminal, '. $(BIN)/activate' puts it on PATH"
@@ -38,7 +47,7 @@ $(AGENTS_VENV)/.installed: pyproject.toml
 		--strip-components=1 --wildcards '*/tests' '*/pyproject.toml'
 	@touch $@
 
-test: $(VENV)/.installed-test $(AGENTS_VENV)/.installed
+test: $(VENV)/.installed-test $(HERMES_VENV)/.installed $(AGENTS_VENV)/.installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy  # src/tether, configured in pyproject.toml [tool.mypy]
 	$(BIN)/lint-imports  # the layers contract, pyproject.toml [tool.importlinter]
@@ -60,4 +69,4 @@ lint: $(VENV)/.installed-test
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) $(AGENTS_VENV) build src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(HERMES_VENV) $(AGENTS_VENV) build src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -98,7 +98,13 @@ def test_every_command_and_option_is_in_the_readme() -> None:
     group = get_command(app)
     for opt in ("--db", "--version", "-h", "--help"):
         assert f"`{opt}" in README or f" {opt}" in README, opt
-    for name, command in group.commands.items():  # type: ignore[attr-defined]
+    commands = dict(group.commands)  # type: ignore[attr-defined]
+    for name, command in list(
+        commands.items()
+    ):  # a group's subcommands too (`tether hermes census`)
+        for sub, subcommand in getattr(command, "commands", {}).items():
+            commands[f"{name} {sub}"] = subcommand
+    for name, command in commands.items():
         assert f"tether {name}" in README, f"command {name} is not in the README"
         for param in command.params:
             if param.param_type_name != "option":

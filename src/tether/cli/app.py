@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "demo"),
     "serve": ("serve", "serve"),
     "chat": ("chat", "chat"),
+    "hermes": ("hermes", "app"),  # a group: `tether hermes census`
 }
 
 
@@ -71,7 +72,10 @@ def build(only: str | None = None) -> typer.Typer:
     for name, (module, function) in COMMANDS.items():
         if only is None or name == only:
             implementation = getattr(importlib.import_module(f".{module}", __package__), function)
-            application.command(name)(implementation)
+            if isinstance(implementation, typer.Typer):  # a group of subcommands
+                application.add_typer(implementation, name=name)
+            else:
+                application.command(name)(implementation)
     return application
 
 
