@@ -34,9 +34,9 @@ import time
 import uuid
 from typing import Any
 
+from ..compose import Store, open_store
 from ..errors import InvalidInputError
 from ..model import Message, Session
-from ..compose import Store, open_store
 
 __all__ = ["CLEARED_REASON", "SOURCE", "TetherSession", "project_item"]
 
