@@ -458,3 +458,15 @@ def test_concurrent_retracts_take_distinct_messages(db_url: str) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+def test_doctor_shows_open_external_sessions_on_a_line_of_their_own(db_url: str) -> None:
+    from .conftest import run_cli
+
+    store = tether.open_store(db_url, load_plugins=False)
+    store.import_session("hermes:open", source="hermes", created_at=T0, messages=page(0, 1))
+    store.close()
+    r = run_cli("doctor", "--db", db_url)
+    assert r.returncode == 0, r.stderr
+    lines = [line.split() for line in r.stdout.splitlines()]
+    assert ["external", "(imported)", "1"] in lines and ["without", "owner", "0"] in lines

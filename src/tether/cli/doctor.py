@@ -38,6 +38,8 @@ def census_rows(census: Census, hung: int = 0) -> list[tuple[str, int]]:
         ("    of which hung (no heartbeat)", hung),
         ("  with a dead owner", census.open_dead_owner),
         ("  without owner", census.open_no_owner),
+        # Imported: their source ends them; tether never reaps nor repairs them.
+        ("  external (imported)", census.open_external),
         ("ended", census.ended),
         ("ghosts (no messages)", census.ghosts),
     ]
