@@ -174,12 +174,10 @@ class Store(StoreCore):
         *,
         interrupted: bool = True,
     ) -> bool:
-        """End a session from outside its owner. True only for the call that ended it.
+        """:meth:`StoreCore.end_session`, with termination signals held until it is done.
 
-        The first reason wins and is never overwritten; ending an ended session
-        returns False. Raises :class:`SessionNotFoundError` for an unknown id.
+        As in ``SessionHandle.end``: a Ctrl+C waits until the end and its hooks ran.
         """
-        # As in SessionHandle.end: a Ctrl+C waits until the end and its hooks are done.
         with exits.finalizing():
             return super().end_session(session_id, reason, detail, interrupted=interrupted)
 

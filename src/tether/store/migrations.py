@@ -99,3 +99,11 @@ def too_new(where: str, state: SchemaState, known: int) -> SchemaTooNewError | N
 def pending(migrations: list[Migration], state: SchemaState) -> list[Migration]:
     """The known steps a store in ``state`` has not run yet, in order."""
     return [m for m in migrations if m.version > state.version]
+
+
+def record_rows(
+    migrations: list[Migration], state: SchemaState, now: float
+) -> list[tuple[int, int, float]]:
+    """The record rows (version, compatible_with, applied_at) of the steps a store in
+    ``state`` already has: what a store from before the record gets when first recorded."""
+    return [(m.version, m.compatible_with, now) for m in migrations if m.version <= state.version]

@@ -47,7 +47,15 @@ from ...errors import (
     StoreUnavailableError,
     TetherError,
 )
-from ..migrations import MIGRATIONS_TABLE, SchemaState, known_version, pending, state_after, too_new
+from ..migrations import (
+    MIGRATIONS_TABLE,
+    SchemaState,
+    known_version,
+    pending,
+    record_rows,
+    state_after,
+    too_new,
+)
 from . import schema as ddl
 from . import url as pg_url
 from .schema import LOCK_CLASS, VERSION_TABLE
@@ -303,9 +311,8 @@ class PostgresBackend:
                 if not recorded:
                     # A schema from before the record: record the steps it already has.
                     conn.execute(ddl.CREATE_MIGRATIONS_TABLE)
-                    for m in ddl.MIGRATIONS:
-                        if m.version <= state.version:
-                            conn.execute(ddl.RECORD_STEP, (m.version, m.compatible_with, now))
+                    for row in record_rows(ddl.MIGRATIONS, state, now):
+                        conn.execute(ddl.RECORD_STEP, row)
                 compatible_with = state.compatible_with
                 if steps:
                     step = steps[0]

@@ -30,7 +30,15 @@ from ...errors import (
     StoreError,
     StoreOpenError,
 )
-from ..migrations import MIGRATIONS_TABLE, SchemaState, known_version, pending, state_after, too_new
+from ..migrations import (
+    MIGRATIONS_TABLE,
+    SchemaState,
+    known_version,
+    pending,
+    record_rows,
+    state_after,
+    too_new,
+)
 from . import schema as ddl
 from .schema import APPLICATION_ID
 
@@ -397,9 +405,7 @@ class SQLiteBackend:
             if not recorded:
                 # A file from before the record: record the steps it already has.
                 c.execute(ddl.CREATE_MIGRATIONS_TABLE)
-                for m in ddl.MIGRATIONS:
-                    if m.version <= state.version:
-                        c.execute(ddl.RECORD_STEP, (m.version, m.compatible_with, now))
+                c.executemany(ddl.RECORD_STEP, record_rows(ddl.MIGRATIONS, state, now))
             compatible_with = state.compatible_with
             for m in steps:
                 for stmt in m.statements:
