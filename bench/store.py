@@ -33,6 +33,7 @@ from pathlib import Path
 
 import tether
 from tether.model import MESSAGE_COLUMNS  # the columns a writer names (schema 4 adds defaults)
+from tether.store import sql as tether_sql
 from tether.store.sqlite.schema import MIGRATIONS
 
 from . import pg
@@ -286,6 +287,207 @@ def listing(directory: Path, n: int) -> list[tuple[str, str, str]]:
     return results
 
 
+# --- whole sessions, first append, end, read back (issue #15's rows) -----------------
+
+SESSION_DDL = [
+    stmt for m in MIGRATIONS for stmt in m.statements if "sessions" in stmt.split("(", 1)[0]
+]
+RAW_NEW_SESSION = (
+    "INSERT INTO sessions (id, source, root_id, created_at, last_active_at, message_count,"
+    " chain_tip_id, chain_message_count, chain_last_active_at) VALUES (?, ?, ?, ?, ?, 0, ?, 0, ?)"
+)
+RAW_BUMP = "UPDATE sessions SET message_count = message_count + 1, last_active_at = ? WHERE id = ?"
+RAW_END = "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL"
+WHOLE_MESSAGES = 10
+READ_MESSAGES = tether_sql.select_messages(1)
+
+
+def _raw_full_schema(path: Path, durability: str) -> sqlite3.Connection:
+    """Raw sqlite3 on tether's own schema (so both write the same indexes)."""
+    tether.open_store(path, durability=durability, load_plugins=False).close()
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute(f"PRAGMA synchronous = {SYNC[durability]}")
+    return c
+
+
+def raw_whole(path: Path, durability: str, sessions: int) -> tuple[float, list[float], list[float]]:
+    """The floor: per session, one transaction creating it with its first message,
+    one per later message (insert + count bump), one ending it."""
+    c = _raw_full_schema(path, durability)
+    firsts: list[float] = []
+    ends: list[float] = []
+    t = time.perf_counter()
+    for _ in range(sessions):
+        sid = tether.ids.new_id()
+        now = time.time()
+        t0 = time.perf_counter()
+        c.execute("BEGIN IMMEDIATE")
+        c.execute(RAW_NEW_SESSION, (sid, "bench", sid, now, now, sid, now))
+        c.execute(RAW_INSERT, (sid, 1, "user", CONTENT, None, None, None, now, None))
+        c.execute(RAW_BUMP, (now, sid))
+        c.execute("COMMIT")
+        firsts.append(time.perf_counter() - t0)
+        for i in range(2, WHOLE_MESSAGES + 1):
+            c.execute("BEGIN IMMEDIATE")
+            c.execute(RAW_INSERT, (sid, i, "assistant", CONTENT, None, None, None, now, None))
+            c.execute(RAW_BUMP, (now, sid))
+            c.execute("COMMIT")
+        t0 = time.perf_counter()
+        c.execute("BEGIN IMMEDIATE")
+        c.execute(RAW_END, (time.time(), "completed", sid))
+        c.execute("COMMIT")
+        ends.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t
+    c.close()
+    return sessions * WHOLE_MESSAGES / elapsed, firsts, ends
+
+
+def tether_whole(
+    path: Path, durability: str, sessions: int
+) -> tuple[float, list[float], list[float]]:
+    store = tether.open_store(path, durability=durability, load_plugins=False)
+    firsts: list[float] = []
+    ends: list[float] = []
+    t = time.perf_counter()
+    for _ in range(sessions):
+        h = store.session(source="bench")
+        t0 = time.perf_counter()
+        h.append("user", CONTENT)
+        firsts.append(time.perf_counter() - t0)
+        for _i in range(2, WHOLE_MESSAGES + 1):
+            h.append("assistant", CONTENT)
+        t0 = time.perf_counter()
+        h.end("completed")
+        ends.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t
+    store.close()
+    return sessions * WHOLE_MESSAGES / elapsed, firsts, ends
+
+
+def spread(xs: list[float], fmt: str = "{:.2f}") -> str:
+    """min / median / max of repeated rounds."""
+    return " / ".join(fmt.format(x) for x in (min(xs), median(xs), max(xs)))
+
+
+def whole_sessions(
+    directory: Path, durability: str, rounds: int, sessions: int
+) -> dict[str, list[float]]:
+    """Interleaved rounds of raw and tether whole sessions; per-round ratios."""
+    out: dict[str, list[float]] = {"raw": [], "ours": [], "ratio": [], "first": [], "end": []}
+    out.update({"first_raw_us": [], "first_us": [], "end_raw_us": [], "end_us": []})
+    for r in range(rounds):
+        raw_rate, raw_firsts, raw_ends = raw_whole(
+            directory / f"raw-whole-{durability}-{r}.db", durability, sessions
+        )
+        rate, firsts, ends = tether_whole(
+            directory / f"ours-whole-{durability}-{r}.db", durability, sessions
+        )
+        out["raw"].append(raw_rate)
+        out["ours"].append(rate)
+        out["ratio"].append(rate / raw_rate)
+        out["first_raw_us"].append(median(raw_firsts) * 1e6)
+        out["first_us"].append(median(firsts) * 1e6)
+        out["end_raw_us"].append(median(raw_ends) * 1e6)
+        out["end_us"].append(median(ends) * 1e6)
+        out["first"].append(median(raw_firsts) / median(firsts))
+        out["end"].append(median(raw_ends) / median(ends))
+    return out
+
+
+def raw_read_back(path: Path, session_id: str, calls: int) -> list[float]:
+    c = sqlite3.connect(path, isolation_level=None)
+    xs = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        c.execute("BEGIN")
+        # The very statement tether runs (active messages, in seq order).
+        rows = c.execute(READ_MESSAGES, (session_id, 0, "active", 2**63 - 1)).fetchall()
+        c.execute("COMMIT")
+        xs.append(time.perf_counter() - t)
+    assert len(rows) == 1000
+    c.close()
+    return xs
+
+
+def read_back(directory: Path, rounds: int, calls: int) -> dict[str, list[float]]:
+    """Reading a 1,000-message session: ``store.messages()`` against raw fetchall()."""
+    path = directory / "read-back.db"
+    store = tether.open_store(path, load_plugins=False)
+    h = store.session(source="bench")
+    for i in range(100):
+        for k in range(10):
+            h.buffer("assistant" if k % 2 else "user", f"{CONTENT} {i}.{k}")
+        h.flush()
+    h.end()
+    out: dict[str, list[float]] = {"raw": [], "ours": [], "ratio": []}
+    for _ in range(rounds):
+        raw = median(raw_read_back(path, h.id, calls))
+        xs = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            got = store.get_messages(h.id)
+            xs.append(time.perf_counter() - t)
+        assert len(got) == 1000
+        ours = median(xs)
+        out["raw"].append(raw * 1e3)
+        out["ours"].append(ours * 1e3)
+        out["ratio"].append(raw / ours)
+    store.close()
+    return out
+
+
+def run_whole(d: Path, quick: bool) -> tuple[str, list[tuple[str, ...]]]:
+    rounds = 3 if quick else 7
+    rows: list[tuple[str, ...]] = []
+    latency: list[tuple[str, ...]] = []
+    for durability, target in (("normal", 0.8), ("full", 0.9)):
+        sessions = (100 if quick else 300) if durability == "normal" else (20 if quick else 60)
+        progress(f"store: whole sessions, {durability} ({rounds} rounds of {sessions})")
+        r = whole_sessions(d, durability, rounds, sessions)
+        met = "met" if median(r["ratio"]) >= target else "missed"
+        rows.append(
+            (
+                f"whole session (create + {WHOLE_MESSAGES} appends + end), {durability}",
+                spread(r["raw"], "{:,.0f}"),
+                spread(r["ours"], "{:,.0f}"),
+                spread(r["ratio"]),
+                f"≥ {target}x: {met}",
+            )
+        )
+        for what in ("first", "end"):
+            label = "first append" if what == "first" else "end()"
+            met = "met" if median(r[what]) >= 0.5 else "missed"
+            latency.append(
+                (
+                    f"{label}, {durability}",
+                    spread(r[f"{what}_raw_us"], "{:.0f}"),
+                    spread(r[f"{what}_us"], "{:.0f}"),
+                    spread(r[what]),
+                    f"≥ 0.5x: {met}",
+                )
+            )
+    progress("store: reading back a 1,000-message session")
+    rb = read_back(d, rounds, 20 if quick else 100)
+    met = "met" if median(rb["ratio"]) >= 0.8 else "missed"
+    text = table(["msgs/s, min / median / max", "raw sqlite3", "tether", "ratio", "target"], rows)
+    text += "\n\nLatency of a session's first append and of `end()` (µs, medians per round):\n\n"
+    text += table(["", "raw sqlite3", "tether", "ratio (raw/tether)", "target"], latency)
+    text += "\n\nReading back a 1,000-message session (ms):\n\n"
+    text += table(
+        ["", "raw sqlite3", "tether", "ratio (raw/tether)", "target"],
+        [
+            (
+                "store.messages()",
+                spread(rb["raw"], "{:.2f}"),
+                spread(rb["ours"], "{:.2f}"),
+                spread(rb["ratio"]),
+                f"≥ 0.8x: {met}",
+            )
+        ],
+    )
+    return text, rows
+
+
 # --- PostgreSQL -----------------------------------------------------------------------
 
 
@@ -416,6 +618,9 @@ def run(
             )
         )
     text = table(["messages/s", "raw sqlite3", "tether", "median ratio", "target"], rows)
+    whole, _ = run_whole(d, quick)
+    text += "\n\nWhole sessions, one at a time (messages/s; min / median / max of rounds):\n\n"
+    text += whole
     lat_rows = [
         (d_, f"{r['p50']:.0f}", f"{r['p99']:.0f}", f"{r['p999']:.0f}") for d_, r in singles.items()
     ]

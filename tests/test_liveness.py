@@ -203,6 +203,34 @@ def test_first_session_registers_the_owner_and_starts_the_heartbeat(db_url: str)
     s2.close()
 
 
+def test_sessions_one_after_another_share_one_heartbeat_thread(db_path: str) -> None:
+    """Starting and joining a thread per session cost ~350 µs each (issue #15): the
+    thread stays, idle, between sessions, and writes nothing while nothing is owned."""
+    store = tether.open_store(db_path, heartbeat_interval=0.02, owner_ttl=5, load_plugins=False)
+    h = store.session(source="one")
+    h.append("user", "x")
+    thread = store._owner._thread
+    h.end()
+    assert not store._owner.beating and thread.is_alive()
+    beats = thread.beats
+    time.sleep(0.2)  # ~10 idle ticks
+    assert thread.beats == beats  # nothing owned: nothing written
+    for _ in range(3):
+        h = store.session(source="next")
+        h.append("user", "x")
+        assert store._owner._thread is thread and store._owner.beating
+        h.end()
+    h = store.session(source="last")
+    h.append("user", "x")
+    deadline = time.monotonic() + 20
+    while thread.beats == beats and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert thread.beats > beats  # owning again: it beats again
+    h.end()
+    store.close()
+    assert not thread.is_alive()
+
+
 def test_heartbeat_is_one_write_per_tick_whatever_the_sessions(db_path: str) -> None:
     store = tether.open_store(db_path, heartbeat_interval=0.05, owner_ttl=5, load_plugins=False)
     handles = [store.session(source="many") for _ in range(200)]

@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MessagesLostError, TetherError
+from ..threads import at_fork_in_child
 
 if TYPE_CHECKING:
     from ..store import StoreCore
@@ -280,5 +281,4 @@ def _after_fork_in_child() -> None:
     _depth = 0
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork_in_child(_after_fork_in_child)

@@ -6,14 +6,16 @@ owner id per process and store, however many threads write their first
 sessions at once. The row carries the lease the owner promises (the store's
 ``owner_ttl``): every reaper judges it by that lease.
 
-The heartbeat thread runs while the process owns at least one open session;
-the first time it starts, it runs one cheap sweep for sessions of dead
-processes (the startup sweep). The owner knows when its lease is at risk: when
-its last successful heartbeat is older than half its lease, it logs an error
-and :attr:`ProcessOwner.lease_ok` turns False. On a clean exit (or when the
-store is closed) the heartbeat and any reaper loop on the store stop, and the
-row is deleted once nothing open refers to it. After ``fork()`` the child is a
-new owner.
+The heartbeat beats while the process owns at least one open session; its
+thread starts with the first one and then stays (idle, writing nothing) until
+the store closes, so a process that runs one session after another does not
+start and join a thread per session. The first time it starts, it runs one
+cheap sweep for sessions of dead processes (the startup sweep). The owner
+knows when its lease is at risk: when its last successful heartbeat is older
+than half its lease, it logs an error and :attr:`ProcessOwner.lease_ok`
+turns False. On a clean exit (or when the store is closed) the heartbeat and
+any reaper loop on the store stop, and the row is deleted once nothing open
+refers to it. After ``fork()`` the child is a new owner.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import TetherError
 from ..ids import new_id
 from ..lifecycle import exits
+from ..threads import at_fork_in_child
 from .heartbeat import HeartbeatThread
 from .identity import ProcessIdentity
 from .loops import stop_loops
@@ -58,8 +61,7 @@ def _after_fork_in_child() -> None:
     _owners.clear()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork_in_child(_after_fork_in_child)
 
 
 class ProcessOwner:
@@ -143,7 +145,21 @@ class ProcessOwner:
 
     @property
     def beating(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """The heartbeat writes: its thread runs and this process owns open sessions."""
+        return bool(self._sessions) and self._thread is not None and self._thread.is_alive()
+
+    def _owns_sessions(self) -> bool:
+        """Whether the heartbeat should write this tick (asked by its thread)."""
+        if self._store_ref() is None:  # dropped without close(): let the thread go
+            self._stop_thread()
+            return False
+        return bool(self._sessions)
+
+    def _stop_thread(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.stop()
 
     @property
     def owned(self) -> int:
@@ -206,28 +222,23 @@ class ProcessOwner:
                     on_start=sweep,
                     on_slow=self._beat_failed,
                     slow_after=self.lease / 2,
+                    active=self._owns_sessions,
                     name=f"tether-heartbeat-{self.id}",
                 )
                 self._thread.start()
 
     def release(self, session_id: str) -> None:
-        """``session_id`` is no longer owned here; the last one stops the heartbeat."""
+        """``session_id`` is no longer owned here; after the last one the heartbeat
+        idles (its thread stays for the next session, see the top)."""
         with self._lock:
             self._sessions.discard(session_id)
-            thread = self._thread if not self._sessions else None
-            if thread is not None:
-                self._thread = None
+            if not self._sessions:
                 self._last_beat = None
-        if thread is not None:
-            thread.stop()
 
     def beat(self) -> None:
         store = self._store_ref()
         if store is None:  # dropped without close(): nothing left to keep alive
-            with self._lock:
-                thread, self._thread = self._thread, None
-            if thread is not None:
-                thread.stop()
+            self._stop_thread()
             return
         store.beat(self.row(store.clock.now()))
         self.wrote_row()

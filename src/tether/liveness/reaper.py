@@ -27,14 +27,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import random
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock, SystemClock
 from ..model import Census
+from ..threads import PeriodicThread
 from . import loops
 from .identity import Probe, ProcessIdentity, probe_pid
 from .policy import OwnerInfo, PauseDetector, Verdict, judge
@@ -209,40 +208,39 @@ class ReaperLoop:
         self.interval = interval
         self.sweeps = 0
         self.reaped = 0
-        self._halt = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: PeriodicThread | None = None
 
     def start(self) -> ReaperLoop:
         if self._thread is None or not self._thread.is_alive():
-            self._halt.clear()
-            self._thread = threading.Thread(target=self._run, name="tether-reaper", daemon=True)
+            self._thread = PeriodicThread(
+                self._sweep, interval=self.interval, name="tether-reaper", first_at_once=True
+            )
             self._thread.start()
         return self
 
     def stop(self, wait: float = 5.0) -> None:
-        self._halt.set()
         thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=wait)
+        if thread is not None:
+            thread.stop(wait)
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _run(self) -> None:
-        while True:
-            if self.reaper.store.closed:
-                return
-            try:
-                report = self.reaper.sweep()
-                self.reaped += len(report.reaped)
-            except Exception as exc:  # a busy or unreachable database: try again next tick
-                if self._halt.is_set() or self.reaper.store.closed:
-                    return  # the store is closing under this sweep
-                log.warning("reaper sweep failed: %s", exc)
-            self.sweeps += 1
-            if self._halt.wait(self.interval * random.uniform(0.9, 1.1)):
-                return
+    def _sweep(self, woken: bool) -> None:
+        thread = self._thread
+        if self.reaper.store.closed:
+            if thread is not None:
+                thread.stop()
+            return
+        try:
+            report = self.reaper.sweep()
+            self.reaped += len(report.reaped)
+        except Exception as exc:  # a busy or unreachable database: try again next tick
+            if thread is None or thread.stopping or self.reaper.store.closed:
+                return  # the store is closing under this sweep
+            log.warning("reaper sweep failed: %s", exc)
+        self.sweeps += 1
 
     def __enter__(self) -> ReaperLoop:
         return self.start()

@@ -47,6 +47,7 @@ from ...errors import (
     StoreUnavailableError,
     TetherError,
 )
+from ...threads import abandon
 from ..migrations import (
     MIGRATIONS_TABLE,
     SchemaState,
@@ -80,8 +81,6 @@ _BEGIN_READ_ORDERED = _BEGIN_READ + "; SET LOCAL enable_sort = off"
 _TRANSIENT = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 _MAIN_THREAD = threading.main_thread().ident
 _ROWS_PER_INSERT = 500  # rows per multi-row INSERT (PostgreSQL takes 65,535 parameters)
-# Pools inherited across fork() must never be used or closed by the child.
-_fork_graveyard: list[Any] = []
 
 
 @functools.lru_cache(maxsize=2048)
@@ -194,7 +193,7 @@ class PostgresBackend:
             with self._lock:
                 if self._pid != os.getpid():
                     # The parent's sockets are shared with it: abandon them, never close them.
-                    _fork_graveyard.append(self._pool)
+                    abandon(self._pool)
                     self._pool = self._new_pool()
                     self._pid = os.getpid()
 
@@ -384,7 +383,7 @@ class PostgresBackend:
                 if self._main_pid == os.getpid():
                     conn.close()
                 else:  # the parent's socket, shared after fork(): never close it here
-                    _fork_graveyard.append(conn)
+                    abandon(conn)
             self._main_conn = None
             conn = psycopg.connect(self.target.conninfo, **self.target.kwargs)
             self._main_conn, self._main_pid = conn, os.getpid()

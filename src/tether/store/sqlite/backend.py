@@ -30,6 +30,7 @@ from ...errors import (
     StoreError,
     StoreOpenError,
 )
+from ...threads import PeriodicThread, abandon, at_fork_in_child
 from ..migrations import (
     MIGRATIONS_TABLE,
     SchemaState,
@@ -57,8 +58,6 @@ _MAX_READERS = 4
 _CHECKPOINT_EVERY = 256  # commits
 _CHECKPOINT_IDLE = 2.0  # seconds: also checkpoint after a quiet spell
 _WAL_BACKSTOP = 8000  # pages
-# Connections inherited across fork() must never be used or closed by the child.
-_fork_graveyard: list[Any] = []
 _backends: weakref.WeakSet[SQLiteBackend] = weakref.WeakSet()
 
 
@@ -67,8 +66,7 @@ def _after_fork_in_child() -> None:
         backend._forked = True
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork_in_child(_after_fork_in_child)
 
 
 def _file_kind(mode: int) -> str:
@@ -274,7 +272,7 @@ class SQLiteBackend:
     def _check_fork(self) -> None:
         if self._forked:
             # A forked child: abandon (never close) the parent's connections.
-            _fork_graveyard.append((self._writer, self._idle_readers))
+            abandon(self._writer, self._idle_readers)
             self._init_process_state()
             self._writer = self._connect()
             self._wcur = self._writer.cursor()
@@ -387,7 +385,7 @@ class SQLiteBackend:
         if self._checkpointer is None or not self._checkpointer.is_alive():
             self._checkpointer = _Checkpointer(self)
             self._checkpointer.start()
-        self._checkpointer.wake.set()
+        self._checkpointer.wake()
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Apply the missing known steps, each recorded, in one ``BEGIN IMMEDIATE`` transaction."""
@@ -599,41 +597,40 @@ class SQLiteBackend:
             self._writer = None
 
 
-class _Checkpointer(threading.Thread):
+class _Checkpointer(PeriodicThread):
     """Runs PASSIVE WAL checkpoints on its own connection, off the append path."""
 
     def __init__(self, backend: SQLiteBackend) -> None:
-        super().__init__(name=f"tether-checkpoint:{os.path.basename(backend.path)}", daemon=True)
+        super().__init__(
+            self._checkpoint,
+            interval=_CHECKPOINT_IDLE,
+            jitter=0.0,
+            name=f"tether-checkpoint:{os.path.basename(backend.path)}",
+            on_start=self._open,
+            on_stop=self._close,
+        )
         self.path = backend.path
         self.target = backend._target
         self.busy_timeout = backend.busy_timeout
-        self.wake = threading.Event()
-        self._halt = threading.Event()
+        self._conn: sqlite3.Connection | None = None
 
-    def stop(self) -> None:
-        self._halt.set()
-        self.wake.set()
-        if self is not threading.current_thread():
-            self.join(timeout=5)
-
-    def run(self) -> None:
+    def _open(self) -> None:
         try:
-            conn = sqlite3.connect(
+            self._conn = sqlite3.connect(
                 self.target, timeout=self.busy_timeout, isolation_level=None, uri=True
             )
         except sqlite3.Error:
             log.exception("checkpointer cannot open %s", self.path)
-            return
-        try:
-            while not self._halt.is_set():
-                woken = self.wake.wait(_CHECKPOINT_IDLE)
-                self.wake.clear()
-                if self._halt.is_set():
-                    break
-                if woken:
-                    try:
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    except sqlite3.Error as exc:  # busy or I/O: the backstop still holds
-                        log.debug("checkpoint of %s skipped: %s", self.path, exc)
-        finally:
-            conn.close()
+            self.stop()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _checkpoint(self, woken: bool) -> None:
+        if woken and self._conn is not None:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:  # busy or I/O: the backstop still holds
+                log.debug("checkpoint of %s skipped: %s", self.path, exc)
