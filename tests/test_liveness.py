@@ -53,22 +53,15 @@ def owned_sessions(
         for sid in ids:
             c.execute(
                 sql.INSERT_SESSION,
-                (
-                    sid,
-                    "test",
-                    None,
-                    None,
-                    None,
-                    None,
-                    sid,
-                    None,
-                    heartbeat_at,
-                    heartbeat_at,
-                    owner_id,
-                    0,
-                    None,
-                    sid,
-                    heartbeat_at,
+                sql.new_session_params(
+                    id=sid,
+                    source="test",
+                    root_id=sid,
+                    created_at=heartbeat_at,
+                    last_active_at=heartbeat_at,
+                    owner_id=owner_id,
+                    chain_tip_id=sid,
+                    chain_last_active_at=heartbeat_at,
                 ),
             )
 
@@ -82,7 +75,15 @@ def legacy_session(store: Store, at: float) -> str:
     store.backend.write(
         lambda c: c.execute(
             sql.INSERT_SESSION,
-            (sid, "import", None, None, None, None, sid, None, at, at, None, 0, None, sid, at),
+            sql.new_session_params(
+                id=sid,
+                source="import",
+                root_id=sid,
+                created_at=at,
+                last_active_at=at,
+                chain_tip_id=sid,
+                chain_last_active_at=at,
+            ),
         )
     )
     return sid

@@ -8,7 +8,7 @@ UTC strings), documented in the README.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,40 +56,27 @@ class Session:
         return self.ended_at is None
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON shape: every field by name, times (``*_at``) as ISO 8601 strings."""
         return {
-            "id": self.id,
-            "source": self.source,
-            "model": self.model,
-            "title": self.title,
-            "cwd": self.cwd,
-            "parent_id": self.parent_id,
-            "root_id": self.root_id,
-            "origin": self.origin,
-            "created_at": iso(self.created_at),
-            "last_active_at": iso(self.last_active_at),
-            "ended_at": iso(self.ended_at),
-            "end_reason": self.end_reason,
-            "end_detail": self.end_detail,
-            "message_count": self.message_count,
-            "owner_id": self.owner_id,
-            "epoch": self.epoch,
-            "detached_at": iso(self.detached_at),
-            "metadata": self.metadata,
+            name: iso(getattr(self, name)) if name in _TIME_FIELDS else getattr(self, name)
+            for name in SESSION_FIELDS
         }
 
 
-# Column order used by every SELECT that builds a Session (see store/sql.py).
-SESSION_COLUMNS = (
-    "id, source, model, title, cwd, parent_id, root_id, origin, created_at, "
-    "last_active_at, ended_at, end_reason, end_detail, message_count, owner_id, "
-    "epoch, detached_at, metadata"
-)
+# The one source of a session's columns: the dataclass above. Every SELECT that
+# builds a Session names SESSION_COLUMNS (see store/sql.py), in this order.
+SESSION_FIELDS = tuple(f.name for f in fields(Session))
+SESSION_COLUMNS = ", ".join(SESSION_FIELDS)
+_TIME_FIELDS = frozenset(name for name in SESSION_FIELDS if name.endswith("_at"))
+# Read by position for speed, positions derived by name: metadata (JSON) is last.
+_SESSION_JSON = SESSION_FIELDS.index("metadata")
+assert len(SESSION_FIELDS) - 1 == _SESSION_JSON, "session_from_row decodes the last column"
 
 
 def session_from_row(row: Any) -> Session:
-    # The checker counts a starred slice as any number of arguments; the row has
-    # the 18 SESSION_COLUMNS, the 17 before metadata here.
-    return Session(*row[:17], _json(row[17]))  # type: ignore[call-arg]
+    """A Session from a row of SESSION_COLUMNS (extra columns after them are ignored)."""
+    # The checker counts a starred slice as any number of arguments.
+    return Session(*row[:_SESSION_JSON], _json(row[_SESSION_JSON]))  # type: ignore[call-arg]
 
 
 @dataclass(slots=True)  # not frozen: frozen __init__ costs 1 us on the append hot path
@@ -131,13 +118,14 @@ class Message:
 # summary) or retracted (taken back); the last two keep their seq.
 MESSAGE_STATES = ("active", "compacted", "retracted")
 
-# The columns a writer fills in (state takes its default, 'active').
-MESSAGE_COLUMNS = (
-    "session_id, seq, role, content, tool_calls, tool_call_id, tool_name, created_at, idem_key"
-)
-MESSAGE_WRITE_COLUMNS = MESSAGE_COLUMNS + ", meta, payload"
-# Column order used by every SELECT that builds a Message.
-MESSAGE_READ_COLUMNS = MESSAGE_COLUMNS + ", meta, state, payload"
+# The one source of a message's columns: the dataclass. Every SELECT that builds
+# a Message names MESSAGE_READ_COLUMNS, in this order; a writer fills in all
+# but state (its default is 'active'); MESSAGE_COLUMNS are those before data
+# model v2 (schema 4), which a raw baseline inserts.
+MESSAGE_FIELDS = tuple(f.name for f in fields(Message))
+MESSAGE_READ_COLUMNS = ", ".join(MESSAGE_FIELDS)
+MESSAGE_WRITE_COLUMNS = ", ".join(f for f in MESSAGE_FIELDS if f != "state")
+MESSAGE_COLUMNS = ", ".join(MESSAGE_FIELDS[: MESSAGE_FIELDS.index("idem_key") + 1])
 
 
 def message_from_row(row: Any) -> Message:

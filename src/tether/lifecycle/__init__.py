@@ -3,9 +3,9 @@
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .handle import SessionHandle
+    from .handle import HandleState, SessionHandle
 
-__all__ = ["SessionHandle"]
+__all__ = ["HandleState", "SessionHandle"]
 
 
 def __getattr__(name: str) -> object:
@@ -16,4 +16,8 @@ def __getattr__(name: str) -> object:
         from .handle import SessionHandle
 
         return SessionHandle
+    if name == "HandleState":
+        from .handle import HandleState
+
+        return HandleState
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

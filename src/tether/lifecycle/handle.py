@@ -9,6 +9,7 @@ takes out (see :mod:`tether.lifecycle.exits`).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import itertools
 import json
 import logging
@@ -48,6 +49,38 @@ if TYPE_CHECKING:
     from ..store import StoreCore
 
 log = logging.getLogger("tether.lifecycle")
+
+
+class HandleState(enum.IntEnum):
+    """Where a handle is in its life (after python-websockets' ``protocol.State``).
+
+    ``NEW``: nothing written yet (no row: no ghost). ``PERSISTED``: the row
+    exists and this handle may write. ``ENDED``: it can write no more (it ended
+    the session, found it ended, or, attached, let go of it). ``FENCED``: another
+    process took the session over; this handle's epoch is stale. The last two
+    are final.
+    """
+
+    NEW = 0
+    PERSISTED = 1
+    ENDED = 2
+    FENCED = 3
+
+
+NEW, PERSISTED, ENDED, FENCED = HandleState  # module constants: `is` tests on the hot path
+
+# The transitions a handle may make; any other is a bug in this module. (NEW ->
+# FENCED: a first write that finds its session owned elsewhere, as any write can.)
+_TRANSITIONS = {
+    NEW: (PERSISTED, ENDED, FENCED),
+    PERSISTED: (ENDED, FENCED),
+    ENDED: (),
+    FENCED: (),
+}
+
+
+class InvalidHandleState(RuntimeError):
+    """A handle was asked to move to a state it cannot reach from where it is (a bug)."""
 
 
 class HandleOwner(Protocol):
@@ -92,12 +125,11 @@ class SessionHandle:
         self._owner = owner
         self._owns = owns
         self._new_session = new  # not _new: an earlier name of the classmethod below
-        self._persisted = persisted
+        self._state = PERSISTED if persisted else NEW
+        self._has_row = persisted  # stays True once the row exists, whatever follows
         self._w = WriteState(new.id, epoch)
         self._pending: list[Row] = []
         self._lock = threading.RLock()
-        self._closed = False  # ended (by us or found ended) or fenced off
-        self._fenced = False
         # Buffered messages get keys unique to this handle; a flush looks them
         # up in the store only when one may already be there: after a write that
         # failed (it may have committed), or for keys the caller chose. Only a
@@ -161,6 +193,22 @@ class SessionHandle:
     # --- state ---------------------------------------------------------------------
 
     @property
+    def state(self) -> HandleState:
+        """Where this handle is: new, persisted, ended or fenced (see :class:`HandleState`)."""
+        return self._state
+
+    @state.setter
+    def state(self, state: HandleState) -> None:
+        if state not in _TRANSITIONS[self._state]:
+            raise InvalidHandleState(
+                f"session {self.id}: handle cannot go from {self._state.name} to {state.name}"
+            )
+        log.debug("session %s: handle %s -> %s", self.id, self._state.name, state.name)
+        self._state = state
+        if state is PERSISTED:
+            self._has_row = True
+
+    @property
     def id(self) -> str:
         return self._new_session.id
 
@@ -171,12 +219,12 @@ class SessionHandle:
     @property
     def persisted(self) -> bool:
         """True once the session's row exists in the store."""
-        return self._persisted
+        return self._has_row
 
     @property
     def ended(self) -> bool:
         """True once this handle can write no more (ended, or taken over)."""
-        return self._closed
+        return self._state >= ENDED
 
     @property
     def epoch(self) -> int:
@@ -200,7 +248,7 @@ class SessionHandle:
         Returns False, changing nothing, once the row exists.
         """
         with self._lock:
-            if self._persisted:
+            if self._state is not NEW:
                 return False
             self._new_session = dataclasses.replace(
                 self._new_session, title=check_text(title, "title")
@@ -212,8 +260,7 @@ class SessionHandle:
         return self._store.get_session(self.id)
 
     def __repr__(self) -> str:
-        state = "ended" if self._closed else ("open" if self._persisted else "new")
-        return f"<SessionHandle {self.id} {state}>"
+        return f"<SessionHandle {self.id} {self._state.name.lower()}>"
 
     # --- writing -------------------------------------------------------------------
 
@@ -241,17 +288,17 @@ class SessionHandle:
         )
 
     def _check_writable(self) -> None:
-        if self._fenced:
+        """The guard of every write: raise unless the handle is new or persisted."""
+        if self._state is FENCED:
             raise StaleOwnerError(self.id, self._w.epoch, -1)
-        if self._closed:
+        if self._state is ENDED:
             raise SessionEndedError(self.id)
 
     def _close_locally(self, *, fenced: bool = False) -> None:
         """This handle can write no more: stop tracking it and release ownership."""
-        self._closed = True
-        self._fenced = self._fenced or fenced
+        self.state = FENCED if fenced else ENDED
         exits.untrack(self)
-        if self._owns and self._persisted:
+        if self._owns and self._has_row:
             self._owner.release(self.id)
 
     def _lost_write(self, exc: Exception) -> None:
@@ -260,7 +307,7 @@ class SessionHandle:
 
     def _write(self, rows: list[Row], *, check_keys: bool = False) -> list[int]:
         """Write ``rows`` (persisting the session first if needed); caller holds the lock."""
-        new = None if self._persisted else self._new_session
+        new = self._new_session if self._state is NEW else None
         try:
             result = self._store.write_messages(
                 new, self._w, rows, check_keys=check_keys or self._check_keys
@@ -275,7 +322,7 @@ class SessionHandle:
             self._check_keys = False
         result.apply(self._w)
         if new is not None:
-            self._persisted = True
+            self.state = PERSISTED
             if self._owns:
                 self._owner.acquire(self.id)
             self._fire_start()
@@ -298,7 +345,7 @@ class SessionHandle:
         """Write the session row now, even without content (on purpose, not a ghost)."""
         with self._lock:
             self._check_writable()
-            if not self._persisted:
+            if self._state is NEW:
                 self._write([])
 
     def append(
@@ -338,9 +385,10 @@ class SessionHandle:
                 role, content, tool_calls, tool_call_id, tool_name, idem_key, meta, payload
             )
         with self._lock:
-            if self._closed:
+            state = self._state
+            if state >= ENDED:
                 self._check_writable()
-            if self._persisted and not self._pending and row[6] is None:
+            if state is PERSISTED and not self._pending and row[6] is None:
                 # The hot path: one message, one transaction, no extra reads.
                 try:
                     seq = self._store.append_message(self._w, row)
@@ -437,7 +485,7 @@ class SessionHandle:
                 rows = list(self._pending)
                 self._write(rows)
                 del self._pending[: len(rows)]
-            if not self._persisted:
+            if self._state is NEW:
                 return None
             try:
                 return self._store.retract_last(self.id, epoch=self._w.epoch)
@@ -480,21 +528,23 @@ class SessionHandle:
         # a second Ctrl+C must not cut the hooks off (they fire exactly once).
         with exits.finalizing():
             with self._lock:
-                if self._closed:
+                if self._state >= ENDED:
                     return False
                 if self._pending:
                     cause = self._final_flush()
                     if cause is not None:
-                        if self._closed:  # the session turned out ended or taken over
+                        if self._state >= ENDED:  # the session turned out ended or taken over
                             log.error(
                                 "session %s: %d buffered messages could not be written: %s",
                                 self.id,
                                 len(self._pending),
-                                "it was taken over" if self._fenced else "it had already ended",
+                                "it was taken over"
+                                if self._state is FENCED
+                                else "it had already ended",
                             )
                             return False
                         lost = (len(self._pending), cause)
-                if not self._persisted or not self._owns:
+                if self._state is NEW or not self._owns:
                     self._close_locally()
                     if lost is not None:  # no end of ours to record: still say what was lost
                         self._pending.clear()

@@ -3,13 +3,14 @@
 A backend knows how to open connections, run a write transaction with retries,
 run a read, and migrate its schema. Everything else (what the SQL says, what
 the rows mean) lives in :mod:`tether.store.core`, shared by every backend.
-SQL is written with ``?`` placeholders; a backend whose driver wants another
-style translates it once per statement.
+SQL is written with ``?`` placeholders (a tuple) or ``:name`` ones (a dict),
+never both in one statement; a backend whose driver wants another style
+translates it once per statement.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -27,9 +28,11 @@ class Cursor(Protocol):
 class Conn(Protocol):
     """What a transaction function receives: ``execute`` and ``executemany``."""
 
-    def execute(self, sql: str, params: Sequence[Any] = ...) -> Cursor: ...
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ...) -> Cursor: ...
 
-    def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> Any: ...
+    def executemany(
+        self, sql: str, seq: Iterable[Sequence[Any]] | Iterable[Mapping[str, Any]]
+    ) -> Any: ...
 
 
 class Backend(Protocol):

@@ -34,7 +34,6 @@ from ..hooks import Plugins
 from ..model import (
     Census,
     ImportResult,
-    ListedChain,
     Message,
     Page,
     Session,
@@ -227,9 +226,7 @@ class StoreCore(HookDeliveries, Ownership, MessageWrites):
         )
         query, params = listing.build(q)
         rows = self._list_reader(state)(lambda c: c.execute(query, params).fetchall())
-        items = [
-            ListedChain(session_from_row(r[:18]), r[18], r[19], r[20], r[21]) for r in rows[:limit]
-        ]
+        items = [listing.listed_chain(r) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
             last = items[-1]

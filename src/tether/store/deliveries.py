@@ -45,21 +45,10 @@ log = logging.getLogger("tether.hooks")
 # Kept importable from here (the write path marks its ends with it).
 INSERT_EVENT_HOOKS_DUE = sql.INSERT_EVENT_HOOKS_DUE
 
-# Ends whose hooks are owed by another process (the partial index events_hooks_due),
-# each with the owing process's owner row (NULLs when it has none).
-SELECT_HOOKS_DUE = f"""
-SELECT e.id, e.session_id, e.at, e.kind, e.data, e.hooks_due_by, o.id,
-    {", ".join("o." + c.strip() for c in sql.OWNER_COLUMNS.split(","))}
-FROM events e LEFT JOIN owners o ON o.id = e.hooks_due_by
-WHERE e.hooks_due_by IS NOT NULL AND e.hooks_due_by <> ?
-ORDER BY e.id LIMIT ?
-"""
-
-# Take over a due delivery, only if nobody else took it meanwhile.
-CLAIM_HOOKS = "UPDATE events SET hooks_due_by = ? WHERE id = ? AND hooks_due_by = ?"
-
-# The hooks ran: nothing is due for this end any more (a session ends once).
-HOOKS_DELIVERED = "UPDATE events SET hooks_due_by = NULL WHERE session_id = ? AND hooks_due_by = ?"
+# Kept importable from here too; the statements live in sql.py.
+SELECT_HOOKS_DUE = sql.SELECT_HOOKS_DUE
+CLAIM_HOOKS = sql.CLAIM_HOOKS
+HOOKS_DELIVERED = sql.HOOKS_DELIVERED
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,18 +12,34 @@ from __future__ import annotations
 import base64
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from ..errors import InvalidInputError
-from ..model import SESSION_COLUMNS
+from ..model import SESSION_FIELDS, ListedChain, session_from_row
 from ..validate import BAD_TEXT_SEARCH, check_text
 
 STATES = ("all", "open", "ended")
 MAX_LIMIT = 1000
 _MAX_CURSOR = 1000  # characters: ours are about 60
 
-_TIP_COLUMNS = ", ".join(f"t.{c.strip()}" for c in SESSION_COLUMNS.split(","))
-_SELECT = f"SELECT {_TIP_COLUMNS}, r.id, r.chain_message_count, r.chain_last_active_at, r.title"
+_TIP_COLUMNS = ", ".join(f"t.{c}" for c in SESSION_FIELDS)
+# What a listing row holds after the tip's SESSION_COLUMNS, by name: the chain
+# root's columns, read into ListedChain's fields of the same names.
+_ROOT_COLUMNS = {
+    "root_id": "r.id",
+    "chain_message_count": "r.chain_message_count",
+    "chain_last_active_at": "r.chain_last_active_at",
+    "root_title": "r.title",
+}
+_SELECT = f"SELECT {_TIP_COLUMNS}, {', '.join(_ROOT_COLUMNS.values())}"
+_TIP = len(SESSION_FIELDS)
+assert [f.name for f in fields(ListedChain)][1:] == list(_ROOT_COLUMNS), "ListedChain's order"
+
+
+def listed_chain(row: Any) -> ListedChain:
+    """A listing row (the tip's columns, then the root's) as a ListedChain."""
+    return ListedChain(session_from_row(row), *row[_TIP:])
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..clock import SystemClock
 from ..errors import InvalidInputError, OwnerAliveError, SessionEndedError, SessionNotFoundError
-from ..model import SESSION_COLUMNS, Session, session_from_row
+from ..model import Session, session_from_row
 from . import sql
 from .backend import Conn
 
@@ -291,8 +291,7 @@ class Ownership:
         out: list[Session] = []
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
-            marks = ", ".join("?" * len(chunk))
-            query = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id IN ({marks})"
+            query = sql.select_sessions_by_id(len(chunk))
 
             def fetch(c: Conn, q: str = query, p: list[str] = chunk) -> list[Any]:
                 return c.execute(q, p).fetchall()

@@ -1,25 +1,80 @@
-"""The store's SQL, named, in one place (``?`` placeholders, portable SQL).
+"""The store's SQL, named, in one place (portable SQL).
 
 Every statement here runs unchanged on SQLite (>= 3.35, for RETURNING) and
 PostgreSQL. Where the two must differ, a function taking the ``dialect``
 returns the right text (:func:`locking`, :func:`reap_owners`).
+
+Parameters are named (``:name``, with a dict) where a statement has many of
+them, so no one counts question marks: the PostgreSQL backend translates
+``:name`` to psycopg's ``%(name)s`` as it translates ``?`` to ``%s``. The
+append hot path keeps ``?`` (a tuple binds a little faster than a dict, and
+those statements have few parameters); one statement never mixes the two.
+Column lists come from one place each (:mod:`tether.model` for what is read,
+the ``*_FIELDS`` tuples here for what is written).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from ..model import MESSAGE_READ_COLUMNS, MESSAGE_WRITE_COLUMNS, SESSION_COLUMNS
+
+
+def insert_named(table: str, fields: Sequence[str], constants: Mapping[str, str]) -> str:
+    """``INSERT INTO table (...) VALUES (...)`` with ``:field`` for each of ``fields``
+    and the SQL text of ``constants`` for the other columns (one list, never two)."""
+    columns = [*fields, *constants]
+    values = [f":{f}" for f in fields] + list(constants.values())
+    return f"INSERT INTO {table} ({', '.join(columns)})\nVALUES ({', '.join(values)})\n"
+
+
+def params_for(fields: Sequence[str], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of a named statement: ``values``, None for fields not given.
+
+    A name that is not a field is refused, so a typo cannot silently write NULL.
+    """
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise KeyError(f"not a field of this statement: {', '.join(sorted(unknown))}")
+    return {f: values.get(f) for f in fields}
+
 
 # --- sessions -------------------------------------------------------------------
 
-# A root session carries its chain's summary (tip, total messages, activity) so
-# the resumable listing reads one index and one row per chain.
-INSERT_SESSION = """
-INSERT INTO sessions (id, source, model, title, cwd, parent_id, root_id, origin,
-    created_at, last_active_at, message_count, owner_id, epoch, metadata,
-    chain_tip_id, chain_message_count, chain_last_active_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, 0, ?)
-ON CONFLICT (id) DO NOTHING
-"""
+# What a new session's row is written with (by name: see new_session_params);
+# its counts start at zero. A root session carries its chain's summary (tip,
+# total messages, activity) so the resumable listing reads one index and one
+# row per chain; other members leave chain_tip_id and chain_last_active_at NULL.
+NEW_SESSION_FIELDS = (
+    "id",
+    "source",
+    "model",
+    "title",
+    "cwd",
+    "parent_id",
+    "root_id",
+    "origin",
+    "created_at",
+    "last_active_at",
+    "owner_id",
+    "epoch",
+    "metadata",
+    "chain_tip_id",
+    "chain_last_active_at",
+)
+_ZERO_COUNTS = {"message_count": "0", "chain_message_count": "0"}
+
+INSERT_SESSION = (
+    insert_named("sessions", NEW_SESSION_FIELDS, _ZERO_COUNTS) + "ON CONFLICT (id) DO NOTHING\n"
+)
+
+
+def new_session_params(**values: Any) -> dict[str, Any]:
+    """The parameters of :data:`INSERT_SESSION` (fields not given are NULL; epoch 0)."""
+    values.setdefault("epoch", 0)
+    return params_for(NEW_SESSION_FIELDS, values)
+
 
 SELECT_ROOT_OF = "SELECT root_id FROM sessions WHERE id = ?"
 
@@ -133,6 +188,17 @@ RETURNING {SESSION_COLUMNS}
 INSERT_MESSAGE = f"""
 INSERT INTO messages ({MESSAGE_WRITE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+
+# After a commit of unknown outcome: what was stored at a seq, and the session
+# row's creation (the writer compares them with what it wrote).
+SELECT_MESSAGE_WITNESS = "SELECT role, created_at FROM messages WHERE session_id = ? AND seq = ?"
+SELECT_SESSION_WITNESS = "SELECT created_at, owner_id FROM sessions WHERE id = ?"
+
+
+def select_sessions_by_id(n: int) -> str:
+    """Several sessions by id (``n`` of them), in no particular order."""
+    return f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id IN ({', '.join('?' * n)})"
 
 
 def select_idem_keys(n: int) -> str:
@@ -391,16 +457,18 @@ RETURNING {MESSAGE_READ_COLUMNS}
 
 SELECT_BY_ORIGIN = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE origin = ?"
 
-# Imported sessions (see Store.import_session). ON CONFLICT without a target
-# also covers the origin's unique index: of two importers of one origin, the
-# second inserts nothing and reads the first one's row.
-INSERT_IMPORTED_SESSION = """
-INSERT INTO sessions (id, source, model, title, cwd, parent_id, root_id, origin,
-    created_at, last_active_at, message_count, owner_id, epoch, metadata,
-    chain_tip_id, chain_message_count, chain_last_active_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, 0, ?, ?, 0, ?)
-ON CONFLICT DO NOTHING
-"""
+# Imported sessions (see Store.import_session): no owner (external), epoch 0,
+# the parameters of new_session_params. ON CONFLICT without a target also
+# covers the origin's unique index: of two importers of one origin, the second
+# inserts nothing and reads the first one's row.
+INSERT_IMPORTED_SESSION = (
+    insert_named(
+        "sessions",
+        [f for f in NEW_SESSION_FIELDS if f not in ("owner_id", "epoch")],
+        {**_ZERO_COUNTS, "owner_id": "NULL", "epoch": "0"},
+    )
+    + "ON CONFLICT DO NOTHING\n"
+)
 
 # An import's page of messages: the count and activity move with the rows
 # (activity only forward), whether the session ended or not.
@@ -409,3 +477,22 @@ UPDATE sessions SET message_count = message_count + ?,
     last_active_at = CASE WHEN last_active_at < ? THEN ? ELSE last_active_at END
 WHERE id = ?
 """
+
+
+# --- hook deliveries (see tether.store.deliveries) -----------------------------
+
+# Ends whose hooks are owed by another process (the partial index events_hooks_due),
+# each with the owing process's owner row (NULLs when it has none).
+SELECT_HOOKS_DUE = f"""
+SELECT e.id, e.session_id, e.at, e.kind, e.data, e.hooks_due_by, o.id,
+    {_OWNER_FIELDS}
+FROM events e LEFT JOIN owners o ON o.id = e.hooks_due_by
+WHERE e.hooks_due_by IS NOT NULL AND e.hooks_due_by <> ?
+ORDER BY e.id LIMIT ?
+"""
+
+# Take over a due delivery, only if nobody else took it meanwhile.
+CLAIM_HOOKS = "UPDATE events SET hooks_due_by = ? WHERE id = ? AND hooks_due_by = ?"
+
+# The hooks ran: nothing is due for this end any more (a session ends once).
+HOOKS_DELIVERED = "UPDATE events SET hooks_due_by = NULL WHERE session_id = ? AND hooks_due_by = ?"

@@ -140,22 +140,20 @@ class MessageWrites:
         c.execute(sql.UPSERT_OWNER, owner_row)
         c.execute(
             sql.INSERT_SESSION,
-            (
-                s.id,
-                s.source,
-                s.model,
-                s.title,
-                s.cwd,
-                s.parent_id,
-                root_id,
-                None,
-                s.created_at,
-                s.created_at,
-                owner_row[0],
-                0,
-                s.metadata,
-                s.id if is_root else None,
-                s.created_at if is_root else None,
+            sql.new_session_params(
+                id=s.id,
+                source=s.source,
+                model=s.model,
+                title=s.title,
+                cwd=s.cwd,
+                parent_id=s.parent_id,
+                root_id=root_id,
+                created_at=s.created_at,
+                last_active_at=s.created_at,
+                owner_id=owner_row[0],
+                metadata=s.metadata,
+                chain_tip_id=s.id if is_root else None,
+                chain_last_active_at=s.created_at if is_root else None,
             ),
         )
         if not is_root:
@@ -359,10 +357,7 @@ class MessageWrites:
         so a match is this message, not another writer's.
         """
         found = self.backend.read(
-            lambda c: c.execute(
-                "SELECT role, created_at FROM messages WHERE session_id = ? AND seq = ?",
-                (session_id, seq),
-            ).fetchone()
+            lambda c: c.execute(sql.SELECT_MESSAGE_WITNESS, (session_id, seq)).fetchone()
         )
         return found is not None and found[0] == row[0] and found[1] == row[5]
 
@@ -428,9 +423,7 @@ class MessageWrites:
         if new is None:
             return True  # it inserted nothing: there is nothing to find
         found = self.backend.read(
-            lambda c: c.execute(
-                "SELECT created_at, owner_id FROM sessions WHERE id = ?", (session_id,)
-            ).fetchone()
+            lambda c: c.execute(sql.SELECT_SESSION_WITNESS, (session_id,)).fetchone()
         )
         return found is not None and found[0] == new.created_at and found[1] == self._owner.id
 
@@ -529,20 +522,20 @@ class MessageWrites:
         is_root = root_id == sid
         inserted = c.execute(
             sql.INSERT_IMPORTED_SESSION,
-            (
-                sid,
-                s.source,
-                s.model,
-                s.title,
-                s.cwd,
-                s.parent_id,
-                root_id,
-                s.origin,
-                s.created_at,
-                s.last_active_at,
-                s.metadata,
-                sid if is_root else None,
-                s.last_active_at if is_root else None,
+            sql.new_session_params(
+                id=sid,
+                source=s.source,
+                model=s.model,
+                title=s.title,
+                cwd=s.cwd,
+                parent_id=s.parent_id,
+                root_id=root_id,
+                origin=s.origin,
+                created_at=s.created_at,
+                last_active_at=s.last_active_at,
+                metadata=s.metadata,
+                chain_tip_id=sid if is_root else None,
+                chain_last_active_at=s.last_active_at if is_root else None,
             ),
         ).rowcount
         if inserted != 1:

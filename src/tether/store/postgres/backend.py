@@ -26,10 +26,11 @@ import functools
 import logging
 import os
 import random
+import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -83,10 +84,26 @@ _MAIN_THREAD = threading.main_thread().ident
 _ROWS_PER_INSERT = 500  # rows per multi-row INSERT (PostgreSQL takes 65,535 parameters)
 
 
+# A named parameter: ``:name``, not a cast (``::type``) nor inside a word.
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
 @functools.lru_cache(maxsize=2048)
 def to_pg(query: str) -> str:
-    """``?`` placeholders -> ``%s`` (literal ``%`` escaped), once per distinct statement."""
-    return query.replace("%", "%%").replace("?", "%s")
+    """SQLite's placeholders -> psycopg's, once per distinct statement.
+
+    ``?`` -> ``%s``; a statement without ``?`` may use ``:name`` -> ``%(name)s``
+    (store/sql.py never mixes the two in one statement). A literal ``%`` is escaped.
+    """
+    query = query.replace("%", "%%")
+    if "?" in query:
+        return query.replace("?", "%s")
+    return _NAMED.sub(r"%(\1)s", query)
+
+
+def _numbered(group: str, k: int) -> str:
+    """A VALUES group's ``:name`` placeholders renamed ``:name_k`` (row ``k`` of many)."""
+    return _NAMED.sub(lambda m: f":{m.group(1)}_{k}", group)
 
 
 def one_line(exc: BaseException) -> str:
@@ -105,10 +122,14 @@ class PgConn:
     def __init__(self, cur: psycopg.Cursor[Any]) -> None:
         self._cur = cur
 
-    def execute(self, query: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+    def execute(
+        self, query: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> psycopg.Cursor[Any]:
         return self._cur.execute(to_pg(query), params)
 
-    def executemany(self, query: str, seq: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
+    def executemany(
+        self, query: str, seq: Iterable[Sequence[Any] | Mapping[str, Any]]
+    ) -> psycopg.Cursor[Any]:
         """Run ``query`` for each parameter row: one multi-row INSERT where possible.
 
         Not psycopg's ``executemany``: it enters pipeline mode, and an
@@ -126,6 +147,15 @@ class PgConn:
         group = group.strip()
         for start in range(0, len(rows), _ROWS_PER_INSERT):
             chunk = rows[start : start + _ROWS_PER_INSERT]
+            if chunk and isinstance(chunk[0], Mapping):  # named: one name per row and field
+                groups = ", ".join(_numbered(group, k) for k in range(len(chunk)))
+                named = {
+                    f"{n}_{k}": v
+                    for k, row in enumerate(chunk)
+                    for n, v in cast("Mapping[str, Any]", row).items()
+                }
+                self._cur.execute(to_pg(f"{head}VALUES {groups}"), named)
+                continue
             statement = f"{head}VALUES {', '.join([group] * len(chunk))}"
             self._cur.execute(to_pg(statement), [v for row in chunk for v in row])
         return self._cur
