@@ -12,6 +12,7 @@ ProcessOwner`: identity, heartbeat, lease) and the entry points that hand out
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -19,11 +20,10 @@ from .clock import Clock
 from .errors import SessionEndedError
 from .hooks import Plugins
 from .lifecycle import exits
-from .liveness.owner import ProcessOwner
+from .liveness.owner import OwnerOptions, ProcessOwner
 from .liveness.policy import OwnerInfo
 from .store import StoreCore, open_backend
 from .store.backend import Backend
-from .validate import check_liveness, check_source
 
 if TYPE_CHECKING:
     from .lifecycle.handle import SessionHandle
@@ -44,28 +44,22 @@ class Store(StoreCore):
         *,
         clock: Clock | None = None,
         plugins: Plugins | None = None,
-        kind: str = "process",
-        heartbeat_interval: float = 10.0,
-        owner_ttl: float = 30.0,
-        startup_sweep: bool = True,
+        options: OwnerOptions | None = None,
+        kind: str | None = None,
     ) -> None:
-        check_liveness(heartbeat_interval, owner_ttl)
-        kind = check_source(kind)
+        """``options`` (frozen, already checked) says how this process owns sessions;
+        ``kind``, if given, replaces its kind."""
+        options = options or OwnerOptions()
+        if kind is not None:
+            options = dataclasses.replace(options, kind=kind)
         owners: list[ProcessOwner] = []
 
         def make_owner(core: StoreCore) -> ProcessOwner:
-            owners.append(
-                ProcessOwner(
-                    core,
-                    kind=kind,
-                    heartbeat_interval=heartbeat_interval,
-                    startup_sweep=startup_sweep,
-                )
-            )
+            owners.append(ProcessOwner(core, options))
             return owners[0]
 
         super().__init__(
-            backend, owner=make_owner, clock=clock, plugins=plugins, owner_ttl=owner_ttl
+            backend, owner=make_owner, clock=clock, plugins=plugins, owner_ttl=options.owner_ttl
         )
         self._process_owner = owners[0]
         # Signal handlers can only be installed from the main thread: do it now,
@@ -238,15 +232,13 @@ def open_store(
     the process owns a session it runs one sweep for sessions of dead
     processes (``startup_sweep``).
     """
-    check_liveness(heartbeat_interval, owner_ttl)  # before any connection opens
+    # Checked before any connection opens.
+    options = OwnerOptions(kind, heartbeat_interval, owner_ttl, startup_sweep)
     if plugins is None:
         plugins = Plugins(load_entrypoints=load_plugins)
     return Store(
         open_backend(path_or_url, durability=durability),
         clock=clock,
         plugins=plugins,
-        kind=kind,
-        heartbeat_interval=heartbeat_interval,
-        owner_ttl=owner_ttl,
-        startup_sweep=startup_sweep,
+        options=options,
     )

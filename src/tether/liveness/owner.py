@@ -24,12 +24,14 @@ import logging
 import os
 import threading
 import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TetherError
 from ..ids import new_id
 from ..lifecycle import exits
 from ..threads import at_fork_in_child
+from ..validate import check_liveness, check_source
 from .heartbeat import HeartbeatThread
 from .identity import ProcessIdentity
 from .loops import stop_loops
@@ -64,19 +66,39 @@ def _after_fork_in_child() -> None:
 at_fork_in_child(_after_fork_in_child)
 
 
+@dataclass(frozen=True, slots=True)
+class OwnerOptions:
+    """How this process owns sessions in a store: checked once, then handed down whole
+    (``open_store`` -> ``Store`` -> ``ProcessOwner``) instead of four keywords each.
+
+    ``kind`` names the process in the ``owners`` table; it heartbeats every
+    ``heartbeat_interval`` seconds while it owns sessions; ``owner_ttl`` is the
+    lease its row promises; ``startup_sweep``: the first time it owns a session,
+    sweep once for sessions of dead processes.
+    """
+
+    kind: str = "process"
+    heartbeat_interval: float = 10.0
+    owner_ttl: float = 30.0
+    startup_sweep: bool = True
+
+    def __post_init__(self) -> None:
+        check_liveness(self.heartbeat_interval, self.owner_ttl)
+        object.__setattr__(self, "kind", check_source(self.kind))
+
+
 class ProcessOwner:
     """This process's owner identity, heartbeat and lease in one store."""
 
-    def __init__(
-        self, store: StoreCore, *, kind: str, heartbeat_interval: float, startup_sweep: bool = True
-    ) -> None:
+    def __init__(self, store: StoreCore, options: OwnerOptions) -> None:
         # Weak, so that a store dropped without close() is still released (the
         # heartbeat thread holds this owner, and this owner must not hold the store).
         self._store_ref = weakref.ref(store)
-        self.kind = kind
-        self.heartbeat_interval = heartbeat_interval
-        self.lease = float(store.owner_ttl)
-        self.startup_sweep = startup_sweep
+        self.options = options
+        self.kind = options.kind
+        self.heartbeat_interval = options.heartbeat_interval
+        self.lease = float(options.owner_ttl)
+        self.startup_sweep = options.startup_sweep
         self._lock = threading.RLock()
         self._swept = False
         self._at_risk_logged = False
