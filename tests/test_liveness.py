@@ -232,6 +232,35 @@ def test_sessions_one_after_another_share_one_heartbeat_thread(db_path: str) -> 
     assert not thread.is_alive()
 
 
+def test_sessions_in_quick_succession_write_the_owner_row_once(db_path: str) -> None:
+    """The owner row is not rewritten by a session started right after it was
+    written (issue #15), and never gets older than half the lease for it."""
+    store = tether.open_store(db_path, heartbeat_interval=1.0, owner_ttl=30, load_plugins=False)
+    assert store.owner._fresh_window == 0.5
+    statements: list[str] = []
+    store.backend._writer.set_trace_callback(statements.append)
+
+    def upserts_for_one_session() -> int:
+        before = len(statements)
+        h = store.session(source="quick")
+        h.append("user", "x")
+        h.end()
+        return sum("INSERT INTO owners" in s for s in statements[before:])
+
+    assert upserts_for_one_session() == 1
+    assert upserts_for_one_session() == 0  # written a moment ago
+    s = store.list_sessions(include_empty=True).items[0].session
+    assert s.owner_id == store.owner_id  # still owned by this process's row
+    time.sleep(0.6)
+    assert upserts_for_one_session() == 1  # past the window: written again
+    store.backend._writer.set_trace_callback(None)
+    store.close()
+    # A lease too short for a skip: always written.
+    tight = tether.open_store(db_path, heartbeat_interval=10, owner_ttl=20, load_plugins=False)
+    assert tight.owner._fresh_window == 0.0
+    tight.close()
+
+
 def test_heartbeat_is_one_write_per_tick_whatever_the_sessions(db_path: str) -> None:
     store = tether.open_store(db_path, heartbeat_interval=0.05, owner_ttl=5, load_plugins=False)
     handles = [store.session(source="many") for _ in range(200)]

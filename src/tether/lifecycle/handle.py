@@ -87,8 +87,9 @@ class HandleOwner(Protocol):
     """What a handle asks of this process's owner (:class:`tether.liveness.ProcessOwner`,
     which sits above this layer and is handed in by :mod:`tether.compose`)."""
 
-    def acquire(self, session_id: str) -> None:
-        """A handle of this process now owns ``session_id``: keep the heartbeat going."""
+    def acquire(self, session_id: str, *, row_written: bool = True) -> None:
+        """A handle of this process now owns ``session_id``: keep the heartbeat going
+        (``row_written``: the transaction that wrote the session wrote the owner row)."""
         ...
 
     def release(self, session_id: str) -> None:
@@ -324,7 +325,7 @@ class SessionHandle:
         if new is not None:
             self.state = PERSISTED
             if self._owns:
-                self._owner.acquire(self.id)
+                self._owner.acquire(self.id, row_written=result.owner_written)
             self._fire_start()
             # This process writes sessions: it can also run the hooks that dead
             # processes owed (once per store, in the background).
@@ -524,6 +525,7 @@ class SessionHandle:
         detail = check_detail(detail)
         lost: tuple[int, str] | None = None
         ended: Session | None = None
+        done = False
         # Signals are deferred until the end is recorded *and* its hooks ran:
         # a second Ctrl+C must not cut the hooks off (they fire exactly once).
         with exits.finalizing():
@@ -555,16 +557,24 @@ class SessionHandle:
                     interrupted = True
                 elif interrupted is None:
                     interrupted = reason in INTERRUPTED_REASONS
+                # None when no on_session_end hook is implemented: then nothing
+                # observes the end and its row need not be read back.
                 due_by = self._store.hooks_due_by()
                 try:
-                    ended = self._store.record_end(
-                        self.id,
-                        reason,
-                        detail,
-                        epoch=self._w.epoch,
-                        hooks_due_by=due_by,
-                        interrupted=interrupted,
-                    )
+                    if due_by is None:
+                        done = self._store.record_end_quietly(
+                            self.id, reason, detail, epoch=self._w.epoch
+                        )
+                    else:
+                        ended = self._store.record_end(
+                            self.id,
+                            reason,
+                            detail,
+                            epoch=self._w.epoch,
+                            hooks_due_by=due_by,
+                            interrupted=interrupted,
+                        )
+                        done = ended is not None
                 except StaleOwnerError:
                     log.warning("session %s was taken over; this handle does not end it", self.id)
                     self._close_locally(fenced=True)
@@ -575,8 +585,8 @@ class SessionHandle:
                 self._store.fire_end(ended, reason, interrupted)
                 self._store.mark_hooks_delivered(self.id, due_by)
         if lost is not None:
-            raise MessagesLostError(self.id, lost[0], lost[1], ended=ended is not None)
-        return ended is not None
+            raise MessagesLostError(self.id, lost[0], lost[1], ended=done)
+        return done
 
     def _final_flush(self) -> str | None:
         """Flush before ending; on failure, say why (the rows stay pending)."""

@@ -119,6 +119,9 @@ class ProcessOwner:
         self._sessions: set[str] = set()
         self._thread: HeartbeatThread | None = None
         self._last_beat: float | None = None  # monotonic time of the last row write
+        # Monotonic time the owner row was last written by a committed transaction
+        # (a beat, a first session, a takeover): see row_due.
+        self._row_at: float | None = None
         # Delivers the hooks dead processes owed, once per store and process.
         self._delivery: threading.Thread | None = None
 
@@ -164,6 +167,33 @@ class ProcessOwner:
             ident.pid_ns,
             self.lease,
         )
+
+    @property
+    def _fresh_window(self) -> float:
+        """How long after a write of the owner row a new session may skip writing it.
+
+        Bounded so that the row never gets older than half the lease because of a
+        skip: the heartbeat writes at most 1.2 intervals (its jitter) after the
+        new session, and half a lease is where :attr:`lease_ok` turns False.
+        """
+        interval = self.heartbeat_interval
+        return max(0.0, min(interval / 2, self.lease / 2 - 1.2 * interval))
+
+    def row_due(self, now: float) -> OwnerRow | None:
+        """The owner row for a transaction that starts a session, or None when the
+        row was written so recently that writing it again says nothing new.
+
+        A process that runs one short session after another would otherwise
+        rewrite it with each (one statement of the seven of a first append).
+        """
+        at = self._row_at
+        if (
+            at is not None
+            and self._pid == os.getpid()
+            and self._store.clock.monotonic() - at < self._fresh_window
+        ):
+            return None
+        return self.row(now)
 
     @property
     def beating(self) -> bool:
@@ -215,13 +245,17 @@ class ProcessOwner:
 
     def wrote_row(self) -> None:
         """The owner row was just written (a heartbeat, or with a session)."""
-        self._last_beat = self._store.clock.monotonic()
+        self._last_beat = self._row_at = self._store.clock.monotonic()
         if self._at_risk_logged:
             self._at_risk_logged = False
             log.warning("lease of owner %s is safe again: a heartbeat landed", self.id)
 
-    def acquire(self, session_id: str) -> None:
-        """A handle of this process now owns ``session_id``: keep the heartbeat going."""
+    def acquire(self, session_id: str, *, row_written: bool = True) -> None:
+        """A handle of this process now owns ``session_id``: keep the heartbeat going.
+
+        ``row_written``: the transaction that gave it the session also wrote the
+        owner row (False when :meth:`row_due` said it was fresh enough).
+        """
         global _exit_hooked
         with self._lock:
             self.ensure()
@@ -230,8 +264,10 @@ class ProcessOwner:
                 if not _exit_hooked:
                     exits.after_handles(_close_owners_at_exit)
                     _exit_hooked = True
-            if not self._sessions and self._last_beat is None:
+            if row_written:
                 self.wrote_row()  # the row was written with the session, just now
+            elif not self._sessions and self._last_beat is None:
+                self._last_beat = self._row_at  # the row's last write, a moment ago
             self._sessions.add(session_id)
             if self._thread is None or not self._thread.is_alive():
                 sweep = None
@@ -332,7 +368,7 @@ class ProcessOwner:
         with self._lock:
             thread, self._thread = self._thread, None
             owner_id = self.id if self._pid == os.getpid() else None
-            self._last_beat = None
+            self._last_beat = self._row_at = None
         if thread is not None:
             thread.stop()
         _owners.discard(self)

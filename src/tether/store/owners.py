@@ -74,6 +74,11 @@ class OwnerPort(Protocol):
         """The owner row to upsert (id, then ``sql.OWNER_COLUMNS``), heartbeat ``now``."""
         ...
 
+    def row_due(self, now: float) -> tuple[Any, ...] | None:
+        """:meth:`row` for a transaction that starts a session, or None when this
+        process wrote it so recently that it need not be written again."""
+        ...
+
 
 # Decides, inside a takeover, whether a session's current owner is alive: its
 # row and now on the heartbeats' clock. Liveness supplies it (the store has no policy).

@@ -12,6 +12,7 @@ which checks ownership (epoch), liveness (``ended_at``) and order
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -95,6 +96,7 @@ class WriteResult:
     count: int | None
     root_id: str | None
     activity_at: float
+    owner_written: bool = False  # this transaction wrote the owner row (with a new session)
 
     def apply(self, w: WriteState) -> None:
         w.count, w.root_id, w.activity_at = self.count, self.root_id, self.activity_at
@@ -126,8 +128,9 @@ class MessageWrites:
     _sql_write_state: str
     _append_statement: Callable[[str, Sequence[Any]], int] | None
 
-    def _insert_session(self, c: Conn, s: NewSession) -> str:
-        """Write a new session row; return its chain's root id."""
+    def _insert_session(self, c: Conn, s: NewSession) -> tuple[str, bool]:
+        """Write a new session row; return its chain's root id, and whether the
+        owner row was written too (it is, unless this process wrote it just now)."""
         root_id = s.id
         if s.parent_id is not None:
             parent = c.execute(sql.SELECT_ROOT_OF, (s.parent_id,)).fetchone()
@@ -136,8 +139,12 @@ class MessageWrites:
             if not s.branch:
                 root_id = parent[0]
         is_root = root_id == s.id
-        owner_row = self._owner.row(self.clock.now())
-        c.execute(sql.UPSERT_OWNER, owner_row)
+        owner_row = self._owner.row_due(self.clock.now())
+        if owner_row is None:
+            owner_id = self._owner.ensure()
+        else:
+            c.execute(sql.UPSERT_OWNER, owner_row)
+            owner_id = owner_row[0]
         c.execute(
             sql.INSERT_SESSION,
             sql.new_session_params(
@@ -150,7 +157,7 @@ class MessageWrites:
                 root_id=root_id,
                 created_at=s.created_at,
                 last_active_at=s.created_at,
-                owner_id=owner_row[0],
+                owner_id=owner_id,
                 metadata=s.metadata,
                 chain_tip_id=s.id if is_root else None,
                 chain_last_active_at=s.created_at if is_root else None,
@@ -160,7 +167,7 @@ class MessageWrites:
             at = s.created_at
             c.execute(sql.ADD_CHAIN_MEMBER, (at, s.id, s.id, at, at, root_id))
         self._event(c, s.id, "created", {"source": s.source, "parent_id": s.parent_id})
-        return root_id
+        return root_id, owner_row is not None
 
     def _event(self, c: Conn, session_id: str | None, kind: str, data: dict[str, Any]) -> None:
         c.execute(
@@ -378,8 +385,9 @@ class MessageWrites:
 
         def tx(c: Conn) -> WriteResult:
             state = w
+            owner_written = False
             if new is not None:
-                root_id = self._insert_session(c, new)
+                root_id, owner_written = self._insert_session(c, new)
                 state = WriteState(w.session_id, w.epoch, 0, root_id, new.created_at)
             elif self._lock_rows and check_keys and any(r[6] is not None for r in rows):
                 # PostgreSQL: lock the session before looking its keys up, or two
@@ -387,10 +395,13 @@ class MessageWrites:
                 count, root_id = self._load_write_state(c, w)
                 state = WriteState(w.session_id, w.epoch, count, root_id, w.activity_at)
             if not rows:
-                planned.append(WriteResult([], state.count, state.root_id, state.activity_at))
+                done = WriteResult([], state.count, state.root_id, state.activity_at)
             else:
-                planned.append(self._append_rows(c, state, rows, check_keys))
-            return planned[-1]
+                done = self._append_rows(c, state, rows, check_keys)
+            if owner_written:
+                done = dataclasses.replace(done, owner_written=True)
+            planned.append(done)
+            return done
 
         for _ in range(_UNKNOWN_RETRIES):
             planned.clear()
@@ -470,6 +481,26 @@ class MessageWrites:
 
         row = self.backend.write(tx)
         return None if row is None else session_from_row(row)
+
+    def record_end_quietly(
+        self, session_id: str, reason: str, detail: str | None, *, epoch: int
+    ) -> bool:
+        """:meth:`record_end` (fenced, no hooks owed) for an end nothing observes: no
+        ``on_session_end`` hook is implemented, so the row is not read back.
+        True if this call ended the session, False if it was already ended."""
+
+        def tx(c: Conn) -> bool:
+            now = self.clock.now()
+            params = (now, reason, detail, session_id, epoch)
+            if c.execute(sql.END_SESSION_FENCED_QUIETLY, params).rowcount == 1:
+                self._event(c, session_id, "ended", {"reason": reason, "detail": detail})
+                return True
+            err = self._write_state_error(c, session_id, epoch)
+            if not isinstance(err, SessionEndedError):
+                raise err
+            return False
+
+        return self.backend.write(tx)
 
     def _import(
         self,
