@@ -34,7 +34,7 @@ from tether.liveness import ProcessIdentity, Reaper, ReaperLoop
 from tether.store import sql
 
 from . import pg
-from .report import median, percentile, publish, table
+from .report import median, percentile, progress, publish, table
 
 ME = ProcessIdentity.current()
 
@@ -128,9 +128,11 @@ def time_sweep(target: str | Path, reap_ms: list[float], idle_ms: list[float]) -
     return len(report.reaped)
 
 
-def sweep_times(directory: Path, runs: int, owners: int) -> tuple[list[float], list[float], int]:
-    base = directory / f"sweep-base-{owners}.db"
-    build_sweep_store(base, total=100_000, open_=10_000, owners=owners, dead=1_000)
+def sweep_times(
+    directory: Path, runs: int, owners: int, dead: int = 1_000
+) -> tuple[list[float], list[float], int]:
+    base = directory / f"sweep-base-{owners}-{dead}.db"
+    build_sweep_store(base, total=100_000, open_=10_000, owners=owners, dead=dead)
     reap_ms, idle_ms, reaped = [], [], 0
     for r in range(runs):
         path = directory / f"sweep-{r}.db"
@@ -140,9 +142,11 @@ def sweep_times(directory: Path, runs: int, owners: int) -> tuple[list[float], l
     return reap_ms, idle_ms, reaped
 
 
-def pg_sweep_times(base: str, runs: int, owners: int) -> tuple[list[float], list[float], int]:
+def pg_sweep_times(
+    base: str, runs: int, owners: int, dead: int = 1_000
+) -> tuple[list[float], list[float], int]:
     """The same sweep on PostgreSQL; the store is put back as it was between runs."""
-    owner_rows, sessions = sweep_rows(100_000, 10_000, owners, 1_000)
+    owner_rows, sessions = sweep_rows(100_000, 10_000, owners, dead)
     reap_ms, idle_ms, reaped = [], [], 0
     with pg.scratch_schema(base, "sweep") as url:
         tether.open_store(url, load_plugins=False).close()
@@ -166,6 +170,15 @@ def pg_sweep_times(base: str, runs: int, owners: int) -> tuple[list[float], list
                 c.execute("VACUUM ANALYZE sessions")
                 c.execute("VACUUM ANALYZE owners")
     return reap_ms, idle_ms, reaped
+
+
+def issue15_sweep_row(
+    label: str, reap_ms: list[float], reaped: int, target_ms: float
+) -> tuple[str, ...]:
+    """Issue #15's row: min / median / max of the sweeps, against the target."""
+    met = "met" if median(reap_ms) < target_ms else "missed"
+    spread = " / ".join(f"{x:.1f}" for x in (min(reap_ms), median(reap_ms), max(reap_ms)))
+    return (label, spread, f"{reaped:,}", f"< {target_ms:.0f} ms: {met}")
 
 
 def sweep_table(results: list[tuple[int, tuple[list[float], list[float], int]]]) -> str:
@@ -257,11 +270,24 @@ def run(
     tmp = tempfile.TemporaryDirectory(dir=directory, prefix="tether-bench-")
     d = Path(tmp.name)
     runs = 3 if quick else 7
+    progress(f"liveness: sweeps on SQLite ({runs} runs per shape)")
     results = [(owners, sweep_times(d, runs, owners)) for owners in (10_000, 2_000)]
     text = (
         "Reaper sweep, 100,000 sessions / 10,000 open / 1,000 dead owners (half on this host "
         "with their pid gone, half remote with a stale heartbeat), ms, target < 50:\n\n"
         + sweep_table(results)
+    )
+    # Issue #15's row: every one of 2,000 owners x 5 open sessions is dead.
+    progress("liveness: issue #15's sweep, 2,000 dead owners x 5 sessions")
+    reap_ms, _, reaped = sweep_times(d, runs, 2_000, dead=2_000)
+    issue15 = [issue15_sweep_row("SQLite", reap_ms, reaped, 30)]
+    if pg_url:
+        reap_ms, _, reaped = pg_sweep_times(pg_url, runs, 2_000, dead=2_000)
+        issue15.append(issue15_sweep_row("PostgreSQL", reap_ms, reaped, 60))
+    text += (
+        "\n\nIssue #15: reaper sweep, 100,000 sessions, 2,000 dead owners x 5 open sessions "
+        "(half local with their pid gone, half remote and stale), ms, min / median / max:\n\n"
+        + table(["backend", "sweep", "sessions ended", "target"], issue15)
     )
     if pg_url:
         results = [(owners, pg_sweep_times(pg_url, runs, owners)) for owners in (10_000, 2_000)]
