@@ -343,7 +343,7 @@ def raw_whole(path: Path, durability: str, sessions: int) -> tuple[float, list[f
 
 
 def tether_whole(
-    path: Path, durability: str, sessions: int
+    path: Path | str, durability: str, sessions: int
 ) -> tuple[float, list[float], list[float]]:
     store = tether.open_store(path, durability=durability, load_plugins=False)
     firsts: list[float] = []
@@ -534,6 +534,39 @@ def pg_raw_buffered(base: str, batches: int) -> float:
     return batches * 10 / elapsed
 
 
+def pg_raw_whole(base: str, sessions: int) -> float:
+    """Raw psycopg, one statement per step (autocommit): create, 10 inserts, end."""
+    with pg.scratch_schema(base, "raw") as url:
+        tether.open_store(url, load_plugins=False).close()
+        new_session = RAW_NEW_SESSION.replace("?", "%s")
+        end = RAW_END.replace("?", "%s")
+        with pg.connect(url) as c:
+            t = time.perf_counter()
+            for _ in range(sessions):
+                sid = tether.ids.new_id()
+                now = time.time()
+                c.execute(new_session, (sid, "bench", sid, now, now, sid, now))
+                for i in range(1, WHOLE_MESSAGES + 1):
+                    c.execute(
+                        RAW_INSERT_PG, (sid, i, "assistant", CONTENT, None, None, None, now, None)
+                    )
+                c.execute(end, (time.time(), "completed", sid))
+            elapsed = time.perf_counter() - t
+    return sessions * WHOLE_MESSAGES / elapsed
+
+
+def pg_whole(base: str, rounds: int, sessions: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"raw": [], "ours": [], "ratio": []}
+    for _ in range(rounds):
+        raw = pg_raw_whole(base, sessions)
+        with pg.scratch_schema(base, "ours") as url:
+            ours = tether_whole(url, "normal", sessions)[0]
+        out["raw"].append(raw)
+        out["ours"].append(ours)
+        out["ratio"].append(ours / raw)
+    return out
+
+
 def pg_compare(base: str, rounds: int, fn_raw, fn_ours, n: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
     pairs = []
     for _ in range(rounds):
@@ -564,8 +597,17 @@ def run_pg(base: str, quick: bool) -> str:
     rows.append(
         ("buffered, 10/flush", f"{r['raw']:,.0f}", f"{r['ours']:,.0f}", f"{r['ratio']:.2f}x")
     )
+    progress("store: PostgreSQL whole sessions")
+    w = pg_whole(base, rounds, 30 if quick else 100)
+    met = "met" if median(w["ratio"]) >= 0.8 else "missed"
+    whole_row = (
+        f"whole session (create + {WHOLE_MESSAGES} appends + end): "
+        f"raw {spread(w['raw'], '{:,.0f}')}, tether {spread(w['ours'], '{:,.0f}')}, "
+        f"ratio {spread(w['ratio'])} (≥ 0.8x: {met})"
+    )
     text = f"PostgreSQL {pg.server_version(base)} on this machine (loopback TCP):\n\n"
     text += table(["messages/s", "raw psycopg", "tether", "median ratio"], rows)
+    text += f"\n\nWhole sessions, one at a time, min / median / max of rounds: {whole_row}"
     text += "\n\nAppend latency on PostgreSQL (tether, µs):\n\n" + table(
         ["p50", "p99", "p99.9"],
         [(f"{single['p50']:.0f}", f"{single['p99']:.0f}", f"{single['p999']:.0f}")],
