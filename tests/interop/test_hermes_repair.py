@@ -143,6 +143,29 @@ def test_classification_rules_with_an_injected_clock() -> None:
     assert plan.classes["live"] == ["a", "b"] and plan.idle == []
     plan = classify(Path("s.db"), rows, [[], []], False, now=1000.0)
     assert plan.classes["dead"] == ["a", "b"]
+    assert plan.to_end == {"dead": ["a", "b"], "probably_dead": [], "gateway_dead": [],
+                           "api_idle": []}  # fmt: skip
+
+
+def test_gateway_and_api_rows_need_their_flag_and_their_evidence() -> None:
+    rows = [("c", "telegram", 50.0), ("d", "api_server", 10.0), ("e", "api_server", 900.0)]
+
+    def ends(
+        *scans: list[Holder], held: bool = False, alive: bool = False, **flags: bool
+    ) -> tuple[list[str], list[str]]:
+        plan = classify(Path("s.db"), rows, list(scans), held, now=1000.0, stale_after=500.0,
+                        gateway_alive=alive, **flags)  # fmt: skip
+        return plan.to_end["gateway_dead"], plan.to_end["api_idle"]
+
+    assert ends([]) == ([], [])  # not asked: parked and by design
+    both = {"include_gateway": True, "include_api": True}
+    assert ends([], **both) == (["c"], ["d"])  # e is not idle long enough
+    assert ends([], alive=True, **both) == ([], ["d"])  # gateway.pid's process runs
+    assert ends([], held=True, **both) == ([], [])  # the lock is held: owners may live
+    old = Holder(7, 5.0, ("hermes", "gateway"))  # started before every row's activity
+    assert ends([old], **both) == ([], [])
+    new = Holder(8, 950.0, ("hermes",))  # started after: the rows are not its own
+    assert ends([new], **both) == (["c"], ["d"])
 
 
 def test_repair_while_hermes_writes_costs_the_writer_nothing(

@@ -372,7 +372,10 @@ def apply_repair(
                     conn.execute("ROLLBACK")
                     raise
             except sqlite3.OperationalError as exc:
-                raise StoreError(f"{str(path)!r}: could not end rows: {exc}") from exc
+                done = sum(len(ids) for ids in result.ended.values())
+                raise StoreError(
+                    f"{str(path)!r}: could not end rows ({done} ended before): {exc}"
+                ) from exc
             result.transactions += 1
             result.longest_transaction = max(result.longest_transaction, time.monotonic() - began)
     return result
