@@ -14,6 +14,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -412,3 +413,37 @@ def test_repair_yes_while_hermes_writes_costs_the_writer_nothing(
         f" FROM sessions WHERE id = '{live}'",
     )
     assert count == report["appended"] and reason is None
+
+
+def test_a_store_that_cannot_be_written_is_one_error_line_and_the_others_are_repaired(
+    hermes_store: Path, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "a" / "state.db", tmp_path / "b" / "state.db"
+    for store in (first, second):
+        store.parent.mkdir()
+        shutil.copy(hermes_store, store)
+    owned = open_ids(first, "source IN ('cli', 'tui', 'cron')")
+    before = snapshot(second)
+    wait_past_last_activity(second)
+    # Another process keeps the write lock of the second store past the 5 s busy timeout.
+    locker = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+         " c.execute('BEGIN IMMEDIATE'); print('ready', flush=True); sys.stdin.read()",
+         str(second)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "ready"
+        proc = run_cli("hermes", "repair", "--yes", str(first), str(second))
+    finally:
+        locker.communicate(input="", timeout=30)
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and str(second) in line and "locked" in line, line
+    assert "Traceback" not in proc.stderr
+    out = proc.stdout
+    assert f"ended (reaped)                                               {len(owned)}" in out
+    assert all(sid in out for sid in owned) and "none (see the error below)" in out
+    assert open_ids(first, "source IN ('cli', 'tui', 'cron')") == []
+    assert snapshot(second) == before

@@ -6,11 +6,15 @@ Only Typer is imported at load time (``tether`` starts fast); each command impor
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import JsonOption, clean, cli_errors, emit_json
+from ..errors import TetherError
+from .common import JsonOption, clean, cli_errors, emit_json, fail
+
+if TYPE_CHECKING:
+    from ..interop.hermes.repair import RepairPlan, RepairResult
 
 app = typer.Typer(
     name="hermes",
@@ -153,7 +157,7 @@ def repair(
       tether hermes repair state.db --include-api --stale-after 2h --yes
     """
     from ..interop.hermes import discover
-    from ..interop.hermes.repair import CLASSES, END_GROUNDS, apply_repair, plan_repair
+    from ..interop.hermes.repair import apply_repair, plan_repair
     from .common import parse_duration, usage_error
 
     if include_api and stale_after is None:
@@ -163,11 +167,35 @@ def repair(
         plan_repair(p, stale_after=stale, include_gateway=include_gateway, include_api=include_api)
         for p in discover(paths or ())
     ]
-    results = [apply_repair(plan) for plan in plans] if yes else []
+    # Every store is repaired even if one fails, and what was ended is always printed.
+    results: list[RepairResult | str] = []  # a store's result, or why it failed
+    for plan in plans if yes else []:
+        try:
+            results.append(apply_repair(plan))
+        except TetherError as exc:
+            results.append(str(exc))
+    failures = [r for r in results if isinstance(r, str)]
+    _print_repair(plans, results, yes=yes, json_=json_, stale_after=stale_after)
+    for message in failures[:-1]:
+        fail(message)
+    if failures:
+        raise fail(failures[-1])
+
+
+def _print_repair(
+    plans: list[RepairPlan],
+    results: list[RepairResult | str],
+    *,
+    yes: bool,
+    json_: bool,
+    stale_after: str | None,
+) -> None:
+    from ..interop.hermes.repair import CLASSES, END_GROUNDS
+
     if json_:
         stores = [p.to_dict() for p in plans]
         for store, result in zip(stores, results, strict=False):
-            store.update(result.to_dict())
+            store.update({"error": result} if isinstance(result, str) else result.to_dict())
         emit_json({"stores": stores})
         return
     for i, plan in enumerate(plans):
@@ -177,22 +205,25 @@ def repair(
         width = max(len(label) for label in CLASS_LABELS.values()) + 2
         for cls in CLASSES:
             print(f"  {CLASS_LABELS[cls].ljust(width)}{len(plan.classes[cls])}")
-        if stale is not None:
+        if stale_after is not None:
             print(
                 f"  {f'idle longer than {stale_after} (listed only)'.ljust(width)}{len(plan.idle)}"
             )
             for sid in plan.idle:
                 print(f"    {clean(sid)}")
-        ends = results[i].ended if yes else plan.to_end
+        outcome = results[i] if yes else None
+        if isinstance(outcome, str):
+            print(f"  {'ended (reaped)'.ljust(width)}none (see the error below)")
+            continue
+        ends = outcome.ended if outcome else plan.to_end
         verb = "ended (reaped)" if yes else "--yes would end"
         print(f"  {verb.ljust(width)}{sum(len(ids) for ids in ends.values())}")
         for ground in END_GROUNDS:
             for sid in ends[ground]:
                 print(f"    {clean(sid)}  {GROUND_LABELS[ground]}")
-        if yes and results[i].skipped:
+        if outcome and outcome.skipped:
             print(
-                f"  {'left open: ended or active again since'.ljust(width)}"
-                f"{len(results[i].skipped)}"
+                f"  {'left open: ended or active again since'.ljust(width)}{len(outcome.skipped)}"
             )
-            for sid in results[i].skipped:
+            for sid in outcome.skipped:
                 print(f"    {clean(sid)}")
