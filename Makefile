@@ -26,6 +26,30 @@ $(HERMES_VENV)/.installed:
 	$(HERMES_VENV)/bin/python -m pip install --quiet 'hermes-agent==$(HERMES_VERSION)'
 	@touch $@
 
+# Every older release on PyPI (one Hermes schema generation or more each: 0.13 is schema 11,
+# 0.19 schema 22), for the fixtures of every generation a user may have on disk: each
+# release's own hermes_state.py (and the modules of its wheel it imports) run beside the
+# newest release's dependencies, through PYTHONPATH=$(HERMES_RELEASES)/<version>. Downloaded
+# once, without dependencies; the tests read them offline.
+HERMES_RELEASES    := $(HERMES_VENV)/releases
+# A wheel's Python modules, without its metadata (no unzip needed on a fresh machine).
+export HERMES_EXTRACT := import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+	z.extractall(sys.argv[2], [n for n in z.namelist() if n.endswith('.py') and '.dist-info/' not in n])
+HERMES_OLD_VERSIONS := 0.13.0 0.14.0 0.15.0 0.15.1 0.15.2 0.16.0 0.17.0 0.18.0 0.18.1 0.18.2
+
+$(HERMES_RELEASES)/.installed: | $(HERMES_VENV)/.installed
+	rm -rf $(HERMES_RELEASES) && mkdir -p $(HERMES_RELEASES)/wheels
+	for v in $(HERMES_OLD_VERSIONS); do \
+		$(HERMES_VENV)/bin/python -m pip download --quiet --no-deps \
+			--dest $(HERMES_RELEASES)/wheels "hermes-agent==$$v" && \
+		mkdir -p $(HERMES_RELEASES)/$$v && \
+		$(HERMES_VENV)/bin/python -c "$$HERMES_EXTRACT" \
+			$(HERMES_RELEASES)/wheels/hermes_agent-$$v-py3-none-any.whl \
+			$(HERMES_RELEASES)/$$v || exit 1; \
+	done
+	rm -rf $(HERMES_RELEASES)/wheels
+	@touch $@
+
 run: $(VENV)/.installed
 	@echo "tether is installed in $(BIN); in another terminal, '. $(BIN)/activate' puts it on PATH"
 	$(BIN)/tether serve
@@ -47,7 +71,8 @@ $(AGENTS_VENV)/.installed: pyproject.toml
 		--strip-components=1 --wildcards '*/tests' '*/pyproject.toml'
 	@touch $@
 
-test: $(VENV)/.installed-test $(HERMES_VENV)/.installed $(AGENTS_VENV)/.installed
+test: $(VENV)/.installed-test $(HERMES_VENV)/.installed $(HERMES_RELEASES)/.installed \
+		$(AGENTS_VENV)/.installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy  # src/tether, configured in pyproject.toml [tool.mypy]
 	$(BIN)/lint-imports  # the layers contract, pyproject.toml [tool.importlinter]

@@ -17,12 +17,45 @@ HERMES_PYTHON = Path(
 )
 FIXTURE = Path(__file__).resolve().parent / "hermes_fixture.py"
 BUILD_IT = "build it with `make .venv-hermes/.installed` (`make test` does)"
+# Every older release's own modules (`make .venv-hermes/releases/.installed` extracts them).
+RELEASES = HERMES_PYTHON.parent.parent / "releases"
+# Every schema generation a user may have on disk: each PyPI release (its schema version),
+# and the git-main layouts derived from a release's store (hermes_fixture.py ``derive``).
+RELEASE_SCHEMAS = {
+    "0.13.0": 11,
+    "0.14.0": 11,
+    "0.15.0": 13,
+    "0.15.1": 13,
+    "0.15.2": 13,
+    "0.16.0": 14,
+    "0.17.0": 16,
+    "0.18.0": 17,
+    "0.18.1": 19,
+    "0.18.2": 19,
+    "0.19.0": 22,  # the environment's own hermes-agent
+}
+DERIVED = {"git-v2": ("0.13.0", "v2", 2), "git-v30": ("0.19.0", "v30", 30)}
+GENERATIONS = {**RELEASE_SCHEMAS, **{name: d[2] for name, d in DERIVED.items()}}
 
 
-def _hermes_env() -> dict[str, str]:
+def _hermes_env(release: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)  # tether's path must not leak into Hermes' environment
+    if release is not None:  # an older release's modules first, 0.19.0's dependencies after
+        env["PYTHONPATH"] = str(RELEASES / release)
     return env
+
+
+def _fixture_command(path: Path, seed: int, conversations: int) -> list[str]:
+    return [
+        str(FIXTURE),
+        "generate",
+        str(path),
+        "--seed",
+        str(seed),
+        "--conversations",
+        str(conversations),
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -46,27 +79,66 @@ def hermes_python() -> Path:
     pytest.skip(reason)
 
 
-def generate(python: Path, path: Path, seed: int, conversations: int = 60) -> Path:
-    """A state.db written by the real SessionDB (see hermes_fixture.py)."""
+def generate(
+    python: Path, path: Path, seed: int, conversations: int = 60, release: str | None = None
+) -> Path:
+    """A state.db written by the real SessionDB (see hermes_fixture.py), of ``release``
+    (an older release extracted under RELEASES) or of the environment's own Hermes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [
-            str(python),
-            str(FIXTURE),
-            "generate",
-            str(path),
-            "--seed",
-            str(seed),
-            "--conversations",
-            str(conversations),
-        ],
+        [str(python), *_fixture_command(path, seed, conversations)],
         check=True,
         capture_output=True,
         text=True,
         timeout=120,
-        env=_hermes_env(),
+        env=_hermes_env(release),
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def hermes_generations(
+    hermes_python: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """One store per generation (GENERATIONS), seed 11: every release writes its own at
+    once (they mostly wait on the disk), then the git-main layouts are derived."""
+    missing = [v for v in RELEASE_SCHEMAS if v != "0.19.0" and not (RELEASES / v).is_dir()]
+    if missing:
+        reason = (
+            f"no Hermes {', '.join(missing)} under {RELEASES}: build them with "
+            "`make .venv-hermes/releases/.installed` (`make test` does)"
+        )
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("generations")
+    stores = {v: base / v / "state.db" for v in RELEASE_SCHEMAS}
+    procs = []
+    for version, path in stores.items():
+        path.parent.mkdir()
+        release = None if version == "0.19.0" else version
+        procs.append(
+            subprocess.Popen(
+                [str(hermes_python), *_fixture_command(path, 11, 30)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=_hermes_env(release),
+            )
+        )
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+    for name, (source, generation, _) in DERIVED.items():
+        path = base / name / "state.db"
+        path.parent.mkdir()
+        subprocess.run(
+            [str(hermes_python), str(FIXTURE), "derive", str(stores[source]), str(path),
+             "--generation", generation],
+            check=True, capture_output=True, text=True, timeout=60, env=_hermes_env(),
+        )  # fmt: skip
+        stores[name] = path
+    return stores
 
 
 def start_writer(

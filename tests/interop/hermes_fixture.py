@@ -3,8 +3,20 @@
 Run with the Hermes environment's interpreter (``.venv-hermes/bin/python``), never
 tether's: hermes-agent pins exact versions (openai==2.24.0, ...) that tether's
 environment must not carry. Every row goes through ``hermes_state.SessionDB``, so
-the file is what Hermes 0.19.0 (schema 22) itself writes. Older schema generations
-(0.13 to 0.18, schema 11 to 19) are not generated yet: that is a later session's work.
+the file is what Hermes itself writes. Which Hermes: 0.19.0 (schema 22) from the
+environment, or an older release's own ``hermes_state.py`` put first on
+``PYTHONPATH`` (``make`` extracts every release from 0.13.0, schema 11, under
+``.venv-hermes/releases/<version>``), running beside 0.19.0's dependencies. Calls a
+release does not have (``archive_and_compact`` before 0.16, gateway columns before
+0.18) are left out for it.
+
+The git-main generations no PyPI release carries are derived with plain SQL
+(``derive``) from stores a release wrote, the way Hermes itself changes a file:
+``v2``, the original layout (commit 544ac55e's DDL, as the reference quotes it),
+holds the rows 0.13.0 wrote projected onto its columns; ``v30`` is a 0.19.0 store
+upgraded as Hermes' own ``_reconcile_columns`` does (``ALTER TABLE ... ADD COLUMN``
+for each column upstream main added, its new tables created, ``last_activity_at``
+stamped the way its heartbeat does).
 
     generate PATH [--seed N] [--conversations N]
         a store with sessions from cli, tui, api_server, telegram and cron;
@@ -19,14 +31,19 @@ the file is what Hermes 0.19.0 (schema 22) itself writes. Older schema generatio
     hold PATH [SID...]
         a live Hermes holding the store open: appends one message to each SID,
         prints "ready", and keeps the store open until its stdin is closed.
+    derive SRC DST --generation v2|v30
+        a git-main generation derived from a store a release wrote (see above).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import random
+import shutil
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -47,6 +64,15 @@ def session_db(path: Path) -> Any:
     import hermes_state
 
     return hermes_state.SessionDB(db_path=path)
+
+
+def create(db: Any, sid: str, source: str, **kwargs: Any) -> None:
+    """``create_session`` with the keywords this release's SessionDB takes (0.13 has no
+    ``chat_id``, ``session_key``...): the others are left out, as that Hermes would."""
+    params = inspect.signature(db._insert_session_row).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    db.create_session(sid, source, **kwargs)
 
 
 def new_id(rng: random.Random, source: str, n: int) -> str:
@@ -87,7 +113,7 @@ def conversation(db: Any, rng: random.Random, n: int) -> None:
             chat_type="dm",
             session_key=f"agent:main:telegram:dm:{chat}",
         )
-    db.create_session(sid, source, **extra)
+    create(db, sid, source, **extra)
     shape = rng.random()
     if shape < 0.15:  # a ghost: opened, never used; half of them were ended
         if rng.random() < 0.5:
@@ -99,19 +125,20 @@ def conversation(db: Any, rng: random.Random, n: int) -> None:
         for link in range(rng.randint(1, 3)):
             db.end_session(sid, "compression")
             child = new_id(rng, source, n * 10 + link)
-            db.create_session(child, source, parent_session_id=sid, **extra)
+            create(db, child, source, parent_session_id=sid, **extra)
             turn(db, rng, child, link)
             sid = child
     elif shape < 0.45:  # /branch: the parent ends 'branched', the child starts its own chain
         db.end_session(sid, "branched")
         child = new_id(rng, source, n * 10 + 9)
-        db.create_session(
-            child, source, parent_session_id=sid, model_config={"_branched_from": sid}, **extra
+        create(
+            db, child, source, parent_session_id=sid, model_config={"_branched_from": sid}, **extra
         )
         turn(db, rng, child, 0)
         sid = child
-    elif shape < 0.55:  # compression in place: old rows active=0, compacted=1
-        db.archive_and_compact(sid, [{"role": "user", "content": f"summary of {sid}"}])
+    elif shape < 0.55:  # compression in place: old rows active=0, compacted=1 (0.16 on)
+        if hasattr(db, "archive_and_compact"):
+            db.archive_and_compact(sid, [{"role": "user", "content": f"summary of {sid}"}])
         turn(db, rng, sid, 9)
     if rng.random() < 0.1:  # killed mid-tool: open, with a dangling tool call
         turn(db, rng, sid, 99, dangling=True)
@@ -134,7 +161,7 @@ def generate(path: Path, seed: int, conversations: int) -> None:
 def write(path: Path, seconds: float, rate: float) -> None:
     db = session_db(path)
     sid = f"live_{os.getpid()}"
-    db.create_session(sid, "cli")
+    create(db, sid, "cli")
     appended, errors = 0, []
     deadline = time.monotonic() + seconds
     print("ready", flush=True)
@@ -159,6 +186,82 @@ def hold(path: Path, sids: list[str]) -> None:
     db.close()
 
 
+# The original layout (commit 544ac55e), as quoted in the reference (hermes-sessions.md §1.6).
+V2_DDL = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY, source TEXT NOT NULL, user_id TEXT, model TEXT, model_config TEXT,
+    system_prompt TEXT, parent_session_id TEXT, started_at REAL NOT NULL, ended_at REAL,
+    end_reason TEXT, message_count INTEGER DEFAULT 0, tool_call_count INTEGER DEFAULT 0,
+    input_tokens INTEGER DEFAULT 0, output_tokens INTEGER DEFAULT 0,
+    FOREIGN KEY (parent_session_id) REFERENCES sessions(id));
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL REFERENCES sessions(id),
+    role TEXT NOT NULL, content TEXT, tool_call_id TEXT, tool_calls TEXT, tool_name TEXT,
+    timestamp REAL NOT NULL, token_count INTEGER, finish_reason TEXT);
+INSERT INTO schema_version VALUES (2);
+"""
+# What upstream main (schema 30, hermes-sessions.md §1.2) has beyond 0.19.0's schema 22.
+V30_COLUMNS = {
+    "sessions": (
+        "created_source TEXT", "system_prompt_hash TEXT", "git_metadata_generation INTEGER"
+        " NOT NULL DEFAULT 0", "title_source TEXT", "last_activity_at REAL",
+        "last_activity_description TEXT", "last_activity_provenance TEXT",
+        "compression_ineffective_count INTEGER NOT NULL DEFAULT 0",
+        "compression_recovery_deadline REAL", "compression_overload_streak INTEGER NOT NULL"
+        " DEFAULT 0", "transport_profile TEXT", "pinned INTEGER NOT NULL DEFAULT 0",
+        "hidden INTEGER NOT NULL DEFAULT 0", "last_read_at REAL", "tool_names TEXT",
+    ),
+    "messages": (
+        "_compressed_summary INTEGER NOT NULL DEFAULT 0", "display_kind TEXT",
+        "display_metadata TEXT", "display_identity BLOB", "display_order INTEGER",
+    ),
+}  # fmt: skip
+V30_TABLES = """
+CREATE TABLE IF NOT EXISTS system_prompts (hash TEXT PRIMARY KEY, prompt TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS gateway_hygiene_state (
+    session_key TEXT PRIMARY KEY, failure_streak INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS conversation_generations (
+    source TEXT NOT NULL, session_key TEXT NOT NULL, generation INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (source, session_key));
+CREATE TABLE IF NOT EXISTS gateway_heartbeats (
+    backend_id TEXT PRIMARY KEY, pid INTEGER NOT NULL, started_at REAL NOT NULL,
+    last_heartbeat REAL NOT NULL, profile TEXT NOT NULL DEFAULT '', host TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS session_turn_leases (
+    conversation_id TEXT PRIMARY KEY, holder TEXT NOT NULL, acquired_at REAL NOT NULL,
+    expires_at REAL NOT NULL);
+"""
+
+
+def derive(src: Path, dst: Path, generation: str) -> None:
+    """A git-main generation from a store a release wrote (plain sqlite3, see above)."""
+    if generation == "v2":
+        dst.unlink(missing_ok=True)
+        conn = sqlite3.connect(dst, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.executescript(V2_DDL)
+        conn.execute("ATTACH ? AS src", (f"file:{src}?mode=ro",))
+        for table in ("sessions", "messages"):
+            cols = ", ".join(r[1] for r in conn.execute(f"PRAGMA main.table_info({table})"))
+            conn.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM src.{table}")
+        conn.execute("DETACH src")
+        conn.close()
+        return
+    shutil.copy(src, dst)
+    conn = sqlite3.connect(dst, isolation_level=None)
+    conn.executescript(V30_TABLES)
+    for table, added in V30_COLUMNS.items():
+        for column in added:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    # The heartbeat stamps open rows' activity (rate-limited, so it trails a little).
+    conn.execute(
+        "UPDATE sessions SET last_activity_at = (SELECT MAX(timestamp) - 1 FROM messages m"
+        " WHERE m.session_id = sessions.id), created_source = source"
+    )
+    conn.execute("UPDATE schema_version SET version = 30")
+    conn.close()
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -173,8 +276,14 @@ def main(argv: list[str]) -> None:
     h = sub.add_parser("hold")
     h.add_argument("path", type=Path)
     h.add_argument("sids", nargs="*")
+    d = sub.add_parser("derive")
+    d.add_argument("src", type=Path)
+    d.add_argument("dst", type=Path)
+    d.add_argument("--generation", choices=("v2", "v30"), required=True)
     args = parser.parse_args(argv)
-    if args.cmd == "generate":
+    if args.cmd == "derive":
+        derive(args.src, args.dst, args.generation)
+    elif args.cmd == "generate":
         generate(args.path, args.seed, args.conversations)
     elif args.cmd == "hold":
         hold(args.path, args.sids)

@@ -40,9 +40,14 @@ def expected_census(path: Path) -> dict[str, Any]:
     sessions = rows(
         path, "SELECT id, source, parent_session_id, ended_at, end_reason FROM sessions"
     )
+    # A generation without active/compacted (before 0.16/0.18): Hermes' defaults, 1 and 0.
+    have = {r[1] for r in rows(path, "PRAGMA table_info(messages)")}
+    active = "active" if "active" in have else "1"
+    compacted = "compacted" if "compacted" in have else "0"
     messages = rows(
         path,
-        "SELECT session_id, content, tool_calls, tool_call_id, active, compacted FROM messages",
+        f"SELECT session_id, content, tool_calls, tool_call_id, {active}, {compacted}"
+        " FROM messages",
     )
     with_messages = {m[0] for m in messages}
     by_source: dict[str, dict[str, Any]] = {}
@@ -375,27 +380,7 @@ def test_unknown_columns_are_ignored_and_missing_ones_defaulted(
         "null_content": 1,
         "dangling_tool_calls": 1,
     }
-    assert comparable(result) == {
-        **expected_census_v2(old),
-        "schema_version": 2,
-    }
-
-
-def expected_census_v2(path: Path) -> dict[str, Any]:
-    """:func:`expected_census` for a generation without ``active``/``compacted`` (defaults 1, 0)."""
-    conn = sqlite3.connect(path)
-    conn.execute("ALTER TABLE messages ADD COLUMN active INTEGER DEFAULT 1")
-    conn.execute("ALTER TABLE messages ADD COLUMN compacted INTEGER DEFAULT 0")
-    conn.commit()
-    conn.close()
-    try:
-        return expected_census(path)
-    finally:
-        conn = sqlite3.connect(path)
-        conn.execute("ALTER TABLE messages DROP COLUMN active")
-        conn.execute("ALTER TABLE messages DROP COLUMN compacted")
-        conn.commit()
-        conn.close()
+    assert comparable(result) == expected_census(old)
 
 
 # --- the README ---------------------------------------------------------------------------
@@ -407,14 +392,22 @@ def test_the_readme_shows_census_and_repair_of_a_generated_store_as_printed(
     readme = (ROOT / "README.md").read_text()
     start = readme.index("\n## Coming from Hermes")
     end = readme.index("\n## ", start + 1)
-    census_block, repair_block = (
-        b.split("```", 1)[0].splitlines() for b in readme[start:end].split("```text\n")[1:3]
+    census_block, *others = (
+        b.split("```", 1)[0].splitlines() for b in readme[start:end].split("```text\n")[1:]
     )
     generate_line, *steps = census_block
     assert generate_line.startswith("$ .venv-hermes/bin/python tests/interop/hermes_fixture.py")
     generate(hermes_python, tmp_path / "state.db", seed=int(generate_line.split("--seed")[1]))
-    for command, *shown in (steps, repair_block):
-        assert command in ("$ tether hermes census state.db", "$ tether hermes repair state.db")
+    # Census, then repair's dry run, --yes and a second --yes, in order, on the same file.
+    blocks = [steps, *(b for b in others if b[0].startswith("$ tether hermes repair"))]
+    commands = [b[0] for b in blocks]
+    assert commands == [
+        "$ tether hermes census state.db",
+        "$ tether hermes repair state.db",
+        "$ tether hermes repair state.db --yes",
+        "$ tether hermes repair state.db --yes",
+    ]
+    for command, *shown in blocks:
         proc = subprocess.run(
             [sys.executable, "-m", "tether", *command.split()[2:]],
             cwd=tmp_path,

@@ -6,15 +6,19 @@ Only Typer is imported at load time (``tether`` starts fast); each command impor
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import JsonOption, clean, cli_errors, emit_json
+from ..errors import TetherError
+from .common import JsonOption, clean, cli_errors, emit_json, fail
+
+if TYPE_CHECKING:
+    from ..interop.hermes.repair import RepairPlan, RepairResult
 
 app = typer.Typer(
     name="hermes",
-    help="Hermes state.db stores: census (read-only; never migrates or vacuums them).",
+    help="Hermes state.db stores: census and repair (never migrates or vacuums them).",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
@@ -98,12 +102,36 @@ CLASS_LABELS = {
     "parked": "parked gateway chats (never ended by default)",
     "by_design": "api_server rows (Hermes never ends them)",
 }
+GROUND_LABELS = {
+    "dead": "dead (proof)",
+    "probably_dead": "probably dead",
+    "gateway_dead": "gateway chats, gateway gone (--include-gateway)",
+    "api_idle": "api_server rows, owner gone and idle (--include-api)",
+}
 
 
 @app.command("repair")
 @cli_errors
 def repair(
     paths: PathsArgument = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="End the rows listed as ending (reason `reaped`).")
+    ] = False,
+    include_gateway: Annotated[
+        bool,
+        typer.Option(
+            "--include-gateway",
+            help="Also end messaging-platform rows, when the gateway is gone (its lock free, "
+            "its process dead) and no process holding the store may own them.",
+        ),
+    ] = False,
+    include_api: Annotated[
+        bool,
+        typer.Option(
+            "--include-api",
+            help="Also end api_server rows idle longer than --stale-after whose owner is gone.",
+        ),
+    ] = False,
     stale_after: Annotated[
         str | None,
         typer.Option(
@@ -114,39 +142,88 @@ def repair(
     ] = None,
     json_: JsonOption = False,
 ) -> None:
-    """Classify the open rows of Hermes stores by the evidence that their owner is dead.
+    """End the open rows of Hermes stores whose owner is provably dead.
 
-    A dry run: it prints each class and changes nothing (the file stays
-    byte-identical). Ending the dead rows (`--yes`) is not there yet.
+    Hermes has no owner columns: the evidence is which processes on this host
+    hold the store open and since when, whether the gateway's lock is held, and
+    each row's last activity. Without --yes it is a dry run: it prints each class
+    and what --yes would end, and changes nothing (the file stays byte-identical).
+    Gateway chats and api_server rows are never ended without their own flag.
 
     \b
     Examples:
       tether hermes repair                        the stores Hermes itself would use
-      tether hermes repair state.db --stale-after 2h
+      tether hermes repair state.db --yes         end the dead rows
+      tether hermes repair state.db --include-api --stale-after 2h --yes
     """
     from ..interop.hermes import discover
-    from ..interop.hermes.repair import CLASSES, plan_repair
-    from .common import parse_duration
+    from ..interop.hermes.repair import apply_repair, plan_repair
+    from .common import parse_duration, usage_error
 
+    if include_api and stale_after is None:
+        raise usage_error("--include-api needs --stale-after (how long an API row stays idle)")
     stale = parse_duration(stale_after) if stale_after is not None else None
-    plans = [plan_repair(p, stale_after=stale) for p in discover(paths or ())]
+    plans = [
+        plan_repair(p, stale_after=stale, include_gateway=include_gateway, include_api=include_api)
+        for p in discover(paths or ())
+    ]
+    # Every store is repaired even if one fails, and what was ended is always printed.
+    results: list[RepairResult | str] = []  # a store's result, or why it failed
+    for plan in plans if yes else []:
+        try:
+            results.append(apply_repair(plan))
+        except TetherError as exc:
+            results.append(str(exc))
+    failures = [r for r in results if isinstance(r, str)]
+    _print_repair(plans, results, yes=yes, json_=json_, stale_after=stale_after)
+    for message in failures[:-1]:
+        fail(message)
+    if failures:
+        raise fail(failures[-1])
+
+
+def _print_repair(
+    plans: list[RepairPlan],
+    results: list[RepairResult | str],
+    *,
+    yes: bool,
+    json_: bool,
+    stale_after: str | None,
+) -> None:
+    from ..interop.hermes.repair import CLASSES, END_GROUNDS
+
     if json_:
-        emit_json({"stores": [p.to_dict() for p in plans]})
+        stores = [p.to_dict() for p in plans]
+        for store, result in zip(stores, results, strict=False):
+            store.update({"error": result} if isinstance(result, str) else result.to_dict())
+        emit_json({"stores": stores})
         return
-    for plan in plans:
+    for i, plan in enumerate(plans):
         lock = "held" if plan.gateway_lock_held else "free"
         pids = ", ".join(str(h.pid) for h in plan.holders) or "none"
         print(f"{clean(str(plan.path))}: processes holding it: {pids}; gateway.lock {lock}")
         width = max(len(label) for label in CLASS_LABELS.values()) + 2
         for cls in CLASSES:
-            ids = plan.classes[cls]
-            print(f"  {CLASS_LABELS[cls].ljust(width)}{len(ids)}")
-            if cls in ("dead", "probably_dead"):
-                for sid in ids:
-                    print(f"    {clean(sid)}")
-        if stale is not None:
+            print(f"  {CLASS_LABELS[cls].ljust(width)}{len(plan.classes[cls])}")
+        if stale_after is not None:
             print(
                 f"  {f'idle longer than {stale_after} (listed only)'.ljust(width)}{len(plan.idle)}"
             )
             for sid in plan.idle:
+                print(f"    {clean(sid)}")
+        outcome = results[i] if yes else None
+        if isinstance(outcome, str):
+            print(f"  {'ended (reaped)'.ljust(width)}none (see the error below)")
+            continue
+        ends = outcome.ended if outcome else plan.to_end
+        verb = "ended (reaped)" if yes else "--yes would end"
+        print(f"  {verb.ljust(width)}{sum(len(ids) for ids in ends.values())}")
+        for ground in END_GROUNDS:
+            for sid in ends[ground]:
+                print(f"    {clean(sid)}  {GROUND_LABELS[ground]}")
+        if outcome and outcome.skipped:
+            print(
+                f"  {'left open: ended or active again since'.ljust(width)}{len(outcome.skipped)}"
+            )
+            for sid in outcome.skipped:
                 print(f"    {clean(sid)}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -87,6 +88,34 @@ def open_readonly(path: Path) -> sqlite3.Connection:
         return sqlite3.connect(uri, uri=True, timeout=5, isolation_level=None)
     except sqlite3.Error as exc:
         raise StoreOpenError(f"cannot open {str(path)!r} read-only: {exc}") from exc
+
+
+@contextmanager
+def open_readwrite(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection that may write (repair only): autocommit, busy timeout 5 s.
+
+    SQLite checkpoints the WAL when the last connection to a file closes, and a
+    user's store is never checkpointed by tether: a read-only connection that has
+    read (holding its shared lock, but no transaction) stays open until the writer
+    has closed, so the writer is never the last. The read-only one cannot
+    checkpoint. ``wal_autocheckpoint`` is set on this connection only (nothing is
+    stored in the file), so a commit never checkpoints either. Nothing else is set.
+    """
+    guard = open_readonly(path)
+    try:
+        guard.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        uri = f"file:{quote(str(path.resolve()))}?mode=rw"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=5, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreOpenError(f"cannot open {str(path)!r} for writing: {exc}") from exc
+        try:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            yield conn
+        finally:
+            conn.close()
+    finally:
+        guard.close()
 
 
 def columns(conn: sqlite3.Connection, table: str) -> frozenset[str]:
