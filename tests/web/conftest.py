@@ -39,7 +39,7 @@ class WebServer:
 
     port: int
     token: str
-    store: Store
+    store: Store | None
     host_header: str = field(init=False)
 
     def __post_init__(self) -> None:
