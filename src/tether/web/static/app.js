@@ -152,7 +152,8 @@ async function start() {
   es.onerror = () => { $("conn").textContent = "reconnecting…"; };
   es.onmessage = (m) => { addFeed(JSON.parse(m.data)); soon(); };
   es.addEventListener("reload", () => { $("feed").replaceChildren(); soon(); });
-  // Heartbeat ages and "why" lines move with time, not only with events.
-  setInterval(soon, 5000);
+  // Heartbeat ages, "why" lines and dead owners (a SIGKILL writes no event) move
+  // with time, not only with events: within 2 s, as events do.
+  setInterval(soon, 1500);
 }
 start();
