@@ -50,7 +50,7 @@ class WebServer:
         return f"http://127.0.0.1:{self.port}"
 
     def get(
-        self, path: str, *, token: str | None | bool = True, headers: dict[str, str] | None = None
+        self, path: str, *, token: str | bool | None = True, headers: dict[str, str] | None = None
     ) -> Reply:
         """GET ``path`` with the bearer token (``token=False``: none; a string: that one)."""
         h = {"Host": self.host_header}

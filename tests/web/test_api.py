@@ -104,6 +104,36 @@ def test_live_states_counts_and_filters(web: WebServer, store: Store) -> None:
     assert kinds.count("detached") == 1 and kinds.count("attached") == 1
 
 
+def test_live_pages_with_a_keyset_cursor_and_filters_in_the_database(
+    web: WebServer, store: Store
+) -> None:
+    ids = [make_session(store, source="cli" if i % 2 else "gateway") for i in range(7)]
+    for sid in ids[:3]:
+        store.mark_detached(sid, store.clock.now())
+    seen, cursor = [], None
+    while True:
+        page = web.get("/api/v1/live?limit=2" + (f"&cursor={cursor}" if cursor else "")).json()
+        assert page["counts"]["open"] == 7 and len(page["sessions"]) <= 2
+        seen += [r["id"] for r in page["sessions"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids  # oldest first, each once
+    detached, cursor = [], None
+    while True:
+        q = "/api/v1/live?state=detached&limit=1" + (f"&cursor={cursor}" if cursor else "")
+        page = web.get(q).json()
+        detached += [r["id"] for r in page["sessions"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert detached == ids[:3]
+    idle_cli = web.get("/api/v1/live?state=idle&source=cli").json()["sessions"]
+    assert [r["id"] for r in idle_cli] == [i for i in ids[3:] if ids.index(i) % 2]
+    assert web.get("/api/v1/live?cursor=nonsense").status == 400
+    assert web.get("/api/v1/activity?limit=10001").status == 400
+
+
 def test_imported_open_session_is_external(web: WebServer, store: Store) -> None:
     now = store.clock.now()
     s = store.import_session("hermes:abc", source="hermes", created_at=now, title="imported")
@@ -135,6 +165,9 @@ BAD = [
     ("/api/v1/sessions?all=maybe", 400),
     ("/api/v1/live?state=zombie", 400),
     ("/api/v1/activity?state=", 400),
+    ("/api/v1/live?cursor=1.5~", 400),
+    ("/api/v1/live?cursor=nan~01M8PR4KCK4T5NAJZ0526YWCFA", 400),
+    ("/api/v1/live?limit=0", 400),
     ("/api/v1/events?after=99999999", 400),
     ("/api/v1/events?after=999999999999999999999999999", 400),
     ("/api/v1/events?after=-1", 400),
@@ -251,3 +284,44 @@ def test_metrics_counters_keep_counting_across_a_restart(store: Store) -> None:
             reason="cli_close",
         )
     assert (before, after) == (1, 2)
+
+
+def test_followed_turns_agree_with_the_database(web: WebServer, store: Store) -> None:
+    """The page's turn states come from the followed events (no per-session probe); after
+    any series of turns, attaches, detaches and ends they equal what the database says."""
+    import random
+
+    from tether.web.service import LiveView
+
+    rng = random.Random(12)
+    by_sql = LiveView(store)  # no feed: the database decides every read
+    ids: list[str] = []
+    for step in range(60):
+        op = rng.choice(["new", "start", "stop", "detach", "attach", "end"])
+        if op == "new" or not ids:
+            ids.append(make_session(store, source=rng.choice(["cli", "gateway"])))
+        else:
+            sid = rng.choice(ids)
+            if op == "start":
+                store.record_event(sid, "turn_started", {"turn_id": str(step)})
+            elif op == "stop":
+                store.record_event(sid, "turn_ended", {"turn_id": str(step)})
+            elif op == "detach":
+                store.mark_detached(sid, store.clock.now())
+            elif op == "attach":
+                store.mark_detached(sid, None)
+            else:
+                store.end_session(sid, "cli_close")
+                ids.remove(sid)
+        if step % 6 == 5:
+            served = web.get("/api/v1/live?limit=1000").json()
+            direct = by_sql.snapshot(limit=1000)
+            assert served["counts"] == direct.counts
+            assert {r["id"]: r["state"] for r in served["sessions"]} == {
+                r.facts.id: r.state for r in direct.rows
+            }
+            for state in ("working", "idle", "detached"):
+                page = web.get(f"/api/v1/live?state={state}&limit=1000").json()["sessions"]
+                assert [r["id"] for r in page] == [
+                    r.facts.id for r in by_sql.snapshot(state=state, limit=1000).rows
+                ]

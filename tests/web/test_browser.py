@@ -179,7 +179,7 @@ def test_dashboard_follows_every_process_of_the_store(
         page.shot("census")
 
         # The transcript: chain and tool calls.
-        page.page.locator(f"#feed li[data-kind='reaped'] a.sid").first.click()
+        page.page.locator("#feed li[data-kind='reaped'] a.sid").first.click()
         page.page.wait_for_selector("#t-messages li[data-role='tool']", timeout=2000)
         text = page.page.inner_text("#transcript")
         assert "weather" in text and "It rains in Oslo." in text and "reaped" in text

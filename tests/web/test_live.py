@@ -8,8 +8,8 @@ import pytest
 
 from tether.liveness.identity import Probe
 from tether.liveness.policy import OwnerInfo, judge
-from tether.store.views import LiveFacts
-from tether.web.live import LiveRow, OwnerView, counts, derive, derive_all, filter_rows
+from tether.store.views import LiveFacts, OpenGroup
+from tether.web.live import LiveRow, OwnerView, counts, dead_owners, derive, derive_all
 
 NOW = 1_800_000_000.0
 
@@ -100,21 +100,30 @@ def test_counts_per_state_source_and_host() -> None:
         dataclasses.replace(FACTS, id="s3", owner_id="o2", source="cli"),
         dataclasses.replace(FACTS, id="s4", owner_id=None, origin="hermes:1", source="hermes"),
     ]
-    rows = derive_all(facts, {"o1": alive, "o2": other}, NOW)
-    c = counts(rows)
-    assert c["open"] == 4 and c["active"] == 3
-    assert c["by_state"] == {"working": 1, "idle": 2, "detached": 0, "orphaned": 0, "external": 1}
+    owners = {"o1": alive, "o2": other}
+    rows = derive_all(facts, owners, NOW)
+    assert [r.state for r in rows] == ["idle", "working", "idle", "external"]
+    # The counts come from groups counted in the database (here: the rows above, plus 10
+    # sessions of a dead owner in one group).
+    dead = seen_from(dataclasses.replace(OWNER, id="o3"), probe=Probe.GONE)
+    groups = [
+        OpenGroup(f.owner_id, f.source, f.origin is not None, False, f.turn_running, 1)
+        for f in facts
+    ] + [OpenGroup("o3", "cli", False, True, True, 10)]
+    c = counts(groups, {**owners, "o3": dead})
+    assert c["open"] == 14 and c["active"] == 3
+    assert c["by_state"] == {"working": 1, "idle": 2, "detached": 0, "orphaned": 10, "external": 1}
     assert c["by_source"] == {
-        "cli": {"idle": 1},
+        "cli": {"idle": 1, "orphaned": 10},
         "gateway": {"idle": 1, "working": 1},
         "hermes": {"external": 1},
     }
     assert c["by_host"] == {
         "(none)": {"external": 1},
-        "hostA": {"idle": 1, "working": 1},
+        "hostA": {"idle": 1, "working": 1, "orphaned": 10},
         "hostB": {"idle": 1},
     }
-    assert [r.facts.id for r in filter_rows(rows, "idle", "cli")] == ["s3"]
+    assert dead_owners({**owners, "o3": dead}) == ["o3"]
     d = rows[1].to_dict(NOW)
     assert d["owner"] == {
         "id": "o1",

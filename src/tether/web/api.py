@@ -36,7 +36,7 @@ from ..validate import check_int
 from . import metrics
 from .auth import COOKIE, check_request, token_ok
 from .feed import EventHub, parse_cursor
-from .live import STATES, counts, filter_rows
+from .live import STATES
 from .openapi import OPENAPI
 from .service import LiveView
 
@@ -79,6 +79,8 @@ class Web:
         self.store = view.store
         self.policy = policy
         self.hub = hub or EventHub(view.store)
+        if view.running is None:  # the hub follows the turns: no per-session probe
+            view.running = self.hub.turns.snapshot
         self._static = {
             path: ((resources.files(__package__) / "static" / name).read_bytes(), media)
             for path, (name, media) in STATIC_FILES.items()
@@ -231,31 +233,38 @@ class Web:
             await run_in_threadpool(self.view.census_dict), headers=SECURITY_HEADERS
         )
 
-    def _filters(self, request: Request) -> tuple[str | None, str | None]:
-        state = request.query_params.get("state")
+    def _filters(self, request: Request, default: int, most: int) -> dict[str, Any]:
+        q = request.query_params
+        state = q.get("state")
         if state is not None and state not in STATES:
             raise InvalidInputError(f"state is one of {', '.join(STATES)}")
-        return state, request.query_params.get("source")
+        source = q.get("source")
+        return {
+            "state": state,
+            "source": source,
+            "limit": _int(q.get("limit"), "limit", default, 1, most),
+            "cursor": q.get("cursor"),
+        }
 
     async def live(self, request: Request) -> Response:
-        state, source = self._filters(request)
-        snap = await run_in_threadpool(self.view.snapshot)
-        rows = filter_rows(snap.rows, state, source)
+        filters = self._filters(request, 100, 1000)
+        snap = await run_in_threadpool(lambda: self.view.snapshot(**filters))
         body = {
             "now": snap.now,
-            "counts": counts(snap.rows),
-            "sessions": [r.to_dict(snap.now) for r in rows],
+            "counts": snap.counts,
+            "sessions": [r.to_dict(snap.now) for r in snap.rows],
+            "next_cursor": snap.next_cursor,
         }
         return _json(body)
 
     async def activity(self, request: Request) -> Response:
-        state, source = self._filters(request)
-        snap = await run_in_threadpool(self.view.snapshot)
-        rows = filter_rows(snap.rows, state, source)
+        filters = self._filters(request, 1000, 10_000)
+        snap = await run_in_threadpool(lambda: self.view.snapshot(**filters))
         body = {
             "now": snap.now,
-            "counts": counts(snap.rows)["by_state"],
-            "sessions": [r.activity() for r in rows],
+            "counts": snap.counts["by_state"],
+            "sessions": [r.activity() for r in snap.rows],
+            "next_cursor": snap.next_cursor,
         }
         return _json(body)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..compose import Store
 from ..errors import InvalidInputError
-from ..store.views import EventRow, event_bounds, events_after
+from ..store.views import EventRow, event_bounds, events_after, running_turns
 
 log = logging.getLogger("tether.web")
 
@@ -41,6 +41,49 @@ def sse_reload(reason: str, newest: int) -> str:
     """Tell the client its cursor cannot be honoured: reload, then follow from ``newest``."""
     data = json.dumps({"reason": reason, "newest_id": newest})
     return f"id: {newest}\nevent: reload\ndata: {data}\n\n"
+
+
+class TurnTracker:
+    """Which open sessions have a running turn, kept up to date from the events.
+
+    Rebuilt from the database when the hub starts (and when a LISTEN connection
+    is made again), then moved by each event in commit order: ``turn_started``
+    adds a session, ``turn_ended`` and its end remove it. Applying an event the
+    rebuild already saw changes nothing in the end (the newest event of a
+    session wins). Read from other threads as an immutable snapshot.
+    """
+
+    STARTS = frozenset({"turn_started"})
+    STOPS = frozenset({"turn_ended", "ended", "reaped", "taken_over"})
+
+    def __init__(self) -> None:
+        # The running sessions as of event ``_upto`` (None: not known yet), replaced
+        # as one tuple so that a reader on another thread sees a consistent pair.
+        self._state: tuple[frozenset[str], int] | None = None
+
+    def reset(self, running: frozenset[str], upto: int) -> None:
+        self._state = (running, upto)
+
+    def apply(self, event: EventRow) -> None:
+        if self._state is not None:
+            running, upto = self._state
+            self._state = (moved(running, event), max(upto, event.id))
+
+    def snapshot(self) -> tuple[frozenset[str], int] | None:
+        """The running sessions' ids and the event id they are as of (None: not known)."""
+        return self._state
+
+
+def moved(running: frozenset[str], event: EventRow) -> frozenset[str]:
+    """``running`` after ``event``: the newest turn event of a session wins."""
+    sid = event.session_id
+    if sid is None:
+        return running
+    if event.kind in TurnTracker.STARTS and sid not in running:
+        return running | {sid}
+    if event.kind in TurnTracker.STOPS and sid in running:
+        return running - {sid}
+    return running
 
 
 class _Overflow:
@@ -62,6 +105,7 @@ class EventHub:
         self._task: asyncio.Task[None] | None = None
         self._stop = threading.Event()
         self.delivered = 0  # events handed to streams (for tests and the bench)
+        self.turns = TurnTracker()
 
     @property
     def clients(self) -> int:
@@ -71,10 +115,12 @@ class EventHub:
         if self._task is not None:
             return
         loop = asyncio.get_running_loop()
-        self.last_id = (await loop.run_in_executor(None, event_bounds, self.store))[1]
         if self.store.backend.dialect == "postgresql":
             self._task = asyncio.create_task(self._listen(), name="tether-web-listen")
         else:
+            # One snapshot: the running turns as of the newest event, followed from there.
+            self.last_id, running = await loop.run_in_executor(None, running_turns, self.store)
+            self.turns.reset(running, self.last_id)
             self._task = asyncio.create_task(self._poll(), name="tether-web-poll")
 
     async def stop(self) -> None:
@@ -89,6 +135,7 @@ class EventHub:
 
     def _broadcast(self, event: EventRow) -> None:
         self.last_id = max(self.last_id, event.id)
+        self.turns.apply(event)
         for q in list(self._subs):
             try:
                 q.put_nowait(event)
@@ -97,6 +144,10 @@ class EventHub:
                 q.get_nowait()
                 q.put_nowait(OVERFLOW)
         self.delivered += 1
+
+    def _rebuilt(self, newest: int, running: frozenset[str]) -> None:
+        self.last_id = max(self.last_id, newest)
+        self.turns.reset(running, newest)
 
     async def _poll(self) -> None:
         loop = asyncio.get_running_loop()
@@ -122,6 +173,9 @@ class EventHub:
             while not self._stop.is_set():
                 try:
                     with self.store.listen() as listener:
+                        # Listening already: rebuilt after, so no event falls in between.
+                        newest, running = running_turns(self.store)
+                        loop.call_soon_threadsafe(self._rebuilt, newest, running)
                         while not self._stop.is_set():
                             for ev in listener.events(timeout=0.5):
                                 row = EventRow(ev.id, ev.at, ev.session_id, ev.kind, ev.data)

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..liveness.policy import OwnerInfo, Verdict
 from ..model import iso
-from ..store.views import LiveFacts
+from ..store.views import LiveFacts, OpenGroup
 
 STATES = ("working", "idle", "detached", "orphaned", "external")
 ACTIVE_STATES = frozenset({"working", "idle", "detached"})
@@ -101,30 +101,52 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def state_of(
+    owner_id: str | None,
+    imported: bool,
+    detached: bool,
+    turn_running: bool,
+    owner: OwnerView | None,
+) -> str:
+    """The state from the facts (see the module docstring); ``owner`` judged by liveness."""
+    if owner_id is None:
+        return "external" if imported else "orphaned"
+    if owner is None or not owner.verdict.alive:
+        return "orphaned"
+    if turn_running:
+        return "working"
+    return "detached" if detached else "idle"
+
+
 def derive(facts: LiveFacts, owner: OwnerView | None, now: float) -> LiveRow:
     """The state of one open session and why, from its facts and its owner's verdict."""
-    if facts.owner_id is None:
-        if facts.origin is not None:
-            return LiveRow(
-                facts, "external", f"imported from {facts.origin}; its source ends it", None
-            )
-        return LiveRow(facts, "orphaned", "no owner: awaiting repair", None)
-    if owner is None or not owner.verdict.alive:
+    state = state_of(
+        facts.owner_id,
+        facts.origin is not None,
+        facts.detached_at is not None,
+        facts.turn_running,
+        owner,
+    )
+    if state == "external":
+        return LiveRow(facts, state, f"imported from {facts.origin}; its source ends it", None)
+    if state == "orphaned" and facts.owner_id is None:
+        return LiveRow(facts, state, "no owner: awaiting repair", None)
+    if state == "orphaned":
         detail = owner.verdict.detail if owner is not None else "owner record missing"
-        return LiveRow(facts, "orphaned", f"owner dead ({detail}): awaiting the reaper", owner)
+        return LiveRow(facts, state, f"owner dead ({detail}): awaiting the reaper", owner)
+    assert owner is not None
     info = owner.info
     who = f"{info.kind} pid {info.pid} on {info.host}" if info else owner.id
     beat = f", heartbeat {_ago(now - info.heartbeat_at)} ago" if info else ""
-    if facts.turn_running:
-        return LiveRow(facts, "working", f"a turn is running; owner {who} alive{beat}", owner)
-    if facts.detached_at is not None:
+    if state == "working":
+        return LiveRow(facts, state, f"a turn is running; owner {who} alive{beat}", owner)
+    if state == "detached":
+        assert facts.detached_at is not None
+        gone = _ago(now - facts.detached_at)
         return LiveRow(
-            facts,
-            "detached",
-            f"no client attached for {_ago(now - facts.detached_at)}; owner {who} alive{beat}",
-            owner,
+            facts, state, f"no client attached for {gone}; owner {who} alive{beat}", owner
         )
-    return LiveRow(facts, "idle", f"no turn running; owner {who} alive{beat}", owner)
+    return LiveRow(facts, state, f"no turn running; owner {who} alive{beat}", owner)
 
 
 def derive_all(
@@ -133,15 +155,19 @@ def derive_all(
     return [derive(f, owners.get(f.owner_id) if f.owner_id else None, now) for f in facts]
 
 
-def counts(rows: Iterable[LiveRow]) -> dict[str, Any]:
-    """Counts per state, and per state within each source and host (the truthful footer)."""
+def counts(groups: Iterable[OpenGroup], owners: Mapping[str, OwnerView]) -> dict[str, Any]:
+    """Exact counts per state, and per state within each source and host (the truthful
+    footer), from the open sessions grouped in the database."""
     by_state: Counter[str] = Counter({s: 0 for s in STATES})
     by_source: dict[str, Counter[str]] = defaultdict(Counter)
     by_host: dict[str, Counter[str]] = defaultdict(Counter)
-    for r in rows:
-        by_state[r.state] += 1
-        by_source[r.facts.source][r.state] += 1
-        by_host[r.host() or "(none)"][r.state] += 1
+    for g in groups:
+        owner = owners.get(g.owner_id) if g.owner_id else None
+        state = state_of(g.owner_id, g.imported, g.detached, g.turn_running, owner)
+        by_state[state] += g.count
+        by_source[g.source][state] += g.count
+        host = owner.info.host if owner is not None and owner.info is not None else "(none)"
+        by_host[host][state] += g.count
     return {
         "open": sum(by_state.values()),
         "active": sum(by_state[s] for s in ACTIVE_STATES),
@@ -151,9 +177,6 @@ def counts(rows: Iterable[LiveRow]) -> dict[str, Any]:
     }
 
 
-def filter_rows(rows: list[LiveRow], state: str | None, source: str | None) -> list[LiveRow]:
-    return [
-        r
-        for r in rows
-        if (state is None or r.state == state) and (source is None or r.facts.source == source)
-    ]
+def dead_owners(owners: Mapping[str, OwnerView]) -> list[str]:
+    """Ids of the owners judged dead (their sessions are orphaned)."""
+    return sorted(k for k, o in owners.items() if not o.verdict.alive)

@@ -206,8 +206,20 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/census": _get("The `tether doctor --json` census.", CENSUS, []),
         "/api/v1/live": _get(
             "Every open session with its owner and state, and counts per state, source, host.",
-            _obj({"now": _NUM, "counts": COUNTS, "sessions": {"type": "array", "items": LIVE_ROW}}),
-            [_STATE_Q, _SOURCE_Q],
+            _obj(
+                {
+                    "now": _NUM,
+                    "counts": COUNTS,
+                    "sessions": {"type": "array", "items": LIVE_ROW},
+                    "next_cursor": _OSTR,
+                }
+            ),
+            [
+                _STATE_Q,
+                _SOURCE_Q,
+                _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "rows per page"),
+                _q("cursor", _STR, "next_cursor of the previous page"),
+            ],
         ),
         "/api/v1/activity": _get(
             "A stable projection of /live for visualizers.",
@@ -228,9 +240,15 @@ OPENAPI: dict[str, Any] = {
                             }
                         ),
                     },
+                    "next_cursor": _OSTR,
                 }
             ),
-            [_STATE_Q, _SOURCE_Q],
+            [
+                _STATE_Q,
+                _SOURCE_Q,
+                _q("limit", {"type": "integer", "minimum": 1, "maximum": 10000}, "rows per page"),
+                _q("cursor", _STR, "next_cursor of the previous page"),
+            ],
         ),
         "/api/v1/events": _get(
             "Lifecycle events after an id (reload: true when those events are gone).",

@@ -46,16 +46,18 @@ function renderLive(live) {
   countTable($("by-host"), c.by_host);
   const groups = STATES.map((state) => {
     const rows = live.sessions.filter((r) => r.state === state);
-    if (!rows.length) return null;
-    const tbody = el("tbody", {}, ...rows.slice(0, 200).map((r) => el("tr", { "data-session": r.id, "data-state": r.state },
+    const total = c.by_state[state] || 0;
+    if (!rows.length && !total) return null;
+    const tbody = el("tbody", {}, ...rows.map((r) => el("tr", { "data-session": r.id, "data-state": r.state },
       el("td", {}, el("a", { class: "sid", text: r.id.slice(0, 12), title: r.id, onclick: () => openTranscript(r.id) })),
       el("td", { text: r.source }),
       el("td", { text: r.title || "" }),
       el("td", { text: r.owner ? `${r.owner.kind} ${r.owner.pid} @ ${r.owner.host}` : "—" }),
       el("td", { class: "why", text: r.why }))));
-    const more = rows.length > 200 ? el("p", { class: "why", text: `and ${rows.length - 200} more` }) : "";
+    // The counts are exact; the rows are the oldest page (the API pages with a cursor).
+    const more = total > rows.length ? el("p", { class: "why", text: `and ${total - rows.length} more` }) : "";
     return el("div", { class: "group", id: `group-${state}` },
-      el("h3", {}, el("span", { class: `chip st-${state}`, text: state }), `${rows.length}`),
+      el("h3", {}, el("span", { class: `chip st-${state}`, text: state }), `${total}`),
       el("table", {}, el("thead", {}, el("tr", {}, ...["id", "source", "title", "owner", "why"].map((h) => el("th", { text: h })))), tbody),
       more);
   }).filter(Boolean);
@@ -124,10 +126,12 @@ let pending = null;
 async function refresh() {
   pending = null;
   try {
-    const [live, census] = await Promise.all([api("live"), api("census")]);
+    const [live, census] = await Promise.all([api("live?limit=200"), api("census")]);
     renderLive(live);
     renderCensus(census);
     document.body.dataset.updated = String(Date.now());
+    // Milliseconds from navigation to the first data drawn (read by bench/web.py).
+    document.body.dataset.firstDrawMs ??= String(Math.round(performance.now()));
   } catch (e) {
     if (e.login) { $("login").hidden = false; $("main").hidden = true; return; }
     $("conn").textContent = `error: ${e.message}`;
