@@ -325,3 +325,20 @@ def test_followed_turns_agree_with_the_database(web: WebServer, store: Store) ->
                 assert [r["id"] for r in page] == [
                     r.facts.id for r in by_sql.snapshot(state=state, limit=1000).rows
                 ]
+
+
+def test_the_readme_shows_the_live_shape(web: WebServer, store: Store) -> None:
+    """The README's /live output (real, from a gateway) has the shape the API answers."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("\n## Live view") :]
+    shown = re.search(r"/api/v1/live \| jq \.\n(\{.*?\n\})\n", section, re.S)
+    assert shown is not None
+    doc = json.loads(shown.group(1))
+    store.record_event(make_session(store, source="gateway"), "turn_started", {"turn_id": "t"})
+    live = web.get("/api/v1/live").json()
+    assert set(doc) == set(live) and set(doc["counts"]) == set(live["counts"])
+    assert set(doc["sessions"][0]) == set(live["sessions"][0])
+    assert set(doc["sessions"][0]["owner"]) == set(live["sessions"][0]["owner"])

@@ -139,19 +139,23 @@ async function refresh() {
 }
 const soon = () => { if (!pending) pending = setTimeout(refresh, 100); };
 
+async function loadFeed() {
+  const recent = await api("events?after=0&limit=1");
+  const after = Math.max(0, recent.newest_id - 30);
+  const back = await api(`events?after=${after}&limit=30`);
+  back.events.forEach(addFeed);
+  return back.last_id;
+}
+
 async function start() {
   $("close-transcript").addEventListener("click", () => { $("transcript").hidden = true; });
-  try {
-    const recent = await api("events?after=0&limit=1");
-    const after = Math.max(0, recent.newest_id - 30);
-    const back = await api(`events?after=${after}&limit=30`);
-    back.events.forEach(addFeed);
-  } catch (e) {
-    if (e.login) { $("login").hidden = false; return; }
-  }
   $("main").hidden = false;
-  await refresh();
-  const es = new EventSource("/api/v1/events/stream");
+  // The sessions, the census and the recent feed load side by side.
+  const [, feed] = await Promise.allSettled([refresh(), loadFeed()]);
+  if (feed.status === "rejected" && feed.reason.login) return;
+  // Follow on from the last event shown: nothing falls between the two.
+  const from = feed.status === "fulfilled" ? `?after=${feed.value}` : "";
+  const es = new EventSource(`/api/v1/events/stream${from}`);
   es.onopen = () => { $("conn").textContent = "live"; };
   es.onerror = () => { $("conn").textContent = "reconnecting…"; };
   es.onmessage = (m) => { addFeed(JSON.parse(m.data)); soon(); };
