@@ -123,12 +123,16 @@ async function openTranscript(id) {
 }
 
 let pending = null;
+// The census counts every session (O(all)): read on events, not on the clock.
+let censusDue = true;
 async function refresh() {
   pending = null;
+  const withCensus = censusDue;
+  censusDue = false;
   try {
-    const [live, census] = await Promise.all([api("live?limit=200"), api("census")]);
+    const [live, census] = await Promise.all([api("live?limit=200"), withCensus ? api("census") : null]);
     renderLive(live);
-    renderCensus(census);
+    if (census) renderCensus(census);
     document.body.dataset.updated = String(Date.now());
     // Milliseconds from navigation to the first data drawn (read by bench/web.py).
     document.body.dataset.firstDrawMs ??= String(Math.round(performance.now()));
@@ -137,7 +141,10 @@ async function refresh() {
     $("conn").textContent = `error: ${e.message}`;
   }
 }
-const soon = () => { if (!pending) pending = setTimeout(refresh, 100); };
+const soon = (census = false) => {
+  censusDue ||= census;
+  if (!pending) pending = setTimeout(refresh, 100);
+};
 
 async function loadFeed() {
   const recent = await api("events?after=0&limit=1");
@@ -158,10 +165,10 @@ async function start() {
   const es = new EventSource(`/api/v1/events/stream${from}`);
   es.onopen = () => { $("conn").textContent = "live"; };
   es.onerror = () => { $("conn").textContent = "reconnecting…"; };
-  es.onmessage = (m) => { addFeed(JSON.parse(m.data)); soon(); };
-  es.addEventListener("reload", () => { $("feed").replaceChildren(); soon(); });
+  es.onmessage = (m) => { addFeed(JSON.parse(m.data)); soon(true); };
+  es.addEventListener("reload", () => { $("feed").replaceChildren(); soon(true); });
   // Heartbeat ages, "why" lines and dead owners (a SIGKILL writes no event) move
   // with time, not only with events: within 2 s, as events do.
-  setInterval(soon, 1500);
+  setInterval(() => soon(false), 1500);
 }
 start();
