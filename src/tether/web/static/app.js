@@ -123,7 +123,7 @@ async function openTranscript(id) {
 }
 
 let pending = null;
-// The census counts every session (O(all)): read on events, not on the clock.
+// The census counts every session (O(all)): read on events and every 10 s, not every 1.5 s.
 let censusDue = true;
 async function refresh() {
   pending = null;
@@ -170,5 +170,7 @@ async function start() {
   // Heartbeat ages, "why" lines and dead owners (a SIGKILL writes no event) move
   // with time, not only with events: within 2 s, as events do.
   setInterval(() => soon(false), 1500);
+  // The census's owner liveness changes without events too (a SIGKILL): now and then.
+  setInterval(() => soon(true), 10000);
 }
 start();
