@@ -314,7 +314,11 @@ class Gateway:
     def _record(self, session_id: str, kind: str, data: dict[str, Any]) -> None:
         """Log a turn's start or end in the store's events (the live view derives
         ``working`` from them), queued behind the writes before it."""
-        self._background(self.write(self.store.record_event, session_id, kind, data), kind)
+        try:
+            fut = self.write(self.store.record_event, session_id, kind, data)
+        except RuntimeError:  # the writer is shut down: the session's end follows anyway
+            return
+        self._background(fut, kind)
 
     def emit(self, session_id: str, method: str, params: dict[str, Any]) -> None:
         self.run(self.registry.emit(session_id, method, params))
