@@ -71,8 +71,19 @@ $(AGENTS_VENV)/.installed: pyproject.toml
 		--strip-components=1 --wildcards '*/tests' '*/pyproject.toml'
 	@touch $@
 
+# The live view's browser tests drive Debian's chromium through Playwright (never a
+# browser download: no `playwright install`). As root (CI) it is installed when missing.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "the browser tests need Debian's chromium: sudo apt-get install chromium" >&2; exit 1; \
+	fi
+
 test: $(VENV)/.installed-test $(HERMES_VENV)/.installed $(HERMES_RELEASES)/.installed \
-		$(AGENTS_VENV)/.installed
+		$(AGENTS_VENV)/.installed $(CHROMIUM)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy  # src/tether, configured in pyproject.toml [tool.mypy]
 	$(BIN)/lint-imports  # the layers contract, pyproject.toml [tool.importlinter]

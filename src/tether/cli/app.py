@@ -32,6 +32,7 @@ Examples:
   tether --db sessions.db show 01M7  one session (a unique id prefix is enough)
   tether serve                       the gateway on ws://127.0.0.1:8765/rpc
   tether chat                        talk to it from another terminal
+  tether web                         the live view on http://127.0.0.1:8766/
 
 Exit codes: 0 done, 1 the operation failed, 2 bad usage.
 """
@@ -47,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "demo"),
     "serve": ("serve", "serve"),
     "chat": ("chat", "chat"),
+    "web": ("web", "web"),
     "hermes": ("hermes", "app"),  # a group: `tether hermes census`
 }
 

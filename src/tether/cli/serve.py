@@ -138,6 +138,8 @@ def serve(
     from ..gateway.runtime import GatewayConfig
     from ..gateway.security import load_token
     from ..gateway.server import ServeOptions, run
+    from ..web import for_gateway
+    from ..web.server import login_url
 
     db = resolve_db(db)
     try:
@@ -164,9 +166,11 @@ def serve(
 
     def ready(url: str) -> None:
         print(f"tether gateway on {url} (agent {the_agent.name}, database {target})", flush=True)
+        bound = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+        print(f"live view: {login_url(host, bound, token)}", flush=True)
 
     try:
-        run(store, the_agent, token, options, ready=ready)
+        run(store, the_agent, token, options, ready=ready, mount=for_gateway)
     except OSError as exc:
         raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     finally:

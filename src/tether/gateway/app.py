@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
-from starlette.routing import WebSocketRoute
+from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .methods import receive
@@ -27,7 +27,9 @@ PATH = "/rpc"
 CLOSE_WAIT = 2.0  # seconds a close may wait for a client that stopped reading; then cut it
 
 
-def build_app(gateway: Gateway, policy: Policy) -> Starlette:
+def build_app(gateway: Gateway, policy: Policy, extra: Sequence[BaseRoute] = ()) -> Starlette:
+    """The gateway's app; ``extra`` routes (the live view of ``tether serve``) follow ``/rpc``."""
+
     async def rpc_endpoint(ws: WebSocket) -> None:
         refusal = check_handshake(ws.headers, ws.query_params, policy)
         if refusal is not None:
@@ -59,7 +61,7 @@ def build_app(gateway: Gateway, policy: Policy) -> Starlette:
         finally:
             await gateway.disconnect(conn)
 
-    return Starlette(routes=[WebSocketRoute(PATH, rpc_endpoint)])
+    return Starlette(routes=[WebSocketRoute(PATH, rpc_endpoint), *extra])
 
 
 def _peer(ws: WebSocket) -> str:

@@ -311,6 +311,15 @@ class Gateway:
                 self._finalize(a)
         self._wake.set()
 
+    def _record(self, session_id: str, kind: str, data: dict[str, Any]) -> None:
+        """Log a turn's start or end in the store's events (the live view derives
+        ``working`` from them), queued behind the writes before it."""
+        try:
+            fut = self.write(self.store.record_event, session_id, kind, data)
+        except RuntimeError:  # the writer is shut down: the session's end follows anyway
+            return
+        self._background(fut, kind)
+
     def emit(self, session_id: str, method: str, params: dict[str, Any]) -> None:
         self.run(self.registry.emit(session_id, method, params))
 
@@ -698,6 +707,7 @@ class Gateway:
             return turn_id, msg.seq, None
 
         def start() -> None:
+            self._record(sid, "turn_started", {"turn_id": turn_id})
             self.emit(sid, "turn.start", {"turn_id": turn_id})
             self.emit(sid, "message", {"turn_id": turn_id, "message": message_view(msg)})
             self.start_turn(sid, running, text)
@@ -832,6 +842,7 @@ class Gateway:
             if r.pump is not None:
                 await asyncio.gather(r.pump, return_exceptions=True)
             self.turns.pop(sid, None)
+            self._record(sid, "turn_ended", {"turn_id": tid, "status": stop.status})
             self.run(self.registry.end_turn(sid, tid, stop.status, stop.error))
             if r.handle.ended and sid in self.registry:
                 # Ended or taken over elsewhere while the turn ran: forget it here.

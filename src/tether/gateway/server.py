@@ -32,9 +32,10 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
+from starlette.routing import BaseRoute
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
@@ -61,6 +62,21 @@ class ServeOptions:
     handshake_timeout: float = 5.0
     max_unsent: int = 8 * 1024 * 1024  # bytes a client may leave unread (pongs) before it is cut
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+
+
+class Mount(Protocol):
+    """Routes served beside ``/rpc`` on the gateway's port (the live view, ``tether.web``),
+    started once the gateway runs and stopped before it ends its sessions."""
+
+    def routes(self) -> list[BaseRoute]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+# Builds the mounted routes once the gateway and its security policy exist.
+MountFactory = Callable[[Gateway, Policy], Mount]
 
 
 class _AcceptErrors:
@@ -158,6 +174,14 @@ def _protocols(options: ServeOptions, accepts: _AcceptErrors) -> tuple[type, typ
             self._stop_timer()
             super().handle_websocket_upgrade(event)
 
+        def handle_events(self) -> None:
+            super().handle_events()
+            # A complete plain HTTP request (the live view's pages, its event
+            # stream): the handshake deadline no longer applies; uvicorn's
+            # keep-alive timeout covers the idle connection after it.
+            if getattr(self, "cycle", None) is not None:
+                self._stop_timer()
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_timer()
             super().connection_lost(exc)
@@ -192,6 +216,15 @@ def url_of(sock: socket.socket) -> str:
 class _Server(uvicorn.Server):
     """uvicorn without its signal handling (see the module docstring)."""
 
+    mounted: Mount | None = None
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Mounted routes stop first: their endless responses (event streams) end,
+        # so the graceful stop does not wait for them.
+        if self.mounted is not None:
+            await self.mounted.stop()
+        await super().shutdown(sockets)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
@@ -213,8 +246,12 @@ async def serve(
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
     handle_signals: bool = False,
+    mount: MountFactory | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM/SIGHUP (``handle_signals``) or ``stop``; then end sessions."""
+    """Serve until SIGINT/SIGTERM/SIGHUP (``handle_signals``) or ``stop``; then end sessions.
+
+    ``mount`` adds routes beside ``/rpc`` (``tether serve`` mounts the live view).
+    """
     sock = sock or bind(options.host, options.port)
     policy = Policy(
         token=token,
@@ -223,10 +260,11 @@ async def serve(
         allowed_origins=frozenset(options.allowed_origins),
     )
     gateway = Gateway(store, agent, options.gateway)
+    mounted = mount(gateway, policy) if mount is not None else None
     accepts = _AcceptErrors()
     http_protocol, ws_protocol = _protocols(options, accepts)
     config = uvicorn.Config(
-        build_app(gateway, policy),
+        build_app(gateway, policy, mounted.routes() if mounted is not None else ()),
         http=http_protocol,
         ws=ws_protocol,
         lifespan="off",
@@ -238,6 +276,7 @@ async def serve(
         timeout_graceful_shutdown=options.gateway.shutdown_timeout,  # type: ignore[arg-type]
     )
     server = _Server(config)
+    server.mounted = mounted
     loop = asyncio.get_running_loop()
     previous_handler = loop.get_exception_handler()
     loop.set_exception_handler(accepts.handler)
@@ -248,6 +287,8 @@ async def serve(
     # Ends the sessions of dead processes (a SIGKILLed gateway's, say) on this database.
     reaper = ReaperLoop(store, interval=options.reaper_interval).start()
     await gateway.start()
+    if mounted is not None:
+        await mounted.start()
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started and not serving.done():
@@ -259,6 +300,8 @@ async def serve(
         if not serving.done():
             server.should_exit = True
             await asyncio.gather(serving, return_exceptions=True)
+        if mounted is not None:
+            await mounted.stop()  # already stopped by the server's shutdown, unless it failed
         await gateway.shutdown(SHUTDOWN_REASON)
         reaper.stop()
         if watcher is not None:
@@ -281,7 +324,19 @@ def run(
     options: ServeOptions,
     *,
     ready: Callable[[str], None] | None = None,
+    mount: MountFactory | None = None,
 ) -> None:
     """Blocking entry point of ``tether serve``: serves until SIGINT, SIGTERM or SIGHUP."""
     sock = bind(options.host, options.port)
-    asyncio.run(serve(store, agent, token, options, sock=sock, ready=ready, handle_signals=True))
+    asyncio.run(
+        serve(
+            store,
+            agent,
+            token,
+            options,
+            sock=sock,
+            ready=ready,
+            handle_signals=True,
+            mount=mount,
+        )
+    )

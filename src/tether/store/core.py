@@ -151,9 +151,27 @@ class StoreCore(HookDeliveries, Ownership, MessageWrites):
             at = check_timestamp(at, "detached at")
 
         def tx(c: Conn) -> bool:
-            return c.execute(sql.SET_DETACHED, (at, session_id)).rowcount == 1
+            if c.execute(sql.SET_DETACHED, (at, session_id)).rowcount != 1:
+                return False
+            # In the same transaction: the live view's feed hears it exactly when it holds.
+            self._event(c, session_id, "attached" if at is None else "detached", {})
+            return True
 
         return self.backend.write(tx)
+
+    def record_event(self, session_id: str, kind: str, data: dict[str, Any]) -> None:
+        """Append one lifecycle event (``turn_started``, ``turn_ended``...) to the events log.
+
+        The log feeds the live view (``tether web``) and every process that
+        follows the store; the event says what happened, never changes a session.
+        """
+        session_id = check_id(session_id)
+        check_text(kind, "event kind", required=True)
+
+        def tx(c: Conn) -> None:
+            self._event(c, session_id, kind, data)
+
+        self.backend.write(tx)
 
     # --- reads -----------------------------------------------------------------------
 

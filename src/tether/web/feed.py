@@ -1,0 +1,248 @@
+"""The lifecycle events feed behind ``/api/v1/events/stream`` (server-sent events).
+
+One :class:`EventHub` per process follows the store and hands each new event
+to every connected stream: on PostgreSQL it LISTENs (every host's events, at
+commit); on SQLite it reads the events table after the last id it saw, every
+``poll`` seconds (one indexed query, whatever the number of clients).
+
+A stream first catches up from the table after the client's cursor (its
+``Last-Event-ID``), then follows the hub, skipping what it already sent: every
+event exactly once, in id order. A cursor older than the oldest event kept,
+or newer than the newest, gets an explicit ``reload`` event instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ..compose import Store
+from ..errors import InvalidInputError
+from ..store.views import EventRow, event_bounds, events_after, running_turns
+
+log = logging.getLogger("tether.web")
+
+QUEUE_LIMIT = 10_000  # events a slow stream may lag behind before it is cut (it resumes)
+CATCH_UP_PAGE = 500
+
+
+def sse(event: EventRow) -> str:
+    """One event in the SSE wire format; the SSE id is the event id."""
+    data = json.dumps(event.to_dict(), separators=(",", ":"))
+    return f"id: {event.id}\ndata: {data}\n\n"
+
+
+def sse_reload(reason: str, newest: int) -> str:
+    """Tell the client its cursor cannot be honoured: reload, then follow from ``newest``."""
+    data = json.dumps({"reason": reason, "newest_id": newest})
+    return f"id: {newest}\nevent: reload\ndata: {data}\n\n"
+
+
+class TurnTracker:
+    """Which open sessions have a running turn, kept up to date from the events.
+
+    Rebuilt from the database when the hub starts (and when a LISTEN connection
+    is made again), then moved by each event in commit order: ``turn_started``
+    adds a session, ``turn_ended`` and its end remove it. Applying an event the
+    rebuild already saw changes nothing in the end (the newest event of a
+    session wins). Read from other threads as an immutable snapshot.
+    """
+
+    STARTS = frozenset({"turn_started"})
+    STOPS = frozenset({"turn_ended", "ended", "reaped", "taken_over"})
+
+    def __init__(self) -> None:
+        # The running sessions as of event ``_upto`` (None: not known yet), replaced
+        # as one tuple so that a reader on another thread sees a consistent pair.
+        self._state: tuple[frozenset[str], int] | None = None
+
+    def reset(self, running: frozenset[str], upto: int) -> None:
+        self._state = (running, upto)
+
+    def apply(self, event: EventRow) -> None:
+        if self._state is not None:
+            running, upto = self._state
+            self._state = (moved(running, event), max(upto, event.id))
+
+    def snapshot(self) -> tuple[frozenset[str], int] | None:
+        """The running sessions' ids and the event id they are as of (None: not known)."""
+        return self._state
+
+
+def moved(running: frozenset[str], event: EventRow) -> frozenset[str]:
+    """``running`` after ``event``: the newest turn event of a session wins."""
+    sid = event.session_id
+    if sid is None:
+        return running
+    if event.kind in TurnTracker.STARTS and sid not in running:
+        return running | {sid}
+    if event.kind in TurnTracker.STOPS and sid in running:
+        return running - {sid}
+    return running
+
+
+class _Overflow:
+    pass
+
+
+OVERFLOW = _Overflow()
+
+
+class EventHub:
+    """Follows the store's events once per process and fans them out to the streams."""
+
+    def __init__(self, store: Store, *, poll: float = 0.05, keepalive: float = 15.0) -> None:
+        self.store = store
+        self.poll = poll
+        self.keepalive = keepalive
+        self.last_id = 0
+        self._subs: set[asyncio.Queue[EventRow | _Overflow]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._stop = threading.Event()
+        self.delivered = 0  # events handed to streams (for tests and the bench)
+        self.turns = TurnTracker()
+
+    @property
+    def clients(self) -> int:
+        return len(self._subs)
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        loop = asyncio.get_running_loop()
+        if self.store.backend.dialect == "postgresql":
+            self._task = asyncio.create_task(self._listen(), name="tether-web-listen")
+        else:
+            # One snapshot: the running turns as of the newest event, followed from there.
+            self.last_id, running = await loop.run_in_executor(None, running_turns, self.store)
+            self.turns.reset(running, self.last_id)
+            self._task = asyncio.create_task(self._poll(), name="tether-web-poll")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for q in list(self._subs):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(OVERFLOW)
+
+    def _broadcast(self, event: EventRow) -> None:
+        self.last_id = max(self.last_id, event.id)
+        self.turns.apply(event)
+        for q in list(self._subs):
+            try:
+                q.put_nowait(event)
+            except asyncio.QueueFull:  # it resumes from the table with its Last-Event-ID
+                self._subs.discard(q)
+                q.get_nowait()
+                q.put_nowait(OVERFLOW)
+        self.delivered += 1
+
+    def _rebuilt(self, newest: int, running: frozenset[str]) -> None:
+        self.last_id = max(self.last_id, newest)
+        self.turns.reset(running, newest)
+
+    async def _poll(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                rows = await loop.run_in_executor(
+                    None, events_after, self.store, self.last_id, CATCH_UP_PAGE
+                )
+                for row in rows:
+                    self._broadcast(row)
+                if len(rows) == CATCH_UP_PAGE:
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store is briefly unavailable: try again
+                log.warning("could not read the store's events: %s", exc)
+            await asyncio.sleep(self.poll)
+
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def follow() -> None:
+            while not self._stop.is_set():
+                try:
+                    with self.store.listen() as listener:
+                        # Listening already: rebuilt after, so no event falls in between.
+                        newest, running = running_turns(self.store)
+                        loop.call_soon_threadsafe(self._rebuilt, newest, running)
+                        while not self._stop.is_set():
+                            for ev in listener.events(timeout=0.5):
+                                row = EventRow(ev.id, ev.at, ev.session_id, ev.kind, ev.data)
+                                loop.call_soon_threadsafe(self._broadcast, row)
+                except Exception as exc:
+                    log.warning("lost the store's event feed: %s", exc)
+                    self._stop.wait(1.0)
+
+        thread = threading.Thread(target=follow, name="tether-web-listen", daemon=True)
+        thread.start()
+        try:
+            while thread.is_alive():
+                await asyncio.sleep(0.2)
+        finally:
+            self._stop.set()
+
+    async def stream(self, cursor: int | None) -> AsyncIterator[str]:
+        """The SSE body for one client: catch up after ``cursor`` (None: only new events)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[EventRow | _Overflow] = asyncio.Queue(QUEUE_LIMIT)
+        self._subs.add(queue)  # before catching up, so nothing falls in between
+        try:
+            yield "retry: 1000\n\n"
+            lo, hi = await loop.run_in_executor(None, event_bounds, self.store)
+            if cursor is None:
+                cursor = hi
+            elif cursor > hi:
+                yield sse_reload("the cursor is newer than the newest event", hi)
+                cursor = hi
+            elif cursor and lo and cursor < lo - 1:
+                yield sse_reload("the events after the cursor are gone", hi)
+                cursor = hi
+            start = cursor
+            sent: set[int] = (
+                set()
+            )  # ids sent while catching up (PostgreSQL may commit out of order)
+            while True:
+                rows = await loop.run_in_executor(
+                    None, events_after, self.store, cursor, CATCH_UP_PAGE
+                )
+                for row in rows:
+                    sent.add(row.id)
+                    yield sse(row)
+                if len(rows) < CATCH_UP_PAGE:
+                    break
+                cursor = rows[-1].id
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), self.keepalive)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if isinstance(item, _Overflow):
+                    return  # the client reconnects with its Last-Event-ID
+                if item.id <= start or item.id in sent:
+                    continue
+                yield sse(item)
+        finally:
+            self._subs.discard(queue)
+
+
+def parse_cursor(value: Any) -> int:
+    """A Last-Event-ID or ``after`` value: a non-negative 64-bit integer."""
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise InvalidInputError(f"not an event id: {str(value)[:40]!r}") from None
+    if not 0 <= n < 2**63:
+        raise InvalidInputError("an event id is between 0 and 2**63-1")
+    return n
