@@ -150,3 +150,9 @@ def repair(
             )
             for sid in plan.idle:
                 print(f"    {clean(sid)}")
+
+
+# import, mirror and gc live in their own module (cli/hermes_sync.py).
+from .hermes_sync import register  # noqa: E402
+
+register(app)

@@ -90,6 +90,7 @@ class ItemResult:
     written: int = 0
     ended: bool = False
     marked_deleted: bool = False
+    titled: bool = False  # the title was updated to the source's
 
 
 @dataclass(slots=True)
@@ -250,9 +251,11 @@ class ImportBatches:
         assert latest.origin is not None
         r = self._import_tx(c, latest.origin, None, rows, ch.end)
         self._set_states(c, r.session.id, ch.states)
+        result = ItemResult(latest.origin, r.session.id, False, False, r.written, r.ended)
         if ch.new.title is not None and r.session.title != ch.new.title:
             c.execute(sql_imports.SET_IMPORTED_TITLE, (ch.new.title, r.session.id))
-        return ItemResult(latest.origin, r.session.id, False, False, r.written, r.ended)
+            result.titled = True
+        return result
 
     def _set_states(self, c: Conn, session_id: str, states: dict[str, str]) -> None:
         if states:
@@ -307,13 +310,14 @@ class ImportBatches:
         )
         return {r[0] for r in rows}
 
-    def source_deleted_count(self, prefix: str) -> int:
-        """How many sessions imported from ``prefix`` were recorded as deleted at the source."""
+    def source_deleted_origins(self, prefix: str) -> set[str]:
+        """The origins (without ``#n``) imported from ``prefix`` that were recorded as
+        deleted at the source."""
         params = (SOURCE_DELETED, *_prefix_bounds(prefix))
-        row = self.backend.read(
-            lambda c: c.execute(sql_imports.COUNT_EVENT_SESSIONS, params).fetchone()
+        rows = self.backend.read(
+            lambda c: c.execute(sql_imports.SELECT_EVENT_ORIGINS, params).fetchall()
         )
-        return int(row[0])
+        return {str(r[0]).split("#", 1)[0] for r in rows}
 
 
 def _prefix_bounds(prefix: str) -> tuple[str, str]:

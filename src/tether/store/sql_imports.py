@@ -32,8 +32,8 @@ SELECT_KEYS_OF = "SELECT idem_key FROM messages WHERE session_id = ? AND idem_ke
 
 HAS_EVENT = "SELECT 1 FROM events WHERE session_id = ? AND kind = ? LIMIT 1"
 
-COUNT_EVENT_SESSIONS = """
-SELECT count(DISTINCT e.session_id) FROM events e JOIN sessions s ON s.id = e.session_id
+SELECT_EVENT_ORIGINS = """
+SELECT DISTINCT s.origin FROM events e JOIN sessions s ON s.id = e.session_id
 WHERE e.kind = ? AND s.origin >= ? AND s.origin < ?
 """
 
