@@ -218,3 +218,40 @@ def test_an_idle_mirror_asks_one_cheap_question_per_interval(
         reports = mirror.step()
         assert [r.messages for r in reports] == [1] and mirror.passes == 2
         mirror.close()
+
+
+def test_serve_mirrors_hermes_too(hermes_store: Path, tmp_path: Path) -> None:
+    path = tmp_path / "hermes" / "state.db"
+    path.parent.mkdir()
+    shutil.copy(hermes_store, path)
+    db = tmp_path / "t.db"
+    args = [sys.executable, "-m", "tether", "serve", "--db", str(db), "--port", "0"]
+    proc = subprocess.Popen(
+        [*args, "--mirror-hermes", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(TETHER_TOKEN="t"),
+    )
+    try:
+        assert proc.stdout is not None
+        assert "tether gateway on" in proc.stdout.readline(), proc.stderr
+        expected = rows(path, "SELECT count(*) FROM messages")[0][0]
+        deadline = time.monotonic() + 20
+        got = 0
+        while time.monotonic() < deadline and got < expected:
+            time.sleep(0.1)
+            got = sum(len(v) for v in tether_messages(db).values()) if db.exists() else 0
+        assert got == expected
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    bad = subprocess.run(
+        [*args, "--mirror-hermes", str(db)],
+        capture_output=True,
+        text=True,
+        env=child_env(TETHER_TOKEN="t"),
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "not a Hermes state.db" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -125,6 +125,15 @@ def serve(
             "--max-frame", min=1024, metavar="BYTES", help="Largest accepted frame, in bytes."
         ),
     ] = 1024 * 1024,
+    mirror_hermes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mirror-hermes",
+            metavar="PATH",
+            help="Also mirror this Hermes state.db into the database (tether hermes mirror). "
+            "Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Run the gateway: JSON-RPC 2.0 over WebSocket at ws://HOST:PORT/rpc.
 
@@ -165,10 +174,20 @@ def serve(
     def ready(url: str) -> None:
         print(f"tether gateway on {url} (agent {the_agent.name}, database {target})", flush=True)
 
+    follower = None
     try:
+        if mirror_hermes:
+            from ..interop.hermes.mirror import HermesMirror
+
+            # Its lag for /metrics: tether.interop.hermes.mirror.mirrors().
+            follower = HermesMirror(store, mirror_hermes)
+            follower.check()
+            follower.start()
         run(store, the_agent, token, options, ready=ready)
     except OSError as exc:
         raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     finally:
+        if follower is not None:
+            follower.close()
         store.close()
     print("tether gateway stopped", file=sys.stderr, flush=True)

@@ -14,6 +14,8 @@ each has ``lag_seconds``, ``cursor`` and ``source_deleted_total``.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
 import time
 import weakref
@@ -21,9 +23,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...errors import TetherError
 from ...store import StoreCore
-from .importer import PAGE_MESSAGES, StoreSync, SyncReport
+from .importer import PAGE_MESSAGES, HermesReader, StoreSync, SyncReport
 from .store import discover
+
+log = logging.getLogger("tether.interop.hermes")
 
 _RUNNING: weakref.WeakSet[HermesMirror] = weakref.WeakSet()
 
@@ -74,6 +79,7 @@ class HermesMirror:
         self.source_deleted_total = 0
         self.passes = 0
         self.idle_checks = 0
+        self.errors = 0
 
     @property
     def cursor(self) -> int:
@@ -84,6 +90,12 @@ class HermesMirror:
         return MirrorStatus(
             self.lag_seconds, self.cursor, self.source_deleted_total, self.passes, self.idle_checks
         )
+
+    def check(self) -> None:
+        """Recognise every store now, in this thread (raises as ``tether hermes census``
+        does), then close: the following thread opens its own connections."""
+        for path in self.paths:
+            HermesReader(path).close()
 
     def open(self) -> None:
         """Open and recognise every store (done by the first :meth:`step` otherwise)."""
@@ -124,7 +136,13 @@ class HermesMirror:
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         try:
             while not self._stop.is_set():
-                self.step()
+                try:
+                    self.step()
+                except (sqlite3.Error, TetherError) as exc:
+                    # A busy or briefly unreadable store, a tether store restarting:
+                    # the next round retries from the committed cursors.
+                    self.errors += 1
+                    log.warning("hermes mirror: a pass failed (retried): %s", exc)
                 if deadline is not None and time.monotonic() >= deadline:
                     return
                 self._stop.wait(self.interval)
