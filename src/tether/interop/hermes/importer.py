@@ -89,7 +89,7 @@ class HermesReader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.conn = open_readonly(path)
+        self.conn = open_readonly(path, any_thread=True)
         try:
             self.shape: HermesStore = recognise(self.conn, path)
         except BaseException:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ...errors import TetherError
 from ...store import StoreCore
-from .importer import PAGE_MESSAGES, HermesReader, StoreSync, SyncReport
+from .importer import PAGE_MESSAGES, StoreSync, SyncReport
 from .store import discover
 
 log = logging.getLogger("tether.interop.hermes")
@@ -69,11 +69,10 @@ class HermesMirror:
         self.on_pass = on_pass
         self.paths = discover(paths)
         self.page = page
-        # Opened by the thread that follows (an sqlite3 connection stays in its thread).
         self.syncs: list[StoreSync] = []
         self._versions: list[int | None] = []
         self._stop = threading.Event()
-        self._thread: int | None = None
+        self._runner: threading.Thread | None = None
         self._cursors: dict[str, int] = {}
         self.lag_seconds = 0.0
         self.source_deleted_total = 0
@@ -92,10 +91,8 @@ class HermesMirror:
         )
 
     def check(self) -> None:
-        """Recognise every store now, in this thread (raises as ``tether hermes census``
-        does), then close: the following thread opens its own connections."""
-        for path in self.paths:
-            HermesReader(path).close()
+        """Open and recognise every store now (raises as ``tether hermes census`` does)."""
+        self.open()
 
     def open(self) -> None:
         """Open and recognise every store (done by the first :meth:`step` otherwise)."""
@@ -132,7 +129,6 @@ class HermesMirror:
     def run(self, *, max_seconds: float | None = None) -> None:
         """Follow until :meth:`stop` is called (or ``max_seconds`` passed)."""
         _RUNNING.add(self)
-        self._thread = threading.get_ident()
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         try:
             while not self._stop.is_set():
@@ -148,25 +144,22 @@ class HermesMirror:
                 self._stop.wait(self.interval)
         finally:
             _RUNNING.discard(self)
-            self._close_syncs()
 
     def start(self) -> threading.Thread:
         """Follow in a daemon thread (what ``tether serve --mirror-hermes`` does)."""
-        thread = threading.Thread(target=self.run, name="tether-hermes-mirror", daemon=True)
-        thread.start()
-        return thread
+        self._runner = threading.Thread(target=self.run, name="tether-hermes-mirror", daemon=True)
+        self._runner.start()
+        return self._runner
 
     def stop(self) -> None:
         self._stop.set()
 
     def close(self) -> None:
-        """Stop; close the stores' connections (a running thread closes its own)."""
+        """Stop (waiting for a pass under way to commit) and close the stores' connections."""
         self.stop()
-        if self._thread is None:
-            self._close_syncs()
-
-    def _close_syncs(self) -> None:
+        if self._runner is not None:
+            self._runner.join(60)
+            self._runner = None
         for sync in self.syncs:
             sync.close()
         self.syncs = []
-        self._thread = None
