@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError
+from ..ids import new_id
 from ..model import ImportResult, Session, session_from_row
 from ..validate import (
     check_detail,
@@ -224,6 +225,10 @@ class ImportBatches:
             new = dataclasses.replace(
                 ch.new, parent_id=parent_id, created_at=min(created, ch.new.created_at)
             )
+            fast = self._insert_new(c, new, rows, ch.end)
+            if fast is not None:
+                self._set_states(c, fast.session_id or "", ch.states)
+                return fast
             r = self._import_tx(c, base, new, rows, ch.end)
             result = ItemResult(base, r.session.id, r.created, False, r.written, r.ended)
             self._set_states(c, r.session.id, ch.states)
@@ -256,6 +261,67 @@ class ImportBatches:
             c.execute(sql_imports.SET_IMPORTED_TITLE, (ch.new.title, r.session.id))
             result.titled = True
         return result
+
+    def _insert_new(
+        self,
+        c: Conn,
+        new: ImportedSession,
+        rows: Sequence[Row],
+        end: tuple[float, str, str | None] | None,
+    ) -> ItemResult | None:
+        """A session new to this store, row and first page in a few statements (the
+        bulk of a first import). None if another importer wrote the origin first."""
+        sid = new_id(new.created_at)
+        root_id = sid
+        if new.parent_id is not None:
+            parent = c.execute(sql.SELECT_ROOT_OF, (new.parent_id,)).fetchone()
+            if parent is not None and not new.branch:
+                root_id = parent[0]
+        is_root = root_id == sid
+        fresh: list[Row] = []
+        seen: set[str | None] = set()
+        for r in rows:
+            if r[6] not in seen:
+                seen.add(r[6])
+                fresh.append(r)
+        n = len(fresh)
+        last = max([new.last_active_at, *(r[5] for r in fresh)])
+        ended_at, reason, detail = end if end is not None else (None, None, None)
+        inserted = c.execute(
+            sql_imports.INSERT_NEW_IMPORTED,
+            (
+                sid,
+                new.source,
+                new.model,
+                new.title,
+                new.cwd,
+                new.parent_id,
+                root_id,
+                new.origin,
+                new.created_at,
+                last,
+                ended_at,
+                reason,
+                detail,
+                n,
+                new.metadata,
+                sid if is_root else None,
+                n if is_root else 0,
+                last if is_root else None,
+            ),
+        ).rowcount
+        if inserted != 1:
+            return None
+        if not is_root:
+            at = new.created_at
+            c.execute(sql.ADD_CHAIN_MEMBER, (at, sid, sid, at, at, root_id))
+            c.execute(sql.BUMP_CHAIN_ACTIVE, (n, last, last, root_id))
+        self._event(c, sid, "imported", {"source": new.source, "origin": new.origin})
+        if fresh:
+            c.executemany(sql.INSERT_MESSAGE, [(sid, k + 1, *r) for k, r in enumerate(fresh)])
+        if end is not None:
+            self._event(c, sid, "ended", {"reason": reason, "detail": detail})
+        return ItemResult(new.origin, sid, True, False, n, end is not None)
 
     def _set_states(self, c: Conn, session_id: str, states: dict[str, str]) -> None:
         if states:

@@ -44,3 +44,15 @@ INSERT INTO import_cursors (source_key, position, updated_at) VALUES (?, ?, ?)
 ON CONFLICT (source_key) DO UPDATE SET position = excluded.position,
     updated_at = excluded.updated_at
 """
+
+# A new imported session written whole: its row already holds its first page's
+# count and activity (and its end), so no UPDATE follows the messages. ON
+# CONFLICT without a target covers the origin's unique index (another importer
+# got there first: the caller takes the general path).
+INSERT_NEW_IMPORTED = """
+INSERT INTO sessions (id, source, model, title, cwd, parent_id, root_id, origin,
+    created_at, last_active_at, ended_at, end_reason, end_detail, message_count, owner_id,
+    epoch, metadata, chain_tip_id, chain_message_count, chain_last_active_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+"""

@@ -85,8 +85,11 @@ class Decoded:
 
 def _scrub(text: str) -> tuple[str, int]:
     """Lone surrogates (which tether refuses) replaced by U+FFFD, and how many."""
-    if not any("\ud800" <= ch <= "\udfff" for ch in text):
+    try:
+        text.encode("utf-8")  # at C speed: fails only on a lone surrogate
         return text, 0
+    except UnicodeEncodeError:
+        pass
     out = [("\ufffd" if "\ud800" <= ch <= "\udfff" else ch) for ch in text]
     return "".join(out), sum(1 for ch in text if "\ud800" <= ch <= "\udfff")
 
@@ -121,7 +124,9 @@ def decode_content(raw: Any) -> Decoded:
             meta["content_json"] = value
         elif value is not None:
             text = value if isinstance(value, str) else json.dumps(value)
-    text, replaced = _scrub(text.replace("\x00", ""))
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    text, replaced = _scrub(text)
     if meta:
         meta = json.loads(_scrub(json.dumps(meta))[0])
     return Decoded(text, meta, replaced)
@@ -150,8 +155,7 @@ def map_message(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, int]:
     if role in SKIPPED_ROLES:
         return None, 0
     decoded = decode_content(row["content"])
-    meta = dict(decoded.meta)
-    meta["hermes_id"] = row["id"]
+    meta = dict(decoded.meta)  # the Hermes id is in the key (hermes:<id>)
     if role not in ROLES:
         meta["origin_role"] = role
         role = "system"
@@ -168,7 +172,7 @@ def map_message(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, int]:
         "role": role,
         "content": decoded.content,
         "created_at": float(row["timestamp"]),
-        "meta": meta,
+        "meta": meta or None,
         "state": state,
     }
     if calls is not None:
