@@ -18,6 +18,9 @@ every write goes through the real ``hermes_state.SessionDB``.
                         its end (as the web UI's deleter did). Prints "ready" first and a
                         JSON report last: {"sessions": {sid: m}, "deleted": [...],
                         "failures": n, "errors": [...]}.
+    pace PATH --seconds S --rate R
+                        appends R messages a second on an absolute schedule (the
+                        benchmark's writer); prints "ready", then a JSON report.
 """
 
 from __future__ import annotations
@@ -116,6 +119,33 @@ def churn(
     )
 
 
+def pace(path: Path, seconds: float, rate: float) -> None:
+    """Append to one open session on an absolute schedule of ``rate`` a second (the
+    fixture's writer sleeps a fixed time after each append, so it falls behind under
+    load); prints "ready", then {"appended": n, "failures": n, "errors": [...]}."""
+    db = session_db(path)
+    sid = f"paced_{os.getpid()}"
+    db.create_session(sid, "cli")
+    appended, errors = 0, []
+    print("ready", flush=True)
+    start = time.monotonic()
+    while (now := time.monotonic()) < start + seconds:
+        due = start + appended / rate
+        if due > now:
+            time.sleep(due - now)
+        try:
+            db.append_message(sid, "user", f"paced {appended}")
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        appended += 1
+    db.close()
+    print(
+        json.dumps(
+            {"appended": appended - len(errors), "failures": len(errors), "errors": errors[:5]}
+        )
+    )
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -127,9 +157,15 @@ def main(argv: list[str]) -> None:
     c.add_argument("--messages", type=int, default=5)
     c.add_argument("--delete-after-ms", type=int, nargs=2, default=None)
     c.add_argument("--seed", type=int, default=1)
+    p = sub.add_parser("pace")
+    p.add_argument("path", type=Path)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--rate", type=float, default=100.0)
     args = parser.parse_args(argv)
     if args.cmd == "ops":
         ops(args.path)
+    elif args.cmd == "pace":
+        pace(args.path, args.seconds, args.rate)
     else:
         window = tuple(args.delete_after_ms) if args.delete_after_ms else None
         churn(args.path, args.sessions, args.messages, window, args.seed)
