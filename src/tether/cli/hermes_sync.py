@@ -83,7 +83,7 @@ def mirror(
         typer.Option(
             "--interval", min=0.01, max=3600, metavar="SECONDS", help="Between change checks."
         ),
-    ] = 1.0,
+    ] = 0.5,
     for_: Annotated[
         str | None,
         typer.Option("--for", metavar="DURATION", help="Stop after this long (e.g. 30s, 1h)."),
@@ -100,7 +100,7 @@ def mirror(
     \b
     Examples:
       tether hermes mirror --db sessions.db
-      tether hermes mirror a/state.db b/state.db --interval 0.5
+      tether hermes mirror a/state.db b/state.db --interval 0.25
     """
     from ..interop.hermes.importer import SyncReport
     from ..interop.hermes.mirror import HermesMirror

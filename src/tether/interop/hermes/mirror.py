@@ -60,7 +60,7 @@ class HermesMirror:
         store: StoreCore,
         paths: Sequence[str | Path] = (),
         *,
-        interval: float = 1.0,
+        interval: float = 0.5,
         page: int = PAGE_MESSAGES,
         on_pass: Callable[[list[SyncReport]], None] | None = None,
     ) -> None:
