@@ -198,7 +198,15 @@ class ImportBatches:
                 raise InvalidInputError("a cursor position must be text")
 
         def tx(c: Conn) -> list[ItemResult]:
-            out = [self._apply_item(c, ch) for ch in checked]
+            # New sessions' messages are inserted together, after their rows: one
+            # statement for the page instead of one per session.
+            pending: list[tuple[Any, ...]] = []
+            states: list[tuple[str, dict[str, str]]] = []
+            out = [self._apply_item(c, ch, pending, states) for ch in checked]
+            if pending:
+                c.executemany(sql.INSERT_MESSAGE, pending)
+            for sid, st in states:
+                self._set_states(c, sid, st)
             if cursor is not None:
                 c.execute(sql_imports.UPSERT_CURSOR, (key, position, self.clock.now()))
             return out
@@ -210,7 +218,13 @@ class ImportBatches:
         members = [session_from_row(r) for r in rows if _in_family(r[7], base)]
         return sorted(members, key=lambda s: _family_order(s, base))
 
-    def _apply_item(self, c: Conn, ch: _Checked) -> ItemResult:
+    def _apply_item(
+        self,
+        c: Conn,
+        ch: _Checked,
+        pending: list[tuple[Any, ...]],
+        states: list[tuple[str, dict[str, str]]],
+    ) -> ItemResult:
         base = ch.new.origin
         family = self._family(c, base)
         if ch.item.source_deleted:
@@ -225,9 +239,10 @@ class ImportBatches:
             new = dataclasses.replace(
                 ch.new, parent_id=parent_id, created_at=min(created, ch.new.created_at)
             )
-            fast = self._insert_new(c, new, rows, ch.end)
+            fast = self._insert_new(c, new, rows, ch.end, pending)
             if fast is not None:
-                self._set_states(c, fast.session_id or "", ch.states)
+                if ch.states:
+                    states.append((fast.session_id or "", ch.states))
                 return fast
             r = self._import_tx(c, base, new, rows, ch.end)
             result = ItemResult(base, r.session.id, r.created, False, r.written, r.ended)
@@ -268,9 +283,11 @@ class ImportBatches:
         new: ImportedSession,
         rows: Sequence[Row],
         end: tuple[float, str, str | None] | None,
+        pending: list[tuple[Any, ...]],
     ) -> ItemResult | None:
         """A session new to this store, row and first page in a few statements (the
-        bulk of a first import). None if another importer wrote the origin first."""
+        bulk of a first import); its messages are added to ``pending``. None if
+        another importer wrote the origin first."""
         sid = new_id(new.created_at)
         root_id = sid
         if new.parent_id is not None:
@@ -317,8 +334,7 @@ class ImportBatches:
             c.execute(sql.ADD_CHAIN_MEMBER, (at, sid, sid, at, at, root_id))
             c.execute(sql.BUMP_CHAIN_ACTIVE, (n, last, last, root_id))
         self._event(c, sid, "imported", {"source": new.source, "origin": new.origin})
-        if fresh:
-            c.executemany(sql.INSERT_MESSAGE, [(sid, k + 1, *r) for k, r in enumerate(fresh)])
+        pending.extend((sid, k + 1, *r) for k, r in enumerate(fresh))
         if end is not None:
             self._event(c, sid, "ended", {"reason": reason, "detail": detail})
         return ItemResult(new.origin, sid, True, False, n, end is not None)

@@ -99,6 +99,9 @@ class HermesReader:
         self._mcols = [c for c in MESSAGE_FIELDS if c in self.shape.message_columns]
         self._ssel = ", ".join(self._scols)
         self._msel = ", ".join(self._mcols)
+        # Defaults of the columns this generation lacks (the opening rules' table).
+        self._sdefaults = {k: v for k, v in DEFAULTS.items() if k not in self._scols}
+        self._mdefaults = {k: v for k, v in DEFAULTS.items() if k not in self._mcols}
 
     def close(self) -> None:
         self.conn.close()
@@ -123,8 +126,9 @@ class HermesReader:
             for r in self.conn.execute(
                 f"SELECT {self._ssel} FROM sessions WHERE id IN ({marks})", chunk
             ):
-                row = dict(DEFAULTS)
-                row.update(zip(self._scols, r, strict=True))
+                row = dict(zip(self._scols, r, strict=True))
+                if self._sdefaults:
+                    row.update(self._sdefaults)
                 out[row["id"]] = row
         return out
 
@@ -144,11 +148,11 @@ class HermesReader:
         return out
 
     def _rows(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        out = []
-        for r in self.conn.execute(query, params):
-            row = dict(DEFAULTS)
-            row.update(zip(self._mcols, r, strict=True))
-            out.append(row)
+        cols, defaults = self._mcols, self._mdefaults
+        out = [dict(zip(cols, r, strict=True)) for r in self.conn.execute(query, params).fetchall()]
+        if defaults:
+            for row in out:
+                row.update(defaults)
         return out
 
     def _with_parents(self, sessions: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
