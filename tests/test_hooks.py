@@ -314,6 +314,7 @@ def test_a_database_from_before_migration_3_gets_the_mark_and_owes_nothing(db_ur
         conn = pg_connect(db_url)
     else:
         conn = sqlite3.connect(db_url, isolation_level=None)
+    conn.execute("DROP TABLE import_cursors")  # migration 6
     for column in ("meta", "state", "payload"):  # migration 4
         conn.execute(f"ALTER TABLE messages DROP COLUMN {column}")
     conn.execute("DROP INDEX events_hooks_due")

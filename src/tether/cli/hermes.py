@@ -227,3 +227,9 @@ def _print_repair(
             )
             for sid in outcome.skipped:
                 print(f"    {clean(sid)}")
+
+
+# import, mirror and gc live in their own module (cli/hermes_sync.py).
+from .hermes_sync import register  # noqa: E402
+
+register(app)

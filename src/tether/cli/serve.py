@@ -125,6 +125,15 @@ def serve(
             "--max-frame", min=1024, metavar="BYTES", help="Largest accepted frame, in bytes."
         ),
     ] = 1024 * 1024,
+    mirror_hermes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mirror-hermes",
+            metavar="PATH",
+            help="Also mirror this Hermes state.db into the database (tether hermes mirror). "
+            "Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Run the gateway: JSON-RPC 2.0 over WebSocket at ws://HOST:PORT/rpc.
 
@@ -169,10 +178,21 @@ def serve(
         bound = int(url.rsplit(":", 1)[1].split("/", 1)[0])
         print(f"live view: {login_url(host, bound, token)}", flush=True)
 
+    follower = None
     try:
+        if mirror_hermes:
+            # Imported here for start-up speed: most gateways mirror nothing.
+            from ..interop.hermes.mirror import HermesMirror
+
+            # Its lag for /metrics: tether.interop.hermes.mirror.mirrors().
+            follower = HermesMirror(store, mirror_hermes)
+            follower.check()
+            follower.start()
         run(store, the_agent, token, options, ready=ready, mount=for_gateway)
     except OSError as exc:
         raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     finally:
+        if follower is not None:
+            follower.close()
         store.close()
     print("tether gateway stopped", file=sys.stderr, flush=True)

@@ -58,6 +58,7 @@ from ..validate import (
 from . import listing, sql
 from .backend import Backend, Conn
 from .deliveries import HookDeliveries
+from .imports import ImportBatches
 from .owners import OwnerPort, Ownership
 from .writes import ImportedSession, MessageWrites
 
@@ -70,7 +71,7 @@ log = logging.getLogger("tether.store")
 INTERRUPTED_REASONS = frozenset({"error", "signal", "process_exit", "reaped", "abandoned"})
 
 
-class StoreCore(HookDeliveries, Ownership, MessageWrites):
+class StoreCore(HookDeliveries, Ownership, MessageWrites, ImportBatches):
     """The repository over one backend. ``tether.open_store`` returns a subclass
     (:class:`tether.compose.Store`) that adds sessions' handles and liveness.
 

@@ -44,3 +44,21 @@ HOOK_DELIVERY = [
     "ALTER TABLE events ADD COLUMN hooks_due_by TEXT",
     "CREATE INDEX events_hooks_due ON events (id) WHERE hooks_due_by IS NOT NULL",
 ]
+
+
+# Migration 6, the same on both backends but for the timestamp's type: where
+# each importer has got to in each of its sources (a Hermes state.db, say).
+# ``position`` is the importer's own JSON text (text on both backends: only the
+# importer reads it); it is written in the same transaction as the data it
+# covers, so an importer killed at any moment resumes exactly once.
+def import_cursors(timestamp_type: str) -> list[str]:
+    """Migration 6's statements, with the backend's type for a timestamp."""
+    return [
+        f"""
+        CREATE TABLE import_cursors (
+            source_key TEXT PRIMARY KEY,
+            position TEXT NOT NULL,
+            updated_at {timestamp_type} NOT NULL
+        )
+        """
+    ]

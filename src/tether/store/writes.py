@@ -72,6 +72,7 @@ class ImportedSession:
     metadata: str | None  # JSON text, already validated
     created_at: float
     last_active_at: float
+    branch: bool = False  # with a parent: start a chain of its own instead of joining it
 
 
 @dataclass(slots=True)
@@ -515,31 +516,36 @@ class MessageWrites:
         and an end is recorded only while none is (the first end wins).
         """
 
+        return self.backend.write(lambda c: self._import_tx(c, origin, new, rows, end))
+
+    def _import_tx(
+        self,
+        c: Conn,
+        origin: str,
+        new: ImportedSession | None,
+        rows: Sequence[Row],
+        end: tuple[float, str, str | None] | None,
+    ) -> ImportResult:
+        """:meth:`_import`'s work inside a transaction (``import_batch`` runs several)."""
         by_origin = sql.locking(self.backend.dialect, sql.SELECT_BY_ORIGIN)
-
-        def tx(c: Conn) -> ImportResult:
-            created = ended = False
+        created = ended = False
+        row = c.execute(by_origin, (origin,)).fetchone()
+        if row is None and new is not None:
+            created = self._insert_imported(c, new)
             row = c.execute(by_origin, (origin,)).fetchone()
-            if row is None and new is not None:
-                created = self._insert_imported(c, new)
-                row = c.execute(by_origin, (origin,)).fetchone()
-            if row is None:
-                raise SessionNotFoundError(origin, f"no session imported from {origin!r}")
+        if row is None:
+            raise SessionNotFoundError(origin, f"no session imported from {origin!r}")
+        session = session_from_row(row)
+        written = self._import_rows(c, session, rows) if rows else 0
+        if end is not None and session.ended_at is None:
+            ended_rows = c.execute(sql.END_SESSION, (end[0], end[1], end[2], session.id)).fetchall()
+            if ended_rows:
+                ended = True
+                self._event(c, session.id, "ended", {"reason": end[1], "detail": end[2]})
+        if written or ended:
+            row = c.execute(sql.SELECT_SESSION, (session.id,)).fetchone()
             session = session_from_row(row)
-            written = self._import_rows(c, session, rows) if rows else 0
-            if end is not None and session.ended_at is None:
-                ended_rows = c.execute(
-                    sql.END_SESSION, (end[0], end[1], end[2], session.id)
-                ).fetchall()
-                if ended_rows:
-                    ended = True
-                    self._event(c, session.id, "ended", {"reason": end[1], "detail": end[2]})
-            if written or ended:
-                row = c.execute(sql.SELECT_SESSION, (session.id,)).fetchone()
-                session = session_from_row(row)
-            return ImportResult(session, created, ended, written)
-
-        return self.backend.write(tx)
+        return ImportResult(session, created, ended, written)
 
     def _insert_imported(self, c: Conn, s: ImportedSession) -> bool:
         """Write an imported session's row (no owner: external); False if one beat us to it."""
@@ -549,7 +555,8 @@ class MessageWrites:
             parent = c.execute(sql.SELECT_ROOT_OF, (s.parent_id,)).fetchone()
             if parent is None:
                 raise SessionNotFoundError(s.parent_id, f"no parent session {s.parent_id!r}")
-            root_id = parent[0]
+            if not s.branch:
+                root_id = parent[0]
         is_root = root_id == sid
         inserted = c.execute(
             sql.INSERT_IMPORTED_SESSION,

@@ -76,16 +76,20 @@ def _unique(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-def open_readonly(path: Path) -> sqlite3.Connection:
+def open_readonly(path: Path, *, any_thread: bool = False) -> sqlite3.Connection:
     """A read-only connection: ``mode=ro``, autocommit, nothing set on the file.
 
     Autocommit (``isolation_level=None``) so that no transaction stays open by
     accident: a held reader blocks Hermes' checkpoints and grows its WAL.
-    ``immutable=1`` is never used: the file may be live.
+    ``immutable=1`` is never used: the file may be live. ``any_thread``: the
+    connection may be used by another thread than the one that opened it (one
+    at a time: the mirror opens it, then follows in a thread of its own).
     """
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     try:
-        return sqlite3.connect(uri, uri=True, timeout=5, isolation_level=None)
+        return sqlite3.connect(
+            uri, uri=True, timeout=5, isolation_level=None, check_same_thread=not any_thread
+        )
     except sqlite3.Error as exc:
         raise StoreOpenError(f"cannot open {str(path)!r} read-only: {exc}") from exc
 

@@ -30,7 +30,13 @@ Differences from SQLite, and why:
 from __future__ import annotations
 
 from ..migrations import MIGRATIONS_TABLE, Migration, check_steps
-from ..schema_common import EVENT_INDEXES, HOOK_DELIVERY, MESSAGE_INDEXES, SESSION_INDEXES
+from ..schema_common import (
+    EVENT_INDEXES,
+    HOOK_DELIVERY,
+    MESSAGE_INDEXES,
+    SESSION_INDEXES,
+    import_cursors,
+)
 
 # Advisory lock key (first half): "TETH"; the second half hashes the schema name.
 LOCK_CLASS = 0x54455448
@@ -214,6 +220,11 @@ MIGRATIONS: list[Migration] = [
         ],
         compatible_with=1,
     ),
+    # 5: another branch's step (the lead keeps theirs when merging); empty here so
+    # that the steps stay numbered 1, 2, 3...
+    Migration(5, [], compatible_with=1),
+    # 6: importers' cursors (see tether.store.imports). Additive: a new table.
+    Migration(6, import_cursors("double precision"), compatible_with=1),
 ]
 check_steps(MIGRATIONS)
 

@@ -1,0 +1,155 @@
+"""``tether hermes gc`` on stores the real Hermes wrote: it deletes only what tether
+holds completely, through Hermes' own delete semantics; expectations by plain SQL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import tether
+from tether.interop.hermes.gc import gc_stores
+from tether.interop.hermes.importer import import_stores
+
+from ..conftest import run_cli
+from .sync_helpers import hermes_ops, rows, tether_messages
+
+
+@pytest.fixture
+def imported(hermes_store: Path, tmp_path: Path) -> tuple[Path, Path]:
+    path = tmp_path / "hermes" / "state.db"
+    path.parent.mkdir()
+    shutil.copy(hermes_store, path)
+    db = tmp_path / "t.db"
+    with tether.open_store(db) as store:
+        import_stores(store, [path])
+    return path, db
+
+
+def ended_with_messages(path: Path) -> set[str]:
+    return {
+        r[0]
+        for r in rows(
+            path,
+            "SELECT id FROM sessions s WHERE ended_at IS NOT NULL AND EXISTS "
+            "(SELECT 1 FROM messages m WHERE m.session_id = s.id)",
+        )
+    }
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_dry_run_lists_what_tether_holds_and_changes_nothing(
+    imported: tuple[Path, Path],
+) -> None:
+    path, db = imported
+    wal = Path(f"{path}-wal")
+    # A mode=ro reader re-creates an empty WAL file (harmless); nothing is in it.
+    assert not wal.exists() or wal.stat().st_size == 0
+    before = sha256(path)
+    with tether.open_store(db) as store:
+        (result,) = gc_stores(store, [path], older_than=0, yes=False)
+    assert sha256(path) == before
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert set(result.eligible) == ended_with_messages(path)
+    ended_ghosts = rows(
+        path,
+        "SELECT count(*) FROM sessions s WHERE ended_at IS NOT NULL AND NOT EXISTS "
+        "(SELECT 1 FROM messages m WHERE m.session_id = s.id)",
+    )[0][0]
+    assert result.kept == {"not_in_tether": ended_ghosts}
+    assert result.deleted == []
+
+
+def test_yes_deletes_with_hermes_semantics_and_tether_keeps_everything(
+    hermes_python: Path, imported: tuple[Path, Path]
+) -> None:
+    path, db = imported
+    expected = ended_with_messages(path)
+    messages_before = tether_messages(db)
+    children = dict(
+        rows(path, "SELECT id, parent_session_id FROM sessions WHERE parent_session_id IS NOT NULL")
+    )
+    with tether.open_store(db) as store:
+        (result,) = gc_stores(store, [path], older_than=0, yes=True)
+    assert set(result.deleted) == expected
+    left = {r[0] for r in rows(path, "SELECT id FROM sessions")}
+    assert not left & expected
+    assert (
+        rows(
+            path, "SELECT count(*) FROM messages WHERE session_id NOT IN (SELECT id FROM sessions)"
+        )[0][0]
+        == 0
+    )
+    # Hermes' search index follows its triggers: nothing points at a deleted message.
+    assert (
+        rows(
+            path, "SELECT count(*) FROM messages_fts WHERE rowid NOT IN (SELECT id FROM messages)"
+        )[0][0]
+        == 0
+    )
+    # Children of deleted rows are orphaned (kept, parent NULL), as Hermes' delete does.
+    for child, parent in children.items():
+        if parent in expected and child in left:
+            assert rows(path, "SELECT parent_session_id FROM sessions WHERE id = ?", (child,)) == [
+                (None,)
+            ]
+    assert rows(path, "PRAGMA integrity_check") == [("ok",)]
+    assert tether_messages(db) == messages_before  # tether lost nothing
+    # Hermes goes on working on the store.
+    sid = sorted(left)[0]
+    hermes_ops(hermes_python, path, [{"op": "append", "sid": sid, "content": "after gc"}])
+    with tether.open_store(db) as store:
+        (again,) = gc_stores(store, [path], older_than=0, yes=True)
+    assert again.deleted == []
+
+
+def test_what_tether_lacks_or_holds_open_is_kept(
+    hermes_python: Path, imported: tuple[Path, Path]
+) -> None:
+    path, db = imported
+    ended = sorted(ended_with_messages(path))[0]
+    still_open = rows(
+        path,
+        "SELECT id FROM sessions s WHERE ended_at IS NULL AND EXISTS "
+        "(SELECT 1 FROM messages m WHERE m.session_id = s.id) ORDER BY id",
+    )[0][0]
+    # Hermes appends to an ended row (it has no guard) and ends an open one; tether
+    # has not seen either yet.
+    hermes_ops(
+        hermes_python,
+        path,
+        [
+            {"op": "append", "sid": ended, "content": "late"},
+            {"op": "end", "sid": still_open, "reason": "user_exit"},
+        ],
+    )
+    with tether.open_store(db) as store:
+        (result,) = gc_stores(store, [path], older_than=0, yes=True)
+        assert ended not in result.deleted and still_open not in result.deleted
+        assert result.kept["missing_messages"] == 1
+        assert result.kept["open_in_tether"] == 1
+        import_stores(store, [path])  # now tether holds both completely
+        (result,) = gc_stores(store, [path], older_than=0, yes=True)
+    assert set(result.deleted) == {ended, still_open}
+
+
+def test_older_than_and_the_cli(imported: tuple[Path, Path]) -> None:
+    path, db = imported
+    n = len(ended_with_messages(path))
+    young = run_cli("hermes", "gc", str(path), "--db", str(db), "--older-than", "3650d")
+    assert young.returncode == 0, young.stderr
+    assert "0 sessions ended more than 3650d ago" in young.stdout
+    dry = run_cli("hermes", "gc", str(path), "--db", str(db), "--older-than", "0", "--json")
+    assert json.loads(dry.stdout)["stores"][0]["eligible"] == n
+    assert json.loads(dry.stdout)["dry_run"] is True
+    done = run_cli("hermes", "gc", str(path), "--db", str(db), "--older-than", "0", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert f"deleted{'':<50}{n}" in done.stdout
+    missing = run_cli("hermes", "gc", str(path), "--db", str(db.parent / "nope.db"))
+    assert missing.returncode == 1 and "no database at" in missing.stderr

@@ -1,0 +1,257 @@
+"""``tether hermes mirror`` against a live Hermes: concurrency, the 004 race, SIGKILL.
+
+Hermes is the real package, writing through its own SessionDB in another
+process; every expectation is counted by plain SQL or from the writer's own
+report. Each test is bounded to a few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import tether
+from tether.interop.hermes.gc import gc_stores
+from tether.interop.hermes.mirror import HermesMirror, mirrors
+
+from ..conftest import child_env
+from .conftest import generate, start_writer, writer_report
+from .sync_helpers import churn_report, hermes_ops, rows, start_churn, tether_messages
+
+
+def follow(mirror: HermesMirror, stop: threading.Event, interval: float) -> None:
+    """Step until ``stop``, then once more (whatever the last step missed), in this
+    thread (the mirror's connections stay in the thread that opened them)."""
+    while not stop.is_set():
+        mirror.step()
+        stop.wait(interval)
+    mirror.step()
+    mirror.close()
+
+
+def test_a_live_writer_loses_nothing_and_every_message_is_mirrored(
+    hermes_python: Path, hermes_store: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "hermes" / "state.db"
+    path.parent.mkdir()
+    shutil.copy(hermes_store, path)
+    db = tmp_path / "t.db"
+    with tether.open_store(db) as store:
+        mirror = HermesMirror(store, [path], interval=0.05)
+        writer = start_writer(hermes_python, path, seconds=2.5, rate=100)
+        thread = mirror.start()
+        try:
+            report = writer_report(writer)
+            time.sleep(0.3)
+            assert mirror in mirrors()
+            assert mirror.status().lag_seconds < 5
+        finally:
+            mirror.stop()
+            thread.join(10)
+        assert report["failures"] == 0, report["errors"]
+        mirror.step()  # whatever the last pass may have missed
+        mirror.close()
+    live = rows(path, "SELECT id FROM sessions WHERE id LIKE 'live_%'")[0][0]
+    got = tether_messages(db)[f"hermes:{live}"]
+    assert len(got) == report["appended"] > 100
+    assert [g[2] for g in got] == [f"live {n}" for n in range(report["appended"])]
+    assert (
+        len(tether_messages(db))
+        == rows(path, "SELECT count(DISTINCT session_id) FROM messages")[0][0]
+    )
+
+
+def test_the_004_race_through_gc_loses_nothing(hermes_python: Path, tmp_path: Path) -> None:
+    path = generate(hermes_python, tmp_path / "hermes" / "state.db", seed=3, conversations=5)
+    db = tmp_path / "t.db"
+    stop = threading.Event()
+    deleted: list[str] = []
+    with tether.open_store(db) as store:
+        mirror = HermesMirror(store, [path], interval=0.05)
+
+        def deleter() -> None:
+            # What the web UI's deleter should have been: ended in Hermes and in
+            # tether, every message held, checked in the deleting transaction.
+            while not stop.is_set():
+                for r in gc_stores(store, [path], older_than=0, yes=True):
+                    deleted.extend(r.deleted)
+                stop.wait(0.1)
+
+        churn = start_churn(hermes_python, path, "--sessions", "12", "--messages", "6")
+        threads = [
+            threading.Thread(target=follow, args=(mirror, stop, 0.05)),
+            threading.Thread(target=deleter),
+        ]
+        for t in threads:
+            t.start()
+        try:
+            report = churn_report(churn)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+    assert report["failures"] == 0, report["errors"]
+    churned = report["sessions"]
+    assert any(sid.startswith("churn_") for sid in deleted)
+    got = tether_messages(db)
+    for sid, n in churned.items():
+        assert len(got[f"hermes:{sid}"]) == n == 6, sid  # nothing lost, counts equal
+    ended = dict(
+        rows(db, "SELECT origin, end_reason FROM sessions WHERE origin LIKE 'hermes:churn_%'")
+    )
+    assert set(ended.values()) == {"user_exit"}
+    left = {r[0] for r in rows(path, "SELECT id FROM sessions")}
+    assert all(f"hermes:{sid}" in got for sid in deleted)
+    assert not set(deleted) & left
+
+
+def test_the_004_race_deleting_directly_never_leaves_a_partial_session(
+    hermes_python: Path, tmp_path: Path
+) -> None:
+    path = generate(hermes_python, tmp_path / "hermes" / "state.db", seed=4, conversations=5)
+    db = tmp_path / "t.db"
+    stop = threading.Event()
+    with tether.open_store(db) as store:
+        mirror = HermesMirror(store, [path], interval=0.2)
+        churn = start_churn(
+            hermes_python,
+            path,
+            "--sessions",
+            "15",
+            "--messages",
+            "6",
+            "--delete-after-ms",
+            "0",
+            "500",
+        )
+        thread = threading.Thread(target=follow, args=(mirror, stop, 0.2))
+        thread.start()
+        try:
+            report = churn_report(churn)
+        finally:
+            stop.set()
+            thread.join(10)
+    assert report["failures"] == 0, report["errors"]
+    assert len(report["deleted"]) == len(report["sessions"])
+    got = tether_messages(db)
+    marked = {
+        r[0]
+        for r in rows(
+            db,
+            "SELECT s.origin FROM events e JOIN sessions s ON s.id = e.session_id "
+            "WHERE e.kind = 'source_deleted'",
+        )
+    }
+    states = dict(rows(db, "SELECT origin, end_reason FROM sessions"))
+    seen = [sid for sid in report["sessions"] if f"hermes:{sid}" in states]
+    assert seen  # the mirror saw sessions before they went
+    for sid in seen:
+        origin = f"hermes:{sid}"
+        complete = len(got.get(origin, [])) == report["sessions"][sid]
+        assert complete or origin in marked, (sid, len(got.get(origin, [])))
+        if not complete:
+            assert states[origin] == "source_deleted"
+        # Whatever the mirror holds is a prefix of what Hermes had, never a gap.
+        assert [g[2] for g in got.get(origin, [])] == [
+            f"m {int(sid.rsplit('_', 1)[1])} {k}" for k in range(len(got.get(origin, [])))
+        ]
+
+
+def test_a_mirror_killed_mid_page_resumes_with_no_duplicate_and_no_gap(
+    hermes_python: Path, tmp_path: Path
+) -> None:
+    path = generate(hermes_python, tmp_path / "hermes" / "state.db", seed=5, conversations=300)
+    db = tmp_path / "t.db"
+    total = rows(path, "SELECT count(*) FROM messages")[0][0]
+    args = [sys.executable, "-m", "tether", "hermes", "mirror", str(path), "--db", str(db)]
+    args += ["--page", "7", "--interval", "0.05"]
+    cursors = []
+    for delay in (0.15, 0.3, 0.45):
+        proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("mirroring"), proc.stderr
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+        position = rows(db, "SELECT position FROM import_cursors")
+        cursors.append(position[0][0] if position else None)
+    done = subprocess.run(
+        [*args, "--for", "0.5"], capture_output=True, text=True, env=child_env(), timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert f'{{"last_message_id": {total}}}' not in cursors[:1]  # the first kill was mid-import
+    got = tether_messages(db)
+    hermes = {}
+    for sid, mid in rows(path, "SELECT session_id, id FROM messages ORDER BY id"):
+        hermes.setdefault(f"hermes:{sid}", []).append(f"hermes:{mid}")
+    assert {o: [g[7] for g in v] for o, v in got.items()} == hermes
+    for v in got.values():
+        assert [g[0] for g in v] == list(range(1, len(v) + 1))
+    assert (
+        rows(db, "SELECT position FROM import_cursors")[0][0] == f'{{"last_message_id": {total}}}'
+    )
+
+
+def test_an_idle_mirror_asks_one_cheap_question_per_interval(
+    hermes_python: Path, hermes_store: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "hermes" / "state.db"
+    path.parent.mkdir()
+    shutil.copy(hermes_store, path)
+    with tether.open_store(tmp_path / "t.db") as store:
+        mirror = HermesMirror(store, [path])
+        assert mirror.step()  # the first round passes
+        for _ in range(5):
+            assert mirror.step() == []  # data_version unchanged: no pass at all
+        assert (mirror.passes, mirror.idle_checks) == (1, 5)
+        sid = rows(path, "SELECT id FROM sessions WHERE ended_at IS NULL ORDER BY id")[0][0]
+        hermes_ops(hermes_python, path, [{"op": "append", "sid": sid, "content": "one more"}])
+        reports = mirror.step()
+        assert [r.messages for r in reports] == [1] and mirror.passes == 2
+        mirror.close()
+
+
+def test_serve_mirrors_hermes_too(hermes_store: Path, tmp_path: Path) -> None:
+    path = tmp_path / "hermes" / "state.db"
+    path.parent.mkdir()
+    shutil.copy(hermes_store, path)
+    db = tmp_path / "t.db"
+    args = [sys.executable, "-m", "tether", "serve", "--db", str(db), "--port", "0"]
+    proc = subprocess.Popen(
+        [*args, "--mirror-hermes", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(TETHER_TOKEN="t"),
+    )
+    try:
+        assert proc.stdout is not None
+        assert "tether gateway on" in proc.stdout.readline(), proc.stderr
+        expected = rows(path, "SELECT count(*) FROM messages")[0][0]
+        deadline = time.monotonic() + 20
+        got = 0
+        while time.monotonic() < deadline and got < expected:
+            time.sleep(0.1)
+            got = sum(len(v) for v in tether_messages(db).values()) if db.exists() else 0
+        assert got == expected
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    bad = subprocess.run(
+        [*args, "--mirror-hermes", str(db)],
+        capture_output=True,
+        text=True,
+        env=child_env(TETHER_TOKEN="t"),
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "not a Hermes state.db" in bad.stderr
+    assert "Traceback" not in bad.stderr
