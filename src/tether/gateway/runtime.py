@@ -27,6 +27,7 @@ session has ended.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import itertools
 import json
@@ -193,6 +194,7 @@ class Gateway:
         self._events: asyncio.Task[None] | None = None
         self._events_stop = threading.Event()
         self.loop_lag_max = 0.0  # seconds: the worst late wake-up of the event loop
+        self._recent_lags: collections.deque[float] = collections.deque(maxlen=8)  # last ~2 s
         self.cold_lock = asyncio.Lock()
         self.started_at = clock.now()
         self.stopping = False
@@ -232,7 +234,9 @@ class Gateway:
         while True:
             t = loop.time()
             await asyncio.sleep(every)
-            self.loop_lag_max = max(self.loop_lag_max, loop.time() - t - every)
+            lag = loop.time() - t - every
+            self.loop_lag_max = max(self.loop_lag_max, lag)
+            self._recent_lags.append(lag)
 
     async def shutdown(self, reason: str = "gateway_shutdown") -> None:
         """End every live session once, with ``reason``; running turns store their output first."""
@@ -309,7 +313,13 @@ class Gateway:
                     running.interrupt()
             elif isinstance(a, Finalize):
                 self._finalize(a)
-        self._wake.set()
+        self._wake_timers()
+
+    def _wake_timers(self) -> None:
+        """Wake the timer task only if a timer may now be due earlier (never per token)."""
+        if self.registry.timers_changed:
+            self.registry.timers_changed = False
+            self._wake.set()
 
     def emit(self, session_id: str, method: str, params: dict[str, Any]) -> None:
         self.run(self.registry.emit(session_id, method, params))
@@ -850,4 +860,5 @@ class Gateway:
             "pending_writes": len(self._pending),
             "timers": self.registry.pending_timers,
             "loop_lag_max_ms": round(self.loop_lag_max * 1000, 2),
+            "loop_lag_recent_ms": round(max(self._recent_lags, default=0.0) * 1000, 2),
         }
