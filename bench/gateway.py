@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -145,8 +146,8 @@ async def churn_rate(child: Child, cycles: int, parallel: int) -> float:
 
 
 @contextlib.contextmanager
-def spawn_floor(directory: Path) -> Iterator[str]:
-    """The bare WebSocket server of bench/wsfloor.py as a child process; yields its URL."""
+def spawn_floor(directory: Path) -> Iterator[tuple[str, int]]:
+    """The bare WebSocket server of bench/wsfloor.py as a child process: its URL and pid."""
     log = directory / "floor.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(
@@ -162,12 +163,18 @@ def spawn_floor(directory: Path) -> Iterator[str]:
         line = proc.stdout.readline()
         if not line.startswith(wsfloor.READY):
             raise RuntimeError(f"the floor server did not start: {log.read_text()}")
-        yield line.split()[2]
+        yield line.split()[2], proc.pid
     finally:
         proc.kill()
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def spread(xs: list[float], fmt: str = "{:,.0f}") -> str:

@@ -498,13 +498,17 @@ class Gateway:
         self,
         send: Callable[[str], Awaitable[None]],
         close: Callable[[int, str], Coroutine[Any, Any, None]],
+        send_now: Callable[[str], bool] | None = None,
     ) -> Connection:
+        """A new client connection; ``send_now`` writes a frame at once if it can (see
+        :class:`~tether.gateway.connection.Connection`)."""
         conn = Connection(
             next(self._conn_ids),
             send,
             close,
             limit=self.config.outbox_frames,
             max_bytes=self.config.outbox_bytes,
+            send_now=send_now,
         )
         self.conns[conn.id] = conn
         self.registry.connect(conn.id)
