@@ -1,4 +1,4 @@
-"""Run a benchmark: ``python -m bench store|liveness|gateway|startup [--quick] [--no-write]``.
+"""Run a benchmark: ``python -m bench store|liveness|gateway|startup|peers [--quick] [--no-write]``.
 
 ``--pg URL|none`` adds (or skips) PostgreSQL where a benchmark supports it.
 """
@@ -14,7 +14,7 @@ import sys
 from .pg import DEFAULT_URL
 from .report import progress
 
-BENCHES = ("store", "liveness", "gateway", "startup")
+BENCHES = ("store", "liveness", "gateway", "startup", "peers")
 
 
 def main() -> None:
