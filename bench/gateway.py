@@ -58,7 +58,17 @@ async def _raw(url: str, token: str) -> ClientConnection:
     )
 
 
-async def ping_rate(url: str, token: str, conns: int, seconds: float) -> float:
+async def ping_rate(
+    url: str, token: str, conns: int, seconds: float, pid: int | None = None
+) -> float:
+    """Round trips per second; with ``pid``, also that server's CPU seconds per round trip."""
+    rate, _ = await ping_cpu(url, token, conns, seconds, pid)
+    return rate
+
+
+async def ping_cpu(
+    url: str, token: str, conns: int, seconds: float, pid: int | None
+) -> tuple[float, float]:
     sockets = await asyncio.gather(*(_raw(url, token) for _ in range(conns)))
     stop = time.perf_counter() + seconds
     counts = [0] * conns
@@ -69,11 +79,13 @@ async def ping_rate(url: str, token: str, conns: int, seconds: float) -> float:
             await ws.recv()
             counts[i] += 1
 
+    cpu = 0.0 if pid is None else cpu_seconds(pid)
     t0 = time.perf_counter()
     await asyncio.gather(*(loop(i, ws) for i, ws in enumerate(sockets)))
     elapsed = time.perf_counter() - t0
+    cpu = 0.0 if pid is None else cpu_seconds(pid) - cpu
     await asyncio.gather(*(ws.close() for ws in sockets))
-    return sum(counts) / elapsed
+    return sum(counts) / elapsed, cpu / max(1, sum(counts))
 
 
 async def first_event_latency(
@@ -194,12 +206,12 @@ def run(quick: bool = False, write: bool = True, directory: str | None = None) -
         spawn_gateway(
             Path(tmp.name), "-o", "delay=0", "--detach-grace", "1", *caps, token=token
         ) as child,
-        spawn_floor(Path(tmp.name)) as floor_url,
+        spawn_floor(Path(tmp.name)) as (floor_url, floor_pid),
     ):
-        targets = {"tether": child.url, "floor": floor_url}
+        targets = {"tether": (child.url, child.proc.pid), "floor": (floor_url, floor_pid)}
 
         async def main() -> dict[str, Any]:
-            out: dict[str, Any] = {"ping": {}, "latency": {}, "lag": []}
+            out: dict[str, Any] = {"ping": {}, "latency": {}, "lag": [], "cpu": {}}
             # Memory first: memory freed by the other runs would be reused and hide growth.
             progress("gateway: memory per live session")
             out["memory"] = await memory_per_session(child, 500 if quick else 5000)
@@ -209,11 +221,16 @@ def run(quick: bool = False, write: bool = True, directory: str | None = None) -
                 progress(
                     f"gateway: round {r + 1}/{rounds}: ping and prompt latency, tether and floor"
                 )
-                for name, url in targets.items():
+                for name, (url, pid) in targets.items():
                     for n in (1, 50):
-                        rate = await ping_rate(url, token, n, seconds)
+                        rate, per = await ping_cpu(url, token, n, seconds, pid)
                         out["ping"].setdefault((name, n), []).append(rate)
+                        if n == 50:  # server CPU per round trip (robust on a busy machine)
+                            out["cpu"].setdefault((name, "ping"), []).append(per)
+                    cpu = cpu_seconds(pid)
                     _, _, deltas = await first_event_latency(url, token, 50, prompts)
+                    per = (cpu_seconds(pid) - cpu) / (50 * prompts)
+                    out["cpu"].setdefault((name, "prompt"), []).append(per)
                     out["latency"].setdefault(name, []).append(
                         (percentile(deltas, 0.5), percentile(deltas, 0.99))
                     )
@@ -252,6 +269,13 @@ def run(quick: bool = False, write: bool = True, directory: str | None = None) -
                 f"< {target:.0f} ms: {ok}",
             )
         )
+    cpu = results["cpu"]
+    cpu_rows = []
+    for what, label in (("ping", "`ping` (50 connections)"), ("prompt", "prompt, whole turn")):
+        t = [x * 1e6 for x in cpu[("tether", what)]]
+        f = [x * 1e6 for x in cpu[("floor", what)]]
+        ratios = [b / a for a, b in zip(t, f, strict=True)]
+        cpu_rows.append((label, spread(t), spread(f), f"{spread(ratios, '{:.2f}')}x"))
     per_session, live = results["memory"]
     text = (
         f"{rounds} interleaved rounds; each cell is min / median / max over the rounds. "
@@ -267,6 +291,9 @@ def run(quick: bool = False, write: bool = True, directory: str | None = None) -
         + f"\n\nPrompt to first `message.delta`, echo agent, 50 connections ({prompts} prompts "
         "each per round), ms:\n\n"
         + table(["", "tether", "floor", "ratio", "target"], lat_rows)
+        + "\n\nServer CPU time (user + system, from /proc; 10 ms ticks) per request, µs: "
+        "what each server spends whatever the machine's load:\n\n"
+        + table(["", "tether", "floor", "ratio"], cpu_rows)
         + f"\n\nEvent-loop lag in the gateway during the 50-connection prompt runs (worst "
         f"wake-up, sampled every 0.25 s): {spread(results['lag'], '{:.1f}')} ms; worst over "
         f"the whole run: {results['lag_max']:.1f} ms."

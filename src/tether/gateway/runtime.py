@@ -35,7 +35,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..agents import Agent, AgentError, TextDelta, ToolCalls, ToolResult, Turn
@@ -124,6 +124,8 @@ class _Running:
     pump: asyncio.Task[None] | None = None
     interrupted: bool = False
     index: int = 1  # the prompt is message 0 of the turn
+    parts: list[str] = field(default_factory=list)  # text streamed since the last stored message
+    busy: bool = False  # the runner is handling an event (storing, perhaps): the pump queues
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -725,11 +727,22 @@ class Gateway:
             self._run_turn(session_id, running, text), name=f"tether-turn-{running.turn_id}"
         )
 
-    async def _pump(self, turn: Turn, queue: asyncio.Queue[Any]) -> None:
-        """Feed the agent's events to the runner; cancelling this interrupts the agent."""
+    async def _pump(self, sid: str, r: _Running, turn: Turn, queue: asyncio.Queue[Any]) -> None:
+        """Feed the agent's events to the runner; cancelling this interrupts the agent.
+
+        A text delta with nothing before it in the queue and the runner idle
+        is streamed from here: no task switch per token (the runner would
+        only do the same, later). Anything else, and every delta behind it,
+        goes through the queue, so the order on the wire is the agent's.
+        """
+        tid = r.turn_id
         try:
             async for event in self.agent.run(turn):
-                queue.put_nowait(event)
+                if isinstance(event, TextDelta) and not r.busy and queue.empty():
+                    r.parts.append(event.text)
+                    self.emit(sid, "message.delta", {"turn_id": tid, "text": event.text})
+                else:
+                    queue.put_nowait(event)
             queue.put_nowait(_Stop("completed"))
         except asyncio.CancelledError:
             queue.put_nowait(_Stop("interrupted"))
@@ -776,13 +789,17 @@ class Gateway:
         if r.interrupted:  # interrupted (or closed) before it could start
             queue.put_nowait(_Stop("interrupted"))
         else:
-            r.pump = asyncio.create_task(self._pump(turn, queue), name=f"tether-agent-{r.turn_id}")
+            r.pump = asyncio.create_task(
+                self._pump(sid, r, turn, queue), name=f"tether-agent-{r.turn_id}"
+            )
         stop = _Stop("error", "the turn ended unexpectedly")
-        parts: list[str] = []
+        parts = r.parts
         tid = r.turn_id
         try:
             while True:
+                r.busy = False
                 event = await queue.get()
+                r.busy = True
                 if isinstance(event, _Stop):
                     stop = event
                     break
