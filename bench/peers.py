@@ -25,9 +25,11 @@ of 10 (the peer's batch call where it has one); reading back a 1,000-message
 session; ending sessions; the peer's own listing call (first page of 20) at
 1k, 10k and 100k sessions, each of two messages and ended, added through
 the peer's API where feasible (tether: ``import_session``, one transaction
-per session; Hermes and LangGraph: their write calls; the SDK's SQLiteSession
-by SQL in its own tables, since its API opens a connection per session
-object); then the worker's RSS and the database's size (with WAL) at the
+per session; LangGraph: its ``put``; Hermes: its write calls for the first
+10,000, then SQL in its own tables, 10,000 a transaction with its FTS
+triggers, since its API takes over a quarter of an hour for 100,000 here;
+the SDK's SQLiteSession by SQL in its own tables, since its API opens a
+connection per session object); then the worker's RSS and the database's size (with WAL) at the
 largest size. ``n/a``: the peer has no such call. Build: ``make bench-peers``.
 """
 
