@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 HERMES_VENV    := .venv-hermes
 HERMES_VERSION := 0.19.0
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench bench-peers lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,7 +63,8 @@ AGENTS_SDK  := openai-agents==0.24.0
 $(AGENTS_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(AGENTS_VENV)
 	$(AGENTS_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(AGENTS_VENV)/bin/python -m pip install --quiet -e '.[test,postgres]' '$(AGENTS_SDK)' pytest-asyncio
+	$(AGENTS_VENV)/bin/python -m pip install --quiet -e '.[test,postgres]' '$(AGENTS_SDK)' pytest-asyncio \
+		'sqlalchemy[asyncio]' asyncpg
 	rm -rf $(AGENTS_VENV)/sdk-tests $(AGENTS_VENV)/sdist && mkdir -p $(AGENTS_VENV)/sdk-tests
 	$(AGENTS_VENV)/bin/python -m pip download --quiet --no-binary :all: --no-deps \
 		--dest $(AGENTS_VENV)/sdist '$(AGENTS_SDK)'
@@ -98,6 +99,22 @@ bench: $(VENV)/.installed-test
 	./scripts/ensure-postgres
 	$(BIN)/python -m bench store
 
+# LangGraph's SqliteSaver, for `python -m bench peers` only (never needed by `make test`):
+# an environment of its own, like the other peers, so that no pin reaches tether's.
+LANGGRAPH_VENV := .venv-langgraph
+LANGGRAPH_PKG  := langgraph-checkpoint-sqlite==3.1.2
+
+$(LANGGRAPH_VENV)/.installed:
+	$(PYTHON) -m venv $(LANGGRAPH_VENV)
+	$(LANGGRAPH_VENV)/bin/python -m pip install --quiet '$(LANGGRAPH_PKG)'
+	@touch $@
+
+# Tether beside Hermes' SessionDB, the Agents SDK's sessions and LangGraph's saver, in one run.
+bench-peers: $(VENV)/.installed-test $(HERMES_VENV)/.installed $(AGENTS_VENV)/.installed \
+		$(LANGGRAPH_VENV)/.installed
+	./scripts/ensure-postgres
+	$(BIN)/python -m bench peers
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -105,4 +122,4 @@ lint: $(VENV)/.installed-test
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) $(HERMES_VENV) $(AGENTS_VENV) build src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(HERMES_VENV) $(AGENTS_VENV) $(LANGGRAPH_VENV) build src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

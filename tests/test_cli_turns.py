@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from tether.cli.chatloop import ended_message, quit_message
-from tether.cli.turns import TurnState, TurnTracker
+from tether.cli.turns import InvalidTurnState, TurnState, TurnTracker
 
 
 def test_reply_then_events() -> None:
@@ -109,3 +111,26 @@ def test_ended_elsewhere_message() -> None:
         ended_message("S", {"reason": "reaped", "detail": "pid 7 gone"})
         == "[session S was ended (reaped: pid 7 gone)]"
     )
+
+
+def test_a_second_prompt_while_one_is_unanswered_is_a_bug() -> None:
+    t = TurnTracker()
+    t.submitting()
+    with pytest.raises(InvalidTurnState, match="already being submitted"):
+        t.submitting()
+    t.failed()
+    t.submitting()  # after the refusal, a new prompt is fine
+    assert t.state is TurnState.SUBMITTING
+
+
+def test_every_change_of_state_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="tether.chat")
+    t = TurnTracker()
+    t.submitting()
+    t.submitted("T1")
+    t.ended("T1")
+    assert caplog.messages == [
+        "turn idle -> submitting (None)",
+        "turn submitting -> running (T1)",
+        "turn running -> idle (None)",
+    ]

@@ -18,6 +18,7 @@ from tether.gateway.registry import (
     Finalize,
     Full,
     Interrupt,
+    InvalidPhase,
     MarkDetached,
     NotAttached,
     NotLive,
@@ -566,3 +567,81 @@ def test_a_reserved_session_is_never_evicted_until_confirmed(clock: tether.Manua
     clock.advance(1)
     _, actions = r.open("new", "c1")
     assert of(actions, Finalize) == [Finalize("cold", "lru_evict", False)]
+
+
+def test_detach_and_attach_are_phase_transitions(
+    clock: tether.ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tether.gateway")
+    r = make(clock)
+    r.connect("c1")
+    r.open("s1", "c1")
+    s = r.session("s1")
+    clock.advance(5)
+    r.detach("s1", "c1")
+    assert s.phase is Phase.DETACHED and s.since == clock.monotonic()
+    clock.advance(2)
+    assert r.active()[0]["detached_for"] == 2.0
+    r.attach("s1", "c1")
+    assert s.phase is Phase.ATTACHED and r.active()[0]["detached_for"] is None
+    assert [m for m in caplog.messages if m.startswith("session s1:")] == [
+        "session s1: attached -> detached",
+        "session s1: detached -> attached",
+    ]
+
+
+def test_a_turn_runs_on_without_clients_and_the_grace_counts_from_its_end(
+    clock: tether.ManualClock,
+) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.open("s1", "c1")
+    r.begin_turn("s1", "c1", "t1")
+    r.disconnect("c1")
+    s = r.session("s1")
+    assert s.phase is Phase.RUNNING and s.turn_id == "t1" and r.next_deadline() is None
+    clock.advance(GRACE * 3)  # a running turn is never cut off
+    assert r.tick() == []
+    r.end_turn("s1", "t1", "completed")
+    assert s.phase is Phase.DETACHED and s.turn_id is None
+    assert r.next_deadline() == clock.monotonic() + GRACE
+
+
+def test_phase_data_exists_exactly_in_its_phase(clock: tether.ManualClock) -> None:
+    r = make(clock)
+    r.connect("c1")
+    r.open("s1", "c1")
+    s = r.session("s1")
+    with pytest.raises(InvalidPhase, match="running needs a turn"):
+        s.enter(Phase.RUNNING, clock.monotonic())
+    with pytest.raises(InvalidPhase, match="closing needs a reason"):
+        s.enter(Phase.CLOSING, clock.monotonic(), turn_id="t1")
+    with pytest.raises(InvalidPhase, match="session s1 is attached"):
+        s.expect(Phase.RUNNING, Phase.CLOSING)
+    r.begin_turn("s1", "c1", "t1")
+    r.close("s1", "cli_close", "bye")
+    assert (s.phase, s.turn_id, s.end_reason, s.end_detail) == (
+        Phase.CLOSING,
+        "t1",
+        "cli_close",
+        "bye",
+    )
+    r.close("s1", "idle_timeout")  # the first reason wins
+    assert s.end_reason == "cli_close"
+    r.end_turn("s1", "t1", "interrupted")
+    assert (s.phase, s.turn_id, s.end_reason) == (Phase.FINALIZING, None, None)
+
+
+def test_streamed_events_never_touch_the_timers(clock: tether.ManualClock) -> None:
+    """The I/O layer wakes its timer task only on timers_changed: never per token (#15)."""
+    r = make(clock, idle_timeout=600)
+    r.connect("c1")
+    r.open("s1", "c1")
+    assert r.timers_changed  # the idle timeout was set
+    r.timers_changed = False
+    r.begin_turn("s1", "c1", "t1")  # a running turn drops its timer: nothing comes due earlier
+    for i in range(100):
+        r.emit("s1", "message.delta", {"turn_id": "t1", "text": f"w{i}"})
+    assert not r.timers_changed
+    r.end_turn("s1", "t1", "completed")
+    assert r.timers_changed and r.next_deadline() == clock.monotonic() + 600

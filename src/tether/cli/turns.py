@@ -11,6 +11,11 @@ late reply never re-arms a finished turn (that was a hang).
     IDLE --submitting()--> SUBMITTING --started(t)/submitted(t)--> RUNNING(t)
     RUNNING(t) --ended(t)--> IDLE          SUBMITTING --failed()--> IDLE
     submitted(t) for a t that already ended: stays IDLE
+    submitting() while SUBMITTING: InvalidTurnState (the chat sends one prompt at a time)
+
+Replies and events come from the network in any order, so every other input
+is accepted in every state (a stale one changes nothing); each change of
+state is logged (``tether.chat`` at DEBUG).
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ class TurnState(enum.Enum):
     IDLE = "idle"  # no turn: the user may type
     SUBMITTING = "submitting"  # prompt.submit sent, its turn not seen yet
     RUNNING = "running"  # a turn runs (ours, or another client's)
+
+
+class InvalidTurnState(Exception):
+    """The chat asked the tracker for something its state forbids: a bug in the chat."""
 
 
 class TurnTracker:
@@ -58,7 +67,13 @@ class TurnTracker:
         return self._state is TurnState.IDLE
 
     def submitting(self) -> None:
-        """A prompt is about to be sent."""
+        """A prompt is about to be sent (never while our previous one is unanswered).
+
+        Another client's running turn does not forbid it: the gateway answers
+        ``busy`` and :meth:`failed` follows.
+        """
+        if self._state is TurnState.SUBMITTING:
+            raise InvalidTurnState("a prompt is already being submitted")
         self.began = None
         self._set(TurnState.SUBMITTING, None)
 

@@ -46,7 +46,7 @@ def build_app(gateway: Gateway, policy: Policy, extra: Sequence[BaseRoute] = ())
             await ws.close(code=1012)
             return
         await ws.accept()
-        conn = gateway.connect(ws.send_text, _closer(ws))
+        conn = gateway.connect(ws.send_text, _closer(ws), ws.scope.get("tether.send_now"))
         try:
             while True:
                 message = await ws.receive()

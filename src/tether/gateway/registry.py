@@ -156,39 +156,85 @@ class Full(RegistryError):
 # --- state ----------------------------------------------------------------------------
 
 
+class InvalidPhase(Exception):
+    """A registry method was called in a phase that forbids it: a bug in the caller."""
+
+
+_TURN_PHASES = frozenset({Phase.RUNNING, Phase.CLOSING})
+_IDLE_PHASES = frozenset({Phase.ATTACHED, Phase.DETACHED})
+
+
 @dataclass(slots=True)
 class LiveSession:
+    """One live session. Its :attr:`phase` is the truth; the fields below it hold that phase's data.
+
+    ::
+
+        open --> ATTACHED <--attach/detach--> DETACHED      (idle: the timers count)
+        ATTACHED --begin_turn--> RUNNING --end_turn--> ATTACHED or DETACHED
+        RUNNING --close--> CLOSING --end_turn--> FINALIZING
+        ATTACHED/DETACHED --close/timer/eviction--> FINALIZING
+
+    ``turn_id`` is set exactly in RUNNING and CLOSING; ``end_reason`` (and
+    ``end_detail``) exactly in CLOSING; ``since`` is when the phase began, so
+    the detach grace of a DETACHED session counts from it (the later of the
+    detachment and the end of the last turn).
+    """
+
     id: str
     stream: str
     replay: ReplayBuffer
     last_active: float  # monotonic: creation, attach, prompt, end of a turn
     idle_since: float  # monotonic: creation or the end of the last turn
     conns: set[ConnId] = field(default_factory=set)
-    detached_since: float | None = None
-    turn_id: str | None = None
-    closing: str | None = None  # finalize with this reason once the running turn ends
-    closing_detail: str | None = None
-    deadline: float | None = None
+    _phase: Phase = Phase.ATTACHED
+    since: float = 0.0  # monotonic: when the phase began
+    turn_id: str | None = None  # RUNNING, CLOSING: the running turn
+    end_reason: str | None = None  # CLOSING: finalize with this reason once the turn ends
+    end_detail: str | None = None  # CLOSING: and this detail in session.ended
+    deadline: float | None = None  # the timer's key in the registry's heap (None: no timer)
     deadline_reason: str | None = None
-    phase: Phase = Phase.ATTACHED
     reserved: bool = False  # opened while the store takes it over: never an eviction victim
 
     @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
     def state(self) -> str:
-        return self.phase.value
+        return self._phase.value
 
-    def update_phase(self) -> None:
-        """Derive the phase from the facts and log the transition, if any."""
-        if self.turn_id is not None:
-            phase = Phase.RUNNING if self.closing is None else Phase.CLOSING
-        else:
-            phase = Phase.ATTACHED if self.conns else Phase.DETACHED
-        self.set_phase(phase)
+    def enter(
+        self,
+        phase: Phase,
+        at: float,
+        *,
+        turn_id: str | None = None,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Move to ``phase`` (logged), setting exactly the data that phase has."""
+        if phase in _TURN_PHASES and turn_id is None:
+            raise InvalidPhase(f"session {self.id}: {phase.value} needs a turn")
+        if phase is Phase.CLOSING and reason is None:
+            raise InvalidPhase(f"session {self.id}: closing needs a reason")
+        if phase is not self._phase:
+            log.debug("session %s: %s -> %s", self.id, self._phase.value, phase.value)
+            self._phase = phase
+            self.since = at
+        self.turn_id = turn_id if phase in _TURN_PHASES else None
+        self.end_reason = reason if phase is Phase.CLOSING else None
+        self.end_detail = detail if phase is Phase.CLOSING else None
 
-    def set_phase(self, phase: Phase) -> None:
-        if phase is not self.phase:
-            log.debug("session %s: %s -> %s", self.id, self.phase.value, phase.value)
-            self.phase = phase
+    def expect(self, *phases: Phase) -> None:
+        """Guard: raise :class:`InvalidPhase` unless the session is in one of ``phases``."""
+        if self._phase not in phases:
+            raise InvalidPhase(f"session {self.id} is {self._phase.value}")
+
+    def settle(self, at: float) -> None:
+        """An idle session: ATTACHED if a client is attached, else DETACHED."""
+        self.expect(*_IDLE_PHASES)
+        self.enter(Phase.ATTACHED if self.conns else Phase.DETACHED, at)
 
 
 @dataclass(slots=True)
@@ -274,6 +320,9 @@ class Registry:
         self._conns: dict[ConnId, set[str]] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._tiebreak = itertools.count()
+        # Set when a timer may now be due earlier than before: the I/O layer's
+        # timer task needs waking only then (not on every streamed token).
+        self.timers_changed = False
 
     # --- reading ---------------------------------------------------------------------
 
@@ -303,7 +352,11 @@ class Registry:
 
     def running(self) -> list[tuple[str, str]]:
         """``(session_id, turn_id)`` of every running turn."""
-        return [(s.id, s.turn_id) for s in self._sessions.values() if s.turn_id is not None]
+        return [
+            (s.id, s.turn_id)
+            for s in self._sessions.values()
+            if s.phase in _TURN_PHASES and s.turn_id is not None
+        ]
 
     def active(self) -> list[dict[str, Any]]:
         """What is live now: attached, running, or detached within the grace window."""
@@ -319,10 +372,8 @@ class Registry:
                     "attached": len(s.conns),
                     "turn_id": s.turn_id,
                     "last_seq": s.replay.last_seq,
-                    "idle_for": None if s.turn_id else round(now - s.idle_since, 3),
-                    "detached_for": None
-                    if s.detached_since is None
-                    else round(now - s.detached_since, 3),
+                    "idle_for": None if s.phase in _TURN_PHASES else round(now - s.idle_since, 3),
+                    "detached_for": round(now - s.since, 3) if s.phase is Phase.DETACHED else None,
                     "ends_in": None if s.deadline is None else round(s.deadline - now, 3),
                     "ends_as": s.deadline_reason,
                 }
@@ -361,10 +412,8 @@ class Registry:
                 continue
             s.conns.discard(conn)
             if not s.conns:
-                s.detached_since = now
                 actions.append(MarkDetached(sid, self.clock.now()))
-                self._schedule(s)
-            s.update_phase()
+                self._left(s, now)
         return actions
 
     def detach(self, session_id: str, conn: ConnId) -> list[Action]:
@@ -376,11 +425,15 @@ class Registry:
         self._conns.get(conn, set()).discard(session_id)
         actions: list[Action] = []
         if not s.conns:
-            s.detached_since = self.clock.monotonic()
             actions.append(MarkDetached(session_id, self.clock.now()))
-            self._schedule(s)
-        s.update_phase()
+            self._left(s, self.clock.monotonic())
         return actions
+
+    def _left(self, s: LiveSession, now: float) -> None:
+        """The last client left: an idle session is DETACHED (a running turn runs on)."""
+        if s.phase in _IDLE_PHASES:
+            s.settle(now)
+            self._schedule(s)
 
     # --- attaching -------------------------------------------------------------------
 
@@ -392,7 +445,7 @@ class Registry:
 
     @staticmethod
     def _evictable(s: LiveSession) -> bool:
-        return s.turn_id is None and s.closing is None and not s.reserved
+        return s.phase in _IDLE_PHASES and not s.reserved
 
     def open(
         self,
@@ -429,6 +482,7 @@ class Registry:
             replay=ReplayBuffer(self._replay_events, self._replay_bytes),
             last_active=now,
             idle_since=now,
+            since=now,
             reserved=reserve,
         )
         self._sessions[session_id] = s
@@ -456,7 +510,7 @@ class Registry:
         """
         s = self.session(session_id)
         self._require_conn(conn)
-        if s.closing is not None:
+        if s.phase is Phase.CLOSING:
             raise Closing(session_id)
         if conn not in s.conns:
             self._check_per_conn(conn)
@@ -470,13 +524,13 @@ class Registry:
                 replay = frames
         actions: list[Action] = []
         if not s.conns:
-            s.detached_since = None
             actions.append(MarkDetached(session_id, None))
         s.conns.add(conn)
         self._conns[conn].add(session_id)
-        s.last_active = self.clock.monotonic()
+        s.last_active = now = self.clock.monotonic()
+        if s.phase is Phase.DETACHED:
+            s.settle(now)
         self._schedule(s)
-        s.update_phase()
         attached = Attached(
             session_id, s.stream, s.replay.last_seq, replay, reload, s.state, s.turn_id
         )
@@ -514,14 +568,14 @@ class Registry:
         s = self.session(session_id)
         if conn not in s.conns:
             raise NotAttached(session_id)
-        if s.closing is not None:
+        if s.phase is Phase.CLOSING:
             raise Closing(session_id)
-        if s.turn_id is not None:
+        if s.phase is Phase.RUNNING and s.turn_id is not None:
             raise Busy(session_id, s.turn_id)
-        s.turn_id = turn_id
-        s.last_active = self.clock.monotonic()
+        s.expect(Phase.ATTACHED)  # a client is attached, so never DETACHED
+        s.last_active = now = self.clock.monotonic()
+        s.enter(Phase.RUNNING, now, turn_id=turn_id)
         self._schedule(s)
-        s.update_phase()
 
     def end_turn(
         self,
@@ -539,21 +593,22 @@ class Registry:
         """
         s = self._sessions.get(session_id)
         if s is None or s.turn_id != turn_id:
-            return []
+            return []  # finalized meanwhile, or not this turn: nothing to end
+        s.expect(*_TURN_PHASES)
         actions: list[Action] = []
         if announce:
             params: dict[str, Any] = {"turn_id": turn_id, "status": status}
             if error is not None:
                 params["error"] = error
             actions += self.emit(session_id, "turn.end", params)
-        s.turn_id = None
-        s.idle_since = s.last_active = self.clock.monotonic()
-        if s.closing is not None:
+        s.idle_since = s.last_active = now = self.clock.monotonic()
+        if s.phase is Phase.CLOSING:
+            assert s.end_reason is not None  # enter() keeps it set in CLOSING
             return actions + self._finalize(
-                s, s.closing, interrupted=status == "interrupted", detail=s.closing_detail
+                s, s.end_reason, interrupted=status == "interrupted", detail=s.end_detail
             )
+        s.enter(Phase.ATTACHED if s.conns else Phase.DETACHED, now)
         self._schedule(s)
-        s.update_phase()
         return actions
 
     def interrupt(self, session_id: str) -> list[Interrupt]:
@@ -580,11 +635,16 @@ class Registry:
         ``detail`` goes into the ``session.ended`` event (an end recorded elsewhere).
         """
         s = self.session(session_id)
-        if s.turn_id is not None:
-            if s.closing is None:
-                s.closing = reason
-                s.closing_detail = detail
-                s.update_phase()
+        if s.phase in _TURN_PHASES:
+            assert s.turn_id is not None  # enter() keeps it set while a turn runs
+            if s.phase is Phase.RUNNING:  # the first reason wins
+                s.enter(
+                    Phase.CLOSING,
+                    self.clock.monotonic(),
+                    turn_id=s.turn_id,
+                    reason=reason,
+                    detail=detail,
+                )
             return [Interrupt(session_id, s.turn_id)]
         return self._finalize(s, reason, detail=detail)
 
@@ -612,7 +672,7 @@ class Registry:
             self._conns[conn].discard(s.id)
         s.conns.clear()
         s.deadline = None
-        s.set_phase(Phase.FINALIZING)
+        s.enter(Phase.FINALIZING, self.clock.monotonic())
         self._compact()
         self._ending[s.id] = Ending(s.id, reason, interrupted, detail, self.clock.monotonic())
         actions.append(Finalize(s.id, reason, interrupted))
@@ -648,6 +708,7 @@ class Registry:
         e.error = error
         delay = min(self.end_retry * 2 ** min(e.attempts - 1, 32), self.end_retry_max)
         e.retry_at = self.clock.monotonic() + delay
+        self.timers_changed = True
         return e.retry_at
 
     def retry_endings(self) -> list[Action]:
@@ -662,11 +723,11 @@ class Registry:
     # --- time ------------------------------------------------------------------------
 
     def _due(self, s: LiveSession) -> tuple[float | None, str | None]:
-        if s.turn_id is not None:
+        if s.phase not in _IDLE_PHASES:
             return None, None  # a running turn is never cut off by a timer
         best: tuple[float | None, str | None] = (None, None)
-        if s.detached_since is not None:
-            best = (max(s.detached_since, s.idle_since) + self.detach_grace, "ws_disconnect")
+        if s.phase is Phase.DETACHED:  # entered at the later of the detachment and the turn's end
+            best = (s.since + self.detach_grace, "ws_disconnect")
         if self.idle_timeout is not None:
             at = s.last_active + self.idle_timeout
             if best[0] is None or at < best[0]:
@@ -681,6 +742,7 @@ class Registry:
         s.deadline = at
         if at is not None:
             heapq.heappush(self._heap, (at, next(self._tiebreak), s.id))
+            self.timers_changed = True
             self._compact()
 
     def _compact(self) -> None:

@@ -89,6 +89,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder for every frame: json.loads with a keyword builds a new one per call.
+_loads = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
 def _valid_id(value: Any) -> bool:
     if value is None or isinstance(value, str):
         return True
@@ -122,7 +126,7 @@ def parse(text: str | bytes) -> tuple[list[Request | dict[str, Any]], bool]:
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = _loads(text)
     except (ValueError, RecursionError) as exc:
         reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "not valid JSON"
         return [error(None, RpcError(PARSE_ERROR, f"parse error: the frame is {reason}"))], False

@@ -27,6 +27,7 @@ session has ended.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import itertools
 import json
@@ -34,7 +35,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..agents import Agent, AgentError, TextDelta, ToolCalls, ToolResult, Turn
@@ -123,6 +124,8 @@ class _Running:
     pump: asyncio.Task[None] | None = None
     interrupted: bool = False
     index: int = 1  # the prompt is message 0 of the turn
+    parts: list[str] = field(default_factory=list)  # text streamed since the last stored message
+    busy: bool = False  # the runner is handling an event (storing, perhaps): the pump queues
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -193,6 +196,7 @@ class Gateway:
         self._events: asyncio.Task[None] | None = None
         self._events_stop = threading.Event()
         self.loop_lag_max = 0.0  # seconds: the worst late wake-up of the event loop
+        self._recent_lags: collections.deque[float] = collections.deque(maxlen=8)  # last ~2 s
         self.cold_lock = asyncio.Lock()
         self.started_at = clock.now()
         self.stopping = False
@@ -232,7 +236,9 @@ class Gateway:
         while True:
             t = loop.time()
             await asyncio.sleep(every)
-            self.loop_lag_max = max(self.loop_lag_max, loop.time() - t - every)
+            lag = loop.time() - t - every
+            self.loop_lag_max = max(self.loop_lag_max, lag)
+            self._recent_lags.append(lag)
 
     async def shutdown(self, reason: str = "gateway_shutdown") -> None:
         """End every live session once, with ``reason``; running turns store their output first."""
@@ -309,7 +315,13 @@ class Gateway:
                     running.interrupt()
             elif isinstance(a, Finalize):
                 self._finalize(a)
-        self._wake.set()
+        self._wake_timers()
+
+    def _wake_timers(self) -> None:
+        """Wake the timer task only if a timer may now be due earlier (never per token)."""
+        if self.registry.timers_changed:
+            self.registry.timers_changed = False
+            self._wake.set()
 
     def _record(self, session_id: str, kind: str, data: dict[str, Any]) -> None:
         """Log a turn's start or end in the store's events (the live view derives
@@ -497,13 +509,17 @@ class Gateway:
         self,
         send: Callable[[str], Awaitable[None]],
         close: Callable[[int, str], Coroutine[Any, Any, None]],
+        send_now: Callable[[str], bool] | None = None,
     ) -> Connection:
+        """A new client connection; ``send_now`` writes a frame at once if it can (see
+        :class:`~tether.gateway.connection.Connection`)."""
         conn = Connection(
             next(self._conn_ids),
             send,
             close,
             limit=self.config.outbox_frames,
             max_bytes=self.config.outbox_bytes,
+            send_now=send_now,
         )
         self.conns[conn.id] = conn
         self.registry.connect(conn.id)
@@ -721,11 +737,22 @@ class Gateway:
             self._run_turn(session_id, running, text), name=f"tether-turn-{running.turn_id}"
         )
 
-    async def _pump(self, turn: Turn, queue: asyncio.Queue[Any]) -> None:
-        """Feed the agent's events to the runner; cancelling this interrupts the agent."""
+    async def _pump(self, sid: str, r: _Running, turn: Turn, queue: asyncio.Queue[Any]) -> None:
+        """Feed the agent's events to the runner; cancelling this interrupts the agent.
+
+        A text delta with nothing before it in the queue and the runner idle
+        is streamed from here: no task switch per token (the runner would
+        only do the same, later). Anything else, and every delta behind it,
+        goes through the queue, so the order on the wire is the agent's.
+        """
+        tid = r.turn_id
         try:
             async for event in self.agent.run(turn):
-                queue.put_nowait(event)
+                if isinstance(event, TextDelta) and not r.busy and queue.empty():
+                    r.parts.append(event.text)
+                    self.emit(sid, "message.delta", {"turn_id": tid, "text": event.text})
+                else:
+                    queue.put_nowait(event)
             queue.put_nowait(_Stop("completed"))
         except asyncio.CancelledError:
             queue.put_nowait(_Stop("interrupted"))
@@ -772,13 +799,17 @@ class Gateway:
         if r.interrupted:  # interrupted (or closed) before it could start
             queue.put_nowait(_Stop("interrupted"))
         else:
-            r.pump = asyncio.create_task(self._pump(turn, queue), name=f"tether-agent-{r.turn_id}")
+            r.pump = asyncio.create_task(
+                self._pump(sid, r, turn, queue), name=f"tether-agent-{r.turn_id}"
+            )
         stop = _Stop("error", "the turn ended unexpectedly")
-        parts: list[str] = []
+        parts = r.parts
         tid = r.turn_id
         try:
             while True:
+                r.busy = False
                 event = await queue.get()
+                r.busy = True
                 if isinstance(event, _Stop):
                     stop = event
                     break
@@ -861,4 +892,5 @@ class Gateway:
             "pending_writes": len(self._pending),
             "timers": self.registry.pending_timers,
             "loop_lag_max_ms": round(self.loop_lag_max * 1000, 2),
+            "loop_lag_recent_ms": round(max(self._recent_lags, default=0.0) * 1000, 2),
         }

@@ -48,6 +48,10 @@ from .security import Policy, bind_hosts
 
 log = logging.getLogger("tether.gateway")
 
+# Frames a connection may have read ahead of the app before reading pauses. uvicorn
+# pauses (and then resumes) reading after every frame: two epoll calls per request.
+READ_AHEAD = 4
+
 SHUTDOWN_REASON = "gateway_shutdown"
 
 
@@ -122,6 +126,51 @@ def _protocols(options: ServeOptions, accepts: _AcceptErrors) -> tuple[type, typ
             scope = getattr(self, "scope", None)
             if scope is not None:  # lets the app cut a client that stopped reading
                 scope["tether.abort"] = self._abort
+                scope["tether.send_now"] = self._send_now
+
+        _flush_due = False
+
+        def _send_now(self, text: str) -> bool:
+            """Frame ``text`` now, as the ASGI send would, if nothing stands in the way.
+
+            False (the caller then uses the ASGI send, which waits): before the
+            handshake, once closing, or while the transport asks writers to wait.
+            The frame's bytes reach the socket at the end of this turn of the
+            event loop, with every other frame framed in it: a reply and the
+            events that follow it leave in one write (one system call, one TCP
+            segment) instead of one each. Anything uvicorn writes itself (a
+            pong, a close) drains the same buffer first, so the order holds.
+            """
+            if (
+                not self.handshake_complete
+                or self.close_sent
+                or self.disconnected
+                or not self.writable.is_set()
+                or self.transport.is_closing()
+            ):
+                return False
+            self.conn.send_text(text.encode())
+            if not self._flush_due:
+                self._flush_due = True
+                self.loop.call_soon(self._flush)
+            return True
+
+        def _flush(self) -> None:
+            self._flush_due = False
+            data = self.conn.data_to_send()
+            if data and not self.transport.is_closing():
+                self.transport.write(b"".join(data))
+
+        def send_receive_event_to_app(self) -> None:
+            if self.read_paused or self.queue.qsize() + 1 >= READ_AHEAD:
+                super().send_receive_event_to_app()  # the app is behind: pause reading
+                return
+            # Keeping up: let uvicorn queue the frame without pausing reading.
+            self.read_paused = True
+            try:
+                super().send_receive_event_to_app()
+            finally:
+                self.read_paused = False
 
         def _abort(self) -> None:
             if not self.transport.is_closing() or self.transport.get_write_buffer_size():
