@@ -14,7 +14,16 @@ import sys
 from .pg import DEFAULT_URL
 from .report import progress
 
-BENCHES = ("store", "liveness", "gateway", "startup", "hermes_census", "hermes_sync", "web", "peers")
+BENCHES = (
+    "store",
+    "liveness",
+    "gateway",
+    "startup",
+    "hermes_census",
+    "hermes_sync",
+    "web",
+    "peers",
+)
 
 
 def main() -> None:
