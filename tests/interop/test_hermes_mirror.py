@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import tether
@@ -235,7 +236,8 @@ def test_serve_mirrors_hermes_too(hermes_store: Path, tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        assert "tether gateway on" in proc.stdout.readline(), proc.stderr
+        banner = proc.stdout.readline()
+        assert "tether gateway on" in banner, proc.stderr
         expected = rows(path, "SELECT count(*) FROM messages")[0][0]
         deadline = time.monotonic() + 20
         got = 0
@@ -243,6 +245,17 @@ def test_serve_mirrors_hermes_too(hermes_store: Path, tmp_path: Path) -> None:
             time.sleep(0.1)
             got = sum(len(v) for v in tether_messages(db).values()) if db.exists() else 0
         assert got == expected
+        # /metrics reports the mirror (its cursor is Hermes' greatest message id).
+        port = int(banner.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1].split()[0])
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/metrics", headers={"Authorization": "Bearer t"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            metrics = response.read().decode()
+        top = rows(path, "SELECT max(id) FROM messages")[0][0]
+        assert f'tether_hermes_mirror_cursor{{stores="{path}"}} {float(top)}' in metrics
+        assert "tether_hermes_mirror_lag_seconds{" in metrics
+        assert "tether_gateway_replay_buffer_events 0.0" in metrics
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=20)

@@ -358,6 +358,14 @@ class Registry:
             if s.phase in _TURN_PHASES and s.turn_id is not None
         ]
 
+    def replay_totals(self) -> tuple[int, int]:
+        """Events and bytes held in every live session's replay buffer (for /metrics)."""
+        events = size = 0
+        for s in self._sessions.values():
+            events += len(s.replay)
+            size += s.replay.bytes
+        return events, size
+
     def active(self) -> list[dict[str, Any]]:
         """What is live now: attached, running, or detached within the grace window."""
         now = self.clock.monotonic()

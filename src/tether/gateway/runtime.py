@@ -882,7 +882,10 @@ class Gateway:
     # --- numbers for gateway.info and the tests ------------------------------------------
 
     def stats(self) -> dict[str, float]:
+        replay_events, replay_bytes = self.registry.replay_totals()
         return {
+            "replay_events": replay_events,
+            "replay_bytes": replay_bytes,
             "live_sessions": len(self.registry),
             "connections": len(self.conns),
             "running_turns": len(self.turns),

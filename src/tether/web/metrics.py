@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from ..interop.hermes.mirror import mirrors
 from ..model import Census
 from .live import STATES
 from .service import LiveView
@@ -86,6 +87,36 @@ class StoreCollector(Collector):
                     g = GaugeMetricFamily(name, doc)
                     g.add_metric([], float(stats[key]))
                     yield g
+        yield from _mirrors()
+
+
+def _mirrors() -> Iterator[Metric]:
+    """The Hermes mirrors running in this process (``tether serve --mirror-hermes``)."""
+    running = mirrors()
+    if not running:
+        return
+    lag = GaugeMetricFamily(
+        "tether_hermes_mirror_lag_seconds",
+        "How far behind its Hermes stores a mirror's last pass was.",
+        labels=["stores"],
+    )
+    cursor = GaugeMetricFamily(
+        "tether_hermes_mirror_cursor",
+        "The greatest Hermes message id mirrored (summed over the mirror's stores).",
+        labels=["stores"],
+    )
+    passes = CounterMetricFamily(
+        "tether_hermes_mirror_passes", "Mirror passes that applied changes.", labels=["stores"]
+    )
+    for m in running:
+        status = m.status()
+        label = ",".join(str(p) for p in m.paths)
+        lag.add_metric([label], status.lag_seconds)
+        cursor.add_metric([label], float(status.cursor))
+        passes.add_metric([label], float(status.passes))
+    yield lag
+    yield cursor
+    yield passes
 
 
 def _census(c: Census, hung: int) -> Iterator[Metric]:
