@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Annotated
 
 import typer
 
 from ..paths import default_db
 from .common import DbOption, cli_errors, fail, finite, resolve_db
+from .retention import run_policy
 
 DEFAULT_PORT = 8765
 
@@ -125,6 +127,16 @@ def serve(
             "--max-frame", min=1024, metavar="BYTES", help="Largest accepted frame, in bytes."
         ),
     ] = 1024 * 1024,
+    retention_every: Annotated[
+        float,
+        typer.Option(
+            "--retention-every",
+            min=1.0,
+            metavar="SECONDS",
+            callback=finite,
+            help="How often the store's retention policy (tether prune --set-policy) is applied.",
+        ),
+    ] = 3600.0,
 ) -> None:
     """Run the gateway: JSON-RPC 2.0 over WebSocket at ws://HOST:PORT/rpc.
 
@@ -165,10 +177,21 @@ def serve(
     def ready(url: str) -> None:
         print(f"tether gateway on {url} (agent {the_agent.name}, database {target})", flush=True)
 
+    # The retention policy runs beside the gateway, on a thread of its own.
+    stop_retention = threading.Event()
+    retention = threading.Thread(
+        target=run_policy,
+        args=(store, retention_every, stop_retention),
+        name="tether-retention",
+        daemon=True,
+    )
+    retention.start()
     try:
         run(store, the_agent, token, options, ready=ready)
     except OSError as exc:
         raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     finally:
+        stop_retention.set()
+        retention.join(timeout=10)
         store.close()
     print("tether gateway stopped", file=sys.stderr, flush=True)

@@ -44,3 +44,11 @@ HOOK_DELIVERY = [
     "ALTER TABLE events ADD COLUMN hooks_due_by TEXT",
     "CREATE INDEX events_hooks_due ON events (id) WHERE hooks_due_by IS NOT NULL",
 ]
+
+# Migration 5 (retention, issue 14): the indexes both backends share. Trashed
+# sessions are few next to the rest: a partial index finds them in O(trash).
+# Claims are looked up by session (the primary key) and expired by time.
+RETENTION_INDEXES = [
+    "CREATE INDEX sessions_trashed ON sessions (trashed_at) WHERE trashed_at IS NOT NULL",
+    "CREATE INDEX claims_expiry ON claims (expires_at)",
+]

@@ -30,7 +30,13 @@ Differences from SQLite, and why:
 from __future__ import annotations
 
 from ..migrations import MIGRATIONS_TABLE, Migration, check_steps
-from ..schema_common import EVENT_INDEXES, HOOK_DELIVERY, MESSAGE_INDEXES, SESSION_INDEXES
+from ..schema_common import (
+    EVENT_INDEXES,
+    HOOK_DELIVERY,
+    MESSAGE_INDEXES,
+    RETENTION_INDEXES,
+    SESSION_INDEXES,
+)
 
 # Advisory lock key (first half): "TETH"; the second half hashes the schema name.
 LOCK_CLASS = 0x54455448
@@ -211,6 +217,30 @@ MIGRATIONS: list[Migration] = [
             CHECK (state IN ('active', 'compacted', 'retracted'))
             """,
             "ALTER TABLE messages ADD COLUMN payload jsonb",
+        ],
+        compatible_with=1,
+    ),
+    # 5: retention with consent (issue 14, see tether.store.retention). Additive;
+    # a nullable column without default is a catalog change, not a rewrite.
+    Migration(
+        5,
+        [
+            "ALTER TABLE sessions ADD COLUMN trashed_at double precision",
+            """
+            CREATE TABLE claims (
+                session_id text NOT NULL,
+                holder text NOT NULL,
+                expires_at double precision NOT NULL,
+                PRIMARY KEY (session_id, holder)
+            )
+            """,
+            """
+            CREATE TABLE settings (
+                key text PRIMARY KEY,
+                value text NOT NULL
+            )
+            """,
+            *RETENTION_INDEXES,
         ],
         compatible_with=1,
     ),

@@ -16,7 +16,13 @@ Timestamps are REAL seconds since the epoch (UTC).
 from __future__ import annotations
 
 from ..migrations import MIGRATIONS_TABLE, Migration, check_steps
-from ..schema_common import EVENT_INDEXES, HOOK_DELIVERY, MESSAGE_INDEXES, SESSION_INDEXES
+from ..schema_common import (
+    EVENT_INDEXES,
+    HOOK_DELIVERY,
+    MESSAGE_INDEXES,
+    RETENTION_INDEXES,
+    SESSION_INDEXES,
+)
 
 APPLICATION_ID = 0x54455448  # "TETH"
 
@@ -140,6 +146,33 @@ MIGRATIONS: list[Migration] = [
             CHECK (state IN ('active', 'compacted', 'retracted'))
             """,
             "ALTER TABLE messages ADD COLUMN payload TEXT",
+        ],
+        compatible_with=1,
+    ),
+    # 5: retention with consent (issue 14, see tether.store.retention). Additive:
+    # older code never names trashed_at (it lists trashed sessions, which is
+    # all it can get wrong), claims or settings.
+    Migration(
+        5,
+        [
+            "ALTER TABLE sessions ADD COLUMN trashed_at REAL",
+            # A reader's lease on a session: prune and purge skip it until it expires.
+            """
+            CREATE TABLE claims (
+                session_id TEXT NOT NULL,
+                holder TEXT NOT NULL,
+                expires_at REAL NOT NULL,
+                PRIMARY KEY (session_id, holder)
+            )
+            """,
+            # Store-wide settings (the retention policy), JSON text by key.
+            """
+            CREATE TABLE settings (
+                key TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            )
+            """,
+            *RETENTION_INDEXES,
         ],
         compatible_with=1,
     ),
