@@ -22,7 +22,7 @@ def marks(n: int) -> str:
 # that is still alive by its own promise (heartbeat within its lease).
 # Parameters: cutoff, now (claims), now (owners).
 _CHAIN_UNTOUCHABLE = """EXISTS (SELECT 1 FROM sessions m WHERE m.root_id = r.id AND (
-    m.ended_at IS NULL OR m.ended_at >= ?
+    m.ended_at IS NULL OR m.ended_at > ?
     OR EXISTS (SELECT 1 FROM claims k WHERE k.session_id = m.id AND k.expires_at > ?)
     OR EXISTS (SELECT 1 FROM owners o WHERE o.id = m.owner_id AND o.heartbeat_at + o.lease > ?)))"""
 
@@ -38,7 +38,7 @@ def prune_candidates(*, source: bool, reason: bool, ids: int = 0) -> str:
     where = [
         "r.root_id = r.id",
         "r.trashed_at IS NULL",
-        "r.chain_last_active_at < ?",
+        "r.chain_last_active_at <= ?",
         "(r.chain_last_active_at, r.id) > (?, ?)",
         f"NOT {_CHAIN_UNTOUCHABLE}",
     ]
@@ -113,7 +113,7 @@ FROM messages WHERE session_id IN (SELECT id FROM sessions WHERE root_id IN ({ma
 # cutoff, after trashed_at, after id, now (claims), limit.
 PURGE_CANDIDATES = """
 SELECT r.id, r.trashed_at FROM sessions r
-WHERE r.trashed_at IS NOT NULL AND r.root_id = r.id AND r.trashed_at < ?
+WHERE r.trashed_at IS NOT NULL AND r.root_id = r.id AND r.trashed_at <= ?
   AND (r.trashed_at, r.id) > (?, ?)
   AND NOT EXISTS (SELECT 1 FROM sessions m JOIN claims k ON k.session_id = m.id
                   WHERE m.root_id = r.id AND k.expires_at > ?)
