@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -20,7 +21,7 @@ import tether
 from tether.compose import Store
 from tether.store.retention import RetentionPolicy
 
-from .conftest import run_cli, spawn, wait_for_line
+from .conftest import child_env, run_cli, spawn, wait_for_line
 
 DAY = 86400.0
 
@@ -365,3 +366,71 @@ def _exists(store: Store, sid: str) -> bool:
     except tether.SessionNotFoundError:
         return False
     return True
+
+
+# --- the README's retention section, as shown ---------------------------------------
+
+
+def readme_store(path: str) -> None:
+    """The store the README's retention section runs on: two conversations that
+    ended 100 days ago (one continued once, one killed mid tool call) and a new one."""
+    past = tether.open_store(
+        path, load_plugins=False, clock=tether.ManualClock(time.time() - 100 * DAY)
+    )
+    with past:
+        a = past.session(source="cli", title="Fix the build")
+        a.append("user", "Why does make fail?")
+        a.append("assistant", "The generated header is missing: run `make gen` first.")
+        a.end("completed")
+        b = past.session(source="cli", parent_id=a.id)
+        b.append("user", "And now?")
+        b.append("assistant", "It builds.")
+        b.end("cli_close")
+        c = past.session(source="web", title="Disk usage")
+        c.append("user", "What fills the disk?")
+        c.append(
+            "assistant",
+            None,
+            tool_calls=[
+                {"id": "c1", "type": "function", "function": {"name": "du", "arguments": "{}"}}
+            ],
+        )
+        c.end("reaped", "killed during a tool call")
+        log = past.session(source="cli", title="Long build log")
+        for i in range(300):
+            log.append("tool" if i % 2 else "user", f"line {i}: " + "x" * 1000)
+        log.end("completed")
+    with tether.open_store(path, load_plugins=False) as now:
+        d = now.session(source="cli", title="Today")
+        d.append("user", "hello")
+        d.end("completed")
+
+
+def test_readme_retention_section_runs_as_shown(tmp_path: Any) -> None:
+    from .test_readme import blocks, console_steps, pattern
+
+    [block] = [b for b in blocks("console") if "tether prune" in b]
+    readme_store(str(tmp_path / "sessions.db"))
+    for command, expected in console_steps(block):
+        result = subprocess.run(
+            [sys.executable, "-m", "tether", *command.split()[1:]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=60,
+        )
+        shown = [_loose(line) for line in expected if line.strip()]
+        got = [_loose(line) for line in (result.stdout + result.stderr).splitlines()]
+        got = [line for line in got if line.strip()]
+        assert len(got) == len(shown), (command, got)
+        for want, line in zip(shown, got, strict=True):
+            assert pattern(want).fullmatch(line.strip()), (command, want, line)
+
+
+def _loose(line: str) -> str:
+    """Ids and file sizes differ from run to run: the README's stand for any."""
+    import re
+
+    line = re.sub(r"\b01[0-9A-HJKMNP-TV-Z]{24}\b", "ID", line)
+    return re.sub(r"\d+(\.\d+)? (B|kB|MB)\b", "SIZE", line)
