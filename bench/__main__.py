@@ -14,7 +14,7 @@ import sys
 from .pg import DEFAULT_URL
 from .report import progress
 
-BENCHES = ("store", "liveness", "gateway", "startup")
+BENCHES = ("store", "liveness", "gateway", "startup", "retention")
 
 
 def main() -> None:

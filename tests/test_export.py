@@ -188,3 +188,16 @@ def test_cli_export_import(tmp_path: Path) -> None:
         result = run_cli("--db", src, *args)
         assert result.returncode == code, (args, result.stderr)
         assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_the_fast_message_line_is_the_canonical_one(store: Store) -> None:
+    from tether.model import MESSAGE_READ_COLUMNS, message_from_row
+    from tether.store.transfer import message_line, message_row_line
+
+    fill(store)
+    rows = store.backend.read(
+        lambda c: c.execute(f"SELECT {MESSAGE_READ_COLUMNS} FROM messages").fetchall()
+    )
+    assert len(rows) == 7
+    for row in rows:
+        assert message_row_line(row) == message_line(message_from_row(row))

@@ -255,6 +255,14 @@ def export_sessions_by_id(n: int) -> str:
     return f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id IN ({marks(n)}) ORDER BY id"
 
 
+def export_page_messages(n: int) -> str:
+    """Every message of these sessions, by session then seq (a page's worth, bounded)."""
+    return f"""
+SELECT {MESSAGE_READ_COLUMNS} FROM messages WHERE session_id IN ({marks(n)})
+ORDER BY session_id, seq
+"""
+
+
 EXPORT_MESSAGES = f"""
 SELECT {MESSAGE_READ_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?
 """

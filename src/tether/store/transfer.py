@@ -91,11 +91,19 @@ MESSAGE_FIELDS = (
 )
 
 
+# One encoder, made once: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+)
+
+
+# Strings as the encoder writes them (ensure_ascii=False): the C function it uses.
+_encode_text = json.encoder.encode_basestring
+
+
 def canonical(obj: Any) -> str:
     """One JSON line: sorted keys, compact, UTF-8 text (the export's only form)."""
-    return json.dumps(
-        obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-    )
+    return _ENCODER.encode(obj)
 
 
 def session_line(s: Session) -> str:
@@ -108,6 +116,40 @@ def message_line(m: Message) -> str:
     d: dict[str, Any] = {f: getattr(m, f) for f in MESSAGE_FIELDS}
     d["type"] = "message"
     return canonical(d)
+
+
+def _decoded(value: Any) -> Any:
+    # SQLite hands JSON columns back as text, PostgreSQL's jsonb decoded.
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else _encode_text(value)
+
+
+def _nested(value: Any) -> str:
+    return "null" if value is None else _ENCODER.encode(_decoded(value))
+
+
+def message_row_line(row: Sequence[Any]) -> str:
+    """:func:`message_line` straight from a row in MESSAGE_READ_COLUMNS order.
+
+    The hot path of an export: the keys are fixed, so the line is spelled out
+    in their sorted order, and only the values go through the encoder (the
+    same text as ``canonical``: a test compares the two).
+    """
+    sid, seq, role, content, calls, call_id, name, at, idem, meta, state, payload = row
+    enc = _encode_text
+    return (
+        f'{{"content":{"null" if content is None else enc(content)},"created_at":{float(at)!r},'
+        f'"idem_key":{"null" if idem is None else enc(idem)},'
+        f'"meta":{"null" if meta is None else _nested(meta)},'
+        f'"payload":{"null" if payload is None else _nested(payload)},'
+        f'"role":{enc(role)},"seq":{int(seq)},"session_id":{enc(sid)},"state":{enc(state)},'
+        f'"tool_call_id":{"null" if call_id is None else enc(call_id)},'
+        f'"tool_calls":{"null" if calls is None else _nested(calls)},'
+        f'"tool_name":{"null" if name is None else enc(name)},"type":"message"}}'
+    )
 
 
 def openai_message(m: Message) -> dict[str, Any]:
@@ -197,10 +239,13 @@ class Transfer:
         try:
             for sessions in self._export_pages(session_ids, floor, page):
                 claimed = set(self.claim([s.id for s in sessions], holder, CLAIM_TTL))
-                for s in sessions:
-                    if s.id in claimed:
+                kept = [s for s in sessions if s.id in claimed]
+                if fmt == "jsonl":
+                    yield from self._export_jsonl_page(kept)
+                else:
+                    for s in kept:
                         yield from self._export_one(s, fmt)
-                        done += 1
+                done += len(kept)
                 if progress is not None:
                     progress(done)
         finally:
@@ -243,6 +288,43 @@ class Transfer:
                     return
                 yield m
             after = rows[-1][1]
+
+    def _export_jsonl_page(self, sessions: list[Session]) -> Iterator[str]:
+        """A page of sessions as JSONL: the small ones' messages in one query per
+        group of at most MESSAGE_PAGE messages, each large one paged on its own."""
+        group: list[Session] = []
+        total = 0
+        for s in [*sessions, None]:
+            if s is not None and s.message_count <= MESSAGE_PAGE - total:
+                group.append(s)
+                total += s.message_count
+                continue
+            if group:
+                yield from self._export_group(group)
+                group, total = [], 0
+            if s is None:
+                break
+            if s.message_count > MESSAGE_PAGE:
+                yield from self._export_one(s, "jsonl")
+            else:
+                group, total = [s], s.message_count
+
+    def _export_group(self, group: list[Session]) -> Iterator[str]:
+        ids = [s.id for s in group]
+        rows = self.backend.read(_fetch_all(q.export_page_messages(len(ids)), ids))
+        by_session: dict[str, list[Any]] = {}
+        for r in rows:
+            by_session.setdefault(r[0], []).append(r)
+        # One chunk per group (at most MESSAGE_PAGE lines): fewer, larger writes.
+        lines: list[str] = []
+        for s in group:
+            lines.append(session_line(s))
+            # Up to the count read with the row: appends after it are not this export's.
+            lines.extend(
+                message_row_line(r) for r in by_session.get(s.id, ()) if r[1] <= s.message_count
+            )
+        lines.append("")
+        yield "\n".join(lines)
 
     def _export_one(self, s: Session, fmt: str) -> Iterator[str]:
         if fmt == "jsonl":
