@@ -434,3 +434,20 @@ def _loose(line: str) -> str:
 
     line = re.sub(r"\b01[0-9A-HJKMNP-TV-Z]{24}\b", "ID", line)
     return re.sub(r"\d+(\.\d+)? (B|kB|MB)\b", "SIZE", line)
+
+
+def test_batch_sizer_keeps_batches_under_the_target() -> None:
+    from tether.store.retention import BatchSizer
+
+    sizer = BatchSizer(200, target=0.025)
+    assert sizer.size == 200
+    assert sizer.took(0.060) == 100  # too slow: halve
+    assert sizer.took(0.030) == 50
+    assert sizer.took(0.015) == 50  # within the target: keep
+    assert sizer.took(0.001) == 75  # fast: grow by half
+    for _ in range(10):
+        sizer.took(0.001)
+    assert sizer.size == 200  # never above the most
+    for _ in range(20):
+        sizer.took(1.0)
+    assert sizer.size == 1  # never below one

@@ -229,3 +229,28 @@ def test_cli_repair_tools_dry_run_then_yes(db_path: str) -> None:
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
     unknown = run_cli("--db", db_path, "repair-tools", "01NOPE")
     assert unknown.returncode == 1 and "01NOPE" in unknown.stderr
+
+
+def test_imported_session_with_dangling_calls_is_repaired_when_resumed(store: Store) -> None:
+    imported = store.import_session(
+        "hermes:20261130_abc",
+        source="hermes",
+        created_at=1_800_000_000.0,
+        messages=[
+            {"key": "1", "role": "user", "content": "list", "created_at": 1_800_000_001.0},
+            {
+                "key": "2",
+                "role": "assistant",
+                "content": None,
+                "tool_calls": CALLS,
+                "created_at": 1_800_000_002.0,
+            },
+        ],
+    )
+    sid = imported.session.id
+    assert store.count_dangling() == 1
+    h = store.resume(sid)
+    history = store.get_messages(sid)
+    assert_valid_history(history)
+    assert [m.tool_call_id for m in history[2:]] == ["call_a", "call_b"]
+    h.end("completed")

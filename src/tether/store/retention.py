@@ -26,9 +26,11 @@ Durations are seconds here; the command line parses ``90d`` and the like.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -124,6 +126,31 @@ class ReclaimReport:
 
 Progress = Callable[[int, int | None], None]
 
+# What one batch may hold the write lock for. Batches are sized to half of the
+# 50 ms budget, so a slow one (a cold cache, a busy disk) still stays within it.
+BATCH_TARGET = 0.025
+
+
+class BatchSizer:
+    """How many items the next batch takes, from how long the last one held the lock.
+
+    Pure: given durations, it halves after a batch slower than the target and
+    grows by half after one faster than a third of it, between 1 and ``most``.
+    """
+
+    def __init__(self, most: int, target: float = BATCH_TARGET) -> None:
+        self.most = max(1, most)
+        self.size = self.most
+        self.target = target
+
+    def took(self, seconds: float) -> int:
+        """Record the last batch's duration; return the next batch's size."""
+        if seconds > self.target:
+            self.size = max(1, self.size // 2)
+        elif seconds < self.target / 3:
+            self.size = min(self.most, self.size + max(1, self.size // 2))
+        return self.size
+
 
 class Retention:
     """Prune, trash, restore, purge, claims and policy (mixed into :class:`StoreCore`)."""
@@ -154,8 +181,9 @@ class Retention:
         """Chains whose members all ended more than ``ended_before`` seconds ago.
 
         Without ``apply``, a dry run: counts sessions, messages and bytes. With
-        it, moves them to the trash in batches of ``batch`` chains, each in one
-        transaction that rechecks every rule (see the module docstring).
+        it, moves them to the trash in batches of at most ``batch`` chains, each in
+        one transaction that rechecks every rule (see the module docstring); a
+        batch that held the write lock longer than BATCH_TARGET halves the next.
         """
         source = None if source is None else check_source(source)
         reason = check_text(reason, "reason")
@@ -165,10 +193,12 @@ class Retention:
         find = q.prune_candidates(source=source is not None, reason=reason is not None)
         after: tuple[float, str] = (-math.inf, "")
         totals = [0, 0, 0, 0]  # chains, sessions, messages, bytes
+        sizer = BatchSizer(batch)
 
         def candidates(c: Conn) -> list[Any]:
             now = self._liveness_now(c)
-            return c.execute(find, (cutoff, *after, cutoff, now, now, *extra, batch)).fetchall()
+            limit = sizer.size
+            return c.execute(find, (cutoff, *after, cutoff, now, now, *extra, limit)).fetchall()
 
         def measure(c: Conn, roots: list[str]) -> tuple[int, int, int]:
             row = c.execute(q.chains_size(dialect, len(roots)), (*roots, *roots)).fetchone()
@@ -184,7 +214,7 @@ class Retention:
                 recheck = q.prune_candidates(
                     source=source is not None, reason=reason is not None, ids=len(roots)
                 )
-                params = (cutoff, -math.inf, "", cutoff, now, now, *extra, *roots, batch)
+                params = (cutoff, -math.inf, "", cutoff, now, now, *extra, *roots, len(roots))
                 roots = [r[0] for r in c.execute(recheck, params).fetchall()]
             size = (0, 0, 0)
             if roots:
@@ -198,7 +228,10 @@ class Retention:
             return rows, len(rows), measure(c, [r[0] for r in rows]) if rows else (0, 0, 0)
 
         while True:
+            limit = sizer.size
+            started = time.perf_counter()
             rows, chains, size = self.backend.write(trash) if apply else self.backend.read(look)
+            sizer.took(time.perf_counter() - started)
             if not rows:
                 break
             after = (rows[-1][1], rows[-1][0])
@@ -206,7 +239,7 @@ class Retention:
                 totals[i] += n
             if progress is not None:
                 progress(totals[1], None)
-            if len(rows) < batch:
+            if len(rows) < limit:
                 break
         return PruneReport(totals[0], totals[1], totals[2], totals[3], applied=apply)
 
@@ -281,16 +314,23 @@ class Retention:
     ) -> PurgeReport:
         """Delete for good the chains trashed more than ``trashed_before`` seconds ago.
 
-        Messages, claims and events go with their sessions, ``batch`` sessions'
-        chains per transaction. Call :meth:`reclaim_space` afterwards to give
-        the space back to the file system.
+        Messages, claims and events go with their sessions, at most ``batch``
+        chains per transaction (fewer after a slow one, as in :meth:`prune`).
+        Call :meth:`reclaim_space` afterwards to give the space back to the
+        file system.
         """
         cutoff = self.clock.now() - trashed_before
         dialect = self.backend.dialect
         totals = [0, 0, 0, 0]
+        sizer = BatchSizer(batch)
 
         while True:
-            done = self.backend.write(lambda c: self._purge_batch(c, cutoff, batch, dialect))
+            limit = sizer.size
+            started = time.perf_counter()
+            done = self.backend.write(
+                functools.partial(self._purge_batch, cutoff=cutoff, batch=limit, dialect=dialect)
+            )
+            sizer.took(time.perf_counter() - started)
             if done is None:
                 break
             for i, n in enumerate(done):
