@@ -19,6 +19,7 @@ from tether.agents.base import AgentEvent, Turn
 from tether.agents.echo import EchoAgent
 from tether.compose import Store
 from tether.gateway.runtime import Gateway, GatewayConfig
+from tether.liveness import Reaper
 from tether.model import Message
 from tether.store.toolrepair import SYNTHETIC_CONTENT, unanswered
 
@@ -202,8 +203,6 @@ def test_gateway_cold_resume_sends_a_valid_history(db_url: str) -> None:
 def test_gateway_continuation_of_a_reaped_session_sends_a_valid_history(db_url: str) -> None:
     sid = killed_mid_call(db_url)
     with tether.open_store(db_url, load_plugins=False) as store:
-        from tether.liveness import Reaper
-
         Reaper(store).sweep()  # the dead owner's session ends `reaped`
         assert store.get_session(sid).end_reason == "reaped"
         history = asyncio.run(one_turn(store, "session.create", parent_id=sid))

@@ -18,6 +18,7 @@ from .common import (
     parse_duration,
     plural,
 )
+from .retention import human_bytes
 
 if TYPE_CHECKING:
     from ..compose import Store
@@ -181,8 +182,6 @@ def doctor(
             " (tether repair-tools --all)"
         )
     if policy is not None and dry_run is not None:
-        from .retention import human_bytes
-
         out.print(
             f"retention policy: {policy.describe()}; would trash "
             f"{plural(dry_run.sessions, 'session')}, {plural(dry_run.messages, 'message')}, "

@@ -124,8 +124,8 @@ def prune(
     """Move ended conversations to the trash (a dry run unless --yes).
 
     Never touched: open sessions, chains with an open member, sessions whose
-    owner process is alive, sessions a reader (an export, a mirror) has
-    claimed. Trashed chains leave every listing; `tether restore` brings them
+    owner is another live process, sessions a reader (an export, a mirror)
+    has claimed. Trashed chains leave every listing; `tether restore` brings them
     back, `tether purge` deletes them for good.
 
     \b

@@ -6,7 +6,8 @@ Mixed into :class:`~tether.store.StoreCore` (schema 5). The rules:
   leave every listing, the census counts them apart, ``restore`` brings them
   back unchanged. Without ``apply`` it only measures (a dry run).
 * Never touched: open sessions, chains with an open member, sessions whose
-  owner is alive by its own promise (heartbeat within its lease), and sessions
+  owner (another process: the pruner's own are its to judge) is alive by its
+  own promise (heartbeat within its lease), and sessions
   a reader has **claimed**: a lease row in ``claims`` with an expiry, so a
   reader that dies releases its claims by expiry.
 * A claim and a prune decide in one transaction each, and they exclude each
@@ -29,6 +30,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -143,6 +145,15 @@ class BatchSizer:
         self.size = self.most
         self.target = target
 
+    def pause(self, seconds: float) -> float:
+        """How long to leave the lock free after a batch that held it ``seconds``.
+
+        SQLite's waiting writers poll with a growing sleep: a pruner that takes
+        the lock again at once starves them. Leaving it free three times as long
+        as it was held (at most 0.1 s) caps prune at a quarter of the lock time.
+        """
+        return min(0.1, 3 * seconds)
+
     def took(self, seconds: float) -> int:
         """Record the last batch's duration; return the next batch's size."""
         if seconds > self.target:
@@ -158,7 +169,10 @@ class Retention:
     backend: Backend
     clock: Clock
 
-    if TYPE_CHECKING:  # provided by Ownership and MessageWrites
+    if TYPE_CHECKING:  # provided by StoreCore, Ownership and MessageWrites
+
+        @property
+        def owner_id(self) -> str | None: ...
 
         def _liveness_now(self, c: Conn) -> float: ...
 
@@ -177,6 +191,7 @@ class Retention:
         apply: bool = False,
         batch: int = PRUNE_BATCH,
         progress: Progress | None = None,
+        held: list[float] | None = None,
     ) -> PruneReport:
         """Chains whose members all ended more than ``ended_before`` seconds ago.
 
@@ -184,6 +199,7 @@ class Retention:
         it, moves them to the trash in batches of at most ``batch`` chains, each in
         one transaction that rechecks every rule (see the module docstring); a
         batch that held the write lock longer than BATCH_TARGET halves the next.
+        ``held``, if given, gets each batch's duration in seconds (benchmarks).
         """
         source = None if source is None else check_source(source)
         reason = check_text(reason, "reason")
@@ -194,11 +210,14 @@ class Retention:
         after: tuple[float, str] = (-math.inf, "")
         totals = [0, 0, 0, 0]  # chains, sessions, messages, bytes
         sizer = BatchSizer(batch)
+        pace = self.backend.dialect == "sqlite"  # one write lock for the whole file
+        me = self.owner_id or ""  # this process's own sessions are its to judge
 
         def candidates(c: Conn) -> list[Any]:
             now = self._liveness_now(c)
             limit = sizer.size
-            return c.execute(find, (cutoff, *after, cutoff, now, now, *extra, limit)).fetchall()
+            params = (cutoff, *after, cutoff, now, me, now, *extra, limit)
+            return c.execute(find, params).fetchall()
 
         def measure(c: Conn, roots: list[str]) -> tuple[int, int, int]:
             row = c.execute(q.chains_size(dialect, len(roots)), (*roots, *roots)).fetchone()
@@ -214,7 +233,7 @@ class Retention:
                 recheck = q.prune_candidates(
                     source=source is not None, reason=reason is not None, ids=len(roots)
                 )
-                params = (cutoff, -math.inf, "", cutoff, now, now, *extra, *roots, len(roots))
+                params = (cutoff, -math.inf, "", cutoff, now, me, now, *extra, *roots, len(roots))
                 roots = [r[0] for r in c.execute(recheck, params).fetchall()]
             size = (0, 0, 0)
             if roots:
@@ -231,9 +250,14 @@ class Retention:
             limit = sizer.size
             started = time.perf_counter()
             rows, chains, size = self.backend.write(trash) if apply else self.backend.read(look)
-            sizer.took(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            sizer.took(took)
+            if held is not None:
+                held.append(took)
             if not rows:
                 break
+            if apply and pace:
+                time.sleep(sizer.pause(took))
             after = (rows[-1][1], rows[-1][0])
             for i, n in enumerate((chains, *size)):
                 totals[i] += n
@@ -311,6 +335,7 @@ class Retention:
         *,
         batch: int = PURGE_BATCH,
         progress: Progress | None = None,
+        held: list[float] | None = None,
     ) -> PurgeReport:
         """Delete for good the chains trashed more than ``trashed_before`` seconds ago.
 
@@ -323,6 +348,7 @@ class Retention:
         dialect = self.backend.dialect
         totals = [0, 0, 0, 0]
         sizer = BatchSizer(batch)
+        pace = dialect == "sqlite"  # one write lock for the whole file (see BatchSizer.pause)
 
         while True:
             limit = sizer.size
@@ -330,13 +356,18 @@ class Retention:
             done = self.backend.write(
                 functools.partial(self._purge_batch, cutoff=cutoff, batch=limit, dialect=dialect)
             )
-            sizer.took(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            sizer.took(took)
+            if held is not None:
+                held.append(took)
             if done is None:
                 break
             for i, n in enumerate(done):
                 totals[i] += n
             if progress is not None:
                 progress(totals[1], None)
+            if pace:
+                time.sleep(sizer.pause(took))
         return PurgeReport(*totals)
 
     def purge_preview(self, trashed_before: float, *, batch: int = PRUNE_BATCH) -> PurgeReport:
@@ -517,8 +548,6 @@ class Retention:
 
 def _sqlite_reclaim(path: str, progress: Progress | None) -> ReclaimReport:
     """Incremental vacuum (after a one-time ``VACUUM`` into that mode), then a checkpoint."""
-    import os
-
     before = os.path.getsize(path)
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     try:

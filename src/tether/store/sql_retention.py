@@ -18,13 +18,16 @@ def marks(n: int) -> str:
 # --- candidates -------------------------------------------------------------------
 
 # A chain may go to the trash only when every member ended before the cutoff,
-# none is claimed by a reader (an unexpired lease) and none belongs to an owner
-# that is still alive by its own promise (heartbeat within its lease).
-# Parameters: cutoff, now (claims), now (owners).
+# none is claimed by a reader (an unexpired lease) and none belongs to another
+# process that is still alive by its own promise (heartbeat within its lease).
+# The pruning process's own sessions are its to judge (`tether serve` applying
+# the policy owns every session its gateway ended). Parameters: cutoff, now
+# (claims), the pruner's owner id, now (owners).
 _CHAIN_UNTOUCHABLE = """EXISTS (SELECT 1 FROM sessions m WHERE m.root_id = r.id AND (
     m.ended_at IS NULL OR m.ended_at > ?
     OR EXISTS (SELECT 1 FROM claims k WHERE k.session_id = m.id AND k.expires_at > ?)
-    OR EXISTS (SELECT 1 FROM owners o WHERE o.id = m.owner_id AND o.heartbeat_at + o.lease > ?)))"""
+    OR EXISTS (SELECT 1 FROM owners o WHERE o.id = m.owner_id AND o.id <> ?
+               AND o.heartbeat_at + o.lease > ?)))"""
 
 
 def prune_candidates(*, source: bool, reason: bool, ids: int = 0) -> str:
@@ -32,8 +35,9 @@ def prune_candidates(*, source: bool, reason: bool, ids: int = 0) -> str:
 
     Walks the listing index (root rows by chain activity) from a keyset
     position, so a run of batches never rescans what it passed. Parameters:
-    cutoff (activity), after activity, after id, cutoff, now, now, then the
-    source and reason if asked, the ``ids`` if given (a recheck), the limit.
+    cutoff (activity), after activity, after id, cutoff, now, own owner id,
+    now, then the source and reason if asked, the ``ids`` if given (a
+    recheck), the limit.
     """
     where = [
         "r.root_id = r.id",
