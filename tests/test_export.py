@@ -169,7 +169,7 @@ def test_cli_export_import(tmp_path: Path) -> None:
     )
     again = run_cli("--db", dst, "import", out_file, "--json")
     assert json.loads(again.stdout) == {"sessions": 0, "skipped": 3, "messages": 0}
-    piped = run_cli("--db", dst, "export", ids[0][:10], "--format", "openai")
+    piped = run_cli("--db", dst, "export", ids[0], "--format", "openai")
     assert piped.returncode == 0, piped.stderr
     assert [json.loads(x)["session_id"] for x in piped.stdout.splitlines()] == ids[:2]
     Path(out_file).write_text(Path(out_file).read_text()[:-5])
