@@ -23,6 +23,7 @@ BENCHES = (
     "hermes_sync",
     "web",
     "peers",
+    "retention",
 )
 
 

@@ -315,6 +315,10 @@ def test_a_database_from_before_migration_3_gets_the_mark_and_owes_nothing(db_ur
     else:
         conn = sqlite3.connect(db_url, isolation_level=None)
     conn.execute("DROP TABLE import_cursors")  # migration 6
+    conn.execute("DROP TABLE claims")  # migration 5
+    conn.execute("DROP TABLE settings")
+    conn.execute("DROP INDEX sessions_trashed")
+    conn.execute("ALTER TABLE sessions DROP COLUMN trashed_at")
     for column in ("meta", "state", "payload"):  # migration 4
         conn.execute(f"ALTER TABLE messages DROP COLUMN {column}")
     conn.execute("DROP INDEX events_hooks_due")

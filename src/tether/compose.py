@@ -143,7 +143,9 @@ class Store(StoreCore):
         and the epoch goes up by one: from then on every write of the previous
         owner (or of anyone holding the old epoch) is refused with
         :class:`StaleOwnerError`, and nothing it wrote before is lost. If the
-        owner is alive, :class:`OwnerAliveError` unless ``force=True``. An ended
+        owner is alive, :class:`OwnerAliveError` unless ``force=True``. Tool calls
+        the conversation left unanswered get synthetic results first
+        (:meth:`repair_tool_calls`). An ended
         session raises :class:`SessionEndedError` (continue it instead:
         ``store.session(..., parent_id=session_id)``).
         """
@@ -156,6 +158,9 @@ class Store(StoreCore):
             return reaper.verdict(info.id, info, now).alive
 
         session = self.take_over(session_id, alive, force=force)
+        # A conversation left with unanswered tool calls (its process died mid
+        # call) is repaired before anyone can send it to a model (issue 14).
+        self.repair_tool_calls(session.id, epoch=session.epoch)
         handle = SessionHandle.existing(self, self._process_owner, session, owns=True)
         self._process_owner.acquire(session.id)
         return handle

@@ -238,6 +238,9 @@ class Census:
     # Open imported sessions (an origin and no owner): their lifecycle belongs to
     # their source; counted apart from open_no_owner, never reaped or repaired.
     open_external: int = 0
+    # Sessions in the trash (schema 5) and their messages: not in the counts above.
+    trashed: int = 0
+    trashed_messages: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         oldest = self.oldest_open
@@ -261,4 +264,6 @@ class Census:
             "open_dead_owner": self.open_dead_owner,
             "open_no_owner": self.open_no_owner,
             "open_external": self.open_external,
+            "trashed": self.trashed,
+            "trashed_messages": self.trashed_messages,
         }

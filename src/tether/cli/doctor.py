@@ -18,6 +18,7 @@ from .common import (
     parse_duration,
     plural,
 )
+from .retention import human_bytes
 
 if TYPE_CHECKING:
     from ..compose import Store
@@ -42,6 +43,8 @@ def census_rows(census: Census, hung: int = 0) -> list[tuple[str, int]]:
         ("  external (imported)", census.open_external),
         ("ended", census.ended),
         ("ghosts (no messages)", census.ghosts),
+        # Not counted above: in the trash until restored or purged (tether prune).
+        ("trashed", census.trashed),
     ]
 
 
@@ -154,7 +157,34 @@ def doctor(
         from ..liveness import Reaper
 
         census, hung = Reaper(store).breakdown()
+        dangling = store.count_dangling()
+        policy = store.retention_policy()
+        dry_run = (
+            None
+            if policy is None
+            else store.prune(policy.keep, source=policy.source, reason=policy.reason)
+        )
     if json_:
-        emit_json({**census.to_dict(), "open_hung_owner": hung})
-    else:
-        render_census(census, hung)
+        emit_json(
+            {
+                **census.to_dict(),
+                "open_hung_owner": hung,
+                "dangling_tool_calls": dangling,
+                "retention_policy": None if policy is None else policy.to_dict(),
+                "retention_dry_run": None if dry_run is None else dry_run.to_dict(),
+            }
+        )
+        return
+    render_census(census, hung)
+    if dangling:
+        out.print(
+            f"{plural(dangling, 'conversation')} end in unanswered tool calls"
+            " (tether repair-tools --all)"
+        )
+    if policy is not None and dry_run is not None:
+        out.print(
+            f"retention policy: {policy.describe()}; would trash "
+            f"{plural(dry_run.sessions, 'session')}, {plural(dry_run.messages, 'message')}, "
+            f"{human_bytes(dry_run.bytes)} now",
+            soft_wrap=True,
+        )

@@ -9,6 +9,7 @@ import typer
 
 from ..paths import default_db
 from .common import DbOption, cli_errors, fail, finite, resolve_db
+from .retention import policy_thread
 
 DEFAULT_PORT = 8765
 
@@ -134,6 +135,16 @@ def serve(
             "Repeatable.",
         ),
     ] = None,
+    retention_every: Annotated[
+        float,
+        typer.Option(
+            "--retention-every",
+            min=1.0,
+            metavar="SECONDS",
+            callback=finite,
+            help="How often the store's retention policy (tether prune --set-policy) is applied.",
+        ),
+    ] = 3600.0,
 ) -> None:
     """Run the gateway: JSON-RPC 2.0 over WebSocket at ws://HOST:PORT/rpc.
 
@@ -179,6 +190,9 @@ def serve(
         print(f"live view: {login_url(host, bound, token)}", flush=True)
 
     follower = None
+    # The retention policy runs beside the gateway, on a thread of its own.
+    retention = policy_thread(store, retention_every)
+    retention.start()
     try:
         if mirror_hermes:
             # Imported here for start-up speed: most gateways mirror nothing.
@@ -194,5 +208,6 @@ def serve(
     finally:
         if follower is not None:
             follower.close()
+        retention.stop(wait=10)
         store.close()
     print("tether gateway stopped", file=sys.stderr, flush=True)

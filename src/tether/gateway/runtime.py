@@ -562,7 +562,9 @@ class Gateway:
         source = check_source(self.config.source if source is None else source)  # tui, web...
         model = check_text(model, "model") or self.agent.model
         if parent_id is not None:
-            await self.read(self.store.get_session, parent_id)  # SessionNotFoundError if unknown
+            # SessionNotFoundError if unknown; answers the tool calls the lineage
+            # left dangling, so the continuation never sends an invalid history.
+            await self.write(self.store.repair_lineage, parent_id)
         handle = self.store.session(  # writes nothing until the first message (no ghosts)
             source=source,
             model=model,

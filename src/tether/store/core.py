@@ -55,11 +55,14 @@ from ..validate import (
     check_text,
     check_timestamp,
 )
-from . import listing, sql
+from . import listing, sql, sql_retention
 from .backend import Backend, Conn
 from .deliveries import HookDeliveries
 from .imports import ImportBatches
 from .owners import OwnerPort, Ownership
+from .retention import Retention
+from .toolrepair import ToolRepair
+from .transfer import Transfer
 from .writes import ImportedSession, MessageWrites
 
 if TYPE_CHECKING:
@@ -71,7 +74,9 @@ log = logging.getLogger("tether.store")
 INTERRUPTED_REASONS = frozenset({"error", "signal", "process_exit", "reaped", "abandoned"})
 
 
-class StoreCore(HookDeliveries, Ownership, MessageWrites, ImportBatches):
+class StoreCore(
+    HookDeliveries, Ownership, MessageWrites, ImportBatches, Retention, ToolRepair, Transfer
+):
     """The repository over one backend. ``tether.open_store`` returns a subclass
     (:class:`tether.compose.Store`) that adds sessions' handles and liveness.
 
@@ -265,14 +270,15 @@ class StoreCore(HookDeliveries, Ownership, MessageWrites, ImportBatches):
     def census(self) -> Census:
         """Totals for ``tether doctor``: open, ended, ghosts, end reasons per source."""
 
-        def run(c: Conn) -> tuple[list[Any], list[Any], Any]:
+        def run(c: Conn) -> tuple[list[Any], list[Any], Any, Any]:
             return (
                 c.execute(sql.CENSUS_BY_SOURCE).fetchall(),
                 c.execute(sql.CENSUS_REASONS).fetchall(),
                 c.execute(sql.OLDEST_OPEN).fetchone(),
+                c.execute(sql_retention.CENSUS_TRASH).fetchone(),
             )
 
-        by_source_rows, reason_rows, oldest = self.backend.read(run)
+        by_source_rows, reason_rows, oldest, trash = self.backend.read(run)
         reasons: dict[str, dict[str, int]] = defaultdict(dict)
         overall: dict[str, int] = defaultdict(int)
         for source, reason, n in reason_rows:
@@ -308,6 +314,8 @@ class StoreCore(HookDeliveries, Ownership, MessageWrites, ImportBatches):
             oldest_open=None if oldest is None else session_from_row(oldest),
             open_no_owner=unowned,
             open_external=external,
+            trashed=int(trash[0]),
+            trashed_messages=int(trash[1]),
         )
 
     def resolve_id(self, prefix: str) -> str:

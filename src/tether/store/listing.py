@@ -96,7 +96,8 @@ def check_query(q: ListQuery) -> ListQuery:
 def build(q: ListQuery) -> tuple[str, list[object]]:
     """Return ``(sql, params)`` for one page of the listing (one extra row to detect more)."""
     check_query(q)
-    where: list[str] = ["r.root_id = r.id"]
+    # Trashed chains (schema 5) leave every listing until restored.
+    where: list[str] = ["r.root_id = r.id", "r.trashed_at IS NULL"]
     params: list[object] = []
     if q.state == "open":
         # Start from the (few) open sessions; each must be its chain's tip.

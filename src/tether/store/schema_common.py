@@ -62,3 +62,10 @@ def import_cursors(timestamp_type: str) -> list[str]:
         )
         """
     ]
+# Migration 5 (retention, issue 14): the indexes both backends share. Trashed
+# sessions are few next to the rest: a partial index finds them in O(trash).
+# Claims are looked up by session (the primary key) and expired by time.
+RETENTION_INDEXES = [
+    "CREATE INDEX sessions_trashed ON sessions (trashed_at) WHERE trashed_at IS NOT NULL",
+    "CREATE INDEX claims_expiry ON claims (expires_at)",
+]

@@ -224,18 +224,20 @@ INSERT_EVENT_HOOKS_DUE = (
 
 # --- census ---------------------------------------------------------------------
 
+# Trashed sessions (schema 5) are counted apart (see Census.trashed), not here.
+
 CENSUS_BY_SOURCE = """
 SELECT source, COUNT(*),
     SUM(CASE WHEN ended_at IS NULL THEN 1 ELSE 0 END),
     SUM(CASE WHEN message_count = 0 THEN 1 ELSE 0 END),
     SUM(CASE WHEN ended_at IS NULL AND owner_id IS NULL AND origin IS NULL THEN 1 ELSE 0 END),
     SUM(CASE WHEN ended_at IS NULL AND owner_id IS NULL AND origin IS NOT NULL THEN 1 ELSE 0 END)
-FROM sessions GROUP BY source
+FROM sessions WHERE trashed_at IS NULL GROUP BY source
 """
 
 CENSUS_REASONS = """
 SELECT source, end_reason, COUNT(*) FROM sessions
-WHERE ended_at IS NOT NULL GROUP BY source, end_reason
+WHERE ended_at IS NOT NULL AND trashed_at IS NULL GROUP BY source, end_reason
 """
 
 OLDEST_OPEN = f"""

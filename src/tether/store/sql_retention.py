@@ -1,0 +1,302 @@
+"""The SQL of retention, claims, tool-call repair and transfer (schema 5), named.
+
+``?`` placeholders as everywhere in the store; where the dialects differ a
+function taking the ``dialect`` returns the right text. Lists of ids are
+spelled out as ``IN (?, ?, ...)`` of at most one batch.
+"""
+
+from __future__ import annotations
+
+from ..model import MESSAGE_READ_COLUMNS, SESSION_COLUMNS
+
+
+def marks(n: int) -> str:
+    """``?, ?, ?`` for an ``IN`` list of ``n`` values."""
+    return ", ".join("?" * n)
+
+
+# --- candidates -------------------------------------------------------------------
+
+# A chain may go to the trash only when every member ended before the cutoff,
+# none is claimed by a reader (an unexpired lease) and none belongs to another
+# process that is still alive by its own promise (heartbeat within its lease).
+# The pruning process's own sessions are its to judge (`tether serve` applying
+# the policy owns every session its gateway ended). Parameters: cutoff, now
+# (claims), the pruner's owner id, now (owners).
+_CHAIN_UNTOUCHABLE = """EXISTS (SELECT 1 FROM sessions m WHERE m.root_id = r.id AND (
+    m.ended_at IS NULL OR m.ended_at > ?
+    OR EXISTS (SELECT 1 FROM claims k WHERE k.session_id = m.id AND k.expires_at > ?)
+    OR EXISTS (SELECT 1 FROM owners o WHERE o.id = m.owner_id AND o.id <> ?
+               AND o.heartbeat_at + o.lease > ?)))"""
+
+
+def prune_candidates(*, source: bool, reason: bool, ids: int = 0) -> str:
+    """Root ids of chains that may go to the trash, oldest activity first.
+
+    Walks the listing index (root rows by chain activity) from a keyset
+    position, so a run of batches never rescans what it passed. Parameters:
+    cutoff (activity), after activity, after id, cutoff, now, own owner id,
+    now, then the source and reason if asked, the ``ids`` if given (a
+    recheck), the limit.
+    """
+    where = [
+        "r.root_id = r.id",
+        "r.trashed_at IS NULL",
+        "r.chain_last_active_at <= ?",
+        "(r.chain_last_active_at, r.id) > (?, ?)",
+        f"NOT {_CHAIN_UNTOUCHABLE}",
+    ]
+    if source:
+        where.append("r.source = ?")
+    if reason:
+        where.append(
+            "EXISTS (SELECT 1 FROM sessions t WHERE t.id = r.chain_tip_id AND t.end_reason = ?)"
+        )
+    if ids:
+        where.append(f"r.id IN ({marks(ids)})")
+    return f"""
+SELECT r.id, r.chain_last_active_at FROM sessions r
+WHERE {" AND ".join(where)}
+ORDER BY r.chain_last_active_at, r.id LIMIT ?
+"""
+
+
+def lock_members(dialect: str, n_roots: int) -> str:
+    """The members of these chains, locked on PostgreSQL (skipping rows a claim holds).
+
+    A claim takes its sessions ``FOR SHARE``: a prune that meets one skips
+    the chain; a claim that meets a prune waits for it and then finds the
+    session trashed. Either way the two never both win.
+    """
+    query = f"SELECT id, root_id FROM sessions WHERE root_id IN ({marks(n_roots)})"
+    if dialect == "postgresql":
+        return query + " ORDER BY id FOR UPDATE SKIP LOCKED"
+    return query
+
+
+def members_total(n_roots: int) -> str:
+    """How many members these chains have (to see whether every one was locked)."""
+    return (
+        f"SELECT root_id, COUNT(*) FROM sessions WHERE root_id IN ({marks(n_roots)})"
+        " GROUP BY root_id"
+    )
+
+
+def trash_chains(n_roots: int) -> str:
+    return (
+        f"UPDATE sessions SET trashed_at = ? WHERE root_id IN ({marks(n_roots)})"
+        " AND trashed_at IS NULL"
+    )
+
+
+def message_bytes(dialect: str) -> str:
+    """The bytes of one message's text and JSON (what a dry run reports as its size)."""
+    if dialect == "postgresql":
+        return (
+            "coalesce(octet_length(content), 0) + coalesce(octet_length(tool_calls::text), 0)"
+            " + coalesce(octet_length(meta::text), 0) + coalesce(octet_length(payload::text), 0)"
+        )
+    return (
+        "coalesce(length(CAST(content AS BLOB)), 0) + coalesce(length(CAST(tool_calls AS BLOB)), 0)"
+        " + coalesce(length(CAST(meta AS BLOB)), 0) + coalesce(length(CAST(payload AS BLOB)), 0)"
+    )
+
+
+def chains_size(dialect: str, n_roots: int) -> str:
+    """Sessions, messages and bytes of these chains."""
+    return f"""
+SELECT (SELECT COUNT(*) FROM sessions WHERE root_id IN ({marks(n_roots)})),
+       COUNT(*), coalesce(SUM({message_bytes(dialect)}), 0)
+FROM messages WHERE session_id IN (SELECT id FROM sessions WHERE root_id IN ({marks(n_roots)}))
+"""
+
+
+# --- the trash --------------------------------------------------------------------
+
+# Trashed chains by their roots, oldest trash first, from a keyset position:
+# cutoff, after trashed_at, after id, now (claims), limit.
+PURGE_CANDIDATES = """
+SELECT r.id, r.trashed_at FROM sessions r
+WHERE r.trashed_at IS NOT NULL AND r.root_id = r.id AND r.trashed_at <= ?
+  AND (r.trashed_at, r.id) > (?, ?)
+  AND NOT EXISTS (SELECT 1 FROM sessions m JOIN claims k ON k.session_id = m.id
+                  WHERE m.root_id = r.id AND k.expires_at > ?)
+ORDER BY r.trashed_at, r.id LIMIT ?
+"""
+
+TRASHED_ROOTS = """
+SELECT r.id, r.trashed_at FROM sessions r
+WHERE r.trashed_at IS NOT NULL AND r.root_id = r.id AND (r.trashed_at, r.id) > (?, ?)
+ORDER BY r.trashed_at, r.id LIMIT ?
+"""
+
+
+def restore_chains(n_roots: int) -> str:
+    return (
+        f"UPDATE sessions SET trashed_at = NULL WHERE root_id IN ({marks(n_roots)})"
+        " AND trashed_at IS NOT NULL"
+    )
+
+
+def delete_messages(n: int) -> str:
+    return f"DELETE FROM messages WHERE session_id IN ({marks(n)})"
+
+
+def delete_claims(n: int) -> str:
+    return f"DELETE FROM claims WHERE session_id IN ({marks(n)})"
+
+
+def delete_sessions(n: int) -> str:
+    return f"DELETE FROM sessions WHERE id IN ({marks(n)})"
+
+
+def max_event_of(n: int) -> str:
+    return f"SELECT max(id) FROM events WHERE session_id IN ({marks(n)})"
+
+
+def delete_events(n: int) -> str:
+    return f"DELETE FROM events WHERE session_id IN ({marks(n)})"
+
+
+CENSUS_TRASH = """
+SELECT COUNT(*), coalesce(SUM(message_count), 0) FROM sessions WHERE trashed_at IS NOT NULL
+"""
+
+OLDEST_EVENT = "SELECT min(id) FROM events"
+
+# --- claims -----------------------------------------------------------------------
+
+
+def claimable(dialect: str, n: int) -> str:
+    """Which of these sessions exist outside the trash, locked for share on PostgreSQL."""
+    query = f"SELECT id FROM sessions WHERE id IN ({marks(n)}) AND trashed_at IS NULL"
+    if dialect == "postgresql":
+        return query + " ORDER BY id FOR SHARE"
+    return query
+
+
+UPSERT_CLAIM = """
+INSERT INTO claims (session_id, holder, expires_at) VALUES (?, ?, ?)
+ON CONFLICT (session_id, holder) DO UPDATE SET expires_at = excluded.expires_at
+"""
+
+RELEASE_CLAIMS = "DELETE FROM claims WHERE holder = ?"
+
+DELETE_EXPIRED_CLAIMS = "DELETE FROM claims WHERE expires_at <= ?"
+
+COUNT_LIVE_CLAIMS = "SELECT COUNT(*) FROM claims WHERE expires_at > ?"
+
+# --- settings ---------------------------------------------------------------------
+
+GET_SETTING = "SELECT value FROM settings WHERE key = ?"
+
+PUT_SETTING = """
+INSERT INTO settings (key, value) VALUES (?, ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+
+DELETE_SETTING = "DELETE FROM settings WHERE key = ?"
+
+# --- tool-call repair -------------------------------------------------------------
+
+# The last active assistant message, and every active message after it.
+LAST_ASSISTANT = f"""
+SELECT {MESSAGE_READ_COLUMNS} FROM messages
+WHERE session_id = ? AND role = 'assistant' AND state = 'active' ORDER BY seq DESC LIMIT 1
+"""
+
+AFTER_SEQ = f"""
+SELECT {MESSAGE_READ_COLUMNS} FROM messages
+WHERE session_id = ? AND seq > ? AND state = 'active' ORDER BY seq
+"""
+
+REPAIR_BUMP = """
+UPDATE sessions SET message_count = message_count + ?,
+    last_active_at = CASE WHEN last_active_at < ? THEN ? ELSE last_active_at END
+WHERE id = ?
+"""
+
+
+def dangling_count(dialect: str) -> str:
+    """Sessions (outside the trash) whose last assistant message has more tool
+    calls than tool results after it, and nothing else after it."""
+    length = (
+        "jsonb_array_length(a.tool_calls)"
+        if dialect == "postgresql"
+        else ("json_array_length(a.tool_calls)")
+    )
+    return f"""
+SELECT COUNT(*) FROM sessions s
+JOIN messages a ON a.session_id = s.id AND a.seq = (
+    SELECT max(x.seq) FROM messages x
+    WHERE x.session_id = s.id AND x.role = 'assistant' AND x.state = 'active')
+WHERE s.trashed_at IS NULL AND a.tool_calls IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM messages y WHERE y.session_id = s.id AND y.seq > a.seq
+                  AND y.state = 'active' AND y.role <> 'tool')
+  AND (SELECT COUNT(*) FROM messages z WHERE z.session_id = s.id AND z.seq > a.seq
+       AND z.state = 'active' AND z.role = 'tool') < {length}
+"""
+
+
+def dangling_sessions(dialect: str) -> str:
+    """The ids of those sessions, by id from a keyset position (after id, limit)."""
+    count = dangling_count(dialect)
+    body = count.split("FROM sessions s", 1)[1]
+    return f"SELECT s.id FROM sessions s{body} AND s.id > ? ORDER BY s.id LIMIT ?"
+
+
+# --- transfer (export / import) ---------------------------------------------------
+
+# Sessions to export, by id (time-sortable: parents before their continuations),
+# from a keyset position: after id, since (activity), limit.
+EXPORT_SESSIONS = f"""
+SELECT {SESSION_COLUMNS} FROM sessions
+WHERE id > ? AND last_active_at >= ? AND trashed_at IS NULL ORDER BY id LIMIT ?
+"""
+
+
+def export_sessions_by_id(n: int) -> str:
+    return f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id IN ({marks(n)}) ORDER BY id"
+
+
+def export_page_messages(n: int) -> str:
+    """Every message of these sessions, by session then seq (a page's worth, bounded)."""
+    return f"""
+SELECT {MESSAGE_READ_COLUMNS} FROM messages WHERE session_id IN ({marks(n)})
+ORDER BY session_id, seq
+"""
+
+
+EXPORT_MESSAGES = f"""
+SELECT {MESSAGE_READ_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?
+"""
+
+# An exported session, inserted with its own id, times and end (no owner: the
+# process that owned it is another machine's). Its chain summary is set
+# afterwards (CHAIN_SUMMARY), once every member is in.
+INSERT_TRANSFERRED_SESSION = """
+INSERT INTO sessions (id, source, model, title, cwd, parent_id, root_id, origin,
+    created_at, last_active_at, ended_at, end_reason, end_detail, message_count,
+    owner_id, epoch, metadata, chain_tip_id, chain_message_count, chain_last_active_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, ?, NULL, 0, NULL)
+ON CONFLICT DO NOTHING
+"""
+
+INSERT_TRANSFERRED_MESSAGE = """
+INSERT INTO messages (session_id, seq, role, content, tool_calls, tool_call_id, tool_name,
+    created_at, idem_key, meta, state, payload)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+# A chain's summary on its root, from its members: the tip is the newest
+# created member, the counts and activity cover them all.
+CHAIN_SUMMARY = """
+UPDATE sessions SET
+    chain_tip_id = (SELECT m.id FROM sessions m WHERE m.root_id = sessions.id
+                    ORDER BY m.created_at DESC, m.id DESC LIMIT 1),
+    chain_message_count = (SELECT coalesce(SUM(m.message_count), 0) FROM sessions m
+                           WHERE m.root_id = sessions.id),
+    chain_last_active_at = (SELECT max(m.last_active_at) FROM sessions m
+                            WHERE m.root_id = sessions.id)
+WHERE id = ?
+"""

@@ -1,0 +1,489 @@
+"""Export and import of transcripts (JSON Lines), mixed into :class:`StoreCore`.
+
+The JSONL format: for each session, one ``{"type": "session", ...}`` line,
+then its messages, one ``{"type": "message", ...}`` line each, in seq order.
+Times are seconds since the epoch as stored (floats survive a round trip
+exactly; ISO strings would round them). Every line is serialised
+canonically (keys sorted, compact separators, UTF-8): PostgreSQL's jsonb
+keeps no key order, so a canonical form is what makes a round trip SQLite →
+JSONL → PostgreSQL → JSONL byte-identical. Owner, epoch and detachment are
+left out: they describe a process of the exporting machine.
+
+Export streams in constant memory: sessions in keyset pages by id, messages
+in bounded pages, each page claimed for the reader first (see
+:mod:`tether.store.retention`), so a prune running meanwhile never deletes
+what is being copied. A session's messages are exported up to the count read
+with its row: appends that land meanwhile wait for the next export.
+
+Import (:meth:`Transfer.import_lines`) is idempotent by session id (ids are
+globally unique, time-sortable): a session already in the store is skipped
+with its messages. It runs in one transaction, so a truncated or corrupt
+file (one clear error naming the line) leaves nothing half-imported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidInputError
+from ..model import MESSAGE_STATES, Message, Session, message_from_row, session_from_row
+from ..validate import (
+    check_detail,
+    check_id,
+    check_int,
+    check_meta,
+    check_metadata,
+    check_payload,
+    check_reason,
+    check_role,
+    check_source,
+    check_text,
+    check_timestamp,
+    check_tool_calls,
+)
+from . import sql_retention as q
+from .backend import Conn
+
+if TYPE_CHECKING:
+    from ..clock import Clock
+    from .backend import Backend
+
+FORMATS = ("jsonl", "openai")
+SESSION_PAGE = 200
+MESSAGE_PAGE = 2000
+CLAIM_TTL = 300.0  # seconds a page stays claimed without being renewed
+
+SESSION_FIELDS = (
+    "id",
+    "source",
+    "model",
+    "title",
+    "cwd",
+    "parent_id",
+    "root_id",
+    "origin",
+    "created_at",
+    "last_active_at",
+    "ended_at",
+    "end_reason",
+    "end_detail",
+    "message_count",
+    "metadata",
+)
+MESSAGE_FIELDS = (
+    "session_id",
+    "seq",
+    "role",
+    "content",
+    "tool_calls",
+    "tool_call_id",
+    "tool_name",
+    "created_at",
+    "idem_key",
+    "meta",
+    "state",
+    "payload",
+)
+
+
+# One encoder, made once: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+)
+
+
+# Strings as the encoder writes them (ensure_ascii=False): the C function it uses.
+_encode_text = json.encoder.encode_basestring
+
+
+def canonical(obj: Any) -> str:
+    """One JSON line: sorted keys, compact, UTF-8 text (the export's only form)."""
+    return _ENCODER.encode(obj)
+
+
+def session_line(s: Session) -> str:
+    d: dict[str, Any] = {f: getattr(s, f) for f in SESSION_FIELDS}
+    d["type"] = "session"
+    return canonical(d)
+
+
+def message_line(m: Message) -> str:
+    d: dict[str, Any] = {f: getattr(m, f) for f in MESSAGE_FIELDS}
+    d["type"] = "message"
+    return canonical(d)
+
+
+def _decoded(value: Any) -> Any:
+    # SQLite hands JSON columns back as text, PostgreSQL's jsonb decoded.
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else _encode_text(value)
+
+
+def _nested(value: Any) -> str:
+    return "null" if value is None else _ENCODER.encode(_decoded(value))
+
+
+def message_row_line(row: Sequence[Any]) -> str:
+    """:func:`message_line` straight from a row in MESSAGE_READ_COLUMNS order.
+
+    The hot path of an export: the keys are fixed, so the line is spelled out
+    in their sorted order, and only the values go through the encoder (the
+    same text as ``canonical``: a test compares the two).
+    """
+    sid, seq, role, content, calls, call_id, name, at, idem, meta, state, payload = row
+    enc = _encode_text
+    return (
+        f'{{"content":{"null" if content is None else enc(content)},"created_at":{float(at)!r},'
+        f'"idem_key":{"null" if idem is None else enc(idem)},'
+        f'"meta":{"null" if meta is None else _nested(meta)},'
+        f'"payload":{"null" if payload is None else _nested(payload)},'
+        f'"role":{enc(role)},"seq":{int(seq)},"session_id":{enc(sid)},"state":{enc(state)},'
+        f'"tool_call_id":{"null" if call_id is None else enc(call_id)},'
+        f'"tool_calls":{"null" if calls is None else _nested(calls)},'
+        f'"tool_name":{"null" if name is None else enc(name)},"type":"message"}}'
+    )
+
+
+def openai_message(m: Message) -> dict[str, Any]:
+    """A message as the chat-completions API takes it."""
+    d: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        d["tool_calls"] = m.tool_calls
+    if m.tool_call_id is not None:
+        d["tool_call_id"] = m.tool_call_id
+    return d
+
+
+@dataclass(frozen=True, slots=True)
+class TransferSummary:
+    """What an import did (or an export wrote)."""
+
+    sessions: int = 0
+    skipped: int = 0
+    messages: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"sessions": self.sessions, "skipped": self.skipped, "messages": self.messages}
+
+
+def _fetch_all(query: str, params: Sequence[Any]) -> Callable[[Conn], list[Any]]:
+    """A read of every row of one query (bound now, not when a loop has moved on)."""
+
+    def run(c: Conn) -> list[Any]:
+        return c.execute(query, params).fetchall()
+
+    return run
+
+
+class _Bad(Exception):
+    """A bad line (wrapped with its number into InvalidInputError)."""
+
+
+def _field(d: dict[str, Any], name: str) -> Any:
+    if name not in d:
+        raise _Bad(f"missing field {name!r}")
+    return d[name]
+
+
+class Transfer:
+    """Export and import (mixed into :class:`~tether.store.StoreCore`)."""
+
+    backend: Backend
+    clock: Clock
+
+    if TYPE_CHECKING:  # provided by Retention and MessageWrites
+
+        def claim(self, session_ids: Sequence[str], holder: str, ttl: float) -> list[str]: ...
+
+        def release(self, holder: str) -> int: ...
+
+        def get_chain(self, session_id: str) -> list[Session]: ...
+
+        def _event(
+            self, c: Conn, session_id: str | None, kind: str, data: dict[str, Any]
+        ) -> None: ...
+
+    # --- export ---------------------------------------------------------------------
+
+    def export_text(
+        self,
+        session_ids: Sequence[str] | None = None,
+        *,
+        fmt: str = "jsonl",
+        since: float | None = None,
+        page: int = SESSION_PAGE,
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[str]:
+        """Text (whole lines, each ending in a newline) exporting these sessions' chains, or all.
+
+        ``since``: only sessions active at or after this time. ``fmt``:
+        ``jsonl`` (sessions and their messages, every state: what
+        :meth:`import_lines` reads back) or ``openai`` (per session, its active
+        messages as a chat-completions list). Trashed sessions are left out
+        of a full export. Each page of sessions is claimed while it is read.
+        ``progress`` is called with the number of sessions written so far.
+        """
+        if fmt not in FORMATS:
+            raise InvalidInputError(f"invalid format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        floor = -math.inf if since is None else check_timestamp(since, "since")
+        holder = f"export:{uuid.uuid4().hex}"
+        done = 0
+        try:
+            for sessions in self._export_pages(session_ids, floor, page):
+                claimed = set(self.claim([s.id for s in sessions], holder, CLAIM_TTL))
+                kept = [s for s in sessions if s.id in claimed]
+                if fmt == "jsonl":
+                    yield from self._export_jsonl_page(kept)
+                else:
+                    for s in kept:
+                        yield from self._export_one(s, fmt)
+                done += len(kept)
+                if progress is not None:
+                    progress(done)
+        finally:
+            self.release(holder)
+
+    def _export_pages(
+        self, session_ids: Sequence[str] | None, floor: float, page: int
+    ) -> Iterator[list[Session]]:
+        if session_ids is not None:
+            wanted: dict[str, None] = {}
+            for sid in session_ids:
+                for member in self.get_chain(check_id(sid)):
+                    wanted[member.id] = None
+            ids = sorted(wanted)
+            for i in range(0, len(ids), page):
+                chunk = ids[i : i + page]
+                rows = self.backend.read(_fetch_all(q.export_sessions_by_id(len(chunk)), chunk))
+                yield [s for s in map(session_from_row, rows) if s.last_active_at >= floor]
+            return
+        after = ""
+        while True:
+            rows = self.backend.read(_fetch_all(q.EXPORT_SESSIONS, (after, floor, page)))
+            if not rows:
+                return
+            yield [session_from_row(r) for r in rows]
+            after = rows[-1][0]
+            if len(rows) < page:
+                return
+
+    def _messages(self, s: Session) -> Iterator[Message]:
+        # Up to the count read with the row: appends after it are not this export's.
+        after = 0
+        while after < s.message_count:
+            rows = self.backend.read(_fetch_all(q.EXPORT_MESSAGES, (s.id, after, MESSAGE_PAGE)))
+            if not rows:
+                return
+            for r in rows:
+                m = message_from_row(r)
+                if m.seq > s.message_count:
+                    return
+                yield m
+            after = rows[-1][1]
+
+    def _export_jsonl_page(self, sessions: list[Session]) -> Iterator[str]:
+        """A page of sessions as JSONL: the small ones' messages in one query per
+        group of at most MESSAGE_PAGE messages, each large one paged on its own."""
+        group: list[Session] = []
+        total = 0
+        for s in [*sessions, None]:
+            if s is not None and s.message_count <= MESSAGE_PAGE - total:
+                group.append(s)
+                total += s.message_count
+                continue
+            if group:
+                yield from self._export_group(group)
+                group, total = [], 0
+            if s is None:
+                break
+            if s.message_count > MESSAGE_PAGE:
+                yield from self._export_one(s, "jsonl")
+            else:
+                group, total = [s], s.message_count
+
+    def _export_group(self, group: list[Session]) -> Iterator[str]:
+        ids = [s.id for s in group]
+        rows = self.backend.read(_fetch_all(q.export_page_messages(len(ids)), ids))
+        by_session: dict[str, list[Any]] = {}
+        for r in rows:
+            by_session.setdefault(r[0], []).append(r)
+        # One chunk per group (at most MESSAGE_PAGE lines): fewer, larger writes.
+        lines: list[str] = []
+        for s in group:
+            lines.append(session_line(s))
+            # Up to the count read with the row: appends after it are not this export's.
+            lines.extend(
+                message_row_line(r) for r in by_session.get(s.id, ()) if r[1] <= s.message_count
+            )
+        lines.append("")
+        yield "\n".join(lines)
+
+    def _export_one(self, s: Session, fmt: str) -> Iterator[str]:
+        if fmt == "jsonl":
+            yield session_line(s) + "\n"
+            for m in self._messages(s):
+                yield message_line(m) + "\n"
+            return
+        # openai: one object per session, its list streamed item by item.
+        yield '{"messages":['
+        first = True
+        for m in self._messages(s):
+            if m.state == "active":
+                yield ("" if first else ",") + canonical(openai_message(m))
+                first = False
+        yield f'],"session_id":{canonical(s.id)}}}\n'
+
+    # --- import ---------------------------------------------------------------------
+
+    def import_lines(self, lines: Iterable[str], *, name: str = "input") -> TransferSummary:
+        """Import an export (JSONL lines, each ending in a newline) in one transaction.
+
+        Idempotent by session id: sessions already here are skipped with their
+        messages. Any bad line raises :class:`InvalidInputError` naming
+        ``name`` and the line number, and nothing is imported.
+        """
+
+        def tx(c: Conn) -> TransferSummary:
+            return _Importer(self, c, name).run(lines)
+
+        return self.backend.write(tx)
+
+
+class _Importer:
+    """One import transaction: validates line by line, writes as it goes."""
+
+    def __init__(self, store: Transfer, c: Conn, name: str) -> None:
+        self.store = store
+        self.c = c
+        self.name = name
+        self.created = self.skipped = self.messages = 0
+        self.current: str | None = None
+        self.current_line = 0
+        self.expected = 0
+        self.seen = 0
+        self.writing = False
+        self.roots: set[str] = set()
+
+    def run(self, lines: Iterable[str]) -> TransferSummary:
+        lineno = 0
+        for lineno, text in enumerate(lines, start=1):
+            try:
+                if not text.endswith("\n"):
+                    raise _Bad("truncated: the line does not end (an incomplete file?)")
+                if not text.strip():
+                    raise _Bad("empty line")
+                try:
+                    obj = json.loads(text)
+                except (ValueError, RecursionError):
+                    raise _Bad("not valid JSON (a corrupt or truncated file?)") from None
+                if not isinstance(obj, dict):
+                    raise _Bad("not a JSON object")
+                kind = obj.get("type")
+                if kind == "session":
+                    self.finish(lineno)
+                    self.session(obj, lineno)
+                elif kind == "message":
+                    self.message(obj)
+                else:
+                    raise _Bad(f"unknown line type {kind!r} (expected session or message)")
+            except (_Bad, InvalidInputError) as exc:
+                raise InvalidInputError(f"{self.name}: line {lineno}: {exc}") from None
+        try:
+            self.finish(lineno + 1)
+        except (_Bad, InvalidInputError) as exc:
+            raise InvalidInputError(f"{self.name}: line {lineno + 1}: {exc}") from None
+        for root in sorted(self.roots):
+            self.c.execute(q.CHAIN_SUMMARY, (root,))
+        return TransferSummary(self.created, self.skipped, self.messages)
+
+    def finish(self, lineno: int) -> None:
+        if self.current is not None and self.seen != self.expected:
+            raise _Bad(
+                f"session {self.current} (line {self.current_line}) has {self.seen} of its "
+                f"{self.expected} messages before this point: the file is truncated or corrupt"
+            )
+        self.current = None
+
+    def session(self, d: dict[str, Any], lineno: int) -> None:
+        unknown = sorted(set(d) - {*SESSION_FIELDS, "type"})
+        if unknown:
+            raise _Bad(f"unknown session fields: {', '.join(unknown)}")
+        sid = check_id(_field(d, "id"))
+        root = check_id(_field(d, "root_id"), "root id")
+        parent = d.get("parent_id")
+        parent = None if parent is None else check_id(parent, "parent id")
+        ended_at = d.get("ended_at")
+        end_reason = d.get("end_reason")
+        if (ended_at is None) != (end_reason is None):
+            raise _Bad("ended_at and end_reason go together")
+        count = check_int(_field(d, "message_count"), "message_count", minimum=0)
+        row = (
+            sid,
+            check_source(_field(d, "source")),
+            check_text(d.get("model"), "model"),
+            check_text(d.get("title"), "title"),
+            check_text(d.get("cwd"), "cwd"),
+            parent,
+            root,
+            None if d.get("origin") is None else check_text(d["origin"], "origin"),
+            check_timestamp(_field(d, "created_at"), "created_at"),
+            check_timestamp(_field(d, "last_active_at"), "last_active_at"),
+            None if ended_at is None else check_timestamp(ended_at, "ended_at"),
+            None if end_reason is None else check_reason(end_reason),
+            check_detail(d.get("end_detail")),
+            count,
+            check_metadata(d.get("metadata")),
+        )
+        inserted = self.c.execute(q.INSERT_TRANSFERRED_SESSION, row).rowcount == 1
+        self.current, self.current_line = sid, lineno
+        self.expected, self.seen = count, 0
+        self.writing = inserted
+        if inserted:
+            self.created += 1
+            self.roots.add(root)
+            self.store._event(self.c, sid, "imported", {"source": row[1], "origin": "export"})
+        else:
+            self.skipped += 1
+
+    def message(self, d: dict[str, Any]) -> None:
+        if self.current is None:
+            raise _Bad("a message before any session")
+        unknown = sorted(set(d) - {*MESSAGE_FIELDS, "type"})
+        if unknown:
+            raise _Bad(f"unknown message fields: {', '.join(unknown)}")
+        if _field(d, "session_id") != self.current:
+            raise _Bad(f"a message of {d['session_id']!r} inside session {self.current}")
+        seq = check_int(_field(d, "seq"), "seq", minimum=1)
+        if seq != self.seen + 1:
+            raise _Bad(f"message seq {seq} where {self.seen + 1} was expected")
+        if seq > self.expected:
+            raise _Bad(f"more messages than the session's message_count ({self.expected})")
+        state = d.get("state", "active")
+        if state not in MESSAGE_STATES:
+            raise _Bad(f"invalid message state {state!r}")
+        row = (
+            self.current,
+            seq,
+            check_role(_field(d, "role")),
+            check_text(d.get("content"), "content"),
+            check_tool_calls(d.get("tool_calls")),
+            check_text(d.get("tool_call_id"), "tool_call_id"),
+            check_text(d.get("tool_name"), "tool_name"),
+            check_timestamp(_field(d, "created_at"), "message created_at"),
+            check_text(d.get("idem_key"), "idem_key"),
+            check_meta(d.get("meta")),
+            state,
+            check_payload(d.get("payload")),
+        )
+        self.seen = seq
+        if self.writing:
+            self.c.execute(q.INSERT_TRANSFERRED_MESSAGE, row)
+            self.messages += 1

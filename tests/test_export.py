@@ -1,0 +1,203 @@
+"""Export and import of transcripts (issue 14).
+
+A round trip SQLite -> JSONL -> PostgreSQL -> JSONL is byte-identical
+(the export is canonical: jsonb keeps no key order); import is idempotent and
+all-or-nothing; bad input gets one clear error naming the line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import tether
+from tether.compose import Store
+
+from .conftest import run_cli
+
+META = {"zeta": 1, "alpha": "ünïcødé ✓ 日本", "nested": {"b": [1, 2.5, None], "a": True}}
+
+
+def fill(store: Store) -> list[str]:
+    """Sessions covering what a transcript can hold; their ids."""
+    a = store.session(source="cli", title="first", model="m1", cwd="/tmp/é", metadata=META)
+    a.append("system", "be brief")
+    a.append("user", "hello ✓")
+    a.append(
+        "assistant",
+        None,  # NULL content: a tool-call message
+        tool_calls=[
+            {"type": "function", "id": "c1", "function": {"name": "ls", "arguments": "{}"}}
+        ],
+    )
+    a.append("tool", "a b", tool_call_id="c1", tool_name="ls")
+    a.append("assistant", "done", meta={"turn": "t1", "z": [1], "a": {"y": 1, "x": 2}})
+    a.retract_last()
+    a.end("completed", "fine")
+    b = store.session(source="cli", parent_id=a.id)  # a continuation: a chain
+    b.append("user", "more")
+    b.end("cli_close")
+    c = store.session(source="web")  # open
+    c.append("user", "still here")
+    return [a.id, b.id, c.id]
+
+
+def export(store: Store, ids: list[str] | None = None, fmt: str = "jsonl") -> str:
+    return "".join(store.export_text(ids, fmt=fmt))
+
+
+def count_sessions(store: Store) -> int:
+    return int(
+        store.backend.read(lambda c: c.execute("SELECT COUNT(*) FROM sessions").fetchone()[0])
+    )
+
+
+def test_export_then_import_round_trips(store: Store, new_db: Callable[[], str]) -> None:
+    ids = fill(store)
+    text = export(store)
+    lines = text.splitlines()
+    assert [json.loads(x)["type"] for x in lines].count("session") == 3
+    first = json.loads(lines[0])
+    assert first["id"] == ids[0] and first["metadata"] == META and first["message_count"] == 5
+    with tether.open_store(new_db(), load_plugins=False) as other:
+        summary = other.import_lines(io.StringIO(text))
+        assert (summary.sessions, summary.skipped, summary.messages) == (3, 0, 7)
+        assert export(other) == text
+        # Chains, ends, states and listings come back as they were.
+        chain = other.get_chain(ids[1])
+        assert [s.id for s in chain] == ids[:2]
+        listed = {c.root_id: c for c in other.list_sessions().items}
+        assert listed[ids[0]].session.id == ids[1] and listed[ids[0]].chain_message_count == 6
+        assert other.get_session(ids[2]).ended_at is None
+        assert other.get_session(ids[0]).end_detail == "fine"
+        retracted = other.get_messages(ids[0], states=("retracted",))
+        assert [m.content for m in retracted] == ["done"]
+        # Idempotent: a second import writes nothing.
+        again = other.import_lines(io.StringIO(text))
+        assert (again.sessions, again.skipped, again.messages) == (0, 3, 0)
+        assert export(other) == text
+
+
+@pytest.mark.postgres
+def test_sqlite_to_jsonl_to_postgres_to_jsonl_is_byte_identical(
+    tmp_path: Path, pg_server: str
+) -> None:
+    from .conftest import drop_schemas, with_params
+
+    with tether.open_store(str(tmp_path / "a.db"), load_plugins=False) as lite:
+        fill(lite)
+        first = export(lite)
+    schema = f"tether_test_export_{tmp_path.name[-8:]}".lower().replace("-", "_")
+    try:
+        with tether.open_store(with_params(pg_server, schema=schema), load_plugins=False) as pg:
+            pg.import_lines(io.StringIO(first))
+            second = export(pg)
+    finally:
+        drop_schemas(schema)
+    assert second.encode() == first.encode()
+
+
+def test_export_by_id_takes_the_chain_and_since_filters(store: Store) -> None:
+    ids = fill(store)
+    only = export(store, [ids[1]])
+    assert [json.loads(x)["id"] for x in only.splitlines() if '"type":"session"' in x] == ids[:2]
+    nothing = "".join(store.export_text(None, since=store.clock.now() + 3600))
+    assert nothing == ""
+
+
+def test_openai_format_is_the_chat_completions_list(store: Store) -> None:
+    ids = fill(store)
+    lines = export(store, fmt="openai").splitlines()
+    assert len(lines) == 3
+    first = json.loads(lines[0])
+    assert first["session_id"] == ids[0]
+    roles = [m["role"] for m in first["messages"]]
+    assert roles == ["system", "user", "assistant", "tool"]  # the retracted one is left out
+    assert first["messages"][2]["content"] is None and first["messages"][2]["tool_calls"]
+    assert first["messages"][3]["tool_call_id"] == "c1"
+
+
+def test_bad_format_is_refused(store: Store) -> None:
+    with pytest.raises(tether.InvalidInputError):
+        export(store, fmt="csv")
+
+
+@pytest.mark.parametrize(
+    ("damage", "line", "words"),
+    [
+        (lambda t: t[: len(t) - 20], 8, "truncated"),  # cut inside the last line
+        (lambda t: "".join(t.splitlines(True)[:-1]), 8, "has 0 of its 1 messages"),
+        (lambda t: t.replace('"type":"message"', '"type":"massage"', 1), 2, "unknown line type"),
+        (lambda t: t.replace("\n", "\n{not json\n", 1), 2, "not valid JSON"),
+        (lambda t: t.replace('"seq":2', '"seq":3', 1), 3, "seq 3 where 2 was expected"),
+        (lambda t: t.replace('"role":"user"', '"role":"boss"', 1), 3, "role"),
+    ],
+)
+def test_bad_input_names_the_line_and_imports_nothing(
+    store: Store, new_db: Callable[[], str], damage: Callable[[str], str], line: int, words: str
+) -> None:
+    ids = fill(store)
+    store.get_session(ids[2])
+    text = export(store, ids[:2])  # two sessions: 1 + 5 + 1 + 1 = 8 lines
+    assert len(text.splitlines()) == 8
+    bad = damage(text)
+    with tether.open_store(new_db(), load_plugins=False) as other:
+        with pytest.raises(tether.InvalidInputError) as info:
+            other.import_lines(io.StringIO(bad), name="x.jsonl")
+        message = str(info.value)
+        assert message.startswith(f"x.jsonl: line {line}: "), message
+        assert words in message
+        assert count_sessions(other) == 0  # nothing half-imported
+
+
+def test_cli_export_import(tmp_path: Path) -> None:
+    src, dst = str(tmp_path / "src.db"), str(tmp_path / "dst.db")
+    with tether.open_store(src, load_plugins=False) as store:
+        ids = fill(store)
+    out_file = str(tmp_path / "all.jsonl")
+    done = run_cli("--db", src, "export", "--all", "-o", out_file)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == f"exported 3 sessions to {out_file}"
+    imported = run_cli("--db", dst, "import", out_file)
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip() == (
+        "imported 3 sessions with 7 messages; 0 sessions already here (skipped)"
+    )
+    again = run_cli("--db", dst, "import", out_file, "--json")
+    assert json.loads(again.stdout) == {"sessions": 0, "skipped": 3, "messages": 0}
+    piped = run_cli("--db", dst, "export", ids[0], "--format", "openai")
+    assert piped.returncode == 0, piped.stderr
+    assert [json.loads(x)["session_id"] for x in piped.stdout.splitlines()] == ids[:2]
+    Path(out_file).write_text(Path(out_file).read_text()[:-5])
+    broken = run_cli("--db", str(tmp_path / "new.db"), "import", out_file)
+    assert broken.returncode == 1
+    assert broken.stderr.startswith(f"error: {out_file}: line 10: truncated")
+    assert len(broken.stderr.strip().splitlines()) == 1
+    for args, code in (
+        (["export"], 2),
+        (["export", "--all", "--since", "90x"], 2),
+        (["export", "--all", "--since", "nan"], 2),
+        (["export", "--all", "--format", "xml"], 2),
+        (["export", "01NOPE"], 1),
+        (["import", str(tmp_path / "missing.jsonl")], 1),
+    ):
+        result = run_cli("--db", src, *args)
+        assert result.returncode == code, (args, result.stderr)
+        assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_the_fast_message_line_is_the_canonical_one(store: Store) -> None:
+    from tether.model import MESSAGE_READ_COLUMNS, message_from_row
+    from tether.store.transfer import message_line, message_row_line
+
+    fill(store)
+    rows = store.backend.read(
+        lambda c: c.execute(f"SELECT {MESSAGE_READ_COLUMNS} FROM messages").fetchall()
+    )
+    assert len(rows) == 7
+    for row in rows:
+        assert message_row_line(row) == message_line(message_from_row(row))

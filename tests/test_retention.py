@@ -1,0 +1,457 @@
+"""Retention with consent (issue 14): prune to a trash, restore, purge, claims, policy.
+
+Sessions are written by one store that is then closed (its owner gone), and
+judged by a second store whose clock stands 100 days later: what ended then
+is old enough to prune, and the writer's owner is long silent.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+import tether
+from tether.compose import Store
+from tether.store.retention import RetentionPolicy
+
+from .conftest import child_env, run_cli, spawn, wait_for_line
+
+DAY = 86400.0
+
+
+def write_chain(store: Store, n: int = 3, *, members: int = 1, end: bool = True, **kw: Any) -> str:
+    """A chain of ``members`` sessions with ``n`` messages each; the root's id."""
+    parent = None
+    root = ""
+    for k in range(members):
+        h = store.session(source=kw.get("source", "cli"), parent_id=parent)
+        for i in range(n):
+            h.append("user" if i % 2 == 0 else "assistant", f"message {i} of {h.id} é")
+        if end or k < members - 1:
+            h.end(kw.get("reason", "completed"))
+        root = root or h.id
+        parent = h.id
+    return root
+
+
+def later(url: str, days: float = 100) -> Store:
+    return tether.open_store(
+        url, load_plugins=False, clock=tether.ManualClock(time.time() + days * DAY)
+    )
+
+
+def snapshot(store: Store, root: str) -> list[Any]:
+    return [
+        (s, store.get_messages(s.id, states=("active", "compacted", "retracted")))
+        for s in store.get_chain(root)
+    ]
+
+
+def message_rows(store: Store, ids: list[str]) -> int:
+    marks = ", ".join("?" * len(ids))
+    return int(
+        store.backend.read(
+            lambda c: c.execute(
+                f"SELECT COUNT(*) FROM messages WHERE session_id IN ({marks})", ids
+            ).fetchone()[0]
+        )
+    )
+
+
+def event_rows(store: Store, ids: list[str]) -> int:
+    marks = ", ".join("?" * len(ids))
+    return int(
+        store.backend.read(
+            lambda c: c.execute(
+                f"SELECT COUNT(*) FROM events WHERE session_id IN ({marks})", ids
+            ).fetchone()[0]
+        )
+    )
+
+
+def test_prune_is_a_dry_run_then_trashes_exactly_what_may_go(db_url: str) -> None:
+    with tether.open_store(db_url, load_plugins=False) as w:
+        old = [write_chain(w), write_chain(w, members=3)]
+        other_source = write_chain(w, source="web")
+    # Open sessions: their writer stays open (closing would end them).
+    holder = tether.open_store(db_url, load_plugins=False)
+    open_one = write_chain(holder, end=False)
+    open_member = write_chain(holder, members=2, end=False)
+    open_ids = [holder.get_chain(open_member)[-1].id, open_one]
+    with holder, later(db_url) as store:
+        before = {r: snapshot(store, r) for r in [*old, other_source]}
+        listed = {c.root_id for c in store.list_sessions().items}
+        dry = store.prune(90 * DAY, source="cli")
+        assert (dry.chains, dry.sessions, dry.messages) == (2, 4, 12)
+        assert dry.bytes > 12 * len("message 0 of ")
+        assert not dry.applied
+        assert {c.root_id for c in store.list_sessions().items} == listed  # nothing moved
+        # Not old enough yet: nothing.
+        assert store.prune(101 * DAY).chains == 0
+        done = store.prune(90 * DAY, source="cli", apply=True)
+        assert (done.chains, done.sessions, done.messages) == (2, 4, 12)
+        remaining = {c.root_id for c in store.list_sessions().items}
+        assert remaining == listed - set(old)
+        assert open_one in remaining and open_member in remaining and other_source in remaining
+        census = store.census()
+        assert (census.trashed, census.trashed_messages) == (4, 12)
+        assert census.total == 5 - 2 + 1  # two open chains (3 sessions) and the web one
+        for sid in open_ids:
+            assert store.get_session(sid).ended_at is None
+        # Restore returns exactly what was trashed.
+        assert store.restore(old[1]) == 3
+        assert store.restore(old[1]) == 0
+        assert store.restore_all() == 1
+        assert {c.root_id for c in store.list_sessions().items} == listed
+        for root, snap in before.items():
+            assert snapshot(store, root) == snap
+        assert store.census().trashed == 0
+
+
+def test_owner_alive_and_claims_are_never_pruned(db_url: str) -> None:
+    with tether.open_store(db_url, load_plugins=False) as live:
+        mine = write_chain(live)  # ended, but its owner (the `live` store) is alive
+        with tether.open_store(db_url, load_plugins=False) as other:
+            assert other.owner_id != live.owner_id
+            assert other.prune(0, apply=True).chains == 0
+        # Its own sessions are the owner's to judge (`tether serve` applying a policy).
+        assert live.prune(0).chains == 1
+    with tether.open_store(db_url, load_plugins=False) as w:
+        claimed = write_chain(w)
+        free = write_chain(w)
+    with later(db_url) as store:
+        assert store.claim([claimed], "mirror-1", ttl=60) == [claimed]
+        done = store.prune(DAY, apply=True)
+        assert done.chains == 2  # `mine` (owner gone now) and `free`
+        trashed = {r for r, _ in store.trashed_chains()}
+        assert trashed == {mine, free}
+        # A trashed session cannot be claimed: the reader must skip it.
+        assert store.claim([free], "mirror-1", ttl=60) == []
+        # Released (or expired), the claim protects nothing.
+        assert store.release("mirror-1") == 1
+        assert store.claim([claimed], "mirror-2", ttl=1) == [claimed]
+        store.clock.advance(2)  # type: ignore[attr-defined]
+        assert store.prune(DAY, apply=True).chains == 1
+        assert store.expire_claims() == 1
+
+
+def test_purge_deletes_everything_and_tells_cursors_to_reload(db_url: str) -> None:
+    with tether.open_store(db_url, load_plugins=False) as w:
+        gone = write_chain(w, members=2)
+        kept = write_chain(w)
+    with later(db_url) as store:
+        gone_ids = [s.id for s in store.get_chain(gone)]
+        top_event = store.backend.read(
+            lambda c: c.execute(
+                f"SELECT max(id) FROM events WHERE session_id IN ({', '.join('?' * 2)})", gone_ids
+            ).fetchone()[0]
+        )
+        assert store.compacted_through() == 0
+        store.claim([kept], "reader", ttl=60)
+        assert store.prune(DAY, apply=True).chains == 1
+        assert store.purge_preview(0).sessions == 2
+        assert store.purge(DAY).sessions == 0  # trashed just now: not a day ago
+        report = store.purge(0)
+        assert (report.chains, report.sessions, report.messages) == (1, 2, 6)
+        assert report.events >= 4
+        for sid in gone_ids:
+            with pytest.raises(tether.SessionNotFoundError):
+                store.get_session(sid)
+        assert message_rows(store, gone_ids) == 0 and event_rows(store, gone_ids) == 0
+        assert store.compacted_through() >= top_event
+        oldest = store.oldest_event_id()
+        assert oldest is not None
+        # The kept chain is whole.
+        s = store.get_session(kept)
+        assert len(store.get_messages(kept)) == s.message_count == 3
+
+
+def test_purge_gives_the_space_back_to_the_file_system(db_path: str) -> None:
+    big = "x" * 2000
+    with tether.open_store(db_path, load_plugins=False) as w:
+        for _ in range(40):
+            h = w.session(source="cli")
+            for _ in range(20):
+                h.append("user", big)
+            h.end("completed")
+    with later(db_path) as store:
+        store.prune(DAY, apply=True)
+        store.purge(0)
+        first = store.reclaim_space()
+        assert first.method == "vacuum"
+        assert first.before is not None and first.after is not None
+        assert first.after < first.before / 4, first
+        assert os.path.getsize(db_path) == first.after
+        write_chain(store, 2)  # the store still works
+    with tether.open_store(db_path, load_plugins=False) as w:
+        for _ in range(20):
+            h = w.session(source="cli")
+            for _ in range(20):
+                h.append("user", big)
+            h.end("completed")
+    with later(db_path) as store:
+        store.prune(DAY, apply=True)
+        store.purge(0)
+        size = os.path.getsize(db_path)
+        ticks: list[int] = []
+        second = store.reclaim_space(lambda done, total: ticks.append(done))
+        assert second.method == "incremental_vacuum" and ticks
+        assert second.after is not None and second.after < size / 2
+
+
+def test_policy_is_stored_and_applied(store: Store) -> None:
+    assert store.retention_policy() is None
+    assert store.apply_retention_policy() is None
+    policy = RetentionPolicy(keep=90 * DAY, source="cli", purge_after=30 * DAY)
+    store.set_retention_policy(policy)
+    assert store.retention_policy() == policy
+    assert "90d" in policy.describe() and "30d" in policy.describe()
+    pruned, purged = store.apply_retention_policy() or (None, None)
+    assert pruned is not None and purged is not None and pruned.applied
+    store.set_retention_policy(None)
+    assert store.retention_policy() is None
+
+
+def test_cli_prune_restore_purge(db_path: str) -> None:
+    with tether.open_store(db_path, load_plugins=False) as w:
+        root = write_chain(w)
+    db = ["--db", db_path]
+    dry = run_cli(*db, "prune", "--ended-before", "0s")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("would move 1 chain to the trash: 1 session, 3 messages, ")
+    moved = run_cli(*db, "prune", "--ended-before", "0s", "--yes")
+    assert moved.stdout.startswith("moved 1 chain to the trash")
+    assert root not in run_cli(*db, "ls").stdout
+    assert '"trashed": 1' in run_cli(*db, "doctor", "--json").stdout
+    assert run_cli(*db, "restore", root[:12]).stdout.strip() == "restored 1 session"
+    assert root in run_cli(*db, "ls").stdout
+    run_cli(*db, "prune", "--ended-before", "0s", "--yes")
+    shown = run_cli(*db, "purge", "--trashed-before", "0s")
+    assert shown.stdout.startswith("would delete 1 chain for good")
+    gone = run_cli(*db, "purge", "--trashed-before", "0s", "--yes")
+    assert gone.returncode == 0, gone.stderr
+    assert gone.stdout.startswith("deleted 1 chain: 1 session, 3 messages")
+    assert "database file:" in gone.stdout
+    policy = run_cli(*db, "prune", "--keep", "90d", "--purge-after", "30d", "--set-policy")
+    assert "retention policy set: trash chains ended more than 90d ago" in policy.stdout
+    doctor = run_cli(*db, "doctor")
+    assert "retention policy: trash chains ended more than 90d ago" in doctor.stdout
+    assert "would trash 0 sessions" in doctor.stdout
+
+
+@pytest.mark.parametrize("bad", ["90x", "nan", "-3d", "inf", ""])
+def test_cli_refuses_bad_durations(db_path: str, bad: str) -> None:
+    tether.open_store(db_path, load_plugins=False).close()
+    result = run_cli("--db", db_path, "prune", "--ended-before", bad)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --ended-before:") and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_unknown_ids_and_usage(db_path: str) -> None:
+    tether.open_store(db_path, load_plugins=False).close()
+    unknown = run_cli("--db", db_path, "restore", "01NOPE")
+    assert unknown.returncode == 1 and "01NOPE" in unknown.stderr
+    both = run_cli("--db", db_path, "restore")
+    assert both.returncode == 2
+
+
+# --- prune against concurrent readers, with SIGKILLs ---------------------------------
+
+READER = """
+import random
+db, name = sys.argv[1], sys.argv[2]
+store = tether.open_store(db, load_plugins=False)
+ids = [l.strip() for l in open(sys.argv[3])]
+print("ready", flush=True)
+n = 0
+while True:
+    got = store.claim(random.sample(ids, 8), name, ttl=1.5)
+    for sid in got:
+        # Claimed: it must be complete, whatever prune and purge do meanwhile.
+        try:
+            s = store.get_session(sid)
+            msgs = store.get_messages(sid)
+        except tether.SessionNotFoundError:
+            print("BAD gone", sid, flush=True)
+            continue
+        if len(msgs) != s.message_count or s.message_count != 4:
+            print("BAD", sid, len(msgs), s.message_count, flush=True)
+        n += 1
+    store.release(name)
+    print("ok", n, flush=True)
+"""
+
+# Trashes everything it may, brings it back, and now and then purges the
+# trash: sessions keep moving under the readers' claims.
+PRUNER = """
+import random
+store = tether.open_store(sys.argv[1], load_plugins=False)
+print("ready", flush=True)
+while True:
+    store.prune(0, apply=True, batch=7)
+    if random.random() < 0.2:
+        store.purge(0, batch=5)
+        print("purged", flush=True)
+    store.restore_all(batch=9)
+"""
+
+
+def test_prune_against_readers_with_sigkills(db_url: str, tmp_path: Any) -> None:
+    with tether.open_store(db_url, load_plugins=False) as w:
+        roots = [write_chain(w, 4) for _ in range(100)]
+    id_file = tmp_path / "ids"
+    id_file.write_text("\n".join(roots))
+    rng = random.Random(14)
+    procs: list[tuple[str, subprocess.Popen[str]]] = []
+    outputs: list[str] = []
+
+    def start(kind: str, k: int) -> None:
+        if kind == "reader":
+            p = spawn(READER, db_url, f"reader-{k}", str(id_file))
+        else:
+            p = spawn(PRUNER, db_url)
+        procs.append((kind, p))
+
+    def kill(p: subprocess.Popen[str]) -> None:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        outputs.append(p.stdout.read() if p.stdout else "")
+
+    for k in range(2):
+        start("reader", k)
+    start("pruner", 0)
+    start("pruner", 1)
+    for _kind, p in procs:  # started together; each at work before the first kill
+        wait_for_line(p, "ready")
+    killed = 0
+    for k in range(10, 14):  # four kills, each at a random moment
+        time.sleep(rng.uniform(0.2, 0.7))
+        kind, victim = procs.pop(rng.randrange(len(procs)))
+        kill(victim)
+        killed += 1
+        start(kind, k)
+    for _kind, p in procs:
+        kill(p)
+    assert killed >= 4
+    bad = [line for o in outputs for line in o.splitlines() if line.startswith("BAD")]
+    assert not bad, bad
+    # Both sides did work: readers checked claimed sessions, the trash moved.
+    assert any(line.startswith("ok") and line != "ok 0" for o in outputs for line in o.splitlines())
+    # Claims of killed readers expire; then everything can go, and goes whole.
+    time.sleep(1.6)
+    with tether.open_store(db_url, load_plugins=False) as store:
+        store.restore_all()
+        survivors = [r for r in roots if _exists(store, r)]
+        for r in survivors:  # every session still here is complete
+            s = store.get_session(r)
+            assert len(store.get_messages(r)) == s.message_count == 4
+        store.prune(0, apply=True)
+        store.purge(0)
+        count = store.backend.read(lambda c: c.execute("SELECT COUNT(*) FROM sessions").fetchone())
+        assert count[0] == 0
+        assert message_rows(store, roots) == 0 and event_rows(store, roots) == 0
+        store.expire_claims()
+        left = store.backend.read(lambda c: c.execute("SELECT COUNT(*) FROM claims").fetchone())
+        assert left[0] == 0
+
+
+def _exists(store: Store, sid: str) -> bool:
+    try:
+        store.get_session(sid)
+    except tether.SessionNotFoundError:
+        return False
+    return True
+
+
+# --- the README's retention section, as shown ---------------------------------------
+
+
+def readme_store(path: str) -> None:
+    """The store the README's retention section runs on: two conversations that
+    ended 100 days ago (one continued once, one killed mid tool call) and a new one."""
+    past = tether.open_store(
+        path, load_plugins=False, clock=tether.ManualClock(time.time() - 100 * DAY)
+    )
+    with past:
+        a = past.session(source="cli", title="Fix the build")
+        a.append("user", "Why does make fail?")
+        a.append("assistant", "The generated header is missing: run `make gen` first.")
+        a.end("completed")
+        b = past.session(source="cli", parent_id=a.id)
+        b.append("user", "And now?")
+        b.append("assistant", "It builds.")
+        b.end("cli_close")
+        c = past.session(source="web", title="Disk usage")
+        c.append("user", "What fills the disk?")
+        c.append(
+            "assistant",
+            None,
+            tool_calls=[
+                {"id": "c1", "type": "function", "function": {"name": "du", "arguments": "{}"}}
+            ],
+        )
+        c.end("reaped", "killed during a tool call")
+        log = past.session(source="cli", title="Long build log")
+        for i in range(300):
+            log.append("tool" if i % 2 else "user", f"line {i}: " + "x" * 1000)
+        log.end("completed")
+    with tether.open_store(path, load_plugins=False) as now:
+        d = now.session(source="cli", title="Today")
+        d.append("user", "hello")
+        d.end("completed")
+
+
+def test_readme_retention_section_runs_as_shown(tmp_path: Any) -> None:
+    from .test_readme import blocks, console_steps, pattern
+
+    [block] = [b for b in blocks("console") if "tether prune" in b]
+    readme_store(str(tmp_path / "sessions.db"))
+    for command, expected in console_steps(block):
+        result = subprocess.run(
+            [sys.executable, "-m", "tether", *command.split()[1:]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=60,
+        )
+        shown = [_loose(line) for line in expected if line.strip()]
+        got = [_loose(line) for line in (result.stdout + result.stderr).splitlines()]
+        got = [line for line in got if line.strip()]
+        assert len(got) == len(shown), (command, got)
+        for want, line in zip(shown, got, strict=True):
+            assert pattern(want).fullmatch(line.strip()), (command, want, line)
+
+
+def _loose(line: str) -> str:
+    """Ids and file sizes differ from run to run: the README's stand for any."""
+    line = re.sub(r"\b01[0-9A-HJKMNP-TV-Z]{24}\b", "ID", line)
+    return re.sub(r"\d+(\.\d+)? (B|kB|MB)\b", "SIZE", line)
+
+
+def test_batch_sizer_keeps_batches_under_the_target() -> None:
+    from tether.store.retention import BatchSizer
+
+    sizer = BatchSizer(200, target=0.025)
+    assert sizer.size == 200
+    assert sizer.took(0.060) == 100  # too slow: halve
+    assert sizer.took(0.030) == 50
+    assert sizer.took(0.015) == 50  # within the target: keep
+    assert sizer.took(0.001) == 75  # fast: grow by half
+    for _ in range(10):
+        sizer.took(0.001)
+    assert sizer.size == 200  # never above the most
+    for _ in range(20):
+        sizer.took(1.0)
+    assert sizer.size == 1  # never below one
+    assert sizer.pause(0.005) == pytest.approx(0.015)  # the lock is free 3/4 of the time
+    assert sizer.pause(1.0) == 0.1

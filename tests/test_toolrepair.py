@@ -1,0 +1,255 @@
+"""Tool-call repair (issue 14): a conversation that died mid tool call can be resumed.
+
+The history sent to an agent after a resume (through the API or the gateway,
+cold resume or continuation) is valid: every tool call is answered exactly
+once. The repair is idempotent and marks what it wrote as synthetic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+import tether
+from tether.agents.base import AgentEvent, Turn
+from tether.agents.echo import EchoAgent
+from tether.compose import Store
+from tether.gateway.runtime import Gateway, GatewayConfig
+from tether.liveness import Reaper
+from tether.model import Message
+from tether.store.toolrepair import SYNTHETIC_CONTENT, unanswered
+
+from .conftest import run_cli, spawn, wait_for_line
+from .gateway.inproc import Peer, until
+
+CALLS = [
+    {"id": "call_a", "type": "function", "function": {"name": "ls", "arguments": "{}"}},
+    {"id": "call_b", "type": "function", "function": {"name": "cat", "arguments": "{}"}},
+]
+
+
+def assert_valid_history(messages: list[Message]) -> None:
+    """What a chat-completions provider checks: each assistant tool call is answered
+    exactly once, by tool messages right after it, before anything else."""
+    i = 0
+    while i < len(messages):
+        m = messages[i]
+        if m.role == "assistant" and m.tool_calls:
+            wanted = [c["id"] for c in m.tool_calls]
+            answers = []
+            j = i + 1
+            while j < len(messages) and messages[j].role == "tool":
+                answers.append(messages[j].tool_call_id)
+                j += 1
+            assert sorted(answers) == sorted(wanted), (wanted, answers)
+            i = j
+        else:
+            assert m.role != "tool", f"a tool result without its call at {m.seq}"
+            i += 1
+
+
+def msg(seq: int, role: str, **kw: Any) -> Message:
+    return Message("s", seq, role, kw.get("content"), kw.get("tool_calls"), kw.get("tcid"), None, 0)
+
+
+# --- the pure rule ------------------------------------------------------------------
+
+
+def test_unanswered_lists_only_calls_without_results() -> None:
+    last = msg(2, "assistant", tool_calls=CALLS)
+    assert [c["id"] for c in unanswered(last, [])] == ["call_a", "call_b"]
+    assert [c["id"] for c in unanswered(last, [msg(3, "tool", tcid="call_a")])] == ["call_b"]
+    both = [msg(3, "tool", tcid="call_a"), msg(4, "tool", tcid="call_b")]
+    assert unanswered(last, both) == []
+    # Something other than a tool result follows: appending cannot repair it.
+    assert unanswered(last, [msg(3, "user", content="hi")]) == []
+    assert unanswered(msg(2, "assistant", content="plain"), []) == []
+    assert unanswered(None, []) == []
+    # A call without an id cannot be answered; a repeated id is answered once.
+    odd = msg(2, "assistant", tool_calls=[{"function": {"name": "x"}}, CALLS[0], CALLS[0]])
+    assert [c["id"] for c in unanswered(odd, [])] == ["call_a"]
+
+
+# --- the store ----------------------------------------------------------------------
+
+
+def dangling_session(store: Store, *, end: bool = True) -> str:
+    h = store.session(source="cli")
+    h.append("user", "list and show")
+    h.append("assistant", None, tool_calls=CALLS)
+    h.append("tool", "a.txt", tool_call_id="call_a", tool_name="ls")
+    if end:
+        h.end("error")
+    return h.id
+
+
+def test_repair_appends_synthetic_results_once(store: Store) -> None:
+    sid = dangling_session(store)
+    assert store.dangling_tool_calls(sid) == ["call_b"]
+    assert store.count_dangling() == 1
+    assert sid in store.dangling_sessions()
+    dry = store.repair_tool_calls(sid, apply=False)
+    assert dry.dangling == ["call_b"] and dry.written == 0
+    assert store.get_session(sid).message_count == 3  # the dry run wrote nothing
+    done = store.repair_tool_calls(sid)
+    assert done.written == 1
+    messages = store.get_messages(sid)
+    assert_valid_history(messages)
+    last = messages[-1]
+    assert (last.role, last.tool_call_id, last.tool_name) == ("tool", "call_b", "cat")
+    assert last.content == SYNTHETIC_CONTENT
+    assert last.meta is not None and last.meta["synthetic"] is True
+    # Idempotent: nothing dangles any more, a second repair writes nothing.
+    again = store.repair_tool_calls(sid)
+    assert again.dangling == [] and again.written == 0
+    assert store.get_session(sid).message_count == 4
+    assert store.count_dangling() == 0
+    chain = store.list_sessions().items[0]
+    assert chain.chain_message_count == 4
+
+
+def test_open_session_is_left_to_whoever_resumes_it(store: Store) -> None:
+    sid = dangling_session(store, end=False)
+    result = store.repair_tool_calls(sid)
+    assert result.skipped == "open" and result.written == 0
+    assert store.dangling_tool_calls(sid) == ["call_b"]
+
+
+def test_unknown_session_is_an_error(store: Store) -> None:
+    with pytest.raises(tether.SessionNotFoundError):
+        store.repair_tool_calls("01NOPE")
+
+
+KILLED_MID_CALL = """
+db = sys.argv[1]
+store = tether.open_store(db, load_plugins=False)
+h = store.session(source="cli")
+h.append("user", "run the tools")
+h.append("assistant", None, tool_calls=[
+    {"id": "call_a", "type": "function", "function": {"name": "ls", "arguments": "{}"}},
+    {"id": "call_b", "type": "function", "function": {"name": "cat", "arguments": "{}"}},
+])
+print(h.id, flush=True)
+print("calling", flush=True)
+time.sleep(60)  # the tool never returns: killed here
+"""
+
+
+def killed_mid_call(db_url: str) -> str:
+    proc = spawn(KILLED_MID_CALL, db_url)
+    assert proc.stdout is not None
+    sid = proc.stdout.readline().strip()
+    wait_for_line(proc, "calling")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    return sid
+
+
+def test_resume_through_the_api_repairs_before_the_next_turn(db_url: str) -> None:
+    sid = killed_mid_call(db_url)
+    with tether.open_store(db_url, load_plugins=False) as store:
+        assert store.count_dangling() == 1
+        h = store.resume(sid)  # the owner is dead: taken over, then repaired
+        history = store.get_messages(sid)
+        assert_valid_history(history)
+        assert [m.tool_call_id for m in history if m.role == "tool"] == ["call_a", "call_b"]
+        # The handle appends after the repair: the next turn goes on normally.
+        assert h.append("user", "and now?").seq == 5
+        h.end("completed")
+        assert store.count_dangling() == 0
+
+
+class RecordingAgent(EchoAgent):
+    """The echo agent, recording the history each turn is given (what a model would get)."""
+
+    def __init__(self) -> None:
+        super().__init__(delay=0)
+        self.histories: list[list[Message]] = []
+
+    async def run(self, turn: Turn) -> AsyncIterator[AgentEvent]:
+        self.histories.append(await turn.history())
+        async for event in super().run(turn):
+            yield event
+
+
+async def one_turn(store: Store, method: str, **params: Any) -> list[Message]:
+    agent = RecordingAgent()
+    gw = Gateway(store, agent, GatewayConfig())
+    await gw.start()
+    try:
+        peer = Peer(gw)
+        result = await peer.call(method, **params)
+        await peer.call("prompt.submit", session_id=result["session_id"], text="go on")
+        await until(lambda: agent.histories)
+        await peer.event("turn.end")
+        return agent.histories[0]
+    finally:
+        await gw.shutdown()
+
+
+def test_gateway_cold_resume_sends_a_valid_history(db_url: str) -> None:
+    sid = killed_mid_call(db_url)
+    with tether.open_store(db_url, load_plugins=False) as store:
+        history = asyncio.run(one_turn(store, "session.resume", session_id=sid))
+    assert_valid_history(history)
+    assert [m.role for m in history] == ["user", "assistant", "tool", "tool", "user"]
+    assert all(m.meta and m.meta.get("synthetic") for m in history[2:4])
+
+
+def test_gateway_continuation_of_a_reaped_session_sends_a_valid_history(db_url: str) -> None:
+    sid = killed_mid_call(db_url)
+    with tether.open_store(db_url, load_plugins=False) as store:
+        Reaper(store).sweep()  # the dead owner's session ends `reaped`
+        assert store.get_session(sid).end_reason == "reaped"
+        history = asyncio.run(one_turn(store, "session.create", parent_id=sid))
+        assert store.count_dangling() == 0
+    assert_valid_history(history)
+    assert [m.role for m in history] == ["user", "assistant", "tool", "tool", "user"]
+
+
+def test_cli_repair_tools_dry_run_then_yes(db_path: str) -> None:
+    with tether.open_store(db_path, load_plugins=False) as store:
+        sid = dangling_session(store)
+    shown = run_cli("--db", db_path, "repair-tools", "--all")
+    assert shown.returncode == 0, shown.stderr
+    assert f"{sid}: 1 unanswered tool call" in shown.stdout
+    assert "--yes" in shown.stdout
+    done = run_cli("--db", db_path, "repair-tools", sid[:10], "--yes")
+    assert done.returncode == 0 and f"{sid}: answered 1 unanswered tool call" in done.stdout
+    again = run_cli("--db", db_path, "repair-tools", "--all", "--yes")
+    assert "nothing to repair" in again.stdout
+    doctor = run_cli("--db", db_path, "doctor", "--json")
+    assert '"dangling_tool_calls": 0' in doctor.stdout
+    bad = run_cli("--db", db_path, "repair-tools")
+    assert bad.returncode == 2 and bad.stderr.startswith("error:")
+    unknown = run_cli("--db", db_path, "repair-tools", "01NOPE")
+    assert unknown.returncode == 1 and "01NOPE" in unknown.stderr
+
+
+def test_imported_session_with_dangling_calls_is_repaired_when_resumed(store: Store) -> None:
+    imported = store.import_session(
+        "hermes:20261130_abc",
+        source="hermes",
+        created_at=1_800_000_000.0,
+        messages=[
+            {"key": "1", "role": "user", "content": "list", "created_at": 1_800_000_001.0},
+            {
+                "key": "2",
+                "role": "assistant",
+                "content": None,
+                "tool_calls": CALLS,
+                "created_at": 1_800_000_002.0,
+            },
+        ],
+    )
+    sid = imported.session.id
+    assert store.count_dangling() == 1
+    h = store.resume(sid)
+    history = store.get_messages(sid)
+    assert_valid_history(history)
+    assert [m.tool_call_id for m in history[2:]] == ["call_a", "call_b"]
+    h.end("completed")
