@@ -32,6 +32,7 @@ from ..errors import (
 )
 from ..hooks import Plugins
 from ..model import (
+    SESSION_COLUMNS,
     Census,
     ImportResult,
     ListedChain,
@@ -59,7 +60,7 @@ from ..validate import (
 from . import listing, sql
 from .backend import Backend, Conn
 from .deliveries import HookDeliveries
-from .owners import OwnerPort, Ownership
+from .owners import OwnerInfo, OwnerPort, Ownership
 from .writes import ImportedSession, MessageWrites
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ class StoreCore(HookDeliveries, Ownership, MessageWrites):
         self._lock_rows = dialect == "postgresql"
         self._sql_write_state = sql.locking(dialect, sql.SELECT_WRITE_STATE)
         self._sql_session_owner = sql.locking(dialect, sql.SELECT_SESSION_OWNER, of="s")
+        self._sql_insert_message = sql.insert_message(dialect)
         # A backend that can run one statement atomically on its own (PostgreSQL)
         # takes the common append in a single round trip.
         self._append_statement = getattr(backend, "write_statement", None)
@@ -479,6 +481,24 @@ class StoreCore(HookDeliveries, Ownership, MessageWrites):
         origin = check_origin(origin)
         row = self.backend.read(lambda c: c.execute(sql.SELECT_BY_ORIGIN, (origin,)).fetchone())
         return None if row is None else session_from_row(row)
+
+    def chain_tip_by_origin(self, origin: str) -> tuple[Session, OwnerInfo | None] | None:
+        """The newest session of the chain whose root has ``origin``, with its owner's row.
+
+        None if no session has that origin; the owner is None for a session
+        without one (imported) or whose owner row is gone. O(1): one read of
+        the root's chain summary, however long the chain.
+        """
+        origin = check_origin(origin)
+        row = self.backend.read(
+            lambda c: c.execute(sql.SELECT_CHAIN_TIP_BY_ORIGIN, (origin,)).fetchone()
+        )
+        if row is None:
+            return None
+        n = len(SESSION_COLUMNS.split(","))
+        row = tuple(row)
+        owner = OwnerInfo(*row[n:]) if row[n] is not None else None
+        return session_from_row(row[:n]), owner
 
     def __exit__(self, *exc: object) -> None:
         self.close()

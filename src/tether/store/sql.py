@@ -98,7 +98,7 @@ WITH bump AS (
 INSERT INTO messages (session_id, seq, role, content, tool_calls, tool_call_id, tool_name,
     created_at, idem_key, meta, payload)
 SELECT id, ?::integer, ?::text, ?::text, ?::jsonb, ?::text, ?::text, ?::float8, ?::text,
-    ?::jsonb, ?::jsonb FROM bump
+    ?::jsonb, to_jsonb(?::text) FROM bump
 """
 
 BUMP_CHILD = """
@@ -133,6 +133,20 @@ RETURNING {SESSION_COLUMNS}
 INSERT_MESSAGE = f"""
 INSERT INTO messages ({MESSAGE_WRITE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+# PostgreSQL: jsonb keeps values but not key order or spacing, and a payload is a
+# foreign framework's exact item. It is stored as a jsonb *string* holding the
+# exact JSON text, which readers decode (tether.model._json) back to the very
+# item; rows written before as jsonb objects still read as they are.
+INSERT_MESSAGE_EXACT_PAYLOAD = f"""
+INSERT INTO messages ({MESSAGE_WRITE_COLUMNS})
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, to_jsonb(CAST(? AS text)))
+"""
+
+
+def insert_message(dialect: str) -> str:
+    """The message INSERT for ``dialect`` (on PostgreSQL, payload text kept exact)."""
+    return INSERT_MESSAGE_EXACT_PAYLOAD if dialect == "postgresql" else INSERT_MESSAGE
 
 
 def select_idem_keys(n: int) -> str:
@@ -390,6 +404,15 @@ RETURNING {MESSAGE_READ_COLUMNS}
 """
 
 SELECT_BY_ORIGIN = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE origin = ?"
+
+# The newest session of the chain whose root has this origin, with its owner's row
+# (NULLs when it has none): two primary-key lookups after the origin's index.
+SELECT_CHAIN_TIP_BY_ORIGIN = f"""
+SELECT {", ".join("t." + c.strip() for c in SESSION_COLUMNS.split(","))}, o.id, {_OWNER_FIELDS}
+FROM sessions r JOIN sessions t ON t.id = r.chain_tip_id
+LEFT JOIN owners o ON o.id = t.owner_id
+WHERE r.origin = ?
+"""
 
 # Imported sessions (see Store.import_session). ON CONFLICT without a target
 # also covers the origin's unique index: of two importers of one origin, the

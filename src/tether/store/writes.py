@@ -56,6 +56,7 @@ class NewSession:
     branch: bool
     metadata: str | None  # JSON text, already validated
     created_at: float
+    origin: str | None = None  # the session's name in another system (unique per store)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,7 @@ class MessageWrites:
     _owner: OwnerPort
     _lock_rows: bool
     _sql_write_state: str
+    _sql_insert_message: str
     _append_statement: Callable[[str, Sequence[Any]], int] | None
 
     def _insert_session(self, c: Conn, s: NewSession) -> str:
@@ -148,7 +150,7 @@ class MessageWrites:
                 s.cwd,
                 s.parent_id,
                 root_id,
-                None,
+                s.origin,
                 s.created_at,
                 s.created_at,
                 owner_row[0],
@@ -244,10 +246,10 @@ class MessageWrites:
             else:
                 c.execute(sql.BUMP_CHAIN, (n, root_id))
         if n == 1:
-            c.execute(sql.INSERT_MESSAGE, (sid, count + 1, *fresh[0]))
+            c.execute(self._sql_insert_message, (sid, count + 1, *fresh[0]))
         else:
             c.executemany(
-                sql.INSERT_MESSAGE, [(sid, count + 1 + k, *r) for k, r in enumerate(fresh)]
+                self._sql_insert_message, [(sid, count + 1 + k, *r) for k, r in enumerate(fresh)]
             )
         return count, root_id, now if active else w.activity_at
 
@@ -325,7 +327,7 @@ class MessageWrites:
                 and c.execute(sql.BUMP_ROOT, (count + 1, 1, row[5], sid, w.epoch, count)).rowcount
                 == 1
             ):
-                c.execute(sql.INSERT_MESSAGE, (sid, count + 1, *row))
+                c.execute(self._sql_insert_message, (sid, count + 1, *row))
                 planned.append((count, sid, w.activity_at))
             else:
                 planned.append(self._insert_fresh(c, w, (row,)))
@@ -570,7 +572,9 @@ class MessageWrites:
             fresh.append(r)
         if not fresh:
             return 0
-        c.executemany(sql.INSERT_MESSAGE, [(sid, count + 1 + k, *r) for k, r in enumerate(fresh)])
+        c.executemany(
+            self._sql_insert_message, [(sid, count + 1 + k, *r) for k, r in enumerate(fresh)]
+        )
         newest = max(r[5] for r in fresh)
         n = len(fresh)
         c.execute(sql.IMPORT_BUMP, (n, newest, newest, sid))
