@@ -265,12 +265,13 @@ class TetherSession:
             raise
         # A handle that owns the segment: this process heartbeats for it, and ends
         # it ``process_exit`` if it exits first (a SIGKILL leaves it to the reaper).
-        handle = SessionHandle.existing(
-            self._store, self._store.owner, self._store.get_session(new.id), owns=True
-        )
+        session = self._store.get_session(new.id)
+        handle = SessionHandle.existing(self._store, self._store.owner, session, owns=True)
         self._store.owner.acquire(new.id)
         with _owned_lock:
             _owned[(id(self._store), new.id)] = handle
+        if self._store.plugins.implemented("on_session_start"):
+            self._store.plugins.call("on_session_start", session=session)
         return w
 
     def _write(self, rows: list[Row]) -> None:
