@@ -134,7 +134,7 @@ def word_count(text: str) -> str:
 
 @pytest.mark.parametrize(
     ("method", "first_ends"),
-    [("run", "exit"), ("run", "sigkill"), ("run_sync", "sigkill"), ("run_streamed", "sigkill")],
+    [("run", "sigkill"), ("run_sync", "exit"), ("run_streamed", "sigkill")],
 )
 def test_a_second_process_continues_the_runner_conversation(
     db_url: str, method: str, first_ends: str
