@@ -78,3 +78,30 @@ def test_a_second_session_with_a_taken_origin_writes_nothing(store: Store) -> No
     assert [m.content for m in store.get_messages(winner.id)] == ["first"]
     assert len(store.list_sessions(source="app").items) == 1
     winner.end()
+
+
+def test_the_chain_tip_lookup_reads_by_index_whatever_the_store_holds(store: Store) -> None:
+    from tether.store import sql
+
+    for i in range(30):
+        h = store.session(source="app", origin=f"app:many-{i}#1")
+        h.append("user", "x")
+        h.end()
+    query, params = sql.SELECT_CHAIN_TIP_BY_ORIGIN, ("app:many-7#1",)
+    if store.backend.dialect == "postgresql":
+
+        def explain(c: Any) -> list[Any]:
+            # A few rows make a scan cheapest: ask whether the indexes *can* serve it.
+            c.execute("SET LOCAL enable_seqscan = off")
+            return c.execute("EXPLAIN (COSTS OFF) " + query, params).fetchall()
+
+        rows = store.backend.write(explain)
+        text = "\n".join(str(r[0]) for r in rows).lower()
+        assert "seq scan on sessions" not in text, text
+    else:
+        rows = store.backend.read(
+            lambda c: c.execute("EXPLAIN QUERY PLAN " + query, params).fetchall()
+        )
+        text = "\n".join(str(r[3]) for r in rows).lower()
+        assert "scan r" not in text and "scan t" not in text, text
+        assert "sessions_origin" in text, text

@@ -43,6 +43,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ..compose import Store, open_store
@@ -214,20 +215,19 @@ class TetherSession:
         """The newest segment and its owner (None: nothing stored yet). O(1)."""
         return self._store.chain_tip_by_origin(self._root_origin)
 
-    def _visible(self, tip: Session) -> list[Session]:
-        """The segments whose items make the conversation, newest first.
+    def _visible(self, tip: Session) -> Iterator[Session]:
+        """The segments whose items make the conversation, newest first, read lazily.
 
         The tip and its predecessors back to (not including) the last segment
-        that ``clear_session`` ended; none if that is the tip itself.
+        that ``clear_session`` ended; none if that is the tip itself. A reader
+        that has enough items stops early, so a limited read costs O(limit).
         """
-        out: list[Session] = []
-        segment: Session | None = tip
-        while segment is not None and segment.end_reason != CLEARED_REASON:
-            out.append(segment)
+        segment = tip
+        while segment.end_reason != CLEARED_REASON:
+            yield segment
             if segment.parent_id is None:
-                break
+                return
             segment = self._store.get_session(segment.parent_id)
-        return out
 
     def _owner_dead(self, owner: OwnerInfo | None, segment: Session) -> bool:
         """True when the open segment's owner is another process, and dead."""
