@@ -1,4 +1,6 @@
-"""Run a benchmark: ``python -m bench store|liveness|gateway|startup [--quick] [--no-write]``.
+"""Run a benchmark: ``python -m bench NAME [--quick] [--no-write]``.
+
+NAME: store, liveness, gateway, startup, or agents (in ``.venv-agents``).
 
 ``--pg URL|none`` adds (or skips) PostgreSQL where a benchmark supports it.
 """
@@ -14,7 +16,7 @@ import sys
 from .pg import DEFAULT_URL
 from .report import progress
 
-BENCHES = ("store", "liveness", "gateway", "startup")
+BENCHES = ("store", "liveness", "gateway", "startup", "agents")
 
 
 def main() -> None:
