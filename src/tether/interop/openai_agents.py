@@ -54,7 +54,14 @@ from ..liveness import Reaper
 from ..model import Message, Session
 from ..store.owners import OwnerInfo
 from ..store.writes import NewSession, Row, WriteState
-from ..validate import check_import_message, check_metadata, check_source, check_text
+from ..validate import (
+    BAD_TEXT_SEARCH,
+    check_metadata,
+    check_payload,
+    check_source,
+    check_text,
+    check_tool_calls,
+)
 
 __all__ = ["CLEARED_REASON", "SOURCE", "TetherSession", "project_item"]
 
@@ -129,9 +136,25 @@ def _settings(session_settings: Any) -> Any:
     return session_settings
 
 
+def _dumps(value: Any) -> str:
+    """JSON text as tether stores it (compact, unicode as is, no NaN)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _tool_calls_text(tool_calls: list[Any]) -> str | None:
+    """``tool_calls`` as stored; its strings come from the item, already scanned."""
+    text = _dumps(tool_calls)
+    if "\\u0000" in text:  # PostgreSQL's jsonb refuses NUL: say where it is
+        return check_tool_calls(tool_calls)
+    return text
+
+
 # How often one call moves on to a newer segment before giving up: each move
 # means another process ended or took over the segment between two statements.
 _SEGMENT_ATTEMPTS = 8
+
+# get_items(limit) up to this many items reads SQLite on the event loop's thread.
+_INLINE_READ_LIMIT = 100
 
 # Segments this process started, with the handle that ends them on exit
 # (``process_exit``) and keeps this process's heartbeat going meanwhile.
@@ -192,6 +215,8 @@ class TetherSession:
         self._calls = itertools.count(1)
         self._instance = f"{os.getpid()}:{id(self)}:{time.time_ns()}"
         self._reaper: Reaper | None = None
+        backend = self._store.backend
+        self._inline_reads = backend.dialect == "sqlite" and "memory:" not in backend.url
 
     @property
     def store(self) -> Store:
@@ -276,10 +301,15 @@ class TetherSession:
 
     def _write(self, rows: list[Row]) -> None:
         """Append ``rows`` to the conversation's open segment, starting one if needed."""
-        for _ in range(_SEGMENT_ATTEMPTS):
+        for attempt in range(_SEGMENT_ATTEMPTS):
             if self._w is not None:
                 try:
-                    self._store.write_messages(None, self._w, rows).apply(self._w)
+                    # The keys are new to the store on a first attempt (derived from
+                    # this call); the store still looks them up if a commit's outcome
+                    # was unknown, and so does every later attempt.
+                    self._store.write_messages(None, self._w, rows, check_keys=attempt > 0).apply(
+                        self._w
+                    )
                     return
                 except (SessionEndedError, StaleOwnerError):
                     self._w = None  # ended or taken over meanwhile: find the newest one
@@ -311,36 +341,69 @@ class TetherSession:
     # --- blocking implementations (run in a worker thread) ---------------------------
 
     def _rows(self, items: list[Any]) -> list[Row]:
-        """Each item as a row: readable columns, the exact item, a key derived from the call."""
-        call = f"{self._instance}:{next(self._calls)}"
+        """Each item as a row: readable columns, the exact item, a key derived from the call.
+
+        The item's JSON text is made once: it is the payload as stored and what
+        the key is derived from, and one scan of it vouches for every string
+        inside (no lone surrogate; NUL is escaped by JSON itself).
+        """
+        call = f"{self._instance}:{next(self._calls)}:".encode()
         now = time.time()
         rows: list[Row] = []
         for i, item in enumerate(items):
             message = project_item(item)
-            digest = hashlib.blake2b(
-                f"{call}:{i}:".encode() + json.dumps(item).encode(), digest_size=16
-            ).hexdigest()
-            message.update(key=f"oa:{digest}", created_at=now, payload=item)
-            rows.append(check_import_message(message))
+            try:
+                text = _dumps(item)
+            except (TypeError, ValueError):
+                text = None
+            if text is None or BAD_TEXT_SEARCH(text):
+                check_payload(item)  # says what is wrong, and where
+                raise InvalidInputError("an SDK item must be JSON")  # pragma: no cover
+            digest = hashlib.blake2b(call + str(i).encode() + b":" + text.encode(), digest_size=16)
+            tool_calls = message.get("tool_calls")
+            meta = message.get("meta")
+            rows.append(
+                (
+                    message["role"],
+                    check_text(message.get("content"), "content"),
+                    None if tool_calls is None else _tool_calls_text(tool_calls),
+                    check_text(message.get("tool_call_id"), "tool_call_id"),
+                    None,
+                    now,
+                    f"oa:{digest.hexdigest()}",
+                    None if meta is None else _dumps(meta),
+                    text,
+                )
+            )
         return rows
 
     def _get_items(self, limit: int | None) -> list[Any]:
         if self._closed and self._owns_store:
             # The store opened here is closed with the session: say so plainly.
             self._check_open()
-        found = self._tip()
-        if found is None:
-            return []
-        out: list[Message] = []
-        for segment in self._visible(found[0]):
-            if limit is None:
-                part = self._store.get_messages(segment.id)
-            else:
+        if limit is not None:
+            # The common case, one read: the tip and its last `limit` items.
+            found = self._store.chain_tip_tail(self._root_origin, limit)
+            if found is None:
+                return []
+            tip, _, out = found
+            if tip.end_reason == CLEARED_REASON:
+                return []
+            if len(out) >= limit or tip.parent_id is None:
+                return out
+            for segment in itertools.islice(self._visible(tip), 1, None):
                 part = self._store.get_last_messages(segment.id, limit - len(out))
-            out[:0] = part
-            if limit is not None and len(out) >= limit:
-                break
-        return [m.payload for m in out]
+                out[:0] = [m.payload for m in part]
+                if len(out) >= limit:
+                    break
+            return out
+        tip_owner = self._tip()
+        if tip_owner is None:
+            return []
+        messages: list[Message] = []
+        for segment in self._visible(tip_owner[0]):
+            messages[:0] = self._store.get_messages(segment.id)
+        return [m.payload for m in messages]
 
     def _add_items(self, rows: list[Row]) -> None:
         with self._lock:
@@ -392,6 +455,10 @@ class TetherSession:
                 return []
             if limit < 0:  # as SQLiteSession: a negative limit means everything
                 limit = None
+        if limit is not None and limit <= _INLINE_READ_LIMIT and self._inline_reads:
+            # A WAL reader never waits for writers: a short read costs less than
+            # the hop to a worker thread and back.
+            return self._get_items(limit)
         return await asyncio.to_thread(self._get_items, limit)
 
     async def add_items(self, items: list[Any], *, wrapper: Any = None) -> None:

@@ -19,6 +19,7 @@ Invariants kept here, in SQL:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -499,6 +500,31 @@ class StoreCore(HookDeliveries, Ownership, MessageWrites):
         row = tuple(row)
         owner = OwnerInfo(*row[n:]) if row[n] is not None else None
         return session_from_row(row[:n]), owner
+
+    def chain_tip_tail(
+        self, origin: str, n: int
+    ) -> tuple[Session, OwnerInfo | None, list[Any]] | None:
+        """:meth:`chain_tip_by_origin` and the payloads of the tip's last ``n`` active
+        messages (oldest first), in one read. O(n), however long the chain or the tip."""
+        origin = check_origin(origin)
+        cap = check_int(n, "n", minimum=0)
+        width = len(SESSION_COLUMNS.split(","))
+
+        def run(c: Conn) -> tuple[Any, list[Any]] | None:
+            row = c.execute(sql.SELECT_CHAIN_TIP_BY_ORIGIN, (origin,)).fetchone()
+            if row is None:
+                return None
+            return row, c.execute(sql.SELECT_LAST_PAYLOADS, (row[0], cap)).fetchall()
+
+        found = self.backend.read(run)
+        if found is None:
+            return None
+        row, payloads = tuple(found[0]), found[1]
+        owner = OwnerInfo(*row[width:]) if row[width] is not None else None
+        # SQLite returns the JSON text, PostgreSQL a decoded jsonb (the exact text as a
+        # string since payloads are stored exactly, or an object from older rows).
+        items = [json.loads(p) if isinstance(p, str) else p for (p,) in reversed(payloads)]
+        return session_from_row(row[:width]), owner, items
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -392,6 +392,13 @@ ORDER BY seq
 """
 
 
+# The payloads of the last N active messages, newest first: the same backward walk
+# of the primary key as select_last_messages, reading one column.
+SELECT_LAST_PAYLOADS = """
+SELECT payload FROM messages WHERE session_id = ? AND state = 'active' ORDER BY seq DESC LIMIT ?
+"""
+
+
 # The newest active message, found by a backward walk of the primary key that
 # stops at the first active row (O(1) unless many retracted rows end the session).
 NEWEST_ACTIVE_SEQ = """
