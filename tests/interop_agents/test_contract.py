@@ -93,6 +93,8 @@ async def test_pop_retracts_the_newest_item_and_leaves_no_seq_gap(store: tether.
     assert await session.pop_item() == {"role": "user", "content": "2"}
     await session.add_items([{"role": "user", "content": "3"}])
     assert [i["content"] for i in await session.get_items()] == ["0", "1", "3"]
+    # The last seqs hold a retracted one: a limited read still finds N active items.
+    assert [i["content"] for i in await session.get_items(2)] == ["1", "3"]
     [listed] = store.list_sessions(source=SOURCE).items
     every = store.get_messages(listed.session.id, states=("active", "retracted"))
     assert [(m.seq, m.state) for m in every] == [

@@ -69,6 +69,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tether.store")
 
+# Where a session row (SESSION_COLUMNS) holds message_count.
+_MESSAGE_COUNT = [c.strip() for c in SESSION_COLUMNS.split(",")].index("message_count")
+
 # Reasons that mean the session did not finish on its owner's terms.
 INTERRUPTED_REASONS = frozenset({"error", "signal", "process_exit", "reaped", "abandoned"})
 
@@ -514,7 +517,11 @@ class StoreCore(HookDeliveries, Ownership, MessageWrites):
             row = c.execute(sql.SELECT_CHAIN_TIP_BY_ORIGIN, (origin,)).fetchone()
             if row is None:
                 return None
-            return row, c.execute(sql.SELECT_LAST_PAYLOADS, (row[0], cap)).fetchall()
+            after = row[_MESSAGE_COUNT] - cap
+            rows = c.execute(sql.SELECT_LAST_PAYLOADS_AFTER, (row[0], after, cap)).fetchall()
+            if len(rows) < cap and after > 0:  # retracted ones among the last seqs
+                rows = c.execute(sql.SELECT_LAST_PAYLOADS, (row[0], cap)).fetchall()
+            return row, rows
 
         found = self.backend.read(run)
         if found is None:

@@ -398,6 +398,15 @@ SELECT_LAST_PAYLOADS = """
 SELECT payload FROM messages WHERE session_id = ? AND state = 'active' ORDER BY seq DESC LIMIT ?
 """
 
+# The same within the last seqs (seq > ?): seqs have no gaps, so the last N
+# messages are the seqs above count - N, and the bound keeps the read at O(N)
+# whatever plan the planner picks (with stale statistics, PostgreSQL's is a
+# bitmap scan of the whole session and a sort).
+SELECT_LAST_PAYLOADS_AFTER = """
+SELECT payload FROM messages WHERE session_id = ? AND seq > ? AND state = 'active'
+ORDER BY seq DESC LIMIT ?
+"""
+
 
 # The newest active message, found by a backward walk of the primary key that
 # stops at the first active row (O(1) unless many retracted rows end the session).
