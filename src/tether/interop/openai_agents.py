@@ -294,6 +294,8 @@ class TetherSession:
         handle = SessionHandle.existing(self._store, self._store.owner, session, owns=True)
         self._store.owner.acquire(new.id)
         with _owned_lock:
+            for key in [k for k, h in _owned.items() if h.ended]:
+                del _owned[key]  # ended elsewhere (store closed, reaped, cleared)
             _owned[(id(self._store), new.id)] = handle
         if self._store.plugins.implemented("on_session_start"):
             self._store.plugins.call("on_session_start", session=session)
@@ -301,6 +303,7 @@ class TetherSession:
 
     def _write(self, rows: list[Row]) -> None:
         """Append ``rows`` to the conversation's open segment, starting one if needed."""
+        swept = False
         for attempt in range(_SEGMENT_ATTEMPTS):
             if self._w is not None:
                 try:
@@ -319,11 +322,14 @@ class TetherSession:
                 n, parent = 1, None
             else:
                 tip, owner = found
-                if tip.is_open and self._owner_dead(owner, tip):
+                if tip.is_open and not swept and self._owner_dead(owner, tip):
                     # Its writer was killed: end it honestly (``reaped``) before
-                    # the conversation moves on to a segment of its own.
+                    # the conversation moves on to a segment of its own. (If the
+                    # sweep, on the server's clock, finds it alive after all, the
+                    # segment is written to like any open one.)
                     assert self._reaper is not None
                     self._reaper.sweep()
+                    swept = True
                     continue
                 if tip.is_open:
                     self._w, self._w_n = WriteState(tip.id, tip.epoch), self._number(tip)
