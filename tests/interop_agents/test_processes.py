@@ -76,24 +76,36 @@ def test_a_sigkilled_writer_is_reaped_and_the_next_add_continues_the_chain(
 ) -> None:
     child = spawn(WRITER, db_url, "k", "3", "hang")
     wait_for_line(child, "written")
-    child.send_signal(signal.SIGKILL)
-    code, _, _ = finish_child(child)
-    assert code == -signal.SIGKILL
 
     async def main() -> None:
         with tether.open_store(db_url, load_plugins=False) as store:
+            session = TetherSession("shared", store)
+            # A cooperating writer: the child's segment is open and its owner alive.
+            await session.add_items([{"role": "user", "content": "between"}])
+            [segment] = chain_of(store)
+            assert segment.owner_id != store.owner_id
+
+            child.send_signal(signal.SIGKILL)
+            code, _, _ = finish_child(child)
+            assert code == -signal.SIGKILL
             [killed] = chain_of(store)
             assert killed.is_open  # nobody ended it: the process had no chance
-            session = TetherSession("shared", store)
+
             await session.add_items([{"role": "user", "content": "after"}])
             chain = chain_of(store)
             assert [s.end_reason for s in chain] == ["reaped", None]
             assert chain[1].parent_id == killed.id and chain[1].owner_id == store.owner_id
-            assert [i["content"] for i in await session.get_items()] == ["k0", "k1", "k2", "after"]
+            contents = [i["content"] for i in await session.get_items()]
+            assert contents == ["k0", "k1", "k2", "between", "after"]
             # Nothing doubled in the store either: each segment holds its own items.
-            assert [len(store.get_messages(s.id)) for s in chain] == [3, 1]
+            assert [len(store.get_messages(s.id)) for s in chain] == [4, 1]
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
 
 
 # --- the Runner across processes --------------------------------------------------------

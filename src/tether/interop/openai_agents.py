@@ -170,8 +170,9 @@ class TetherSession:
     :meth:`close`; one passed in is left open. After :meth:`close`, mutations
     raise :class:`RuntimeError`; the conversation itself is not ended.
 
-    Every store call runs in a worker thread (``asyncio.to_thread``), so the
-    event loop never waits on the database. Mutations run to completion even
+    Writes run in a worker thread (``asyncio.to_thread``), so the event loop
+    never waits on the database; so do reads, but a short one on SQLite (a WAL
+    read never waits for writers). Mutations run to completion even
     when the caller is cancelled, then re-raise the cancellation, as the SDK's
     own sessions do.
     """
@@ -206,11 +207,10 @@ class TetherSession:
         # one instance's writes apply in call order.
         self._lock = threading.Lock()
         self._closed = False
-        # The segment this instance last wrote to, and what it knows of it: a
-        # write goes there without a lookup; if it ended or moved on meanwhile,
-        # the write is refused and the newest segment is looked up.
+        # The segment of this process this instance last wrote to, and what it
+        # knows of it: a write goes there without a lookup; if it ended or moved
+        # on meanwhile, the write is refused and the newest segment is looked up.
         self._w: WriteState | None = None
-        self._w_n = 0
         # Idempotency keys: derived from the call (see _rows), never random.
         self._calls = itertools.count(1)
         self._instance = f"{os.getpid()}:{id(self)}:{time.time_ns()}"
@@ -332,12 +332,20 @@ class TetherSession:
                     swept = True
                     continue
                 if tip.is_open:
-                    self._w, self._w_n = WriteState(tip.id, tip.epoch), self._number(tip)
-                    continue
+                    w = WriteState(tip.id, tip.epoch)
+                    try:
+                        self._store.write_messages(None, w, rows, check_keys=attempt > 0)
+                    except (SessionEndedError, StaleOwnerError):
+                        continue
+                    if tip.owner_id == self._store.owner_id:
+                        self._w = w  # ours: the next write goes straight there
+                    # Another process's: looked up (and its owner judged) on every
+                    # write, so a writer that dies is reaped on the next one.
+                    return
                 n, parent = self._number(tip) + 1, tip.id
-            w = self._start_segment(n, parent, rows)
-            if w is not None:
-                self._w, self._w_n = w, n
+            started = self._start_segment(n, parent, rows)
+            if started is not None:
+                self._w = started
                 return
         raise TetherError(
             f"{self.session_id!r}: the conversation kept moving to newer segments "
