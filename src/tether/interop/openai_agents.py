@@ -357,11 +357,15 @@ class TetherSession:
     def _rows(self, items: list[Any]) -> list[Row]:
         """Each item as a row: readable columns, the exact item, a key derived from the call.
 
-        The item's JSON text is made once: it is the payload as stored and what
-        the key is derived from, and one scan of it vouches for every string
-        inside (no lone surrogate; NUL is escaped by JSON itself).
+        The item's JSON text is made once: it is the payload as stored, and one
+        scan of it vouches for every string inside (no lone surrogate; JSON
+        itself escapes NUL).
         """
-        call = f"{self._instance}:{next(self._calls)}:".encode()
+        # One digest per call; an item's key is that and its position. A retried
+        # write of the call carries the very same rows, so the same keys.
+        call = hashlib.blake2b(
+            f"{self._instance}:{next(self._calls)}".encode(), digest_size=12
+        ).hexdigest()
         now = time.time()
         rows: list[Row] = []
         for i, item in enumerate(items):
@@ -370,10 +374,9 @@ class TetherSession:
                 text = _dumps(item)
             except (TypeError, ValueError):
                 text = None
-            if text is None or BAD_TEXT_SEARCH(text):
+            if text is None or (not text.isascii() and BAD_TEXT_SEARCH(text)):
                 check_payload(item)  # says what is wrong, and where
                 raise InvalidInputError("an SDK item must be JSON")  # pragma: no cover
-            digest = hashlib.blake2b(call + str(i).encode() + b":" + text.encode(), digest_size=16)
             tool_calls = message.get("tool_calls")
             meta = message.get("meta")
             rows.append(
@@ -384,7 +387,7 @@ class TetherSession:
                     check_text(message.get("tool_call_id"), "tool_call_id"),
                     None,
                     now,
-                    f"oa:{digest.hexdigest()}",
+                    f"oa:{call}:{i}",
                     None if meta is None else _dumps(meta),
                     text,
                 )
