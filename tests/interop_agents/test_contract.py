@@ -343,3 +343,47 @@ async def test_get_items_reads_across_ended_segments_back_to_the_last_clear(
     assert [i["content"] for i in await session.get_items()] == ["0", "1"]
     chain = store.get_chain(listed.session.id)
     assert [s.end_reason for s in chain] == [CLEARED_REASON, "process_exit", None]
+
+
+class _Rollback(Exception):
+    pass
+
+
+def _lose_next_commit(store: tether.Store, monkeypatch: pytest.MonkeyPatch, landed: bool) -> None:
+    """The next write runs for real, then its commit's outcome is lost (as when the
+    connection breaks during COMMIT): it committed (``landed``) or rolled back."""
+    real = store.backend.write
+    left = [1]
+
+    def write(fn: Any) -> Any:
+        if not left:
+            return real(fn)
+        left.clear()
+        if landed:
+            real(fn)
+        else:
+
+            def then_roll_back(c: Any) -> None:
+                fn(c)
+                raise _Rollback
+
+            with pytest.raises(_Rollback):
+                real(then_roll_back)
+        raise tether.CommitUnknownError("lost the connection while committing")
+
+    monkeypatch.setattr(store.backend, "write", write)
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["landed", "not-landed"])
+async def test_an_add_whose_commit_is_unknown_stores_its_items_once(
+    store: tether.Store, monkeypatch: pytest.MonkeyPatch, landed: bool
+) -> None:
+    session = TetherSession("sdk-unknown", store)
+    _lose_next_commit(store, monkeypatch, landed)  # the first add starts the segment
+    await session.add_items([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+    _lose_next_commit(store, monkeypatch, landed)  # a later add to the known segment
+    await session.add_items([{"role": "user", "content": "c"}])
+    assert [i["content"] for i in await session.get_items()] == ["a", "b", "c"]
+    [listed] = store.list_sessions(source=SOURCE).items
+    assert listed.chain_message_count == 3
+    assert [m.seq for m in store.get_messages(listed.session.id)] == [1, 2, 3]
