@@ -105,3 +105,17 @@ def test_the_chain_tip_lookup_reads_by_index_whatever_the_store_holds(store: Sto
         text = "\n".join(str(r[3]) for r in rows).lower()
         assert "scan r" not in text and "scan t" not in text, text
         assert "sessions_origin" in text, text
+
+
+def test_retract_last_reaches_below_a_long_tail_of_retracted_messages(store: Store) -> None:
+    """retract_last first looks among the last seqs (a bounded read on any plan),
+    then, if every one of them is retracted, further back."""
+    h = store.session(source="cli")
+    for i in range(80):
+        h.buffer("user", str(i))
+    h.flush()
+    taken = [store.retract_last(h.id) for _ in range(75)]
+    assert [m.content for m in taken if m is not None] == [str(i) for i in range(79, 4, -1)]
+    assert [m.content for m in store.get_messages(h.id)] == ["0", "1", "2", "3", "4"]
+    assert [m.content for m in store.get_last_messages(h.id, 2)] == ["3", "4"]
+    h.end()

@@ -72,6 +72,9 @@ log = logging.getLogger("tether.store")
 # Where a session row (SESSION_COLUMNS) holds message_count.
 _MESSAGE_COUNT = [c.strip() for c in SESSION_COLUMNS.split(",")].index("message_count")
 
+# retract_last looks for the newest active message among this many last seqs first.
+_NEWEST_WINDOW = 64
+
 # Reasons that mean the session did not finish on its owner's terms.
 INTERRUPTED_REASONS = frozenset({"error", "signal", "process_exit", "reaped", "abandoned"})
 
@@ -398,7 +401,11 @@ class StoreCore(HookDeliveries, Ownership, MessageWrites):
                 raise SessionNotFoundError(session_id)
             if epoch is not None and (state[0] is not None or state[2] != epoch):
                 raise self._write_state_error(c, session_id, epoch)
-            newest = c.execute(sql.NEWEST_ACTIVE_SEQ, (session_id,)).fetchone()
+            # Usually among the last few seqs (only earlier retracts sit above it).
+            after = state[3] - _NEWEST_WINDOW
+            newest = c.execute(sql.NEWEST_ACTIVE_SEQ_AFTER, (session_id, after)).fetchone()
+            if newest is None and after > 0:
+                newest = c.execute(sql.NEWEST_ACTIVE_SEQ, (session_id,)).fetchone()
             if newest is None:
                 return None
             row = c.execute(sql.RETRACT_MESSAGE, (session_id, newest[0])).fetchone()

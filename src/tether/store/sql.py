@@ -414,6 +414,13 @@ NEWEST_ACTIVE_SEQ = """
 SELECT seq FROM messages WHERE session_id = ? AND state = 'active' ORDER BY seq DESC LIMIT 1
 """
 
+# The same among the last seqs (seq > ?), which bounds the read whatever plan the
+# planner picks (with stale statistics PostgreSQL's reads the whole session).
+NEWEST_ACTIVE_SEQ_AFTER = """
+SELECT seq FROM messages WHERE session_id = ? AND seq > ? AND state = 'active'
+ORDER BY seq DESC LIMIT 1
+"""
+
 RETRACT_MESSAGE = f"""
 UPDATE messages SET state = 'retracted' WHERE session_id = ? AND seq = ? AND state = 'active'
 RETURNING {MESSAGE_READ_COLUMNS}
