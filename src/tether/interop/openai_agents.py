@@ -25,10 +25,11 @@ Mapping (see README, "OpenAI Agents SDK"):
   (``reaped``). Either way the next ``add_items``, in any process, starts
   segment n+1 in the same chain, and the items of ended segments still belong
   to the conversation (back to the last ``cleared`` one).
-- Items carry idempotency keys derived from the call (its number in this
-  instance, the item's position and its exact JSON), so a write retried within
-  the call (a commit of unknown outcome, a segment that ended meanwhile) never
-  stores an item twice.
+- Items carry idempotency keys derived from the call (a digest of this
+  instance and the call's number, and the item's position), so a write
+  retried within the call (a commit of unknown outcome, a segment that ended
+  meanwhile) never stores an item twice. Across calls, equal items are
+  distinct items: the SDK reconciles a retried turn from the history it reads.
 
 The SDK itself is not imported by tether; this module needs it only for
 ``SessionSettings`` (``pip install 'tether[openai-agents]'``).
