@@ -16,6 +16,8 @@ from agents.memory.session import _session_accepts_wrapper
 import tether
 from tether.interop.openai_agents import CLEARED_REASON, SOURCE, TetherSession
 
+from ..conftest import run_cli
+
 pytestmark = pytest.mark.asyncio
 
 # The item shapes the runner stores after a tool turn (measured with ScriptedModel),
@@ -387,3 +389,21 @@ async def test_an_add_whose_commit_is_unknown_stores_its_items_once(
     [listed] = store.list_sessions(source=SOURCE).items
     assert listed.chain_message_count == 3
     assert [m.seq for m in store.get_messages(listed.session.id)] == [1, 2, 3]
+
+
+async def test_tether_ls_lists_the_conversation_once_and_show_reads_it(tmp_path: Any) -> None:
+    db = str(tmp_path / "cli.db")
+    with tether.open_store(db, load_plugins=False) as store:
+        session = TetherSession("sdk-cli", store)
+        await session.add_items(ITEMS[:4])
+        await session.clear_session()
+        await session.add_items([{"role": "user", "content": "again"}])
+        [listed] = store.list_sessions(source=SOURCE).items
+        first, _ = store.get_chain(listed.session.id)
+    listed_cli = await asyncio.to_thread(run_cli, "ls", "--db", db)
+    assert listed_cli.returncode == 0, listed_cli.stderr
+    assert listed_cli.stdout.count("openai-agents") == 1  # two segments, one conversation
+    shown = await asyncio.to_thread(run_cli, "show", first.id, "--db", db)
+    assert shown.returncode == 0, shown.stderr
+    assert "count a b c" in shown.stdout and "three words" in shown.stdout
+    assert "cleared" in shown.stdout
