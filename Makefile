@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 HERMES_VENV    := .venv-hermes
 HERMES_VERSION := 0.19.0
 
-.PHONY: run test bench bench-peers lint clean
+.PHONY: run test bench bench-peers bench-agents lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,12 +59,14 @@ run: $(VENV)/.installed
 # ship only in its sdist) extracted under it, so that no test downloads anything.
 AGENTS_VENV := .venv-agents
 AGENTS_SDK  := openai-agents==0.24.0
+# What bench/agents.py compares TetherSession with on PostgreSQL: the SDK's SQLAlchemySession.
+AGENTS_BENCH := 'sqlalchemy[asyncio]>=2.0' 'asyncpg>=0.29'
 
 $(AGENTS_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(AGENTS_VENV)
 	$(AGENTS_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(AGENTS_VENV)/bin/python -m pip install --quiet -e '.[test,postgres]' '$(AGENTS_SDK)' pytest-asyncio \
-		'sqlalchemy[asyncio]' asyncpg
+		$(AGENTS_BENCH)
 	rm -rf $(AGENTS_VENV)/sdk-tests $(AGENTS_VENV)/sdist && mkdir -p $(AGENTS_VENV)/sdk-tests
 	$(AGENTS_VENV)/bin/python -m pip download --quiet --no-binary :all: --no-deps \
 		--dest $(AGENTS_VENV)/sdist '$(AGENTS_SDK)'
@@ -114,6 +116,10 @@ bench-peers: $(VENV)/.installed-test $(HERMES_VENV)/.installed $(AGENTS_VENV)/.i
 		$(LANGGRAPH_VENV)/.installed
 	./scripts/ensure-postgres
 	$(BIN)/python -m bench peers
+# TetherSession against the SDK's SQLiteSession and SQLAlchemySession (PostgreSQL).
+bench-agents: $(AGENTS_VENV)/.installed
+	./scripts/ensure-postgres
+	$(AGENTS_VENV)/bin/python -m bench agents
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench

@@ -24,6 +24,7 @@ BENCHES = (
     "web",
     "peers",
     "retention",
+    "agents",  # in .venv-agents (make bench-agents)
 )
 
 

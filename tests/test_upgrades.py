@@ -52,11 +52,13 @@ if known < 4:
     sql.INSERT_MESSAGE = (
         f"INSERT INTO messages ({_V1}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE {_EMPTY}"
     )
+    sql.INSERT_MESSAGE_EXACT_PAYLOAD = sql.INSERT_MESSAGE  # PostgreSQL's variant
     sql.APPEND_ONE_STATEMENT = (
         sql.APPEND_ONE_STATEMENT.replace(", meta, payload)", ")")
-        .replace(",\\n    ?::jsonb, ?::jsonb FROM bump", " FROM bump WHERE " + _EMPTY)
+        .replace(",\\n    ?::jsonb, to_jsonb(?::text) FROM bump", " FROM bump WHERE " + _EMPTY)
     )
     assert "meta" not in sql.INSERT_MESSAGE + sql.APPEND_ONE_STATEMENT
+    assert "to_jsonb" not in sql.APPEND_ONE_STATEMENT
 """
 
 # A step older code survives (it never names the new table) and one it does not.

@@ -96,6 +96,7 @@ class Store(StoreCore):
         metadata: dict[str, Any] | None = None,
         *,
         branch: bool = False,
+        origin: str | None = None,
     ) -> SessionHandle:
         """Start a session and return its handle. Nothing is written yet.
 
@@ -103,7 +104,10 @@ class Store(StoreCore):
         so a session that ends without content leaves no trace. ``parent_id``
         continues an earlier session (after compression, say): the two form one
         chain, listed once. With ``branch=True`` the new session starts a chain
-        of its own that still points at its parent.
+        of its own that still points at its parent. ``origin`` names the
+        session in another system (unique per store, found again with
+        :meth:`find_by_origin`); unlike an import, the session is owned by this
+        process like any other.
         """
         from .lifecycle.handle import SessionHandle  # start-up speed (see the top)
 
@@ -117,6 +121,7 @@ class Store(StoreCore):
             parent_id=parent_id,
             metadata=metadata,
             branch=branch,
+            origin=origin,
         )
 
     def attach(self, session_id: str) -> SessionHandle:

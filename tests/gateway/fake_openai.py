@@ -1,4 +1,8 @@
-"""A small OpenAI-compatible chat-completions server (streaming), on 127.0.0.1, in a thread."""
+"""A small OpenAI-compatible chat-completions server, on 127.0.0.1, in a thread.
+
+It streams (SSE) when the request asks to, and otherwise answers with one JSON
+``chat.completion``, as real servers do.
+"""
 
 from __future__ import annotations
 
@@ -46,7 +50,31 @@ class FakeOpenAI:
             error = {"error": {"message": "no such model", "type": "invalid_request_error"}}
             return JSONResponse(error, status_code=self.fail_with)
         last = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
-        words = f"you said: {last}".split(" ")
+        if isinstance(last, list):  # content parts (the Agents SDK sends them so)
+            last = " ".join(p.get("text", "") for p in last if isinstance(p, dict))
+        reply = f"you said: {last}"
+        words = reply.split(" ")
+        if not body.get("stream"):
+            return JSONResponse(
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": reply},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": len(str(body["messages"]).split()),
+                        "completion_tokens": len(words),
+                        "total_tokens": len(str(body["messages"]).split()) + len(words),
+                    },
+                }
+            )
 
         async def events() -> Any:
             for i, word in enumerate(words):

@@ -11,6 +11,7 @@ on one file share data, so two ``TetherSession`` objects on one path do too);
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -80,6 +81,7 @@ class _Stores:
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="tether-sdk-tests-"))
         self.by_path: dict[str, tether.Store] = {}
+        self.numbers = itertools.count(1)
 
     def for_path(self, db_path: Any) -> tether.Store | str:
         if str(db_path) == ":memory:":
@@ -87,12 +89,18 @@ class _Stores:
             return str(self.dir / f"memory-{len(os.listdir(self.dir))}-{id(object())}.db")
         key = os.fspath(db_path)
         if key not in self.by_path:
-            self.by_path[key] = tether.open_store(f"{key}.tether.db", load_plugins=False)
+            # In a directory of ours: the test removes its own before teardown,
+            # while the store still has sessions to end.
+            name = f"path-{next(self.numbers)}-{Path(key).name}.tether.db"
+            self.by_path[key] = tether.open_store(self.dir / name, load_plugins=False)
         return self.by_path[key]
 
     def close(self) -> None:
+        # Each test's files live in its own temporary directory, removed when it
+        # ends: close its stores first (their sessions end ``process_exit``).
         for store in self.by_path.values():
             store.close()
+        self.by_path.clear()
 
 
 _stores = _Stores()
@@ -116,7 +124,7 @@ def simple_list_session(
     """``SimpleListSession``'s constructor: a fresh conversation holding ``history``."""
     session = TetherSession(session_id, _stores.for_path(":memory:"))
     if history:
-        session._add_items(list(history))  # sync: the constructor cannot await
+        session._add_items(session._rows(list(history)))  # sync: the constructor cannot await
     return session
 
 
@@ -140,6 +148,7 @@ def _tether_session_under_test(
     if hasattr(module, "SimpleListSession"):
         monkeypatch.setattr(module, "SimpleListSession", simple_list_session)
     yield
+    _stores.close()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

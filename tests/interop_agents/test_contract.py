@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +15,8 @@ from agents.memory.session import _session_accepts_wrapper
 
 import tether
 from tether.interop.openai_agents import CLEARED_REASON, SOURCE, TetherSession
+
+from ..conftest import run_cli
 
 pytestmark = pytest.mark.asyncio
 
@@ -59,10 +62,12 @@ async def test_items_round_trip_exactly_with_a_readable_projection(
     await session.add_items(ITEMS)
     got = await session.get_items()
     assert got == ITEMS
-    if backend == "sqlite":
-        # Byte-exact as JSON, key order included. (PostgreSQL's jsonb keeps the
-        # values but not the key order: equal, not byte-identical.)
-        assert json.dumps(got) == json.dumps(ITEMS)
+    # Byte-exact as JSON, key order included, on PostgreSQL too (jsonb alone
+    # would keep the values but reorder the keys).
+    assert json.dumps(got) == json.dumps(ITEMS)
+    assert [json.dumps(i) for i in await TetherSession("sdk-1", store).get_items(3)] == [
+        json.dumps(i) for i in ITEMS[-3:]
+    ]
     [segment] = store.list_sessions(source=SOURCE).items
     messages = store.get_messages(segment.session.id)
     shown = [(m.role, m.content, m.tool_call_id) for m in messages]
@@ -90,6 +95,8 @@ async def test_pop_retracts_the_newest_item_and_leaves_no_seq_gap(store: tether.
     assert await session.pop_item() == {"role": "user", "content": "2"}
     await session.add_items([{"role": "user", "content": "3"}])
     assert [i["content"] for i in await session.get_items()] == ["0", "1", "3"]
+    # The last seqs hold a retracted one: a limited read still finds N active items.
+    assert [i["content"] for i in await session.get_items(2)] == ["1", "3"]
     [listed] = store.list_sessions(source=SOURCE).items
     every = store.get_messages(listed.session.id, states=("active", "retracted"))
     assert [(m.seq, m.state) for m in every] == [
@@ -191,3 +198,212 @@ async def test_store_by_path_is_opened_and_closed_by_the_session(tmp_path: Any) 
         assert TetherSession("sdk-path", reopened).store is reopened
         [listed] = reopened.list_sessions().items
         assert listed.session.source == SOURCE
+
+
+class _CancelAfterCommit:
+    """A plugin whose hook runs in the mutation's worker thread, after its commit:
+    it cancels the caller's task and waits until the event loop delivered the
+    cancellation, so the mutation is still running when the caller is cancelled."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.task: asyncio.Task[Any] | None = None
+        self.fired = 0
+
+    def _cancel(self) -> None:
+        if self.task is not None and self.fired == 0:
+            self.task.cancel()
+        self.fired += 1
+
+    def _cancel_and_wait(self) -> None:
+        done = threading.Event()
+        self.loop.call_soon_threadsafe(lambda: (self._cancel(), done.set()))
+        assert done.wait(10)
+
+    @tether.hookimpl
+    def on_session_start(self, session: Any) -> None:
+        self._cancel_and_wait()
+
+    @tether.hookimpl
+    def on_session_end(self, session: Any, reason: str, interrupted: bool) -> None:
+        self._cancel_and_wait()
+
+
+@pytest.mark.parametrize("mutation", ["add", "clear"])
+async def test_a_mutation_cancelled_after_its_commit_propagates_and_lands_once(
+    store: tether.Store, mutation: str
+) -> None:
+    """Upstream's post-commit cancellation test, without SQLite injection: the
+    caller sees CancelledError, the outcome is in the store exactly once."""
+    session = TetherSession("sdk-post-commit", store)
+    if mutation == "clear":
+        await session.add_items([{"role": "user", "content": "before"}])
+    plugin = _CancelAfterCommit(asyncio.get_running_loop())
+    store.plugins.register(plugin)
+    try:
+        call = (
+            session.add_items([{"role": "user", "content": "once"}])
+            if mutation == "add"
+            else session.clear_session()
+        )
+        plugin.task = asyncio.ensure_future(call)
+        with pytest.raises(asyncio.CancelledError):
+            await plugin.task
+        assert plugin.fired == 1  # cancelled after the commit, in the hook
+    finally:
+        store.plugins.unregister(plugin)
+    if mutation == "add":
+        assert await session.get_items() == [{"role": "user", "content": "once"}]
+    else:
+        assert await session.get_items() == []
+        [listed] = store.list_sessions(source=SOURCE).items
+        [ended] = store.get_chain(listed.session.id)
+        assert ended.end_reason == CLEARED_REASON
+    # The next mutation works as usual.
+    await session.add_items([{"role": "user", "content": "next"}])
+    assert (await session.get_items())[-1] == {"role": "user", "content": "next"}
+
+
+async def test_a_cancelled_pop_completes_once_and_propagates_the_cancellation(
+    store: tether.Store,
+) -> None:
+    session = TetherSession("sdk-cancel-pop", store)
+    await session.add_items([{"role": "user", "content": str(i)} for i in range(2)])
+    session._lock.acquire()  # the pop waits in its worker thread
+    task = asyncio.create_task(session.pop_item())
+    await asyncio.sleep(0)
+    task.cancel()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not task.done()
+    session._lock.release()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await session.get_items() == [{"role": "user", "content": "0"}]
+
+
+async def test_a_write_retried_within_its_call_never_stores_an_item_twice(
+    store: tether.Store,
+) -> None:
+    """The keys come from the call, not from chance: writing one call's rows again
+    (what the store does after a commit of unknown outcome, and what the
+    session does when its segment ended under it) finds them stored."""
+    session = TetherSession("sdk-retry", store)
+    items = [{"role": "user", "content": "a"}, {"role": "user", "content": "a"}]
+    rows = session._rows(items)
+    assert len({r[6] for r in rows}) == 2  # equal items, distinct positions
+    await asyncio.to_thread(session._add_items, rows)
+    await asyncio.to_thread(session._add_items, rows)  # the same call, retried
+    assert await session.get_items() == items
+    # Another call with equal items is another write: the user said "a" again.
+    await session.add_items(items[:1])
+    assert len(await session.get_items()) == 3
+
+
+async def test_a_retried_call_continues_in_the_next_segment_when_its_segment_ended(
+    store: tether.Store,
+) -> None:
+    """Another process cleared (or the reaper ended) the segment this instance
+    wrote to: the write is refused there and lands once in the next segment."""
+    session = TetherSession("sdk-moved", store)
+    await session.add_items([{"role": "user", "content": "one"}])
+    other = TetherSession("sdk-moved", store)
+    await other.clear_session()
+    await session.add_items([{"role": "user", "content": "two"}])
+    assert await other.get_items() == [{"role": "user", "content": "two"}]
+    [listed] = store.list_sessions(source=SOURCE).items
+    chain = store.get_chain(listed.session.id)
+    assert [s.end_reason for s in chain] == [CLEARED_REASON, None]
+    assert [m.content for m in store.get_messages(chain[1].id)] == ["two"]
+
+
+async def test_segments_are_owned_by_the_writing_process(store: tether.Store) -> None:
+    session = TetherSession("sdk-owned", store)
+    await session.add_items([{"role": "user", "content": "hi"}])
+    [listed] = store.list_sessions(source=SOURCE).items
+    assert listed.session.owner_id == store.owner_id is not None
+    assert listed.session.origin == f"{SOURCE}:sdk-owned#1"
+    assert store.owner.owned >= 1  # this process heartbeats for it
+
+
+async def test_get_items_reads_across_ended_segments_back_to_the_last_clear(
+    store: tether.Store,
+) -> None:
+    session = TetherSession("sdk-across", store)
+    await session.add_items([{"role": "user", "content": "gone"}])
+    await session.clear_session()
+    await session.add_items([{"role": "user", "content": str(i)} for i in range(3)])
+    [listed] = store.list_sessions(source=SOURCE).items
+    tip = store.get_chain(listed.session.id)[-1]
+    store.end_session(tip.id, "process_exit", "a worker exited", interrupted=True)
+    await session.add_items([{"role": "user", "content": str(i)} for i in range(3, 5)])
+    assert [i["content"] for i in await session.get_items()] == ["0", "1", "2", "3", "4"]
+    assert [i["content"] for i in await session.get_items(3)] == ["2", "3", "4"]
+    # pop reaches back into the ended segment once the newest one is empty.
+    for expected in ("4", "3", "2"):
+        assert (await session.pop_item())["content"] == expected
+    assert [i["content"] for i in await session.get_items()] == ["0", "1"]
+    chain = store.get_chain(listed.session.id)
+    assert [s.end_reason for s in chain] == [CLEARED_REASON, "process_exit", None]
+
+
+class _Rollback(Exception):
+    pass
+
+
+def _lose_next_commit(store: tether.Store, monkeypatch: pytest.MonkeyPatch, landed: bool) -> None:
+    """The next write runs for real, then its commit's outcome is lost (as when the
+    connection breaks during COMMIT): it committed (``landed``) or rolled back."""
+    real = store.backend.write
+    left = [1]
+
+    def write(fn: Any) -> Any:
+        if not left:
+            return real(fn)
+        left.clear()
+        if landed:
+            real(fn)
+        else:
+
+            def then_roll_back(c: Any) -> None:
+                fn(c)
+                raise _Rollback
+
+            with pytest.raises(_Rollback):
+                real(then_roll_back)
+        raise tether.CommitUnknownError("lost the connection while committing")
+
+    monkeypatch.setattr(store.backend, "write", write)
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["landed", "not-landed"])
+async def test_an_add_whose_commit_is_unknown_stores_its_items_once(
+    store: tether.Store, monkeypatch: pytest.MonkeyPatch, landed: bool
+) -> None:
+    session = TetherSession("sdk-unknown", store)
+    _lose_next_commit(store, monkeypatch, landed)  # the first add starts the segment
+    await session.add_items([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+    _lose_next_commit(store, monkeypatch, landed)  # a later add to the known segment
+    await session.add_items([{"role": "user", "content": "c"}])
+    assert [i["content"] for i in await session.get_items()] == ["a", "b", "c"]
+    [listed] = store.list_sessions(source=SOURCE).items
+    assert listed.chain_message_count == 3
+    assert [m.seq for m in store.get_messages(listed.session.id)] == [1, 2, 3]
+
+
+async def test_tether_ls_lists_the_conversation_once_and_show_reads_it(tmp_path: Any) -> None:
+    db = str(tmp_path / "cli.db")
+    with tether.open_store(db, load_plugins=False) as store:
+        session = TetherSession("sdk-cli", store)
+        await session.add_items(ITEMS[:4])
+        await session.clear_session()
+        await session.add_items([{"role": "user", "content": "again"}])
+        [listed] = store.list_sessions(source=SOURCE).items
+        first, _ = store.get_chain(listed.session.id)
+    listed_cli = await asyncio.to_thread(run_cli, "ls", "--db", db)
+    assert listed_cli.returncode == 0, listed_cli.stderr
+    assert listed_cli.stdout.count("openai-agents") == 1  # two segments, one conversation
+    shown = await asyncio.to_thread(run_cli, "show", first.id, "--db", db)
+    assert shown.returncode == 0, shown.stderr
+    assert "count a b c" in shown.stdout and "three words" in shown.stdout
+    assert "cleared" in shown.stdout

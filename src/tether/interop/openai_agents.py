@@ -17,9 +17,19 @@ Mapping (see README, "OpenAI Agents SDK"):
 - ``pop_item`` retracts the newest active message (O(1), seqs stay gap-free).
 - ``clear_session`` ends the current segment with reason ``cleared``; the
   next ``add_items`` starts segment n+1 in the same chain.
-- Segments are *external* sessions (written through the store's import API):
-  the SDK has no process that owns a conversation, so no owner is recorded
-  and no reaper ends them.
+- Segments are *owned* by the process that started them, like any tether
+  session: several processes (web workers) write one conversation, the ones
+  that find the newest segment open and its owner alive write into it as
+  cooperating writers. A worker that exits ends its segments
+  ``process_exit``; one killed with SIGKILL leaves them to the reaper
+  (``reaped``). Either way the next ``add_items``, in any process, starts
+  segment n+1 in the same chain, and the items of ended segments still belong
+  to the conversation (back to the last ``cleared`` one).
+- Items carry idempotency keys derived from the call (a digest of this
+  instance and the call's number, and the item's position), so a write
+  retried within the call (a commit of unknown outcome, a segment that ended
+  meanwhile) never stores an item twice. Across calls, equal items are
+  distinct items: the SDK reconciles a retried turn from the history it reads.
 
 The SDK itself is not imported by tether; this module needs it only for
 ``SessionSettings`` (``pip install 'tether[openai-agents]'``).
@@ -28,15 +38,31 @@ The SDK itself is not imported by tether; this module needs it only for
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
+import json
 import os
 import threading
 import time
-import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from ..compose import Store, open_store
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, SessionEndedError, StaleOwnerError, TetherError
+from ..ids import new_id
+from ..lifecycle.handle import SessionHandle
+from ..liveness import Reaper
 from ..model import Message, Session
+from ..store.owners import OwnerInfo
+from ..store.writes import NewSession, Row, WriteState
+from ..validate import (
+    BAD_TEXT_SEARCH,
+    check_metadata,
+    check_payload,
+    check_source,
+    check_text,
+    check_tool_calls,
+)
 
 __all__ = ["CLEARED_REASON", "SOURCE", "TetherSession", "project_item"]
 
@@ -111,6 +137,32 @@ def _settings(session_settings: Any) -> Any:
     return session_settings
 
 
+def _dumps(value: Any) -> str:
+    """JSON text as tether stores it (compact, unicode as is, no NaN)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _tool_calls_text(tool_calls: list[Any]) -> str | None:
+    """``tool_calls`` as stored; its strings come from the item, already scanned."""
+    text = _dumps(tool_calls)
+    if "\\u0000" in text:  # PostgreSQL's jsonb refuses NUL: say where it is
+        return check_tool_calls(tool_calls)
+    return text
+
+
+# How often one call moves on to a newer segment before giving up: each move
+# means another process ended or took over the segment between two statements.
+_SEGMENT_ATTEMPTS = 8
+
+# get_items(limit) up to this many items reads SQLite on the event loop's thread.
+_INLINE_READ_LIMIT = 100
+
+# Segments this process started, with the handle that ends them on exit
+# (``process_exit``) and keeps this process's heartbeat going meanwhile.
+_owned: dict[tuple[int, str], SessionHandle] = {}
+_owned_lock = threading.Lock()
+
+
 class TetherSession:
     """The SDK's ``Session`` protocol on a tether store (one SDK session = one chain).
 
@@ -119,8 +171,11 @@ class TetherSession:
     :meth:`close`; one passed in is left open. After :meth:`close`, mutations
     raise :class:`RuntimeError`; the conversation itself is not ended.
 
-    Every store call runs in a worker thread (``asyncio.to_thread``), so the
-    event loop never waits on the database.
+    Writes run in a worker thread (``asyncio.to_thread``), so the event loop
+    never waits on the database; so do reads, but a short one on SQLite (a WAL
+    read never waits for writers). Mutations run to completion even
+    when the caller is cancelled, then re-raise the cancellation, as the SDK's
+    own sessions do.
     """
 
     def __init__(
@@ -129,6 +184,7 @@ class TetherSession:
         store: Store | str | os.PathLike[str] | None = None,
         *,
         session_settings: Any = None,
+        source: str = SOURCE,
         model: str | None = None,
         title: str | None = None,
         cwd: str | None = None,
@@ -138,13 +194,30 @@ class TetherSession:
             raise InvalidInputError("session_id must be a non-empty string")
         self.session_id = session_id
         self.session_settings = _settings(session_settings)
+        self._source = check_source(source)
+        self._model = check_text(model, "model")
+        self._title = check_text(title, "title")
+        self._cwd = check_text(cwd, "cwd")
+        self._metadata = check_metadata(
+            {"openai_agents_session_id": session_id, **(metadata or {})}
+        )
         self._owns_store = not isinstance(store, Store)
         self._store: Store = store if isinstance(store, Store) else open_store(store)
-        self._model, self._title, self._cwd, self._metadata = model, title, cwd, metadata
+        self._root_origin = self._origin(1)
         # Serializes this instance's mutations: the SDK's sessions promise that
         # one instance's writes apply in call order.
         self._lock = threading.Lock()
         self._closed = False
+        # The segment of this process this instance last wrote to, and what it
+        # knows of it: a write goes there without a lookup; if it ended or moved
+        # on meanwhile, the write is refused and the newest segment is looked up.
+        self._w: WriteState | None = None
+        # Idempotency keys: derived from the call (see _rows), never random.
+        self._calls = itertools.count(1)
+        self._instance = f"{os.getpid()}:{id(self)}:{time.time_ns()}"
+        self._reaper: Reaper | None = None
+        backend = self._store.backend
+        self._inline_reads = backend.dialect == "sqlite" and "memory:" not in backend.url
 
     @property
     def store(self) -> Store:
@@ -152,86 +225,237 @@ class TetherSession:
         return self._store
 
     def _origin(self, n: int) -> str:
-        return f"{SOURCE}:{self.session_id}#{n}"
+        return f"{self._source}:{self.session_id}#{n}"
+
+    def _number(self, segment: Session) -> int:
+        """A segment's number n, from its origin ``<source>:<session_id>#<n>``."""
+        origin = segment.origin or ""
+        head, _, n = origin.rpartition("#")
+        if head != f"{self._source}:{self.session_id}" or not n.isdigit():
+            raise TetherError(f"session {segment.id} is not a segment of {self.session_id!r}")
+        return int(n)
 
     # --- segments ------------------------------------------------------------------
 
-    def _current(self) -> tuple[int, Session] | None:
-        """The newest segment and its number (None: nothing stored yet)."""
-        root = self._store.find_by_origin(self._origin(1))
-        if root is None:
-            return None
-        tip = self._store.get_chain(root.id)[-1]
-        n = 1
-        if tip.origin is not None and tip.origin.startswith(f"{SOURCE}:{self.session_id}#"):
-            n = int(tip.origin.rsplit("#", 1)[1])
-        return n, tip
+    def _tip(self) -> tuple[Session, OwnerInfo | None] | None:
+        """The newest segment and its owner (None: nothing stored yet). O(1)."""
+        return self._store.chain_tip_by_origin(self._root_origin)
 
-    def _writable(self) -> tuple[int, Session]:
-        """The open segment to write to, started (as segment n+1) if the last one ended."""
-        current = self._current()
-        if current is not None and current[1].is_open:
-            return current
-        n = 1 if current is None else current[0] + 1
-        parent = None if current is None else current[1].id
-        result = self._store.import_session(
-            self._origin(n),
-            source=SOURCE,
-            created_at=time.time(),
+    def _visible(self, tip: Session) -> Iterator[Session]:
+        """The segments whose items make the conversation, newest first, read lazily.
+
+        The tip and its predecessors back to (not including) the last segment
+        that ``clear_session`` ended; none if that is the tip itself. A reader
+        that has enough items stops early, so a limited read costs O(limit).
+        """
+        segment = tip
+        while segment.end_reason != CLEARED_REASON:
+            yield segment
+            if segment.parent_id is None:
+                return
+            segment = self._store.get_session(segment.parent_id)
+
+    def _owner_dead(self, owner: OwnerInfo | None, segment: Session) -> bool:
+        """True when the open segment's owner is another process, and dead."""
+        if segment.owner_id is None or segment.owner_id == self._store.owner_id:
+            return False
+        if self._reaper is None:
+            self._reaper = Reaper(self._store)
+        return not self._reaper.verdict(segment.owner_id, owner, time.time()).alive
+
+    def _start_segment(self, n: int, parent: str | None, rows: list[Row]) -> WriteState | None:
+        """Write segment n (owned here) with ``rows`` in one transaction.
+
+        None if another process started segment n first (its origin is taken):
+        nothing was written, and the caller looks the tip up again.
+        """
+        now = self._store.clock.now()
+        new = NewSession(
+            id=new_id(now),
+            source=self._source,
             model=self._model,
             title=self._title,
             cwd=self._cwd,
             parent_id=parent,
-            metadata={"openai_agents_session_id": self.session_id, **(self._metadata or {})},
+            branch=False,
+            metadata=self._metadata,
+            created_at=now,
+            origin=self._origin(n),
         )
-        return n, result.session
+        w = WriteState(new.id, 0)
+        try:
+            self._store.write_messages(new, w, rows).apply(w)
+        except Exception:
+            if self._store.find_by_origin(new.origin or "") is not None:
+                return None  # lost the race for segment n: write into the winner's
+            raise
+        # A handle that owns the segment: this process heartbeats for it, and ends
+        # it ``process_exit`` if it exits first (a SIGKILL leaves it to the reaper).
+        session = self._store.get_session(new.id)
+        handle = SessionHandle.existing(self._store, self._store.owner, session, owns=True)
+        self._store.owner.acquire(new.id)
+        with _owned_lock:
+            for key in [k for k, h in _owned.items() if h.ended]:
+                del _owned[key]  # ended elsewhere (store closed, reaped, cleared)
+            _owned[(id(self._store), new.id)] = handle
+        if self._store.plugins.implemented("on_session_start"):
+            self._store.plugins.call("on_session_start", session=session)
+        return w
+
+    def _write(self, rows: list[Row]) -> None:
+        """Append ``rows`` to the conversation's open segment, starting one if needed."""
+        swept = False
+        for attempt in range(_SEGMENT_ATTEMPTS):
+            if self._w is not None:
+                try:
+                    # The keys are new to the store on a first attempt (derived from
+                    # this call); the store still looks them up if a commit's outcome
+                    # was unknown, and so does every later attempt.
+                    self._store.write_messages(None, self._w, rows, check_keys=attempt > 0).apply(
+                        self._w
+                    )
+                    return
+                except (SessionEndedError, StaleOwnerError):
+                    self._w = None  # ended or taken over meanwhile: find the newest one
+                    continue
+            found = self._tip()
+            if found is None:
+                n, parent = 1, None
+            else:
+                tip, owner = found
+                if tip.is_open and not swept and self._owner_dead(owner, tip):
+                    # Its writer was killed: end it honestly (``reaped``) before
+                    # the conversation moves on to a segment of its own. (If the
+                    # sweep, on the server's clock, finds it alive after all, the
+                    # segment is written to like any open one.)
+                    assert self._reaper is not None
+                    self._reaper.sweep()
+                    swept = True
+                    continue
+                if tip.is_open:
+                    w = WriteState(tip.id, tip.epoch)
+                    try:
+                        self._store.write_messages(None, w, rows, check_keys=attempt > 0)
+                    except (SessionEndedError, StaleOwnerError):
+                        continue
+                    if tip.owner_id == self._store.owner_id:
+                        self._w = w  # ours: the next write goes straight there
+                    # Another process's: looked up (and its owner judged) on every
+                    # write, so a writer that dies is reaped on the next one.
+                    return
+                n, parent = self._number(tip) + 1, tip.id
+            started = self._start_segment(n, parent, rows)
+            if started is not None:
+                self._w = started
+                return
+        raise TetherError(
+            f"{self.session_id!r}: the conversation kept moving to newer segments "
+            f"({_SEGMENT_ATTEMPTS} tries); nothing was written by the last one"
+        )
 
     # --- blocking implementations (run in a worker thread) ---------------------------
+
+    def _rows(self, items: list[Any]) -> list[Row]:
+        """Each item as a row: readable columns, the exact item, a key derived from the call.
+
+        The item's JSON text is made once: it is the payload as stored, and one
+        scan of it vouches for every string inside (no lone surrogate; JSON
+        itself escapes NUL).
+        """
+        # One digest per call; an item's key is that and its position. A retried
+        # write of the call carries the very same rows, so the same keys.
+        call = hashlib.blake2b(
+            f"{self._instance}:{next(self._calls)}".encode(), digest_size=12
+        ).hexdigest()
+        now = time.time()
+        rows: list[Row] = []
+        for i, item in enumerate(items):
+            message = project_item(item)
+            try:
+                text = _dumps(item)
+            except (TypeError, ValueError):
+                text = None
+            if text is None or (not text.isascii() and BAD_TEXT_SEARCH(text)):
+                check_payload(item)  # says what is wrong, and where
+                raise InvalidInputError("an SDK item must be JSON")  # pragma: no cover
+            tool_calls = message.get("tool_calls")
+            meta = message.get("meta")
+            rows.append(
+                (
+                    message["role"],
+                    check_text(message.get("content"), "content"),
+                    None if tool_calls is None else _tool_calls_text(tool_calls),
+                    check_text(message.get("tool_call_id"), "tool_call_id"),
+                    None,
+                    now,
+                    f"oa:{call}:{i}",
+                    None if meta is None else _dumps(meta),
+                    text,
+                )
+            )
+        return rows
 
     def _get_items(self, limit: int | None) -> list[Any]:
         if self._closed and self._owns_store:
             # The store opened here is closed with the session: say so plainly.
             self._check_open()
-        current = self._current()
-        if current is None or not current[1].is_open:
+        if limit is not None:
+            # The common case, one read: the tip and its last `limit` items.
+            found = self._store.chain_tip_tail(self._root_origin, limit)
+            if found is None:
+                return []
+            tip, _, out = found
+            if tip.end_reason == CLEARED_REASON:
+                return []
+            if len(out) >= limit or tip.parent_id is None:
+                return out
+            for segment in itertools.islice(self._visible(tip), 1, None):
+                part = self._store.get_last_messages(segment.id, limit - len(out))
+                out[:0] = [m.payload for m in part]
+                if len(out) >= limit:
+                    break
+            return out
+        tip_owner = self._tip()
+        if tip_owner is None:
             return []
-        sid = current[1].id
-        if limit is None:
-            messages = self._store.get_messages(sid)
-        else:
-            messages = self._store.get_last_messages(sid, limit)
+        messages: list[Message] = []
+        for segment in self._visible(tip_owner[0]):
+            messages[:0] = self._store.get_messages(segment.id)
         return [m.payload for m in messages]
 
-    def _add_items(self, items: list[Any]) -> None:
-        now = time.time()
-        rows = []
-        for item in items:
-            row = project_item(item)
-            row.update(key=f"oa:{uuid.uuid4().hex}", created_at=now, payload=item)
-            rows.append(row)
+    def _add_items(self, rows: list[Row]) -> None:
         with self._lock:
             self._check_open()
-            if not rows:
-                return
-            n, _ = self._writable()
-            self._store.import_messages(self._origin(n), rows)
+            if rows:
+                self._write(rows)
 
     def _pop_item(self) -> Any:
         with self._lock:
             self._check_open()
-            current = self._current()
-            if current is None or not current[1].is_open:
+            found = self._tip()
+            if found is None:
                 return None
-            message: Message | None = self._store.retract_last(current[1].id)
-            return None if message is None else message.payload
+            for segment in self._visible(found[0]):
+                message: Message | None = self._store.retract_last(segment.id)
+                if message is not None:
+                    return message.payload
+            return None
 
     def _clear_session(self) -> None:
         with self._lock:
             self._check_open()
-            current = self._current()
-            if current is not None and current[1].is_open:
+            self._w = None
+            found = self._tip()
+            if found is None or not found[0].is_open:
+                return
+            tip = found[0]
+            with _owned_lock:
+                handle = _owned.pop((id(self._store), tip.id), None)
+            if handle is not None and not handle.ended:
+                handle.end(CLEARED_REASON, "clear_session()", interrupted=False)
+            else:
                 self._store.end_session(
-                    current[1].id, CLEARED_REASON, "clear_session()", interrupted=False
+                    tip.id, CLEARED_REASON, "clear_session()", interrupted=False
                 )
 
     def _check_open(self) -> None:
@@ -249,11 +473,16 @@ class TetherSession:
                 return []
             if limit < 0:  # as SQLiteSession: a negative limit means everything
                 limit = None
+        if limit is not None and limit <= _INLINE_READ_LIMIT and self._inline_reads:
+            # A WAL reader never waits for writers: a short read costs less than
+            # the hop to a worker thread and back.
+            return self._get_items(limit)
         return await asyncio.to_thread(self._get_items, limit)
 
     async def add_items(self, items: list[Any], *, wrapper: Any = None) -> None:
         """Store ``items`` in order, in one transaction."""
-        await self._mutate(self._add_items, list(items))
+        rows = self._rows(list(items))  # validated (and keyed) before anything is written
+        await self._mutate(self._add_items, rows)
 
     async def pop_item(self, *, wrapper: Any = None) -> Any:
         """Remove and return the newest item (None if there is none)."""
@@ -267,20 +496,19 @@ class TetherSession:
         """Run a mutation to completion even if the caller is cancelled meanwhile.
 
         Its outcome is then known (committed or not) and the cancellation is
-        re-raised, as the SDK's own sessions do: a cancelled retry never
-        writes twice because the first write never stops half-way.
+        re-raised, as the SDK's own sessions do: the write never stops half-way,
+        and the caller that was cancelled can read what it did.
         """
         task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            while not task.done():
-                try:
-                    await asyncio.shield(task)
-                except asyncio.CancelledError:
-                    continue
-            task.result()  # a failure of the write itself wins over the cancellation
-            raise
+        cancelled: asyncio.CancelledError | None = None
+        while not task.done():
+            try:
+                await asyncio.wait({task})
+            except asyncio.CancelledError as exc:
+                cancelled = cancelled or exc
+        if cancelled is not None:
+            raise cancelled  # the outcome is in the store, whatever it was
+        return task.result()
 
     def close(self) -> None:
         """Refuse later mutations and close a store opened here; the conversation stays open."""

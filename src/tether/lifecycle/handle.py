@@ -36,6 +36,7 @@ from ..validate import (
     check_detail,
     check_meta,
     check_metadata,
+    check_origin,
     check_payload,
     check_reason,
     check_role,
@@ -153,6 +154,7 @@ class SessionHandle:
         parent_id: str | None,
         metadata: dict[str, Any] | None,
         branch: bool,
+        origin: str | None = None,
     ) -> SessionHandle:
         """A handle on a session not written yet (``store.session``)."""
         now = store.clock.now()
@@ -166,6 +168,7 @@ class SessionHandle:
             branch=bool(branch),
             metadata=check_metadata(metadata),
             created_at=now,
+            origin=None if origin is None else check_origin(origin),
         )
         handle = cls(store, owner, new, persisted=False, epoch=0)
         exits.track(handle)

@@ -19,6 +19,7 @@ Invariants kept here, in SQL:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from ..errors import (
 )
 from ..hooks import Plugins
 from ..model import (
+    SESSION_COLUMNS,
     Census,
     ImportResult,
     Message,
@@ -59,7 +61,7 @@ from . import listing, sql, sql_retention
 from .backend import Backend, Conn
 from .deliveries import HookDeliveries
 from .imports import ImportBatches
-from .owners import OwnerPort, Ownership
+from .owners import OwnerInfo, OwnerPort, Ownership
 from .retention import Retention
 from .toolrepair import ToolRepair
 from .transfer import Transfer
@@ -69,6 +71,12 @@ if TYPE_CHECKING:
     from .postgres import EventListener
 
 log = logging.getLogger("tether.store")
+
+# Where a session row (SESSION_COLUMNS) holds message_count.
+_MESSAGE_COUNT = [c.strip() for c in SESSION_COLUMNS.split(",")].index("message_count")
+
+# retract_last looks for the newest active message among this many last seqs first.
+_NEWEST_WINDOW = 64
 
 # Reasons that mean the session did not finish on its owner's terms.
 INTERRUPTED_REASONS = frozenset({"error", "signal", "process_exit", "reaped", "abandoned"})
@@ -102,6 +110,7 @@ class StoreCore(
         self._lock_rows = dialect == "postgresql"
         self._sql_write_state = sql.locking(dialect, sql.SELECT_WRITE_STATE)
         self._sql_session_owner = sql.locking(dialect, sql.SELECT_SESSION_OWNER, of="s")
+        self._sql_insert_message = sql.insert_message(dialect)
         # A backend that can run one statement atomically on its own (PostgreSQL)
         # takes the common append in a single round trip.
         self._append_statement = getattr(backend, "write_statement", None)
@@ -416,7 +425,11 @@ class StoreCore(
                 raise SessionNotFoundError(session_id)
             if epoch is not None and (state[0] is not None or state[2] != epoch):
                 raise self._write_state_error(c, session_id, epoch)
-            newest = c.execute(sql.NEWEST_ACTIVE_SEQ, (session_id,)).fetchone()
+            # Usually among the last few seqs (only earlier retracts sit above it).
+            after = state[3] - _NEWEST_WINDOW
+            newest = c.execute(sql.NEWEST_ACTIVE_SEQ_AFTER, (session_id, after)).fetchone()
+            if newest is None and after > 0:
+                newest = c.execute(sql.NEWEST_ACTIVE_SEQ, (session_id,)).fetchone()
             if newest is None:
                 return None
             row = c.execute(sql.RETRACT_MESSAGE, (session_id, newest[0])).fetchone()
@@ -503,6 +516,53 @@ class StoreCore(
         origin = check_origin(origin)
         row = self.backend.read(lambda c: c.execute(sql.SELECT_BY_ORIGIN, (origin,)).fetchone())
         return None if row is None else session_from_row(row)
+
+    def chain_tip_by_origin(self, origin: str) -> tuple[Session, OwnerInfo | None] | None:
+        """The newest session of the chain whose root has ``origin``, with its owner's row.
+
+        None if no session has that origin; the owner is None for a session
+        without one (imported) or whose owner row is gone. O(1): one read of
+        the root's chain summary, however long the chain.
+        """
+        origin = check_origin(origin)
+        row = self.backend.read(
+            lambda c: c.execute(sql.SELECT_CHAIN_TIP_BY_ORIGIN, (origin,)).fetchone()
+        )
+        if row is None:
+            return None
+        n = len(SESSION_COLUMNS.split(","))
+        row = tuple(row)
+        owner = OwnerInfo(*row[n:]) if row[n] is not None else None
+        return session_from_row(row[:n]), owner
+
+    def chain_tip_tail(
+        self, origin: str, n: int
+    ) -> tuple[Session, OwnerInfo | None, list[Any]] | None:
+        """:meth:`chain_tip_by_origin` and the payloads of the tip's last ``n`` active
+        messages (oldest first), in one read. O(n), however long the chain or the tip."""
+        origin = check_origin(origin)
+        cap = check_int(n, "n", minimum=0)
+        width = len(SESSION_COLUMNS.split(","))
+
+        def run(c: Conn) -> tuple[Any, list[Any]] | None:
+            row = c.execute(sql.SELECT_CHAIN_TIP_BY_ORIGIN, (origin,)).fetchone()
+            if row is None:
+                return None
+            after = row[_MESSAGE_COUNT] - cap
+            rows = c.execute(sql.SELECT_LAST_PAYLOADS_AFTER, (row[0], after, cap)).fetchall()
+            if len(rows) < cap and after > 0:  # retracted ones among the last seqs
+                rows = c.execute(sql.SELECT_LAST_PAYLOADS, (row[0], cap)).fetchall()
+            return row, rows
+
+        found = self.backend.read(run)
+        if found is None:
+            return None
+        row, payloads = tuple(found[0]), found[1]
+        owner = OwnerInfo(*row[width:]) if row[width] is not None else None
+        # SQLite returns the JSON text, PostgreSQL a decoded jsonb (the exact text as a
+        # string since payloads are stored exactly, or an object from older rows).
+        items = [json.loads(p) if isinstance(p, str) else p for (p,) in reversed(payloads)]
+        return session_from_row(row[:width]), owner, items
 
     def __exit__(self, *exc: object) -> None:
         self.close()

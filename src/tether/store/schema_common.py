@@ -62,6 +62,8 @@ def import_cursors(timestamp_type: str) -> list[str]:
         )
         """
     ]
+
+
 # Migration 5 (retention, issue 14): the indexes both backends share. Trashed
 # sessions are few next to the rest: a partial index finds them in O(trash).
 # Claims are looked up by session (the primary key) and expired by time.

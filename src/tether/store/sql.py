@@ -155,7 +155,7 @@ WITH bump AS (
 INSERT INTO messages (session_id, seq, role, content, tool_calls, tool_call_id, tool_name,
     created_at, idem_key, meta, payload)
 SELECT id, ?::integer, ?::text, ?::text, ?::jsonb, ?::text, ?::text, ?::float8, ?::text,
-    ?::jsonb, ?::jsonb FROM bump
+    ?::jsonb, to_jsonb(?::text) FROM bump
 """
 
 BUMP_CHILD = """
@@ -194,6 +194,20 @@ RETURNING {SESSION_COLUMNS}
 INSERT_MESSAGE = f"""
 INSERT INTO messages ({MESSAGE_WRITE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+# PostgreSQL: jsonb keeps values but not key order or spacing, and a payload is a
+# foreign framework's exact item. It is stored as a jsonb *string* holding the
+# exact JSON text, which readers decode (tether.model._json) back to the very
+# item; rows written before as jsonb objects still read as they are.
+INSERT_MESSAGE_EXACT_PAYLOAD = f"""
+INSERT INTO messages ({MESSAGE_WRITE_COLUMNS})
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, to_jsonb(CAST(? AS text)))
+"""
+
+
+def insert_message(dialect: str) -> str:
+    """The message INSERT for ``dialect`` (on PostgreSQL, payload text kept exact)."""
+    return INSERT_MESSAGE_EXACT_PAYLOAD if dialect == "postgresql" else INSERT_MESSAGE
 
 
 # After a commit of unknown outcome: what was stored at a seq, and the session
@@ -452,10 +466,33 @@ ORDER BY seq
 """
 
 
+# The payloads of the last N active messages, newest first: the same backward walk
+# of the primary key as select_last_messages, reading one column.
+SELECT_LAST_PAYLOADS = """
+SELECT payload FROM messages WHERE session_id = ? AND state = 'active' ORDER BY seq DESC LIMIT ?
+"""
+
+# The same within the last seqs (seq > ?): seqs have no gaps, so the last N
+# messages are the seqs above count - N, and the bound keeps the read at O(N)
+# whatever plan the planner picks (with stale statistics, PostgreSQL's is a
+# bitmap scan of the whole session and a sort).
+SELECT_LAST_PAYLOADS_AFTER = """
+SELECT payload FROM messages WHERE session_id = ? AND seq > ? AND state = 'active'
+ORDER BY seq DESC LIMIT ?
+"""
+
+
 # The newest active message, found by a backward walk of the primary key that
 # stops at the first active row (O(1) unless many retracted rows end the session).
 NEWEST_ACTIVE_SEQ = """
 SELECT seq FROM messages WHERE session_id = ? AND state = 'active' ORDER BY seq DESC LIMIT 1
+"""
+
+# The same among the last seqs (seq > ?), which bounds the read whatever plan the
+# planner picks (with stale statistics PostgreSQL's reads the whole session).
+NEWEST_ACTIVE_SEQ_AFTER = """
+SELECT seq FROM messages WHERE session_id = ? AND seq > ? AND state = 'active'
+ORDER BY seq DESC LIMIT 1
 """
 
 RETRACT_MESSAGE = f"""
@@ -464,6 +501,15 @@ RETURNING {MESSAGE_READ_COLUMNS}
 """
 
 SELECT_BY_ORIGIN = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE origin = ?"
+
+# The newest session of the chain whose root has this origin, with its owner's row
+# (NULLs when it has none): two primary-key lookups after the origin's index.
+SELECT_CHAIN_TIP_BY_ORIGIN = f"""
+SELECT {", ".join("t." + c.strip() for c in SESSION_COLUMNS.split(","))}, o.id, {_OWNER_FIELDS}
+FROM sessions r JOIN sessions t ON t.id = r.chain_tip_id
+LEFT JOIN owners o ON o.id = t.owner_id
+WHERE r.origin = ?
+"""
 
 # Imported sessions (see Store.import_session): no owner (external), epoch 0,
 # the parameters of new_session_params. ON CONFLICT without a target also

@@ -57,6 +57,7 @@ class NewSession:
     branch: bool
     metadata: str | None  # JSON text, already validated
     created_at: float
+    origin: str | None = None  # the session's name in another system (unique per store)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,7 @@ class MessageWrites:
     _owner: OwnerPort
     _lock_rows: bool
     _sql_write_state: str
+    _sql_insert_message: str
     _append_statement: Callable[[str, Sequence[Any]], int] | None
 
     def _insert_session(self, c: Conn, s: NewSession) -> tuple[str, bool]:
@@ -156,6 +158,7 @@ class MessageWrites:
                 cwd=s.cwd,
                 parent_id=s.parent_id,
                 root_id=root_id,
+                origin=s.origin,
                 created_at=s.created_at,
                 last_active_at=s.created_at,
                 owner_id=owner_id,
@@ -250,10 +253,10 @@ class MessageWrites:
             else:
                 c.execute(sql.BUMP_CHAIN, (n, root_id))
         if n == 1:
-            c.execute(sql.INSERT_MESSAGE, (sid, count + 1, *fresh[0]))
+            c.execute(self._sql_insert_message, (sid, count + 1, *fresh[0]))
         else:
             c.executemany(
-                sql.INSERT_MESSAGE, [(sid, count + 1 + k, *r) for k, r in enumerate(fresh)]
+                self._sql_insert_message, [(sid, count + 1 + k, *r) for k, r in enumerate(fresh)]
             )
         return count, root_id, now if active else w.activity_at
 
@@ -331,7 +334,7 @@ class MessageWrites:
                 and c.execute(sql.BUMP_ROOT, (count + 1, 1, row[5], sid, w.epoch, count)).rowcount
                 == 1
             ):
-                c.execute(sql.INSERT_MESSAGE, (sid, count + 1, *row))
+                c.execute(self._sql_insert_message, (sid, count + 1, *row))
                 planned.append((count, sid, w.activity_at))
             else:
                 planned.append(self._insert_fresh(c, w, (row,)))
@@ -601,7 +604,9 @@ class MessageWrites:
             fresh.append(r)
         if not fresh:
             return 0
-        c.executemany(sql.INSERT_MESSAGE, [(sid, count + 1 + k, *r) for k, r in enumerate(fresh)])
+        c.executemany(
+            self._sql_insert_message, [(sid, count + 1 + k, *r) for k, r in enumerate(fresh)]
+        )
         newest = max(r[5] for r in fresh)
         n = len(fresh)
         c.execute(sql.IMPORT_BUMP, (n, newest, newest, sid))
