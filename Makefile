@@ -59,7 +59,7 @@ run: $(VENV)/.installed
 # ship only in its sdist) extracted under it, so that no test downloads anything.
 AGENTS_VENV := .venv-agents
 AGENTS_SDK  := openai-agents==0.24.0
-# What bench/agents.py compares TetherSession with on PostgreSQL: the SDK's SQLAlchemySession.
+# What bench/sdk_sessions.py compares TetherSession with on PostgreSQL: the SDK's SQLAlchemySession.
 AGENTS_BENCH := 'sqlalchemy[asyncio]>=2.0' 'asyncpg>=0.29'
 
 $(AGENTS_VENV)/.installed: pyproject.toml
@@ -119,7 +119,7 @@ bench-peers: $(VENV)/.installed-test $(HERMES_VENV)/.installed $(AGENTS_VENV)/.i
 # TetherSession against the SDK's SQLiteSession and SQLAlchemySession (PostgreSQL).
 bench-agents: $(AGENTS_VENV)/.installed
 	./scripts/ensure-postgres
-	$(AGENTS_VENV)/bin/python -m bench agents
+	$(AGENTS_VENV)/bin/python -m bench sdk_sessions
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench

@@ -24,7 +24,7 @@ BENCHES = (
     "web",
     "peers",
     "retention",
-    "agents",  # in .venv-agents (make bench-agents)
+    "sdk_sessions",  # in .venv-agents (make bench-agents)
 )
 
 

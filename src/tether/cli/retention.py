@@ -9,14 +9,12 @@ the space back. What is never touched is the store's rule (see
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..errors import InvalidInputError
-from ..threads import PeriodicThread
 from .common import (
     DbOption,
     JsonOption,
@@ -30,11 +28,10 @@ from .common import (
     usage_error,
 )
 
-log = logging.getLogger("tether.retention")
-
 if TYPE_CHECKING:
     from ..compose import Store
     from ..store.retention import PruneReport
+    from ..threads import PeriodicThread
 
 DurationOption = Annotated[str | None, typer.Option(metavar="DURATION")]
 
@@ -280,6 +277,13 @@ def policy_thread(store: Store, every: float) -> PeriodicThread:
     A failure is logged by the thread and tried again at the next period:
     retention must never stop the gateway.
     """
+
+    # Imported here for start-up speed: `tether --help` loads no logging, no threads.
+    import logging
+
+    from ..threads import PeriodicThread
+
+    log = logging.getLogger("tether.retention")
 
     def tick(_woken: bool) -> None:
         done = store.apply_retention_policy()

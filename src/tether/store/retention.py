@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, SessionNotFoundError
 from ..validate import check_id, check_source, check_text
+from . import sql
 from . import sql_retention as q
 from .backend import Conn
 
@@ -288,7 +289,7 @@ class Retention:
         session_id = check_id(session_id)
 
         def tx(c: Conn) -> int:
-            row = c.execute("SELECT root_id FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            row = c.execute(sql.SELECT_ROOT_OF, (session_id,)).fetchone()
             if row is None:
                 raise SessionNotFoundError(session_id)
             n = c.execute(q.restore_chains(1), (row[0],)).rowcount
@@ -410,12 +411,7 @@ class Retention:
         roots = self._lock_whole_chains(c, [r[0] for r in rows])
         if not roots:
             return None  # every candidate is locked by someone else: try again later
-        ids = [
-            r[0]
-            for r in c.execute(
-                f"SELECT id FROM sessions WHERE root_id IN ({q.marks(len(roots))})", roots
-            ).fetchall()
-        ]
+        ids = [r[0] for r in c.execute(q.chain_members(len(roots)), roots).fetchall()]
         top = c.execute(q.max_event_of(len(ids)), ids).fetchone()[0]
         messages = c.execute(q.delete_messages(len(ids)), ids).rowcount
         events = c.execute(q.delete_events(len(ids)), ids).rowcount

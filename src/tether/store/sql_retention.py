@@ -300,3 +300,8 @@ UPDATE sessions SET
                             WHERE m.root_id = sessions.id)
 WHERE id = ?
 """
+
+
+def chain_members(n: int) -> str:
+    """Every session of ``n`` chains, by their roots' ids."""
+    return f"SELECT id FROM sessions WHERE root_id IN ({marks(n)})"
