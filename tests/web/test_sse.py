@@ -11,7 +11,7 @@ from tether.store.views import event_bounds
 from tether.web.feed import Horizon
 
 from ..conftest import finish_child, pg_connect, spawn
-from .conftest import WebServer, make_session
+from .conftest import WebServer, make_session, run_web
 from .sse import SSEClient
 
 
@@ -189,3 +189,27 @@ def test_horizon_without_writers_is_final_at_the_next_read() -> None:
     h.saw(6, frozenset({"1/1", "2/2"}))
     h.saw(6, frozenset({"2/2"}))
     assert h.bound(frozenset({"1/1"})) == 6
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_hub_started_while_an_earlier_id_is_uncommitted_still_streams_it(
+    store: Store, db_url: str
+) -> None:
+    start = event_bounds(store)[1]
+    a = pg_connect(db_url)
+    try:
+        a.execute("BEGIN")
+        a.execute(
+            "INSERT INTO events (at, session_id, kind, data) VALUES (0, 'held', 'created', NULL)"
+        )
+        make_session(store)  # a later id, committed before the hub starts
+        with run_web(store) as web:
+            client = SSEClient(web.port, web.token, last_event_id=start)
+            a.execute("COMMIT")
+            got = [int(e.id or 0) for e in client.take(2)]
+            c = make_session(store)
+            assert client.next().data["session_id"] == c  # nothing twice before it
+            client.close()
+    finally:
+        a.close()
+    assert got == [start + 1, start + 2]

@@ -1,14 +1,19 @@
 """The lifecycle events feed behind ``/api/v1/events/stream`` (server-sent events).
 
 One :class:`EventHub` per process follows the store and hands each new event
-to every connected stream: on PostgreSQL it LISTENs (every host's events, at
-commit); on SQLite it reads the events table after the last id it saw, every
-``poll`` seconds (one indexed query, whatever the number of clients).
+to every connected stream, in id order: on SQLite it reads the events table
+after the last id it saw, every ``poll`` seconds (one indexed query, whatever
+the number of clients; one writer, so ids commit in order). On PostgreSQL a
+LISTEN notification wakes it (every host's events, at commit), and it reads the
+table up to a commit-safe horizon (:class:`Horizon`): ids come from a sequence
+and may commit out of order, so an id is streamed only once no transaction can
+still commit a smaller one. One read per wake-up, none per client.
 
 A stream first catches up from the table after the client's cursor (its
-``Last-Event-ID``), then follows the hub, skipping what it already sent: every
-event exactly once, in id order. A cursor older than the oldest event kept,
-or newer than the newest, gets an explicit ``reload`` event instead.
+``Last-Event-ID``) up to the hub's last broadcast id, then follows the hub:
+every event exactly once, in id order, and the client's cursor never passes an
+id that can still appear. A cursor older than the oldest event kept, or newer
+than the newest, gets an explicit ``reload`` event instead.
 """
 
 from __future__ import annotations
@@ -235,14 +240,22 @@ class EventHub:
         loop = asyncio.get_running_loop()
 
         def follow() -> None:
+            cursor: int | None = None  # the last id broadcast, kept across reconnects
             while not self._stop.is_set():
                 try:
                     with self.store.listen() as listener:
                         # Listening already: rebuilt after, so no event falls in between.
-                        cursor, running = running_turns(self.store)
-                        loop.call_soon_threadsafe(self._rebuilt, cursor, running)
+                        newest, running = running_turns(self.store)
+                        # Ids up to ``newest`` are final once the writers of that
+                        # moment have ended: streams wait for it (catching up to it).
+                        writers = event_writers(self.store)
+                        while writers and not self._stop.is_set():
+                            self._stop.wait(self.poll)
+                            writers &= event_writers(self.store)
+                        loop.call_soon_threadsafe(self._rebuilt, newest, running)
+                        if cursor is None:
+                            cursor = newest
                         horizon = Horizon()
-                        horizon.saw(cursor, event_writers(self.store))
                         wake = True
                         while not self._stop.is_set():
                             if wake or horizon.waiting:
@@ -315,6 +328,7 @@ class EventHub:
                         break
                     yield sse(row)
                 cursor = rows[-1].id if len(rows) == CATCH_UP_PAGE else upto
+            start = max(start, upto)
             while True:
                 try:
                     item = await asyncio.wait_for(queue.get(), self.keepalive)
@@ -323,7 +337,7 @@ class EventHub:
                     continue
                 if isinstance(item, _Overflow):
                     return  # the client reconnects with its Last-Event-ID
-                if item.id <= start:  # the client is ahead of this hub
+                if item.id <= start:  # caught up to it, or the client is ahead of this hub
                     continue
                 yield sse(item)
         finally:
