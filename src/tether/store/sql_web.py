@@ -123,3 +123,13 @@ SELECT id, at, session_id, kind, data FROM events WHERE id > ? ORDER BY id LIMIT
 """
 
 EVENT_BOUNDS = "SELECT MIN(id), MAX(id) FROM events"
+
+# PostgreSQL: the transactions that hold (or wait for) a write lock on the events
+# table. A transaction takes it before it draws an event id and keeps it until it
+# ends, so an id drawn but not yet committed belongs to one of these (see
+# tether.web.feed.Horizon). Read outside the snapshot it is compared with.
+EVENT_WRITERS = """
+SELECT DISTINCT virtualtransaction FROM pg_locks
+WHERE locktype = 'relation' AND relation = 'events'::regclass
+  AND mode = 'RowExclusiveLock' AND pid IS DISTINCT FROM pg_backend_pid()
+"""

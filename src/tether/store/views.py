@@ -22,7 +22,9 @@ __all__ = [
     "LiveFacts",
     "OpenGroup",
     "event_bounds",
+    "event_writers",
     "events_after",
+    "events_and_writers",
     "open_groups",
     "open_page",
     "running_turns",
@@ -182,3 +184,26 @@ def event_bounds(store: StoreCore) -> tuple[int, int]:
     """The smallest and largest event id (0, 0 when there is none)."""
     lo, hi = store.backend.read(lambda c: c.execute(sql_web.EVENT_BOUNDS).fetchone())
     return int(lo or 0), int(hi or 0)
+
+
+def event_writers(store: StoreCore) -> frozenset[str]:
+    """PostgreSQL: the transactions that may still commit an event (``sql_web.EVENT_WRITERS``)."""
+    rows = store.backend.read(lambda c: c.execute(sql_web.EVENT_WRITERS).fetchall())
+    return frozenset(str(r[0]) for r in rows)
+
+
+def events_and_writers(
+    store: StoreCore, after: int, limit: int = 500
+) -> tuple[list[EventRow], frozenset[str]]:
+    """PostgreSQL: :func:`events_after`, then the transactions that may still commit
+    an event, read after that snapshot was taken (one read transaction)."""
+    after = check_int(after, "after")
+    limit = check_int(limit, "limit", minimum=1)
+
+    def run(c: Conn) -> tuple[list[Any], list[Any]]:
+        rows = c.execute(sql_web.EVENTS_AFTER, (after, limit)).fetchall()
+        return rows, c.execute(sql_web.EVENT_WRITERS).fetchall()
+
+    rows, writers = store.backend.read(run)
+    events = [EventRow(int(r[0]), float(r[1]), r[2], r[3], _data(r[4])) for r in rows]
+    return events, frozenset(str(w[0]) for w in writers)

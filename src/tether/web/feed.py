@@ -1,14 +1,19 @@
 """The lifecycle events feed behind ``/api/v1/events/stream`` (server-sent events).
 
 One :class:`EventHub` per process follows the store and hands each new event
-to every connected stream: on PostgreSQL it LISTENs (every host's events, at
-commit); on SQLite it reads the events table after the last id it saw, every
-``poll`` seconds (one indexed query, whatever the number of clients).
+to every connected stream, in id order: on SQLite it reads the events table
+after the last id it saw, every ``poll`` seconds (one indexed query, whatever
+the number of clients; one writer, so ids commit in order). On PostgreSQL a
+LISTEN notification wakes it (every host's events, at commit), and it reads the
+table up to a commit-safe horizon (:class:`Horizon`): ids come from a sequence
+and may commit out of order, so an id is streamed only once no transaction can
+still commit a smaller one. One read per wake-up, none per client.
 
 A stream first catches up from the table after the client's cursor (its
-``Last-Event-ID``), then follows the hub, skipping what it already sent: every
-event exactly once, in id order. A cursor older than the oldest event kept,
-or newer than the newest, gets an explicit ``reload`` event instead.
+``Last-Event-ID``) up to the hub's last broadcast id, then follows the hub:
+every event exactly once, in id order, and the client's cursor never passes an
+id that can still appear. A cursor older than the oldest event kept, or newer
+than the newest, gets an explicit ``reload`` event instead.
 """
 
 from __future__ import annotations
@@ -23,7 +28,14 @@ from typing import Any
 
 from ..compose import Store
 from ..errors import InvalidInputError
-from ..store.views import EventRow, event_bounds, events_after, running_turns
+from ..store.views import (
+    EventRow,
+    event_bounds,
+    event_writers,
+    events_after,
+    events_and_writers,
+    running_turns,
+)
 
 log = logging.getLogger("tether.web")
 
@@ -86,6 +98,60 @@ def moved(running: frozenset[str], event: EventRow) -> frozenset[str]:
     return running
 
 
+class Horizon:
+    """Which of the events read so far are final (PostgreSQL), as pure logic.
+
+    PostgreSQL draws event ids from a sequence, so transactions can commit out
+    of id order: id 7 may be visible while id 6 is still to commit. Every
+    transaction that writes an event holds a write lock on the events table from
+    before it draws the id until it ends (``sql_web.EVENT_WRITERS`` lists them).
+    So after a read that saw ids up to ``m``, with the writers ``w`` listed after
+    that snapshot, every id up to ``m`` is visible to any snapshot taken once all
+    of ``w`` have ended: that read's events up to ``m`` are final, and can be
+    delivered in id order without a later one ever appearing below them.
+
+    A time-based hold (wait N ms before delivering) is not sound: a transaction
+    may stay open for any time after drawing its id.
+    """
+
+    def __init__(self) -> None:
+        # (highest id seen, writers then): final once those writers have ended
+        self._barriers: list[tuple[int, frozenset[str]]] = []
+
+    @property
+    def waiting(self) -> bool:
+        """Events were seen that are not known final yet."""
+        return bool(self._barriers)
+
+    @property
+    def needs_writers(self) -> bool:
+        """Whether :meth:`bound` needs the current writers (some barrier has some)."""
+        return any(w for _, w in self._barriers)
+
+    def bound(self, writers: frozenset[str]) -> int:
+        """The highest id final for a snapshot taken after ``writers`` were listed
+        (0: none): barriers whose writers are all gone are passed."""
+        top = 0
+        kept = []
+        for upto, was in self._barriers:
+            if was & writers:
+                kept.append((upto, was))
+            else:
+                top = max(top, upto)
+        # A later barrier's writers include every earlier one's still running, so
+        # passing it passes the earlier ones too.
+        self._barriers = [(u, w) for u, w in kept if u > top]
+        return top
+
+    def saw(self, upto: int, writers: frozenset[str]) -> None:
+        """A read saw events up to ``upto``; ``writers`` were listed after it."""
+        if not self._barriers or upto > self._barriers[-1][0]:
+            self._barriers.append((upto, writers))
+        else:  # the same ids again: keep the newer (smaller or equal) writer set
+            last, was = self._barriers[-1]
+            self._barriers[-1] = (last, was & writers)
+
+
 class _Overflow:
     pass
 
@@ -106,6 +172,8 @@ class EventHub:
         self._stop = threading.Event()
         self.delivered = 0  # events handed to streams (for tests and the bench)
         self.turns = TurnTracker()
+        # Set once last_id is known: a stream catches up to it, then follows.
+        self._ready = asyncio.Event()
 
     @property
     def clients(self) -> int:
@@ -121,6 +189,7 @@ class EventHub:
             # One snapshot: the running turns as of the newest event, followed from there.
             self.last_id, running = await loop.run_in_executor(None, running_turns, self.store)
             self.turns.reset(running, self.last_id)
+            self._ready.set()
             self._task = asyncio.create_task(self._poll(), name="tether-web-poll")
 
     async def stop(self) -> None:
@@ -148,6 +217,7 @@ class EventHub:
     def _rebuilt(self, newest: int, running: frozenset[str]) -> None:
         self.last_id = max(self.last_id, newest)
         self.turns.reset(running, newest)
+        self._ready.set()
 
     async def _poll(self) -> None:
         loop = asyncio.get_running_loop()
@@ -170,16 +240,30 @@ class EventHub:
         loop = asyncio.get_running_loop()
 
         def follow() -> None:
+            cursor: int | None = None  # the last id broadcast, kept across reconnects
             while not self._stop.is_set():
                 try:
                     with self.store.listen() as listener:
                         # Listening already: rebuilt after, so no event falls in between.
                         newest, running = running_turns(self.store)
+                        # Ids up to ``newest`` are final once the writers of that
+                        # moment have ended: streams wait for it (catching up to it).
+                        writers = event_writers(self.store)
+                        while writers and not self._stop.is_set():
+                            self._stop.wait(self.poll)
+                            writers &= event_writers(self.store)
                         loop.call_soon_threadsafe(self._rebuilt, newest, running)
+                        if cursor is None:
+                            cursor = newest
+                        horizon = Horizon()
+                        wake = True
                         while not self._stop.is_set():
-                            for ev in listener.events(timeout=0.5):
-                                row = EventRow(ev.id, ev.at, ev.session_id, ev.kind, ev.data)
-                                loop.call_soon_threadsafe(self._broadcast, row)
+                            if wake or horizon.waiting:
+                                cursor = self._advance(loop, horizon, cursor)
+                            # A notification only wakes the hub: the rows are read
+                            # from the table, in id order, up to the horizon.
+                            wait = self.poll if horizon.waiting else 0.5
+                            wake = any(True for _ in listener.events(timeout=wait, limit=1))
                 except Exception as exc:
                     log.warning("lost the store's event feed: %s", exc)
                     self._stop.wait(1.0)
@@ -192,15 +276,41 @@ class EventHub:
         finally:
             self._stop.set()
 
+    def _advance(self, loop: asyncio.AbstractEventLoop, horizon: Horizon, cursor: int) -> int:
+        """One wake-up on PostgreSQL (in the listening thread): broadcast the final
+        events after ``cursor`` in id order; returns the new cursor."""
+        while True:
+            # Listed before the snapshot below: a writer gone now is visible in it.
+            gone = event_writers(self.store) if horizon.needs_writers else frozenset()
+            top = horizon.bound(gone)
+            rows, writers = events_and_writers(self.store, cursor, CATCH_UP_PAGE)
+            for row in rows:
+                if row.id > top:
+                    break
+                loop.call_soon_threadsafe(self._broadcast, row)
+                cursor = row.id
+            if rows and rows[-1].id > cursor:
+                horizon.saw(rows[-1].id, writers)
+                if not writers:  # final at the next read: do it now
+                    continue
+            elif len(rows) == CATCH_UP_PAGE:
+                continue
+            return cursor
+
     async def stream(self, cursor: int | None) -> AsyncIterator[str]:
         """The SSE body for one client: catch up after ``cursor`` (None: only new events)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[EventRow | _Overflow] = asyncio.Queue(QUEUE_LIMIT)
-        self._subs.add(queue)  # before catching up, so nothing falls in between
         try:
             yield "retry: 1000\n\n"
+            await self._ready.wait()
+            # Subscribed and the horizon read in one step (no await between): the
+            # hub broadcasts in id order, so every event after ``upto`` reaches the
+            # queue and every event up to it is final in the table.
+            self._subs.add(queue)
+            upto = self.last_id
             lo, hi = await loop.run_in_executor(None, event_bounds, self.store)
-            if cursor is None:
+            if cursor is None:  # only what comes after the newest event now
                 cursor = hi
             elif cursor > hi:
                 yield sse_reload("the cursor is newer than the newest event", hi)
@@ -209,19 +319,16 @@ class EventHub:
                 yield sse_reload("the events after the cursor are gone", hi)
                 cursor = hi
             start = cursor
-            sent: set[int] = (
-                set()
-            )  # ids sent while catching up (PostgreSQL may commit out of order)
-            while True:
+            while cursor < upto:
                 rows = await loop.run_in_executor(
                     None, events_after, self.store, cursor, CATCH_UP_PAGE
                 )
                 for row in rows:
-                    sent.add(row.id)
+                    if row.id > upto:
+                        break
                     yield sse(row)
-                if len(rows) < CATCH_UP_PAGE:
-                    break
-                cursor = rows[-1].id
+                cursor = rows[-1].id if len(rows) == CATCH_UP_PAGE else upto
+            start = max(start, upto)
             while True:
                 try:
                     item = await asyncio.wait_for(queue.get(), self.keepalive)
@@ -230,7 +337,7 @@ class EventHub:
                     continue
                 if isinstance(item, _Overflow):
                     return  # the client reconnects with its Last-Event-ID
-                if item.id <= start or item.id in sent:
+                if item.id <= start:  # caught up to it, or the client is ahead of this hub
                     continue
                 yield sse(item)
         finally:
