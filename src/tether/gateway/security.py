@@ -165,20 +165,36 @@ def bearer(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
     return query.get("token") or None
 
 
-def check_handshake(
-    headers: Mapping[str, str], query: Mapping[str, str], policy: Policy
-) -> Refusal | None:
-    """None if the WebSocket handshake may proceed, else why not (checked before any method)."""
+def check_origin(headers: Mapping[str, str], policy: Policy) -> Refusal | None:
+    """None if the Host header is allowed and the Origin (if any) matches it, else why not.
+
+    The first check of every request, WebSocket or HTTP (the live view's too).
+    """
     host_header = headers.get("host", "")
     if not host_allowed(split_host(host_header), policy):
         return Refusal(403, "host not allowed")
     origin = headers.get("origin")
     if origin is not None and not origin_allowed(origin, host_header, policy):
         return Refusal(403, "origin not allowed")
+    return None
+
+
+def token_ok(token: str, policy: Policy) -> bool:
+    """The token matches, compared in constant time."""
+    return hmac.compare_digest(token.encode(errors="replace"), policy.token.encode())
+
+
+def check_handshake(
+    headers: Mapping[str, str], query: Mapping[str, str], policy: Policy
+) -> Refusal | None:
+    """None if the WebSocket handshake may proceed, else why not (checked before any method)."""
+    refused = check_origin(headers, policy)
+    if refused is not None:
+        return refused
     token = bearer(headers, query)
     if token is None:
         return Refusal(401, "token required")
-    if not hmac.compare_digest(token.encode(errors="replace"), policy.token.encode()):
+    if not token_ok(token, policy):
         return Refusal(401, "wrong token")
     return None
 

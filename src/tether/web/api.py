@@ -30,11 +30,11 @@ from ..errors import (
     StoreUnavailableError,
     TetherError,
 )
-from ..gateway.security import Policy
+from ..gateway.security import Policy, token_ok
 from ..store.views import event_bounds, events_after
 from ..validate import check_int
 from . import metrics
-from .auth import COOKIE, check_request, token_ok
+from .auth import COOKIE, check_request
 from .feed import EventHub, parse_cursor
 from .live import STATES
 from .openapi import OPENAPI
