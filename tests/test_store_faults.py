@@ -282,8 +282,18 @@ def test_signals_at_random_points_of_thousands_of_writes(db_url: str, signame: s
                 writes_done.set()
                 progressed.set()
 
+    errs: list[str] = []
+
+    def drain() -> None:
+        # Read stderr as it comes: a child logging more than a pipe holds (64 KiB
+        # of warnings under load) would otherwise block in write() and never exit.
+        assert proc.stderr is not None
+        errs.extend(proc.stderr)
+
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    stderr_reader = threading.Thread(target=drain, daemon=True)
+    stderr_reader.start()
     rnd = random.Random(signame)
     sent = since_progress = 0
     deadline = time.monotonic() + 90
@@ -301,7 +311,18 @@ def test_signals_at_random_points_of_thousands_of_writes(db_url: str, signame: s
         sent += 1
         since_progress += 1
         time.sleep(rnd.uniform(0, gap))
-    assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR2)  # every thread's stack to stderr (see spawn)
+        time.sleep(1.0)
+        proc.kill()
+        proc.wait()
+        stderr_reader.join(timeout=10)
+        stacks = "".join(errs[-200:])
+        pytest.fail(f"the writer hung; writes done: {writes_done.is_set()}; {lines[-3:]}\n{stacks}")
+    stderr_reader.join(timeout=10)
+    assert code == 0, "".join(errs[-50:])
     assert writes_done.is_set(), "the writer never finished its writes"
     reader.join(timeout=10)
     interrupts = int(next(x for x in lines if x.startswith("interrupts")).split()[1])
