@@ -155,6 +155,22 @@ def test_events_after_and_bad_cursors(web: WebServer, store: Store) -> None:
     assert len(one["events"]) == 1 and one["last_id"] == ev["events"][0]["id"]
 
 
+def test_a_cursor_behind_a_purge_is_told_to_reload(web: WebServer, store: Store) -> None:
+    kept = make_session(store)  # older: its events stay, so the oldest kept id stays low
+    store.end_session(kept, "cli_close")
+    gone = make_session(store)
+    store.end_session(gone, "cli_close")
+    events = web.get("/api/v1/events?after=0").json()["events"]
+    cursor = next(e["id"] for e in events if e["session_id"] == gone)  # gone's "created"
+    assert store.prune(0.0, apply=True).sessions == 2
+    store.restore(kept)
+    store.purge(0.0)
+    assert store.compacted_through() > cursor > events[0]["id"]
+    ev = web.get(f"/api/v1/events?after={cursor}").json()
+    assert ev["reload"] is True  # gone's "ended" event was compacted away after the cursor
+    assert web.get(f"/api/v1/events?after={ev['last_id']}").json()["reload"] is False
+
+
 BAD = [
     ("/api/v1/sessions/01NOSUCHSESSION0000000000", 404),
     ("/api/v1/sessions/%00bad", 400),

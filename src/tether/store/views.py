@@ -181,9 +181,18 @@ def events_after(store: StoreCore, after: int, limit: int = 500) -> list[EventRo
 
 
 def event_bounds(store: StoreCore) -> tuple[int, int]:
-    """The smallest and largest event id (0, 0 when there is none)."""
+    """The oldest event id a cursor can resume from and the newest id (0, 0: none).
+
+    The oldest is past what a purge compacted away (``compacted_through``), not
+    only the smallest id kept: an older event of a kept session does not make a
+    cursor whole when events after it went with purged sessions.
+    """
     lo, hi = store.backend.read(lambda c: c.execute(sql_web.EVENT_BOUNDS).fetchone())
-    return int(lo or 0), int(hi or 0)
+    lo, hi = int(lo or 0), int(hi or 0)
+    compacted = store.compacted_through()
+    if compacted and lo:
+        lo = max(lo, compacted + 1)
+    return lo, hi
 
 
 def event_writers(store: StoreCore) -> frozenset[str]:
