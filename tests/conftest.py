@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -30,6 +30,13 @@ START_PG = (
     "start it with `scripts/ensure-postgres` (or: pg_ctlcluster --skip-systemctl-redirect "
     "$(ls /etc/postgresql) main start), or point $TETHER_TEST_PG at a server; see DEVELOPERS.md"
 )
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """A missing component: a failure under CI (it must be there), a skip elsewhere."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def pg_admin() -> Any:
@@ -95,9 +102,7 @@ def pg_server() -> str:
         except psycopg.Error as exc:
             reason = f"PostgreSQL is not reachable at {PG_URL} ({' '.join(str(exc).split())}); "
             reason += START_PG
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(reason)
-    pytest.skip(reason)
+    skip_or_fail(reason)
 
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]

@@ -34,7 +34,7 @@ import tether
 from tether.compose import Store
 from tether.liveness import Probe, Reaper, ReaperLoop
 
-from .conftest import CHILD_PRELUDE, child_env, run_cli, spawn, wait_for_line
+from .conftest import CHILD_PRELUDE, child_env, run_cli, skip_or_fail, spawn, wait_for_line
 from .test_liveness import FAR, ME, is_open, owned_sessions
 
 
@@ -240,10 +240,10 @@ UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc"]
 def unshare() -> list[str]:
     """The ``unshare`` prefix; fails (it must work here, as root) unless truly impossible."""
     if shutil.which("unshare") is None:
-        pytest.skip("unshare(1) is not installed: PID namespaces cannot be tested here")
+        skip_or_fail("unshare(1) is not installed: PID namespaces cannot be tested here")
     probe = subprocess.run([*UNSHARE, "true"], capture_output=True, text=True)
     if probe.returncode != 0 and os.geteuid() != 0:
-        pytest.skip(f"unshare --pid needs root here: {probe.stderr.strip()}")
+        skip_or_fail(f"unshare --pid needs root here: {probe.stderr.strip()}")
     assert probe.returncode == 0, probe.stderr
     return UNSHARE
 

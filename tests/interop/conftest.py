@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import ROOT
+from ..conftest import ROOT, skip_or_fail
 
 # $TETHER_TEST_HERMES_PYTHON points elsewhere (the tests of this rule use a missing one).
 HERMES_PYTHON = Path(
@@ -74,9 +74,7 @@ def hermes_python() -> Path:
         if probe.returncode == 0:
             return HERMES_PYTHON
         reason = f"hermes-agent does not import in {HERMES_PYTHON}: {BUILD_IT}"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(reason)
-    pytest.skip(reason)
+    skip_or_fail(reason)
 
 
 def generate(
@@ -108,9 +106,7 @@ def hermes_generations(
             f"no Hermes {', '.join(missing)} under {RELEASES}: build them with "
             "`make .venv-hermes/releases/.installed` (`make test` does)"
         )
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        skip_or_fail(reason)
     base = tmp_path_factory.mktemp("generations")
     stores = {v: base / v / "state.db" for v in RELEASE_SCHEMAS}
     procs = []

@@ -79,6 +79,30 @@ DbOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (stable; see the README).")]
 
+# The gateway's and the live view's access options (tether serve, tether web): one token
+# file, the same Host allowlist and Origin checks (tether.gateway.security).
+TokenFileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token-file",
+        metavar="PATH",
+        help="The token file (made at first start, mode 0600; shared by `tether serve` and "
+        "`tether web`) [default: the data directory; $TETHER_TOKEN wins].",
+    ),
+]
+AllowHostOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-host", metavar="NAME", help="Another Host name clients may use. Repeatable."
+    ),
+]
+AllowOriginOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-origin", metavar="URL", help="A browser origin allowed to connect. Repeatable."
+    ),
+]
+
 
 def styled(text: str, style: str) -> Any:
     """``text`` as a styled Rich Text (never parsed as markup)."""

@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from ..paths import default_db
-from .common import DbOption, cli_errors, fail, finite, resolve_db
+from .common import (
+    AllowHostOption,
+    AllowOriginOption,
+    DbOption,
+    TokenFileOption,
+    cli_errors,
+    fail,
+    finite,
+    resolve_db,
+)
 from .retention import policy_thread
 
 DEFAULT_PORT = 8765
@@ -99,27 +108,9 @@ def serve(
             help="Seconds a new connection has to complete its WebSocket handshake.",
         ),
     ] = 5.0,
-    token_file: Annotated[
-        str | None,
-        typer.Option(
-            "--token-file",
-            metavar="PATH",
-            help="The token file (made at first start, mode 0600) "
-            "[default: the data directory; $TETHER_TOKEN wins].",
-        ),
-    ] = None,
-    allow_host: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allow-host", metavar="NAME", help="Another Host name clients may use. Repeatable."
-        ),
-    ] = None,
-    allow_origin: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allow-origin", metavar="URL", help="A browser origin allowed to connect. Repeatable."
-        ),
-    ] = None,
+    token_file: TokenFileOption = None,
+    allow_host: AllowHostOption = None,
+    allow_origin: AllowOriginOption = None,
     max_frame: Annotated[
         int,
         typer.Option(

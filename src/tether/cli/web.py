@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 
 from ..paths import default_db
-from .common import DbOption, cli_errors, fail, resolve_db
+from .common import (
+    AllowHostOption,
+    AllowOriginOption,
+    DbOption,
+    TokenFileOption,
+    cli_errors,
+    fail,
+    resolve_db,
+)
 
 DEFAULT_PORT = 8766
 
@@ -29,27 +37,9 @@ def web(
         bool,
         typer.Option("--print-url", help="Print the address that logs a browser in, and exit."),
     ] = False,
-    token_file: Annotated[
-        str | None,
-        typer.Option(
-            "--token-file",
-            metavar="PATH",
-            help="The token file, shared with `tether serve` "
-            "[default: the data directory; $TETHER_TOKEN wins].",
-        ),
-    ] = None,
-    allow_host: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allow-host", metavar="NAME", help="Another Host name browsers may use. Repeatable."
-        ),
-    ] = None,
-    allow_origin: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allow-origin", metavar="URL", help="Another origin allowed to call. Repeatable."
-        ),
-    ] = None,
+    token_file: TokenFileOption = None,
+    allow_host: AllowHostOption = None,
+    allow_origin: AllowOriginOption = None,
 ) -> None:
     """Serve the live view: the HTTP API under /api/v1, /metrics and the dashboard at /.
 

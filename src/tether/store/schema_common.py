@@ -67,6 +67,33 @@ def import_cursors(timestamp_type: str) -> list[str]:
 # Migration 5 (retention, issue 14): the indexes both backends share. Trashed
 # sessions are few next to the rest: a partial index finds them in O(trash).
 # Claims are looked up by session (the primary key) and expired by time.
+def retention_tables(timestamp_type: str) -> list[str]:
+    """Migration 5's statements, with the backend's type for a timestamp.
+
+    A reader's lease on a session (``claims``: prune and purge skip it until it
+    expires) and store-wide settings (``settings``: the retention policy, JSON
+    text by key). Additive: older code never names them, nor ``trashed_at``.
+    """
+    return [
+        f"ALTER TABLE sessions ADD COLUMN trashed_at {timestamp_type}",
+        f"""
+        CREATE TABLE claims (
+            session_id TEXT NOT NULL,
+            holder TEXT NOT NULL,
+            expires_at {timestamp_type} NOT NULL,
+            PRIMARY KEY (session_id, holder)
+        )
+        """,
+        """
+        CREATE TABLE settings (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )
+        """,
+        *RETENTION_INDEXES,
+    ]
+
+
 RETENTION_INDEXES = [
     "CREATE INDEX sessions_trashed ON sessions (trashed_at) WHERE trashed_at IS NOT NULL",
     "CREATE INDEX claims_expiry ON claims (expires_at)",

@@ -34,9 +34,9 @@ from ..schema_common import (
     EVENT_INDEXES,
     HOOK_DELIVERY,
     MESSAGE_INDEXES,
-    RETENTION_INDEXES,
     SESSION_INDEXES,
     import_cursors,
+    retention_tables,
 )
 
 # Advisory lock key (first half): "TETH"; the second half hashes the schema name.
@@ -223,28 +223,7 @@ MIGRATIONS: list[Migration] = [
     ),
     # 5: retention with consent (issue 14, see tether.store.retention). Additive;
     # a nullable column without default is a catalog change, not a rewrite.
-    Migration(
-        5,
-        [
-            "ALTER TABLE sessions ADD COLUMN trashed_at double precision",
-            """
-            CREATE TABLE claims (
-                session_id text NOT NULL,
-                holder text NOT NULL,
-                expires_at double precision NOT NULL,
-                PRIMARY KEY (session_id, holder)
-            )
-            """,
-            """
-            CREATE TABLE settings (
-                key text PRIMARY KEY,
-                value text NOT NULL
-            )
-            """,
-            *RETENTION_INDEXES,
-        ],
-        compatible_with=1,
-    ),
+    Migration(5, retention_tables("double precision"), compatible_with=1),
     # 6: importers' cursors (see tether.store.imports). Additive: a new table.
     Migration(6, import_cursors("double precision"), compatible_with=1),
 ]

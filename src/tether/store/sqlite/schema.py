@@ -20,9 +20,9 @@ from ..schema_common import (
     EVENT_INDEXES,
     HOOK_DELIVERY,
     MESSAGE_INDEXES,
-    RETENTION_INDEXES,
     SESSION_INDEXES,
     import_cursors,
+    retention_tables,
 )
 
 APPLICATION_ID = 0x54455448  # "TETH"
@@ -153,30 +153,7 @@ MIGRATIONS: list[Migration] = [
     # 5: retention with consent (issue 14, see tether.store.retention). Additive:
     # older code never names trashed_at (it lists trashed sessions, which is
     # all it can get wrong), claims or settings.
-    Migration(
-        5,
-        [
-            "ALTER TABLE sessions ADD COLUMN trashed_at REAL",
-            # A reader's lease on a session: prune and purge skip it until it expires.
-            """
-            CREATE TABLE claims (
-                session_id TEXT NOT NULL,
-                holder TEXT NOT NULL,
-                expires_at REAL NOT NULL,
-                PRIMARY KEY (session_id, holder)
-            )
-            """,
-            # Store-wide settings (the retention policy), JSON text by key.
-            """
-            CREATE TABLE settings (
-                key TEXT PRIMARY KEY,
-                value TEXT NOT NULL
-            )
-            """,
-            *RETENTION_INDEXES,
-        ],
-        compatible_with=1,
-    ),
+    Migration(5, retention_tables("REAL"), compatible_with=1),
     # 6: importers' cursors (see tether.store.imports). Additive: a new table.
     Migration(6, import_cursors("REAL"), compatible_with=1),
 ]
