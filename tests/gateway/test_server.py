@@ -400,8 +400,13 @@ def test_active_list_and_warm_reattach_within_grace(gateway: Served) -> None:
         [row] = (await c2.call("session.active_list"))["sessions"]
         assert row["session_id"] == sid and row["state"] == "detached"
         assert 0 < row["ends_in"] <= 2.0 and row["ends_as"] == "ws_disconnect"
-        s, _ = stored(gateway.db, sid)
-        assert s.detached_at is not None
+        # The store hears of the detachment from the writer thread, behind the
+        # session's queued writes: the registry (active_list) knows first.
+
+        async def detached_stored() -> bool:
+            return stored(gateway.db, sid)[0].detached_at is not None
+
+        assert await wait_until(detached_stored, timeout=10)
         r = await c2.call("session.resume", session_id=sid, since=0)
         assert r["replayed"] == r["last_seq"] and not r["reload"]
         await asyncio.sleep(2.5)  # past the grace, but attached: still live
