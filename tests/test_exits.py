@@ -7,9 +7,12 @@ session must be ended with the right reason and hold all three messages.
 
 from __future__ import annotations
 
+import random
 import signal
 import subprocess
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -321,3 +324,102 @@ def test_a_store_opened_on_a_worker_thread_still_ends_its_sessions_at_exit(db_ur
     rc, out, err = finish(proc)
     assert rc == 0 and "done" in out, err
     check(db_url, "process_exit")
+
+
+THREADS_UNDER_SIGNALS = """
+import random, threading
+from tether.threads import PeriodicThread
+armed = False  # the program raises only around tether's calls (as a loop catching Ctrl+C does)
+
+def on_signal(signum, frame):
+    if armed:
+        raise KeyboardInterrupt
+
+signal.signal(signal.SIGINT, on_signal)
+store = tether.open_store(sys.argv[1], load_plugins=False)  # tether's handlers, chained
+started = interrupts = 0
+errors = []
+threads = []
+print("ready", flush=True)
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    t = PeriodicThread(lambda woken: None, interval=0.0005, name="t")
+    threads.append(t)
+    try:
+        armed = True
+        t.start()
+        started += 1
+        t.stop()
+        armed = False
+    except KeyboardInterrupt:
+        armed = False
+        interrupts += 1
+    except RuntimeError as exc:  # Python's own Thread.start/join, cut by the handler's exception
+        armed = False
+        errors.append(repr(exc))
+print("signals-off", flush=True)
+time.sleep(0.5)  # the parent stops sending
+for t in threads:
+    try:
+        t.stop()
+    except RuntimeError as exc:
+        errors.append(repr(exc))
+alive = [t for t in threads if t.is_alive()]
+print("started", started, "interrupts", interrupts, flush=True)
+print("errors", len(errors), *sorted(set(errors))[:3], flush=True)
+print("alive", len(alive), flush=True)
+"""
+
+
+def test_ctrl_c_while_tether_starts_and_stops_its_threads(tmp_path: Path) -> None:
+    """A program that catches Ctrl+C while tether starts or stops a background thread
+    (the heartbeat at the first session, the checkpointer, at close): Python's own
+    Thread.start/join are not written for a handler's exception (a start cut in its
+    wait raised RuntimeError('release unlocked lock') in CI's signal test; a cut join
+    marks a running thread stopped). tether holds the signal until the step is done.
+    Not a store test: one backend is enough."""
+    proc = spawn(THREADS_UNDER_SIGNALS, str(tmp_path / "t.db"), "4")
+    wait_for_line(proc, "ready")
+    out: list[str] = []
+    err: list[str] = []
+    off = threading.Event()
+
+    def read_out() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if line.strip() == "signals-off":
+                off.set()
+
+    def read_err() -> None:
+        assert proc.stderr is not None
+        err.extend(proc.stderr)
+
+    readers = [threading.Thread(target=f, daemon=True) for f in (read_out, read_err)]
+    for r in readers:
+        r.start()
+    rnd = random.Random(3)
+    sent = 0
+    deadline = time.monotonic() + 30
+    while not off.is_set() and proc.poll() is None and time.monotonic() < deadline:
+        proc.send_signal(signal.SIGINT)
+        sent += 1
+        time.sleep(rnd.uniform(0, 0.002))
+    try:
+        rc = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR2)  # every thread's stack to stderr (see spawn)
+        time.sleep(1.0)
+        proc.kill()
+        proc.wait()
+        for r in readers:
+            r.join(10)
+        pytest.fail("the child hung:\n" + "".join(err[-200:]))
+    for r in readers:
+        r.join(10)
+    text = "".join(out)
+    assert rc == 0, "".join(err)[-3000:]
+    assert "errors 0" in text, text
+    assert "alive 0" in text, text
+    interrupts = int(text.split("interrupts ")[1].split()[0])
+    assert sent > 300 and interrupts > 50, (sent, text)

@@ -1,10 +1,12 @@
-"""Background threads and fork(): the two helpers every layer shares.
+"""Background threads and fork(): the helpers every layer shares.
 
 :class:`PeriodicThread` is the one loop behind the heartbeat, the reaper loop
 and the SQLite checkpointer: a daemon thread that calls a function every
 ``interval`` seconds (jittered), can be woken early, and stops (joined) when
-told. :func:`at_fork_in_child` and :func:`abandon` are the fork-safety rules:
-a child process re-initialises its per-process state, and never uses or
+told; it starts and is joined with termination signals held (:func:`start`,
+:func:`join`: Python's own start and join break if a handler's exception cuts
+them, see tether.interrupts). :func:`at_fork_in_child` and :func:`abandon` are
+the fork-safety rules: a child process re-initialises its per-process state, and never uses or
 closes what it inherited (a SQLite connection closed in the child drops the
 parent's POSIX locks; a PostgreSQL socket closed there ends the parent's
 session), so such objects are kept alive, unused, until the child exits.
@@ -17,6 +19,8 @@ import os
 import random
 import threading
 from collections.abc import Callable
+
+from .interrupts import deferred
 
 log = logging.getLogger("tether.threads")
 
@@ -33,6 +37,19 @@ def at_fork_in_child(fn: Callable[[], None]) -> None:
     """Call ``fn`` in the child after every ``fork()`` (where the OS has fork)."""
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=fn)
+
+
+def join(thread: threading.Thread, timeout: float) -> None:
+    """Join ``thread`` (up to ``timeout`` s) with signals held: a join cut by a signal
+    handler's exception would mark a thread that still runs as stopped."""
+    with deferred(block=True):
+        thread.join(timeout)
+
+
+def start(thread: threading.Thread) -> None:
+    """Start ``thread`` with signals held (Python's start is not written to be cut)."""
+    with deferred(block=True):
+        thread.start()
 
 
 class PeriodicThread(threading.Thread):
@@ -75,6 +92,11 @@ class PeriodicThread(threading.Thread):
     def next_delay(self) -> float:
         return self.interval * random.uniform(1 - self.jitter, 1 + self.jitter)
 
+    def start(self) -> None:
+        """Start the thread; a signal arriving meanwhile waits until it runs (tether.interrupts)."""
+        with deferred(block=True):
+            super().start()
+
     def wake(self) -> None:
         """Run the next tick now (``tick`` is told it was woken)."""
         self._wake.set()
@@ -84,7 +106,7 @@ class PeriodicThread(threading.Thread):
         self._halt.set()
         self._wake.set()
         if self is not threading.current_thread() and self.is_alive():
-            self.join(timeout=wait)
+            join(self, wait)
 
     def run(self) -> None:
         try:

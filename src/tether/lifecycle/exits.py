@@ -50,9 +50,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .. import interrupts
 from ..errors import MessagesLostError, TetherError
 from ..threads import at_fork_in_child
 
@@ -62,17 +63,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tether.lifecycle")
 
-SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, name)
-)
+SIGNALS = interrupts.SIGNALS
 
 _lock = threading.Lock()
 _handles: dict[int, SessionHandle] = {}
 _atexit_installed = False
 _signals_installed = False
 _previous: dict[int, Any] = {}
-_depth = 0  # finalizations in progress on the main thread
-_deferred: list[int] = []
 _exit_signal: int | None = None  # a signal that is taking the process down
 _uncaught: BaseException | None = None  # what escaped the main module, if anything
 _exiting = False
@@ -143,9 +140,10 @@ def signal_name(signum: int) -> str:
 
 def _on_signal(signum: int, frame: Any) -> Any:
     global _exit_signal
-    if _depth > 0:
-        # We are recording an end on this very thread: finish it first.
-        _deferred.append(signum)
+    if interrupts.active():
+        # A step that must not be cut is under way on this very thread (an end
+        # being recorded, a thread starting): finish it first (tether.interrupts).
+        interrupts.hold(signum)
         return None
     previous = _previous.get(signum, signal.SIG_DFL)
     if callable(previous):
@@ -157,24 +155,17 @@ def _on_signal(signum: int, frame: Any) -> Any:
     raise SystemExit(128 + signum)
 
 
-@contextlib.contextmanager
-def finalizing() -> Iterator[None]:
+def _deliver_held(signum: int) -> None:
+    if not _exiting:  # the exit paths already run: nothing more to unwind
+        _on_signal(signum, None)
+
+
+interrupts.on_delivery(_deliver_held)
+
+
+def finalizing() -> contextlib.AbstractContextManager[None]:
     """Defer termination signals on the main thread while an end is recorded."""
-    global _depth
-    main = threading.current_thread() is threading.main_thread()
-    if main:
-        _depth += 1
-    try:
-        yield
-    finally:
-        if main:
-            _depth -= 1
-            if _depth == 0 and _deferred:
-                pending = list(_deferred)
-                _deferred.clear()
-                if not _exiting:
-                    for signum in pending:
-                        _on_signal(signum, None)
+    return interrupts.deferred()
 
 
 def reason_for_exception(exc: BaseException | None) -> tuple[str, str | None]:
@@ -273,12 +264,11 @@ def end_handles_of(store: StoreCore, reason: str, detail: str | None) -> None:
 
 def _after_fork_in_child() -> None:
     # The child does not own its parent's sessions: never end them from here.
-    global _lock, _depth
+    global _lock
     _lock = threading.Lock()
     _handles.clear()
-    _deferred.clear()
     _after_handles.clear()
-    _depth = 0
+    interrupts.reset_after_fork()
 
 
 at_fork_in_child(_after_fork_in_child)

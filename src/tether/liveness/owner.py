@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import TetherError
 from ..ids import new_id
 from ..lifecycle import exits
-from ..threads import at_fork_in_child
+from ..threads import at_fork_in_child, join, start
 from ..validate import check_liveness, check_source
 from .heartbeat import HeartbeatThread
 from .identity import ProcessIdentity
@@ -338,7 +338,7 @@ class ProcessOwner:
                 target=self._deliver_in_background, name="tether-hook-delivery", daemon=True
             )
             self._delivery = thread
-        thread.start()
+        start(thread)
 
     def _deliver_in_background(self) -> None:
         try:
@@ -355,7 +355,7 @@ class ProcessOwner:
         """Wait (up to ``timeout`` s) for a background delivery to finish."""
         thread = self._delivery
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+            join(thread, timeout)
 
     def close(self) -> None:
         """Stop the reaper loops and the heartbeat, and drop the owner row if nothing
