@@ -9,6 +9,8 @@ Python whatever the number of open sessions.
 
 from __future__ import annotations
 
+from .sql import OWNER_COLUMNS
+
 # Turn events, written by the gateway around each agent turn (see tether.gateway).
 TURN_STARTED = "turn_started"
 TURN_ENDED = "turn_ended"
@@ -18,39 +20,38 @@ _TURN = f"""CASE WHEN (SELECT e.kind FROM events e
      WHERE e.session_id = s.id AND e.kind IN ('{TURN_STARTED}', '{TURN_ENDED}')
      ORDER BY e.id DESC LIMIT 1) = '{TURN_STARTED}' THEN 1 ELSE 0 END"""
 
-# Open sessions grouped by what decides their state (owner, imported, detached,
-# turn running) and by source: the exact counts, in a few rows.
-OPEN_COUNTS = f"""
-SELECT g.owner_id, g.source, g.imported, g.detached, g.turn, COUNT(*) FROM (
+# An owners row's columns, as OWNERS_OF_OPEN_SESSIONS reads them (OwnerInfo's order).
+_OWNER_FIELDS = ", ".join("o." + c.strip() for c in OWNER_COLUMNS.split(","))
+
+
+def id_in(column: str, dialect: str, *, negate: bool = False) -> str:
+    """``column`` in (``negate``: not in) a set of ids bound as ONE parameter (see
+    :func:`tether.store.views.id_set`): the statement's text does not depend on how
+    many ids there are (no bind-count limit; PostgreSQL can keep it prepared)."""
+    if dialect == "postgresql":
+        return f"{column} {'<> ALL' if negate else '= ANY'}(CAST(? AS text[]))"
+    return f"{column} {'NOT IN' if negate else 'IN'} (SELECT value FROM json_each(?))"
+
+
+def open_counts(dialect: str, running_known: bool) -> str:
+    """Open sessions grouped by what decides their state (owner, source, imported,
+    detached, turn running), each group with its owner's row (NULLs: missing), in one
+    pass: the exact counts and every owner to judge, from one snapshot.
+
+    ``running_known``: the running sessions' ids are bound (one parameter, see
+    :func:`id_in`); otherwise each open session's newest turn event decides.
+    """
+    turn = f"CASE WHEN {id_in('s.id', dialect)} THEN 1 ELSE 0 END" if running_known else _TURN
+    return f"""
+SELECT g.owner_id, g.source, g.imported, g.detached, g.turn, g.n, {_OWNER_FIELDS} FROM (
     SELECT s.owner_id, s.source,
         CASE WHEN s.origin IS NULL THEN 0 ELSE 1 END AS imported,
         CASE WHEN s.detached_at IS NULL THEN 0 ELSE 1 END AS detached,
-        {_TURN} AS turn
+        {turn} AS turn, COUNT(*) AS n
     FROM sessions s WHERE s.ended_at IS NULL
+    GROUP BY s.owner_id, s.source, imported, detached, turn
 ) g
-GROUP BY g.owner_id, g.source, g.imported, g.detached, g.turn
-"""
-
-# Without the turn: grouped by what else decides a state (a caller that follows
-# the events knows the running turns, see tether.web.feed.TurnTracker).
-OPEN_COUNTS_NO_TURN = """
-SELECT g.owner_id, g.source, g.imported, g.detached, 0, COUNT(*) FROM (
-    SELECT s.owner_id, s.source,
-        CASE WHEN s.origin IS NULL THEN 0 ELSE 1 END AS imported,
-        CASE WHEN s.detached_at IS NULL THEN 0 ELSE 1 END AS detached
-    FROM sessions s WHERE s.ended_at IS NULL
-) g
-GROUP BY g.owner_id, g.source, g.imported, g.detached
-"""
-
-
-def group_keys(n: int) -> str:
-    """The state-deciding facts of ``n`` open sessions, by id."""
-    return f"""
-SELECT s.owner_id, s.source,
-    CASE WHEN s.origin IS NULL THEN 0 ELSE 1 END,
-    CASE WHEN s.detached_at IS NULL THEN 0 ELSE 1 END
-FROM sessions s WHERE s.ended_at IS NULL AND s.id IN ({", ".join("?" * n)})
+LEFT JOIN owners o ON o.id = g.owner_id
 """
 
 
@@ -62,44 +63,32 @@ _PAGE_COLUMNS = """s.id, s.source, s.title, s.root_id, s.origin, s.created_at, s
     s.owner_id, s.detached_at, s.message_count"""
 
 
-def _dead(n: int) -> str:
-    return f"s.owner_id IN ({', '.join('?' * n)})" if n else "1 = 0"
-
-
-def _alive(n: int) -> str:
-    notin = f" AND s.owner_id NOT IN ({', '.join('?' * n)})" if n else ""
-    return "s.owner_id IS NOT NULL" + notin
-
-
-def _turn(running: int | None, want: bool) -> str:
-    """A running turn: the events subquery, or (``running`` ids known) an id list."""
-    if running is None:
+def _turn(dialect: str, running_known: bool, want: bool) -> str:
+    """A running turn: the bound ids of running sessions, or the events subquery."""
+    if not running_known:
         return f"{_TURN} = {1 if want else 0}"
-    if not running:
-        return "1 = 1" if not want else "1 = 0"
-    marks = ", ".join("?" * running)
-    return f"s.id {'IN' if want else 'NOT IN'} ({marks})"
+    return id_in("s.id", dialect, negate=not want)
 
 
-def state_condition(state: str, n_dead: int, running: int | None = None) -> tuple[str, int, int]:
-    """The WHERE condition of one live state: ``n_dead`` dead owner ids, and ``running``
-    ids of sessions with a running turn (None: ask the events), are bound as parameters;
-    returns the condition and how many times each list is bound (see tether.web.live)."""
+def state_condition(state: str, dialect: str, running_known: bool) -> tuple[str, tuple[str, ...]]:
+    """The WHERE condition of one live state and the id sets it binds, in order:
+    ``"dead"`` (the owners judged dead) and ``"running"`` (the sessions with a running
+    turn, when ``running_known``; otherwise the events decide); see tether.web.live."""
+    dead = id_in("s.owner_id", dialect)
+    alive = f"s.owner_id IS NOT NULL AND {id_in('s.owner_id', dialect, negate=True)}"
+    turns: tuple[str, ...] = ("running",) if running_known else ()
     if state == "external":
-        return "s.owner_id IS NULL AND s.origin IS NOT NULL", 0, 0
+        return "s.owner_id IS NULL AND s.origin IS NOT NULL", ()
     if state == "orphaned":
-        return f"((s.owner_id IS NULL AND s.origin IS NULL) OR {_dead(n_dead)})", 1, 0
-    turns = 0 if running is None else 1
+        return f"((s.owner_id IS NULL AND s.origin IS NULL) OR {dead})", ("dead",)
     if state == "working":
-        return f"{_alive(n_dead)} AND {_turn(running, True)}", 1, turns
+        return f"{alive} AND {_turn(dialect, running_known, True)}", ("dead", *turns)
     if state == "detached":
-        return (
-            f"{_alive(n_dead)} AND {_turn(running, False)} AND s.detached_at IS NOT NULL",
-            1,
-            turns,
-        )
+        cond = f"{alive} AND {_turn(dialect, running_known, False)} AND s.detached_at IS NOT NULL"
+        return cond, ("dead", *turns)
     if state == "idle":
-        return f"{_alive(n_dead)} AND {_turn(running, False)} AND s.detached_at IS NULL", 1, turns
+        cond = f"{alive} AND {_turn(dialect, running_known, False)} AND s.detached_at IS NULL"
+        return cond, ("dead", *turns)
     raise ValueError(state)
 
 

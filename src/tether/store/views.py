@@ -6,7 +6,7 @@ Plain functions over a :class:`~tether.store.core.StoreCore`: they read, never w
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,19 +14,20 @@ from ..validate import check_int
 from . import sql_web
 from .backend import Conn
 from .core import StoreCore
-
-_CHUNK = 500  # ids per IN list
+from .owners import OwnerInfo
 
 __all__ = [
     "EventRow",
     "LiveFacts",
+    "LiveRead",
     "OpenGroup",
+    "OwnerRow",
     "event_bounds",
     "event_writers",
     "events_after",
     "events_and_writers",
-    "open_groups",
-    "open_page",
+    "id_set",
+    "live_read",
     "running_turns",
 ]
 
@@ -86,41 +87,112 @@ class OpenGroup:
     count: int
 
 
-def open_groups(store: StoreCore, running: frozenset[str] | None = None) -> list[OpenGroup]:
-    """Every open session counted by owner, source, imported, detached and turn running.
+OwnerRow = tuple[str, OwnerInfo | None, int]
+"""An owner of open sessions: its id, its row (None: missing), its open-session count."""
 
-    ``running``: the ids of sessions with a running turn, when the caller follows
-    the events (None: the database works it out, one probe per open session).
+
+@dataclass(frozen=True, slots=True)
+class LiveRead:
+    """The live view's facts from one snapshot (see :func:`live_read`)."""
+
+    server_now: float | None  # now on the database server's clock, when asked
+    groups: list[OpenGroup]
+    owners: list[OwnerRow]
+    page: list[LiveFacts]
+
+
+def id_set(dialect: str, ids: Iterable[str]) -> Any:
+    """A set of ids as the one parameter of :func:`tether.store.sql_web.id_in`."""
+    ordered = sorted(ids)
+    return ordered if dialect == "postgresql" else json.dumps(ordered)
+
+
+def _event(r: Sequence[Any]) -> EventRow:
+    return EventRow(int(r[0]), float(r[1]), r[2], r[3], _data(r[4]))
+
+
+def live_read(
+    store: StoreCore,
+    judge: Callable[[float | None, list[OwnerRow]], Collection[str]],
+    *,
+    followed: tuple[frozenset[str], int] | None = None,
+    advance: Callable[[frozenset[str], EventRow], frozenset[str]] | None = None,
+    catch_up: int = 1000,
+    server_time: bool = False,
+    after: tuple[float, str] | None = None,
+    limit: int = 100,
+    source: str | None = None,
+    state: str | None = None,
+) -> LiveRead:
+    """Every open session counted by what decides its state, the owners of open
+    sessions, and one page of them, in ONE read transaction: one snapshot, and few
+    round trips (the live view answers at 10,000 open sessions within its budget).
+
+    ``judge(server_now, owners)`` returns the ids of the owners judged dead. It runs
+    inside the read, between the counts and the page, so that the page is filtered
+    by the verdicts the counts are judged with (``server_now``: the server's clock
+    when ``server_time``, else None).
+
+    ``followed``: the ids of the sessions with a running turn and the event id they
+    are as of (tether.web.feed.TurnTracker), moved here by ``advance`` over the
+    events committed since; more than ``catch_up`` of them, or None: the database
+    works the running turns out (one probe per open session).
+
+    The page: open sessions oldest first after the keyset ``after`` (created_at,
+    id), at most ``limit``; only ``source``; only ``state`` (see tether.web.live).
     """
-    if running is None:
-        rows = store.backend.read(lambda c: c.execute(sql_web.OPEN_COUNTS).fetchall())
-        return [OpenGroup(r[0], r[1], bool(r[2]), bool(r[3]), bool(r[4]), int(r[5])) for r in rows]
-    ids = sorted(running)
+    limit = check_int(limit, "limit", minimum=1)
+    dialect = store.backend.dialect
+    at, sid = after if after is not None else (-1.0, "")
 
-    def run(c: Conn) -> tuple[list[Any], list[Any]]:
-        groups = c.execute(sql_web.OPEN_COUNTS_NO_TURN).fetchall()
-        keys: list[Any] = []
-        for k in range(0, len(ids), _CHUNK):
-            chunk = ids[k : k + _CHUNK]
-            keys += c.execute(sql_web.group_keys(len(chunk)), chunk).fetchall()
-        return groups, keys
+    def run(c: Conn) -> LiveRead:
+        running: frozenset[str] | None = None
+        if followed is not None and advance is not None:
+            rows = c.execute(sql_web.EVENTS_AFTER, (followed[1], catch_up)).fetchall()
+            if len(rows) < catch_up:  # else far behind: the database decides
+                running = followed[0]
+                for r in rows:
+                    running = advance(running, _event(r))
+        running_ids = id_set(dialect, running) if running is not None else None
+        server_now = store._liveness_now(c) if server_time else None
 
-    groups, keys = store.backend.read(run)
-    counted: dict[tuple[Any, ...], list[int]] = {}
-    for owner, source, imported, detached, _, n in groups:
-        counted[(owner, source, bool(imported), bool(detached))] = [int(n), 0]
-    for owner, source, imported, detached in keys:
-        cell = counted.get((owner, source, bool(imported), bool(detached)))
-        if cell is not None and cell[0] > 0:  # moved from "no turn" to "turn running"
-            cell[0] -= 1
-            cell[1] += 1
-    out = []
-    for (owner, source, imported, detached), (idle, busy) in counted.items():
-        if idle:
-            out.append(OpenGroup(owner, source, imported, detached, False, idle))
-        if busy:
-            out.append(OpenGroup(owner, source, imported, detached, True, busy))
-    return out
+        counts_query = sql_web.open_counts(dialect, running is not None)
+        groups: list[OpenGroup] = []
+        owners: dict[str, tuple[OwnerInfo | None, int]] = {}
+        for r in c.execute(counts_query, [] if running is None else [running_ids]).fetchall():
+            owner_id, n = r[0], int(r[5])
+            groups.append(OpenGroup(owner_id, r[1], bool(r[2]), bool(r[3]), bool(r[4]), n))
+            if owner_id is not None:
+                seen = owners.get(owner_id)
+                if seen is not None:
+                    owners[owner_id] = (seen[0], seen[1] + n)
+                else:  # a missing owner row comes back as NULLs
+                    owners[owner_id] = (
+                        OwnerInfo(owner_id, *r[6:]) if r[6] is not None else None,
+                        n,
+                    )
+        owner_rows = [(k, info, n) for k, (info, n) in owners.items()]
+        dead = judge(server_now, owner_rows)
+
+        condition, binds = (
+            sql_web.state_condition(state, dialect, running is not None) if state else (None, ())
+        )
+        sets = {"dead": id_set(dialect, dead), "running": running_ids}
+        params: list[Any] = [at, at, sid]
+        if source is not None:
+            params.append(source)
+        params += [sets[b] for b in binds]
+        params.append(limit)
+        query = sql_web.open_page(condition, source is not None, with_turn=running is None)
+        page = [
+            LiveFacts(  # type: ignore[call-arg]
+                *r[:9], int(r[9]), bool(r[10]) if running is None else r[0] in running
+            )
+            for r in c.execute(query, params).fetchall()
+        ]
+        return LiveRead(server_now, groups, owner_rows, page)
+
+    return store.backend.read(run)
 
 
 def running_turns(store: StoreCore) -> tuple[int, frozenset[str]]:
@@ -134,50 +206,12 @@ def running_turns(store: StoreCore) -> tuple[int, frozenset[str]]:
     return newest, frozenset(r[0] for r in rows)
 
 
-def open_page(
-    store: StoreCore,
-    *,
-    after: tuple[float, str] | None = None,
-    limit: int = 100,
-    source: str | None = None,
-    state: str | None = None,
-    dead_owners: Sequence[str] = (),
-    running: frozenset[str] | None = None,
-) -> list[LiveFacts]:
-    """Open sessions oldest first, after the keyset ``after`` (created_at, id), at most
-    ``limit``; only ``source``, and only ``state`` (``dead_owners`` decides which
-    owners are dead: see :mod:`tether.web.live`; ``running`` as for :func:`open_groups`)."""
-    limit = check_int(limit, "limit", minimum=1)
-    ids = sorted(running) if running is not None else None
-    if state:
-        condition, dead_binds, turn_binds = sql_web.state_condition(
-            state, len(dead_owners), None if ids is None else len(ids)
-        )
-    else:
-        condition, dead_binds, turn_binds = None, 0, 0
-    query = sql_web.open_page(condition, source is not None, with_turn=ids is None)
-    at, sid = after if after is not None else (-1.0, "")
-    params: list[Any] = [at, at, sid]
-    if source is not None:
-        params.append(source)
-    params += list(dead_owners) * dead_binds
-    params += (ids or []) * turn_binds
-    params.append(limit)
-    rows = store.backend.read(lambda c: c.execute(query, params).fetchall())
-    return [
-        LiveFacts(  # type: ignore[call-arg]
-            *r[:9], int(r[9]), bool(r[10]) if running is None else r[0] in running
-        )
-        for r in rows
-    ]
-
-
 def events_after(store: StoreCore, after: int, limit: int = 500) -> list[EventRow]:
     """Events with an id above ``after``, in id order, at most ``limit``."""
     after = check_int(after, "after")
     limit = check_int(limit, "limit", minimum=1)
     rows = store.backend.read(lambda c: c.execute(sql_web.EVENTS_AFTER, (after, limit)).fetchall())
-    return [EventRow(int(r[0]), float(r[1]), r[2], r[3], _data(r[4])) for r in rows]
+    return [_event(r) for r in rows]
 
 
 def event_bounds(store: StoreCore) -> tuple[int, int]:
@@ -214,5 +248,5 @@ def events_and_writers(
         return rows, c.execute(sql_web.EVENT_WRITERS).fetchall()
 
     rows, writers = store.backend.read(run)
-    events = [EventRow(int(r[0]), float(r[1]), r[2], r[3], _data(r[4])) for r in rows]
+    events = [_event(r) for r in rows]
     return events, frozenset(str(w[0]) for w in writers)

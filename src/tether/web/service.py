@@ -7,11 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..clock import SystemClock
 from ..compose import Store
 from ..errors import InvalidInputError
 from ..liveness import Reaper
 from ..model import Census
-from ..store.views import LiveFacts, events_after, open_groups, open_page
+from ..store.views import LiveFacts, OwnerRow, live_read
 from ..validate import check_id
 from .feed import moved
 from .live import LiveRow, OwnerView, counts, dead_owners, derive_all
@@ -77,44 +78,46 @@ class LiveView:
     ) -> Snapshot:
         """Exact counts of every open session, and one page of rows (``state``/``source``)."""
         after = decode_cursor(cursor) if cursor is not None else None
-        # Counts and facts first, owners second: an owner seen in them is in the owners read.
-        running = self._running()
-        groups = open_groups(self.store, running)
-        states = self.reaper.classify()
-        owners = {s.owner_id: OwnerView(s.owner_id, s.info, s.verdict) for s in states}
-        page = open_page(
+        reaper = self.reaper
+        # As Reaper.classify: one pause observation per judgement, and heartbeat ages
+        # on the clock they are stamped with (the server's on PostgreSQL, unless the
+        # reaper runs on a clock of its own, as tests do).
+        quiet_for = reaper.pauses.observe(wall=reaper.clock.now(), mono=reaper.clock.monotonic())
+        server_time = self.store.server_clock and isinstance(reaper.clock, SystemClock)
+        owners: dict[str, OwnerView] = {}
+
+        def judge(server_now: float | None, rows: list[OwnerRow]) -> list[str]:
+            owners.clear()  # a retried read judges again
+            now = server_now if server_now is not None else reaper.clock.now()
+            for owner_id, info, _ in rows:
+                verdict = reaper.verdict(owner_id, info, now, quiet_for)
+                owners[owner_id] = OwnerView(owner_id, info, verdict)
+            return dead_owners(owners)
+
+        # One read: the followed turns caught up, the counts with every owner of an
+        # open session (judged here), and the page filtered by the same verdicts.
+        read = live_read(
             self.store,
+            judge,
+            followed=self.running() if self.running is not None else None,
+            advance=moved,
+            catch_up=CATCH_UP_LIMIT,
+            server_time=bool(server_time),
             after=after,
             limit=limit + 1,
             source=source,
             state=state,
-            dead_owners=dead_owners(owners),
-            running=running,
         )
         now = self.store.clock.now()
-        more = len(page) > limit
-        page = page[:limit]
+        more = len(read.page) > limit
+        page = read.page[:limit]
         return Snapshot(
             now,
-            counts(groups, owners),
+            counts(read.groups, owners),
             derive_all(page, owners, now),
             encode_cursor(page[-1]) if more and page else None,
             owners,
         )
-
-    def _running(self) -> frozenset[str] | None:
-        """The running turns as of now: the followed set, moved by the events it has not
-        seen yet (the feed lags commits by up to its poll), or None (ask the database)."""
-        known = self.running() if self.running is not None else None
-        if known is None:
-            return None
-        running, upto = known
-        newer = events_after(self.store, upto, CATCH_UP_LIMIT)
-        if len(newer) == CATCH_UP_LIMIT:
-            return None  # far behind: the database works it out
-        for event in newer:
-            running = moved(running, event)
-        return running
 
     def census(self) -> tuple[Census, int]:
         return self.reaper.breakdown()
