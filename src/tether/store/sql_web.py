@@ -33,15 +33,18 @@ def id_in(column: str, dialect: str, *, negate: bool = False) -> str:
     return f"{column} {'NOT IN' if negate else 'IN'} (SELECT value FROM json_each(?))"
 
 
-def open_counts(dialect: str, running_known: bool) -> str:
+def open_counts(running_known: bool) -> str:
     """Open sessions grouped by what decides their state (owner, source, imported,
     detached, turn running), each group with its owner's row (NULLs: missing), in one
     pass: the exact counts and every owner to judge, from one snapshot.
 
-    ``running_known``: the running sessions' ids are bound (one parameter, see
-    :func:`id_in`); otherwise each open session's newest turn event decides.
+    ``running_known``: the turn column is 0 and the caller moves the sessions of
+    :func:`running_keys` to their turn-running group; otherwise each open session's
+    newest turn event decides (one probe per open session). A set of ids is not
+    tested in the grouping itself: PostgreSQL would compare each row with every id
+    there (a hashed ``= ANY`` is for WHERE only), 19 ms at 10,000 x 1,000.
     """
-    turn = f"CASE WHEN {id_in('s.id', dialect)} THEN 1 ELSE 0 END" if running_known else _TURN
+    turn = "0" if running_known else _TURN
     return f"""
 SELECT g.owner_id, g.source, g.imported, g.detached, g.turn, g.n, {_OWNER_FIELDS} FROM (
     SELECT s.owner_id, s.source,
@@ -52,6 +55,17 @@ SELECT g.owner_id, g.source, g.imported, g.detached, g.turn, g.n, {_OWNER_FIELDS
     GROUP BY s.owner_id, s.source, imported, detached, turn
 ) g
 LEFT JOIN owners o ON o.id = g.owner_id
+"""
+
+
+def running_keys(dialect: str) -> str:
+    """The group keys of :func:`open_counts` of the open sessions among a set of ids
+    (one parameter, see :func:`id_in`): found by primary key."""
+    return f"""
+SELECT s.owner_id, s.source,
+    CASE WHEN s.origin IS NULL THEN 0 ELSE 1 END,
+    CASE WHEN s.detached_at IS NULL THEN 0 ELSE 1 END
+FROM sessions s WHERE s.ended_at IS NULL AND {id_in("s.id", dialect)}
 """
 
 

@@ -156,21 +156,34 @@ def live_read(
         running_ids = id_set(dialect, running) if running is not None else None
         server_now = store._liveness_now(c) if server_time else None
 
-        counts_query = sql_web.open_counts(dialect, running is not None)
-        groups: list[OpenGroup] = []
+        counts_query = sql_web.open_counts(running is not None)
+        # (owner, source, imported, detached) -> [no turn running, turn running]
+        groups: dict[tuple[str | None, str, bool, bool], list[int]] = {}
         owners: dict[str, tuple[OwnerInfo | None, int]] = {}
-        for r in c.execute(counts_query, [] if running is None else [running_ids]).fetchall():
+        for r in c.execute(counts_query).fetchall():
             owner_id, n = r[0], int(r[5])
-            groups.append(OpenGroup(owner_id, r[1], bool(r[2]), bool(r[3]), bool(r[4]), n))
+            groups.setdefault((owner_id, r[1], bool(r[2]), bool(r[3])), [0, 0])[int(r[4])] += n
             if owner_id is not None:
                 seen = owners.get(owner_id)
                 if seen is not None:
                     owners[owner_id] = (seen[0], seen[1] + n)
                 else:  # a missing owner row comes back as NULLs
-                    owners[owner_id] = (
-                        OwnerInfo(owner_id, *r[6:]) if r[6] is not None else None,
-                        n,
-                    )
+                    info = OwnerInfo(owner_id, *r[6:]) if r[6] is not None else None
+                    owners[owner_id] = (info, n)
+        if running:  # move each running session from its group's "no turn" count
+            for owner_id, src, imported, detached in c.execute(
+                sql_web.running_keys(dialect), [running_ids]
+            ).fetchall():
+                cell = groups.get((owner_id, src, bool(imported), bool(detached)))
+                if cell is not None and cell[0] > 0:
+                    cell[0] -= 1
+                    cell[1] += 1
+        open_groups = [
+            OpenGroup(owner, src, imported, detached, bool(turn), n)
+            for (owner, src, imported, detached), cell in groups.items()
+            for turn, n in enumerate(cell)
+            if n
+        ]
         owner_rows = [(k, info, n) for k, (info, n) in owners.items()]
         dead = judge(server_now, owner_rows)
 
@@ -190,7 +203,7 @@ def live_read(
             )
             for r in c.execute(query, params).fetchall()
         ]
-        return LiveRead(server_now, groups, owner_rows, page)
+        return LiveRead(server_now, open_groups, owner_rows, page)
 
     return store.backend.read(run)
 
