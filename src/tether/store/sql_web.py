@@ -20,9 +20,6 @@ _TURN = f"""CASE WHEN (SELECT e.kind FROM events e
      WHERE e.session_id = s.id AND e.kind IN ('{TURN_STARTED}', '{TURN_ENDED}')
      ORDER BY e.id DESC LIMIT 1) = '{TURN_STARTED}' THEN 1 ELSE 0 END"""
 
-# An owners row's columns, as OWNERS_OF_OPEN_SESSIONS reads them (OwnerInfo's order).
-_OWNER_FIELDS = ", ".join("o." + c.strip() for c in OWNER_COLUMNS.split(","))
-
 
 def id_in(column: str, dialect: str, *, negate: bool = False) -> str:
     """``column`` in (``negate``: not in) a set of ids bound as ONE parameter (see
@@ -33,10 +30,32 @@ def id_in(column: str, dialect: str, *, negate: bool = False) -> str:
     return f"{column} {'NOT IN' if negate else 'IN'} (SELECT value FROM json_each(?))"
 
 
+# An owner that cannot be dead: on another host (it cannot be probed from here) with
+# a heartbeat within its lease, or the judge's grace if longer. Parameters: the
+# judge's host, grace, grace, now (on the heartbeats' clock). The reaper's sweep
+# skips the same owners (sql.SWEEP_CANDIDATES); tether.liveness.policy.judge
+# finds every one of them alive. NULL (a missing row) is not fresh.
+_FRESH_REMOTE = """(o.host <> ?
+    AND o.heartbeat_at + (CASE WHEN o.lease > ? THEN o.lease ELSE ? END) >= ?)"""
+
+_OWNER_COLUMN_NAMES = [c.strip() for c in OWNER_COLUMNS.split(",")]
+
+
 def open_counts(running_known: bool) -> str:
-    """Open sessions grouped by what decides their state (owner, source, imported,
-    detached, turn running), each group with its owner's row (NULLs: missing), in one
-    pass: the exact counts and every owner to judge, from one snapshot.
+    """Open sessions counted by what decides their state, in one statement.
+
+    Sessions whose owner cannot be dead (``_FRESH_REMOTE``) are counted by that
+    owner's host, source, imported, detached and turn running, with how many such
+    owners (each owner is counted in one of its groups only) and the oldest
+    heartbeat among them: no per-owner row reaches Python. Every other session
+    (no owner, a missing owner row, an owner on this host, or whose heartbeat is
+    older than its lease) is counted by owner, with the owner's row for the
+    caller to judge.
+
+    Columns: owner id (NULL: fresh, or no owner), fresh (0/1), the fresh owners'
+    host, source, imported, detached, turn, count, owners counted, then the owner
+    row's columns (OWNER_COLUMNS; for a fresh group, heartbeat_at is the oldest).
+    Parameters: those of ``_FRESH_REMOTE``.
 
     ``running_known``: the turn column is 0 and the caller moves the sessions of
     :func:`running_keys` to their turn-running group; otherwise each open session's
@@ -45,27 +64,45 @@ def open_counts(running_known: bool) -> str:
     there (a hashed ``= ANY`` is for WHERE only), 19 ms at 10,000 x 1,000.
     """
     turn = "0" if running_known else _TURN
+    # "host" is renamed inside: the fresh groups' host is a column of its own.
+    names = ["owner_host" if c == "host" else c for c in _OWNER_COLUMN_NAMES]
+    owner_cols = ", ".join(f"o.{c} AS {n}" for c, n in zip(_OWNER_COLUMN_NAMES, names, strict=True))
+    picked = ", ".join(f"MIN(x.{n})" for n in names)
     return f"""
-SELECT g.owner_id, g.source, g.imported, g.detached, g.turn, g.n, {_OWNER_FIELDS} FROM (
-    SELECT s.owner_id, s.source,
-        CASE WHEN s.origin IS NULL THEN 0 ELSE 1 END AS imported,
-        CASE WHEN s.detached_at IS NULL THEN 0 ELSE 1 END AS detached,
-        {turn} AS turn, COUNT(*) AS n
-    FROM sessions s WHERE s.ended_at IS NULL
-    GROUP BY s.owner_id, s.source, imported, detached, turn
-) g
-LEFT JOIN owners o ON o.id = g.owner_id
+SELECT CASE WHEN x.fresh = 1 THEN NULL ELSE x.owner_id END AS judged, x.fresh,
+    CASE WHEN x.fresh = 1 THEN x.owner_host END AS fresh_host,
+    x.source, x.imported, x.detached, x.turn, SUM(x.n), SUM(x.first), {picked}
+FROM (
+    SELECT g.owner_id, g.source, g.imported, g.detached, g.turn, g.n,
+        {owner_cols},
+        CASE WHEN {_FRESH_REMOTE} THEN 1 ELSE 0 END AS fresh,
+        CASE WHEN ROW_NUMBER() OVER (PARTITION BY g.owner_id) = 1 THEN 1 ELSE 0 END AS first
+    FROM (
+        SELECT s.owner_id, s.source,
+            CASE WHEN s.origin IS NULL THEN 0 ELSE 1 END AS imported,
+            CASE WHEN s.detached_at IS NULL THEN 0 ELSE 1 END AS detached,
+            {turn} AS turn, COUNT(*) AS n
+        FROM sessions s WHERE s.ended_at IS NULL
+        GROUP BY s.owner_id, s.source, imported, detached, turn
+    ) g
+    LEFT JOIN owners o ON o.id = g.owner_id
+) x
+GROUP BY judged, x.fresh, fresh_host, x.source, x.imported, x.detached, x.turn
 """
 
 
 def running_keys(dialect: str) -> str:
-    """The group keys of :func:`open_counts` of the open sessions among a set of ids
-    (one parameter, see :func:`id_in`): found by primary key."""
+    """What decides the group in :func:`open_counts` of each open session among a set
+    of ids, found by primary key: owner, source, imported, detached, the owner's
+    host, fresh (0/1). Parameters: those of ``_FRESH_REMOTE``, then the ids (one
+    parameter, see :func:`id_in`)."""
     return f"""
 SELECT s.owner_id, s.source,
     CASE WHEN s.origin IS NULL THEN 0 ELSE 1 END,
-    CASE WHEN s.detached_at IS NULL THEN 0 ELSE 1 END
-FROM sessions s WHERE s.ended_at IS NULL AND {id_in("s.id", dialect)}
+    CASE WHEN s.detached_at IS NULL THEN 0 ELSE 1 END,
+    o.host, CASE WHEN {_FRESH_REMOTE} THEN 1 ELSE 0 END
+FROM sessions s LEFT JOIN owners o ON o.id = s.owner_id
+WHERE s.ended_at IS NULL AND {id_in("s.id", dialect)}
 """
 
 
@@ -75,6 +112,8 @@ MAX_EVENT_ID = "SELECT COALESCE(MAX(id), 0) FROM events"
 
 _PAGE_COLUMNS = """s.id, s.source, s.title, s.root_id, s.origin, s.created_at, s.last_active_at,
     s.owner_id, s.detached_at, s.message_count"""
+# After the turn column: the owner's row (NULLs: none, or missing).
+_PAGE_OWNER = ", ".join(f"o.{c}" for c in _OWNER_COLUMN_NAMES)
 
 
 def _turn(dialect: str, running_known: bool, want: bool) -> str:
@@ -115,7 +154,8 @@ def open_page(condition: str | None, by_source: bool, with_turn: bool = True) ->
         where.append(condition)
     turn = _TURN if with_turn else "0"
     return f"""
-SELECT {_PAGE_COLUMNS}, {turn} FROM sessions s
+SELECT {_PAGE_COLUMNS}, {turn}, {_PAGE_OWNER}
+FROM sessions s LEFT JOIN owners o ON o.id = s.owner_id
 WHERE {" AND ".join(where)}
 ORDER BY s.created_at, s.id LIMIT ?
 """

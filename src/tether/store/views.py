@@ -21,6 +21,7 @@ __all__ = [
     "LiveFacts",
     "LiveRead",
     "OpenGroup",
+    "OwnerJudging",
     "OwnerRow",
     "event_bounds",
     "event_writers",
@@ -77,7 +78,12 @@ def _data(value: Any) -> dict[str, Any] | None:
 
 @dataclass(frozen=True, slots=True)
 class OpenGroup:
-    """Open sessions that share what decides their state, and how many they are."""
+    """Open sessions that share what decides their state, and how many they are.
+
+    ``alive_on``: the sessions of owners on that host that cannot be dead (another
+    host than the judge's, a heartbeat within the lease), counted together in the
+    database; ``owner_id`` is None then.
+    """
 
     owner_id: str | None
     source: str
@@ -85,6 +91,7 @@ class OpenGroup:
     detached: bool
     turn_running: bool
     count: int
+    alive_on: str | None = None
 
 
 OwnerRow = tuple[str, OwnerInfo | None, int]
@@ -92,13 +99,30 @@ OwnerRow = tuple[str, OwnerInfo | None, int]
 
 
 @dataclass(frozen=True, slots=True)
+class OwnerJudging:
+    """How the caller judges owners (tether.web.service, from its reaper's identity
+    and policy): owners on another host than ``host`` whose heartbeat is within
+    their lease (or ``grace``, if longer) are alive, and counted in the database;
+    every other owner of an open session is given to ``judge``."""
+
+    host: str
+    grace: float  # the judge's own minimum lease (0: each owner's)
+    server_time: bool  # heartbeats are on the database server's clock
+    now: Callable[[], float]  # the judge's clock, when not the server's
+    judge: Callable[[float, list[OwnerRow]], Collection[str]]  # -> the dead owners' ids
+
+
+@dataclass(frozen=True, slots=True)
 class LiveRead:
     """The live view's facts from one snapshot (see :func:`live_read`)."""
 
-    server_now: float | None  # now on the database server's clock, when asked
+    now: float  # what the owners were judged at (the heartbeats' clock)
     groups: list[OpenGroup]
-    owners: list[OwnerRow]
+    owners: list[OwnerRow]  # the owners given to the judge
+    alive_owners: int  # the owners counted alive in the database (not in ``owners``)
+    oldest_alive_heartbeat: float | None  # among those
     page: list[LiveFacts]
+    page_owners: dict[str, OwnerInfo]  # the rows of the page's owners
 
 
 def id_set(dialect: str, ids: Iterable[str]) -> Any:
@@ -113,25 +137,24 @@ def _event(r: Sequence[Any]) -> EventRow:
 
 def live_read(
     store: StoreCore,
-    judge: Callable[[float | None, list[OwnerRow]], Collection[str]],
+    judging: OwnerJudging,
     *,
     followed: tuple[frozenset[str], int] | None = None,
     advance: Callable[[frozenset[str], EventRow], frozenset[str]] | None = None,
     catch_up: int = 1000,
-    server_time: bool = False,
     after: tuple[float, str] | None = None,
     limit: int = 100,
     source: str | None = None,
     state: str | None = None,
 ) -> LiveRead:
     """Every open session counted by what decides its state, the owners of open
-    sessions, and one page of them, in ONE read transaction: one snapshot, and few
-    round trips (the live view answers at 10,000 open sessions within its budget).
+    sessions judged, and one page of them, in ONE read transaction: one snapshot,
+    a few round trips, and per-owner work in Python only for the owners the
+    database cannot settle (see :class:`OwnerJudging`).
 
-    ``judge(server_now, owners)`` returns the ids of the owners judged dead. It runs
-    inside the read, between the counts and the page, so that the page is filtered
-    by the verdicts the counts are judged with (``server_now``: the server's clock
-    when ``server_time``, else None).
+    ``judging.judge(now, owners)`` returns the ids of the owners judged dead. It
+    runs inside the read, between the counts and the page, so that the page is
+    filtered by the verdicts the counts are judged with.
 
     ``followed``: the ids of the sessions with a running turn and the event id they
     are as of (tether.web.feed.TurnTracker), moved here by ``advance`` over the
@@ -154,38 +177,47 @@ def live_read(
                 for r in rows:
                     running = advance(running, _event(r))
         running_ids = id_set(dialect, running) if running is not None else None
-        server_now = store._liveness_now(c) if server_time else None
+        now = store._liveness_now(c) if judging.server_time else judging.now()
 
-        counts_query = sql_web.open_counts(running is not None)
-        # (owner, source, imported, detached) -> [no turn running, turn running]
-        groups: dict[tuple[str | None, str, bool, bool], list[int]] = {}
+        # (owner, alive_on, source, imported, detached) -> [no turn running, running]
+        groups: dict[tuple[str | None, str | None, str, bool, bool], list[int]] = {}
         owners: dict[str, tuple[OwnerInfo | None, int]] = {}
-        for r in c.execute(counts_query).fetchall():
-            owner_id, n = r[0], int(r[5])
-            groups.setdefault((owner_id, r[1], bool(r[2]), bool(r[3])), [0, 0])[int(r[4])] += n
-            if owner_id is not None:
+        alive_owners, oldest = 0, None
+        fresh = (judging.host, judging.grace, judging.grace, now)
+        for r in c.execute(sql_web.open_counts(running is not None), fresh).fetchall():
+            owner_id, alive_on, n = r[0], r[2], int(r[7])
+            key = (owner_id, alive_on, r[3], bool(r[4]), bool(r[5]))
+            groups.setdefault(key, [0, 0])[int(r[6])] += n
+            if r[1]:  # owners that cannot be dead: counted, never judged one by one
+                alive_owners += int(r[8])
+                beat = float(r[15])
+                oldest = beat if oldest is None else min(oldest, beat)
+            elif owner_id is not None:
                 seen = owners.get(owner_id)
                 if seen is not None:
                     owners[owner_id] = (seen[0], seen[1] + n)
                 else:  # a missing owner row comes back as NULLs
-                    info = OwnerInfo(owner_id, *r[6:]) if r[6] is not None else None
+                    info = OwnerInfo(owner_id, *r[9:]) if r[9] is not None else None
                     owners[owner_id] = (info, n)
         if running:  # move each running session from its group's "no turn" count
-            for owner_id, src, imported, detached in c.execute(
-                sql_web.running_keys(dialect), [running_ids]
+            for owner_id, src, imported, detached, host, is_fresh in c.execute(
+                sql_web.running_keys(dialect), [*fresh, running_ids]
             ).fetchall():
-                cell = groups.get((owner_id, src, bool(imported), bool(detached)))
+                key = (None, host, src, bool(imported), bool(detached))
+                if not is_fresh:
+                    key = (owner_id, None, src, bool(imported), bool(detached))
+                cell = groups.get(key)
                 if cell is not None and cell[0] > 0:
                     cell[0] -= 1
                     cell[1] += 1
         open_groups = [
-            OpenGroup(owner, src, imported, detached, bool(turn), n)
-            for (owner, src, imported, detached), cell in groups.items()
+            OpenGroup(owner, src, imported, detached, bool(turn), n, alive_on)
+            for (owner, alive_on, src, imported, detached), cell in groups.items()
             for turn, n in enumerate(cell)
             if n
         ]
         owner_rows = [(k, info, n) for k, (info, n) in owners.items()]
-        dead = judge(server_now, owner_rows)
+        dead = judging.judge(now, owner_rows)
 
         condition, binds = (
             sql_web.state_condition(state, dialect, running is not None) if state else (None, ())
@@ -197,13 +229,13 @@ def live_read(
         params += [sets[b] for b in binds]
         params.append(limit)
         query = sql_web.open_page(condition, source is not None, with_turn=running is None)
-        page = [
-            LiveFacts(  # type: ignore[call-arg]
-                *r[:9], int(r[9]), bool(r[10]) if running is None else r[0] in running
-            )
-            for r in c.execute(query, params).fetchall()
-        ]
-        return LiveRead(server_now, open_groups, owner_rows, page)
+        page, page_owners = [], {}
+        for r in c.execute(query, params).fetchall():
+            turn = bool(r[10]) if running is None else r[0] in running
+            page.append(LiveFacts(*r[:9], int(r[9]), turn))  # type: ignore[call-arg]
+            if r[7] is not None and r[11] is not None:
+                page_owners[r[7]] = OwnerInfo(r[7], *r[11:])
+        return LiveRead(now, open_groups, owner_rows, alive_owners, oldest, page, page_owners)
 
     return store.backend.read(run)
 

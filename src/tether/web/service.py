@@ -11,8 +11,9 @@ from ..clock import SystemClock
 from ..compose import Store
 from ..errors import InvalidInputError
 from ..liveness import Reaper
+from ..liveness.policy import ALIVE
 from ..model import Census
-from ..store.views import LiveFacts, OwnerRow, live_read
+from ..store.views import LiveFacts, OwnerJudging, OwnerRow, live_read
 from ..validate import check_id
 from .feed import moved
 from .live import LiveRow, OwnerView, counts, dead_owners, derive_all
@@ -28,7 +29,12 @@ class Snapshot:
     counts: dict[str, Any]
     rows: list[LiveRow]
     next_cursor: str | None
+    # The owners judged one by one (on this host, stale, or missing), and those the
+    # database found alive (another host, a heartbeat within the lease): how many,
+    # and the oldest heartbeat among them.
     owners: dict[str, OwnerView] = field(default_factory=dict)
+    alive_elsewhere: int = 0
+    oldest_elsewhere: float | None = None
 
 
 def encode_cursor(facts: LiveFacts) -> str:
@@ -83,26 +89,31 @@ class LiveView:
         # on the clock they are stamped with (the server's on PostgreSQL, unless the
         # reaper runs on a clock of its own, as tests do).
         quiet_for = reaper.pauses.observe(wall=reaper.clock.now(), mono=reaper.clock.monotonic())
-        server_time = self.store.server_clock and isinstance(reaper.clock, SystemClock)
         owners: dict[str, OwnerView] = {}
 
-        def judge(server_now: float | None, rows: list[OwnerRow]) -> list[str]:
+        def judge(now: float, rows: list[OwnerRow]) -> list[str]:
             owners.clear()  # a retried read judges again
-            now = server_now if server_now is not None else reaper.clock.now()
             for owner_id, info, _ in rows:
                 verdict = reaper.verdict(owner_id, info, now, quiet_for)
                 owners[owner_id] = OwnerView(owner_id, info, verdict)
             return dead_owners(owners)
 
-        # One read: the followed turns caught up, the counts with every owner of an
-        # open session (judged here), and the page filtered by the same verdicts.
+        judging = OwnerJudging(
+            host=reaper.identity.host,
+            grace=reaper.ttl or 0.0,
+            server_time=bool(self.store.server_clock and isinstance(reaper.clock, SystemClock)),
+            now=reaper.clock.now,
+            judge=judge,
+        )
+        # One read: the followed turns caught up, the counts (owners that cannot be
+        # dead settled in the database, the others judged here), and the page
+        # filtered by the same verdicts.
         read = live_read(
             self.store,
-            judge,
+            judging,
             followed=self.running() if self.running is not None else None,
             advance=moved,
             catch_up=CATCH_UP_LIMIT,
-            server_time=bool(server_time),
             after=after,
             limit=limit + 1,
             source=source,
@@ -111,12 +122,18 @@ class LiveView:
         now = self.store.clock.now()
         more = len(read.page) > limit
         page = read.page[:limit]
+        shown = dict(owners)
+        for owner_id, info in read.page_owners.items():
+            if owner_id not in shown:  # counted alive in the database: policy.judge's ALIVE
+                shown[owner_id] = OwnerView(owner_id, info, ALIVE)
         return Snapshot(
             now,
             counts(read.groups, owners),
-            derive_all(page, owners, now),
+            derive_all(page, shown, now),
             encode_cursor(page[-1]) if more and page else None,
             owners,
+            read.alive_owners,
+            read.oldest_alive_heartbeat,
         )
 
     def census(self) -> tuple[Census, int]:
