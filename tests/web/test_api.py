@@ -389,6 +389,12 @@ def _remote_owners_agree(web: WebServer, store: Store) -> None:
     (c1,) = owned_sessions(store, near, 1, now - 1)  # fresh, another host
     d1, d2 = owned_sessions(store, FAR, 2, now - 100)  # stale: dead, judged in Python
     (e1,) = owned_sessions(store, FAR, 1, now - 20, lease=10.0)  # stale by its own lease
+    (f1,) = owned_sessions(store, FAR, 1, now - 1)  # fresh, but its row goes missing
+    store.backend.write(
+        lambda c: c.execute(
+            "DELETE FROM owners WHERE id = (SELECT owner_id FROM sessions WHERE id = ?)", (f1,)
+        )
+    )
     store.mark_detached(a2, store.clock.now())
     for sid in (a3, b2, d1):
         store.record_event(sid, "turn_started", {"turn_id": sid})
@@ -407,6 +413,7 @@ def _remote_owners_agree(web: WebServer, store: Store) -> None:
         d1: ("orphaned", FAR.host),
         d2: ("orphaned", FAR.host),
         e1: ("orphaned", FAR.host),
+        f1: ("orphaned", None),
         external.session.id: ("external", None),
     }
     live = web.get("/api/v1/live?limit=1000").json()
@@ -414,7 +421,7 @@ def _remote_owners_agree(web: WebServer, store: Store) -> None:
         k: s for k, (s, _) in expected.items()
     }
     for r in live["sessions"]:
-        assert (r["owner"]["host"] if r["owner"] else None) == expected[r["id"]][1]
+        assert (r["owner"] or {}).get("host") == expected[r["id"]][1]
         if r["state"] in ("idle", "detached", "working"):
             assert r["owner"]["alive"] is True and r["owner"]["hung"] is False
     by_host: dict[str, dict[str, int]] = {}
@@ -426,7 +433,7 @@ def _remote_owners_agree(web: WebServer, store: Store) -> None:
     c = live["counts"]
     assert c["by_host"] == by_host
     assert {k: v for k, v in c["by_state"].items() if v} == by_state
-    assert c["by_source"]["test"] == {"idle": 3, "detached": 1, "working": 2, "orphaned": 3}
+    assert c["by_source"]["test"] == {"idle": 3, "detached": 1, "working": 2, "orphaned": 4}
     for state in ("working", "idle", "detached", "orphaned", "external"):
         page = web.get(f"/api/v1/live?state={state}&limit=1000").json()["sessions"]
         assert sorted(r["id"] for r in page) == sorted(
@@ -436,5 +443,5 @@ def _remote_owners_agree(web: WebServer, store: Store) -> None:
     verdicts = {s.owner_id: s.verdict.alive for s in Reaper(store).classify()}
     text = web.get("/metrics").body.decode()
     assert _metric(text, "tether_owners", state="live") == sum(verdicts.values()) == 4
-    assert _metric(text, "tether_owners", state="dead") == len(verdicts) - 4 == 2
+    assert _metric(text, "tether_owners", state="dead") == len(verdicts) - 4 == 3
     assert _metric(text, "tether_owner_heartbeat_age_seconds") >= 100
