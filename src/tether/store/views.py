@@ -169,6 +169,8 @@ def live_read(
     at, sid = after if after is not None else (-1.0, "")
 
     def run(c: Conn) -> LiveRead:
+        if dialect == "postgresql":
+            c.execute(sql_web.CUSTOM_PLANS)
         running: frozenset[str] | None = None
         if followed is not None and advance is not None:
             rows = c.execute(sql_web.EVENTS_AFTER, (followed[1], catch_up)).fetchall()
