@@ -52,17 +52,16 @@ def open_counts(running_known: bool) -> str:
     """Open sessions counted by what decides their state, in one statement.
 
     Sessions whose owner cannot be dead (``_FRESH_REMOTE``) are counted by that
-    owner's host, source, imported, detached and turn running, with how many such
-    owners (each owner is counted in one of its groups only) and the oldest
-    heartbeat among them: no per-owner row reaches Python. Every other session
+    owner's host, source, imported, detached and turn running: no per-owner row
+    reaches Python (:data:`FRESH_OWNERS` counts those owners). Every other session
     (no owner, a missing owner row, an owner on this host, or whose heartbeat is
     older than its lease) is counted by owner, with the owner's row for the
     caller to judge.
 
     Columns: owner id (NULL: fresh, or no owner), fresh (0/1), the fresh owners'
-    host, source, imported, detached, turn, count, owners counted, then the owner
-    row's columns (OWNER_COLUMNS; for a fresh group, heartbeat_at is the oldest).
-    Parameters: those of ``_FRESH_REMOTE``.
+    host, source, imported, detached, turn, count, then the owner row's columns
+    (OWNER_COLUMNS; meaningless in a fresh group). Parameters: those of
+    ``_FRESH_REMOTE``.
 
     ``running_known``: the turn column is 0 and the caller moves the sessions of
     :func:`running_keys` to their turn-running group; otherwise each open session's
@@ -78,12 +77,11 @@ def open_counts(running_known: bool) -> str:
     return f"""
 SELECT CASE WHEN x.fresh = 1 THEN NULL ELSE x.owner_id END AS judged, x.fresh,
     CASE WHEN x.fresh = 1 THEN x.owner_host END AS fresh_host,
-    x.source, x.imported, x.detached, x.turn, SUM(x.n), SUM(x.first), {picked}
+    x.source, x.imported, x.detached, x.turn, SUM(x.n), {picked}
 FROM (
     SELECT g.owner_id, g.source, g.imported, g.detached, g.turn, g.n,
         {owner_cols},
-        CASE WHEN {_FRESH_REMOTE} THEN 1 ELSE 0 END AS fresh,
-        CASE WHEN ROW_NUMBER() OVER (PARTITION BY g.owner_id) = 1 THEN 1 ELSE 0 END AS first
+        CASE WHEN {_FRESH_REMOTE} THEN 1 ELSE 0 END AS fresh
     FROM (
         SELECT s.owner_id, s.source,
             CASE WHEN s.origin IS NULL THEN 0 ELSE 1 END AS imported,
@@ -95,6 +93,15 @@ FROM (
     LEFT JOIN owners o ON o.id = g.owner_id
 ) x
 GROUP BY judged, x.fresh, fresh_host, x.source, x.imported, x.detached, x.turn
+"""
+
+
+# How many owners of open sessions cannot be dead, and the oldest heartbeat among
+# them (the owners open_counts counts by host). Parameters: those of _FRESH_REMOTE.
+FRESH_OWNERS = f"""
+SELECT COUNT(*), MIN(o.heartbeat_at) FROM owners o
+WHERE {_FRESH_REMOTE}
+  AND EXISTS (SELECT 1 FROM sessions s WHERE s.owner_id = o.id AND s.ended_at IS NULL)
 """
 
 

@@ -184,23 +184,19 @@ def live_read(
         # (owner, alive_on, source, imported, detached) -> [no turn running, running]
         groups: dict[tuple[str | None, str | None, str, bool, bool], list[int]] = {}
         owners: dict[str, tuple[OwnerInfo | None, int]] = {}
-        alive_owners, oldest = 0, None
         fresh = (judging.host, judging.grace, judging.grace, now)
         for r in c.execute(sql_web.open_counts(running is not None), fresh).fetchall():
             owner_id, alive_on, n = r[0], r[2], int(r[7])
             key = (owner_id, alive_on, r[3], bool(r[4]), bool(r[5]))
             groups.setdefault(key, [0, 0])[int(r[6])] += n
-            if r[1]:  # owners that cannot be dead: counted, never judged one by one
-                alive_owners += int(r[8])
-                beat = float(r[15])
-                oldest = beat if oldest is None else min(oldest, beat)
-            elif owner_id is not None:
+            if owner_id is not None:  # judged one by one (fresh owners come as NULL)
                 seen = owners.get(owner_id)
                 if seen is not None:
                     owners[owner_id] = (seen[0], seen[1] + n)
                 else:  # a missing owner row comes back as NULLs
-                    info = OwnerInfo(owner_id, *r[9:]) if r[9] is not None else None
+                    info = OwnerInfo(owner_id, *r[8:]) if r[8] is not None else None
                     owners[owner_id] = (info, n)
+        alive_owners, oldest = c.execute(sql_web.FRESH_OWNERS, fresh).fetchone()
         if running:  # move each running session from its group's "no turn" count
             for owner_id, src, imported, detached, host, is_fresh in c.execute(
                 sql_web.running_keys(dialect), [*fresh, running_ids]
@@ -237,7 +233,15 @@ def live_read(
             page.append(LiveFacts(*r[:9], int(r[9]), turn))  # type: ignore[call-arg]
             if r[7] is not None and r[11] is not None:
                 page_owners[r[7]] = OwnerInfo(r[7], *r[11:])
-        return LiveRead(now, open_groups, owner_rows, alive_owners, oldest, page, page_owners)
+        return LiveRead(
+            now,
+            open_groups,
+            owner_rows,
+            int(alive_owners),
+            None if oldest is None else float(oldest),
+            page,
+            page_owners,
+        )
 
     return store.backend.read(run)
 
