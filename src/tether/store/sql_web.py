@@ -1,10 +1,13 @@
 """SQL of the live view (tether.web): open sessions with their turn state, the events log.
 
 Every query is O(open sessions) or O(page): the open sessions come from the
-partial index ``sessions_open_created``, a session's newest turn event from
-``events_session`` (one short backward walk per open session). Counts are
-grouped in the database, so that only a few rows (per owner and source) reach
-Python whatever the number of open sessions.
+partial indexes ``sessions_open_owner`` and ``sessions_open_created``, a
+session's newest turn event from ``events_session`` (one short backward walk per
+open session, when the caller does not follow the turns). Counts are grouped in
+the database, and the owners that cannot be dead (another host, a heartbeat
+within the lease) are settled there too: a few rows per host and source reach
+Python, plus one per owner that needs judging (this host's, stale, missing).
+tether.store.views.live_read runs them in one read transaction.
 """
 
 from __future__ import annotations
