@@ -7,6 +7,12 @@
   read: exact counts per state, source and host, and the first page (100
   rows). Floor: the raw driver (sqlite3 / psycopg) counting the open sessions
   by owner, in the same run. Target: < 50 ms on SQLite and PostgreSQL.
+  Also the server process's CPU time per request (every thread, from
+  ``/proc``; PostgreSQL's own work is not in it): a figure a loaded machine
+  barely moves, unlike the wall time. With ``BENCH_WEB_BASELINE=SRC`` (a
+  ``src`` directory, e.g. the main checkout's), a second ``tether web`` runs
+  that code on the same store, and its requests are interleaved with these
+  (before/after in one run).
 * **SSE fan-out.** 100 clients hold ``/api/v1/events/stream``; this process
   writes one event (``record_event``); latency from just before the write to
   the moment each client has read it. p99 over every client and event.
@@ -114,10 +120,13 @@ def build_pg(url: str, total: int, open_: int, owners: int, working: int) -> Non
 
 
 @contextlib.contextmanager
-def tether_web(db: str, directory: Path) -> Iterator[int]:
-    """``tether web --port 0`` as a child; yields its port."""
+def tether_web(db: str, directory: Path, src: str | None = None) -> Iterator[tuple[int, int]]:
+    """``tether web --port 0`` as a child (``src``: run the tether found there);
+    yields its port and pid."""
     env = dict(os.environ, TETHER_TOKEN=TOKEN, PYTHONUNBUFFERED="1")
-    log = open(directory / "web.log", "w")  # noqa: SIM115
+    if src is not None:
+        env["PYTHONPATH"] = src
+    log = open(directory / ("web-baseline.log" if src else "web.log"), "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "tether", "web", "--db", db, "--port", "0"],
         stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True, env=env,
@@ -126,7 +135,7 @@ def tether_web(db: str, directory: Path) -> Iterator[int]:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith("tether web on http://"), (line, (directory / "web.log").read_text())
-        yield int(line.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+        yield int(line.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]), proc.pid
     finally:
         proc.terminate()
         try:
@@ -148,14 +157,55 @@ def get(port: int, path: str) -> tuple[int, bytes]:
     return r.status, body
 
 
-def time_live(port: int, rounds: int) -> list[float]:
-    get(port, "/api/v1/live")  # warm: connections, caches
-    out = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        status, body = get(port, "/api/v1/live")
-        out.append((time.perf_counter() - t) * 1e3)
-        assert status == 200 and b'"working":1000,"idle":9000' in body, body[:300]
+def cpu_ms(pid: int) -> float:
+    """CPU time so far of every thread of process ``pid`` (Linux schedstat, ns)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+    return total / 1e6
+
+
+def time_live(servers: list[tuple[int, int]], rounds: int) -> list[tuple[list[float], list[float]]]:
+    """Wall and server CPU times (ms) of GET /api/v1/live on each server, the
+    servers' requests interleaved, in alternating order."""
+    for port, _ in servers:
+        get(port, "/api/v1/live")  # warm: connections, caches
+    out: list[tuple[list[float], list[float]]] = [([], []) for _ in servers]
+    for k in range(rounds):
+        order = list(range(len(servers)))
+        for i in order if k % 2 == 0 else order[::-1]:
+            port, pid = servers[i]
+            c = cpu_ms(pid)
+            t = time.perf_counter()
+            status, body = get(port, "/api/v1/live")
+            out[i][0].append((time.perf_counter() - t) * 1e3)
+            out[i][1].append(cpu_ms(pid) - c)
+            assert status == 200 and b'"working":1000,"idle":9000' in body, body[:300]
+    return out
+
+
+def live_rows(
+    backend: str, server: tuple[int, int], db: str, directory: Path, rounds: int, floor: list[float]
+) -> list[tuple[str, ...]]:
+    """/api/v1/live on ``server`` (and, with ``BENCH_WEB_BASELINE``, on the baseline's
+    ``tether web``, started for these requests only)."""
+    baseline = os.environ.get("BENCH_WEB_BASELINE")
+    with contextlib.ExitStack() as stack:
+        servers = [server]
+        if baseline:
+            servers.append(stack.enter_context(tether_web(db, directory, baseline)))
+        times = time_live(servers, rounds)
+    name = f"{backend}: GET /api/v1/live (10,000 open, 1,000 owners), ms"
+    out = [_row(name, times[0][0], floor, "< 50 ms")]
+    out.append(_row(f"{backend}: /api/v1/live, server CPU per request, ms", times[0][1], floor, ""))
+    if len(times) > 1:
+        out.append(
+            _row(f"{backend}: /api/v1/live, baseline (interleaved), ms", times[1][0], floor, "")
+        )
+        out.append(
+            _row(f"{backend}: /api/v1/live, baseline server CPU, ms", times[1][1], floor, "")
+        )
     return out
 
 
@@ -285,15 +335,9 @@ def run(
         d = Path(tmp)
         db = d / "live.db"
         build_sqlite(db, total, open_, owners, working)
-        with tether_web(str(db), d) as port:
-            out.append(
-                _row(
-                    "SQLite: GET /api/v1/live (10,000 open, 1,000 owners), ms",
-                    time_live(port, rounds),
-                    floor_sqlite(db, rounds),
-                    "< 50 ms",
-                )
-            )
+        with tether_web(str(db), d) as server:
+            port = server[0]
+            out += live_rows("SQLite", server, str(db), d, rounds, floor_sqlite(db, rounds))
             lat = asyncio.run(fanout(port, str(db), 100, events))
             one = asyncio.run(fanout(port, str(db), 1, events))
             out.append(_row("SQLite: one event to 100 SSE clients, ms", lat, one, "p99 < 100 ms"))
@@ -317,15 +361,9 @@ def run(
         if pg_url:
             with pg.scratch_schema(pg_url, "web") as url:
                 build_pg(url, total, open_, owners, working)
-                with tether_web(url, d) as port:
-                    out.append(
-                        _row(
-                            "PostgreSQL: GET /api/v1/live, ms",
-                            time_live(port, rounds),
-                            floor_pg(url, rounds),
-                            "< 50 ms",
-                        )
-                    )
+                with tether_web(url, d) as server:
+                    port = server[0]
+                    out += live_rows("PostgreSQL", server, url, d, rounds, floor_pg(url, rounds))
                     lat = asyncio.run(fanout(port, url, 100, events))
                     one = asyncio.run(fanout(port, url, 1, events))
                     out.append(
@@ -341,7 +379,13 @@ def run(
         f"{rounds} rounds of /live, {events} events per fan-out, "
         f"{'quick' if quick else 'full'} run; load average (1 min) {load:.2f} at the end. "
         "Floors: the raw driver counting the open sessions by owner (/live), the same event to 1 "
-        "client (SSE), a navigation to one static file (dashboard). "
-        f"tether {tether.__version__}."
+        "client (SSE), a navigation to one static file (dashboard). Server CPU: the `tether web` "
+        "process's threads during each request (PostgreSQL's backend not included). "
+        + (
+            f"Baseline: {os.environ['BENCH_WEB_BASELINE']}, interleaved. "
+            if os.environ.get("BENCH_WEB_BASELINE")
+            else ""
+        )
+        + f"tether {tether.__version__}."
     )
     publish("web", text, notes, write=write)

@@ -10,7 +10,7 @@ from tether.compose import Store
 from tether.liveness import Reaper
 
 from ..conftest import run_cli
-from .conftest import WebServer, make_session
+from .conftest import WebServer, make_session, run_web
 
 
 def test_sessions_is_the_ls_json_shape_with_a_keyset_cursor(web: WebServer, store: Store) -> None:
@@ -281,8 +281,6 @@ def test_metrics_agree_with_doctor_json(web: WebServer, store: Store, db_url: st
 
 
 def test_metrics_counters_keep_counting_across_a_restart(store: Store) -> None:
-    from .conftest import run_web
-
     store.end_session(make_session(store, source="cli"), "cli_close")
     with run_web(store) as w:
         before = _metric(
@@ -358,3 +356,92 @@ def test_the_readme_shows_the_live_shape(web: WebServer, store: Store) -> None:
     assert set(doc) == set(live) and set(doc["counts"]) == set(live["counts"])
     assert set(doc["sessions"][0]) == set(live["sessions"][0])
     assert set(doc["sessions"][0]["owner"]) == set(live["sessions"][0]["owner"])
+
+
+def test_remote_owners_settled_in_the_database_agree_with_the_reaper(db_url: str) -> None:
+    """Owners on another host with a fresh heartbeat are counted alive in the database
+    (no per-owner verdict in Python); every count, row, filter and owner metric must
+    still be what the reaper's one-by-one verdicts say, with each owner counted once."""
+    import tether
+
+    # No startup sweep: the dead owners' sessions stay open (orphaned) for the test.
+    with (
+        tether.open_store(db_url, load_plugins=False, startup_sweep=False) as store,
+        run_web(store) as web,
+    ):
+        _remote_owners_agree(web, store)
+
+
+def _remote_owners_agree(web: WebServer, store: Store) -> None:
+    import time
+
+    from tether.liveness.identity import ProcessIdentity
+
+    from ..test_liveness import FAR, owned_sessions
+
+    near = ProcessIdentity("near-host", "boot-near", 99, 1)
+    now = time.time()  # the heartbeats' clock (PostgreSQL's server runs on this machine)
+    local_idle = make_session(store, source="cli")
+    local_detached = make_session(store, source="cli")
+    store.mark_detached(local_detached, store.clock.now())
+    a1, a2, a3 = owned_sessions(store, FAR, 3, now - 5)  # fresh: alive
+    b1, b2 = owned_sessions(store, FAR, 2, now - 2)  # fresh, same host: another owner
+    (c1,) = owned_sessions(store, near, 1, now - 1)  # fresh, another host
+    d1, d2 = owned_sessions(store, FAR, 2, now - 100)  # stale: dead, judged in Python
+    (e1,) = owned_sessions(store, FAR, 1, now - 20, lease=10.0)  # stale by its own lease
+    (f1,) = owned_sessions(store, FAR, 1, now - 1)  # fresh, but its row goes missing
+    store.backend.write(
+        lambda c: c.execute(
+            "DELETE FROM owners WHERE id = (SELECT owner_id FROM sessions WHERE id = ?)", (f1,)
+        )
+    )
+    store.mark_detached(a2, store.clock.now())
+    for sid in (a3, b2, d1):
+        store.record_event(sid, "turn_started", {"turn_id": sid})
+    external = store.import_session("hermes:x1", source="hermes", created_at=store.clock.now())
+
+    here = ProcessIdentity.current().host
+    expected = {
+        local_idle: ("idle", here),
+        local_detached: ("detached", here),
+        a1: ("idle", FAR.host),
+        a2: ("detached", FAR.host),
+        a3: ("working", FAR.host),
+        b1: ("idle", FAR.host),
+        b2: ("working", FAR.host),
+        c1: ("idle", near.host),
+        d1: ("orphaned", FAR.host),
+        d2: ("orphaned", FAR.host),
+        e1: ("orphaned", FAR.host),
+        f1: ("orphaned", None),
+        external.session.id: ("external", None),
+    }
+    live = web.get("/api/v1/live?limit=1000").json()
+    assert {r["id"]: r["state"] for r in live["sessions"]} == {
+        k: s for k, (s, _) in expected.items()
+    }
+    for r in live["sessions"]:
+        assert (r["owner"] or {}).get("host") == expected[r["id"]][1]
+        if r["state"] in ("idle", "detached", "working"):
+            assert r["owner"]["alive"] is True and r["owner"]["hung"] is False
+    by_host: dict[str, dict[str, int]] = {}
+    by_state: dict[str, int] = {}
+    for state, host in expected.values():
+        cell = by_host.setdefault(host or "(none)", {})
+        cell[state] = cell.get(state, 0) + 1
+        by_state[state] = by_state.get(state, 0) + 1
+    c = live["counts"]
+    assert c["by_host"] == by_host
+    assert {k: v for k, v in c["by_state"].items() if v} == by_state
+    assert c["by_source"]["test"] == {"idle": 3, "detached": 1, "working": 2, "orphaned": 4}
+    for state in ("working", "idle", "detached", "orphaned", "external"):
+        page = web.get(f"/api/v1/live?state={state}&limit=1000").json()["sessions"]
+        assert sorted(r["id"] for r in page) == sorted(
+            k for k, (s, _) in expected.items() if s == state
+        )
+    # The owners, as the reaper judges them one by one: each counted once.
+    verdicts = {s.owner_id: s.verdict.alive for s in Reaper(store).classify()}
+    text = web.get("/metrics").body.decode()
+    assert _metric(text, "tether_owners", state="live") == sum(verdicts.values()) == 4
+    assert _metric(text, "tether_owners", state="dead") == len(verdicts) - 4 == 3
+    assert _metric(text, "tether_owner_heartbeat_age_seconds") >= 100

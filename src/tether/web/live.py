@@ -113,6 +113,11 @@ def state_of(
         return "external" if imported else "orphaned"
     if owner is None or not owner.verdict.alive:
         return "orphaned"
+    return alive_state(detached, turn_running)
+
+
+def alive_state(detached: bool, turn_running: bool) -> str:
+    """The state of a session whose owner is alive."""
     if turn_running:
         return "working"
     return "detached" if detached else "idle"
@@ -162,11 +167,15 @@ def counts(groups: Iterable[OpenGroup], owners: Mapping[str, OwnerView]) -> dict
     by_source: dict[str, Counter[str]] = defaultdict(Counter)
     by_host: dict[str, Counter[str]] = defaultdict(Counter)
     for g in groups:
-        owner = owners.get(g.owner_id) if g.owner_id else None
-        state = state_of(g.owner_id, g.imported, g.detached, g.turn_running, owner)
+        if g.alive_on is not None:  # owners the database found alive
+            state = alive_state(g.detached, g.turn_running)
+            host = g.alive_on
+        else:
+            owner = owners.get(g.owner_id) if g.owner_id else None
+            state = state_of(g.owner_id, g.imported, g.detached, g.turn_running, owner)
+            host = owner.info.host if owner is not None and owner.info is not None else "(none)"
         by_state[state] += g.count
         by_source[g.source][state] += g.count
-        host = owner.info.host if owner is not None and owner.info is not None else "(none)"
         by_host[host][state] += g.count
     return {
         "open": sum(by_state.values()),

@@ -50,7 +50,7 @@ class StoreCollector(Collector):
             "tether_owners", "Owners of open sessions by liveness.", labels=["state"]
         )
         alive = [o for o in snap.owners.values() if o.verdict.alive]
-        owners.add_metric(["live"], len(alive))
+        owners.add_metric(["live"], len(alive) + snap.alive_elsewhere)
         owners.add_metric(["dead"], len(snap.owners) - len(alive))
         yield owners
         beat = GaugeMetricFamily(
@@ -58,6 +58,8 @@ class StoreCollector(Collector):
             "The oldest heartbeat among owners of open sessions.",
         )
         ages = [snap.now - o.info.heartbeat_at for o in snap.owners.values() if o.info]
+        if snap.oldest_elsewhere is not None:
+            ages.append(snap.now - snap.oldest_elsewhere)
         beat.add_metric([], max(0.0, max(ages)) if ages else 0.0)
         yield beat
         oldest = GaugeMetricFamily(

@@ -7,11 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..clock import SystemClock
 from ..compose import Store
 from ..errors import InvalidInputError
 from ..liveness import Reaper
+from ..liveness.policy import ALIVE
 from ..model import Census
-from ..store.views import LiveFacts, events_after, open_groups, open_page
+from ..store.views import LiveFacts, OwnerJudging, OwnerRow, live_read
 from ..validate import check_id
 from .feed import moved
 from .live import LiveRow, OwnerView, counts, dead_owners, derive_all
@@ -27,7 +29,12 @@ class Snapshot:
     counts: dict[str, Any]
     rows: list[LiveRow]
     next_cursor: str | None
+    # The owners judged one by one (on this host, stale, or missing), and those the
+    # database found alive (another host, a heartbeat within the lease): how many,
+    # and the oldest heartbeat among them.
     owners: dict[str, OwnerView] = field(default_factory=dict)
+    alive_elsewhere: int = 0
+    oldest_elsewhere: float | None = None
 
 
 def encode_cursor(facts: LiveFacts) -> str:
@@ -77,44 +84,57 @@ class LiveView:
     ) -> Snapshot:
         """Exact counts of every open session, and one page of rows (``state``/``source``)."""
         after = decode_cursor(cursor) if cursor is not None else None
-        # Counts and facts first, owners second: an owner seen in them is in the owners read.
-        running = self._running()
-        groups = open_groups(self.store, running)
-        states = self.reaper.classify()
-        owners = {s.owner_id: OwnerView(s.owner_id, s.info, s.verdict) for s in states}
-        page = open_page(
+        reaper = self.reaper
+        # As Reaper.classify: one pause observation per judgement, and heartbeat ages
+        # on the clock they are stamped with (the server's on PostgreSQL, unless the
+        # reaper runs on a clock of its own, as tests do).
+        quiet_for = reaper.pauses.observe(wall=reaper.clock.now(), mono=reaper.clock.monotonic())
+        owners: dict[str, OwnerView] = {}
+
+        def judge(now: float, rows: list[OwnerRow]) -> list[str]:
+            owners.clear()  # a retried read judges again
+            for owner_id, info, _ in rows:
+                verdict = reaper.verdict(owner_id, info, now, quiet_for)
+                owners[owner_id] = OwnerView(owner_id, info, verdict)
+            return dead_owners(owners)
+
+        judging = OwnerJudging(
+            host=reaper.identity.host,
+            grace=reaper.ttl or 0.0,
+            server_time=bool(self.store.server_clock and isinstance(reaper.clock, SystemClock)),
+            now=reaper.clock.now,
+            judge=judge,
+        )
+        # One read: the followed turns caught up, the counts (owners that cannot be
+        # dead settled in the database, the others judged here), and the page
+        # filtered by the same verdicts.
+        read = live_read(
             self.store,
+            judging,
+            followed=self.running() if self.running is not None else None,
+            advance=moved,
+            catch_up=CATCH_UP_LIMIT,
             after=after,
             limit=limit + 1,
             source=source,
             state=state,
-            dead_owners=dead_owners(owners),
-            running=running,
         )
         now = self.store.clock.now()
-        more = len(page) > limit
-        page = page[:limit]
+        more = len(read.page) > limit
+        page = read.page[:limit]
+        shown = dict(owners)
+        for owner_id, info in read.page_owners.items():
+            if owner_id not in shown:  # counted alive in the database: policy.judge's ALIVE
+                shown[owner_id] = OwnerView(owner_id, info, ALIVE)
         return Snapshot(
             now,
-            counts(groups, owners),
-            derive_all(page, owners, now),
+            counts(read.groups, owners),
+            derive_all(page, shown, now),
             encode_cursor(page[-1]) if more and page else None,
             owners,
+            read.alive_owners,
+            read.oldest_alive_heartbeat,
         )
-
-    def _running(self) -> frozenset[str] | None:
-        """The running turns as of now: the followed set, moved by the events it has not
-        seen yet (the feed lags commits by up to its poll), or None (ask the database)."""
-        known = self.running() if self.running is not None else None
-        if known is None:
-            return None
-        running, upto = known
-        newer = events_after(self.store, upto, CATCH_UP_LIMIT)
-        if len(newer) == CATCH_UP_LIMIT:
-            return None  # far behind: the database works it out
-        for event in newer:
-            running = moved(running, event)
-        return running
 
     def census(self) -> tuple[Census, int]:
         return self.reaper.breakdown()
