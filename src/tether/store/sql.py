@@ -2,7 +2,7 @@
 
 Every statement here runs unchanged on SQLite (>= 3.35, for RETURNING) and
 PostgreSQL. Where the two must differ, a function taking the ``dialect``
-returns the right text (:func:`locking`, :func:`reap_owners`).
+returns the right text (:func:`locking`), or both are named (``REAP_*``).
 
 Parameters are named (``:name``, with a dict) where a statement has many of
 them, so no one counts question marks: the PostgreSQL backend translates
@@ -308,48 +308,70 @@ SELECT m.owner_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM (
       AND NOT EXISTS (SELECT 1 FROM owners o WHERE o.id = s.owner_id)) m
 """
 
+# --- the reap: set-based, one statement per step ---------------------------------------------
+#
+# A reap ends every open session of the owners a sweep judged dead, in one
+# transaction, with statements whose parameters are per owner, never per
+# session: each step is one statement over the open-sessions index.
+#
 # A session is reaped only if its owner is still as the reaper judged it: its
 # heartbeat unchanged (an owner that beat in the meantime is spared), or its
 # row still missing.
-_STILL_AS_JUDGED = """(CASE WHEN d.heartbeat_at IS NULL
-    THEN NOT EXISTS (SELECT 1 FROM owners o WHERE o.id = d.owner_id)
-    ELSE EXISTS (SELECT 1 FROM owners o WHERE o.id = d.owner_id
-                 AND o.heartbeat_at = d.heartbeat_at) END)"""
 
-REAP_BATCH = 500  # dead owners per statement
+# SQLite: the judged owners go into a temporary table of the writer connection
+# (bound parameters: the judged heartbeats compare exactly), each step is then
+# one statement over it and the open-sessions index. A keyed table, not a JSON
+# parameter joined with UPDATE ... FROM: SQLite runs UPDATE ... FROM by copying
+# the whole join first, which costs a quarter of the update itself.
+REAP_TEMP_TABLE = """
+CREATE TEMP TABLE IF NOT EXISTS tether_reap_judged (
+    owner_id TEXT PRIMARY KEY, heartbeat_at REAL, detail TEXT NOT NULL) WITHOUT ROWID
+"""
+REAP_TEMP_CLEAR = "DELETE FROM temp.tether_reap_judged"
+REAP_TEMP_INSERT = "INSERT INTO temp.tether_reap_judged VALUES (?, ?, ?)"
 
+# Keep only the owners still as the reaper judged them.
+REAP_TEMP_STILL_AS_JUDGED = """
+DELETE FROM temp.tether_reap_judged WHERE NOT (CASE WHEN heartbeat_at IS NULL
+    THEN NOT EXISTS (SELECT 1 FROM owners o WHERE o.id = tether_reap_judged.owner_id)
+    ELSE EXISTS (SELECT 1 FROM owners o WHERE o.id = tether_reap_judged.owner_id
+                 AND o.heartbeat_at = tether_reap_judged.heartbeat_at) END)
+"""
 
-def reap_owners(
-    dialect: str,
-    dead: list[tuple[str, float | None, str]],
-    now: float,
-    hooks_due_by: str | None = None,
-) -> tuple[str, list[object], bool]:
-    """One statement ending the open sessions of many dead owners.
+# One `reaped` event per open session of the still-judged owners, written
+# before the update (which takes them out of the open-sessions index both
+# read). SQLite's write lock is held from BEGIN IMMEDIATE to COMMIT, so both
+# statements see the same open sessions; the caller checks that the counts
+# agree. Parameters: at, hooks_due_by (NULL: no hooks owed).
+REAP_LOG_SQLITE = """
+INSERT INTO events (at, session_id, kind, data, hooks_due_by)
+SELECT ?, s.id, 'reaped', json_object('owner', s.owner_id, 'detail', j.detail), ?
+FROM temp.tether_reap_judged j JOIN sessions s ON s.owner_id = j.owner_id
+WHERE s.ended_at IS NULL
+"""
 
-    Returns ``(query, params, logs_events)``. The query yields (id, owner id,
-    detail) of each session it ended; the whole rows are read afterwards only
-    if a plugin wants them (RETURNING them all costs as much as the update
-    itself). ``logs_events`` says whether it also wrote the ``reaped`` events.
+# End them. Parameter: ended_at.
+REAP_END_SQLITE = """
+UPDATE sessions SET ended_at = ?, end_reason = 'reaped', end_detail =
+    (SELECT j.detail FROM temp.tether_reap_judged j WHERE j.owner_id = sessions.owner_id)
+WHERE owner_id IN (SELECT owner_id FROM temp.tether_reap_judged) AND ended_at IS NULL
+RETURNING id, owner_id, end_detail
+"""
 
-    ``dead`` holds (owner id, judged heartbeat or None if its row is missing,
-    detail). On PostgreSQL writers run concurrently at READ COMMITTED, so a
-    plain comparison with the owner's row would read the statement's snapshot
-    and miss a heartbeat that commits while the statement runs: the owner rows
-    are locked first and compared under the lock (``FOR UPDATE`` re-reads the
-    newest committed row), so a heartbeat either committed before (the owner
-    is spared), is in flight (its row is locked: skipped, spared) or waits
-    until the reap commits. Owners and sessions are claimed with ``SKIP
-    LOCKED``, so reapers on many hosts share the work without waiting for (or
-    deadlocking with) each other, and the events are inserted by the
-    same statement (a writable CTE: one round trip instead of one per session),
-    each marked as owing its hooks by ``hooks_due_by`` (the reaping process's
-    owner id, or None when it has no ``on_session_end`` hooks). On SQLite the
-    write transaction already serializes every writer, and the caller inserts
-    the events.
-    """
-    if dialect == "postgresql":
-        query = """
+# PostgreSQL: the whole reap in one statement (one round trip). Writers run
+# concurrently at READ COMMITTED, so a plain comparison with the owner's row
+# would read the statement's snapshot and miss a heartbeat that commits while
+# the statement runs: the owner rows are locked first and compared under the
+# lock (``FOR UPDATE`` re-reads the newest committed row), so a heartbeat either
+# committed before (the owner is spared), is in flight (its row is locked:
+# skipped, spared) or waits until the reap commits. Owners and sessions are
+# claimed with ``SKIP LOCKED``, so reapers on many hosts share the work without
+# waiting for (or deadlocking with) each other or with an end in flight, and
+# the events (each marked as owing its hooks by ``hooks_due_by``, or NULL) are
+# inserted by the same statement, a writable CTE. Parameters: owner ids,
+# judged heartbeats (NULL: its row was missing), details, ended_at, at,
+# hooks_due_by.
+REAP_PG = """
 WITH d AS (SELECT * FROM unnest(?::text[], ?::float8[], ?::text[])
            AS d(owner_id, heartbeat_at, detail)),
 judged AS (
@@ -374,17 +396,6 @@ logged AS (
     FROM ended)
 SELECT id, owner_id, end_detail FROM ended
 """
-        ids, beats, details = (list(x) for x in zip(*dead, strict=True))
-        return query, [ids, beats, details, now, now, hooks_due_by], True
-    values = ", ".join("(?, ?, ?)" for _ in dead)
-    query = f"""
-WITH d(owner_id, heartbeat_at, detail) AS (VALUES {values})
-UPDATE sessions SET ended_at = ?, end_reason = 'reaped', end_detail = d.detail
-FROM d
-WHERE sessions.owner_id = d.owner_id AND sessions.ended_at IS NULL AND {_STILL_AS_JUDGED}
-RETURNING id, owner_id, end_detail
-"""
-    return query, [*(x for row in dead for x in row), now], False
 
 
 def delete_idle_owners(n: int) -> str:
