@@ -295,7 +295,8 @@ SELECT_OWNER = f"SELECT id, {OWNER_COLUMNS} FROM owners WHERE id = ?"
 # A fresh remote owner cannot be dead: it is skipped here. Parameters: host,
 # grace, grace, now. (The NULLs stand in a derived table's select list so
 # PostgreSQL types them from the first branch of the UNION; beside DISTINCT
-# they would default to text.)
+# they would default to text. Each owner is looked up once, after DISTINCT, not
+# once per open session.)
 SWEEP_CANDIDATES = f"""
 SELECT o.id, {OWNER_COLUMNS} FROM owners o
 WHERE (o.host = ?
@@ -304,8 +305,8 @@ WHERE (o.host = ?
 UNION ALL
 SELECT m.owner_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM (
     SELECT DISTINCT s.owner_id FROM sessions s
-    WHERE s.ended_at IS NULL AND s.owner_id IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM owners o WHERE o.id = s.owner_id)) m
+    WHERE s.ended_at IS NULL AND s.owner_id IS NOT NULL) m
+WHERE NOT EXISTS (SELECT 1 FROM owners o WHERE o.id = m.owner_id)
 """
 
 # --- the reap: set-based, one statement per step ---------------------------------------------
