@@ -242,7 +242,8 @@ def pg_floor(url: str, minimal: bool) -> dict[str, float]:
     with pg.connect(url) as c:
         rows = c.execute("SELECT id, host, pid, heartbeat_at FROM owners").fetchall()
         dead = judged_owners(rows)
-        ids, beats, details = (list(x) for x in zip(*dead, strict=True))
+        ids = [d[0] for d in dead]
+        judged = json.dumps([{"owner_id": o, "heartbeat_at": h, "detail": d} for o, h, d in dead])
         c.execute("SELECT COUNT(*) FROM sessions WHERE ended_at IS NULL").fetchone()
         c.commit()
         t, cpu = time.perf_counter(), time.process_time()
@@ -252,7 +253,7 @@ def pg_floor(url: str, minimal: bool) -> dict[str, float]:
             ended = c.execute(MINIMAL_END_PG, (now, ids)).fetchall()
         else:
             query = sql.REAP_PG.replace("?", "%s")
-            ended = c.execute(query, [ids, beats, details, now, now, None]).fetchall()
+            ended = c.execute(query, [judged, now, now, None]).fetchall()
         c.commit()
         wall = (time.perf_counter() - t) * 1e3
     return {

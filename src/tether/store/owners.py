@@ -263,12 +263,12 @@ class Ownership:
         deleted too (None: not in this transaction).
         """
         if self.backend.dialect == "postgresql":
-            ids, beats, details = (
-                (list(x) for x in zip(*dead, strict=True)) if dead else ([], [], [])
+            judged = json.dumps(
+                [{"owner_id": o, "heartbeat_at": h, "detail": d} for o, h, d in dead]
             )
 
             def run(c: Conn, now: float) -> list[Any]:
-                params = [ids, beats, details, now, now, hooks_due_by]
+                params = [judged, now, now, hooks_due_by]
                 return c.execute(sql.REAP_PG, params).fetchall() if dead else []
 
         else:

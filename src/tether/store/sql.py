@@ -369,12 +369,14 @@ RETURNING id, owner_id, end_detail
 # claimed with ``SKIP LOCKED``, so reapers on many hosts share the work without
 # waiting for (or deadlocking with) each other or with an end in flight, and
 # the events (each marked as owing its hooks by ``hooks_due_by``, or NULL) are
-# inserted by the same statement, a writable CTE. Parameters: owner ids,
-# judged heartbeats (NULL: its row was missing), details, ended_at, at,
-# hooks_due_by.
+# inserted by the same statement, a writable CTE. Parameters: the judged owners
+# as one JSON array of {"owner_id", "heartbeat_at" (null: its row was missing),
+# "detail"} (psycopg adapts three Python lists element by element, which costs
+# more than the reap's own statement; a float's repr reads back exactly in
+# float8), ended_at, at, hooks_due_by.
 REAP_PG = """
-WITH d AS (SELECT * FROM unnest(?::text[], ?::float8[], ?::text[])
-           AS d(owner_id, heartbeat_at, detail)),
+WITH d AS (SELECT * FROM json_to_recordset(?::json)
+           AS d(owner_id text, heartbeat_at float8, detail text)),
 judged AS (
     SELECT o.id FROM owners o JOIN d ON o.id = d.owner_id
     WHERE o.heartbeat_at = d.heartbeat_at
