@@ -1,16 +1,19 @@
 """The reaper: ends the open sessions of dead owners, exactly once, with a reason.
 
 ``Reaper.sweep()`` reads the owners of open sessions (O(open)), judges each
-with :func:`tether.liveness.policy.judge`, and in one write transaction ends
-the dead owners' open sessions with reason ``reaped`` and a detail that says
-why (``pid 1234 gone``, ``pid 1234 reused``, ``heartbeat stale 41 s``). Each
-UPDATE re-checks ``ended_at IS NULL`` and that the owner's heartbeat is still
-the one judged (under a row lock on PostgreSQL), so any number of reapers can
-sweep at once: each session is ended by exactly one of them, and the counts
-they report add up. ``on_session_end(..., interrupted=True)`` fires in the
-reaping process; the ends are marked as owing those hooks in the reap's
-transaction, so a reaper killed before they ran leaves them to the next
-process (:mod:`tether.liveness.deliveries`).
+with :func:`tether.liveness.policy.judge`, and in one write transaction (or
+one per ``batch`` of dead owners) ends the dead owners' open sessions with
+reason ``reaped`` and a detail that says why (``pid 1234 gone``, ``pid 1234
+reused``, ``heartbeat stale 41 s``), with one ``reaped`` event each. The
+statements are set-based (per owner, never per session: see
+:meth:`tether.store.StoreCore.reap`). Each re-checks ``ended_at IS NULL`` and
+that the owner's heartbeat is still the one judged (under a row lock on
+PostgreSQL), so any number of reapers can sweep at once: each session is
+ended by exactly one of them, and the counts they report add up.
+``on_session_end(..., interrupted=True)`` fires in the reaping process; the
+ends are marked as owing those hooks in the reap's transaction, so a reaper
+killed before they ran leaves them to the next process
+(:mod:`tether.liveness.deliveries`).
 
 Heartbeat ages are measured on the clock the heartbeats were written with:
 the database server's on PostgreSQL (unless the store was given a clock of
