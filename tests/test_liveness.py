@@ -425,6 +425,27 @@ def test_a_sweep_ends_each_session_once_with_one_event(
     assert reap_events(store, ids) == events
 
 
+def test_a_batched_sweep_runs_each_ends_hooks_once_and_leaves_none_due(
+    store: Store, clock: tether.ManualClock
+) -> None:
+    seen = []
+
+    class Hook:
+        @tether.hookimpl
+        def on_session_end(self, session, reason, interrupted):  # type: ignore[no-untyped-def]
+            seen.append((session.id, reason, interrupted))
+
+    store.plugins.register(Hook())
+    ids = [i for _ in range(3) for i in owned_sessions(store, FAR, 2, heartbeat_at=clock.now())]
+    clock.advance(100)
+    assert sorted(r.id for r in Reaper(store, clock=clock, batch=2).sweep().reaped) == sorted(ids)
+    assert sorted(seen) == sorted((i, "reaped", True) for i in ids)
+    due = store.backend.read(
+        lambda c: c.execute("SELECT COUNT(*) FROM events WHERE hooks_due_by IS NOT NULL").fetchone()
+    )
+    assert due[0] == 0
+
+
 def test_a_batch_must_hold_an_owner(store: Store) -> None:
     with pytest.raises(ValueError, match="batch must be at least 1"):
         Reaper(store, batch=0)

@@ -177,21 +177,24 @@ class Reaper:
         judged = [
             (s.owner_id, s.info.heartbeat_at if s.info else None, s.verdict.detail) for s in dead
         ]
+        names = {s.owner_id: (s.info.describe() if s.info else s.owner_id) for s in dead}
         size = self.batch or len(judged)
-        ended: list[tuple[Any, ...]] = []
+        reaped: list[ReapedSession] = []
         for i in range(0, len(judged), size):
             last = i + size >= len(judged)
-            ended += self.store.reap(
+            ended = self.store.reap(
                 judged[i : i + size],
                 prune_before=now - OWNER_RETENTION if last else None,
                 hooks_due_by=due_by,
             )
-        names = {s.owner_id: (s.info.describe() if s.info else s.owner_id) for s in dead}
-        reaped = [ReapedSession(sid, names.get(owner, owner), why) for sid, owner, why in ended]
-        if reaped and due_by is not None:
-            for session in self.store.sessions_by_id([r.id for r in reaped]):
-                self.store.fire_end(session, "reaped", True)
-                self.store.mark_hooks_delivered(session.id, due_by)
+            batch = [ReapedSession(sid, names.get(owner, owner), why) for sid, owner, why in ended]
+            # Each batch's hooks run once it committed: a later batch that fails
+            # cannot leave them owed by this process, which is alive.
+            if batch and due_by is not None:
+                for session in self.store.sessions_by_id([r.id for r in batch]):
+                    self.store.fire_end(session, "reaped", True)
+                    self.store.mark_hooks_delivered(session.id, due_by)
+            reaped += batch
         if reaped:
             log.info("reaped %d sessions of %d dead owners", len(reaped), len(dead))
         return ReapReport(reaped, len(dead))
