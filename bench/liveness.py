@@ -29,6 +29,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -164,6 +165,7 @@ def tether_sweep(target: str | Path, batch: int | None) -> dict[str, float]:
     reaper = Reaper(store, batch=batch)
     reaper.classify()  # warm the cache, as a running loop has
     timer = WriteTimer(store)
+    gc.collect()  # every contender starts from the same collector state
     t, cpu = time.perf_counter(), time.process_time()
     report = reaper.sweep()
     out = {
@@ -192,6 +194,7 @@ def sqlite_floor(path: Path, minimal: bool) -> dict[str, float]:
     dead = judged_owners(c.execute("SELECT id, host, pid, heartbeat_at FROM owners").fetchall())
     c.execute("SELECT COUNT(*) FROM sessions WHERE ended_at IS NULL").fetchone()  # warm
     ids = json.dumps([d[0] for d in dead])
+    gc.collect()
     t, cpu = time.perf_counter(), time.process_time()
     c.execute("BEGIN IMMEDIATE")
     now = time.time()
@@ -246,6 +249,7 @@ def pg_floor(url: str, minimal: bool) -> dict[str, float]:
         judged = json.dumps([{"owner_id": o, "heartbeat_at": h, "detail": d} for o, h, d in dead])
         c.execute("SELECT COUNT(*) FROM sessions WHERE ended_at IS NULL").fetchone()
         c.commit()
+        gc.collect()
         t, cpu = time.perf_counter(), time.process_time()
         now = time.time()
         if minimal:
