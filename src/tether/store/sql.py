@@ -329,7 +329,8 @@ CREATE TEMP TABLE IF NOT EXISTS tether_reap_judged (
     owner_id TEXT PRIMARY KEY, heartbeat_at REAL, detail TEXT NOT NULL) WITHOUT ROWID
 """
 REAP_TEMP_CLEAR = "DELETE FROM temp.tether_reap_judged"
-REAP_TEMP_INSERT = "INSERT INTO temp.tether_reap_judged VALUES (?, ?, ?)"
+# OR IGNORE: an owner named twice is judged once.
+REAP_TEMP_INSERT = "INSERT OR IGNORE INTO temp.tether_reap_judged VALUES (?, ?, ?)"
 
 # Keep only the owners still as the reaper judged them.
 REAP_TEMP_STILL_AS_JUDGED = """
