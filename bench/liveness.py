@@ -202,12 +202,10 @@ def sqlite_floor(path: Path, minimal: bool) -> dict[str, float]:
         c.execute(MINIMAL_LOG_SQLITE, (now, ids))
         ended = c.execute(MINIMAL_END_SQLITE, (now, ids)).fetchall()
     else:
-        c.execute(sql.REAP_TEMP_TABLE)
-        c.execute(sql.REAP_TEMP_CLEAR)
-        c.executemany(sql.REAP_TEMP_INSERT, dead)
-        c.execute(sql.REAP_TEMP_STILL_AS_JUDGED)
-        c.execute(sql.REAP_LOG_SQLITE, (now, None))
-        ended = c.execute(sql.REAP_END_SQLITE, (now,)).fetchall()
+        beats = dict(c.execute(sql.REAP_OWNER_BEATS, (ids,)).fetchall())
+        judged = json.dumps([(o, d) for o, beat, d in dead if beats.get(o) == beat])
+        c.execute(sql.REAP_LOG_SQLITE, (now, None, judged))
+        ended = c.execute(sql.REAP_END_SQLITE, (now, judged)).fetchall()
     c.execute("COMMIT")
     wall = (time.perf_counter() - t) * 1e3
     out = {"wall": wall, "cpu": (time.process_time() - cpu) * 1e3, "hold": wall}
