@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -381,6 +382,144 @@ def test_an_owner_that_beats_in_between_is_not_reaped(
     )
     ended = store.reap([(state.owner_id, state.info.heartbeat_at, "stale")], prune_before=0)
     assert list(ended) == [] and is_open(store, sid)
+
+
+def reap_events(store: Store, ids: list[str]) -> dict[str, list[tuple[str, dict[str, str]]]]:
+    """The events of these sessions: kind and data (parsed), per session."""
+    rows = store.backend.read(
+        lambda c: c.execute(
+            f"SELECT session_id, kind, data FROM events WHERE session_id IN "
+            f"({', '.join('?' * len(ids))}) ORDER BY id",
+            ids,
+        ).fetchall()
+    )
+    out: dict[str, list[tuple[str, dict[str, str]]]] = {i: [] for i in ids}
+    for sid, kind, data in rows:
+        out[sid].append((kind, data if isinstance(data, dict) else json.loads(data)))
+    return out
+
+
+def owner_of(store: Store, sid: str) -> str:
+    owner = store.get_session(sid).owner_id
+    assert owner is not None
+    return owner
+
+
+@pytest.mark.parametrize("batch", [None, 1, 2])
+def test_a_sweep_ends_each_session_once_with_one_event(
+    store: Store, clock: tether.ManualClock, batch: int | None
+) -> None:
+    owners = [owned_sessions(store, FAR, 3, heartbeat_at=clock.now()) for _ in range(5)]
+    clock.advance(100)
+    report = Reaper(store, clock=clock, batch=batch).sweep()
+    ids = [i for group in owners for i in group]
+    assert sorted(r.id for r in report.reaped) == sorted(ids) and report.dead_owners == 5
+    events = reap_events(store, ids)
+    for group in owners:
+        owner = owner_of(store, group[0])
+        for sid in group:
+            s = store.get_session(sid)
+            assert (s.end_reason, s.end_detail) == ("reaped", "heartbeat stale 100 s")
+            assert events[sid] == [("reaped", {"owner": owner, "detail": "heartbeat stale 100 s"})]
+    assert Reaper(store, clock=clock, batch=batch).sweep().reaped == []  # exactly once
+    assert reap_events(store, ids) == events
+
+
+def test_a_batched_sweep_runs_each_ends_hooks_once_and_leaves_none_due(
+    store: Store, clock: tether.ManualClock
+) -> None:
+    seen = []
+
+    class Hook:
+        @tether.hookimpl
+        def on_session_end(self, session, reason, interrupted):  # type: ignore[no-untyped-def]
+            seen.append((session.id, reason, interrupted))
+
+    store.plugins.register(Hook())
+    ids = [i for _ in range(3) for i in owned_sessions(store, FAR, 2, heartbeat_at=clock.now())]
+    clock.advance(100)
+    assert sorted(r.id for r in Reaper(store, clock=clock, batch=2).sweep().reaped) == sorted(ids)
+    assert sorted(seen) == sorted((i, "reaped", True) for i in ids)
+    due = store.backend.read(
+        lambda c: c.execute("SELECT COUNT(*) FROM events WHERE hooks_due_by IS NOT NULL").fetchone()
+    )
+    assert due[0] == 0
+
+
+def test_a_batch_must_hold_an_owner(store: Store) -> None:
+    with pytest.raises(ValueError, match="batch must be at least 1"):
+        Reaper(store, batch=0)
+
+
+def test_one_reap_spares_exactly_the_owners_no_longer_as_judged(
+    store: Store, clock: tether.ManualClock
+) -> None:
+    dead = owned_sessions(store, FAR, 2, heartbeat_at=clock.now())
+    beats = owned_sessions(store, FAR, 2, heartbeat_at=clock.now())
+    ended_meanwhile = owned_sessions(store, FAR, 2, heartbeat_at=clock.now())
+    missing = owned_sessions(store, FAR, 2, heartbeat_at=clock.now())
+    back = owned_sessions(store, FAR, 1, heartbeat_at=clock.now())
+    for sid in (missing[0], back[0]):  # owners whose rows are gone
+        store.backend.write(
+            lambda c, o=owner_of(store, sid): c.execute("DELETE FROM owners WHERE id = ?", (o,))
+        )
+    clock.advance(100)
+    reaper = Reaper(store, clock=clock)
+    states = {s.owner_id: s for s in reaper.classify()}
+    assert not any(s.verdict.alive for s in states.values())
+    # Between the verdicts and the reap: one owner beats, one session ends on its
+    # own, and one missing owner row comes back.
+    store.backend.write(
+        lambda c: c.execute(
+            "UPDATE owners SET heartbeat_at = ? WHERE id = ?",
+            (clock.now(), owner_of(store, beats[0])),
+        )
+    )
+    store.end_session(ended_meanwhile[0], "completed")
+    store.backend.write(
+        lambda c: c.execute(
+            f"INSERT INTO owners (id, {sql.OWNER_COLUMNS}) VALUES (?, 'h', 'b', 1, 1, 'test', ?, ?,"
+            " NULL, 30.0)",
+            (owner_of(store, back[0]), clock.now(), clock.now()),
+        )
+    )
+    judged = [
+        (o, s.info.heartbeat_at if s.info else None, s.verdict.detail) for o, s in states.items()
+    ]
+    ended = store.reap(judged, prune_before=None)
+    assert sorted(r[0] for r in ended) == sorted([*dead, ended_meanwhile[1], *missing])
+    assert {r[0]: r[2] for r in ended}[missing[0]] == "owner record missing"
+    assert all(is_open(store, i) for i in [*beats, *back])
+    assert store.get_session(ended_meanwhile[0]).end_reason == "completed"  # the first end wins
+    events = reap_events(store, [*beats, *back, ended_meanwhile[0]])
+    assert [k for e in events.values() for k, _ in e if k == "reaped"] == []
+
+
+def test_a_reap_leaves_nothing_behind_for_the_next(store: Store, clock: tether.ManualClock) -> None:
+    first = owned_sessions(store, FAR, 1, heartbeat_at=clock.now())
+    owner = owner_of(store, first[0])
+    clock.advance(100)
+    [state] = Reaper(store, clock=clock).classify()
+    assert state.info is not None
+    assert [
+        r[0] for r in store.reap([(owner, state.info.heartbeat_at, "x")], prune_before=None)
+    ] == first
+    # The same owner, its heartbeat unchanged, gets a new open session (as a
+    # takeover could leave it); reaping someone else must not touch it.
+    [later] = owned_sessions(store, FAR, 1, heartbeat_at=clock.now())
+    other = owner_of(store, later)
+    store.backend.write(
+        lambda c: c.execute("UPDATE sessions SET owner_id = ? WHERE id = ?", (owner, later))
+    )
+    [second] = owned_sessions(store, FAR, 1, heartbeat_at=clock.now())
+    beat = store.backend.read(
+        lambda c: c.execute(
+            "SELECT heartbeat_at FROM owners WHERE id = ?", (owner_of(store, second),)
+        ).fetchone()[0]
+    )
+    ended = store.reap([(owner_of(store, second), beat, "y")], prune_before=None)
+    assert [r[0] for r in ended] == [second]
+    assert is_open(store, later) and other != owner
 
 
 def test_concurrent_reapers_end_each_session_once(db_url: str) -> None:

@@ -1,16 +1,19 @@
 """The reaper: ends the open sessions of dead owners, exactly once, with a reason.
 
 ``Reaper.sweep()`` reads the owners of open sessions (O(open)), judges each
-with :func:`tether.liveness.policy.judge`, and in one write transaction ends
-the dead owners' open sessions with reason ``reaped`` and a detail that says
-why (``pid 1234 gone``, ``pid 1234 reused``, ``heartbeat stale 41 s``). Each
-UPDATE re-checks ``ended_at IS NULL`` and that the owner's heartbeat is still
-the one judged (under a row lock on PostgreSQL), so any number of reapers can
-sweep at once: each session is ended by exactly one of them, and the counts
-they report add up. ``on_session_end(..., interrupted=True)`` fires in the
-reaping process; the ends are marked as owing those hooks in the reap's
-transaction, so a reaper killed before they ran leaves them to the next
-process (:mod:`tether.liveness.deliveries`).
+with :func:`tether.liveness.policy.judge`, and in one write transaction (or
+one per ``batch`` of dead owners) ends the dead owners' open sessions with
+reason ``reaped`` and a detail that says why (``pid 1234 gone``, ``pid 1234
+reused``, ``heartbeat stale 41 s``), with one ``reaped`` event each. The
+statements are set-based (per owner, never per session: see
+:meth:`tether.store.StoreCore.reap`). Each re-checks ``ended_at IS NULL`` and
+that the owner's heartbeat is still the one judged (under a row lock on
+PostgreSQL), so any number of reapers can sweep at once: each session is
+ended by exactly one of them, and the counts they report add up.
+``on_session_end(..., interrupted=True)`` fires in the reaping process; the
+ends are marked as owing those hooks in the reap's transaction, so a reaper
+killed before they ran leaves them to the next process
+(:mod:`tether.liveness.deliveries`).
 
 Heartbeat ages are measured on the clock the heartbeats were written with:
 the database server's on PostgreSQL (unless the store was given a clock of
@@ -84,6 +87,9 @@ class Reaper:
 
     ``ttl`` is this reaper's own grace for owners judged by heartbeat: it can
     lengthen an owner's lease, never shorten it (None: each owner's lease).
+    ``batch`` is how many dead owners one write transaction reaps (None: all of
+    them in one): smaller batches hold SQLite's write lock for less time at
+    once, so appenders wait less behind a large sweep, and cost more in total.
     """
 
     def __init__(
@@ -94,8 +100,12 @@ class Reaper:
         clock: Clock | None = None,
         identity: ProcessIdentity | None = None,
         probe: Callable[[int, int | None], Probe] = probe_pid,
+        batch: int | None = None,
     ) -> None:
+        if batch is not None and batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
         self.store = store
+        self.batch = batch
         self.ttl = ttl
         self.clock = clock or store.clock
         self.identity = identity or ProcessIdentity.current()
@@ -164,17 +174,27 @@ class Reaper:
         # the reap's transaction, and the mark cleared once its hooks ran: killed
         # in between, another process delivers them (tether.liveness.deliveries).
         due_by = self.store.hooks_due_by()
-        ended = self.store.reap(
-            [(s.owner_id, s.info.heartbeat_at if s.info else None, s.verdict.detail) for s in dead],
-            prune_before=now - OWNER_RETENTION,
-            hooks_due_by=due_by,
-        )
+        judged = [
+            (s.owner_id, s.info.heartbeat_at if s.info else None, s.verdict.detail) for s in dead
+        ]
         names = {s.owner_id: (s.info.describe() if s.info else s.owner_id) for s in dead}
-        reaped = [ReapedSession(sid, names.get(owner, owner), why) for sid, owner, why in ended]
-        if reaped and due_by is not None:
-            for session in self.store.sessions_by_id([r.id for r in reaped]):
-                self.store.fire_end(session, "reaped", True)
-                self.store.mark_hooks_delivered(session.id, due_by)
+        size = self.batch or len(judged)
+        reaped: list[ReapedSession] = []
+        for i in range(0, len(judged), size):
+            last = i + size >= len(judged)
+            ended = self.store.reap(
+                judged[i : i + size],
+                prune_before=now - OWNER_RETENTION if last else None,
+                hooks_due_by=due_by,
+            )
+            batch = [ReapedSession(sid, names.get(owner, owner), why) for sid, owner, why in ended]
+            # Each batch's hooks run once it committed: a later batch that fails
+            # cannot leave them owed by this process, which is alive.
+            if batch and due_by is not None:
+                for session in self.store.sessions_by_id([r.id for r in batch]):
+                    self.store.fire_end(session, "reaped", True)
+                    self.store.mark_hooks_delivered(session.id, due_by)
+            reaped += batch
         if reaped:
             log.info("reaped %d sessions of %d dead owners", len(reaped), len(dead))
         return ReapReport(reaped, len(dead))

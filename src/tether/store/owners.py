@@ -249,47 +249,59 @@ class Ownership:
         self,
         dead: list[tuple[str, float | None, str]],
         *,
-        prune_before: float,
+        prune_before: float | None,
         hooks_due_by: str | None = None,
     ) -> list[tuple[Any, ...]]:
         """End the open sessions of dead owners (owner id, judged heartbeat, detail).
 
-        With ``hooks_due_by`` (this process's owner id, from :meth:`hooks_due_by`),
-        each ``reaped`` event is marked as owing its hooks, in the same
-        transaction; the caller clears each mark once its hooks ran.
+        One write transaction; returns (id, owner id, detail) of each session
+        it ended. An owner whose heartbeat is no longer the judged one (or
+        whose row came back) is spared. With ``hooks_due_by`` (this process's
+        owner id, from :meth:`hooks_due_by`), each ``reaped`` event is marked
+        as owing its hooks, in the same transaction; the caller clears each
+        mark once its hooks ran. Owner rows idle since ``prune_before`` are
+        deleted too (None: not in this transaction).
         """
+        if self.backend.dialect == "postgresql":
+            judged = json.dumps(
+                [{"owner_id": o, "heartbeat_at": h, "detail": d} for o, h, d in dead]
+            )
+
+            def run(c: Conn, now: float) -> list[Any]:
+                params = [judged, now, now, hooks_due_by]
+                return c.execute(sql.REAP_PG, params).fetchall() if dead else []
+
+        else:
+
+            def run(c: Conn, now: float) -> list[Any]:
+                if not dead:
+                    return []
+                # Still as judged: compared here, under the write lock.
+                rows = c.execute(sql.REAP_OWNER_BEATS, (json.dumps([d[0] for d in dead]),))
+                beats = dict(rows.fetchall())
+                still: dict[str, str] = {}  # an owner named twice is judged once
+                for owner, beat, detail in dead:
+                    if owner in still:
+                        continue
+                    if (owner not in beats) if beat is None else (beats.get(owner) == beat):
+                        still[owner] = detail
+                judged = json.dumps(list(still.items()))
+                logged = c.execute(sql.REAP_LOG_SQLITE, (now, hooks_due_by, judged)).rowcount
+                ended = c.execute(sql.REAP_END_SQLITE, (now, judged)).fetchall()
+                if logged != len(ended):  # cannot happen under the write lock; never half-log
+                    raise RuntimeError(f"reap logged {logged} events for {len(ended)} ends")
+                return ended
 
         def tx(c: Conn) -> list[tuple[str, str, Any]]:
             now = self.clock.now()
-            ended = []
-            logged = False
-            for i in range(0, len(dead), sql.REAP_BATCH):
-                batch = dead[i : i + sql.REAP_BATCH]
-                query, params, logged = sql.reap_owners(
-                    self.backend.dialect, batch, now, hooks_due_by
-                )
-                ended += c.execute(query, params).fetchall()
-            if ended and not logged:
-                # One event per reaped session; the payload is the same for an owner's sessions.
-                payloads: dict[tuple[str, str], str] = {}
-                events = []
-                for row in ended:
-                    key = (row[1], row[2])  # owner_id, end_detail
-                    if key not in payloads:
-                        payloads[key] = json.dumps(
-                            {"owner": key[0], "detail": key[1]}, separators=(",", ":")
-                        )
-                    events.append((now, row[0], "reaped", payloads[key]))
-                if hooks_due_by is None:
-                    c.executemany(sql.INSERT_EVENT, events)
-                else:
-                    c.executemany(sql.INSERT_EVENT_HOOKS_DUE, [(*e, hooks_due_by) for e in events])
+            ended = run(c, now)
             if ended and hooks_due_by is not None:
                 self._owe_hooks(c, now)
-            c.execute(sql.PRUNE_OLD_OWNERS, (prune_before,))
+            if prune_before is not None:
+                c.execute(sql.PRUNE_OLD_OWNERS, (prune_before,))
             return ended
 
-        return self.backend.write(tx)  # (id, owner_id, end_detail) of each ended session
+        return self.backend.write(tx)
 
     def sessions_by_id(self, ids: list[str]) -> list[Session]:
         """Several sessions by id (in no particular order)."""

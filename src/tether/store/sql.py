@@ -2,7 +2,7 @@
 
 Every statement here runs unchanged on SQLite (>= 3.35, for RETURNING) and
 PostgreSQL. Where the two must differ, a function taking the ``dialect``
-returns the right text (:func:`locking`, :func:`reap_owners`).
+returns the right text (:func:`locking`), or both are named (``REAP_*``).
 
 Parameters are named (``:name``, with a dict) where a statement has many of
 them, so no one counts question marks: the PostgreSQL backend translates
@@ -295,7 +295,8 @@ SELECT_OWNER = f"SELECT id, {OWNER_COLUMNS} FROM owners WHERE id = ?"
 # A fresh remote owner cannot be dead: it is skipped here. Parameters: host,
 # grace, grace, now. (The NULLs stand in a derived table's select list so
 # PostgreSQL types them from the first branch of the UNION; beside DISTINCT
-# they would default to text.)
+# they would default to text. Each owner is looked up once, after DISTINCT, not
+# once per open session.)
 SWEEP_CANDIDATES = f"""
 SELECT o.id, {OWNER_COLUMNS} FROM owners o
 WHERE (o.host = ?
@@ -304,54 +305,74 @@ WHERE (o.host = ?
 UNION ALL
 SELECT m.owner_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM (
     SELECT DISTINCT s.owner_id FROM sessions s
-    WHERE s.ended_at IS NULL AND s.owner_id IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM owners o WHERE o.id = s.owner_id)) m
+    WHERE s.ended_at IS NULL AND s.owner_id IS NOT NULL) m
+WHERE NOT EXISTS (SELECT 1 FROM owners o WHERE o.id = m.owner_id)
 """
 
+# --- the reap: set-based, one statement per step ---------------------------------------------
+#
+# A reap ends every open session of the owners a sweep judged dead, in one
+# transaction, with statements whose parameters are per owner, never per
+# session: each step is one statement over the open-sessions index.
+#
 # A session is reaped only if its owner is still as the reaper judged it: its
 # heartbeat unchanged (an owner that beat in the meantime is spared), or its
 # row still missing.
-_STILL_AS_JUDGED = """(CASE WHEN d.heartbeat_at IS NULL
-    THEN NOT EXISTS (SELECT 1 FROM owners o WHERE o.id = d.owner_id)
-    ELSE EXISTS (SELECT 1 FROM owners o WHERE o.id = d.owner_id
-                 AND o.heartbeat_at = d.heartbeat_at) END)"""
 
-REAP_BATCH = 500  # dead owners per statement
+# SQLite, 1: the judged owners' rows as they are now, read inside the reap's
+# write transaction and compared with the judged heartbeats in Python, exactly
+# (a float sent through JSON text could come back one ulp off and spare a dead
+# owner for ever). Parameter: a JSON array of owner ids.
+REAP_OWNER_BEATS = """
+SELECT id, heartbeat_at FROM owners WHERE id IN (SELECT value FROM json_each(?))
+"""
 
+# The owners still as judged, with the detail of their verdict: one parameter,
+# a JSON array of [owner id, detail] pairs. (A keyed temporary table would
+# save the UPDATE ... FROM below its copy of the join, about 4 ms at 10,000
+# sessions, but no temporary table may live in this source: see
+# tests/test_postgres.py, pooler safety.)
+_REAP_JUDGED = """(SELECT json_extract(value, '$[0]') AS owner_id,
+        json_extract(value, '$[1]') AS detail FROM json_each(?))"""
 
-def reap_owners(
-    dialect: str,
-    dead: list[tuple[str, float | None, str]],
-    now: float,
-    hooks_due_by: str | None = None,
-) -> tuple[str, list[object], bool]:
-    """One statement ending the open sessions of many dead owners.
+# SQLite, 2: one `reaped` event per open session of those owners, written
+# before the update (which takes them out of the open-sessions index both
+# read). SQLite's write lock is held from BEGIN IMMEDIATE to COMMIT, so both
+# statements see the same open sessions; the caller checks that the counts
+# agree. Parameters: at, hooks_due_by (NULL: no hooks owed), the judged pairs.
+REAP_LOG_SQLITE = f"""
+INSERT INTO events (at, session_id, kind, data, hooks_due_by)
+SELECT ?, s.id, 'reaped', json_object('owner', s.owner_id, 'detail', j.detail), ?
+FROM {_REAP_JUDGED} AS j JOIN sessions s ON s.owner_id = j.owner_id
+WHERE s.ended_at IS NULL
+"""
 
-    Returns ``(query, params, logs_events)``. The query yields (id, owner id,
-    detail) of each session it ended; the whole rows are read afterwards only
-    if a plugin wants them (RETURNING them all costs as much as the update
-    itself). ``logs_events`` says whether it also wrote the ``reaped`` events.
+# SQLite, 3: end them. Parameters: ended_at, the judged pairs.
+REAP_END_SQLITE = f"""
+UPDATE sessions SET ended_at = ?, end_reason = 'reaped', end_detail = j.detail
+FROM {_REAP_JUDGED} AS j
+WHERE sessions.owner_id = j.owner_id AND sessions.ended_at IS NULL
+RETURNING id, owner_id, end_detail
+"""
 
-    ``dead`` holds (owner id, judged heartbeat or None if its row is missing,
-    detail). On PostgreSQL writers run concurrently at READ COMMITTED, so a
-    plain comparison with the owner's row would read the statement's snapshot
-    and miss a heartbeat that commits while the statement runs: the owner rows
-    are locked first and compared under the lock (``FOR UPDATE`` re-reads the
-    newest committed row), so a heartbeat either committed before (the owner
-    is spared), is in flight (its row is locked: skipped, spared) or waits
-    until the reap commits. Owners and sessions are claimed with ``SKIP
-    LOCKED``, so reapers on many hosts share the work without waiting for (or
-    deadlocking with) each other, and the events are inserted by the
-    same statement (a writable CTE: one round trip instead of one per session),
-    each marked as owing its hooks by ``hooks_due_by`` (the reaping process's
-    owner id, or None when it has no ``on_session_end`` hooks). On SQLite the
-    write transaction already serializes every writer, and the caller inserts
-    the events.
-    """
-    if dialect == "postgresql":
-        query = """
-WITH d AS (SELECT * FROM unnest(?::text[], ?::float8[], ?::text[])
-           AS d(owner_id, heartbeat_at, detail)),
+# PostgreSQL: the whole reap in one statement (one round trip). Writers run
+# concurrently at READ COMMITTED, so a plain comparison with the owner's row
+# would read the statement's snapshot and miss a heartbeat that commits while
+# the statement runs: the owner rows are locked first and compared under the
+# lock (``FOR UPDATE`` re-reads the newest committed row), so a heartbeat either
+# committed before (the owner is spared), is in flight (its row is locked:
+# skipped, spared) or waits until the reap commits. Owners and sessions are
+# claimed with ``SKIP LOCKED``, so reapers on many hosts share the work without
+# waiting for (or deadlocking with) each other or with an end in flight, and
+# the events (each marked as owing its hooks by ``hooks_due_by``, or NULL) are
+# inserted by the same statement, a writable CTE. Parameters: the judged owners
+# as one JSON array of {"owner_id", "heartbeat_at" (null: its row was missing),
+# "detail"} (psycopg adapts three Python lists element by element, which costs
+# more than the reap's own statement; a float's repr reads back exactly in
+# float8), ended_at, at, hooks_due_by.
+REAP_PG = """
+WITH d AS (SELECT * FROM json_to_recordset(?::json)
+           AS d(owner_id text, heartbeat_at float8, detail text)),
 judged AS (
     SELECT o.id FROM owners o JOIN d ON o.id = d.owner_id
     WHERE o.heartbeat_at = d.heartbeat_at
@@ -374,17 +395,6 @@ logged AS (
     FROM ended)
 SELECT id, owner_id, end_detail FROM ended
 """
-        ids, beats, details = (list(x) for x in zip(*dead, strict=True))
-        return query, [ids, beats, details, now, now, hooks_due_by], True
-    values = ", ".join("(?, ?, ?)" for _ in dead)
-    query = f"""
-WITH d(owner_id, heartbeat_at, detail) AS (VALUES {values})
-UPDATE sessions SET ended_at = ?, end_reason = 'reaped', end_detail = d.detail
-FROM d
-WHERE sessions.owner_id = d.owner_id AND sessions.ended_at IS NULL AND {_STILL_AS_JUDGED}
-RETURNING id, owner_id, end_detail
-"""
-    return query, [*(x for row in dead for x in row), now], False
 
 
 def delete_idle_owners(n: int) -> str:
