@@ -13,6 +13,7 @@ which checks ownership (epoch), liveness (``ended_at``) and order
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -122,6 +123,12 @@ Row = tuple[
 
 # The events' JSON, compact (json.dumps with separators builds an encoder per call).
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+@functools.lru_cache(maxsize=64)
+def _ended_json(reason: str) -> str:
+    """An ``ended`` event's data for an end without detail (a few reasons recur)."""
+    return _compact_json({"reason": reason, "detail": None})
 
 
 def _plan(rows: Sequence[Row], known: dict[str, int]) -> tuple[list[int], list[Row]]:
@@ -550,11 +557,14 @@ class MessageWrites:
         ``on_session_end`` hook is implemented, so the row is not read back.
         True if this call ended the session, False if it was already ended."""
 
+        data = _ended_json(reason) if detail is None else None
+
         def tx(c: Conn) -> bool:
             now = self.clock.now()
             params = (now, reason, detail, session_id, epoch)
             if c.execute(sql.END_SESSION_FENCED_QUIETLY, params).rowcount == 1:
-                self._event(c, session_id, "ended", {"reason": reason, "detail": detail})
+                text = data or _compact_json({"reason": reason, "detail": detail})
+                c.execute(sql.INSERT_EVENT, (now, session_id, "ended", text))
                 return True
             err = self._write_state_error(c, session_id, epoch)
             if not isinstance(err, SessionEndedError):
