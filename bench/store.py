@@ -422,7 +422,9 @@ def stmts_whole(
         sid = tether.ids.new_id()
         now = time.time()
         row = ("user", CONTENT, *NONE3, now, *NONE3)
-        params = (sid, "bench", None, None, None, sid, None, now, now, owner, None, 1, 1, sid, now)
+        params = {"id": sid, "source": "bench", "created_at": now, "last_active_at": now}
+        params.update(owner_id=owner, count=1, chain_last_active_at=now)
+        params.update(dict.fromkeys(("model", "title", "cwd", "origin", "metadata")))
         created = '{"source":"bench","parent_id":null}'
 
         def first(

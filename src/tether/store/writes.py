@@ -198,10 +198,21 @@ class MessageWrites:
         # The listing's activity key moves as BUMP_ROOT(_ACTIVE) would move it.
         activity = last if last - created >= ACTIVITY_RESOLUTION else created
         owner_id, owner_written = self._session_owner(c)
-        params = (sid, s.source, s.model, s.title, s.cwd, sid, s.origin, created, last, owner_id)
-        inserted = c.execute(
-            sql.INSERT_ROOT_SESSION, (*params, s.metadata, n, n, sid, activity)
-        ).rowcount
+        params = {
+            "id": sid,
+            "source": s.source,
+            "model": s.model,
+            "title": s.title,
+            "cwd": s.cwd,
+            "origin": s.origin,
+            "created_at": created,
+            "last_active_at": last,
+            "owner_id": owner_id,
+            "metadata": s.metadata,
+            "count": n,
+            "chain_last_active_at": activity,
+        }
+        inserted = c.execute(sql.INSERT_ROOT_SESSION, params).rowcount
         self._event(c, sid, "created", {"source": s.source, "parent_id": None})
         if inserted != 1:
             # The id is taken: write to that row through every check (epoch, end,
