@@ -131,6 +131,12 @@ def _ended_json(reason: str) -> str:
     return _compact_json({"reason": reason, "detail": None})
 
 
+@functools.lru_cache(maxsize=64)
+def _created_json(source: str) -> str:
+    """A root session's ``created`` event data (a process has few sources)."""
+    return _compact_json({"source": source, "parent_id": None})
+
+
 def _plan(rows: Sequence[Row], known: dict[str, int]) -> tuple[list[int], list[Row]]:
     """Which of ``rows`` to insert, given the keys ``known`` to be stored (with seqs).
 
@@ -213,7 +219,7 @@ class MessageWrites:
             "chain_last_active_at": activity,
         }
         inserted = c.execute(sql.INSERT_ROOT_SESSION, params).rowcount
-        self._event(c, sid, "created", {"source": s.source, "parent_id": None})
+        c.execute(sql.INSERT_EVENT, (self.clock.now(), sid, "created", _created_json(s.source)))
         if inserted != 1:
             # The id is taken: write to that row through every check (epoch, end,
             # count), as a first write did before this path existed.
