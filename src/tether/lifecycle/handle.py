@@ -136,7 +136,9 @@ class SessionHandle:
         # up in the store only when one may already be there: after a write that
         # failed (it may have committed), or for keys the caller chose. Only a
         # write that carried the pending rows clears the need.
-        self._key_prefix = f"b:{secrets.token_hex(4)}:"
+        # The prefix is drawn on the first buffer() (most sessions never buffer:
+        # no random bytes read per session for them).
+        self._key_prefix = ""
         self._key_numbers = itertools.count(1)
         self._check_keys = False
         self._now = store.clock.now
@@ -207,7 +209,8 @@ class SessionHandle:
             raise InvalidHandleState(
                 f"session {self.id}: handle cannot go from {self._state.name} to {state.name}"
             )
-        log.debug("session %s: handle %s -> %s", self.id, self._state.name, state.name)
+        if log.isEnabledFor(logging.DEBUG):  # names looked up only when logged
+            log.debug("session %s: handle %s -> %s", self.id, self._state.name, state.name)
         self._state = state
         if state is PERSISTED:
             self._has_row = True
@@ -403,6 +406,7 @@ class SessionHandle:
                 rows = [*self._pending, row] if self._pending else [row]
                 seq = self._write(rows, check_keys=row[6] is not None)[-1]
                 self._pending.clear()
+        meta_text, payload_text = row[7], row[8]
         return Message(
             self.id,
             seq,
@@ -413,9 +417,9 @@ class SessionHandle:
             row[4],
             row[5],
             row[6],
-            _decode(row[7]),
+            None if meta_text is None else json.loads(meta_text),
             "active",
-            _decode(row[8]),
+            None if payload_text is None else json.loads(payload_text),
         )
 
     def buffer(
@@ -436,14 +440,35 @@ class SessionHandle:
         Every buffered message carries an idempotency key (one is made if none
         is given): flushing again after an uncertain failure never duplicates it.
         """
-        key = idem_key if idem_key is not None else f"{self._key_prefix}{next(self._key_numbers)}"
-        row = self._row(role, content, tool_calls, tool_call_id, tool_name, key, meta, payload)
+        if idem_key is None:
+            prefix = self._key_prefix or self._draw_key_prefix()
+            key = f"{prefix}{next(self._key_numbers)}"
+        else:
+            key = idem_key
+        if (
+            tool_calls is None
+            and tool_call_id is None
+            and tool_name is None
+            and idem_key is None  # our own key needs no check
+            and meta is None
+            and payload is None
+            and role in ROLES
+            and (content is None or (type(content) is str and not _BAD_TEXT(content)))
+        ):
+            row: Row = (role, content, None, None, None, self._now(), key, None, None)
+        else:
+            row = self._row(role, content, tool_calls, tool_call_id, tool_name, key, meta, payload)
         with self._lock:
             self._check_writable()
             self._pending.append(row)
             if idem_key is not None:
                 self._check_keys = True
         return key
+
+    def _draw_key_prefix(self) -> str:
+        """This handle's prefix for the keys of buffered messages (made once)."""
+        self._key_prefix = f"b:{secrets.token_hex(4)}:"
+        return self._key_prefix
 
     def flush(self) -> list[Message]:
         """Write every buffered message in one transaction; return them with their seqs.
@@ -457,9 +482,12 @@ class SessionHandle:
             rows = list(self._pending)
             seqs = self._write(rows)
             del self._pending[: len(rows)]
+        sid = self.id
         return [
-            Message(
-                self.id,
+            Message(sid, seq, r[0], r[1], None, None, None, r[5], r[6])
+            if r[2] is None and r[3] is None and r[4] is None and r[7] is None and r[8] is None
+            else Message(
+                sid,
                 seq,
                 r[0],
                 r[1],

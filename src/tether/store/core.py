@@ -82,6 +82,20 @@ _NEWEST_WINDOW = 64
 INTERRUPTED_REASONS = frozenset({"error", "signal", "process_exit", "reaped", "abandoned"})
 
 
+def _messages(rows: list[Any]) -> list[Message]:
+    """Messages from rows read in MESSAGE_READ_COLUMNS order.
+
+    A row without JSON (tool_calls, meta, payload all NULL: most messages) is
+    the Message's fields as they are: ``message_from_row``'s three decoding
+    calls per row cost several times the Message itself (measured: 0.8 against
+    0.12 ms per 1,000 rows).
+    """
+    return [
+        Message(*r) if r[4] is None and r[9] is None and r[11] is None else message_from_row(r)
+        for r in rows
+    ]
+
+
 class StoreCore(
     HookDeliveries, Ownership, MessageWrites, ImportBatches, Retention, ToolRepair, Transfer
 ):
@@ -231,7 +245,7 @@ class StoreCore(
                 raise SessionNotFoundError(session_id)
             return rows
 
-        return [message_from_row(r) for r in self.backend.read(run)]
+        return _messages(self.backend.read(run))
 
     def list_sessions(
         self,
@@ -400,7 +414,7 @@ class StoreCore(
                 raise SessionNotFoundError(session_id)
             return rows
 
-        return [message_from_row(r) for r in self.backend.read(run)]
+        return _messages(self.backend.read(run))
 
     def retract_last(self, session_id: str, *, epoch: int | None = None) -> Message | None:
         """Mark the newest active message ``retracted``; return it (None: none is active).

@@ -78,6 +78,20 @@ def new_session_params(**values: Any) -> dict[str, Any]:
     return params_for(NEW_SESSION_FIELDS, values)
 
 
+# A root session's first write (the common first append): the row goes in with
+# its first messages already counted, so the transaction that inserts them
+# needs no UPDATE of the row it has just written (what BUMP_ROOT would set: the
+# counts, last_active_at, the chain activity). A root is its own chain's root
+# and tip.
+INSERT_ROOT_SESSION = """
+INSERT INTO sessions (id, source, model, title, cwd, root_id, origin, created_at,
+    last_active_at, owner_id, epoch, metadata, message_count, chain_message_count,
+    chain_tip_id, chain_last_active_at)
+VALUES (:id, :source, :model, :title, :cwd, :id, :origin, :created_at,
+    :last_active_at, :owner_id, 0, :metadata, :count, :count, :id, :chain_last_active_at)
+ON CONFLICT (id) DO NOTHING
+"""
+
 SELECT_ROOT_OF = "SELECT root_id FROM sessions WHERE id = ?"
 
 # The chain rule: a chain's tip is its newest created member (greatest

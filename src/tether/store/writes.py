@@ -13,6 +13,7 @@ which checks ownership (epoch), liveness (``ended_at``) and order
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -120,6 +121,48 @@ Row = tuple[
 ]
 
 
+# The events' JSON, compact (json.dumps with separators builds an encoder per call).
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+@functools.lru_cache(maxsize=64)
+def _ended_json(reason: str) -> str:
+    """An ``ended`` event's data for an end without detail (a few reasons recur)."""
+    return _compact_json({"reason": reason, "detail": None})
+
+
+@functools.lru_cache(maxsize=64)
+def _created_json(source: str) -> str:
+    """A root session's ``created`` event data (a process has few sources)."""
+    return _compact_json({"source": source, "parent_id": None})
+
+
+def _plan(rows: Sequence[Row], known: dict[str, int]) -> tuple[list[int], list[Row]]:
+    """Which of ``rows`` to insert, given the keys ``known`` to be stored (with seqs).
+
+    Returns ``(plan, fresh)``: plan[i] > 0, row i is already stored with that
+    seq; plan[i] = -k, row i is the k-th of ``fresh`` (its seq is count + k).
+    A key repeated within ``rows`` is one message.
+    """
+    plan: list[int] = []
+    fresh: list[Row] = []
+    slot: dict[str, int] = {}
+    for r in rows:
+        key = r[6]
+        if key is not None:
+            if key in known:
+                plan.append(known[key])
+                continue
+            if key in slot:  # the same key twice in one batch: one message
+                plan.append(slot[key])
+                continue
+        fresh.append(r)
+        plan.append(-len(fresh))
+        if key is not None:
+            slot[key] = -len(fresh)
+    return plan, fresh
+
+
 class MessageWrites:
     """Writes on behalf of session handles (mixed into :class:`~tether.store.StoreCore`)."""
 
@@ -130,6 +173,66 @@ class MessageWrites:
     _sql_write_state: str
     _sql_insert_message: str
     _append_statement: Callable[[str, Sequence[Any]], int] | None
+
+    def _session_owner(self, c: Conn) -> tuple[str, bool]:
+        """The owner id a new session row names, and whether its owner row was
+        written now (it is, unless this process wrote it just now)."""
+        owner_row = self._owner.row_due(self.clock.now())
+        if owner_row is None:
+            return self._owner.ensure(), False
+        c.execute(sql.UPSERT_OWNER, owner_row)
+        return owner_row[0], True
+
+    def _start_root(
+        self, c: Conn, s: NewSession, epoch: int, rows: Sequence[Row], check_keys: bool
+    ) -> WriteResult:
+        """A root session's first write: its row with ``rows`` already counted, then them.
+
+        Statement for statement what :meth:`_insert_session` and
+        :meth:`_append_rows` would write, less the UPDATE of the row just
+        inserted (the first append's cost, issue 15). A new session holds no
+        idempotency key yet: only a key repeated within ``rows`` is one message.
+        """
+        sid = s.id
+        plan: list[int] | None = None
+        fresh: Sequence[Row] = rows
+        if check_keys:
+            plan, fresh = _plan(rows, {})
+        n = len(fresh)
+        created = s.created_at
+        last = fresh[-1][5] if n else created
+        # The listing's activity key moves as BUMP_ROOT(_ACTIVE) would move it.
+        activity = last if last - created >= ACTIVITY_RESOLUTION else created
+        owner_id, owner_written = self._session_owner(c)
+        params = {
+            "id": sid,
+            "source": s.source,
+            "model": s.model,
+            "title": s.title,
+            "cwd": s.cwd,
+            "origin": s.origin,
+            "created_at": created,
+            "last_active_at": last,
+            "owner_id": owner_id,
+            "metadata": s.metadata,
+            "count": n,
+            "chain_last_active_at": activity,
+        }
+        inserted = c.execute(sql.INSERT_ROOT_SESSION, params).rowcount
+        c.execute(sql.INSERT_EVENT, (self.clock.now(), sid, "created", _created_json(s.source)))
+        if inserted != 1:
+            # The id is taken: write to that row through every check (epoch, end,
+            # count), as a first write did before this path existed.
+            if not rows:
+                return WriteResult([], 0, sid, created, owner_written)
+            done = self._append_rows(c, WriteState(sid, epoch, 0, sid, created), rows, check_keys)
+            return dataclasses.replace(done, owner_written=owner_written)
+        if n == 1:
+            c.execute(self._sql_insert_message, (sid, 1, *fresh[0]))
+        elif n:
+            c.executemany(self._sql_insert_message, [(sid, 1 + k, *r) for k, r in enumerate(fresh)])
+        seqs = list(range(1, n + 1)) if plan is None else [-p for p in plan]
+        return WriteResult(seqs, n, sid, activity, owner_written)
 
     def _insert_session(self, c: Conn, s: NewSession) -> tuple[str, bool]:
         """Write a new session row; return its chain's root id, and whether the
@@ -142,12 +245,7 @@ class MessageWrites:
             if not s.branch:
                 root_id = parent[0]
         is_root = root_id == s.id
-        owner_row = self._owner.row_due(self.clock.now())
-        if owner_row is None:
-            owner_id = self._owner.ensure()
-        else:
-            c.execute(sql.UPSERT_OWNER, owner_row)
-            owner_id = owner_row[0]
+        owner_id, owner_written = self._session_owner(c)
         c.execute(
             sql.INSERT_SESSION,
             sql.new_session_params(
@@ -171,13 +269,10 @@ class MessageWrites:
             at = s.created_at
             c.execute(sql.ADD_CHAIN_MEMBER, (at, s.id, s.id, at, at, root_id))
         self._event(c, s.id, "created", {"source": s.source, "parent_id": s.parent_id})
-        return root_id, owner_row is not None
+        return root_id, owner_written
 
     def _event(self, c: Conn, session_id: str | None, kind: str, data: dict[str, Any]) -> None:
-        c.execute(
-            sql.INSERT_EVENT,
-            (self.clock.now(), session_id, kind, json.dumps(data, separators=(",", ":"))),
-        )
+        c.execute(sql.INSERT_EVENT, (self.clock.now(), session_id, kind, _compact_json(data)))
 
     def _write_state_error(self, c: Conn, session_id: str, epoch: int) -> Exception:
         row = c.execute(sql.SELECT_WRITE_STATE, (session_id,)).fetchone()
@@ -275,25 +370,7 @@ class MessageWrites:
             count, root_id, activity = self._insert_fresh(c, w, rows)
             n = len(rows)
             return WriteResult(list(range(count + 1, count + 1 + n)), count + n, root_id, activity)
-        known = self._known_keys(c, w.session_id, rows)
-        # plan[i] > 0: row i is already stored with that seq;
-        # plan[i] = -k: row i is the k-th fresh row (its seq is count + k).
-        plan: list[int] = []
-        fresh: list[Row] = []
-        slot: dict[str, int] = {}
-        for r in rows:
-            key = r[6]
-            if key is not None:
-                if key in known:
-                    plan.append(known[key])
-                    continue
-                if key in slot:  # the same key twice in one batch: one message
-                    plan.append(slot[key])
-                    continue
-            fresh.append(r)
-            plan.append(-len(fresh))
-            if key is not None:
-                slot[key] = -len(fresh)
+        plan, fresh = _plan(rows, self._known_keys(c, w.session_id, rows))
         if not fresh:
             return WriteResult(plan, w.count, w.root_id, w.activity_at)
         count, root_id, activity = self._insert_fresh(c, w, fresh)
@@ -390,6 +467,10 @@ class MessageWrites:
         def tx(c: Conn) -> WriteResult:
             state = w
             owner_written = False
+            if new is not None and new.parent_id is None:
+                done = self._start_root(c, new, w.epoch, rows, check_keys)
+                planned.append(done)
+                return done
             if new is not None:
                 root_id, owner_written = self._insert_session(c, new)
                 state = WriteState(w.session_id, w.epoch, 0, root_id, new.created_at)
@@ -493,11 +574,14 @@ class MessageWrites:
         ``on_session_end`` hook is implemented, so the row is not read back.
         True if this call ended the session, False if it was already ended."""
 
+        data = _ended_json(reason) if detail is None else None
+
         def tx(c: Conn) -> bool:
             now = self.clock.now()
             params = (now, reason, detail, session_id, epoch)
             if c.execute(sql.END_SESSION_FENCED_QUIETLY, params).rowcount == 1:
-                self._event(c, session_id, "ended", {"reason": reason, "detail": detail})
+                text = data or _compact_json({"reason": reason, "detail": detail})
+                c.execute(sql.INSERT_EVENT, (now, session_id, "ended", text))
                 return True
             err = self._write_state_error(c, session_id, epoch)
             if not isinstance(err, SessionEndedError):
