@@ -22,7 +22,6 @@ from tether.errors import SessionEndedError, StoreError
 from tether.gateway.writer import GroupWriter
 from tether.lifecycle import SessionHandle
 
-
 _OPEN: list[SessionHandle] = []
 
 
