@@ -741,6 +741,11 @@ class Gateway:
             self.untitled.discard(sid)
             if not handle.persisted:
                 handle.set_title(title_of(text))
+        # The turn starts only once the prompt is committed: the reply acknowledges
+        # it (durable when acknowledged), the turn's events follow the reply and
+        # carry the prompt's seq, and the agent reads the prompt back from the
+        # store as its history. What waits here is one group commit, shared with
+        # every prompt queued meanwhile (see .writer).
         try:
             msg = await self.append(
                 handle, "user", text, idem_key=turn_key(turn_id, 0), meta=turn_meta(turn_id)
@@ -930,4 +935,9 @@ class Gateway:
             "timers": self.registry.pending_timers,
             "loop_lag_max_ms": round(self.loop_lag_max * 1000, 2),
             "loop_lag_recent_ms": round(max(self._recent_lags, default=0.0) * 1000, 2),
+            # Group commit (see .writer): transactions that held several writes, the
+            # writes they held, and groups given up and run one by one.
+            "write_groups": self._writer.groups,
+            "grouped_writes": self._writer.grouped,
+            "group_fallbacks": self._writer.fallbacks,
         }
