@@ -132,24 +132,13 @@ def _protocols(options: ServeOptions, accepts: _AcceptErrors) -> tuple[type, typ
         _flush_due = False  # a _flush is scheduled
         _direct: Callable[[str], bool] | None = None
         _direct_budget = 0
-        _reading = False  # inside data_received: frames framed now leave at its end
-        _unflushed = False
 
         def data_received(self, data: bytes) -> None:
             # At most READ_AHEAD frames of one read are handled on the spot: a
             # client sending thousands at once is queued (and its reading paused)
             # like any app that falls behind, so the loop serves the others.
             self._direct_budget = READ_AHEAD
-            self._reading = True
-            try:
-                super().data_received(data)
-            finally:
-                self._reading = False
-            if self._unflushed:
-                # The replies to what was just read, answered on the spot: out now,
-                # in one write, instead of one more turn of the loop later.
-                self._unflushed = False
-                self._write_out()
+            super().data_received(data)
 
         def _set_direct(self, handler: Callable[[str], bool]) -> None:
             """Offer each text frame to ``handler`` first (see send_receive_event_to_app)."""
@@ -161,8 +150,7 @@ def _protocols(options: ServeOptions, accepts: _AcceptErrors) -> tuple[type, typ
             False (the caller then uses the ASGI send, which waits): before the
             handshake, once closing, or while the transport asks writers to wait.
             The frame's bytes reach the socket at the end of this turn of the
-            event loop (or of the read being handled, for a reply given on the
-            spot), with every other frame framed in it: a reply and the
+            event loop, with every other frame framed in it: a reply and the
             events that follow it leave in one write (one system call, one TCP
             segment) instead of one each. Anything uvicorn writes itself (a
             pong, a close) drains the same buffer first, so the order holds.
@@ -176,18 +164,17 @@ def _protocols(options: ServeOptions, accepts: _AcceptErrors) -> tuple[type, typ
             ):
                 return False
             self.conn.send_text(text.encode())
-            if self._reading:
-                self._unflushed = True
-            elif not self._flush_due:
+            # Not written at once, even for a reply given on the spot: with many
+            # connections, writing after every read has been handled wakes the
+            # clients once per loop turn, not once per read (measured: 17.5k
+            # against 12.5k pings/s at 50 connections, 34 against 44 µs each).
+            if not self._flush_due:
                 self._flush_due = True
                 self.loop.call_soon(self._flush)
             return True
 
         def _flush(self) -> None:
             self._flush_due = False
-            self._write_out()
-
-        def _write_out(self) -> None:
             data = self.conn.data_to_send()
             if data and not self.transport.is_closing():
                 self.transport.write(b"".join(data))
