@@ -275,3 +275,36 @@ def test_a_shut_down_writer_runs_what_was_queued_and_refuses_more(store: tether.
         assert [m.seq for m in await asyncio.gather(*futs)] == [2, 2, 2]
 
     asyncio.run(main())
+
+
+def test_queued_appends_commit_on_every_backend(db_url: str, backend: str) -> None:
+    """SQLite groups them; PostgreSQL (no group mode yet) runs each on its own:
+    either way every caller gets its message, committed, in order."""
+    with tether.open_store(db_url, load_plugins=False) as s:
+        handles = [s.session(source="gateway") for _ in range(6)]
+        for i, h in enumerate(handles):
+            h.append("user", f"first {i}", idem_key=f"k{i}:0")
+
+        async def main() -> list[Any]:
+            writer = GroupWriter(s.backend)
+            release = await _held(writer)
+            futs = [
+                writer.submit(
+                    lambda h=h, i=i: h.append("assistant", f"reply {i}", idem_key=f"k{i}:1"),
+                    _persisted(h),
+                )
+                for i, h in enumerate(handles)
+            ]
+            futs.append(writer.submit(lambda: s.record_event(handles[0].id, "kept", {}), None))
+            release.set()
+            out = await asyncio.gather(*futs)
+            writer.shutdown()
+            grouped = (1, 6) if backend == "sqlite" else (0, 0)
+            assert (writer.groups, writer.grouped, writer.fallbacks) == (*grouped, 0)
+            return out
+
+        out = asyncio.run(main())
+        assert [m.seq for m in out[:-1]] == [2] * 6
+        for i, h in enumerate(handles):
+            assert [m.content for m in s.get_messages(h.id)] == [f"first {i}", f"reply {i}"]
+            h.end()

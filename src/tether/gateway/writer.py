@@ -13,7 +13,8 @@ fails, every write of it runs again on its own, as without a group.
 
 Anything else (a session's first write, an end, a takeover) runs on its own,
 between the groups, in its place in the order. Futures are resolved with one
-wake-up of the event loop per group, not one per write.
+wake-up of the event loop per group, not one per write. On a backend that
+cannot group (PostgreSQL, so far) every write runs on its own, as before.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..store.backend import Backend
-from ..store.group import Outcome, write_group
+from ..store.group import Outcome, can_group, write_group
 
 # A group holds at most this many writes: the first caller's wait stays bounded
 # while a long queue drains (one transaction of 256 appends is a few ms).
@@ -57,6 +58,7 @@ class GroupWriter:
 
     def __init__(self, backend: Backend, *, name: str = "tether-write") -> None:
         self._backend = backend
+        self._grouping = can_group(backend)  # PostgreSQL, so far: every write on its own
         self._name = name
         self._jobs: collections.deque[_Job] = collections.deque()
         self._cond = threading.Condition()
@@ -128,6 +130,8 @@ class GroupWriter:
 
     def _take_group(self, jobs: list[_Job], start: int) -> list[_Job]:
         group: list[_Job] = []
+        if not self._grouping:
+            return group
         for job in jobs[start : start + MAX_GROUP]:
             if not self._groupable(job):
                 break

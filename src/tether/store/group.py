@@ -46,6 +46,11 @@ class _WriteGroup(Protocol):
     def __call__(self, calls: Sequence[Callable[[], Any]]) -> list[Outcome] | None: ...
 
 
+def can_group(backend: Backend) -> bool:
+    """Does ``backend`` commit several writes together (:func:`write_group`)?"""
+    return getattr(backend, "write_group", None) is not None
+
+
 def write_group(backend: Backend, calls: Sequence[Callable[[], Any]]) -> list[Outcome] | None:
     """Run ``calls`` (on this thread) in one write transaction; their outcomes once it
     committed, in order, or ``None`` if it could not commit (or the backend cannot
