@@ -277,9 +277,9 @@ def test_a_shut_down_writer_runs_what_was_queued_and_refuses_more(store: tether.
     asyncio.run(main())
 
 
-def test_queued_appends_commit_on_every_backend(db_url: str, backend: str) -> None:
-    """SQLite groups them; PostgreSQL (no group mode yet) runs each on its own:
-    either way every caller gets its message, committed, in order."""
+def test_queued_appends_commit_together_on_every_backend(db_url: str, backend: str) -> None:
+    """One transaction for the queued writes on SQLite and on PostgreSQL (where
+    each write is a savepoint too): every caller gets its message, committed."""
     with tether.open_store(db_url, load_plugins=False) as s:
         handles = [s.session(source="gateway") for _ in range(6)]
         for i, h in enumerate(handles):
@@ -299,8 +299,7 @@ def test_queued_appends_commit_on_every_backend(db_url: str, backend: str) -> No
             release.set()
             out = await asyncio.gather(*futs)
             writer.shutdown()
-            grouped = (1, 6) if backend == "sqlite" else (0, 0)
-            assert (writer.groups, writer.grouped, writer.fallbacks) == (*grouped, 0)
+            assert (writer.groups, writer.grouped, writer.fallbacks) == (1, 6, 0)
             return out
 
         out = asyncio.run(main())
@@ -308,3 +307,52 @@ def test_queued_appends_commit_on_every_backend(db_url: str, backend: str) -> No
         for i, h in enumerate(handles):
             assert [m.content for m in s.get_messages(h.id)] == [f"first {i}", f"reply {i}"]
             h.end()
+
+
+def test_a_write_that_fails_in_a_group_fails_alone_on_every_backend(db_url: str) -> None:
+    """As above, on both backends: a refused append and a write that fails after
+    writing a row are each rolled back alone; the rest of the group commits."""
+    with tether.open_store(db_url, load_plugins=False) as s:
+        handles = [s.session(source="gateway") for _ in range(4)]
+        for i, h in enumerate(handles):
+            h.append("user", f"first {i}", idem_key=f"k{i}:0")
+        with tether.open_store(db_url, load_plugins=False) as other:
+            assert other.end_session(handles[1].id, "cli_close")
+
+        def half_done(c: Any) -> None:
+            s.record_event(handles[0].id, "half_done", {})
+            raise ValueError("failed after writing")
+
+        def events(kind: str) -> int:
+            q = "SELECT count(*) FROM events WHERE kind = ?"
+            return int(s.backend.read(lambda c: c.execute(q, (kind,)).fetchone()[0]))
+
+        async def main() -> list[Any]:
+            writer = GroupWriter(s.backend)
+            release = await _held(writer)
+            futs = [
+                writer.submit(
+                    lambda h=h, i=i: h.append("assistant", f"reply {i}", idem_key=f"k{i}:1"),
+                    _persisted(h),
+                )
+                for i, h in enumerate(handles)
+            ]
+            futs.append(writer.submit(lambda: s.backend.write(half_done), lambda: True))
+            futs.append(writer.submit(lambda: s.record_event(handles[0].id, "kept", {}), _always))
+            release.set()
+            out = await asyncio.gather(*futs, return_exceptions=True)
+            writer.shutdown()
+            assert (writer.groups, writer.grouped, writer.fallbacks) == (1, 6, 0)
+            return out
+
+        out = asyncio.run(main())
+        assert isinstance(out[1], SessionEndedError) and isinstance(out[4], ValueError)
+        assert (events("half_done"), events("kept")) == (0, 1)
+        for i, h in enumerate(handles):
+            expected = [f"first {i}"] + ([] if i == 1 else [f"reply {i}"])
+            assert [m.content for m in s.get_messages(h.id)] == expected
+            h.end()
+
+
+def _always() -> bool:
+    return True

@@ -14,7 +14,7 @@ fails, every write of it runs again on its own, as without a group.
 Anything else (a session's first write, an end, a takeover) runs on its own,
 between the groups, in its place in the order. Futures are resolved with one
 wake-up of the event loop per group, not one per write. On a backend that
-cannot group (PostgreSQL, so far) every write runs on its own, as before.
+cannot group every write runs on its own, as before.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class GroupWriter:
 
     def __init__(self, backend: Backend, *, name: str = "tether-write") -> None:
         self._backend = backend
-        self._grouping = can_group(backend)  # PostgreSQL, so far: every write on its own
+        self._grouping = can_group(backend)  # else every write runs on its own
         self._name = name
         self._jobs: collections.deque[_Job] = collections.deque()
         self._cond = threading.Condition()

@@ -21,8 +21,9 @@ The contract, per call:
 So a call must be one that may be run again after its transaction was rolled
 back (an idempotency-keyed append, an event, a detach mark), and must make
 nothing visible outside the database before it returns: only the database
-and its caller learn of it. Backends that offer no group mode (PostgreSQL,
-so far) answer ``None`` at once.
+and its caller learn of it. Both backends offer it (SQLite: savepoints in one
+``BEGIN IMMEDIATE``; PostgreSQL: savepoints in one transaction on one pooled
+connection, not on the main thread); one without it answers ``None`` at once.
 """
 
 from __future__ import annotations
