@@ -183,6 +183,12 @@ def spawn_floor(directory: Path) -> Iterator[tuple[str, int]]:
             proc.stdout.close()
 
 
+def client_cpu() -> float:
+    """CPU time (user + system) this process, the clients' side, has used so far."""
+    t = os.times()
+    return t.user + t.system
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) a process has used so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -227,10 +233,14 @@ def run(quick: bool = False, write: bool = True, directory: str | None = None) -
                         out["ping"].setdefault((name, n), []).append(rate)
                         if n == 50:  # server CPU per round trip (robust on a busy machine)
                             out["cpu"].setdefault((name, "ping"), []).append(per)
-                    cpu = cpu_seconds(pid)
+                    cpu, mine = cpu_seconds(pid), client_cpu()
                     _, _, deltas = await first_event_latency(url, token, 50, prompts)
                     per = (cpu_seconds(pid) - cpu) / (50 * prompts)
                     out["cpu"].setdefault((name, "prompt"), []).append(per)
+                    # The clients' side of the same run (this process): where the
+                    # rest of the time goes when the server is cheap.
+                    per = (client_cpu() - mine) / (50 * prompts)
+                    out["cpu"].setdefault((name, "client"), []).append(per)
                     out["latency"].setdefault(name, []).append(
                         (percentile(deltas, 0.5), percentile(deltas, 0.99))
                     )
@@ -240,7 +250,9 @@ def run(quick: bool = False, write: bool = True, directory: str | None = None) -
             progress("gateway: 500 connections, churn")
             out["ping500"] = await ping_rate(child.url, token, 500, seconds)
             out["churn"] = await churn_rate(child, 500 if quick else 5000, 10)
-            out["lag_max"] = (await info.call("gateway.info"))["stats"]["loop_lag_max_ms"]
+            stats = (await info.call("gateway.info"))["stats"]
+            out["lag_max"] = stats["loop_lag_max_ms"]
+            out["groups"] = (stats["write_groups"], stats["grouped_writes"])
             await info.close()
             return out
 
@@ -271,7 +283,11 @@ def run(quick: bool = False, write: bool = True, directory: str | None = None) -
         )
     cpu = results["cpu"]
     cpu_rows = []
-    for what, label in (("ping", "`ping` (50 connections)"), ("prompt", "prompt, whole turn")):
+    for what, label in (
+        ("ping", "`ping` (50 connections)"),
+        ("prompt", "prompt, whole turn"),
+        ("client", "prompt, whole turn: the clients (Python, one loop)"),
+    ):
         t = [x * 1e6 for x in cpu[("tether", what)]]
         f = [x * 1e6 for x in cpu[("floor", what)]]
         ratios = [b / a for a, b in zip(t, f, strict=True)]
@@ -291,12 +307,16 @@ def run(quick: bool = False, write: bool = True, directory: str | None = None) -
         + f"\n\nPrompt to first `message.delta`, echo agent, 50 connections ({prompts} prompts "
         "each per round), ms:\n\n"
         + table(["", "tether", "floor", "ratio", "target"], lat_rows)
-        + "\n\nServer CPU time (user + system, from /proc; 10 ms ticks) per request, µs: "
-        "what each server spends whatever the machine's load:\n\n"
+        + "\n\nCPU time (user + system, from /proc; 10 ms ticks) per request, µs: what each "
+        "server spends whatever the machine's load, and what the clients (this process, "
+        "one asyncio loop) spend on the same run:\n\n"
         + table(["", "tether", "floor", "ratio"], cpu_rows)
         + f"\n\nEvent-loop lag in the gateway during the 50-connection prompt runs (worst "
         f"wake-up, sampled every 0.25 s): {spread(results['lag'], '{:.1f}')} ms; worst over "
         f"the whole run: {results['lag_max']:.1f} ms."
+        + f"\n\nGroup commit: {results['groups'][1]:,} of the gateway's writes were committed "
+        f"in {results['groups'][0]:,} shared transactions "
+        f"({results['groups'][1] / max(1, results['groups'][0]):.1f} writes each)."
         + f"\n\n`ping` with 500 connections: {results['ping500']:,.0f} round trips/s (tether)."
         + f"\n\nMemory per live idle session: {per_session / 1024:.1f} KiB "
         f"(RSS growth over {live:,} attached sessions, one short turn each)."

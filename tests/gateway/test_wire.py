@@ -99,3 +99,36 @@ def test_pipelined_requests_are_all_answered_in_order(gateway: Served) -> None:
         assert c.read(1)[0]["id"] == 201
     finally:
         c.close()
+
+
+def test_a_request_that_waits_for_the_store_holds_back_the_ones_after_it(
+    gateway: Served,
+) -> None:
+    """A frame answered on the spot (ping) and one that waits for the writer
+    (prompt.submit) in one burst: replies in request order, and a history read
+    sent after the prompt sees it stored."""
+    c = RawClient(gateway.url)
+    try:
+        c.send(req(1, "session.create"))
+        sid = c.read(1)[0]["result"]["session_id"]
+        for round_ in range(3):
+            base = 10 * (round_ + 1)
+            c.send(
+                req(base, "ping"),
+                req(base + 1, "prompt.submit", session_id=sid, text=f"hello {round_}"),
+                req(base + 2, "ping"),
+                req(base + 3, "session.history", session_id=sid),
+                req(base + 4, "ping"),
+            )
+            replies: list[dict[str, Any]] = []
+            ended = False
+            while len(replies) < 5 or not ended:
+                for f in c.read_once():
+                    if "id" in f:
+                        replies.append(f)
+                    ended = ended or f.get("method") == "turn.end"
+            assert [r["id"] for r in replies] == [base + k for k in range(5)]
+            history = replies[3]["result"]["messages"]
+            assert history[-1]["content"] == f"hello {round_}"
+    finally:
+        c.close()

@@ -8,6 +8,7 @@ connection's frames go to the runtime one at a time, in order.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -47,21 +48,85 @@ def build_app(gateway: Gateway, policy: Policy, extra: Sequence[BaseRoute] = ())
             return
         await ws.accept()
         conn = gateway.connect(ws.send_text, _closer(ws), ws.scope.get("tether.send_now"))
+        # Frames are handled one at a time, in order: by this loop, or, when it is
+        # idle and nothing is queued, at once by `direct` (called by the protocol as
+        # the frame arrives). A frame that must wait for something (the store)
+        # finishes in a task of its own (`started`), which this loop awaits before
+        # the next frame.
+        busy = False
+        started: asyncio.Future[None] | None = None
+
+        def direct(text: str) -> bool:
+            nonlocal started
+            if busy or (started is not None and not started.done()):
+                return False
+            coro = receive(gateway, conn, text)
+            try:
+                waiting = coro.send(None)
+            except StopIteration:
+                return True  # answered already: ping, a read from memory, an error
+            except BaseException:
+                log.exception("handling a frame failed")
+                coro.close()
+                return True
+            started = asyncio.ensure_future(_finish(coro, waiting))
+            return True
+
+        offer = ws.scope.get("tether.direct")
+        if offer is not None:
+            offer(direct)
         try:
             while True:
                 message = await ws.receive()
+                busy = True
+                if started is not None:
+                    await started  # a frame taken directly, before this one
+                    started = None
                 if message["type"] == "websocket.disconnect":
                     break
                 data = message.get("text")
                 if data is None:
                     data = message.get("bytes") or b""
                 await receive(gateway, conn, data)
+                busy = False
         except WebSocketDisconnect:
             pass
         finally:
+            busy = True  # nothing more is taken directly
+            if started is not None:
+                await asyncio.gather(started, return_exceptions=True)
             await gateway.disconnect(conn)
 
     return Starlette(routes=[WebSocketRoute(PATH, rpc_endpoint), *extra])
+
+
+async def _finish(coro: Coroutine[Any, None, None], waiting: Any) -> None:
+    """Run on a coroutine that was started by hand and is waiting on ``waiting``.
+
+    What a task does for a coroutine it steps (asyncio's ``Task.__step``): wait
+    for the future it yielded (a bare ``yield``, as in ``sleep(0)``, just lets
+    the loop run once), then resume it; if this is cancelled meanwhile, the
+    future is cancelled, which the coroutine sees as it resumes.
+    """
+    while True:
+        step: Callable[[], Any]
+        try:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                waiting._asyncio_future_blocking = False
+                await asyncio.wait([waiting])
+        except asyncio.CancelledError:
+            if waiting is not None and not waiting.done():
+                waiting.cancel()  # the coroutine sees it when it resumes, next round
+                continue
+            step = functools.partial(coro.throw, asyncio.CancelledError())
+        else:
+            step = functools.partial(coro.send, None)
+        try:
+            waiting = step()
+        except StopIteration:
+            return
 
 
 def _peer(ws: WebSocket) -> str:

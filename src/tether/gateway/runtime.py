@@ -6,7 +6,8 @@ what it says, in the order it says it:
 * ``Deliver`` queues a frame on each connection (synchronously, so frames keep
   the registry's order);
 * ``MarkDetached`` and ``Finalize`` go to the store on one writer thread, so
-  they reach the database in order and never block the event loop;
+  they reach the database in order and never block the event loop (the
+  writer commits queued appends and events together: :mod:`.writer`);
 * ``Interrupt`` cancels the agent's iteration; the turn then stores what it
   had and ends by itself.
 
@@ -69,6 +70,7 @@ from .registry import (
     Registry,
 )
 from .rpc import RpcError
+from .writer import GroupWriter
 
 log = logging.getLogger("tether.gateway")
 T = TypeVar("T")
@@ -148,6 +150,10 @@ def _json(data: Any) -> dict[str, Any] | None:
     return out if isinstance(out, dict) else None
 
 
+def _always() -> bool:
+    return True
+
+
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -187,7 +193,7 @@ class Gateway:
         self._waiters: dict[str, list[asyncio.Future[bool | None]]] = {}
         self.conns: dict[ConnId, Connection] = {}
         self._conn_ids = itertools.count(1)
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="tether-write")
+        self._writer = GroupWriter(store.backend, name="tether-write")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="tether-read")
         self._pending: set[asyncio.Future[Any]] = set()
         self._wake = asyncio.Event()
@@ -205,8 +211,33 @@ class Gateway:
 
     def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         """Run a store write on the writer thread; submitted now, so writes keep their order."""
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._writer, functools.partial(fn, *args, **kwargs))
+        return self._writer.submit(functools.partial(fn, *args, **kwargs))
+
+    def write_event(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        """As :meth:`write`, for a write that may share its neighbours' transaction (an
+        event, a detach mark: harmless to run again if a shared commit fails)."""
+        return self._writer.submit(functools.partial(fn, *args, **kwargs), _always)
+
+    def append(
+        self, handle: SessionHandle, role: str, content: str | None, **fields: Any
+    ) -> asyncio.Future[Message]:
+        """Store one message of a turn on the writer thread; resolves once committed.
+
+        The prompts and replies of many sessions queued together share one
+        transaction (group commit). A turn's messages carry idempotency keys,
+        so running one again after a shared commit failed never doubles it;
+        a session's first message (it writes the session's row and starts its
+        heartbeat) runs on its own.
+        """
+        if fields.get("idem_key") is None:
+            raise ValueError("a turn's message needs an idempotency key")
+
+        def groupable() -> bool:
+            return handle.persisted and not handle.ended and not handle.pending
+
+        return self._writer.submit(
+            functools.partial(handle.append, role, content, **fields), groupable
+        )
 
     def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
@@ -275,7 +306,7 @@ class Gateway:
             if helper is not None:
                 helper.cancel()
                 await asyncio.gather(helper, return_exceptions=True)
-        self._writer.shutdown(wait=True)
+        self._writer.shutdown()
         self._readers.shutdown(wait=True)
 
     async def _timers(self) -> None:
@@ -307,7 +338,8 @@ class Gateway:
                 h = self.handles.get(a.session_id)
                 if h is not None and h.persisted:
                     self._background(
-                        self.write(self.store.mark_detached, a.session_id, a.at), "mark_detached"
+                        self.write_event(self.store.mark_detached, a.session_id, a.at),
+                        "mark_detached",
                     )
             elif isinstance(a, Interrupt):
                 running = self.turns.get(a.session_id)
@@ -327,7 +359,7 @@ class Gateway:
         """Log a turn's start or end in the store's events (the live view derives
         ``working`` from them), queued behind the writes before it."""
         try:
-            fut = self.write(self.store.record_event, session_id, kind, data)
+            fut = self.write_event(self.store.record_event, session_id, kind, data)
         except RuntimeError:  # the writer is shut down: the session's end follows anyway
             return
         self._background(fut, kind)
@@ -709,9 +741,14 @@ class Gateway:
             self.untitled.discard(sid)
             if not handle.persisted:
                 handle.set_title(title_of(text))
+        # The turn starts only once the prompt is committed: the reply acknowledges
+        # it (durable when acknowledged), the turn's events follow the reply and
+        # carry the prompt's seq, and the agent reads the prompt back from the
+        # store as its history. What waits here is one group commit, shared with
+        # every prompt queued meanwhile (see .writer).
         try:
-            msg = await self.write(
-                handle.append, "user", text, idem_key=turn_key(turn_id, 0), meta=turn_meta(turn_id)
+            msg = await self.append(
+                handle, "user", text, idem_key=turn_key(turn_id, 0), meta=turn_meta(turn_id)
             )
         except BaseException:
             self.turns.pop(sid, None)
@@ -791,7 +828,7 @@ class Gateway:
         key = turn_key(r.turn_id, r.index)
         r.index += 1
         meta = turn_meta(r.turn_id, mark)
-        msg = await self.write(r.handle.append, role, content, idem_key=key, meta=meta, **fields)
+        msg = await self.append(r.handle, role, content, idem_key=key, meta=meta, **fields)
         self.emit(session_id, "message", {"turn_id": r.turn_id, "message": message_view(msg)})
         return msg
 
@@ -898,4 +935,9 @@ class Gateway:
             "timers": self.registry.pending_timers,
             "loop_lag_max_ms": round(self.loop_lag_max * 1000, 2),
             "loop_lag_recent_ms": round(max(self._recent_lags, default=0.0) * 1000, 2),
+            # Group commit (see .writer): transactions that held several writes, the
+            # writes they held, and groups given up and run one by one.
+            "write_groups": self._writer.groups,
+            "grouped_writes": self._writer.grouped,
+            "group_fallbacks": self._writer.fallbacks,
         }

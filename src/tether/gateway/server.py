@@ -127,8 +127,22 @@ def _protocols(options: ServeOptions, accepts: _AcceptErrors) -> tuple[type, typ
             if scope is not None:  # lets the app cut a client that stopped reading
                 scope["tether.abort"] = self._abort
                 scope["tether.send_now"] = self._send_now
+                scope["tether.direct"] = self._set_direct
 
-        _flush_due = False
+        _flush_due = False  # a _flush is scheduled
+        _direct: Callable[[str], bool] | None = None
+        _direct_budget = 0
+
+        def data_received(self, data: bytes) -> None:
+            # At most READ_AHEAD frames of one read are handled on the spot: a
+            # client sending thousands at once is queued (and its reading paused)
+            # like any app that falls behind, so the loop serves the others.
+            self._direct_budget = READ_AHEAD
+            super().data_received(data)
+
+        def _set_direct(self, handler: Callable[[str], bool]) -> None:
+            """Offer each text frame to ``handler`` first (see send_receive_event_to_app)."""
+            self._direct = handler
 
         def _send_now(self, text: str) -> bool:
             """Frame ``text`` now, as the ASGI send would, if nothing stands in the way.
@@ -150,6 +164,10 @@ def _protocols(options: ServeOptions, accepts: _AcceptErrors) -> tuple[type, typ
             ):
                 return False
             self.conn.send_text(text.encode())
+            # Not written at once, even for a reply given on the spot: with many
+            # connections, writing after every read has been handled wakes the
+            # clients once per loop turn, not once per read (measured: 17.5k
+            # against 12.5k pings/s at 50 connections, 34 against 44 µs each).
             if not self._flush_due:
                 self._flush_due = True
                 self.loop.call_soon(self._flush)
@@ -162,6 +180,28 @@ def _protocols(options: ServeOptions, accepts: _AcceptErrors) -> tuple[type, typ
                 self.transport.write(b"".join(data))
 
         def send_receive_event_to_app(self) -> None:
+            # A text frame with nothing queued before it goes straight to the app's
+            # handler, which takes it if the app is idle: no queue, no task switch
+            # per request (about a third of a `ping`'s cost). Else it is queued, in
+            # order, as uvicorn does.
+            direct = self._direct
+            if (
+                direct is not None
+                and self._direct_budget > 0
+                and self.curr_msg_data_type == "text"
+                and not self.close_sent
+                and self.queue.empty()
+            ):
+                data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+                try:
+                    text = data.decode()
+                except UnicodeDecodeError:
+                    pass  # uvicorn's own path closes the connection with 1007
+                else:
+                    if direct(text):
+                        self._direct_budget -= 1
+                        self.frames = []
+                        return
             if self.read_paused or self.queue.qsize() + 1 >= READ_AHEAD:
                 super().send_receive_event_to_app()  # the app is behind: pause reading
                 return

@@ -49,6 +49,7 @@ from ...errors import (
     TetherError,
 )
 from ...threads import abandon
+from ..group import Outcome
 from ..migrations import (
     MIGRATIONS_TABLE,
     SchemaState,
@@ -532,11 +533,111 @@ class PostgresBackend:
             delay = min(delay * 2, 1.0)
 
     def write(self, fn: Callable[[PgConn], T]) -> T:
+        group = self._group
+        if group is not None and group[0] == threading.get_ident():
+            return self._group_write(fn)  # inside write_group: a savepoint of its transaction
         return self._transact(fn, _BEGIN_WRITE, retry_commit=False)
 
     def write_statement(self, query: str, params: Sequence[Any]) -> int:
         """Run one write statement atomically on its own; return its row count."""
+        group = self._group
+        if group is not None and group[0] == threading.get_ident():
+            return self._group_write(lambda c: c.execute(query, params).rowcount)
         return self._transact(lambda c: c.execute(query, params).rowcount, None, retry_commit=False)
+
+    # --- group commit (see tether.store.group) ------------------------------------------
+
+    _group: tuple[int, psycopg.Connection[Any], psycopg.Cursor[Any]] | None = None
+    _group_broken = False
+
+    def write_group(self, calls: Sequence[Callable[[], Any]]) -> list[Outcome] | None:
+        """Run ``calls`` in one write transaction, each of their writes a savepoint.
+
+        Returns their outcomes once committed, or None (nothing kept) if the
+        transaction could not be begun, went bad (a serialization failure, a
+        lost connection) or could not commit: the caller then runs each call
+        on its own, with the usual retries. Not on the main thread, whose
+        writes use a connection of their own (see :meth:`_run_main`).
+        """
+        if self._closed or threading.get_ident() == _MAIN_THREAD:
+            return None
+        self._check_fork()
+        pool = self._pool
+        try:
+            conn = pool.getconn()
+        except PoolTimeout:
+            return None
+        outcomes: list[Outcome] = []
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(_BEGIN_WRITE, prepare=False)
+                self._group = (threading.get_ident(), conn, cur)
+                self._group_broken = False
+                for call in calls:
+                    try:
+                        outcomes.append(Outcome(call()))
+                    except Exception as exc:
+                        if self._group_broken:
+                            break
+                        outcomes.append(Outcome(error=exc))
+                intrans = conn.info.transaction_status == pq.TransactionStatus.INTRANS
+                if self._group_broken or not intrans:
+                    self._group_rollback(conn)
+                    return None
+                cur.execute("COMMIT", prepare=False)
+            except Exception:
+                # BEGIN or COMMIT failed (a COMMIT's outcome may be unknown: the
+                # calls, run again, look before writing).
+                self._group_rollback(conn)
+                return None
+            except BaseException:
+                self._group_rollback(conn)
+                raise
+            finally:
+                self._group = None
+        finally:
+            pool.putconn(conn)
+        return outcomes
+
+    def _group_rollback(self, conn: psycopg.Connection[Any]) -> None:
+        if conn.broken or self._discard_if_busy(conn):
+            return
+        if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            try:
+                conn.execute("ROLLBACK")
+            except psycopg.Error:  # the pool discards a connection it cannot reset
+                log.debug("rollback failed on %s", self.url, exc_info=True)
+
+    def _group_write(self, fn: Callable[[PgConn], T]) -> T:
+        """One write inside :meth:`write_group`: its own savepoint, so that it fails alone."""
+        assert self._group is not None
+        _, conn, cur = self._group
+        cur.execute("SAVEPOINT tether_group", prepare=False)
+        try:
+            result = fn(PgConn(cur))
+        except BaseException as exc:
+            # A constraint, bad data or no database error at all is the call's own
+            # failure: back to its savepoint. A serialization failure, a deadlock or
+            # a lost connection spoils the whole transaction: the group is given up.
+            own = not isinstance(exc, (*_TRANSIENT, psycopg.OperationalError)) and not conn.broken
+            if own:
+                try:
+                    cur.execute("ROLLBACK TO SAVEPOINT tether_group", prepare=False)
+                    cur.execute("RELEASE SAVEPOINT tether_group", prepare=False)
+                except psycopg.Error:
+                    own = False
+            if not own:
+                self._group_broken = True
+            if isinstance(exc, psycopg.Error) and not isinstance(exc, psycopg.IntegrityError):
+                if isinstance(exc, psycopg.DataError) and "NUL" in str(exc):
+                    raise InvalidInputError(
+                        "text contains a NUL character, which PostgreSQL cannot store"
+                    ) from None
+                raise self._translate(exc) from None
+            raise
+        cur.execute("RELEASE SAVEPOINT tether_group", prepare=False)
+        return result
 
     def read(self, fn: Callable[[PgConn], T]) -> T:
         return self._transact(fn, _BEGIN_READ, retry_commit=True)

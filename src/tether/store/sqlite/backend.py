@@ -18,7 +18,7 @@ import stat
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from ...errors import (
     StoreOpenError,
 )
 from ...threads import PeriodicThread, abandon, at_fork_in_child
+from ..group import Outcome
 from ..migrations import (
     MIGRATIONS_TABLE,
     SchemaState,
@@ -148,6 +149,8 @@ class SQLiteBackend:
         self._commits = 0
         self._checkpointer: _Checkpointer | None = None
         self._identity = None
+        self._group_thread: int | None = None  # the thread whose writes join a group
+        self._group_broken = False
 
     def _check_path(self) -> None:
         """Refuse what is not a database file, before SQLite creates anything beside it.
@@ -501,6 +504,8 @@ class SQLiteBackend:
                 log.exception("rollback failed on %s", self.path)
 
     def write(self, fn: Callable[[Any], T]) -> T:
+        if self._group_thread is not None and self._group_thread == threading.get_ident():
+            return self._group_write(fn)  # inside write_group: a savepoint of its transaction
         if self._closed or self._forked or self._readonly is not None:
             if self._closed:
                 raise StoreError(f"store {self.path} is closed")
@@ -595,6 +600,89 @@ class SQLiteBackend:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    # --- group commit (see tether.store.group) ------------------------------------------
+
+    def write_group(self, calls: Sequence[Callable[[], Any]]) -> list[Outcome] | None:
+        """Run ``calls`` in one write transaction, each of their writes a savepoint.
+
+        Returns their outcomes once committed, or None (nothing kept) if the
+        transaction could not be begun, went bad or could not commit: the
+        caller then runs each call on its own, with the usual retries.
+        """
+        if self._closed or self._forked or self._readonly is not None or self._memory:
+            return None  # the one-by-one path says why, or (in memory) reads need the lock
+        conn, cur = self._writer, self._wcur
+        assert conn is not None and cur is not None
+        outcomes: list[Outcome] = []
+        with self._wlock:
+            try:
+                if conn.in_transaction:  # left by an exception inside a rollback
+                    conn.execute("ROLLBACK")
+                # Busy (another process writes): no waiting here, the calls go one
+                # by one through _run_write's busy handling instead.
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error:
+                self._rollback(conn)
+                return None
+            self._group_thread = threading.get_ident()
+            self._group_broken = False
+            try:
+                for call in calls:
+                    try:
+                        outcomes.append(Outcome(call()))
+                    except Exception as exc:
+                        if self._group_broken:
+                            break
+                        outcomes.append(Outcome(error=exc))
+                if self._group_broken or not conn.in_transaction:
+                    self._rollback(conn)
+                    return None
+                if self._identity is not None:
+                    self._check_identity()
+                cur.execute("COMMIT")
+            except Exception:
+                # The identity check or the commit failed (the outcome of a failed
+                # COMMIT is unknown: the calls, run again, look before writing).
+                self._rollback(conn)
+                return None
+            except BaseException:
+                self._rollback(conn)
+                raise
+            finally:
+                self._group_thread = None
+            self._commits += 1
+            if self._commits >= _CHECKPOINT_EVERY:
+                self._request_checkpoint()
+        return outcomes
+
+    def _group_write(self, fn: Callable[[Any], T]) -> T:
+        """One write inside :meth:`write_group`: its own savepoint, so that it fails alone."""
+        conn, cur = self._writer, self._wcur
+        assert conn is not None and cur is not None
+        cur.execute("SAVEPOINT tether_group")
+        try:
+            result = fn(cur)
+        except BaseException as exc:
+            # A constraint (or no database error at all) is the call's own failure;
+            # any other database error (I/O, a full disk) may have spoiled the whole
+            # transaction: the group is given up and its calls run one by one.
+            db_error = isinstance(exc, sqlite3.Error)
+            db_error = db_error and not isinstance(exc, sqlite3.IntegrityError)
+            own = not db_error and conn.in_transaction
+            if own:
+                try:
+                    cur.execute("ROLLBACK TO tether_group")
+                    cur.execute("RELEASE tether_group")
+                except sqlite3.Error:
+                    own = False
+            if not own:
+                self._group_broken = True
+            if db_error:
+                raise self._translate(exc) from None  # type: ignore[arg-type]
+            raise
+        cur.execute("RELEASE tether_group")
+        return result
 
 
 class _Checkpointer(PeriodicThread):
