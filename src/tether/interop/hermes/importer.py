@@ -38,6 +38,7 @@ from .mapping import (
     SESSION_FIELDS,
     deleted_item,
     map_message,
+    message_key,
     origin_of,
     session_item,
 )
@@ -67,6 +68,7 @@ class SyncReport:
     messages: int = 0
     ends: int = 0
     titles: int = 0
+    restated: int = 0  # imported messages whose state the source changed (compaction, rewind)
     skipped_meta_rows: int = 0
     replaced_surrogates: int = 0
     ghosts: int = 0  # rows without messages: not imported
@@ -201,6 +203,66 @@ class HermesReader:
         result: Snapshot = self._snapshot(read)
         return result
 
+    def fingerprints(self) -> dict[str, tuple[Any, ...]]:
+        """Every row's ``(title, message_count, rewind_count)``, a page per read
+        transaction: what a rename, an in-place compaction or a rewind moves."""
+        cols = ["title", "message_count", "rewind_count"]
+        sel = ", ".join(c if c in self.shape.session_columns else "NULL" for c in cols)
+        out: dict[str, tuple[Any, ...]] = {}
+        last = ""
+        while True:
+            page = self.conn.execute(
+                f"SELECT id, {sel} FROM sessions WHERE id > ? ORDER BY id LIMIT ?",
+                (last, PAGE_MESSAGES),
+            ).fetchall()
+            if not page:
+                return out
+            for r in page:
+                out[r[0]] = r[1:]
+            last = page[-1][0]
+
+    def _flag_sql(self) -> str:
+        has = self.shape.message_columns
+        active = "active" if "active" in has else "1"
+        compacted = "compacted" if "compacted" in has else "0"
+        return f"SELECT id, session_id, {active}, {compacted} FROM messages"
+
+    def inactive(self, upto: int) -> list[tuple[int, str, str]]:
+        """``(id, session_id, state)`` of every message up to ``upto`` that is not
+        active, a page per read transaction."""
+        if "active" not in self.shape.message_columns:
+            return []
+        out: list[tuple[int, str, str]] = []
+        last = 0
+        while True:
+            page = self.conn.execute(
+                f"{self._flag_sql()} WHERE id > ? AND id <= ? AND active = 0 ORDER BY id LIMIT ?",
+                (last, upto, PAGE_MESSAGES),
+            ).fetchall()
+            if not page:
+                return out
+            out.extend((r[0], r[1], _state(r[2], r[3])) for r in page)
+            last = page[-1][0]
+
+    def flags(
+        self, *, ids: Sequence[int] = (), sessions: Sequence[str] = (), upto: int
+    ) -> list[tuple[int, str, str]]:
+        """``(id, session_id, state)`` of these messages, or of these sessions' messages,
+        up to ``upto`` (one read transaction per chunk of ids)."""
+        out: list[tuple[int, str, str]] = []
+        for column, values in (("id", list(ids)), ("session_id", list(sessions))):
+            for i in range(0, len(values), _IN_CHUNK):
+                chunk = values[i : i + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                out.extend(
+                    (r[0], r[1], _state(r[2], r[3]))
+                    for r in self.conn.execute(
+                        f"{self._flag_sql()} WHERE {column} IN ({marks}) AND id <= ?",
+                        (*chunk, upto),
+                    )
+                )
+        return out
+
     def high_water(self) -> int:
         """The greatest message id Hermes has handed out (0 for an empty store)."""
 
@@ -242,6 +304,13 @@ class HermesReader:
             last = page[-1]
 
 
+def _state(active: Any, compacted: Any) -> str:
+    """Hermes' two flags as tether's message state (as :func:`map_message` maps them)."""
+    if active is None or active:
+        return "active"
+    return "compacted" if compacted else "retracted"
+
+
 @dataclass(slots=True)
 class Snapshot:
     """Session rows (parents included) and new messages per session, read together."""
@@ -263,6 +332,13 @@ class StoreSync:
         self.reader = HermesReader(self.path)
         self.cursor = 0
         self.on_batch: Callable[[int], None] | None = None  # test hook: called before each commit
+        # What tether holds of this store, loaded by the first pass and kept up to date
+        # by every commit: each imported Hermes session's title (its newest member's),
+        # and the non-active states of its messages by Hermes message id.
+        self._titles: dict[str, str | None] | None = None
+        self._inactive: dict[int, str] = {}
+        # Each Hermes row's fingerprint at the last pass (see HermesReader.fingerprints).
+        self._fingerprints: dict[str, tuple[Any, ...]] = {}
 
     def close(self) -> None:
         self.reader.close()
@@ -309,8 +385,25 @@ class StoreSync:
             report.ends += int(r.ended and not r.marked_deleted and not item.source_deleted)
             report.marked_deleted += int(r.marked_deleted)
             report.titles += int(r.titled)
+            report.restated += r.restated
         report.lags.extend(now - float(m["timestamp"]) for m in msgs)
         self.cursor = cursor
+        if self._titles is not None:  # what tether holds now
+            for item, r in zip(items, results, strict=True):
+                if item.source_deleted or r.session_id is None:
+                    continue
+                hid = _hermes_id(item)
+                if r.created or r.titled:
+                    self._titles[hid] = None if item.clear_title else item.title
+                for m in item.messages:
+                    if m.get("state", "active") != "active":
+                        self._inactive[int(m["key"].removeprefix("hermes:"))] = m["state"]
+                for key, state in item.states.items():
+                    mid = int(key.removeprefix("hermes:"))
+                    if state == "active":
+                        self._inactive.pop(mid, None)
+                    else:
+                        self._inactive[mid] = state
 
     def run_pass(self, *, full: bool = False) -> SyncReport:
         """One pass (see the module docstring); ``full`` adds the deleted-rows check."""
@@ -327,6 +420,7 @@ class StoreSync:
             self._apply(items, top, report, fresh)
             cursor = top
         self._follow_open(touched, cursor, report)
+        self._follow_changes(touched, cursor, report, full=full)
         if full:
             self._deleted_rows(report)
             report.ghosts = self.reader.ghosts()
@@ -359,6 +453,82 @@ class StoreSync:
             if items:
                 fresh = [m for ms in snap.messages.values() for m in ms]
                 self._apply(items, cursor, report, fresh)
+
+    def _load_held(self) -> dict[str, str | None]:
+        """tether's titles and non-active states of this store's sessions (once)."""
+        if self._titles is None:
+            newest: dict[str, tuple[int, str | None]] = {}
+            for s in self.store.imported_sessions(ORIGIN_PREFIX):
+                if not s.metadata or s.metadata.get("hermes_store") != self.key:
+                    continue
+                assert s.origin is not None
+                base, _, n = s.origin.partition("#")
+                order = int(n) if n else 1
+                hid = base.removeprefix(ORIGIN_PREFIX)
+                if hid not in newest or newest[hid][0] < order:
+                    newest[hid] = (order, s.title)
+            self._titles = {hid: v[1] for hid, v in newest.items()}
+            self._inactive = {
+                int(key.removeprefix("hermes:")): state
+                for origin, key, state in self.store.imported_states(ORIGIN_PREFIX)
+                if origin.split("#", 1)[0].removeprefix(ORIGIN_PREFIX) in self._titles
+                and key.startswith("hermes:")
+            }
+        return self._titles
+
+    def _follow_changes(
+        self, touched: set[str], cursor: int, report: SyncReport, *, full: bool
+    ) -> None:
+        """Changes Hermes makes to rows tether imported before, ended or not: a rename
+        (any session, any time), an in-place compaction or a rewind (messages turned
+        inactive). A rename moves the row's title; a compaction or a rewind its
+        ``message_count`` or ``rewind_count``; so the rows whose fingerprint moved
+        since the last pass (and those with new messages) have their message states
+        compared with tether's. The first pass of a process and ``full`` passes
+        compare every non-active message instead (whatever changed while no
+        follower ran, an undone rewind included). Only what differs is written:
+        tether's messages keep their content and seq, their state follows Hermes'."""
+        first = self._titles is None
+        titles = self._load_held()
+        fps = self.reader.fingerprints()  # a page per read transaction
+        moved = {
+            sid for sid, fp in fps.items() if sid in titles and self._fingerprints.get(sid) != fp
+        }
+        new_titles = {
+            sid: fp[0] for sid, fp in fps.items() if sid in titles and titles[sid] != fp[0]
+        }
+        restates: dict[str, dict[str, str]] = {}
+
+        def differs(mid: int, sid: str, state: str) -> None:
+            if self._inactive.get(mid, "active") != state and sid in titles:
+                restates.setdefault(sid, {})[message_key(mid)] = state
+
+        if first or full:
+            seen = set()
+            for mid, sid, state in self.reader.inactive(cursor):
+                seen.add(mid)
+                differs(mid, sid, state)
+            # Inactive in tether, active again in Hermes (an undone rewind), or gone.
+            back = sorted(mid for mid in self._inactive if mid not in seen and mid <= cursor)
+            for mid, sid, state in self.reader.flags(ids=back, upto=cursor):
+                differs(mid, sid, state)
+        else:
+            check = sorted((moved | touched) & set(titles))
+            for mid, sid, state in self.reader.flags(sessions=check, upto=cursor):
+                differs(mid, sid, state)
+        changed = sorted(set(new_titles) | set(restates))
+        for i in range(0, len(changed), PAGE_SESSIONS):
+            items = [
+                ImportItem(
+                    origin=origin_of(sid),
+                    title=new_titles.get(sid),
+                    clear_title=sid in new_titles and new_titles[sid] is None,
+                    states=restates.get(sid, {}),
+                )
+                for sid in changed[i : i + PAGE_SESSIONS]
+            ]
+            self._apply(items, cursor, report, [])
+        self._fingerprints = fps
 
     def _deleted_rows(self, report: SyncReport) -> None:
         """Count (and record once) tether's sessions of this store whose row Hermes deleted."""
