@@ -161,7 +161,10 @@ def gc(
 
     A session goes only when it is ended in Hermes and in tether and tether holds
     every one of its messages, checked in the Hermes write transaction that
-    deletes it, with Hermes' own delete (children orphaned, search index kept).
+    deletes it, with Hermes' own delete: branch and compression children are
+    orphaned, the search index follows, and delegate children go with their
+    parent (Hermes 0.17 on), so a session goes only when each of its delegate
+    children meets the same conditions (else it is kept, and listed so).
 
     \b
     Examples:
