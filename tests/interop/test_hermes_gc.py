@@ -155,7 +155,9 @@ def test_older_than_and_the_cli(imported: tuple[Path, Path]) -> None:
     assert missing.returncode == 1 and "no database at" in missing.stderr
 
 
-def delegate_family(hermes_python: Path, path: Path, p: str, *, child_open: bool) -> list[str]:
+def delegate_family(
+    hermes_python: Path, path: Path, p: str, *, child_open: bool, release: str | None = None
+) -> list[str]:
     """A session ``p`` with a delegate child, its own delegate grandchild (an orchestrator
     subagent) and a branch child, all written by the real SessionDB."""
     d1, d2, b = f"{p}_d1", f"{p}_d2", f"{p}_b"
@@ -178,7 +180,7 @@ def delegate_family(hermes_python: Path, path: Path, p: str, *, child_open: bool
     ops += [{"op": "end", "sid": s, "reason": "completed"} for s in (d2, p)]
     if not child_open:
         ops.append({"op": "end", "sid": d1, "reason": "completed"})
-    hermes_ops(hermes_python, path, ops)
+    hermes_ops(hermes_python, path, ops, release=release)
     return [p, d1, d2, b]
 
 
@@ -220,3 +222,33 @@ def test_a_session_with_delegate_children_goes_with_them_as_hermes_own_delete_do
     ) == [(0,)]
     assert rows(path, "PRAGMA integrity_check") == [("ok",)]
     assert tether_messages(db) == messages_before
+
+
+@pytest.mark.parametrize("release", ["0.16.0", "0.17.0"])
+def test_gc_follows_each_generations_own_delete_of_delegate_children(
+    release: str, hermes_python: Path, hermes_generations: dict[str, Path], tmp_path: Path
+) -> None:
+    # 0.16.0 (schema 14) orphans delegate children like any child; 0.17.0 (schema 16)
+    # deletes them with their parent. Each release's own delete is the reference.
+    path = tmp_path / "hermes" / "state.db"
+    path.parent.mkdir()
+    shutil.copy(hermes_generations[release], path)
+    q, e1, e2, _ = delegate_family(hermes_python, path, "busy", child_open=True, release=release)
+    own = tmp_path / "own" / "state.db"
+    own.parent.mkdir()
+    shutil.copy(path, own)
+    hermes_ops(hermes_python, own, [{"op": "delete", "sid": q}], release=release)
+    takes_along = not rows(own, "SELECT 1 FROM sessions WHERE id = ?", (e1,))
+    assert takes_along == (release == "0.17.0")
+    db = tmp_path / "t.db"
+    with tether.open_store(db) as store:
+        import_stores(store, [path])
+        (result,) = gc_stores(store, [path], older_than=0, yes=True)
+    left = {r[0] for r in rows(path, "SELECT id FROM sessions")}
+    assert e1 in left and e2 not in left  # e1 is open; e2 is ended and held
+    # The open delegate child e1 would go with q: then q is kept, else q goes.
+    assert (q in left) == takes_along
+    assert result.kept.get("delegate_children", 0) == int(takes_along)
+    if not takes_along:
+        assert rows(path, "SELECT parent_session_id FROM sessions WHERE id = ?", (e1,)) == [(None,)]
+    assert rows(path, "PRAGMA integrity_check") == [("ok",)]
