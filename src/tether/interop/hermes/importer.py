@@ -33,11 +33,14 @@ from ...store import StoreCore
 from ...store.imports import ImportItem, decode_position
 from .mapping import (
     DEFAULTS,
+    M_ID,
+    M_SESSION,
+    M_TS,
     MESSAGE_FIELDS,
     ORIGIN_PREFIX,
     SESSION_FIELDS,
     deleted_item,
-    map_message,
+    map_row,
     message_key,
     origin_of,
     session_item,
@@ -98,12 +101,15 @@ class HermesReader:
             self.conn.close()
             raise
         self._scols = [c for c in SESSION_FIELDS if c in self.shape.session_columns]
-        self._mcols = [c for c in MESSAGE_FIELDS if c in self.shape.message_columns]
+        # Every message field in its place, a column this generation lacks as its default.
+        self._mcols = [
+            c if c in self.shape.message_columns else _literal(DEFAULTS.get(c))
+            for c in MESSAGE_FIELDS
+        ]
         self._ssel = ", ".join(self._scols)
         self._msel = ", ".join(self._mcols)
         # Defaults of the columns this generation lacks (the opening rules' table).
         self._sdefaults = {k: v for k, v in DEFAULTS.items() if k not in self._scols}
-        self._mdefaults = {k: v for k, v in DEFAULTS.items() if k not in self._mcols}
 
     def close(self) -> None:
         self.conn.close()
@@ -134,7 +140,7 @@ class HermesReader:
                 out[row["id"]] = row
         return out
 
-    def _messages_of(self, ids: Sequence[str], after: int) -> list[dict[str, Any]]:
+    def _messages_of(self, ids: Sequence[str], after: int) -> list[Row]:
         out = []
         for i in range(0, len(ids), _IN_CHUNK):
             chunk = list(ids[i : i + _IN_CHUNK])
@@ -146,16 +152,13 @@ class HermesReader:
                     (*chunk, after),
                 )
             )
-        out.sort(key=lambda m: m["id"])
+        out.sort(key=_message_id)
         return out
 
-    def _rows(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        cols, defaults = self._mcols, self._mdefaults
-        out = [dict(zip(cols, r, strict=True)) for r in self.conn.execute(query, params).fetchall()]
-        if defaults:
-            for row in out:
-                row.update(defaults)
-        return out
+    def _rows(self, query: str, params: Sequence[Any]) -> list[Row]:
+        """Message rows, as tuples in MESSAGE_FIELDS order (see mapping.M_*)."""
+        rows: list[Row] = self.conn.execute(query, params).fetchall()
+        return rows
 
     def _with_parents(self, sessions: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         wanted = {
@@ -177,13 +180,13 @@ class HermesReader:
             )
             if not rows:
                 return after, Snapshot({}, {})
-            top = rows[-1]["id"]
-            sids = list(dict.fromkeys(r["session_id"] for r in rows))
+            top = rows[-1][M_ID]
+            sids = list(dict.fromkeys(r[M_SESSION] for r in rows))
             rest = self._messages_of(sids, top)
             sessions = self._with_parents(self._sessions(sids))
-            by_session: dict[str, list[dict[str, Any]]] = {}
+            by_session: dict[str, list[Row]] = {}
             for m in (*rows, *rest):
-                by_session.setdefault(m["session_id"], []).append(m)
+                by_session.setdefault(m[M_SESSION], []).append(m)
             return top, Snapshot(sessions, by_session)
 
         result: tuple[int, Snapshot] = self._snapshot(read)
@@ -195,9 +198,9 @@ class HermesReader:
 
         def read() -> Snapshot:
             sessions = self._with_parents(self._sessions(ids))
-            by_session: dict[str, list[dict[str, Any]]] = {}
+            by_session: dict[str, list[Row]] = {}
             for m in self._messages_of([i for i in ids if i in sessions], after):
-                by_session.setdefault(m["session_id"], []).append(m)
+                by_session.setdefault(m[M_SESSION], []).append(m)
             return Snapshot(sessions, by_session)
 
         result: Snapshot = self._snapshot(read)
@@ -286,22 +289,17 @@ class HermesReader:
         ).fetchone()
         return int(row[0])
 
-    def all_ids(self) -> set[str]:
-        """Every session id, a page per read transaction."""
-        ids: set[str] = set()
-        last = ""
-        while True:
-            page = [
-                r[0]
-                for r in self.conn.execute(
-                    "SELECT id FROM sessions WHERE id > ? ORDER BY id LIMIT ?",
-                    (last, PAGE_MESSAGES),
-                )
-            ]
-            if not page:
-                return ids
-            ids.update(page)
-            last = page[-1]
+
+Row = tuple[Any, ...]  # a Hermes message row in MESSAGE_FIELDS order
+
+
+def _message_id(row: Row) -> int:
+    return int(row[M_ID])
+
+
+def _literal(value: Any) -> str:
+    """An SQL literal standing in for a column a generation lacks."""
+    return "NULL" if value is None else repr(int(value))
 
 
 def _state(active: Any, compacted: Any) -> str:
@@ -316,7 +314,7 @@ class Snapshot:
     """Session rows (parents included) and new messages per session, read together."""
 
     sessions: dict[str, dict[str, Any]]
-    messages: dict[str, list[dict[str, Any]]]
+    messages: dict[str, list[Row]]  # rows in MESSAGE_FIELDS order
 
 
 class StoreSync:
@@ -339,6 +337,9 @@ class StoreSync:
         self._inactive: dict[int, str] = {}
         # Each Hermes row's fingerprint at the last pass (see HermesReader.fingerprints).
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
+        self._present: set[str] = set()  # the Hermes ids the last fingerprints found
+        self._staged: list[tuple[int, str]] = []  # non-active states of the batch in flight
+        self.track_lags = True  # per applied message (the mirror's lag); import turns it off
 
     def close(self) -> None:
         self.reader.close()
@@ -354,18 +355,21 @@ class StoreSync:
 
     def _items(self, snap: Snapshot, report: SyncReport) -> list[ImportItem]:
         items = []
+        staged = self._staged = []  # (Hermes id, state) of the non-active messages
         for sid, msgs in snap.messages.items():
             row = snap.sessions.get(sid)
             if row is None:  # cannot happen within one snapshot (messages need their row)
                 continue
             mapped = []
             for m in msgs:
-                out, replaced = map_message(m)
+                out, replaced = map_row(m)
                 report.replaced_surrogates += replaced
                 if out is None:
                     report.skipped_meta_rows += 1
                 else:
                     mapped.append(out)
+                    if "state" in out:
+                        staged.append((m[M_ID], out["state"]))
             parent = snap.sessions.get(row.get("parent_session_id") or "")
             items.append(session_item(row, parent, mapped, self.key))
         return items
@@ -386,18 +390,17 @@ class StoreSync:
             report.marked_deleted += int(r.marked_deleted)
             report.titles += int(r.titled)
             report.restated += r.restated
-        report.lags.extend(now - float(m["timestamp"]) for m in msgs)
+        if self.track_lags:
+            report.lags.extend([now - float(m[M_TS]) for m in msgs])
         self.cursor = cursor
+        staged, self._staged = self._staged, []
         if self._titles is not None:  # what tether holds now
+            self._inactive.update(staged)
             for item, r in zip(items, results, strict=True):
                 if item.source_deleted or r.session_id is None:
                     continue
-                hid = _hermes_id(item)
                 if r.created or r.titled:
-                    self._titles[hid] = None if item.clear_title else item.title
-                for m in item.messages:
-                    if m.get("state", "active") != "active":
-                        self._inactive[int(m["key"].removeprefix("hermes:"))] = m["state"]
+                    self._titles[_hermes_id(item)] = None if item.clear_title else item.title
                 for key, state in item.states.items():
                     mid = int(key.removeprefix("hermes:"))
                     if state == "active":
@@ -409,6 +412,8 @@ class StoreSync:
         """One pass (see the module docstring); ``full`` adds the deleted-rows check."""
         report = SyncReport(str(self.path))
         self.cursor = cursor = self._load_cursor()
+        self._load_held()  # before anything is written: every commit then keeps it current
+        self._staged = []
         touched: set[str] = set()
         while True:
             top, snap = self.reader.page(cursor, self.page_size)
@@ -416,7 +421,7 @@ class StoreSync:
                 break
             items = self._items(snap, report)
             touched.update(snap.messages)
-            fresh = [m for ms in snap.messages.values() for m in ms if m["id"] > cursor]
+            fresh = [m for ms in snap.messages.values() for m in ms if m[M_ID] > cursor]
             self._apply(items, top, report, fresh)
             cursor = top
         self._follow_open(touched, cursor, report)
@@ -491,6 +496,7 @@ class StoreSync:
         first = self._titles is None
         titles = self._load_held()
         fps = self.reader.fingerprints()  # a page per read transaction
+        self._present = set(fps)
         moved = {
             sid for sid, fp in fps.items() if sid in titles and self._fingerprints.get(sid) != fp
         }
@@ -532,12 +538,10 @@ class StoreSync:
 
     def _deleted_rows(self, report: SyncReport) -> None:
         """Count (and record once) tether's sessions of this store whose row Hermes deleted."""
-        present = self.reader.all_ids()
-        mine = {
-            str(s.metadata["hermes_id"])
-            for s in self.store.imported_sessions(ORIGIN_PREFIX)
-            if s.metadata and s.metadata.get("hermes_store") == self.key
-        }
+        # The rows this pass's fingerprints found (read after every session tether
+        # holds was imported) and the sessions tether holds (kept current by _apply).
+        present = self._present
+        mine = set(self._load_held())
         gone = sorted(mine - present)
         report.deleted_at_source = len(gone)
         # Those recorded before are left alone: a rerun writes nothing.
@@ -559,6 +563,7 @@ def import_stores(
     reports = []
     for path in discover(paths):
         sync = StoreSync(store, path, page=page)
+        sync.track_lags = False
         try:
             reports.append(sync.run_pass(full=True))
         finally:
