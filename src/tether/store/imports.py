@@ -213,7 +213,11 @@ class ImportBatches:
             # statement for the page instead of one per session.
             pending: list[tuple[Any, ...]] = []
             states: list[tuple[str, dict[str, str]]] = []
-            out = [self._apply_item(c, ch, pending, states) for ch in checked]
+            # Which origins tether holds, for the whole batch in a few statements: an
+            # origin it does not hold has no family (a continuation needs its base),
+            # so a first import skips one family lookup per session.
+            present = self._origins_present(c, [ch.new.origin for ch in checked])
+            out = [self._apply_item(c, ch, pending, states, present) for ch in checked]
             if pending:
                 c.executemany(sql.INSERT_MESSAGE, pending)
             for sid, st in states:
@@ -223,6 +227,14 @@ class ImportBatches:
             return out
 
         return self.backend.write(tx)
+
+    def _origins_present(self, c: Conn, origins: Sequence[str]) -> set[str]:
+        present: set[str] = set()
+        for i in range(0, len(origins), 500):
+            chunk = list(origins[i : i + 500])
+            rows = c.execute(sql_imports.select_origins(len(chunk)), chunk).fetchall()
+            present.update(r[0] for r in rows)
+        return present
 
     def _family(self, c: Conn, base: str) -> list[Session]:
         rows = c.execute(sql_imports.SELECT_ORIGIN_FAMILY, family_bounds(base)).fetchall()
@@ -235,9 +247,11 @@ class ImportBatches:
         ch: _Checked,
         pending: list[tuple[Any, ...]],
         states: list[tuple[str, dict[str, str]]],
+        present: set[str],
     ) -> ItemResult:
         base = ch.new.origin
-        family = self._family(c, base)
+        family = self._family(c, base) if base in present else []
+        present.add(base)  # from here on, the batch's next item for it looks it up
         if ch.item.source_deleted:
             return self._mark_deleted(c, base, family)
         rows = ch.rows

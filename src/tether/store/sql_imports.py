@@ -20,6 +20,12 @@ SELECT {SESSION_COLUMNS} FROM sessions
 WHERE ended_at IS NULL AND owner_id IS NULL AND origin >= ? AND origin < ?
 """
 
+
+def select_origins(n: int) -> str:
+    """Which of ``n`` origins are held (the unique origin index, one probe each)."""
+    return f"SELECT origin FROM sessions WHERE origin IN ({', '.join('?' * n)})"
+
+
 SELECT_IMPORTED = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE origin >= ? AND origin < ?"
 
 SET_IMPORTED_TITLE = """
