@@ -92,17 +92,30 @@ def check_detail(detail: Any) -> str | None:
 
 
 def _walk_json(value: Any, field: str, path: str) -> None:
+    # Leaves are checked in place and a path is only formatted where it is needed
+    # (an error, or a container to descend into): tool calls and metadata of a
+    # million imported rows go through here. Same checks, same order, same errors.
     if isinstance(value, str):
-        check_text(value, f"{field}{path}")
+        if BAD_TEXT_SEARCH(value):
+            check_text(value, f"{field}{path}")
     elif isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
                 raise InvalidInputError(f"{field}{path} has a non-string key {k!r}")
-            check_text(k, f"{field}{path} key")
-            _walk_json(v, field, f"{path}.{k}")
+            if BAD_TEXT_SEARCH(k):
+                check_text(k, f"{field}{path} key")
+            if isinstance(v, str):
+                if BAD_TEXT_SEARCH(v):
+                    check_text(v, f"{field}{path}.{k}")
+            elif v is not None and not isinstance(v, bool | int | float):
+                _walk_json(v, field, f"{path}.{k}")
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
-            _walk_json(v, field, f"{path}[{i}]")
+            if isinstance(v, str):
+                if BAD_TEXT_SEARCH(v):
+                    check_text(v, f"{field}{path}[{i}]")
+            elif v is not None and not isinstance(v, bool | int | float):
+                _walk_json(v, field, f"{path}[{i}]")
     elif value is None or isinstance(value, bool | int | float):
         return
     else:

@@ -206,12 +206,12 @@ class HermesReader:
         result: Snapshot = self._snapshot(read)
         return result
 
-    def fingerprints(self) -> dict[str, tuple[Any, ...]]:
-        """Every row's ``(title, message_count, rewind_count)``, a page per read
-        transaction: what a rename, an in-place compaction or a rewind moves."""
+    def fingerprints(self) -> list[tuple[Any, ...]]:
+        """Every row's ``(id, title, message_count, rewind_count)`` in id order, a page
+        per read transaction: what a rename, an in-place compaction or a rewind moves."""
         cols = ["title", "message_count", "rewind_count"]
         sel = ", ".join(c if c in self.shape.session_columns else "NULL" for c in cols)
-        out: dict[str, tuple[Any, ...]] = {}
+        out: list[tuple[Any, ...]] = []
         last = ""
         while True:
             page = self.conn.execute(
@@ -220,8 +220,7 @@ class HermesReader:
             ).fetchall()
             if not page:
                 return out
-            for r in page:
-                out[r[0]] = r[1:]
+            out.extend(page)
             last = page[-1][0]
 
     def _flag_sql(self) -> str:
@@ -337,6 +336,7 @@ class StoreSync:
         self._inactive: dict[int, str] = {}
         # Each Hermes row's fingerprint at the last pass (see HermesReader.fingerprints).
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
+        self._fingerprint_rows: list[tuple[Any, ...]] = []
         self._present: set[str] = set()  # the Hermes ids the last fingerprints found
         self._staged: list[tuple[int, str]] = []  # non-active states of the batch in flight
         self.track_lags = True  # per applied message (the mirror's lag); import turns it off
@@ -493,16 +493,23 @@ class StoreSync:
         compare every non-active message instead (whatever changed while no
         follower ran, an undone rewind included). Only what differs is written:
         tether's messages keep their content and seq, their state follows Hermes'."""
-        first = self._titles is None
+        first = not self._fingerprints  # this process's first pass over this store
         titles = self._load_held()
-        fps = self.reader.fingerprints()  # a page per read transaction
-        self._present = set(fps)
-        moved = {
-            sid for sid, fp in fps.items() if sid in titles and self._fingerprints.get(sid) != fp
-        }
-        new_titles = {
-            sid: fp[0] for sid, fp in fps.items() if sid in titles and titles[sid] != fp[0]
-        }
+        rows = self.reader.fingerprints()  # a page per read transaction
+        if full:
+            self._present = {r[0] for r in rows}
+        moved: set[str] = set()
+        new_titles: dict[str, str | None] = {}
+        fps = self._fingerprints
+        # Nothing moved since the last pass (compared at C speed, the common case of a
+        # mirror while Hermes appends): tether already has every title.
+        if first or full or rows != self._fingerprint_rows:
+            old = self._fingerprints
+            fps = {r[0]: r[1:] for r in rows}
+            moved = {sid for sid, fp in fps.items() if sid in titles and old.get(sid) != fp}
+            new_titles = {
+                sid: fp[0] for sid, fp in fps.items() if sid in titles and titles[sid] != fp[0]
+            }
         restates: dict[str, dict[str, str]] = {}
 
         def differs(mid: int, sid: str, state: str) -> None:
@@ -534,7 +541,8 @@ class StoreSync:
                 for sid in changed[i : i + PAGE_SESSIONS]
             ]
             self._apply(items, cursor, report, [])
-        self._fingerprints = fps
+        # Only once applied: after a failed pass the next one compares again.
+        self._fingerprints, self._fingerprint_rows = fps, rows
 
     def _deleted_rows(self, report: SyncReport) -> None:
         """Count (and record once) tether's sessions of this store whose row Hermes deleted."""
