@@ -110,39 +110,53 @@ def cascades(conn: sqlite3.Connection) -> bool:
     return bool(has_config) and row is not None and (row[0] or 0) >= 16
 
 
-def delegates_of(conn: sqlite3.Connection, sid: str) -> list[str]:
-    """The delegate descendants Hermes' delete of ``sid`` takes along
-    (``hermes_state._collect_delegate_child_ids``: the marker, recursively)."""
+def delegate_edges(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    """Every delegate link, read in one scan: id -> the rows Hermes' delete of it takes
+    along directly (``hermes_state._collect_delegate_child_ids``' test: a row whose
+    ``_delegate_from`` names it, or whose parent it is when the row has the marker)."""
+    edges: dict[str, set[str]] = {}
+    for sid, parent, origin in conn.execute(
+        f"SELECT id, parent_session_id, {_DELEGATE_FROM} FROM sessions "
+        f"WHERE {_DELEGATE_FROM} IS NOT NULL"
+    ):
+        edges.setdefault(str(origin), set()).add(sid)
+        if parent is not None:
+            edges.setdefault(parent, set()).add(sid)
+    return edges
+
+
+def delegates_of(edges: dict[str, set[str]], sid: str) -> list[str]:
+    """The delegate descendants Hermes' delete of ``sid`` takes along (recursively)."""
     found = {sid}
     frontier = [sid]
     while frontier:
-        marks = ",".join("?" * len(frontier))
-        rows = conn.execute(
-            f"SELECT id FROM sessions WHERE {_DELEGATE_FROM} IN ({marks}) "
-            f"OR (parent_session_id IN ({marks}) AND {_DELEGATE_FROM} IS NOT NULL)",
-            (*frontier, *frontier),
-        ).fetchall()
-        frontier = [r[0] for r in rows if r[0] not in found]
+        frontier = [kid for f in frontier for kid in edges.get(f, ()) if kid not in found]
         found.update(frontier)
     found.discard(sid)
     return sorted(found)
 
 
 def _check(
-    store: StoreCore, conn: sqlite3.Connection, sid: str, before: float, cascade: bool
+    store: StoreCore,
+    conn: sqlite3.Connection,
+    sid: str,
+    before: float,
+    edges: dict[str, set[str]] | None,
 ) -> tuple[str | None, list[str]]:
-    """Why ``sid`` stays (None: it may go), and the delegate children going with it.
+    """Why ``sid`` stays (None: it may go), and the delegate children going with it
+    (``edges``: see :func:`delegate_edges`; None where the delete does not cascade).
     Its children must be ended in Hermes before ``before`` and held by tether too."""
     why = _why_kept(store, conn, sid)
-    if why is not None or not cascade:
+    if why is not None or edges is None:
         return why, []
-    kids = delegates_of(conn, sid)
-    for kid in kids:
+    kids = []
+    for kid in delegates_of(edges, sid):
         row = conn.execute("SELECT ended_at FROM sessions WHERE id = ?", (kid,)).fetchone()
-        if row is None or row[0] is None or row[0] >= before:
+        if row is None:  # deleted already (with an earlier parent of this transaction)
+            continue
+        if row[0] is None or row[0] >= before or _why_kept(store, conn, kid) is not None:
             return "delegate_children", []
-        if _why_kept(store, conn, kid) is not None:
-            return "delegate_children", []
+        kids.append(kid)
     return None, kids
 
 
@@ -173,12 +187,17 @@ def gc_store(
         recognise(ro, path)
         before = now - older_than
         cascade = cascades(ro)
-        ids = _candidates(ro, before)
+        ro.execute("BEGIN")
+        try:
+            ids = _candidates(ro, before)
+            edges = delegate_edges(ro) if cascade else None
+        finally:
+            ro.execute("COMMIT")
         result.considered = len(ids)
         for sid in ids:
             ro.execute("BEGIN")
             try:
-                why, _ = _check(store, ro, sid, before, cascade)
+                why, _ = _check(store, ro, sid, before, edges)
             finally:
                 ro.execute("COMMIT")
             if why is None:
@@ -209,6 +228,8 @@ def _delete(store: StoreCore, path: Path, result: GcResult, before: float, casca
             started = time.monotonic()
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # Read under the write lock, once per transaction (one scan).
+                edges = delegate_edges(conn) if cascade else None
                 done = 0
                 while todo and done < BATCH and time.monotonic() - started < BATCH_SECONDS:
                     sid = todo.pop(0)
@@ -222,7 +243,7 @@ def _delete(store: StoreCore, path: Path, result: GcResult, before: float, casca
                         result.keep("changed")
                         continue
                     # Re-checked under Hermes' write lock: nothing can be appended now.
-                    why, kids = _check(store, conn, sid, before, cascade)
+                    why, kids = _check(store, conn, sid, before, edges)
                     if why is not None:
                         result.keep(why)
                         continue
