@@ -289,28 +289,38 @@ def check_import_message(
     if not IMPORT_MESSAGE_FIELDS.issuperset(m):
         unknown = sorted(map(str, set(m) - IMPORT_MESSAGE_FIELDS))
         raise InvalidInputError(f"unknown imported message fields: {', '.join(unknown)}")
-    key = check_text(m.get("key"), "message key", required=True)
-    assert key is not None
-    if not key:
-        raise InvalidInputError("message key must not be empty")
+    # An importer's hot path (a million rows): plain values are checked inline (the
+    # same tests as the checkers'); anything else takes the checkers, which raise
+    # precisely.
+    key = m.get("key")
+    if type(key) is not str or not key or BAD_TEXT_SEARCH(key):
+        key = check_text(key, "message key", required=True)
+        assert key is not None
+        if not key:
+            raise InvalidInputError("message key must not be empty")
     if "created_at" not in m:
         raise InvalidInputError("an imported message needs created_at")
-    # An importer's hot path (a million rows): plain text is checked inline (the same
-    # test as check_text's); anything else takes the checkers, which raise precisely.
     role = check_role(m.get("role"))
     content = m.get("content")
     if content is not None and (type(content) is not str or BAD_TEXT_SEARCH(content)):
         content = check_text(content, "content")
     calls = m.get("tool_calls")
+    if calls is not None:
+        calls = check_tool_calls(calls)
+    tool_call_id = _text_or_none(m.get("tool_call_id"), "tool_call_id")
+    tool_name = _text_or_none(m.get("tool_name"), "tool_name")
+    created = m["created_at"]
+    if type(created) is not float or not math.isfinite(created):
+        created = check_timestamp(created, "message created_at")
     meta = m.get("meta")
     payload = m.get("payload")
     return (
         role,
         content,
-        None if calls is None else check_tool_calls(calls),
-        _text_or_none(m.get("tool_call_id"), "tool_call_id"),
-        _text_or_none(m.get("tool_name"), "tool_name"),
-        check_timestamp(m["created_at"], "message created_at"),
+        calls,
+        tool_call_id,
+        tool_name,
+        created,
         key,
         None if meta is None else check_meta(meta),
         None if payload is None else check_payload(payload),
