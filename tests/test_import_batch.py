@@ -98,3 +98,38 @@ def test_a_source_delete_is_recorded_once_and_ends_an_open_session(store: Store)
     assert opened is not None and opened.end_reason == "source_deleted"
     assert len(store.get_messages(opened.id)) == 1
     assert [s.origin for s in store.imported_sessions("src:", open_only=True)] == []
+
+
+def test_states_follow_the_source_on_every_member_and_a_title_can_be_cleared(
+    store: Store,
+) -> None:
+    # k:1 imported before a reopen (first member), k:2 after (the continuation).
+    store.import_batch(
+        [
+            ImportItem(
+                "src:a", source="tui", created_at=1.0, title="t", messages=[msg(1, 2.0)],
+                ended_at=3.0, end_reason="tui_close",
+            )
+        ]
+    )  # fmt: skip
+    store.import_batch(
+        [ImportItem("src:a", source="tui", created_at=1.0, title="t", messages=[msg(2, 5.0)])]
+    )
+    compacted = {"k:1": "compacted", "k:2": "compacted"}
+    (r,) = store.import_batch([ImportItem("src:a", states=compacted)])
+    assert (r.restated, r.written, r.titled) == (2, 0, False)
+    first, cont = store.origin_family("src:a")
+    assert [m.state for m in store.get_messages(first.id, states=("compacted",))] == ["compacted"]
+    assert [m.state for m in store.get_messages(cont.id, states=("compacted",))] == ["compacted"]
+    assert sorted(store.imported_states("src:")) == [
+        ("src:a", "k:1", "compacted"),
+        ("src:a#2", "k:2", "compacted"),
+    ]
+    (r,) = store.import_batch([ImportItem("src:a", states=compacted)])
+    assert r.restated == 0  # nothing differs: nothing written
+    (r,) = store.import_batch([ImportItem("src:a", states={"k:2": "active"}, clear_title=True)])
+    assert (r.restated, r.titled) == (1, True)
+    assert store.imported_states("src:") == [("src:a", "k:1", "compacted")]
+    assert store.origin_family("src:a")[-1].title is None
+    with pytest.raises(InvalidInputError):
+        store.import_batch([ImportItem("src:a", states={"k:1": "gone"})])

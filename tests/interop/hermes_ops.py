@@ -6,11 +6,14 @@ every write goes through the real ``hermes_state.SessionDB``.
     ops PATH            reads JSON operations, one per stdin line, applies each and
                         prints one JSON result line per operation:
                         {"op": "append", "sid": S, "role": R, "content": C|null|[...]}
-                        {"op": "create", "sid": S, "source": SRC}
+                        {"op": "create", "sid": S, "source": SRC, "parent": P, "model_config": {..}}
                         {"op": "end", "sid": S, "reason": R}
                         {"op": "reopen", "sid": S}
                         {"op": "title", "sid": S, "title": T}
                         {"op": "delete", "sid": S}
+                        {"op": "compact", "sid": S, "summary": T}   (in-place compaction)
+                        {"op": "rewind", "sid": S, "mid": N}
+                        {"op": "restore", "sid": S, "mid": N}
     churn PATH --sessions N --messages M [--delete-after-ms LO HI] [--seed N]
                         the 004 workload: N sessions one after another, each M messages
                         (about 100 a second) then ended; with --delete-after-ms each is
@@ -55,7 +58,13 @@ def ops(path: Path) -> None:
             if kind == "append":
                 result = db.append_message(sid, op.get("role", "user"), op.get("content"))
             elif kind == "create":
-                db.create_session(sid, op.get("source", "cli"), model=op.get("model"))
+                db.create_session(
+                    sid,
+                    op.get("source", "cli"),
+                    model=op.get("model"),
+                    parent_session_id=op.get("parent"),
+                    model_config=op.get("model_config"),
+                )
             elif kind == "end":
                 db.end_session(sid, op["reason"])
             elif kind == "reopen":
@@ -64,6 +73,13 @@ def ops(path: Path) -> None:
                 result = db.set_session_title(sid, op["title"])
             elif kind == "delete":
                 result = db.delete_session(sid)
+            elif kind == "compact":  # compression.in_place: the old rows stay, marked
+                summary = [{"role": "user", "content": op["summary"]}]
+                result = db.archive_and_compact(sid, summary)
+            elif kind == "rewind":
+                result = db.rewind_to_message(sid, op["mid"])["rewound_count"]
+            elif kind == "restore":
+                result = db.restore_rewound(sid, op["mid"])
             else:
                 raise SystemExit(f"unknown op {kind!r}")
             print(json.dumps({"ok": True, "result": result}), flush=True)

@@ -14,15 +14,18 @@ from .conftest import _hermes_env
 OPS = Path(__file__).resolve().parent / "hermes_ops.py"
 
 
-def hermes_ops(python: Path, path: Path, ops: list[dict[str, Any]]) -> list[Any]:
-    """Apply ``ops`` to the store through the real SessionDB; their results, in order."""
+def hermes_ops(
+    python: Path, path: Path, ops: list[dict[str, Any]], release: str | None = None
+) -> list[Any]:
+    """Apply ``ops`` to the store through the real SessionDB (of ``release``, an older
+    release's own module, or the environment's); their results, in order."""
     proc = subprocess.run(
         [str(python), str(OPS), "ops", str(path)],
         input="".join(json.dumps(op) + "\n" for op in ops),
         capture_output=True,
         text=True,
         timeout=120,
-        env=_hermes_env(),
+        env=_hermes_env(release),
         check=False,
     )
     assert proc.returncode == 0, proc.stderr

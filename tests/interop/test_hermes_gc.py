@@ -153,3 +153,102 @@ def test_older_than_and_the_cli(imported: tuple[Path, Path]) -> None:
     assert f"deleted{'':<50}{n}" in done.stdout
     missing = run_cli("hermes", "gc", str(path), "--db", str(db.parent / "nope.db"))
     assert missing.returncode == 1 and "no database at" in missing.stderr
+
+
+def delegate_family(
+    hermes_python: Path, path: Path, p: str, *, child_open: bool, release: str | None = None
+) -> list[str]:
+    """A session ``p`` with a delegate child, its own delegate grandchild (an orchestrator
+    subagent) and a branch child, all written by the real SessionDB."""
+    d1, d2, b = f"{p}_d1", f"{p}_d2", f"{p}_b"
+    ops: list[dict[str, object]] = [{"op": "create", "sid": p, "source": "cli"}]
+    ops.append({"op": "append", "sid": p, "content": "delegate this"})
+    for child, parent in ((d1, p), (d2, d1)):
+        ops.append(
+            {
+                "op": "create",
+                "sid": child,
+                "source": "cli",
+                "parent": parent,
+                "model_config": {"_delegate_from": parent},
+            }
+        )
+        ops.append({"op": "append", "sid": child, "role": "assistant", "content": f"work {child}"})
+    branched = {"_branched_from": p}
+    ops.append({"op": "create", "sid": b, "source": "cli", "parent": p, "model_config": branched})
+    ops.append({"op": "append", "sid": b, "content": "a branch, still open"})
+    ops += [{"op": "end", "sid": s, "reason": "completed"} for s in (d2, p)]
+    if not child_open:
+        ops.append({"op": "end", "sid": d1, "reason": "completed"})
+    hermes_ops(hermes_python, path, ops, release=release)
+    return [p, d1, d2, b]
+
+
+def test_a_session_with_delegate_children_goes_with_them_as_hermes_own_delete_does(
+    hermes_python: Path, hermes_store: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "hermes" / "state.db"
+    path.parent.mkdir()
+    shutil.copy(hermes_store, path)
+    p, d1, d2, b = delegate_family(hermes_python, path, "deleg_ok", child_open=False)
+    q, e1, e2, _ = delegate_family(hermes_python, path, "deleg_busy", child_open=True)
+    db = tmp_path / "t.db"
+    with tether.open_store(db) as store:
+        import_stores(store, [path])
+    # What Hermes' own delete does with the same sessions, on a copy.
+    mirror = tmp_path / "own" / "state.db"
+    mirror.parent.mkdir()
+    shutil.copy(path, mirror)
+    hermes_ops(hermes_python, mirror, [{"op": "delete", "sid": p}])
+    took_along = {p, d1, d2} - {r[0] for r in rows(mirror, "SELECT id FROM sessions")}
+    assert took_along == {p, d1, d2}  # Hermes 0.19 deletes delegate children with the parent
+    messages_before = tether_messages(db)
+    with tether.open_store(db) as store:
+        (dry,) = gc_stores(store, [path], older_than=0, yes=False)
+        assert {p, d1, d2} <= set(dry.eligible)
+        # q's delegate child e1 is open: Hermes' delete of q would take it along, so q
+        # stays; e2 (ended, held) may go on its own, as Hermes lets a subagent row go.
+        assert q not in dry.eligible and e2 in dry.eligible
+        assert dry.kept["delegate_children"] == 1
+        (result,) = gc_stores(store, [path], older_than=0, yes=True)
+    left = {r[0] for r in rows(path, "SELECT id FROM sessions")}
+    assert {p, d1, d2} <= set(result.deleted) and not {p, d1, d2} & left
+    assert {q, e1, b} <= left and e2 not in left
+    assert rows(path, "SELECT parent_session_id FROM sessions WHERE id = ?", (b,)) == [(None,)]
+    gone = rows(path, "SELECT count(*) FROM messages WHERE session_id IN (?, ?, ?)", (p, d1, d2))
+    assert gone == [(0,)]
+    assert rows(
+        path, "SELECT count(*) FROM messages_fts WHERE rowid NOT IN (SELECT id FROM messages)"
+    ) == [(0,)]
+    assert rows(path, "PRAGMA integrity_check") == [("ok",)]
+    assert tether_messages(db) == messages_before
+
+
+@pytest.mark.parametrize("release", ["0.16.0", "0.17.0"])
+def test_gc_follows_each_generations_own_delete_of_delegate_children(
+    release: str, hermes_python: Path, hermes_generations: dict[str, Path], tmp_path: Path
+) -> None:
+    # 0.16.0 (schema 14) orphans delegate children like any child; 0.17.0 (schema 16)
+    # deletes them with their parent. Each release's own delete is the reference.
+    path = tmp_path / "hermes" / "state.db"
+    path.parent.mkdir()
+    shutil.copy(hermes_generations[release], path)
+    q, e1, e2, _ = delegate_family(hermes_python, path, "busy", child_open=True, release=release)
+    own = tmp_path / "own" / "state.db"
+    own.parent.mkdir()
+    shutil.copy(path, own)
+    hermes_ops(hermes_python, own, [{"op": "delete", "sid": q}], release=release)
+    takes_along = not rows(own, "SELECT 1 FROM sessions WHERE id = ?", (e1,))
+    assert takes_along == (release == "0.17.0")
+    db = tmp_path / "t.db"
+    with tether.open_store(db) as store:
+        import_stores(store, [path])
+        (result,) = gc_stores(store, [path], older_than=0, yes=True)
+    left = {r[0] for r in rows(path, "SELECT id FROM sessions")}
+    assert e1 in left and e2 not in left  # e1 is open; e2 is ended and held
+    # The open delegate child e1 would go with q: then q is kept, else q goes.
+    assert (q in left) == takes_along
+    assert result.kept.get("delegate_children", 0) == int(takes_along)
+    if not takes_along:
+        assert rows(path, "SELECT parent_session_id FROM sessions WHERE id = ?", (e1,)) == [(None,)]
+    assert rows(path, "PRAGMA integrity_check") == [("ok",)]

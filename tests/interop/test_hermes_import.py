@@ -331,3 +331,126 @@ def test_mapping_rules() -> None:
     assert m is not None and m["role"] == "system" and m["meta"]["origin_role"] == "moderator"
     skipped, _ = map_message({"id": 8, "role": "session_meta", "content": "x", "timestamp": 1.0})
     assert skipped is None
+
+
+def everything_but(db: Path, origin: str) -> list[Any]:
+    """Every tether row (sessions, messages, events) but the title of ``origin``."""
+    sessions = rows(db, "SELECT * FROM sessions ORDER BY id")
+    cols = [r[1] for r in rows(db, "PRAGMA table_info(sessions)")]
+    t, o = cols.index("title"), cols.index("origin")
+    sessions = [tuple(v for i, v in enumerate(r) if i != t or r[o] != origin) for r in sessions]
+    return [
+        sessions,
+        rows(db, "SELECT * FROM messages ORDER BY session_id, seq"),
+        rows(db, "SELECT * FROM events ORDER BY rowid"),
+    ]
+
+
+def test_a_retitle_of_an_ended_imported_session_arrives_once(
+    hermes_python: Path, store_copy: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "t.db"
+    imported(db, store_copy)
+    sid = rows(
+        store_copy,
+        "SELECT id FROM sessions s WHERE ended_at IS NOT NULL AND end_reason != 'compression' "
+        "AND EXISTS (SELECT 1 FROM messages m WHERE m.session_id = s.id) ORDER BY id LIMIT 1",
+    )[0][0]
+    assert tether_sessions(db)[f"hermes:{sid}"]["ended_at"] is not None
+    before = everything_but(db, f"hermes:{sid}")
+    assert hermes_ops(hermes_python, store_copy, [{"op": "title", "sid": sid, "title": "Renamed"}])
+    report = imported(db, store_copy)
+    assert (report.titles, report.messages, report.ends, report.restated) == (1, 0, 0, 0)
+    assert tether_sessions(db)[f"hermes:{sid}"]["title"] == "Renamed"
+    assert everything_but(db, f"hermes:{sid}") == before  # nothing else rewritten
+    again = imported(db, store_copy)
+    assert again.titles == 0
+    # Cleared in Hermes (an empty title is stored as NULL): cleared in tether too.
+    hermes_ops(hermes_python, store_copy, [{"op": "title", "sid": sid, "title": ""}])
+    assert rows(store_copy, "SELECT title FROM sessions WHERE id = ?", (sid,)) == [(None,)]
+    assert imported(db, store_copy).titles == 1
+    assert tether_sessions(db)[f"hermes:{sid}"]["title"] is None
+    assert everything_but(db, f"hermes:{sid}") == before
+
+
+def states_of(db: Path, store: Path, sid: str) -> tuple[list[Any], list[Any]]:
+    """(Hermes' rows as tether states, tether's) of one session's family, in id order."""
+    want = [
+        (f"hermes:{mid}", "active" if active else "compacted" if compacted else "retracted")
+        for mid, active, compacted in rows(
+            store,
+            "SELECT id, active, compacted FROM messages WHERE session_id = ? ORDER BY id",
+            (sid,),
+        )
+    ]
+    got = [
+        (g[7], g[8])
+        for origin, msgs in sorted(tether_messages(db).items())
+        if origin.split("#")[0] == f"hermes:{sid}"
+        for g in msgs
+    ]
+    return want, sorted(got, key=lambda kv: int(kv[0].split(":")[1]))
+
+
+def test_in_place_compaction_after_the_import_is_followed_never_duplicated_never_lost(
+    hermes_python: Path, store_copy: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "t.db"
+    imported(db, store_copy)
+    live = open_with_messages(store_copy)[0]
+    # A session reopened after tether recorded its end: its rows span two tether sessions.
+    ended = rows(
+        store_copy,
+        "SELECT id FROM sessions s WHERE end_reason = 'user_exit' AND NOT EXISTS "
+        "(SELECT 1 FROM messages m WHERE m.session_id = s.id AND m.active = 0) "
+        "AND EXISTS (SELECT 1 FROM messages m WHERE m.session_id = s.id) ORDER BY id LIMIT 1",
+    )[0][0]
+    hermes_ops(
+        hermes_python,
+        store_copy,
+        [{"op": "reopen", "sid": ended}, {"op": "append", "sid": ended, "content": "resumed"}],
+    )
+    assert imported(db, store_copy).continuations == 1
+    before = {
+        o: [g[:8] for g in msgs] for o, msgs in tether_messages(db).items()
+    }  # content, seq, keys: none of it may change
+    flipped = {
+        sid: rows(
+            store_copy,
+            "SELECT count(*) FROM messages WHERE session_id = ? AND active = 1",
+            (sid,),
+        )[0][0]
+        for sid in (live, ended)
+    }
+    hermes_ops(
+        hermes_python,
+        store_copy,
+        [
+            {"op": "compact", "sid": live, "summary": "summary of live"},
+            {"op": "compact", "sid": ended, "summary": "summary of ended"},
+        ],
+    )
+    report = imported(db, store_copy)
+    assert (report.messages, report.restated) == (2, sum(flipped.values()))
+    for sid in (live, ended):
+        want, got = states_of(db, store_copy, sid)
+        assert got == want and sum(1 for _, s in got if s == "compacted") >= flipped[sid]
+    after = tether_messages(db)
+    for origin, msgs in before.items():  # nothing rewritten but the states
+        assert [g[:8] for g in after[origin][: len(msgs)]] == msgs
+    assert (
+        sum(len(v) for v in after.values())
+        == rows(store_copy, "SELECT count(*) FROM messages")[0][0]
+        - rows(store_copy, "SELECT count(*) FROM messages WHERE role = 'session_meta'")[0][0]
+    )
+    assert imported(db, store_copy).restated == 0
+    # A rewind (active=0, compacted=0) and its undo are followed the same way.
+    summary = rows(store_copy, "SELECT max(id) FROM messages WHERE session_id = ?", (live,))[0][0]
+    hermes_ops(hermes_python, store_copy, [{"op": "rewind", "sid": live, "mid": summary}])
+    assert imported(db, store_copy).restated == 1
+    want, got = states_of(db, store_copy, live)
+    assert got == want and got[-1] == (f"hermes:{summary}", "retracted")
+    hermes_ops(hermes_python, store_copy, [{"op": "restore", "sid": live, "mid": summary}])
+    assert imported(db, store_copy).restated == 1
+    want, got = states_of(db, store_copy, live)
+    assert got == want and got[-1] == (f"hermes:{summary}", "active")

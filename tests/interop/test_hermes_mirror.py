@@ -268,3 +268,63 @@ def test_serve_mirrors_hermes_too(hermes_store: Path, tmp_path: Path) -> None:
     )
     assert bad.returncode == 1 and "not a Hermes state.db" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_the_mirror_follows_retitles_and_compactions_of_imported_sessions(
+    hermes_python: Path, hermes_store: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "hermes" / "state.db"
+    path.parent.mkdir()
+    shutil.copy(hermes_store, path)
+    db = tmp_path / "t.db"
+    ended = rows(
+        path,
+        "SELECT id FROM sessions s WHERE ended_at IS NOT NULL AND end_reason != 'compression' "
+        "AND EXISTS (SELECT 1 FROM messages m WHERE m.session_id = s.id AND m.active = 1) "
+        "ORDER BY id LIMIT 1",
+    )[0][0]
+    live = rows(
+        path,
+        "SELECT id FROM sessions s WHERE ended_at IS NULL "
+        "AND EXISTS (SELECT 1 FROM messages m WHERE m.session_id = s.id AND m.active = 1) "
+        "ORDER BY id LIMIT 1",
+    )[0][0]
+    with tether.open_store(db) as store:
+        mirror = HermesMirror(store, [path], interval=0.05)
+        first = mirror.step()
+        assert first[0].titles == first[0].restated == 0
+        active = rows(
+            path, "SELECT count(*) FROM messages WHERE session_id = ? AND active = 1", (live,)
+        )[0][0]
+        hermes_ops(
+            hermes_python,
+            path,
+            [
+                {"op": "title", "sid": ended, "title": "Renamed live"},
+                {"op": "compact", "sid": live, "summary": "the summary"},
+            ],
+        )
+        (report,) = mirror.step()
+        assert (report.titles, report.restated, report.messages) == (1, active, 1)
+        assert mirror.step() == []  # nothing moved since
+        hermes_ops(hermes_python, path, [{"op": "append", "sid": live, "content": "x"}])
+        (report,) = mirror.step()
+        assert (report.titles, report.restated, report.messages) == (0, 0, 1)
+        mirror.close()
+    got = rows(
+        db,
+        "SELECT m.idem_key, m.state FROM messages m JOIN sessions s ON s.id = m.session_id "
+        "WHERE s.origin LIKE ? ORDER BY m.created_at, m.seq",
+        (f"hermes:{live}%",),
+    )
+    want = rows(
+        path,
+        "SELECT id, active, compacted FROM messages WHERE session_id = ? ORDER BY id",
+        (live,),
+    )
+    assert sorted(got) == sorted(
+        (f"hermes:{m}", "active" if a else "compacted" if c else "retracted") for m, a, c in want
+    )
+    assert rows(db, "SELECT title FROM sessions WHERE origin = ?", (f"hermes:{ended}",)) == [
+        ("Renamed live",)
+    ]

@@ -65,6 +65,7 @@ def import_(
             ("messages imported", r.messages),
             ("ends recorded", r.ends),
             ("titles updated", r.titles),
+            ("message states followed", r.restated),
             ("ghosts (not imported)", r.ghosts),
             ("deleted at the source (kept)", r.deleted_at_source),
             ("session_meta rows skipped", r.skipped_meta_rows),
@@ -111,11 +112,13 @@ def mirror(
 
     def printed(reports: list[SyncReport]) -> None:
         for r in reports:
-            if r.messages or r.sessions_created or r.ends or r.marked_deleted or r.continuations:
+            changed = (r.messages, r.sessions_created, r.ends, r.marked_deleted, r.continuations)
+            if any(changed) or r.titles or r.restated:
                 lag = max(r.lags) if r.lags else 0.0
                 print(
                     f"{clean(r.path)}: +{r.sessions_created} sessions, +{r.messages} messages, "
                     f"{r.ends} ends, {r.continuations} continuations, "
+                    f"{r.titles} titles, {r.restated} message states, "
                     f"{r.marked_deleted} deleted at source; cursor {r.cursor}, lag {lag:.2f}s",
                     flush=True,
                 )
@@ -158,7 +161,10 @@ def gc(
 
     A session goes only when it is ended in Hermes and in tether and tether holds
     every one of its messages, checked in the Hermes write transaction that
-    deletes it, with Hermes' own delete (children orphaned, search index kept).
+    deletes it, with Hermes' own delete: branch and compression children are
+    orphaned, the search index follows, and delegate children go with their
+    parent (Hermes 0.17 on), so a session goes only when each of its delegate
+    children meets the same conditions (else it is kept, and listed so).
 
     \b
     Examples:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +61,11 @@ class ImportItem:
     ``retracted``). ``parent_origin`` names the parent by origin (its newest
     continuation is taken); a parent never imported makes this a root.
     ``source_deleted`` records that the source deleted the session (nothing
-    else of the item is used).
+    else of the item is used). ``states`` (key -> state) are the source's
+    current states of messages imported before (an in-place compaction marks
+    them ``compacted``): applied to whichever member of the family holds the
+    key, content and seq untouched. ``clear_title``: the source cleared the
+    title (``title`` None otherwise means "not given").
     """
 
     origin: str
@@ -78,6 +82,8 @@ class ImportItem:
     end_reason: str | None = None
     end_detail: str | None = None
     source_deleted: bool = False
+    states: Mapping[str, str] = field(default_factory=dict)
+    clear_title: bool = False
 
 
 @dataclass(slots=True)
@@ -92,6 +98,7 @@ class ItemResult:
     ended: bool = False
     marked_deleted: bool = False
     titled: bool = False  # the title was updated to the source's
+    restated: int = 0  # messages imported before whose state changed to the source's
 
 
 @dataclass(slots=True)
@@ -154,6 +161,10 @@ def _check(item: ImportItem) -> _Checked:
             check_reason(item.end_reason),
             check_detail(item.end_detail),
         )
+    for key, state in item.states.items():
+        if state not in _STATES:
+            raise InvalidInputError(f"invalid message state {state!r}")
+        check_text(key, "message key", required=True)
     return _Checked(item, new, rows, states, end)
 
 
@@ -202,7 +213,11 @@ class ImportBatches:
             # statement for the page instead of one per session.
             pending: list[tuple[Any, ...]] = []
             states: list[tuple[str, dict[str, str]]] = []
-            out = [self._apply_item(c, ch, pending, states) for ch in checked]
+            # Which origins tether holds, for the whole batch in a few statements: an
+            # origin it does not hold has no family (a continuation needs its base),
+            # so a first import skips one family lookup per session.
+            present = self._origins_present(c, [ch.new.origin for ch in checked])
+            out = [self._apply_item(c, ch, pending, states, present) for ch in checked]
             if pending:
                 c.executemany(sql.INSERT_MESSAGE, pending)
             for sid, st in states:
@@ -212,6 +227,14 @@ class ImportBatches:
             return out
 
         return self.backend.write(tx)
+
+    def _origins_present(self, c: Conn, origins: Sequence[str]) -> set[str]:
+        present: set[str] = set()
+        for i in range(0, len(origins), 500):
+            chunk = list(origins[i : i + 500])
+            rows = c.execute(sql_imports.select_origins(len(chunk)), chunk).fetchall()
+            present.update(r[0] for r in rows)
+        return present
 
     def _family(self, c: Conn, base: str) -> list[Session]:
         rows = c.execute(sql_imports.SELECT_ORIGIN_FAMILY, family_bounds(base)).fetchall()
@@ -224,9 +247,11 @@ class ImportBatches:
         ch: _Checked,
         pending: list[tuple[Any, ...]],
         states: list[tuple[str, dict[str, str]]],
+        present: set[str],
     ) -> ItemResult:
         base = ch.new.origin
-        family = self._family(c, base)
+        family = self._family(c, base) if base in present else []
+        present.add(base)  # from here on, the batch's next item for it looks it up
         if ch.item.source_deleted:
             return self._mark_deleted(c, base, family)
         rows = ch.rows
@@ -267,15 +292,34 @@ class ImportBatches:
             )
             r = self._import_tx(c, origin, new, rows, ch.end)
             self._set_states(c, r.session.id, ch.states)
-            return ItemResult(origin, r.session.id, r.created, True, r.written, r.ended)
+            cont = ItemResult(origin, r.session.id, r.created, True, r.written, r.ended)
+            if ch.item.states:
+                cont.restated = self._restate(c, family, ch.item.states)
+            return cont
         assert latest.origin is not None
         r = self._import_tx(c, latest.origin, None, rows, ch.end)
         self._set_states(c, r.session.id, ch.states)
         result = ItemResult(latest.origin, r.session.id, False, False, r.written, r.ended)
-        if ch.new.title is not None and r.session.title != ch.new.title:
-            c.execute(sql_imports.SET_IMPORTED_TITLE, (ch.new.title, r.session.id))
+        title = None if ch.item.clear_title else ch.new.title
+        if (title is not None or ch.item.clear_title) and r.session.title != title:
+            c.execute(sql_imports.SET_IMPORTED_TITLE, (title, r.session.id))
             result.titled = True
+        if ch.item.states:
+            result.restated = self._restate(c, family, ch.item.states)
         return result
+
+    def _restate(self, c: Conn, family: list[Session], states: Mapping[str, str]) -> int:
+        """The source's states of messages imported before, on whichever family member
+        holds each key (a reopen splits a source session over several); how many
+        rows changed."""
+        changed = 0
+        for key, state in states.items():
+            for member in reversed(family):
+                n = c.execute(sql_imports.RESTATE_MESSAGE, (state, member.id, key, state)).rowcount
+                if n:
+                    changed += n
+                    break
+        return changed
 
     def _insert_new(
         self,
@@ -378,6 +422,15 @@ class ImportBatches:
         bounds = _prefix_bounds(prefix)
         rows = self.backend.read(lambda c: c.execute(query, bounds).fetchall())
         return [session_from_row(r) for r in rows]
+
+    def imported_states(self, prefix: str) -> list[tuple[str, str, str]]:
+        """``(origin, key, state)`` of every non-active message of the sessions imported
+        from ``prefix`` (what a follower compares with its source's states)."""
+        bounds = _prefix_bounds(prefix)
+        rows = self.backend.read(
+            lambda c: c.execute(sql_imports.SELECT_IMPORTED_STATES, bounds).fetchall()
+        )
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     def origin_family(self, origin: str) -> list[Session]:
         """The session imported from ``origin`` and its continuations, in order."""

@@ -20,6 +20,12 @@ SELECT {SESSION_COLUMNS} FROM sessions
 WHERE ended_at IS NULL AND owner_id IS NULL AND origin >= ? AND origin < ?
 """
 
+
+def select_origins(n: int) -> str:
+    """Which of ``n`` origins are held (the unique origin index, one probe each)."""
+    return f"SELECT origin FROM sessions WHERE origin IN ({', '.join('?' * n)})"
+
+
 SELECT_IMPORTED = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE origin >= ? AND origin < ?"
 
 SET_IMPORTED_TITLE = """
@@ -27,6 +33,18 @@ UPDATE sessions SET title = ? WHERE id = ? AND owner_id IS NULL AND origin IS NO
 """
 
 SET_MESSAGE_STATE = "UPDATE messages SET state = ? WHERE session_id = ? AND idem_key = ?"
+
+# A state the source changed after the import (an in-place compaction, a rewind):
+# only a row whose state differs is written, so a rerun writes nothing.
+RESTATE_MESSAGE = """
+UPDATE messages SET state = ? WHERE session_id = ? AND idem_key = ? AND state <> ?
+"""
+
+# The keys and non-active states of imported sessions' messages (origin prefix range).
+SELECT_IMPORTED_STATES = """
+SELECT s.origin, m.idem_key, m.state FROM messages m JOIN sessions s ON s.id = m.session_id
+WHERE s.origin >= ? AND s.origin < ? AND m.state <> 'active' AND m.idem_key IS NOT NULL
+"""
 
 SELECT_KEYS_OF = "SELECT idem_key FROM messages WHERE session_id = ? AND idem_key IS NOT NULL"
 

@@ -9,11 +9,14 @@ deletes it (``BEGIN IMMEDIATE``, so no Hermes writer can slip in between):
 * tether holds every one of its messages (every Hermes message id but the
   rows importers skip is a key tether holds).
 
-The delete is Hermes' own (``SessionDB.delete_session``'s statements): branch
-and compression children are orphaned (``parent_session_id`` set NULL), the
-messages go (Hermes' triggers update its search index) and then the row; its
-transcript files under ``sessions/`` are removed after the commit. Sessions
-with delegate children (which Hermes' delete would take along) are kept.
+The delete is Hermes' own (``SessionDB.delete_session``'s statements, as the
+store's generation runs them): delegate children (``model_config._delegate_from``,
+recursively) are deleted with their parent from schema 16 (Hermes 0.17) on, so
+a session with delegate children goes only when every one of them meets the
+same conditions (else it is kept, and says so); branch and compression
+children are orphaned (``parent_session_id`` set NULL); the messages go
+(Hermes' triggers update its search index) and then the rows; their transcript
+files under ``sessions/`` are removed after the commit.
 Each write transaction handles at most 50 sessions and stays well under a
 second (a live Hermes waits up to about 16 s before it loses a message).
 Nothing is vacuumed, checkpointed, or changed in the file's pragmas.
@@ -40,7 +43,7 @@ KEPT_REASONS = {
     "not_in_tether": "not imported into tether (or a ghost)",
     "open_in_tether": "still open in tether",
     "missing_messages": "tether lacks some of its messages",
-    "delegate_children": "has delegate children (Hermes would delete them too)",
+    "delegate_children": "a delegate child is not deletable (Hermes' delete takes it along)",
     "changed": "changed in Hermes since it was checked",
 }
 
@@ -72,12 +75,8 @@ def _skipped_roles_sql() -> str:
     return ", ".join(f"'{r}'" for r in sorted(SKIPPED_ROLES))
 
 
-def _why_kept(
-    store: StoreCore, conn: sqlite3.Connection, sid: str, delegates: set[str]
-) -> str | None:
-    """None if ``sid`` may go now; else the key of why it stays."""
-    if sid in delegates:
-        return "delegate_children"
+def _why_kept(store: StoreCore, conn: sqlite3.Connection, sid: str) -> str | None:
+    """None if tether holds ``sid`` completely (so it may go now); else why it stays."""
     family = store.origin_family(origin_of(sid))
     if not family:
         return "not_in_tether"
@@ -95,29 +94,81 @@ def _why_kept(
     return None
 
 
-def _candidates(conn: sqlite3.Connection, before: float) -> tuple[list[str], set[str]]:
-    """Sessions ended before ``before``, and those with delegate children."""
-    conn.execute("BEGIN")
+_DELEGATE_FROM = "json_extract(COALESCE(model_config, '{}'), '$._delegate_from')"
+
+
+def cascades(conn: sqlite3.Connection) -> bool:
+    """Whether this generation's own delete takes delegate children along (schema 16,
+    Hermes 0.17, on; older ones orphan them like any child)."""
     try:
-        ids = [
-            r[0]
-            for r in conn.execute(
-                "SELECT id FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ? ORDER BY id",
-                (before,),
-            )
-        ]
-        delegates = {
-            r[0]
-            for r in conn.execute(
-                "SELECT DISTINCT parent_session_id FROM sessions "
-                "WHERE parent_session_id IS NOT NULL AND model_config LIKE '%_delegate_from%'"
-            )
-        }
-    except sqlite3.OperationalError:  # a generation without model_config: no delegates
-        delegates = set()
-    finally:
-        conn.execute("COMMIT")
-    return ids, delegates
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        has_config = conn.execute(
+            "SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'model_config'"
+        ).fetchone()
+    except sqlite3.Error:
+        return False
+    return bool(has_config) and row is not None and (row[0] or 0) >= 16
+
+
+def delegate_edges(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    """Every delegate link, read in one scan: id -> the rows Hermes' delete of it takes
+    along directly (``hermes_state._collect_delegate_child_ids``' test: a row whose
+    ``_delegate_from`` names it, or whose parent it is when the row has the marker)."""
+    edges: dict[str, set[str]] = {}
+    for sid, parent, origin in conn.execute(
+        f"SELECT id, parent_session_id, {_DELEGATE_FROM} FROM sessions "
+        f"WHERE {_DELEGATE_FROM} IS NOT NULL"
+    ):
+        edges.setdefault(str(origin), set()).add(sid)
+        if parent is not None:
+            edges.setdefault(parent, set()).add(sid)
+    return edges
+
+
+def delegates_of(edges: dict[str, set[str]], sid: str) -> list[str]:
+    """The delegate descendants Hermes' delete of ``sid`` takes along (recursively)."""
+    found = {sid}
+    frontier = [sid]
+    while frontier:
+        frontier = [kid for f in frontier for kid in edges.get(f, ()) if kid not in found]
+        found.update(frontier)
+    found.discard(sid)
+    return sorted(found)
+
+
+def _check(
+    store: StoreCore,
+    conn: sqlite3.Connection,
+    sid: str,
+    before: float,
+    edges: dict[str, set[str]] | None,
+) -> tuple[str | None, list[str]]:
+    """Why ``sid`` stays (None: it may go), and the delegate children going with it
+    (``edges``: see :func:`delegate_edges`; None where the delete does not cascade).
+    Its children must be ended in Hermes before ``before`` and held by tether too."""
+    why = _why_kept(store, conn, sid)
+    if why is not None or edges is None:
+        return why, []
+    kids = []
+    for kid in delegates_of(edges, sid):
+        row = conn.execute("SELECT ended_at FROM sessions WHERE id = ?", (kid,)).fetchone()
+        if row is None:  # deleted already (with an earlier parent of this transaction)
+            continue
+        if row[0] is None or row[0] >= before or _why_kept(store, conn, kid) is not None:
+            return "delegate_children", []
+        kids.append(kid)
+    return None, kids
+
+
+def _candidates(conn: sqlite3.Connection, before: float) -> list[str]:
+    """Sessions ended before ``before``."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ? ORDER BY id",
+            (before,),
+        )
+    ]
 
 
 def gc_store(
@@ -134,12 +185,19 @@ def gc_store(
     ro = open_readonly(path)
     try:
         recognise(ro, path)
-        ids, delegates = _candidates(ro, now - older_than)
+        before = now - older_than
+        cascade = cascades(ro)
+        ro.execute("BEGIN")
+        try:
+            ids = _candidates(ro, before)
+            edges = delegate_edges(ro) if cascade else None
+        finally:
+            ro.execute("COMMIT")
         result.considered = len(ids)
         for sid in ids:
             ro.execute("BEGIN")
             try:
-                why = _why_kept(store, ro, sid, delegates)
+                why, _ = _check(store, ro, sid, before, edges)
             finally:
                 ro.execute("COMMIT")
             if why is None:
@@ -149,13 +207,11 @@ def gc_store(
     finally:
         ro.close()
     if yes and result.eligible:
-        _delete(store, path, result, now - older_than, delegates)
+        _delete(store, path, result, now - older_than, cascade)
     return result
 
 
-def _delete(
-    store: StoreCore, path: Path, result: GcResult, before: float, delegates: set[str]
-) -> None:
+def _delete(store: StoreCore, path: Path, result: GcResult, before: float, cascade: bool) -> None:
     try:
         # Read-write, but nothing about the file changes: no journal mode, no
         # checkpoint, no vacuum. foreign_keys is this connection's setting (as
@@ -164,6 +220,7 @@ def _delete(
     except sqlite3.Error as exc:
         raise StoreOpenError(f"cannot open {str(path)!r} to delete from it: {exc}") from exc
     deleted: list[str] = []
+    gone: set[str] = set()  # deleted along with a parent (delegate children)
     try:
         conn.execute("PRAGMA foreign_keys = ON")
         todo = list(result.eligible)
@@ -171,10 +228,14 @@ def _delete(
             started = time.monotonic()
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # Read under the write lock, once per transaction (one scan).
+                edges = delegate_edges(conn) if cascade else None
                 done = 0
                 while todo and done < BATCH and time.monotonic() - started < BATCH_SECONDS:
                     sid = todo.pop(0)
                     done += 1
+                    if sid in gone:
+                        continue
                     row = conn.execute(
                         "SELECT ended_at FROM sessions WHERE id = ?", (sid,)
                     ).fetchone()
@@ -182,10 +243,19 @@ def _delete(
                         result.keep("changed")
                         continue
                     # Re-checked under Hermes' write lock: nothing can be appended now.
-                    why = _why_kept(store, conn, sid, delegates)
+                    why, kids = _check(store, conn, sid, before, edges)
                     if why is not None:
                         result.keep(why)
                         continue
+                    if kids:  # hermes_state._delete_delegate_children
+                        marks = ",".join("?" * len(kids))
+                        conn.execute(f"DELETE FROM messages WHERE session_id IN ({marks})", kids)
+                        conn.execute(
+                            "UPDATE sessions SET parent_session_id = NULL "
+                            f"WHERE parent_session_id IN ({marks})",
+                            kids,
+                        )
+                        conn.execute(f"DELETE FROM sessions WHERE id IN ({marks})", kids)
                     conn.execute(
                         "UPDATE sessions SET parent_session_id = NULL WHERE parent_session_id = ?",
                         (sid,),
@@ -193,6 +263,10 @@ def _delete(
                     conn.execute("DELETE FROM messages WHERE session_id = ?", (sid,))
                     conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
                     deleted.append(sid)
+                    for kid in kids:
+                        if kid not in gone:
+                            gone.add(kid)
+                            deleted.append(kid)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

@@ -33,11 +33,15 @@ from ...store import StoreCore
 from ...store.imports import ImportItem, decode_position
 from .mapping import (
     DEFAULTS,
+    M_ID,
+    M_SESSION,
+    M_TS,
     MESSAGE_FIELDS,
     ORIGIN_PREFIX,
     SESSION_FIELDS,
     deleted_item,
-    map_message,
+    map_row,
+    message_key,
     origin_of,
     session_item,
 )
@@ -67,6 +71,7 @@ class SyncReport:
     messages: int = 0
     ends: int = 0
     titles: int = 0
+    restated: int = 0  # imported messages whose state the source changed (compaction, rewind)
     skipped_meta_rows: int = 0
     replaced_surrogates: int = 0
     ghosts: int = 0  # rows without messages: not imported
@@ -96,12 +101,15 @@ class HermesReader:
             self.conn.close()
             raise
         self._scols = [c for c in SESSION_FIELDS if c in self.shape.session_columns]
-        self._mcols = [c for c in MESSAGE_FIELDS if c in self.shape.message_columns]
+        # Every message field in its place, a column this generation lacks as its default.
+        self._mcols = [
+            c if c in self.shape.message_columns else _literal(DEFAULTS.get(c))
+            for c in MESSAGE_FIELDS
+        ]
         self._ssel = ", ".join(self._scols)
         self._msel = ", ".join(self._mcols)
         # Defaults of the columns this generation lacks (the opening rules' table).
         self._sdefaults = {k: v for k, v in DEFAULTS.items() if k not in self._scols}
-        self._mdefaults = {k: v for k, v in DEFAULTS.items() if k not in self._mcols}
 
     def close(self) -> None:
         self.conn.close()
@@ -132,7 +140,7 @@ class HermesReader:
                 out[row["id"]] = row
         return out
 
-    def _messages_of(self, ids: Sequence[str], after: int) -> list[dict[str, Any]]:
+    def _messages_of(self, ids: Sequence[str], after: int) -> list[Row]:
         out = []
         for i in range(0, len(ids), _IN_CHUNK):
             chunk = list(ids[i : i + _IN_CHUNK])
@@ -144,16 +152,13 @@ class HermesReader:
                     (*chunk, after),
                 )
             )
-        out.sort(key=lambda m: m["id"])
+        out.sort(key=_message_id)
         return out
 
-    def _rows(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        cols, defaults = self._mcols, self._mdefaults
-        out = [dict(zip(cols, r, strict=True)) for r in self.conn.execute(query, params).fetchall()]
-        if defaults:
-            for row in out:
-                row.update(defaults)
-        return out
+    def _rows(self, query: str, params: Sequence[Any]) -> list[Row]:
+        """Message rows, as tuples in MESSAGE_FIELDS order (see mapping.M_*)."""
+        rows: list[Row] = self.conn.execute(query, params).fetchall()
+        return rows
 
     def _with_parents(self, sessions: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         wanted = {
@@ -175,13 +180,13 @@ class HermesReader:
             )
             if not rows:
                 return after, Snapshot({}, {})
-            top = rows[-1]["id"]
-            sids = list(dict.fromkeys(r["session_id"] for r in rows))
+            top = rows[-1][M_ID]
+            sids = list(dict.fromkeys(r[M_SESSION] for r in rows))
             rest = self._messages_of(sids, top)
             sessions = self._with_parents(self._sessions(sids))
-            by_session: dict[str, list[dict[str, Any]]] = {}
+            by_session: dict[str, list[Row]] = {}
             for m in (*rows, *rest):
-                by_session.setdefault(m["session_id"], []).append(m)
+                by_session.setdefault(m[M_SESSION], []).append(m)
             return top, Snapshot(sessions, by_session)
 
         result: tuple[int, Snapshot] = self._snapshot(read)
@@ -193,13 +198,72 @@ class HermesReader:
 
         def read() -> Snapshot:
             sessions = self._with_parents(self._sessions(ids))
-            by_session: dict[str, list[dict[str, Any]]] = {}
+            by_session: dict[str, list[Row]] = {}
             for m in self._messages_of([i for i in ids if i in sessions], after):
-                by_session.setdefault(m["session_id"], []).append(m)
+                by_session.setdefault(m[M_SESSION], []).append(m)
             return Snapshot(sessions, by_session)
 
         result: Snapshot = self._snapshot(read)
         return result
+
+    def fingerprints(self) -> list[tuple[Any, ...]]:
+        """Every row's ``(id, title, message_count, rewind_count)`` in id order, a page
+        per read transaction: what a rename, an in-place compaction or a rewind moves."""
+        cols = ["title", "message_count", "rewind_count"]
+        sel = ", ".join(c if c in self.shape.session_columns else "NULL" for c in cols)
+        out: list[tuple[Any, ...]] = []
+        last = ""
+        while True:
+            page = self.conn.execute(
+                f"SELECT id, {sel} FROM sessions WHERE id > ? ORDER BY id LIMIT ?",
+                (last, PAGE_MESSAGES),
+            ).fetchall()
+            if not page:
+                return out
+            out.extend(page)
+            last = page[-1][0]
+
+    def _flag_sql(self) -> str:
+        has = self.shape.message_columns
+        active = "active" if "active" in has else "1"
+        compacted = "compacted" if "compacted" in has else "0"
+        return f"SELECT id, session_id, {active}, {compacted} FROM messages"
+
+    def inactive(self, upto: int) -> list[tuple[int, str, str]]:
+        """``(id, session_id, state)`` of every message up to ``upto`` that is not
+        active, a page per read transaction."""
+        if "active" not in self.shape.message_columns:
+            return []
+        out: list[tuple[int, str, str]] = []
+        last = 0
+        while True:
+            page = self.conn.execute(
+                f"{self._flag_sql()} WHERE id > ? AND id <= ? AND active = 0 ORDER BY id LIMIT ?",
+                (last, upto, PAGE_MESSAGES),
+            ).fetchall()
+            if not page:
+                return out
+            out.extend((r[0], r[1], _state(r[2], r[3])) for r in page)
+            last = page[-1][0]
+
+    def flags(
+        self, *, ids: Sequence[int] = (), sessions: Sequence[str] = (), upto: int
+    ) -> list[tuple[int, str, str]]:
+        """``(id, session_id, state)`` of these messages, or of these sessions' messages,
+        up to ``upto`` (one read transaction per chunk of ids)."""
+        out: list[tuple[int, str, str]] = []
+        for column, values in (("id", list(ids)), ("session_id", list(sessions))):
+            for i in range(0, len(values), _IN_CHUNK):
+                chunk = values[i : i + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                out.extend(
+                    (r[0], r[1], _state(r[2], r[3]))
+                    for r in self.conn.execute(
+                        f"{self._flag_sql()} WHERE {column} IN ({marks}) AND id <= ?",
+                        (*chunk, upto),
+                    )
+                )
+        return out
 
     def high_water(self) -> int:
         """The greatest message id Hermes has handed out (0 for an empty store)."""
@@ -224,22 +288,24 @@ class HermesReader:
         ).fetchone()
         return int(row[0])
 
-    def all_ids(self) -> set[str]:
-        """Every session id, a page per read transaction."""
-        ids: set[str] = set()
-        last = ""
-        while True:
-            page = [
-                r[0]
-                for r in self.conn.execute(
-                    "SELECT id FROM sessions WHERE id > ? ORDER BY id LIMIT ?",
-                    (last, PAGE_MESSAGES),
-                )
-            ]
-            if not page:
-                return ids
-            ids.update(page)
-            last = page[-1]
+
+Row = tuple[Any, ...]  # a Hermes message row in MESSAGE_FIELDS order
+
+
+def _message_id(row: Row) -> int:
+    return int(row[M_ID])
+
+
+def _literal(value: Any) -> str:
+    """An SQL literal standing in for a column a generation lacks."""
+    return "NULL" if value is None else repr(int(value))
+
+
+def _state(active: Any, compacted: Any) -> str:
+    """Hermes' two flags as tether's message state (as :func:`map_message` maps them)."""
+    if active is None or active:
+        return "active"
+    return "compacted" if compacted else "retracted"
 
 
 @dataclass(slots=True)
@@ -247,7 +313,7 @@ class Snapshot:
     """Session rows (parents included) and new messages per session, read together."""
 
     sessions: dict[str, dict[str, Any]]
-    messages: dict[str, list[dict[str, Any]]]
+    messages: dict[str, list[Row]]  # rows in MESSAGE_FIELDS order
 
 
 class StoreSync:
@@ -263,6 +329,17 @@ class StoreSync:
         self.reader = HermesReader(self.path)
         self.cursor = 0
         self.on_batch: Callable[[int], None] | None = None  # test hook: called before each commit
+        # What tether holds of this store, loaded by the first pass and kept up to date
+        # by every commit: each imported Hermes session's title (its newest member's),
+        # and the non-active states of its messages by Hermes message id.
+        self._titles: dict[str, str | None] | None = None
+        self._inactive: dict[int, str] = {}
+        # Each Hermes row's fingerprint at the last pass (see HermesReader.fingerprints).
+        self._fingerprints: dict[str, tuple[Any, ...]] = {}
+        self._fingerprint_rows: list[tuple[Any, ...]] = []
+        self._present: set[str] = set()  # the Hermes ids the last fingerprints found
+        self._staged: list[tuple[int, str]] = []  # non-active states of the batch in flight
+        self.track_lags = True  # per applied message (the mirror's lag); import turns it off
 
     def close(self) -> None:
         self.reader.close()
@@ -278,18 +355,21 @@ class StoreSync:
 
     def _items(self, snap: Snapshot, report: SyncReport) -> list[ImportItem]:
         items = []
+        staged = self._staged = []  # (Hermes id, state) of the non-active messages
         for sid, msgs in snap.messages.items():
             row = snap.sessions.get(sid)
             if row is None:  # cannot happen within one snapshot (messages need their row)
                 continue
             mapped = []
             for m in msgs:
-                out, replaced = map_message(m)
+                out, replaced = map_row(m)
                 report.replaced_surrogates += replaced
                 if out is None:
                     report.skipped_meta_rows += 1
                 else:
                     mapped.append(out)
+                    if "state" in out:
+                        staged.append((m[M_ID], out["state"]))
             parent = snap.sessions.get(row.get("parent_session_id") or "")
             items.append(session_item(row, parent, mapped, self.key))
         return items
@@ -309,13 +389,31 @@ class StoreSync:
             report.ends += int(r.ended and not r.marked_deleted and not item.source_deleted)
             report.marked_deleted += int(r.marked_deleted)
             report.titles += int(r.titled)
-        report.lags.extend(now - float(m["timestamp"]) for m in msgs)
+            report.restated += r.restated
+        if self.track_lags:
+            report.lags.extend([now - float(m[M_TS]) for m in msgs])
         self.cursor = cursor
+        staged, self._staged = self._staged, []
+        if self._titles is not None:  # what tether holds now
+            self._inactive.update(staged)
+            for item, r in zip(items, results, strict=True):
+                if item.source_deleted or r.session_id is None:
+                    continue
+                if r.created or r.titled:
+                    self._titles[_hermes_id(item)] = None if item.clear_title else item.title
+                for key, state in item.states.items():
+                    mid = int(key.removeprefix("hermes:"))
+                    if state == "active":
+                        self._inactive.pop(mid, None)
+                    else:
+                        self._inactive[mid] = state
 
     def run_pass(self, *, full: bool = False) -> SyncReport:
         """One pass (see the module docstring); ``full`` adds the deleted-rows check."""
         report = SyncReport(str(self.path))
         self.cursor = cursor = self._load_cursor()
+        self._load_held()  # before anything is written: every commit then keeps it current
+        self._staged = []
         touched: set[str] = set()
         while True:
             top, snap = self.reader.page(cursor, self.page_size)
@@ -323,10 +421,11 @@ class StoreSync:
                 break
             items = self._items(snap, report)
             touched.update(snap.messages)
-            fresh = [m for ms in snap.messages.values() for m in ms if m["id"] > cursor]
+            fresh = [m for ms in snap.messages.values() for m in ms if m[M_ID] > cursor]
             self._apply(items, top, report, fresh)
             cursor = top
         self._follow_open(touched, cursor, report)
+        self._follow_changes(touched, cursor, report, full=full)
         if full:
             self._deleted_rows(report)
             report.ghosts = self.reader.ghosts()
@@ -360,14 +459,97 @@ class StoreSync:
                 fresh = [m for ms in snap.messages.values() for m in ms]
                 self._apply(items, cursor, report, fresh)
 
+    def _load_held(self) -> dict[str, str | None]:
+        """tether's titles and non-active states of this store's sessions (once)."""
+        if self._titles is None:
+            newest: dict[str, tuple[int, str | None]] = {}
+            for s in self.store.imported_sessions(ORIGIN_PREFIX):
+                if not s.metadata or s.metadata.get("hermes_store") != self.key:
+                    continue
+                assert s.origin is not None
+                base, _, n = s.origin.partition("#")
+                order = int(n) if n else 1
+                hid = base.removeprefix(ORIGIN_PREFIX)
+                if hid not in newest or newest[hid][0] < order:
+                    newest[hid] = (order, s.title)
+            self._titles = {hid: v[1] for hid, v in newest.items()}
+            self._inactive = {
+                int(key.removeprefix("hermes:")): state
+                for origin, key, state in self.store.imported_states(ORIGIN_PREFIX)
+                if origin.split("#", 1)[0].removeprefix(ORIGIN_PREFIX) in self._titles
+                and key.startswith("hermes:")
+            }
+        return self._titles
+
+    def _follow_changes(
+        self, touched: set[str], cursor: int, report: SyncReport, *, full: bool
+    ) -> None:
+        """Changes Hermes makes to rows tether imported before, ended or not: a rename
+        (any session, any time), an in-place compaction or a rewind (messages turned
+        inactive). A rename moves the row's title; a compaction or a rewind its
+        ``message_count`` or ``rewind_count``; so the rows whose fingerprint moved
+        since the last pass (and those with new messages) have their message states
+        compared with tether's. The first pass of a process and ``full`` passes
+        compare every non-active message instead (whatever changed while no
+        follower ran, an undone rewind included). Only what differs is written:
+        tether's messages keep their content and seq, their state follows Hermes'."""
+        first = not self._fingerprints  # this process's first pass over this store
+        titles = self._load_held()
+        rows = self.reader.fingerprints()  # a page per read transaction
+        if full:
+            self._present = {r[0] for r in rows}
+        moved: set[str] = set()
+        new_titles: dict[str, str | None] = {}
+        fps = self._fingerprints
+        # Nothing moved since the last pass (compared at C speed, the common case of a
+        # mirror while Hermes appends): tether already has every title.
+        if first or full or rows != self._fingerprint_rows:
+            old = self._fingerprints
+            fps = {r[0]: r[1:] for r in rows}
+            moved = {sid for sid, fp in fps.items() if sid in titles and old.get(sid) != fp}
+            new_titles = {
+                sid: fp[0] for sid, fp in fps.items() if sid in titles and titles[sid] != fp[0]
+            }
+        restates: dict[str, dict[str, str]] = {}
+
+        def differs(mid: int, sid: str, state: str) -> None:
+            if self._inactive.get(mid, "active") != state and sid in titles:
+                restates.setdefault(sid, {})[message_key(mid)] = state
+
+        if first or full:
+            seen = set()
+            for mid, sid, state in self.reader.inactive(cursor):
+                seen.add(mid)
+                differs(mid, sid, state)
+            # Inactive in tether, active again in Hermes (an undone rewind), or gone.
+            back = sorted(mid for mid in self._inactive if mid not in seen and mid <= cursor)
+            for mid, sid, state in self.reader.flags(ids=back, upto=cursor):
+                differs(mid, sid, state)
+        else:
+            check = sorted((moved | touched) & set(titles))
+            for mid, sid, state in self.reader.flags(sessions=check, upto=cursor):
+                differs(mid, sid, state)
+        changed = sorted(set(new_titles) | set(restates))
+        for i in range(0, len(changed), PAGE_SESSIONS):
+            items = [
+                ImportItem(
+                    origin=origin_of(sid),
+                    title=new_titles.get(sid),
+                    clear_title=sid in new_titles and new_titles[sid] is None,
+                    states=restates.get(sid, {}),
+                )
+                for sid in changed[i : i + PAGE_SESSIONS]
+            ]
+            self._apply(items, cursor, report, [])
+        # Only once applied: after a failed pass the next one compares again.
+        self._fingerprints, self._fingerprint_rows = fps, rows
+
     def _deleted_rows(self, report: SyncReport) -> None:
         """Count (and record once) tether's sessions of this store whose row Hermes deleted."""
-        present = self.reader.all_ids()
-        mine = {
-            str(s.metadata["hermes_id"])
-            for s in self.store.imported_sessions(ORIGIN_PREFIX)
-            if s.metadata and s.metadata.get("hermes_store") == self.key
-        }
+        # The rows this pass's fingerprints found (read after every session tether
+        # holds was imported) and the sessions tether holds (kept current by _apply).
+        present = self._present
+        mine = set(self._load_held())
         gone = sorted(mine - present)
         report.deleted_at_source = len(gone)
         # Those recorded before are left alone: a rerun writes nothing.
@@ -389,6 +571,7 @@ def import_stores(
     reports = []
     for path in discover(paths):
         sync = StoreSync(store, path, page=page)
+        sync.track_lags = False
         try:
             reports.append(sync.run_pass(full=True))
         finally:

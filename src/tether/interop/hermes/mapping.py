@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,10 @@ MESSAGE_FIELDS = (
     "compacted",
 )
 DEFAULTS: dict[str, Any] = {"active": 1, "compacted": 0, "archived": 0}
+# A message row as the importer reads it: a tuple in MESSAGE_FIELDS order (a column
+# the generation lacks is read as its default), so no dict is built per row.
+(M_ID, M_SESSION, M_ROLE, M_CONTENT, M_CALL_ID, M_CALLS, M_TOOL, M_TS) = range(8)
+(M_TOKENS, M_FINISH, M_REASONING, M_ACTIVE, M_COMPACTED) = range(8, 13)
 # Session columns that go to metadata, as they are.
 METADATA_FIELDS = ("user_id", "session_key", "chat_id", "chat_type", "profile_name", "archived")
 # Message columns that go to meta, as they are, when set.
@@ -148,41 +152,69 @@ def _tool_calls(raw: Any, meta: dict[str, Any]) -> list[Any] | None:
     return None
 
 
+def _plain(raw: Any) -> bool:
+    """Content stored as it is: text that is not encoded and holds nothing tether
+    refuses (the bulk of a store: decoding is skipped for it)."""
+    if type(raw) is not str or "\x00" in raw:
+        return False
+    try:
+        raw.encode("utf-8")  # at C speed: fails only on a lone surrogate
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def map_message(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, int]:
-    """One Hermes message row as an imported message (None: a role that is skipped),
-    and how many lone surrogates were replaced."""
-    role = row["role"]
+    """One Hermes message row (a mapping of its columns) as an imported message (None:
+    a role that is skipped), and how many lone surrogates were replaced."""
+    return map_row(tuple(row.get(f, DEFAULTS.get(f)) for f in MESSAGE_FIELDS))
+
+
+_META_AT = ((M_TOKENS, "token_count"), (M_FINISH, "finish_reason"), (M_REASONING, "reasoning"))
+
+
+def map_row(row: Sequence[Any]) -> tuple[dict[str, Any] | None, int]:
+    """:func:`map_message` of a row read in MESSAGE_FIELDS order (the importer's)."""
+    role = row[M_ROLE]
     if role in SKIPPED_ROLES:
         return None, 0
-    decoded = decode_content(row["content"])
-    meta = dict(decoded.meta)  # the Hermes id is in the key (hermes:<id>)
+    raw = row[M_CONTENT]
+    replaced = 0
+    meta: dict[str, Any] = {}
+    if raw is None or _plain(raw):  # "\x00json:..." starts with a NUL: it is not plain
+        content = raw
+    else:
+        decoded = decode_content(raw)
+        content, replaced = decoded.content, decoded.replaced_surrogates
+        meta.update(decoded.meta)  # the Hermes id is in the key (hermes:<id>)
     if role not in ROLES:
         meta["origin_role"] = role
         role = "system"
-    for name in META_FIELDS:
-        if row.get(name) is not None:
-            meta[name] = row[name]
-    calls = _tool_calls(row.get("tool_calls"), meta)
-    active = row.get("active", 1)
-    state = "active"
-    if active is not None and not active:
-        state = "compacted" if row.get("compacted") else "retracted"
+    for at, name in _META_AT:
+        if row[at] is not None:
+            meta[name] = row[at]
     out: dict[str, Any] = {
-        "key": message_key(row["id"]),
+        "key": f"hermes:{row[M_ID]}",
         "role": role,
-        "content": decoded.content,
-        "created_at": float(row["timestamp"]),
-        "meta": meta or None,
-        "state": state,
+        "content": content,
+        "created_at": float(row[M_TS]),
     }
-    if calls is not None:
-        out["tool_calls"] = calls
-    for name in ("tool_call_id", "tool_name"):
-        if row.get(name) is not None:
-            out[name] = _scrub(str(row[name]))[0]
+    raw_calls = row[M_CALLS]
+    if raw_calls is not None and raw_calls != "":
+        calls = _tool_calls(raw_calls, meta)
+        if calls is not None:
+            out["tool_calls"] = calls
+    if row[M_CALL_ID] is not None:
+        out["tool_call_id"] = _scrub(str(row[M_CALL_ID]))[0]
+    if row[M_TOOL] is not None:
+        out["tool_name"] = _scrub(str(row[M_TOOL]))[0]
     if isinstance(meta.get("reasoning"), str):
         meta["reasoning"] = _scrub(meta["reasoning"])[0]
-    return out, decoded.replaced_surrogates
+    out["meta"] = meta or None
+    active = row[M_ACTIVE]
+    if active is not None and not active:  # absent means active (spares the store a copy)
+        out["state"] = "compacted" if row[M_COMPACTED] else "retracted"
+    return out, replaced
 
 
 def model_config(row: Mapping[str, Any]) -> dict[str, Any]:
