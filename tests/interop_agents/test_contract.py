@@ -14,7 +14,7 @@ from agents.memory import SessionSettings
 from agents.memory.session import _session_accepts_wrapper
 
 import tether
-from tether.interop.openai_agents import CLEARED_REASON, SOURCE, TetherSession
+from tether.interop.openai_agents import CLEARED_REASON, SOURCE, TetherSession, project_item
 
 from ..conftest import run_cli
 
@@ -87,6 +87,63 @@ async def test_items_round_trip_exactly_with_a_readable_projection(
         }
     ]
     assert messages[4].meta == {"kind": "reasoning"}
+
+
+# Shapes beyond the runner's: content as parts, outputs as parts, odd types.
+ODD_ITEMS: list[dict[str, Any]] = [
+    {"role": "user", "content": [{"type": "input_text", "text": "a"}, {"type": "input_text"}]},
+    {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}], "type": "message"},
+    {"role": "system", "content": None},
+    {"type": "function_call_output", "call_id": "c9", "output": [{"type": "text", "text": "x"}]},
+    {"type": "function_call", "call_id": "c8", "name": "f", "arguments": "{}\\u0000"},
+    {"type": "computer_call", "id": "cc"},
+    {"role": "tool", "content": "not a text role"},
+    {"weird": {"nested": [1, 2.5, None, True, "\x00"]}},  # NUL outside the columns: kept
+]
+
+
+async def test_rows_hold_the_projection_and_the_exact_json(store: tether.Store) -> None:
+    """add_items builds each row without the projection's dicts: same columns."""
+    session = TetherSession("sdk-rows", store)
+    for item, row in zip(ITEMS + ODD_ITEMS, session._rows(ITEMS + ODD_ITEMS), strict=True):
+        message = project_item(item)
+        calls = message.get("tool_calls")
+        meta = message.get("meta")
+        assert row[:4] == (
+            message["role"],
+            message.get("content"),
+            None if calls is None else json.dumps(calls, separators=(",", ":")),
+            message.get("tool_call_id"),
+        )
+        assert row[7] == (None if meta is None else json.dumps(meta, separators=(",", ":")))
+        assert json.loads(row[8]) == item
+        assert row[8] == json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+    await session.add_items(ITEMS + ODD_ITEMS)
+    assert await session.get_items() == ITEMS + ODD_ITEMS
+    assert await session.get_items(3) == ODD_ITEMS[-3:]
+
+
+@pytest.mark.parametrize(
+    ("item", "where"),
+    [
+        ({"role": "user", "content": "a\x00b"}, "content"),
+        ({"role": "user", "content": [{"type": "input_text", "text": "\x00"}]}, "content"),
+        ({"type": "function_call_output", "call_id": "c\x00", "output": "x"}, "tool_call_id"),
+        ({"type": "function_call_output", "call_id": 7, "output": "x"}, "tool_call_id"),
+        ({"type": "function_call", "call_id": "c", "name": "f", "arguments": "\x00"}, "tool_calls"),
+        ({"role": "user", "content": "\ud800"}, "surrogate"),
+        ({"role": "user", "content": float("nan")}, "not valid JSON"),
+        ({"role": "user", "content": {1, 2}}, "not JSON-serialisable"),
+        (["not", "a", "dict"], "dict"),
+    ],
+)
+async def test_items_that_cannot_be_stored_are_refused_before_anything_is_written(
+    store: tether.Store, item: Any, where: str
+) -> None:
+    session = TetherSession("sdk-refused", store)
+    with pytest.raises(tether.InvalidInputError, match=where):
+        await session.add_items([{"role": "user", "content": "fine"}, item])
+    assert await session.get_items() == []
 
 
 async def test_pop_retracts_the_newest_item_and_leaves_no_seq_gap(store: tether.Store) -> None:

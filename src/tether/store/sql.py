@@ -511,6 +511,23 @@ LEFT JOIN owners o ON o.id = t.owner_id
 WHERE r.origin = ?
 """
 
+# PostgreSQL: SELECT_CHAIN_TIP_BY_ORIGIN and the tip's last N active payloads
+# (seq > message_count - N, as SELECT_LAST_PAYLOADS_AFTER) as one JSON array
+# text, oldest first: one statement, so one round trip without a transaction.
+# ``#>> '{}'`` is the stored text of a payload (a jsonb string holding the exact
+# JSON; an older row's object as jsonb prints it); a missing one reads as null.
+# Parameters: N, N, origin.
+SELECT_CHAIN_TIP_TAIL_PG = f"""
+SELECT {", ".join("t." + c.strip() for c in SESSION_COLUMNS.split(","))}, o.id, {_OWNER_FIELDS},
+(SELECT '[' || string_agg(coalesce(x.payload #>> '{{}}', 'null'), ',' ORDER BY x.seq) || ']'
+ FROM (SELECT seq, payload FROM messages
+       WHERE session_id = t.id AND seq > t.message_count - ? AND state = 'active'
+       ORDER BY seq DESC LIMIT ?) x)
+FROM sessions r JOIN sessions t ON t.id = r.chain_tip_id
+LEFT JOIN owners o ON o.id = t.owner_id
+WHERE r.origin = ?
+"""
+
 # Imported sessions (see Store.import_session): no owner (external), epoch 0,
 # the parameters of new_session_params. ON CONFLICT without a target also
 # covers the origin's unique index: of two importers of one origin, the second
