@@ -410,9 +410,20 @@ class _Rollback(Exception):
 
 def _lose_next_commit(store: tether.Store, monkeypatch: pytest.MonkeyPatch, landed: bool) -> None:
     """The next write runs for real, then its commit's outcome is lost (as when the
-    connection breaks during COMMIT): it committed (``landed``) or rolled back."""
+    connection breaks during COMMIT): it committed (``landed``) or rolled back.
+    Transactions and one-statement appends (PostgreSQL's hot path) alike."""
     real = store.backend.write
+    real_statement = store._append_statement
     left = [1]
+
+    def statement(query: str, params: Any) -> int:
+        assert real_statement is not None
+        if not left:
+            return real_statement(query, params)
+        left.clear()
+        if landed:
+            real_statement(query, params)
+        raise tether.CommitUnknownError("lost the connection while committing")
 
     def write(fn: Any) -> Any:
         if not left:
@@ -431,6 +442,8 @@ def _lose_next_commit(store: tether.Store, monkeypatch: pytest.MonkeyPatch, land
         raise tether.CommitUnknownError("lost the connection while committing")
 
     monkeypatch.setattr(store.backend, "write", write)
+    if real_statement is not None:
+        monkeypatch.setattr(store, "_append_statement", statement)
 
 
 @pytest.mark.parametrize("landed", [True, False], ids=["landed", "not-landed"])
@@ -442,10 +455,30 @@ async def test_an_add_whose_commit_is_unknown_stores_its_items_once(
     await session.add_items([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
     _lose_next_commit(store, monkeypatch, landed)  # a later add to the known segment
     await session.add_items([{"role": "user", "content": "c"}])
-    assert [i["content"] for i in await session.get_items()] == ["a", "b", "c"]
+    _lose_next_commit(store, monkeypatch, landed)  # and one of several items
+    await session.add_items([{"role": "user", "content": "d"}, {"role": "user", "content": "e"}])
+    assert [i["content"] for i in await session.get_items()] == ["a", "b", "c", "d", "e"]
     [listed] = store.list_sessions(source=SOURCE).items
-    assert listed.chain_message_count == 3
-    assert [m.seq for m in store.get_messages(listed.session.id)] == [1, 2, 3]
+    assert listed.chain_message_count == 5
+    assert [m.seq for m in store.get_messages(listed.session.id)] == [1, 2, 3, 4, 5]
+
+
+async def test_two_instances_of_one_session_interleave_without_gaps(store: tether.Store) -> None:
+    """Each instance caches the segment's state; the other's writes make it stale,
+    and a stale write is refused and redone, never given a taken seq."""
+    a, b = TetherSession("sdk-two", store), TetherSession("sdk-two", store)
+    sizes = [2, 3, 1, 1, 4, 2, 1]
+    expected: list[str] = []
+    for k, size in enumerate(sizes):
+        batch = [f"{k}.{i}" for i in range(size)]
+        await (a if k % 2 == 0 else b).add_items([{"role": "user", "content": t} for t in batch])
+        expected += batch
+    assert [i["content"] for i in await b.get_items()] == expected
+    [listed] = store.list_sessions(source=SOURCE).items
+    assert [m.seq for m in store.get_messages(listed.session.id)] == list(
+        range(1, len(expected) + 1)
+    )
+    assert listed.chain_message_count == len(expected)
 
 
 async def test_tether_ls_lists_the_conversation_once_and_show_reads_it(tmp_path: Any) -> None:

@@ -343,9 +343,18 @@ class TetherSession:
                     # The keys are new to the store on a first attempt (derived from
                     # this call); the store still looks them up if a commit's outcome
                     # was unknown, and so does every later attempt.
-                    self._store.write_messages(None, self._w, rows, check_keys=attempt > 0).apply(
-                        self._w
-                    )
+                    if attempt == 0:
+                        # The store's hot path: one statement on PostgreSQL (no BEGIN
+                        # and COMMIT round trips); it resolves an unknown commit by
+                        # finding the rows themselves.
+                        if len(rows) == 1:
+                            self._store.append_message(self._w, rows[0])
+                        else:
+                            self._store.append_messages(self._w, rows)
+                    else:
+                        self._store.write_messages(
+                            None, self._w, rows, check_keys=attempt > 0
+                        ).apply(self._w)
                     return
                 except (SessionEndedError, StaleOwnerError):
                     self._w = None  # ended or taken over meanwhile: find the newest one

@@ -158,6 +158,32 @@ SELECT id, ?::integer, ?::text, ?::text, ?::jsonb, ?::text, ?::text, ?::float8, 
     ?::jsonb, to_jsonb(?::text) FROM bump
 """
 
+
+def append_many_statement(n: int) -> str:
+    """APPEND_ONE_STATEMENT for ``n`` rows (PostgreSQL): one statement, one round trip.
+
+    Parameters: the UPDATE's (new count, n, now, id, epoch, old count), then per
+    row its seq and the nine fields of a ``Row``.
+    """
+    group = (
+        "(?::integer, ?::text, ?::text, ?::jsonb, ?::text, ?::text, ?::float8, ?::text, "
+        "?::jsonb, ?::text)"
+    )
+    return f"""
+WITH bump AS (
+    UPDATE sessions SET message_count = ?, chain_message_count = chain_message_count + ?,
+        last_active_at = ?
+    WHERE id = ? AND epoch = ? AND ended_at IS NULL AND message_count = ?
+    RETURNING id)
+INSERT INTO messages (session_id, seq, role, content, tool_calls, tool_call_id, tool_name,
+    created_at, idem_key, meta, payload)
+SELECT bump.id, v.seq, v.role, v.content, v.tool_calls, v.tool_call_id, v.tool_name,
+    v.created_at, v.idem_key, v.meta, to_jsonb(v.payload)
+FROM bump, (VALUES {", ".join([group] * n)}) AS v(seq, role, content, tool_calls,
+    tool_call_id, tool_name, created_at, idem_key, meta, payload)
+"""
+
+
 BUMP_CHILD = """
 UPDATE sessions SET message_count = ?, last_active_at = ?
 WHERE id = ? AND epoch = ? AND ended_at IS NULL AND message_count = ?
