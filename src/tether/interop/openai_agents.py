@@ -38,6 +38,7 @@ The SDK itself is not imported by tether; this module needs it only for
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import itertools
 import json
@@ -352,9 +353,7 @@ class TetherSession:
                         else:
                             self._store.append_messages(self._w, rows)
                     else:
-                        self._store.write_messages(
-                            None, self._w, rows, check_keys=attempt > 0
-                        ).apply(self._w)
+                        self._store.write_messages(None, self._w, rows).apply(self._w)
                     return
                 except (SessionEndedError, StaleOwnerError):
                     self._w = None  # ended or taken over meanwhile: find the newest one
@@ -517,7 +516,10 @@ class TetherSession:
             # A WAL reader never waits for writers: a short read costs less than
             # the hop to a worker thread and back.
             return self._get_items(limit)
-        return await asyncio.get_running_loop().run_in_executor(None, self._get_items, limit)
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            None, context.run, self._get_items, limit
+        )
 
     async def add_items(self, items: list[Any], *, wrapper: Any = None) -> None:
         """Store ``items`` in order, in one transaction."""
@@ -542,7 +544,8 @@ class TetherSession:
         # One hop to a worker thread; the shield keeps a cancellation of the caller
         # from cancelling the work itself (even before it started), as the SDK's
         # own sessions do with a task of its own (measured: 7 us less a call).
-        work = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        context = contextvars.copy_context()  # as asyncio.to_thread does
+        work = asyncio.get_running_loop().run_in_executor(None, context.run, fn, *args)
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError as exc:
