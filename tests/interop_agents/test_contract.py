@@ -146,6 +146,28 @@ async def test_items_that_cannot_be_stored_are_refused_before_anything_is_writte
     assert await session.get_items() == []
 
 
+async def test_the_tail_read_keeps_messages_without_a_payload_in_their_place(
+    store: tether.Store,
+) -> None:
+    """chain_tip_tail (what get_items(limit) reads) on rows no TetherSession wrote:
+    a message without a payload reads as None, in order, on both backends."""
+    keys = iter(range(100))
+
+    def message(payload: Any) -> dict[str, Any]:
+        row = {"key": str(next(keys)), "role": "user", "created_at": 1.0, "content": "x"}
+        return row if payload is None else {**row, "payload": payload}
+
+    payloads = [{"a": 1}, None, ["b", 2.5], None, ["c"], {"d": {"e": None}}]
+    store.import_session(
+        "imported:tail", source="x", created_at=1.0, messages=[message(p) for p in payloads]
+    )
+    for n in (1, 2, 3, 6, 10):
+        found = store.chain_tip_tail("imported:tail", n)
+        assert found is not None
+        assert found[2] == payloads[-n:]
+    assert store.chain_tip_tail("imported:none", 3) is None
+
+
 async def test_pop_retracts_the_newest_item_and_leaves_no_seq_gap(store: tether.Store) -> None:
     session = TetherSession("sdk-pop", store)
     await session.add_items([{"role": "user", "content": str(i)} for i in range(3)])
