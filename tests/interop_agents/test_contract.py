@@ -14,7 +14,7 @@ from agents.memory import SessionSettings
 from agents.memory.session import _session_accepts_wrapper
 
 import tether
-from tether.interop.openai_agents import CLEARED_REASON, SOURCE, TetherSession
+from tether.interop.openai_agents import CLEARED_REASON, SOURCE, TetherSession, project_item
 
 from ..conftest import run_cli
 
@@ -87,6 +87,85 @@ async def test_items_round_trip_exactly_with_a_readable_projection(
         }
     ]
     assert messages[4].meta == {"kind": "reasoning"}
+
+
+# Shapes beyond the runner's: content as parts, outputs as parts, odd types.
+ODD_ITEMS: list[dict[str, Any]] = [
+    {"role": "user", "content": [{"type": "input_text", "text": "a"}, {"type": "input_text"}]},
+    {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}], "type": "message"},
+    {"role": "system", "content": None},
+    {"type": "function_call_output", "call_id": "c9", "output": [{"type": "text", "text": "x"}]},
+    {"type": "function_call", "call_id": "c8", "name": "f", "arguments": "{}\\u0000"},
+    {"type": "computer_call", "id": "cc"},
+    {"role": "tool", "content": "not a text role"},
+    {"weird": {"nested": [1, 2.5, None, True, "\x00"]}},  # NUL outside the columns: kept
+]
+
+
+async def test_rows_hold_the_projection_and_the_exact_json(store: tether.Store) -> None:
+    """add_items builds each row without the projection's dicts: same columns."""
+    session = TetherSession("sdk-rows", store)
+    for item, row in zip(ITEMS + ODD_ITEMS, session._rows(ITEMS + ODD_ITEMS), strict=True):
+        message = project_item(item)
+        calls = message.get("tool_calls")
+        meta = message.get("meta")
+        assert row[:4] == (
+            message["role"],
+            message.get("content"),
+            None if calls is None else json.dumps(calls, separators=(",", ":")),
+            message.get("tool_call_id"),
+        )
+        assert row[7] == (None if meta is None else json.dumps(meta, separators=(",", ":")))
+        assert json.loads(row[8]) == item
+        assert row[8] == json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+    await session.add_items(ITEMS + ODD_ITEMS)
+    assert await session.get_items() == ITEMS + ODD_ITEMS
+    assert await session.get_items(3) == ODD_ITEMS[-3:]
+
+
+@pytest.mark.parametrize(
+    ("item", "where"),
+    [
+        ({"role": "user", "content": "a\x00b"}, "content"),
+        ({"role": "user", "content": [{"type": "input_text", "text": "\x00"}]}, "content"),
+        ({"type": "function_call_output", "call_id": "c\x00", "output": "x"}, "tool_call_id"),
+        ({"type": "function_call_output", "call_id": 7, "output": "x"}, "tool_call_id"),
+        ({"type": "function_call", "call_id": "c", "name": "f", "arguments": "\x00"}, "tool_calls"),
+        ({"role": "user", "content": "\ud800"}, "surrogate"),
+        ({"role": "user", "content": float("nan")}, "not valid JSON"),
+        ({"role": "user", "content": {1, 2}}, "not JSON-serialisable"),
+        (["not", "a", "dict"], "dict"),
+    ],
+)
+async def test_items_that_cannot_be_stored_are_refused_before_anything_is_written(
+    store: tether.Store, item: Any, where: str
+) -> None:
+    session = TetherSession("sdk-refused", store)
+    with pytest.raises(tether.InvalidInputError, match=where):
+        await session.add_items([{"role": "user", "content": "fine"}, item])
+    assert await session.get_items() == []
+
+
+async def test_the_tail_read_keeps_messages_without_a_payload_in_their_place(
+    store: tether.Store,
+) -> None:
+    """chain_tip_tail (what get_items(limit) reads) on rows no TetherSession wrote:
+    a message without a payload reads as None, in order, on both backends."""
+    keys = iter(range(100))
+
+    def message(payload: Any) -> dict[str, Any]:
+        row = {"key": str(next(keys)), "role": "user", "created_at": 1.0, "content": "x"}
+        return row if payload is None else {**row, "payload": payload}
+
+    payloads = [{"a": 1}, None, ["b", 2.5], None, ["c"], {"d": {"e": None}}]
+    store.import_session(
+        "imported:tail", source="x", created_at=1.0, messages=[message(p) for p in payloads]
+    )
+    for n in (1, 2, 3, 6, 10):
+        found = store.chain_tip_tail("imported:tail", n)
+        assert found is not None
+        assert found[2] == payloads[-n:]
+    assert store.chain_tip_tail("imported:none", 3) is None
 
 
 async def test_pop_retracts_the_newest_item_and_leaves_no_seq_gap(store: tether.Store) -> None:
@@ -353,9 +432,20 @@ class _Rollback(Exception):
 
 def _lose_next_commit(store: tether.Store, monkeypatch: pytest.MonkeyPatch, landed: bool) -> None:
     """The next write runs for real, then its commit's outcome is lost (as when the
-    connection breaks during COMMIT): it committed (``landed``) or rolled back."""
+    connection breaks during COMMIT): it committed (``landed``) or rolled back.
+    Transactions and one-statement appends (PostgreSQL's hot path) alike."""
     real = store.backend.write
+    real_statement = store._append_statement
     left = [1]
+
+    def statement(query: str, params: Any) -> int:
+        assert real_statement is not None
+        if not left:
+            return real_statement(query, params)
+        left.clear()
+        if landed:
+            real_statement(query, params)
+        raise tether.CommitUnknownError("lost the connection while committing")
 
     def write(fn: Any) -> Any:
         if not left:
@@ -374,6 +464,8 @@ def _lose_next_commit(store: tether.Store, monkeypatch: pytest.MonkeyPatch, land
         raise tether.CommitUnknownError("lost the connection while committing")
 
     monkeypatch.setattr(store.backend, "write", write)
+    if real_statement is not None:
+        monkeypatch.setattr(store, "_append_statement", statement)
 
 
 @pytest.mark.parametrize("landed", [True, False], ids=["landed", "not-landed"])
@@ -385,10 +477,30 @@ async def test_an_add_whose_commit_is_unknown_stores_its_items_once(
     await session.add_items([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
     _lose_next_commit(store, monkeypatch, landed)  # a later add to the known segment
     await session.add_items([{"role": "user", "content": "c"}])
-    assert [i["content"] for i in await session.get_items()] == ["a", "b", "c"]
+    _lose_next_commit(store, monkeypatch, landed)  # and one of several items
+    await session.add_items([{"role": "user", "content": "d"}, {"role": "user", "content": "e"}])
+    assert [i["content"] for i in await session.get_items()] == ["a", "b", "c", "d", "e"]
     [listed] = store.list_sessions(source=SOURCE).items
-    assert listed.chain_message_count == 3
-    assert [m.seq for m in store.get_messages(listed.session.id)] == [1, 2, 3]
+    assert listed.chain_message_count == 5
+    assert [m.seq for m in store.get_messages(listed.session.id)] == [1, 2, 3, 4, 5]
+
+
+async def test_two_instances_of_one_session_interleave_without_gaps(store: tether.Store) -> None:
+    """Each instance caches the segment's state; the other's writes make it stale,
+    and a stale write is refused and redone, never given a taken seq."""
+    a, b = TetherSession("sdk-two", store), TetherSession("sdk-two", store)
+    sizes = [2, 3, 1, 1, 4, 2, 1]
+    expected: list[str] = []
+    for k, size in enumerate(sizes):
+        batch = [f"{k}.{i}" for i in range(size)]
+        await (a if k % 2 == 0 else b).add_items([{"role": "user", "content": t} for t in batch])
+        expected += batch
+    assert [i["content"] for i in await b.get_items()] == expected
+    [listed] = store.list_sessions(source=SOURCE).items
+    assert [m.seq for m in store.get_messages(listed.session.id)] == list(
+        range(1, len(expected) + 1)
+    )
+    assert listed.chain_message_count == len(expected)
 
 
 async def test_tether_ls_lists_the_conversation_once_and_show_reads_it(tmp_path: Any) -> None:

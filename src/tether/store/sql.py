@@ -172,6 +172,32 @@ SELECT id, ?::integer, ?::text, ?::text, ?::jsonb, ?::text, ?::text, ?::float8, 
     ?::jsonb, to_jsonb(?::text) FROM bump
 """
 
+
+def append_many_statement(n: int) -> str:
+    """APPEND_ONE_STATEMENT for ``n`` rows (PostgreSQL): one statement, one round trip.
+
+    Parameters: the UPDATE's (new count, n, now, id, epoch, old count), then per
+    row its seq and the nine fields of a ``Row``.
+    """
+    group = (
+        "(?::integer, ?::text, ?::text, ?::jsonb, ?::text, ?::text, ?::float8, ?::text, "
+        "?::jsonb, ?::text)"
+    )
+    return f"""
+WITH bump AS (
+    UPDATE sessions SET message_count = ?, chain_message_count = chain_message_count + ?,
+        last_active_at = ?
+    WHERE id = ? AND epoch = ? AND ended_at IS NULL AND message_count = ?
+    RETURNING id)
+INSERT INTO messages (session_id, seq, role, content, tool_calls, tool_call_id, tool_name,
+    created_at, idem_key, meta, payload)
+SELECT bump.id, v.seq, v.role, v.content, v.tool_calls, v.tool_call_id, v.tool_name,
+    v.created_at, v.idem_key, v.meta, to_jsonb(v.payload)
+FROM bump, (VALUES {", ".join([group] * n)}) AS v(seq, role, content, tool_calls,
+    tool_call_id, tool_name, created_at, idem_key, meta, payload)
+"""
+
+
 BUMP_CHILD = """
 UPDATE sessions SET message_count = ?, last_active_at = ?
 WHERE id = ? AND epoch = ? AND ended_at IS NULL AND message_count = ?
@@ -530,6 +556,23 @@ SELECT_BY_ORIGIN = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE origin = ?"
 # (NULLs when it has none): two primary-key lookups after the origin's index.
 SELECT_CHAIN_TIP_BY_ORIGIN = f"""
 SELECT {", ".join("t." + c.strip() for c in SESSION_COLUMNS.split(","))}, o.id, {_OWNER_FIELDS}
+FROM sessions r JOIN sessions t ON t.id = r.chain_tip_id
+LEFT JOIN owners o ON o.id = t.owner_id
+WHERE r.origin = ?
+"""
+
+# PostgreSQL: SELECT_CHAIN_TIP_BY_ORIGIN and the tip's last N active payloads
+# (seq > message_count - N, as SELECT_LAST_PAYLOADS_AFTER) as one JSON array
+# text, oldest first: one statement, so one round trip without a transaction.
+# ``#>> '{}'`` is the stored text of a payload (a jsonb string holding the exact
+# JSON; an older row's object as jsonb prints it); a missing one reads as null.
+# Parameters: N, N, origin.
+SELECT_CHAIN_TIP_TAIL_PG = f"""
+SELECT {", ".join("t." + c.strip() for c in SESSION_COLUMNS.split(","))}, o.id, {_OWNER_FIELDS},
+(SELECT '[' || string_agg(coalesce(x.payload #>> '{{}}', 'null'), ',' ORDER BY x.seq) || ']'
+ FROM (SELECT seq, payload FROM messages
+       WHERE session_id = t.id AND seq > t.message_count - ? AND state = 'active'
+       ORDER BY seq DESC LIMIT ?) x)
 FROM sessions r JOIN sessions t ON t.id = r.chain_tip_id
 LEFT JOIN owners o ON o.id = t.owner_id
 WHERE r.origin = ?

@@ -109,6 +109,10 @@ class WriteResult:
 # turns out not applied (each one is checked before the next).
 _UNKNOWN_RETRIES = 5
 
+# Rows per one-statement append (append_messages): ten parameters a row, and
+# PostgreSQL takes 65,535 a statement; more take the transaction path.
+_MANY_MAX = 1000
+
 # The listing's activity key moves at most this often per session (seconds):
 # it is indexed, and rewriting index entries on every append would cost more
 # than the append itself.
@@ -448,6 +452,46 @@ class MessageWrites:
             lambda c: c.execute(sql.SELECT_MESSAGE_WITNESS, (session_id, seq)).fetchone()
         )
         return found is not None and found[0] == row[0] and found[1] == row[5]
+
+    def append_messages(self, w: WriteState, rows: Sequence[Row]) -> None:
+        """:meth:`write_messages` of new rows (their keys, if any, not stored yet) to a
+        session whose state ``w`` holds, updating ``w``.
+
+        The common case (a root session, its state cached, no listing update
+        due) is one statement on a backend that offers ``write_statement``
+        (PostgreSQL): one round trip instead of four.
+        """
+        sid = w.session_id
+        count = w.count
+        n = len(rows)
+        if (
+            self._append_statement is None
+            or not 0 < n <= _MANY_MAX
+            or count is None
+            or w.root_id != sid
+            or rows[-1][5] - w.activity_at >= ACTIVITY_RESOLUTION
+        ):
+            self.write_messages(None, w, rows, check_keys=False).apply(w)
+            return
+        params: list[Any] = [count + n, n, rows[-1][5], sid, w.epoch, count]
+        for k, row in enumerate(rows, 1):
+            params.append(count + k)
+            params.extend(row)
+        check_keys = False
+        try:
+            done = self._append_statement(sql.append_many_statement(n), params) == n
+        except CommitUnknownError:
+            done = self._landed(sid, count + n, rows[-1])  # atomic: the last row decides
+            check_keys = True  # not landed: nothing was applied, yet look the keys up
+        except Exception as exc:
+            if not _is_duplicate_key(exc):
+                raise
+            done, check_keys = False, True  # stored by an earlier write: find them
+        if done:
+            w.count = count + n
+            return
+        # The cached state was off (or nothing landed): the transaction path.
+        self.write_messages(None, w, rows, check_keys=check_keys).apply(w)
 
     def write_messages(
         self,

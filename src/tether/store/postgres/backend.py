@@ -642,6 +642,12 @@ class PostgresBackend:
     def read(self, fn: Callable[[PgConn], T]) -> T:
         return self._transact(fn, _BEGIN_READ, retry_commit=True)
 
+    def read_statement(self, query: str, params: Sequence[Any]) -> Any:
+        """Run one read statement on its own (its own snapshot, one round trip); its first row."""
+        return self._transact(
+            lambda c: c.execute(query, params).fetchone(), None, retry_commit=True
+        )
+
     def read_ordered(self, fn: Callable[[PgConn], T]) -> T:
         """:meth:`read` for queries that must follow an index's order, never sort."""
         return self._transact(fn, _BEGIN_READ_ORDERED, retry_commit=True)
