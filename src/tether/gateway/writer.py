@@ -28,6 +28,7 @@ from typing import Any
 
 from ..store.backend import Backend
 from ..store.group import Outcome, can_group, write_group
+from ..threads import start
 
 # A group holds at most this many writes: the first caller's wait stays bounded
 # while a long queue drains (one transaction of 256 appends is a few ms).
@@ -86,7 +87,7 @@ class GroupWriter:
             self._jobs.append(job)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
+                start(self._thread)  # with signals held (tether.interrupts)
             self._cond.notify()
         return job.future
 
