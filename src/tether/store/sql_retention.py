@@ -180,6 +180,18 @@ INSERT INTO claims (session_id, holder, expires_at) VALUES (?, ?, ?)
 ON CONFLICT (session_id, holder) DO UPDATE SET expires_at = excluded.expires_at
 """
 
+
+def claim_rows(n: int) -> str:
+    """SQLite: claim those of these sessions outside the trash, in one statement
+    (holder, expires, then the ids); returns the ids claimed."""
+    return f"""
+INSERT INTO claims (session_id, holder, expires_at)
+SELECT id, ?, ? FROM sessions WHERE id IN ({marks(n)}) AND trashed_at IS NULL
+ON CONFLICT (session_id, holder) DO UPDATE SET expires_at = excluded.expires_at
+RETURNING session_id
+"""
+
+
 RELEASE_CLAIMS = "DELETE FROM claims WHERE holder = ?"
 
 DELETE_EXPIRED_CLAIMS = "DELETE FROM claims WHERE expires_at <= ?"
@@ -283,9 +295,10 @@ def _quote(dialect: str, expr: str) -> str:
     return f"json_quote({expr})"
 
 
-def _members(dialect: str, pairs: list[tuple[str, str]]) -> str:
-    """``"k1":v1,...,"kn":vn}`` (no opening brace) of these keys and values: a
-    text column, ``int:column`` (an integer column), ``null`` or ``str:literal``."""
+def _members(dialect: str, pairs: list[tuple[str, str]], *, brace: bool = False) -> str:
+    """``"k1":v1,...,"kn":vn}`` of these keys and values (``{`` first if ``brace``):
+    a text column, ``int:column`` (an integer column or literal), ``null`` or
+    ``str:literal``."""
     args = []
     for key, value in pairs:
         kind, _, what = value.rpartition(":")
@@ -301,11 +314,12 @@ def _members(dialect: str, pairs: list[tuple[str, str]]) -> str:
             sql = f"{what}::text"
         else:
             sql = _quote(dialect, what)
-        sep = "," if args else ""
+        sep = "," if args else "{" if brace else ""
         args.append(f"'{sep}\"{key}\":' || {sql}")
     if dialect == "sqlite":
         # json_object is one C call; joining pieces with || costs SQLite more.
-        return f"substr(json_object({', '.join(args)}), 2)"
+        whole = f"json_object({', '.join(args)})"
+        return whole if brace else f"substr({whole}, 2)"
     return " || ".join(args) + " || '}'"
 
 
@@ -359,13 +373,13 @@ def _message_pieces(dialect: str) -> str:
             ("type", "str:message"),
         ],
     )
-    # The rest is NULL for a message with nested JSON: export_nested_messages.
+    # The rest is NULL for a message with nested JSON: see export_nested_messages.
     return f"{_quote(dialect, 'm.content')}, m.created_at, CASE WHEN {_PLAIN} THEN {rest} END"
 
 
 def export_message_lines(dialect: str, n: int) -> str:
-    """The messages of these sessions, by session and seq, as content, created_at
-    and the rest of the line (NULL for messages with nested JSON)."""
+    """The messages of these sessions, by session and seq, as the pieces of their
+    lines: content, created_at, the rest (NULL for messages with nested JSON)."""
     where = _MESSAGES_OF.format(marks=marks(n))
     return f"SELECT {_message_pieces(dialect)}\n{where}\nORDER BY s.id, m.seq"
 

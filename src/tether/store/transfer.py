@@ -29,6 +29,7 @@ import math
 import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, StoreError, StoreOpenError
@@ -156,15 +157,16 @@ def message_row_line(row: Sequence[Any]) -> str:
 
 
 # A message line from the pieces the database built (sql_retention.export_message_lines):
-# content, created_at (Python's repr: the databases print floats otherwise), the rest.
+# content, created_at, the rest. Python spells created_at: its repr is the
+# canonical form, and neither database prints floats so.
 MESSAGE_TEMPLATE = '{"content":%s,"created_at":%r,%s'
 
 
-def _message_lines(rows: list[Any], nested: list[Any]) -> list[str]:
+def _message_lines(rows: list[Any], nested: list[Any]) -> Iterable[str]:
     """The lines of export_message_lines' rows; those with nested JSON (rest NULL)
     from ``nested``, the full rows of the same messages in the same order."""
     if not nested:
-        return list(map(MESSAGE_TEMPLATE.__mod__, rows))  # one C call a line
+        return map(MESSAGE_TEMPLATE.__mod__, rows)  # one C call a line
     full = iter(nested)
     return [message_row_line(next(full)) if r[2] is None else MESSAGE_TEMPLATE % r for r in rows]
 
@@ -177,7 +179,7 @@ def _page_reader(query: str, sid: str, after: int, upto: int) -> Callable[[Conn]
         nested = []
         if any(r[2] is None for r in rows):
             nested = c.execute(q.EXPORT_NESTED_PAGE, (sid, after, upto)).fetchall()
-        return _message_lines(rows, nested)
+        return list(_message_lines(rows, nested))
 
     return run
 
@@ -242,7 +244,7 @@ class Transfer:
 
     if TYPE_CHECKING:  # provided by Retention and MessageWrites
 
-        def claim(self, session_ids: Sequence[str], holder: str, ttl: float) -> list[str]: ...
+        def _claim_ids(self, ids: list[str], holder: str, ttl: float) -> list[str]: ...
 
         def release(self, holder: str) -> int: ...
 
@@ -285,7 +287,7 @@ class Transfer:
             for rows in self._export_pages(session_ids, floor, page):
                 if claiming:
                     try:
-                        claimed = set(self.claim([r[0] for r in rows], holder, CLAIM_TTL))
+                        claimed = set(self._claim_ids([r[0] for r in rows], holder, CLAIM_TTL))
                     except StoreOpenError as exc:
                         # Claims are writes; nobody prunes through a store that refuses them.
                         log.debug("exporting without claims: %s", exc)
@@ -360,28 +362,22 @@ class Transfer:
             sessions = c.execute(q.export_session_lines(dialect, n), ids).fetchall()
             messages = c.execute(q.export_message_lines(dialect, n), ids).fetchall()
             nested = []
-            for r in messages:
-                if r[2] is None:
-                    nested = c.execute(q.export_nested_messages(n), ids).fetchall()
-                    break
+            if any(r[2] is None for r in messages):
+                nested = c.execute(q.export_nested_messages(n), ids).fetchall()
             return sessions, messages, nested
 
         sessions, messages, nested = self.backend.read(read)
-        lines = _message_lines(messages, nested)
-        if len(lines) != sum(s[7] for s in sessions):
+        if len(messages) != sum(s[7] for s in sessions):
             raise StoreError(
                 "the store is inconsistent: sessions in "
                 f"{ids[0]}..{ids[-1]} have fewer messages than their message_count "
                 "(run `tether doctor`)"
             )
+        lines = iter(_message_lines(messages, nested))
         out: list[str] = []
-        at = 0
         for s in sessions:
             out.append(session_row_line(s))
-            count = s[7]
-            if count:
-                out.extend(lines[at : at + count])
-                at += count
+            out.extend(islice(lines, s[7]))
         out.append("")
         yield "\n".join(out)  # one chunk per group: fewer, larger writes
         return len(sessions)
