@@ -464,14 +464,10 @@ class Retention:
         dialect = self.backend.dialect
 
         def tx(c: Conn) -> list[str]:
+            # One statement: an upsert per row is a round trip each on PostgreSQL.
             expires = self._liveness_now(c) + ttl
-            if dialect == "sqlite":  # one writer at a time: one statement is enough
-                claimed = c.execute(q.claim_rows(len(ids)), [holder, expires, *ids])
-                return [r[0] for r in claimed.fetchall()]
-            got = [r[0] for r in c.execute(q.claimable(dialect, len(ids)), ids).fetchall()]
-            if got:
-                c.executemany(q.UPSERT_CLAIM, [(sid, holder, expires) for sid in got])
-            return got
+            claimed = c.execute(q.claim_rows(dialect, len(ids)), [*ids, holder, expires])
+            return [r[0] for r in claimed.fetchall()]
 
         return self.backend.write(tx)
 

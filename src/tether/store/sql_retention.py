@@ -167,26 +167,16 @@ OLDEST_EVENT = "SELECT min(id) FROM events"
 # --- claims -----------------------------------------------------------------------
 
 
-def claimable(dialect: str, n: int) -> str:
-    """Which of these sessions exist outside the trash, locked for share on PostgreSQL."""
-    query = f"SELECT id FROM sessions WHERE id IN ({marks(n)}) AND trashed_at IS NULL"
-    if dialect == "postgresql":
-        return query + " ORDER BY id FOR SHARE"
-    return query
-
-
-UPSERT_CLAIM = """
-INSERT INTO claims (session_id, holder, expires_at) VALUES (?, ?, ?)
-ON CONFLICT (session_id, holder) DO UPDATE SET expires_at = excluded.expires_at
-"""
-
-
-def claim_rows(n: int) -> str:
-    """SQLite: claim those of these sessions outside the trash, in one statement
-    (holder, expires, then the ids); returns the ids claimed."""
+def claim_rows(dialect: str, n: int) -> str:
+    """Claim those of these sessions outside the trash in one statement (the ids,
+    then holder and expires); returns the ids claimed. On PostgreSQL the rows are
+    locked for share first, so a prune deciding at the same time (it locks them
+    for update) waits for this claim or is waited for."""
+    lock = " ORDER BY id FOR SHARE" if dialect == "postgresql" else ""
     return f"""
+WITH got AS (SELECT id FROM sessions WHERE id IN ({marks(n)}) AND trashed_at IS NULL{lock})
 INSERT INTO claims (session_id, holder, expires_at)
-SELECT id, ?, ? FROM sessions WHERE id IN ({marks(n)}) AND trashed_at IS NULL
+SELECT id, ?, ? FROM got WHERE true
 ON CONFLICT (session_id, holder) DO UPDATE SET expires_at = excluded.expires_at
 RETURNING session_id
 """

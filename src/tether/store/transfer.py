@@ -330,6 +330,12 @@ class Transfer:
             if len(rows) < page:
                 return
 
+    def _ordered_read(self, fn: Callable[[Conn], Any]) -> Any:
+        """A read whose queries walk the indexes in their order (PostgreSQL's
+        ``read_ordered``): a planner that prices a sort below them otherwise scans
+        every message to hash-join a page of sessions."""
+        return getattr(self.backend, "read_ordered", self.backend.read)(fn)
+
     def _export_jsonl_page(self, rows: list[tuple[str, int]]) -> Generator[str, None, int]:
         """A page of sessions as JSONL, in groups of at most MESSAGE_PAGE messages (by
         the counts of the page: the group's own snapshot may have a few more), each
@@ -366,7 +372,7 @@ class Transfer:
                 nested = c.execute(q.export_nested_messages(n), ids).fetchall()
             return sessions, messages, nested
 
-        sessions, messages, nested = self.backend.read(read)
+        sessions, messages, nested = self._ordered_read(read)
         if len(messages) != sum(s[7] for s in sessions):
             raise StoreError(
                 "the store is inconsistent: sessions in "
@@ -394,7 +400,7 @@ class Transfer:
                 return None, []
             return found, _page_reader(lines_query, sid, 0, min(found[7], MESSAGE_PAGE))(c)
 
-        row, lines = self.backend.read(first)
+        row, lines = self._ordered_read(first)
         if row is None:
             return 0
         count = row[7]
@@ -414,7 +420,7 @@ class Transfer:
             if after >= count:
                 return 1
             page = _page_reader(lines_query, sid, after, min(count, after + MESSAGE_PAGE))
-            lines = self.backend.read(page)
+            lines = self._ordered_read(page)
 
     def _messages(self, sid: str, count: int) -> Iterator[Message]:
         # Up to the count read with the row: appends after it are not this export's.
