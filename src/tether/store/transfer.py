@@ -58,8 +58,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMATS = ("jsonl", "openai")
-SESSION_PAGE = 200
-MESSAGE_PAGE = 2000
+SESSION_PAGE = 1000  # sessions claimed per transaction (a commit each)
+MESSAGE_PAGE = 2000  # messages per read (a snapshot each) and per chunk of output
 CLAIM_TTL = 300.0  # seconds a page stays claimed without being renewed
 
 SESSION_FIELDS = (
