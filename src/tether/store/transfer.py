@@ -9,11 +9,17 @@ keeps no key order, so a canonical form is what makes a round trip SQLite →
 JSONL → PostgreSQL → JSONL byte-identical. Owner, epoch and detachment are
 left out: they describe a process of the exporting machine.
 
-Export streams in constant memory: sessions in keyset pages by id, messages
-in bounded pages, each page claimed for the reader first (see
-:mod:`tether.store.retention`), so a prune running meanwhile never deletes
-what is being copied. A session's messages are exported up to the count read
-with its row: appends that land meanwhile wait for the next export.
+Export streams in constant memory: sessions in keyset pages by id, each page
+claimed for the reader first (see :mod:`tether.store.retention`), so a prune
+running meanwhile never deletes what is being copied; a store this process
+cannot write is read without claims. The sessions of a page are read in groups
+of at most MESSAGE_PAGE messages, each group's rows and messages in one
+snapshot; a larger session page by page, and an error if it lost messages
+meanwhile (a claim that expired). A session's messages are exported up to the
+count read with its row: appends that land meanwhile wait for the next export.
+The database builds each line (see sql_retention.export_message_lines); Python
+spells the floats and the nested JSON, and a test compares every line with
+``canonical``.
 
 Import (:meth:`Transfer.import_lines`) is idempotent by session id (ids are
 globally unique, time-sortable): a session already in the store is skipped
