@@ -201,3 +201,66 @@ def test_the_fast_message_line_is_the_canonical_one(store: Store) -> None:
     assert len(rows) == 7
     for row in rows:
         assert message_row_line(row) == message_line(message_from_row(row))
+
+
+def test_a_read_only_store_is_exported_without_claims(tmp_path: Path) -> None:
+    """Claims are writes: a store this process cannot write is exported without them
+    (nothing can prune a file nobody can write), byte for byte as a writable one."""
+    from .test_errors import read_only
+
+    path = tmp_path / "ro.db"
+    with tether.open_store(path, load_plugins=False) as writable:
+        ids = fill(writable)  # its open session ends when the store closes
+    with tether.open_store(path, load_plugins=False) as writable:
+        expected = export(writable)
+        expected_one = export(writable, [ids[1]])
+    with read_only(path):
+        with tether.open_store(path, load_plugins=False) as store:
+            assert export(store) == expected
+            assert export(store, [ids[1]]) == expected_one
+            assert export(store, fmt="openai").count("\n") == 3
+        done = run_cli("--db", str(path), "export", "--all")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == expected
+
+
+# Every character the encoders could spell differently: quotes, backslashes, each
+# control character, DEL, line and paragraph separators, astral and combining ones.
+TRICKY = "".join(map(chr, range(1, 32))) + '"\\/\x7f\u2028\u2029 é ✓ 日本 😀 e\u0301 '
+
+
+def test_database_built_lines_are_the_canonical_ones(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each exported line is the canonical encoder's line of the same session or
+    message, byte for byte: in groups, and paged (a large session, pages of 3)."""
+    from tether.model import MESSAGE_STATES
+    from tether.store import transfer
+
+    a = store.session(
+        source="cli", title=TRICKY, model="", cwd=TRICKY[::-1], metadata={"z": TRICKY, "a": 1}
+    )
+    for i, role in enumerate(["system", "user", "assistant", "user", "assistant", "user"]):
+        a.append(role, TRICKY * i or "", idem_key=f"k{TRICKY}{i}")
+    a.append(
+        "assistant",
+        None,
+        tool_calls=[
+            {"type": "function", "id": TRICKY, "function": {"name": "f", "arguments": "{}"}}
+        ],
+        meta={"turn": TRICKY, "b": [0.1, 1e-7, 12345678901234567890]},
+    )
+    a.append("tool", "", tool_call_id=TRICKY, tool_name=TRICKY, payload={"y": None, "x": [TRICKY]})
+    a.append("user", "after the nested ones")
+    a.end("completed", TRICKY)
+    b = store.session(source="web")
+    b.append("user", "x")
+    b.end("cli_close")
+    expected = []
+    for s in (a, b):
+        expected.append(transfer.session_line(store.get_session(s.id)))
+        expected += map(transfer.message_line, store.get_messages(s.id, states=MESSAGE_STATES))
+    text = export(store)
+    assert text.split("\n") == [*expected, ""]  # not splitlines: U+2028 is no line end
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 3)  # a is now a large session, paged
+    assert export(store) == text

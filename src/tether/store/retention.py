@@ -452,19 +452,22 @@ class Retention:
         sessions alone until the claim is released or expires.
         """
         ids = [check_id(s) for s in session_ids]
-        holder_text = check_text(holder, "holder", required=True)
-        if not ids:
-            return []
+        holder_text = check_text(holder, "holder", required=True) or ""  # required: never None
         if not math.isfinite(ttl) or ttl <= 0:
             raise InvalidInputError(f"claim ttl must be a positive number of seconds, not {ttl!r}")
+        return self._claim_ids(ids, holder_text, ttl)
+
+    def _claim_ids(self, ids: list[str], holder: str, ttl: float) -> list[str]:
+        """:meth:`claim` of ids as the database spells them (an export's pages)."""
+        if not ids:
+            return []
         dialect = self.backend.dialect
 
         def tx(c: Conn) -> list[str]:
-            got = [r[0] for r in c.execute(q.claimable(dialect, len(ids)), ids).fetchall()]
+            # One statement: an upsert per row is a round trip each on PostgreSQL.
             expires = self._liveness_now(c) + ttl
-            if got:
-                c.executemany(q.UPSERT_CLAIM, [(sid, holder_text, expires) for sid in got])
-            return got
+            claimed = c.execute(q.claim_rows(dialect, len(ids)), [*ids, holder, expires])
+            return [r[0] for r in claimed.fetchall()]
 
         return self.backend.write(tx)
 

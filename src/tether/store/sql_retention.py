@@ -7,7 +7,7 @@ spelled out as ``IN (?, ?, ...)`` of at most one batch.
 
 from __future__ import annotations
 
-from ..model import MESSAGE_READ_COLUMNS, SESSION_COLUMNS
+from ..model import MESSAGE_READ_COLUMNS
 
 
 def marks(n: int) -> str:
@@ -167,18 +167,20 @@ OLDEST_EVENT = "SELECT min(id) FROM events"
 # --- claims -----------------------------------------------------------------------
 
 
-def claimable(dialect: str, n: int) -> str:
-    """Which of these sessions exist outside the trash, locked for share on PostgreSQL."""
-    query = f"SELECT id FROM sessions WHERE id IN ({marks(n)}) AND trashed_at IS NULL"
-    if dialect == "postgresql":
-        return query + " ORDER BY id FOR SHARE"
-    return query
-
-
-UPSERT_CLAIM = """
-INSERT INTO claims (session_id, holder, expires_at) VALUES (?, ?, ?)
+def claim_rows(dialect: str, n: int) -> str:
+    """Claim those of these sessions outside the trash in one statement (the ids,
+    then holder and expires); returns the ids claimed. On PostgreSQL the rows are
+    locked for share first, so a prune deciding at the same time (it locks them
+    for update) waits for this claim or is waited for."""
+    lock = " ORDER BY id FOR SHARE" if dialect == "postgresql" else ""
+    return f"""
+WITH got AS (SELECT id FROM sessions WHERE id IN ({marks(n)}) AND trashed_at IS NULL{lock})
+INSERT INTO claims (session_id, holder, expires_at)
+SELECT id, ?, ? FROM got WHERE true
 ON CONFLICT (session_id, holder) DO UPDATE SET expires_at = excluded.expires_at
+RETURNING session_id
 """
+
 
 RELEASE_CLAIMS = "DELETE FROM claims WHERE holder = ?"
 
@@ -248,27 +250,159 @@ def dangling_sessions(dialect: str) -> str:
 # --- transfer (export / import) ---------------------------------------------------
 
 # Sessions to export, by id (time-sortable: parents before their continuations),
-# from a keyset position: after id, since (activity), limit.
-EXPORT_SESSIONS = f"""
-SELECT {SESSION_COLUMNS} FROM sessions
+# from a keyset position: after id, since (activity), limit. Ids and counts only:
+# the rows themselves are read again with their messages, in one snapshot.
+EXPORT_PAGE = """
+SELECT id, message_count FROM sessions
 WHERE id > ? AND last_active_at >= ? AND trashed_at IS NULL ORDER BY id LIMIT ?
 """
 
 
-def export_sessions_by_id(n: int) -> str:
-    return f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id IN ({marks(n)}) ORDER BY id"
-
-
-def export_page_messages(n: int) -> str:
-    """Every message of these sessions, by session then seq (a page's worth, bounded)."""
+def export_page_by_id(n: int) -> str:
+    """These sessions' ids and counts, by id (since: a last parameter)."""
     return f"""
-SELECT {MESSAGE_READ_COLUMNS} FROM messages WHERE session_id IN ({marks(n)})
-ORDER BY session_id, seq
+SELECT id, message_count FROM sessions
+WHERE id IN ({marks(n)}) AND last_active_at >= ? AND trashed_at IS NULL ORDER BY id
 """
 
 
+# Export lines built by the database (issue 14: Python spent about 10 us a line).
+# The line of a row is canonical JSON: keys sorted, compact, UTF-8. Strings are
+# escaped by the database (SQLite's json_quote/json_object and PostgreSQL's
+# to_json escape exactly what Python's encoder does: '"', '\\', and the
+# control characters, as \b \f \n \r \t or a lowercase \u00XX); numbers
+# that are floats (the times) are left to Python's repr, which neither database
+# reproduces (SQLite prints 15 digits), and so are nested JSON columns (their
+# keys must be sorted, and they are stored as written). The Python side splices
+# these into the text: see transfer.MESSAGE_TEMPLATE and SESSION_TEMPLATE. A
+# test compares every line with the canonical encoder's.
+
+
+def _quote(dialect: str, expr: str) -> str:
+    """A JSON string (or null) of a text column, as the database spells it."""
+    if dialect == "postgresql":
+        return f"coalesce(to_json({expr})::text, 'null')"
+    return f"json_quote({expr})"
+
+
+def _members(dialect: str, pairs: list[tuple[str, str]], *, brace: bool = False) -> str:
+    """``"k1":v1,...,"kn":vn}`` of these keys and values (``{`` first if ``brace``):
+    a text column, ``int:column`` (an integer column or literal), ``null`` or
+    ``str:literal``."""
+    args = []
+    for key, value in pairs:
+        kind, _, what = value.rpartition(":")
+        if dialect == "sqlite":
+            sql = "NULL" if value == "null" else f"'{what}'" if kind == "str" else what
+            args.append(f"'{key}', {sql}")
+            continue
+        if value == "null":
+            sql = "'null'"
+        elif kind == "str":
+            sql = f"'\"{what}\"'"
+        elif kind == "int":
+            sql = f"{what}::text"
+        else:
+            sql = _quote(dialect, what)
+        sep = "," if args else "{" if brace else ""
+        args.append(f"'{sep}\"{key}\":' || {sql}")
+    if dialect == "sqlite":
+        # json_object is one C call; joining pieces with || costs SQLite more.
+        whole = f"json_object({', '.join(args)})"
+        return whole if brace else f"substr({whole}, 2)"
+    return " || ".join(args) + " || '}'"
+
+
+def export_session_lines(dialect: str, n: int) -> str:
+    """These sessions (outside the trash), by id, as the pieces of their lines:
+    created_at, cwd, end_detail, end_reason, ended_at, id, last_active_at,
+    message_count, metadata, then the rest of the line (model to type)."""
+    rest = _members(
+        dialect,
+        [
+            ("model", "s.model"),
+            ("origin", "s.origin"),
+            ("parent_id", "s.parent_id"),
+            ("root_id", "s.root_id"),
+            ("source", "s.source"),
+            ("title", "s.title"),
+            ("type", "str:session"),
+        ],
+    )
+    q = _quote
+    return f"""
+SELECT s.created_at, {q(dialect, "s.cwd")}, {q(dialect, "s.end_detail")},
+    {q(dialect, "s.end_reason")}, s.ended_at, {q(dialect, "s.id")}, s.last_active_at,
+    s.message_count, s.metadata, {rest}
+FROM sessions s WHERE s.id IN ({marks(n)}) AND s.trashed_at IS NULL ORDER BY s.id
+"""
+
+
+_PLAIN = "m.tool_calls IS NULL AND m.meta IS NULL AND m.payload IS NULL"
+# The sessions' messages up to their counts (appends after the snapshot's row are
+# not this export's); the sessions are those of export_session_lines.
+_MESSAGES_OF = """FROM sessions s
+JOIN messages m ON m.session_id = s.id AND m.seq <= s.message_count
+WHERE s.id IN ({marks}) AND s.trashed_at IS NULL"""
+
+
+def _message_pieces(dialect: str) -> str:
+    rest = _members(
+        dialect,
+        [
+            ("idem_key", "m.idem_key"),
+            ("meta", "null"),
+            ("payload", "null"),
+            ("role", "m.role"),
+            ("seq", "int:m.seq"),
+            ("session_id", "m.session_id"),
+            ("state", "m.state"),
+            ("tool_call_id", "m.tool_call_id"),
+            ("tool_calls", "null"),
+            ("tool_name", "m.tool_name"),
+            ("type", "str:message"),
+        ],
+    )
+    # The rest is NULL for a message with nested JSON: see export_nested_messages.
+    return f"{_quote(dialect, 'm.content')}, m.created_at, CASE WHEN {_PLAIN} THEN {rest} END"
+
+
+def export_message_lines(dialect: str, n: int) -> str:
+    """The messages of these sessions, by session and seq, as the pieces of their
+    lines: content, created_at, the rest (NULL for messages with nested JSON)."""
+    where = _MESSAGES_OF.format(marks=marks(n))
+    return f"SELECT {_message_pieces(dialect)}\n{where}\nORDER BY s.id, m.seq"
+
+
+_MESSAGE_ROWS = ", ".join(f"m.{c.strip()}" for c in MESSAGE_READ_COLUMNS.split(","))
+
+
+def export_nested_messages(n: int) -> str:
+    """The rows (MESSAGE_READ_COLUMNS) of the messages export_message_lines left
+    NULL, in the same order: their nested JSON is made canonical in Python."""
+    where = _MESSAGES_OF.format(marks=marks(n))
+    return f"SELECT {_MESSAGE_ROWS}\n{where} AND NOT ({_PLAIN})\nORDER BY s.id, m.seq"
+
+
+def export_message_page(dialect: str) -> str:
+    """A page of a large session's messages as export_message_lines does:
+    session id, after seq, up to seq."""
+    return f"""
+SELECT {_message_pieces(dialect)} FROM messages m
+WHERE m.session_id = ? AND m.seq > ? AND m.seq <= ? ORDER BY m.seq
+"""
+
+
+# The rows of that page that have nested JSON (same parameters, same order).
+EXPORT_NESTED_PAGE = f"""
+SELECT {_MESSAGE_ROWS} FROM messages m
+WHERE m.session_id = ? AND m.seq > ? AND m.seq <= ? AND NOT ({_PLAIN}) ORDER BY m.seq
+"""
+
+# A page of one session's messages as rows (the openai format).
 EXPORT_MESSAGES = f"""
-SELECT {MESSAGE_READ_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?
+SELECT {MESSAGE_READ_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? AND seq <= ?
+ORDER BY seq
 """
 
 # An exported session, inserted with its own id, times and end (no owner: the

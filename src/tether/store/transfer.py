@@ -9,11 +9,17 @@ keeps no key order, so a canonical form is what makes a round trip SQLite →
 JSONL → PostgreSQL → JSONL byte-identical. Owner, epoch and detachment are
 left out: they describe a process of the exporting machine.
 
-Export streams in constant memory: sessions in keyset pages by id, messages
-in bounded pages, each page claimed for the reader first (see
-:mod:`tether.store.retention`), so a prune running meanwhile never deletes
-what is being copied. A session's messages are exported up to the count read
-with its row: appends that land meanwhile wait for the next export.
+Export streams in constant memory: sessions in keyset pages by id, each page
+claimed for the reader first (see :mod:`tether.store.retention`), so a prune
+running meanwhile never deletes what is being copied; a store this process
+cannot write is read without claims. The sessions of a page are read in groups
+of at most MESSAGE_PAGE messages, each group's rows and messages in one
+snapshot; a larger session page by page, and an error if it lost messages
+meanwhile (a claim that expired). A session's messages are exported up to the
+count read with its row: appends that land meanwhile wait for the next export.
+The database builds each line (see sql_retention.export_message_lines); Python
+spells the floats and the nested JSON, and a test compares every line with
+``canonical``.
 
 Import (:meth:`Transfer.import_lines`) is idempotent by session id (ids are
 globally unique, time-sortable): a session already in the store is skipped
@@ -24,14 +30,16 @@ file (one clear error naming the line) leaves nothing half-imported.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInputError
-from ..model import MESSAGE_STATES, Message, Session, message_from_row, session_from_row
+from ..errors import InvalidInputError, StoreError, StoreOpenError
+from ..model import MESSAGE_STATES, Message, Session, message_from_row
 from ..validate import (
     check_detail,
     check_id,
@@ -53,9 +61,11 @@ if TYPE_CHECKING:
     from ..clock import Clock
     from .backend import Backend
 
+log = logging.getLogger(__name__)
+
 FORMATS = ("jsonl", "openai")
-SESSION_PAGE = 200
-MESSAGE_PAGE = 2000
+SESSION_PAGE = 1000  # sessions claimed per transaction (a commit each)
+MESSAGE_PAGE = 2000  # messages per read (a snapshot each) and per chunk of output
 CLAIM_TTL = 300.0  # seconds a page stays claimed without being renewed
 
 SESSION_FIELDS = (
@@ -152,6 +162,45 @@ def message_row_line(row: Sequence[Any]) -> str:
     )
 
 
+# A message line from the pieces the database built (sql_retention.export_message_lines):
+# content, created_at, the rest. Python spells created_at: its repr is the
+# canonical form, and neither database prints floats so.
+MESSAGE_TEMPLATE = '{"content":%s,"created_at":%r,%s'
+
+
+def _message_lines(rows: list[Any], nested: list[Any]) -> Iterable[str]:
+    """The lines of export_message_lines' rows; those with nested JSON (rest NULL)
+    from ``nested``, the full rows of the same messages in the same order."""
+    if not nested:
+        return map(MESSAGE_TEMPLATE.__mod__, rows)  # one C call a line
+    full = iter(nested)
+    return [message_row_line(next(full)) if r[2] is None else MESSAGE_TEMPLATE % r for r in rows]
+
+
+def _page_reader(query: str, sid: str, after: int, upto: int) -> Callable[[Conn], list[str]]:
+    """A read of one page of a session's message lines (seq after..upto), bound now."""
+
+    def run(c: Conn) -> list[str]:
+        rows = c.execute(query, (sid, after, upto)).fetchall()
+        nested = []
+        if any(r[2] is None for r in rows):
+            nested = c.execute(q.EXPORT_NESTED_PAGE, (sid, after, upto)).fetchall()
+        return list(_message_lines(rows, nested))
+
+    return run
+
+
+def session_row_line(row: Sequence[Any]) -> str:
+    """:func:`session_line` from the pieces of sql_retention.export_session_lines."""
+    created, cwd, detail, reason, ended, sid, active, count, metadata, rest = row
+    return (
+        f'{{"created_at":{float(created)!r},"cwd":{cwd},"end_detail":{detail},'
+        f'"end_reason":{reason},"ended_at":{"null" if ended is None else repr(float(ended))},'
+        f'"id":{sid},"last_active_at":{float(active)!r},"message_count":{int(count)},'
+        f'"metadata":{_nested(metadata)},{rest}'
+    )
+
+
 def openai_message(m: Message) -> dict[str, Any]:
     """A message as the chat-completions API takes it."""
     d: dict[str, Any] = {"role": m.role, "content": m.content}
@@ -201,7 +250,7 @@ class Transfer:
 
     if TYPE_CHECKING:  # provided by Retention and MessageWrites
 
-        def claim(self, session_ids: Sequence[str], holder: str, ttl: float) -> list[str]: ...
+        def _claim_ids(self, ids: list[str], holder: str, ttl: float) -> list[str]: ...
 
         def release(self, holder: str) -> int: ...
 
@@ -227,33 +276,45 @@ class Transfer:
         ``since``: only sessions active at or after this time. ``fmt``:
         ``jsonl`` (sessions and their messages, every state: what
         :meth:`import_lines` reads back) or ``openai`` (per session, its active
-        messages as a chat-completions list). Trashed sessions are left out
-        of a full export. Each page of sessions is claimed while it is read.
+        messages as a chat-completions list). Trashed sessions are left out.
+        Each page of sessions is claimed while it is read; a store this
+        process cannot write (a read-only file or mount, a read-only role) is
+        read without claims: no prune can run through this process, and each
+        group of sessions is read with its messages in one snapshot anyway.
         ``progress`` is called with the number of sessions written so far.
         """
         if fmt not in FORMATS:
             raise InvalidInputError(f"invalid format {fmt!r}: expected one of {', '.join(FORMATS)}")
         floor = -math.inf if since is None else check_timestamp(since, "since")
         holder = f"export:{uuid.uuid4().hex}"
+        claiming = True
         done = 0
         try:
-            for sessions in self._export_pages(session_ids, floor, page):
-                claimed = set(self.claim([s.id for s in sessions], holder, CLAIM_TTL))
-                kept = [s for s in sessions if s.id in claimed]
+            for rows in self._export_pages(session_ids, floor, page):
+                if claiming:
+                    try:
+                        claimed = set(self._claim_ids([r[0] for r in rows], holder, CLAIM_TTL))
+                    except StoreOpenError as exc:
+                        # Claims are writes; nobody prunes through a store that refuses them.
+                        log.debug("exporting without claims: %s", exc)
+                        claiming = False
+                    else:
+                        rows = [r for r in rows if r[0] in claimed]
                 if fmt == "jsonl":
-                    yield from self._export_jsonl_page(kept)
+                    done += yield from self._export_jsonl_page(rows)
                 else:
-                    for s in kept:
-                        yield from self._export_one(s, fmt)
-                done += len(kept)
+                    for sid, count in rows:
+                        done += yield from self._export_openai(sid, count)
                 if progress is not None:
                     progress(done)
         finally:
-            self.release(holder)
+            if claiming:
+                self.release(holder)
 
     def _export_pages(
         self, session_ids: Sequence[str] | None, floor: float, page: int
-    ) -> Iterator[list[Session]]:
+    ) -> Iterator[list[tuple[str, int]]]:
+        """Pages of (id, message_count) of the sessions to export, by id."""
         if session_ids is not None:
             wanted: dict[str, None] = {}
             for sid in session_ids:
@@ -262,84 +323,133 @@ class Transfer:
             ids = sorted(wanted)
             for i in range(0, len(ids), page):
                 chunk = ids[i : i + page]
-                rows = self.backend.read(_fetch_all(q.export_sessions_by_id(len(chunk)), chunk))
-                yield [s for s in map(session_from_row, rows) if s.last_active_at >= floor]
+                query = q.export_page_by_id(len(chunk))
+                yield self.backend.read(_fetch_all(query, [*chunk, floor]))
             return
         after = ""
         while True:
-            rows = self.backend.read(_fetch_all(q.EXPORT_SESSIONS, (after, floor, page)))
+            rows = self.backend.read(_fetch_all(q.EXPORT_PAGE, (after, floor, page)))
             if not rows:
                 return
-            yield [session_from_row(r) for r in rows]
+            yield rows
             after = rows[-1][0]
             if len(rows) < page:
                 return
 
-    def _messages(self, s: Session) -> Iterator[Message]:
+    def _ordered_read(self, fn: Callable[[Conn], Any]) -> Any:
+        """A read whose queries walk the indexes in their order (PostgreSQL's
+        ``read_ordered``): a planner that prices a sort below them otherwise scans
+        every message to hash-join a page of sessions."""
+        return getattr(self.backend, "read_ordered", self.backend.read)(fn)
+
+    def _export_jsonl_page(self, rows: list[tuple[str, int]]) -> Generator[str, None, int]:
+        """A page of sessions as JSONL, in groups of at most MESSAGE_PAGE messages (by
+        the counts of the page: the group's own snapshot may have a few more), each
+        large session on its own; returns how many sessions were written."""
+        written = 0
+        group: list[str] = []
+        total = 0
+        for row in [*rows, None]:
+            if row is not None and row[1] <= MESSAGE_PAGE - total:
+                group.append(row[0])
+                total += row[1]
+                continue
+            if group:
+                written += yield from self._export_group(group)
+                group, total = [], 0
+            if row is None:
+                break
+            if row[1] > MESSAGE_PAGE:
+                written += yield from self._export_large(row[0])
+            else:
+                group, total = [row[0]], row[1]
+        return written
+
+    def _export_group(self, ids: list[str]) -> Generator[str, None, int]:
+        """Sessions and their messages read in one snapshot, as one chunk of lines."""
+        dialect = self.backend.dialect
+        n = len(ids)
+
+        def read(c: Conn) -> tuple[list[Any], list[Any], list[Any]]:
+            sessions = c.execute(q.export_session_lines(dialect, n), ids).fetchall()
+            messages = c.execute(q.export_message_lines(dialect, n), ids).fetchall()
+            nested = []
+            if any(r[2] is None for r in messages):
+                nested = c.execute(q.export_nested_messages(n), ids).fetchall()
+            return sessions, messages, nested
+
+        sessions, messages, nested = self._ordered_read(read)
+        if len(messages) != sum(s[7] for s in sessions):
+            raise StoreError(
+                "the store is inconsistent: sessions in "
+                f"{ids[0]}..{ids[-1]} have fewer messages than their message_count "
+                "(run `tether doctor`)"
+            )
+        lines = iter(_message_lines(messages, nested))
+        out: list[str] = []
+        for s in sessions:
+            out.append(session_row_line(s))
+            out.extend(islice(lines, s[7]))
+        out.append("")
+        yield "\n".join(out)  # one chunk per group: fewer, larger writes
+        return len(sessions)
+
+    def _export_large(self, sid: str) -> Generator[str, None, int]:
+        """A session with more than MESSAGE_PAGE messages: its row and first page in
+        one snapshot, then page by page up to the count read with the row."""
+        dialect = self.backend.dialect
+        lines_query = q.export_message_page(dialect)
+
+        def first(c: Conn) -> tuple[Any, list[str]]:
+            found = c.execute(q.export_session_lines(dialect, 1), (sid,)).fetchone()
+            if found is None:
+                return None, []
+            return found, _page_reader(lines_query, sid, 0, min(found[7], MESSAGE_PAGE))(c)
+
+        row, lines = self._ordered_read(first)
+        if row is None:
+            return 0
+        count = row[7]
+        yield session_row_line(row) + "\n"
+        after = 0
+        while True:
+            upto = min(count, after + MESSAGE_PAGE)
+            if len(lines) != upto - after:
+                raise StoreError(
+                    f"session {sid} lost messages while it was exported (deleted meanwhile?): "
+                    f"{len(lines)} of seq {after + 1}..{upto} found"
+                )
+            if lines:
+                lines.append("")
+                yield "\n".join(lines)
+            after = upto
+            if after >= count:
+                return 1
+            page = _page_reader(lines_query, sid, after, min(count, after + MESSAGE_PAGE))
+            lines = self._ordered_read(page)
+
+    def _messages(self, sid: str, count: int) -> Iterator[Message]:
         # Up to the count read with the row: appends after it are not this export's.
         after = 0
-        while after < s.message_count:
-            rows = self.backend.read(_fetch_all(q.EXPORT_MESSAGES, (s.id, after, MESSAGE_PAGE)))
+        while after < count:
+            upto = min(count, after + MESSAGE_PAGE)
+            rows = self.backend.read(_fetch_all(q.EXPORT_MESSAGES, (sid, after, upto)))
             if not rows:
                 return
             for r in rows:
-                m = message_from_row(r)
-                if m.seq > s.message_count:
-                    return
-                yield m
-            after = rows[-1][1]
+                yield message_from_row(r)
+            after = upto
 
-    def _export_jsonl_page(self, sessions: list[Session]) -> Iterator[str]:
-        """A page of sessions as JSONL: the small ones' messages in one query per
-        group of at most MESSAGE_PAGE messages, each large one paged on its own."""
-        group: list[Session] = []
-        total = 0
-        for s in [*sessions, None]:
-            if s is not None and s.message_count <= MESSAGE_PAGE - total:
-                group.append(s)
-                total += s.message_count
-                continue
-            if group:
-                yield from self._export_group(group)
-                group, total = [], 0
-            if s is None:
-                break
-            if s.message_count > MESSAGE_PAGE:
-                yield from self._export_one(s, "jsonl")
-            else:
-                group, total = [s], s.message_count
-
-    def _export_group(self, group: list[Session]) -> Iterator[str]:
-        ids = [s.id for s in group]
-        rows = self.backend.read(_fetch_all(q.export_page_messages(len(ids)), ids))
-        by_session: dict[str, list[Any]] = {}
-        for r in rows:
-            by_session.setdefault(r[0], []).append(r)
-        # One chunk per group (at most MESSAGE_PAGE lines): fewer, larger writes.
-        lines: list[str] = []
-        for s in group:
-            lines.append(session_line(s))
-            # Up to the count read with the row: appends after it are not this export's.
-            lines.extend(
-                message_row_line(r) for r in by_session.get(s.id, ()) if r[1] <= s.message_count
-            )
-        lines.append("")
-        yield "\n".join(lines)
-
-    def _export_one(self, s: Session, fmt: str) -> Iterator[str]:
-        if fmt == "jsonl":
-            yield session_line(s) + "\n"
-            for m in self._messages(s):
-                yield message_line(m) + "\n"
-            return
-        # openai: one object per session, its list streamed item by item.
+    def _export_openai(self, sid: str, count: int) -> Generator[str, None, int]:
+        """One object per session, its chat-completions list streamed item by item."""
         yield '{"messages":['
         first = True
-        for m in self._messages(s):
+        for m in self._messages(sid, count):
             if m.state == "active":
                 yield ("" if first else ",") + canonical(openai_message(m))
                 first = False
-        yield f'],"session_id":{canonical(s.id)}}}\n'
+        yield f'],"session_id":{canonical(sid)}}}\n'
+        return 1
 
     # --- import ---------------------------------------------------------------------
 
