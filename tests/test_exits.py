@@ -349,6 +349,8 @@ while time.monotonic() < deadline:
         armed = True
         t.start()
         started += 1
+        for _ in range(3):  # as the checkpointer is woken from the write path
+            t.wake()
         t.stop()
         armed = False
     except KeyboardInterrupt:
@@ -376,7 +378,9 @@ def test_ctrl_c_while_tether_starts_and_stops_its_threads(tmp_path: Path) -> Non
     (the heartbeat at the first session, the checkpointer, at close): Python's own
     Thread.start/join are not written for a handler's exception (a start cut in its
     wait raised RuntimeError('release unlocked lock') in CI's signal test; a cut join
-    marks a running thread stopped). tether holds the signal until the step is done.
+    marks a running thread stopped; one cut inside Event.set() of wake() or stop()
+    left the event's lock taken, and the next set() hung the process for good).
+    tether holds the signal until the step is done.
     Not a store test: one backend is enough."""
     proc = spawn(THREADS_UNDER_SIGNALS, str(tmp_path / "t.db"), "4")
     wait_for_line(proc, "ready")

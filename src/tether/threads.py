@@ -99,14 +99,19 @@ class PeriodicThread(threading.Thread):
 
     def wake(self) -> None:
         """Run the next tick now (``tick`` is told it was woken)."""
-        self._wake.set()
+        # Event.set() enters a Condition whose __enter__ is Python code: a handler's
+        # exception landing there leaves its lock taken for good, and the next
+        # set() (this thread, at the next wake or stop) waits on it forever.
+        with deferred():
+            self._wake.set()
 
     def stop(self, wait: float = 5.0) -> None:
         """Stop the loop and join the thread (up to ``wait`` seconds)."""
-        self._halt.set()
-        self._wake.set()
-        if self is not threading.current_thread() and self.is_alive():
-            join(self, wait)
+        with deferred(block=True):  # as in wake(); and a cut join is a broken join
+            self._halt.set()
+            self._wake.set()
+            if self is not threading.current_thread() and self.is_alive():
+                self.join(wait)
 
     def run(self) -> None:
         try:

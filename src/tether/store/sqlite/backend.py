@@ -140,7 +140,11 @@ class SQLiteBackend:
         self._forked = False
         _backends.add(self)
         self._wlock = threading.Lock()
-        self._rlock = threading.Condition()
+        # The reader pool: a plain lock (its ``with`` cannot be cut by a signal
+        # handler's exception, a Condition's Python-level __enter__ can), and a
+        # condition on it only for waiting when every reader is out.
+        self._rlock = threading.Lock()
+        self._rfree = threading.Condition(self._rlock)
         self._idle_readers: list[sqlite3.Connection] = []
         self._reader_count = 0
         self._writer = None
@@ -520,7 +524,7 @@ class SQLiteBackend:
     def _acquire_reader(self) -> sqlite3.Connection:
         with self._rlock:
             while not self._idle_readers and self._reader_count >= _MAX_READERS:
-                self._rlock.wait()
+                self._rfree.wait()
             if self._idle_readers:
                 return self._idle_readers.pop()
             self._reader_count += 1
@@ -529,7 +533,7 @@ class SQLiteBackend:
         except BaseException:
             with self._rlock:
                 self._reader_count -= 1
-                self._rlock.notify()
+                self._rfree.notify()
             raise
 
     def _release_reader(self, conn: sqlite3.Connection) -> None:
@@ -539,7 +543,7 @@ class SQLiteBackend:
                 self._reader_count -= 1
             else:
                 self._idle_readers.append(conn)
-            self._rlock.notify()
+            self._rfree.notify()
 
     def read(self, fn: Callable[[Any], T]) -> T:
         if self._closed:
