@@ -55,6 +55,16 @@ def _persisted(h: SessionHandle) -> Any:
     return lambda: h.persisted and not h.ended
 
 
+def _appends(writer: GroupWriter, handles: list[Any], role: str, text: str) -> list[Any]:
+    """One keyed append per handle (``text i``), each queued as a groupable write."""
+    return [
+        writer.submit(
+            lambda h=h, i=i: h.append(role, f"{text} {i}", idem_key=f"k{i}:1"), _persisted(h)
+        )
+        for i, h in enumerate(handles)
+    ]
+
+
 async def _held(writer: GroupWriter) -> threading.Event:
     """Occupy the writer thread until the returned event is set."""
     release = threading.Event()
@@ -78,13 +88,7 @@ def test_queued_appends_of_many_sessions_commit_together_and_are_durable_when_re
     async def main() -> list[Any]:
         writer = GroupWriter(store.backend)
         release = await _held(writer)
-        futs = [
-            writer.submit(
-                lambda h=h, i=i: h.append("user", f"second {i}", idem_key=f"k{i}:1"),
-                _persisted(h),
-            )
-            for i, h in enumerate(handles)
-        ]
+        futs = _appends(writer, handles, "user", "second")
         release.set()
         done, _ = await asyncio.wait(futs, return_when=asyncio.FIRST_COMPLETED)
         # Acknowledged means committed: the moment the first caller hears back,
@@ -124,13 +128,7 @@ def test_a_write_that_fails_in_a_group_fails_alone(store: tether.Store, tmp_path
     async def main() -> list[Any]:
         writer = GroupWriter(store.backend)
         release = await _held(writer)
-        futs = [
-            writer.submit(
-                lambda h=h, i=i: h.append("assistant", f"reply {i}", idem_key=f"k{i}:1"),
-                _persisted(h),
-            )
-            for i, h in enumerate(handles)
-        ]
+        futs = _appends(writer, handles, "assistant", "reply")
         futs.insert(1, writer.submit(failing, lambda: True))
         futs.append(writer.submit(lambda: store.record_event(handles[0].id, "kept", {}), None))
         release.set()
@@ -202,13 +200,7 @@ def test_a_group_that_cannot_commit_acknowledges_nothing(
     async def main() -> list[Any]:
         writer = GroupWriter(store.backend)
         release = await _held(writer)
-        futs = [
-            writer.submit(
-                lambda h=h, i=i: h.append("user", f"lost {i}", idem_key=f"k{i}:1"),
-                _persisted(h),
-            )
-            for i, h in enumerate(handles)
-        ]
+        futs = _appends(writer, handles, "user", "lost")
         os.rename(tmp_path / "t.db", tmp_path / "moved.db")
         release.set()
         out = await asyncio.gather(*futs, return_exceptions=True)
@@ -263,12 +255,7 @@ def test_a_shut_down_writer_runs_what_was_queued_and_refuses_more(store: tether.
 
     async def main() -> None:
         writer = GroupWriter(store.backend)
-        futs = [
-            writer.submit(
-                lambda h=h, i=i: h.append("user", f"x {i}", idem_key=f"k{i}:1"), _persisted(h)
-            )
-            for i, h in enumerate(handles)
-        ]
+        futs = _appends(writer, handles, "user", "x")
         writer.shutdown()  # blocks until the queue is drained
         with pytest.raises(RuntimeError):
             writer.submit(lambda: None)
@@ -288,13 +275,7 @@ def test_queued_appends_commit_together_on_every_backend(db_url: str, backend: s
         async def main() -> list[Any]:
             writer = GroupWriter(s.backend)
             release = await _held(writer)
-            futs = [
-                writer.submit(
-                    lambda h=h, i=i: h.append("assistant", f"reply {i}", idem_key=f"k{i}:1"),
-                    _persisted(h),
-                )
-                for i, h in enumerate(handles)
-            ]
+            futs = _appends(writer, handles, "assistant", "reply")
             futs.append(writer.submit(lambda: s.record_event(handles[0].id, "kept", {}), None))
             release.set()
             out = await asyncio.gather(*futs)
@@ -330,13 +311,7 @@ def test_a_write_that_fails_in_a_group_fails_alone_on_every_backend(db_url: str)
         async def main() -> list[Any]:
             writer = GroupWriter(s.backend)
             release = await _held(writer)
-            futs = [
-                writer.submit(
-                    lambda h=h, i=i: h.append("assistant", f"reply {i}", idem_key=f"k{i}:1"),
-                    _persisted(h),
-                )
-                for i, h in enumerate(handles)
-            ]
+            futs = _appends(writer, handles, "assistant", "reply")
             futs.append(writer.submit(lambda: s.backend.write(half_done), lambda: True))
             futs.append(writer.submit(lambda: s.record_event(handles[0].id, "kept", {}), _always))
             release.set()
