@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -165,6 +166,17 @@ def test_the_004_race_deleting_directly_never_leaves_a_partial_session(
         ]
 
 
+def _cursor(db: Path) -> str | None:
+    """The mirror's cursor in the tether file, None before it has one."""
+    if not db.exists():
+        return None
+    try:
+        position = rows(db, "SELECT position FROM import_cursors")
+    except sqlite3.Error:  # the file exists, its tables not yet
+        return None
+    return position[0][0] if position else None
+
+
 def test_a_mirror_killed_mid_page_resumes_with_no_duplicate_and_no_gap(
     hermes_python: Path, tmp_path: Path
 ) -> None:
@@ -173,23 +185,28 @@ def test_a_mirror_killed_mid_page_resumes_with_no_duplicate_and_no_gap(
     total = rows(path, "SELECT count(*) FROM messages")[0][0]
     args = [sys.executable, "-m", "tether", "hermes", "mirror", str(path), "--db", str(db)]
     args += ["--page", "7", "--interval", "0.05"]
-    cursors = []
-    for delay in (0.15, 0.3, 0.45):
+    cursors: list[str | None] = []
+    for _ in range(3):
         proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
         )
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("mirroring"), proc.stderr
-        time.sleep(delay)
+        # Killed as soon as its cursor moved (a page committed, ~330 to go), not after
+        # a fixed delay: a fast import could be done by then, and nothing killed mid-way.
+        before = cursors[-1] if cursors else None
+        deadline = time.monotonic() + 60
+        while _cursor(db) == before and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.002)
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=10)
-        position = rows(db, "SELECT position FROM import_cursors")
-        cursors.append(position[0][0] if position else None)
+        cursors.append(_cursor(db))
     done = subprocess.run(
         [*args, "--for", "0.5"], capture_output=True, text=True, env=child_env(), timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert f'{{"last_message_id": {total}}}' not in cursors[:1]  # the first kill was mid-import
+    assert cursors[0] is not None  # the first kill was mid-import: after a page, before the end
+    assert cursors[0] != f'{{"last_message_id": {total}}}', cursors
     got = tether_messages(db)
     hermes = {}
     for sid, mid in rows(path, "SELECT session_id, id FROM messages ORDER BY id"):
