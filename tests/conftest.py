@@ -211,14 +211,19 @@ def spawn(code: str, *args: str, **env: str) -> subprocess.Popen[str]:
     )
 
 
+def dump_stacks_and_kill(proc: subprocess.Popen[str]) -> None:
+    """A hung child from :func:`spawn`: every thread's stack to its stderr, then SIGKILL."""
+    proc.send_signal(signal.SIGUSR2)  # faulthandler, registered by CHILD_PRELUDE
+    time.sleep(1.0)
+    proc.kill()
+
+
 def finish_child(proc: subprocess.Popen[str], timeout: float = 20.0) -> tuple[int, str, str]:
     """Wait for a child from :func:`spawn`; a hang fails with every thread's stack."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGUSR2)
-        time.sleep(1.0)
-        proc.kill()
+        dump_stacks_and_kill(proc)
         out, err = proc.communicate()
         pytest.fail(f"child still running after {timeout} s; stdout {out!r}; stacks:\n{err}")
     return proc.returncode, out, err

@@ -18,7 +18,7 @@ import pytest
 
 import tether
 
-from .conftest import finish_child, hold_writes, spawn, wait_for_line
+from .conftest import dump_stacks_and_kill, finish_child, hold_writes, spawn, wait_for_line
 
 pytestmark = pytest.mark.slow
 
@@ -412,9 +412,7 @@ def test_ctrl_c_while_tether_starts_and_stops_its_threads(tmp_path: Path) -> Non
     try:
         rc = proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGUSR2)  # every thread's stack to stderr (see spawn)
-        time.sleep(1.0)
-        proc.kill()
+        dump_stacks_and_kill(proc)
         proc.wait()
         for r in readers:
             r.join(10)

@@ -28,7 +28,7 @@ import tether
 from tether.compose import Store
 from tether.lifecycle import exits
 
-from .conftest import drop_schemas, spawn, wait_for_line, with_params
+from .conftest import drop_schemas, dump_stacks_and_kill, spawn, wait_for_line, with_params
 
 
 @pytest.fixture
@@ -314,9 +314,7 @@ def test_signals_at_random_points_of_thousands_of_writes(db_url: str, signame: s
     try:
         code = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGUSR2)  # every thread's stack to stderr (see spawn)
-        time.sleep(1.0)
-        proc.kill()
+        dump_stacks_and_kill(proc)
         proc.wait()
         stderr_reader.join(timeout=10)
         stacks = "".join(errs[-200:])

@@ -47,6 +47,21 @@ class _WriteGroup(Protocol):
     def __call__(self, calls: Sequence[Callable[[], Any]]) -> list[Outcome] | None: ...
 
 
+def run_calls(calls: Sequence[Callable[[], Any]], broken: Callable[[], bool]) -> list[Outcome]:
+    """Run ``calls`` in order inside a backend's open group transaction, each one's
+    result or error kept; stop at the first error after which ``broken()`` says the
+    transaction itself is spoiled (the backend then rolls it back and returns None)."""
+    outcomes: list[Outcome] = []
+    for call in calls:
+        try:
+            outcomes.append(Outcome(call()))
+        except Exception as exc:
+            if broken():
+                break
+            outcomes.append(Outcome(error=exc))
+    return outcomes
+
+
 def can_group(backend: Backend) -> bool:
     """Does ``backend`` commit several writes together (:func:`write_group`)?"""
     return getattr(backend, "write_group", None) is not None

@@ -49,7 +49,7 @@ from ...errors import (
     TetherError,
 )
 from ...threads import abandon
-from ..group import Outcome
+from ..group import Outcome, run_calls
 from ..migrations import (
     MIGRATIONS_TABLE,
     SchemaState,
@@ -574,13 +574,7 @@ class PostgresBackend:
                 cur.execute(_BEGIN_WRITE, prepare=False)
                 self._group = (threading.get_ident(), conn, cur)
                 self._group_broken = False
-                for call in calls:
-                    try:
-                        outcomes.append(Outcome(call()))
-                    except Exception as exc:
-                        if self._group_broken:
-                            break
-                        outcomes.append(Outcome(error=exc))
+                outcomes = run_calls(calls, lambda: self._group_broken)
                 intrans = conn.info.transaction_status == pq.TransactionStatus.INTRANS
                 if self._group_broken or not intrans:
                     self._group_rollback(conn)

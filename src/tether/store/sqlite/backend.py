@@ -31,7 +31,7 @@ from ...errors import (
     StoreOpenError,
 )
 from ...threads import PeriodicThread, abandon, at_fork_in_child
-from ..group import Outcome
+from ..group import Outcome, run_calls
 from ..migrations import (
     MIGRATIONS_TABLE,
     SchemaState,
@@ -632,13 +632,7 @@ class SQLiteBackend:
             self._group_thread = threading.get_ident()
             self._group_broken = False
             try:
-                for call in calls:
-                    try:
-                        outcomes.append(Outcome(call()))
-                    except Exception as exc:
-                        if self._group_broken:
-                            break
-                        outcomes.append(Outcome(error=exc))
+                outcomes = run_calls(calls, lambda: self._group_broken)
                 if self._group_broken or not conn.in_transaction:
                     self._rollback(conn)
                     return None
