@@ -261,10 +261,37 @@ def test_ends_without_hooks_leave_nothing_due(store: Store, db_url: str) -> None
 
 
 @pytest.mark.slow
+def test_an_external_end_of_a_killed_process_is_delivered_at_once(db_url: str) -> None:
+    """``tether end`` owns no session: it used to leave no owner row, so its owed hooks
+    waited out a whole lease although the process was provably dead."""
+    store = tether.open_store(db_url, load_plugins=False)
+    try:
+        h = store.session(source="cli")
+        h.append("user", "x")
+        proc = spawn(
+            HOOKED_CHILD + "store.end_session(sys.argv[3], 'manual')\n", db_url, "hang", h.id
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.split() == ["HOOK", h.id, "manual", "True"], line
+        proc.kill()
+        proc.communicate(timeout=20)
+        rec = Recorder()
+        store.plugins.register(rec)
+        _, (due,) = store.due_hook_ends()
+        assert due.owner is not None  # the ending process wrote its owner row with the end
+        assert store.deliver_due_hooks() == 1  # its pid is gone: no lease to wait out
+        assert rec.calls == [("end", h.id, "manual", True, "manual")]
+        assert store.deliver_due_hooks() == 0
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
 def test_an_external_end_is_delivered_by_the_next_process_once_its_lease_passed(
     db_url: str,
 ) -> None:
-    """A process without an owner row (``tether end``) cannot be probed: its lease decides."""
+    """An end whose process has no owner row (pruned) cannot be probed: its lease decides."""
     clock = tether.ManualClock(start=time.time())
     store = tether.open_store(db_url, load_plugins=False, clock=clock)
     try:
@@ -278,6 +305,8 @@ def test_an_external_end_is_delivered_by_the_next_process_once_its_lease_passed(
         assert line.split() == ["HOOK", h.id, "manual", "True"], line
         proc.kill()
         proc.communicate(timeout=20)
+        _, (due,) = store.due_hook_ends()
+        store.backend.write(lambda c: c.execute("DELETE FROM owners WHERE id = ?", (due.due_by,)))
         rec = Recorder()
         store.plugins.register(rec)
         assert store.deliver_due_hooks() == 0  # within its lease it may still be delivering

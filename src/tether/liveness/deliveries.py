@@ -11,9 +11,9 @@ and runs them:
 * when: as soon as the process that owed them is known to be dead, judged as
   the reaper judges owners (:meth:`tether.liveness.Reaper.verdict`: on the
   same host its pid is gone or reused; elsewhere its heartbeat is older than
-  its lease), or, when it has no owner row to judge (as for ``tether end``,
-  or a row already pruned), once the deliverer's lease (``owner_ttl``) has
-  passed since the end;
+  its lease), or, when it has no owner row to judge (a row already pruned;
+  even ``tether end``, which owns nothing, writes one with the end), once the
+  deliverer's lease (``owner_ttl``) has passed since the end;
 * how: the deliverer claims the end (the store moves the mark to it, only if
   nobody else did), runs the hooks with the session as it is now, then clears
   the mark. A deliverer that dies mid-way is itself judged dead in turn.

@@ -605,6 +605,12 @@ class MessageWrites:
                         INSERT_EVENT_HOOKS_DUE,
                         (now, session_id, "ended", json.dumps(data), hooks_due_by),
                     )
+                    # An end from outside (``tether end``) comes from a process that may own
+                    # nothing, hence have no owner row: without one, a deliverer could not
+                    # probe it and would wait out a whole lease if it died mid-hook.
+                    owner_row = self._owner.row_due(now) if epoch is None else None
+                    if owner_row is not None:
+                        c.execute(sql.UPSERT_OWNER, owner_row)
                 return rows[0]
             return None
 
