@@ -38,7 +38,6 @@ The SDK itself is not imported by tether; this module needs it only for
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hashlib
 import itertools
 import json
@@ -65,6 +64,7 @@ from ..validate import (
     check_text,
     check_tool_calls,
 )
+from . import hop
 
 __all__ = ["CLEARED_REASON", "SOURCE", "TetherSession", "project_item"]
 
@@ -516,10 +516,7 @@ class TetherSession:
             # A WAL reader never waits for writers: a short read costs less than
             # the hop to a worker thread and back.
             return self._get_items(limit)
-        context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(
-            None, context.run, self._get_items, limit
-        )
+        return await hop.run(self._get_items, limit)
 
     async def add_items(self, items: list[Any], *, wrapper: Any = None) -> None:
         """Store ``items`` in order, in one transaction."""
@@ -541,11 +538,11 @@ class TetherSession:
         re-raised, as the SDK's own sessions do: the write never stops half-way,
         and the caller that was cancelled can read what it did.
         """
-        # One hop to a worker thread; the shield keeps a cancellation of the caller
-        # from cancelling the work itself (even before it started), as the SDK's
-        # own sessions do with a task of its own (measured: 7 us less a call).
-        context = contextvars.copy_context()  # as asyncio.to_thread does
-        work = asyncio.get_running_loop().run_in_executor(None, context.run, fn, *args)
+        # One hop to a worker thread (tether.interop.hop: cheaper than an executor's);
+        # the shield keeps a cancellation of the caller from cancelling the work
+        # itself (even before it started), as the SDK's own sessions do with a task
+        # of its own (measured: 7 us less a call).
+        work = hop.run(fn, *args)
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError as exc:
