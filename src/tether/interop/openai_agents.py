@@ -204,7 +204,7 @@ class TetherSession:
     :meth:`close`; one passed in is left open. After :meth:`close`, mutations
     raise :class:`RuntimeError`; the conversation itself is not ended.
 
-    Writes run in a worker thread (``asyncio.to_thread``), so the event loop
+    Writes run in a worker thread (one hop, :mod:`tether.interop.hop`), so the event loop
     never waits on the database; so do reads, but a short one on SQLite (a WAL
     read never waits for writers). Mutations run to completion even
     when the caller is cancelled, then re-raise the cancellation, as the SDK's
