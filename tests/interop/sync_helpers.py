@@ -81,11 +81,13 @@ def replaced_states(db: Path, store: Path, sid: str) -> None:
     (``hermes:<sid>``, ``#2``...) holds every row it ever imported (content and seq kept),
     each Hermes row still there in Hermes' state, each row gone ``retracted``; and its
     active messages are exactly Hermes' active ones, in order (plain SQL on both sides)."""
+    have = {r[1] for r in rows(store, "PRAGMA table_info(messages)")}
+    flags = ", ".join(c if c in have else d for c, d in (("active", "1"), ("compacted", "0")))
     hermes = {
         f"hermes:{mid}": (role, content, "active" if a else "compacted" if c else "retracted")
         for mid, role, content, a, c in rows(
             store,
-            "SELECT id, role, content, active, compacted FROM messages "
+            f"SELECT id, role, content, {flags} FROM messages "
             "WHERE session_id = ? AND role <> 'session_meta' ORDER BY id",
             (sid,),
         )
