@@ -485,8 +485,7 @@ def test_rows_replace_messages_deleted_are_retracted_never_shown_twice(
     before = {o: [g[:8] for g in msgs] for o, msgs in tether_messages(db).items()}
     gone = rows(
         store_copy,
-        "SELECT count(*) FROM messages WHERE session_id IN (?, ?, ?, ?) "
-        "AND role <> 'session_meta'",
+        "SELECT count(*) FROM messages WHERE session_id IN (?, ?, ?, ?) AND role <> 'session_meta'",
         (live, emptied, ended, split),
     )[0][0]
     new = [

@@ -455,7 +455,8 @@ class ImportBatches:
             out: list[tuple[str, str, str]] = []
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
-                for r in c.execute(sql_imports.select_keyed_states(len(chunk)), chunk):
+                query = sql_imports.select_keyed_states(len(chunk))
+                for r in c.execute(query, chunk).fetchall():
                     out.append((str(r[0]), str(r[1]), str(r[2])))
             return out
 
