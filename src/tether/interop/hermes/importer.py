@@ -11,7 +11,9 @@ How a pass goes (the mirror runs the same pass in a loop):
 2. **Open sessions** tether holds for this store and that the pass did not
    touch: their row and any new messages, again one snapshot per page; an end
    in Hermes ends them, a row gone from Hermes marks them deleted at the source.
-3. (``import`` only) **Deleted rows**: tether's sessions of this store whose
+3. **Changes** to rows imported before: titles, message states (compaction,
+   rewind) and messages Hermes deleted (``replace_messages``: retracted).
+4. (``import`` only) **Deleted rows**: tether's sessions of this store whose
    Hermes row is gone are counted, and recorded once, as deleted at the source.
 
 Sessions enter tether with their first message: a ghost (a row without
@@ -72,7 +74,9 @@ class SyncReport:
     messages: int = 0
     ends: int = 0
     titles: int = 0
-    restated: int = 0  # imported messages whose state the source changed (compaction, rewind)
+    # Imported messages whose state the source changed (compaction, rewind), or whose
+    # row it deleted (replace_messages: retracted).
+    restated: int = 0
     skipped_meta_rows: int = 0
     replaced_surrogates: int = 0
     ghosts: int = 0  # rows without messages: not imported
@@ -550,8 +554,13 @@ class StoreSync:
         since the last pass (and those with new messages) have their message states
         compared with tether's. The first pass of a process and ``full`` passes
         compare every non-active message instead (whatever changed while no
-        follower ran, an undone rewind included). Only what differs is written:
-        tether's messages keep their content and seq, their state follows Hermes'."""
+        follower ran, an undone rewind included). Rows Hermes deleted (its destructive
+        ``replace_messages``, behind /retry, /undo and /compress; ``clear_messages``)
+        are found by count: where tether holds more of a compared session (every
+        session in a first or ``full`` pass) than Hermes has and than it knows gone,
+        the two sides' ids are compared and each message gone is retracted. Only
+        what differs is written: tether's messages keep their content and seq, their
+        state follows Hermes'."""
         first = not self._fingerprints  # this process's first pass over this store
         titles = self._load_held()
         rows = self.reader.fingerprints()  # a page per read transaction
