@@ -514,7 +514,7 @@ def test_rows_replace_messages_deleted_are_retracted_never_shown_twice(
     again = imported(db, store_copy)
     assert (again.messages, again.restated, again.titles, again.ends) == (0, 0, 0, 0)
     assert everything_but(db, "") == snapshot
-    # active_only (0.18.1 on): rows compaction archived stay; the live ones go.
+    # active_only (0.18.0 on): rows compaction archived stay; the live ones go.
     hermes_ops(hermes_python, store_copy, [{"op": "compact", "sid": live, "summary": "summary"}])
     report = imported(db, store_copy)
     assert (report.messages, report.restated) == (1, 2)
