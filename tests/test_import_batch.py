@@ -133,3 +133,20 @@ def test_states_follow_the_source_on_every_member_and_a_title_can_be_cleared(
     assert store.origin_family("src:a")[-1].title is None
     with pytest.raises(InvalidInputError):
         store.import_batch([ImportItem("src:a", states={"k:1": "gone"})])
+
+
+def test_keyed_states_lists_every_keyed_message_of_the_sessions_given(store: Store) -> None:
+    """What a follower compares with the rows its source still has (one query a chunk)."""
+    store.import_batch(
+        [
+            ImportItem("src:k", source="cli", created_at=1.0, messages=[msg(1, 2.0), msg(2, 3.0)]),
+            ImportItem("src:l", source="cli", created_at=1.0, messages=[msg(3, 2.0)]),
+        ]
+    )
+    store.import_batch([ImportItem("src:k", states={"k:2": "retracted"})])
+    k, l_ = (store.origin_family(o)[0].id for o in ("src:k", "src:l"))
+    assert sorted(store.keyed_states([k, l_])) == sorted(
+        [(k, "k:1", "active"), (k, "k:2", "retracted"), (l_, "k:3", "active")]
+    )
+    assert store.keyed_states([l_]) == [(l_, "k:3", "active")]
+    assert store.keyed_states([]) == []

@@ -14,6 +14,8 @@ every write goes through the real ``hermes_state.SessionDB``.
                         {"op": "compact", "sid": S, "summary": T}   (in-place compaction)
                         {"op": "rewind", "sid": S, "mid": N}
                         {"op": "restore", "sid": S, "mid": N}
+                        {"op": "replace", "sid": S, "messages": [{"role": R, "content": C}, ..],
+                         "active_only": B}   (/retry, /undo: every row deleted, new ids)
     churn PATH --sessions N --messages M [--delete-after-ms LO HI] [--seed N]
                         the 004 workload: N sessions one after another, each M messages
                         (about 100 a second) then ended; with --delete-after-ms each is
@@ -80,6 +82,9 @@ def ops(path: Path) -> None:
                 result = db.rewind_to_message(sid, op["mid"])["rewound_count"]
             elif kind == "restore":
                 result = db.restore_rewound(sid, op["mid"])
+            elif kind == "replace":  # destructive: DELETE then INSERT, in one transaction
+                extra = {"active_only": True} if op.get("active_only") else {}
+                db.replace_messages(sid, op["messages"], **extra)
             else:
                 raise SystemExit(f"unknown op {kind!r}")
             print(json.dumps({"ok": True, "result": result}), flush=True)

@@ -74,3 +74,41 @@ def tether_messages(db: Path) -> dict[str, list[tuple[Any, ...]]]:
     ):
         out.setdefault(r[0], []).append(r[1:])
     return out
+
+
+def replaced_states(db: Path, store: Path, sid: str) -> None:
+    """After Hermes' destructive ``replace_messages`` of ``sid``: tether's family of it
+    (``hermes:<sid>``, ``#2``...) holds every row it ever imported (content and seq kept),
+    each Hermes row still there in Hermes' state, each row gone ``retracted``; and its
+    active messages are exactly Hermes' active ones, in order (plain SQL on both sides)."""
+    have = {r[1] for r in rows(store, "PRAGMA table_info(messages)")}
+    flags = ", ".join(c if c in have else d for c, d in (("active", "1"), ("compacted", "0")))
+    hermes = {
+        f"hermes:{mid}": (role, content, "active" if a else "compacted" if c else "retracted")
+        for mid, role, content, a, c in rows(
+            store,
+            f"SELECT id, role, content, {flags} FROM messages "
+            "WHERE session_id = ? AND role <> 'session_meta' ORDER BY id",
+            (sid,),
+        )
+    }
+    family = [
+        r[1:]
+        for r in rows(
+            db,
+            "SELECT s.origin, m.idem_key, m.role, m.content, m.state FROM messages m "
+            "JOIN sessions s ON s.id = m.session_id WHERE s.origin = ? OR s.origin LIKE ? "
+            "ORDER BY length(s.origin), s.origin, m.seq",
+            (f"hermes:{sid}", f"hermes:{sid}#%"),
+        )
+    ]
+    held = {key for key, *_ in family}
+    assert set(hermes) <= held, sorted(set(hermes) - held)
+    for key, role, content, state in family:
+        if key in hermes:
+            assert (role, content, state) == hermes[key], key
+        else:
+            assert state == "retracted", (key, state)
+    assert [(r, c) for _, r, c, s in family if s == "active"] == [
+        (r, c) for r, c, s in hermes.values() if s == "active"
+    ]

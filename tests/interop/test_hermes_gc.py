@@ -252,3 +252,51 @@ def test_gc_follows_each_generations_own_delete_of_delegate_children(
     if not takes_along:
         assert rows(path, "SELECT parent_session_id FROM sessions WHERE id = ?", (e1,)) == [(None,)]
     assert rows(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_a_ghost_delegate_child_ended_in_hermes_does_not_keep_its_parent(
+    hermes_python: Path, hermes_store: Path, tmp_path: Path
+) -> None:
+    """A delegate child without a message (a subagent that never wrote one) is never
+    imported, so tether has nothing of it to hold and needs nothing: ended in Hermes,
+    it goes with its parent as Hermes' own delete takes it. An open one still keeps
+    the parent (Hermes' delete would take a live row along)."""
+    path = tmp_path / "hermes" / "state.db"
+    path.parent.mkdir()
+    shutil.copy(hermes_store, path)
+    ops: list[dict[str, object]] = []
+    for parent, kid_open in (("ghostly", False), ("haunted", True)):
+        ops += [
+            {"op": "create", "sid": parent, "source": "cli"},
+            {"op": "append", "sid": parent, "content": "delegate this"},
+            {
+                "op": "create",
+                "sid": f"{parent}_kid",
+                "source": "cli",
+                "parent": parent,
+                "model_config": {"_delegate_from": parent},
+            },
+            {"op": "end", "sid": parent, "reason": "completed"},
+        ]
+        if not kid_open:
+            ops.append({"op": "end", "sid": f"{parent}_kid", "reason": "completed"})
+    hermes_ops(hermes_python, path, ops)
+    own = tmp_path / "own" / "state.db"
+    own.parent.mkdir()
+    shutil.copy(path, own)
+    hermes_ops(hermes_python, own, [{"op": "delete", "sid": "ghostly"}])
+    assert rows(own, "SELECT id FROM sessions WHERE id LIKE 'ghostly%'") == []
+    db = tmp_path / "t.db"
+    with tether.open_store(db) as store:
+        import_stores(store, [path])
+        assert not store.origin_family("hermes:ghostly_kid")  # a ghost: never imported
+        before = tether_messages(db)
+        (dry,) = gc_stores(store, [path], older_than=0, yes=False)
+        assert "ghostly" in dry.eligible and "haunted" not in dry.eligible
+        (result,) = gc_stores(store, [path], older_than=0, yes=True)
+    assert {"ghostly", "ghostly_kid"} <= set(result.deleted)
+    assert "haunted" not in result.deleted and result.kept["delegate_children"] == 1
+    left = {r[0] for r in rows(path, "SELECT id FROM sessions")}
+    assert not {"ghostly", "ghostly_kid"} & left and {"haunted", "haunted_kid"} <= left
+    assert rows(path, "PRAGMA integrity_check") == [("ok",)]
+    assert tether_messages(db) == before

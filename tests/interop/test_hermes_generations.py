@@ -24,7 +24,7 @@ from tether.interop.hermes.importer import import_stores
 from tether.interop.hermes.repair import apply_repair, plan_repair
 
 from .conftest import GENERATIONS, RELEASE_SCHEMAS
-from .sync_helpers import hermes_ops, rows
+from .sync_helpers import hermes_ops, replaced_states, rows
 from .test_hermes_census import comparable, expected_census, sha256
 from .test_hermes_repair import open_ids, snapshot
 
@@ -168,8 +168,10 @@ def expected_import(path: Path) -> tuple[dict[str, Any], dict[str, list[Any]], i
     return sessions, msgs, len(all_rows) - len(sessions)
 
 
-def check_import(path: Path, db: Path) -> int:
-    """tether's rows (plain SQL) against the Hermes rows (plain SQL); the ghost count."""
+def check_import(path: Path, db: Path, replaced: frozenset[str] = frozenset()) -> int:
+    """tether's rows (plain SQL) against the Hermes rows (plain SQL); the ghost count.
+    The sessions ``replaced`` (Hermes' replace_messages deleted rows tether keeps,
+    retracted) are checked by :func:`replaced_states` instead of row for row."""
     hs, hm, ghosts = expected_import(path)
     tcols = ["id", "origin", "source", "model", "title", "cwd", "created_at", "ended_at"]
     tcols += ["end_reason", "owner_id", "parent_id", "root_id", "message_count"]
@@ -191,7 +193,10 @@ def check_import(path: Path, db: Path) -> int:
         got = (t["source"], t["model"], t["title"], t["cwd"], t["created_at"], t["ended_at"])
         assert got == want, sid
         assert t["end_reason"] == h["end_reason"] and t["owner_id"] is None
-        assert tm[f"hermes:{sid}"] == hm[sid] and t["message_count"] == len(hm[sid])
+        if sid in replaced:
+            replaced_states(db, path, sid)
+        else:
+            assert tm[f"hermes:{sid}"] == hm[sid] and t["message_count"] == len(hm[sid])
         parent = h["parent_session_id"]
         if parent in hs:
             p = ts[f"hermes:{parent}"]
@@ -221,21 +226,39 @@ def test_import_equals_plain_sql_on_every_generation(
     if name not in RELEASE_SCHEMAS:
         return  # git-main layouts: no SessionDB of theirs to write with
     # That release's own SessionDB renames an ended row, grows and ends an open one,
+    # rewrites another through replace_messages (/retry: every row deleted, new ids)
     # and (0.18 on) compacts another in place; the next import follows all of it.
     hs, _, _ = expected_import(store)
     ended = sorted(s for s, h in hs.items() if h["ended_at"] is not None)[0]
     grow, *others = sorted(s for s, h in hs.items() if h["ended_at"] is None)
+    retried = others[-1]
     ops: list[dict[str, Any]] = [
         {"op": "title", "sid": ended, "title": f"renamed in {name}"},
         {"op": "append", "sid": grow, "content": "one more"},
         {"op": "end", "sid": grow, "reason": "user_exit"},
+        {"op": "replace", "sid": retried, "messages": [{"role": "user", "content": "again"}]},
     ]
+    # The rows the replace retracts in tether, and those the compaction marks.
+    restated = rows(
+        db,
+        "SELECT count(*) FROM messages m JOIN sessions s ON s.id = m.session_id "
+        "WHERE s.origin = ? AND m.state <> 'retracted'",
+        (f"hermes:{retried}",),
+    )[0][0]
     compacts = "compacted" in table_columns(store, "messages")
     if compacts:
+        assert others[0] != retried
         ops.append({"op": "compact", "sid": others[0], "summary": "summary"})
+        restated += rows(
+            store,
+            "SELECT count(*) FROM messages WHERE session_id = ? AND active = 1",
+            (others[0],),
+        )[0][0]
     hermes_ops(hermes_python, store, ops, release=None if name == "0.19.0" else name)
     with tether.open_store(db) as ts:
         (after,) = import_stores(ts, [store])
-    assert (after.titles, after.ends, after.messages) == (1, 1, 1 + compacts)
-    assert (after.restated > 0) == compacts
-    check_import(store, db)
+        assert (after.titles, after.ends, after.messages) == (1, 1, 2 + compacts)
+        assert after.restated == restated > 0
+        (again,) = import_stores(ts, [store])
+        assert (again.messages, again.restated, again.titles) == (0, 0, 0)
+    check_import(store, db, replaced=frozenset({retried}))

@@ -20,7 +20,7 @@ from tether.interop.hermes.importer import StoreSync, import_stores
 from tether.interop.hermes.mapping import decode_content, end_reason, map_message
 
 from ..conftest import run_cli
-from .sync_helpers import hermes_ops, rows, tether_messages
+from .sync_helpers import hermes_ops, replaced_states, rows, tether_messages
 
 
 @pytest.fixture
@@ -454,3 +454,82 @@ def test_in_place_compaction_after_the_import_is_followed_never_duplicated_never
     assert imported(db, store_copy).restated == 1
     want, got = states_of(db, store_copy, live)
     assert got == want and got[-1] == (f"hermes:{summary}", "active")
+
+
+def test_rows_replace_messages_deleted_are_retracted_never_shown_twice(
+    hermes_python: Path, store_copy: Path, tmp_path: Path
+) -> None:
+    """Hermes' /retry, /undo and non-in-place /compress call ``replace_messages``: every
+    row of the session is DELETEd and the new transcript INSERTed with new ids. tether
+    keeps what it imported (append-only) but each row gone is retracted, so the
+    session's active messages are Hermes' current ones, never the old ones beside them."""
+    db = tmp_path / "t.db"
+    imported(db, store_copy)
+    live, emptied, *_ = open_with_messages(store_copy)
+    ended, split = (
+        r[0]
+        for r in rows(
+            store_copy,
+            "SELECT id FROM sessions s WHERE end_reason = 'user_exit' AND NOT EXISTS "
+            "(SELECT 1 FROM messages m WHERE m.session_id = s.id AND m.active = 0) "
+            "AND EXISTS (SELECT 1 FROM messages m WHERE m.session_id = s.id) ORDER BY id LIMIT 2",
+        )
+    )
+    # A reopen after tether recorded the end: the session spans hermes:<id> and #2.
+    hermes_ops(
+        hermes_python,
+        store_copy,
+        [{"op": "reopen", "sid": split}, {"op": "append", "sid": split, "content": "resumed"}],
+    )
+    assert imported(db, store_copy).continuations == 1
+    before = {o: [g[:8] for g in msgs] for o, msgs in tether_messages(db).items()}
+    gone = rows(
+        store_copy,
+        "SELECT count(*) FROM messages WHERE session_id IN (?, ?, ?, ?) AND role <> 'session_meta'",
+        (live, emptied, ended, split),
+    )[0][0]
+    new = [
+        {"role": "user", "content": "asked again"},
+        {"role": "assistant", "content": "a better answer"},
+    ]
+    hermes_ops(
+        hermes_python,
+        store_copy,
+        [
+            {"op": "replace", "sid": live, "messages": new},
+            {"op": "replace", "sid": emptied, "messages": []},  # /undo of the only turn
+            {"op": "replace", "sid": ended, "messages": new[:1]},
+            {"op": "replace", "sid": split, "messages": new},
+        ],
+    )
+    report = imported(db, store_copy)
+    assert (report.messages, report.restated) == (5, gone)
+    for sid in (live, emptied, ended, split):
+        replaced_states(db, store_copy, sid)
+    after = tether_messages(db)
+    for origin, msgs in before.items():  # content, seq and keys untouched
+        assert [g[:8] for g in after[origin][: len(msgs)]] == msgs
+    # A rerun writes nothing at all.
+    snapshot = everything_but(db, "")
+    again = imported(db, store_copy)
+    assert (again.messages, again.restated, again.titles, again.ends) == (0, 0, 0, 0)
+    assert everything_but(db, "") == snapshot
+    # active_only (0.18.0 on): rows compaction archived stay; the live ones go.
+    hermes_ops(hermes_python, store_copy, [{"op": "compact", "sid": live, "summary": "summary"}])
+    report = imported(db, store_copy)
+    assert (report.messages, report.restated) == (1, 2)
+    hermes_ops(
+        hermes_python,
+        store_copy,
+        [{"op": "replace", "sid": live, "messages": new[1:], "active_only": True}],
+    )
+    report = imported(db, store_copy)
+    assert (report.messages, report.restated) == (1, 1)  # the summary gone, its successor
+    replaced_states(db, store_copy, live)
+    assert rows(
+        db,
+        "SELECT count(*) FROM messages m JOIN sessions s ON s.id = m.session_id "
+        "WHERE s.origin = ? AND m.state = 'compacted'",
+        (f"hermes:{live}",),
+    ) == [(2,)]
+    assert imported(db, store_copy).restated == 0

@@ -24,7 +24,14 @@ from tether.interop.hermes.mirror import HermesMirror, mirrors
 
 from ..conftest import child_env
 from .conftest import generate, start_writer, writer_report
-from .sync_helpers import churn_report, hermes_ops, rows, start_churn, tether_messages
+from .sync_helpers import (
+    churn_report,
+    hermes_ops,
+    replaced_states,
+    rows,
+    start_churn,
+    tether_messages,
+)
 
 
 def follow(mirror: HermesMirror, stop: threading.Event, interval: float) -> None:
@@ -345,3 +352,74 @@ def test_the_mirror_follows_retitles_and_compactions_of_imported_sessions(
     assert rows(db, "SELECT title FROM sessions WHERE origin = ?", (f"hermes:{ended}",)) == [
         ("Renamed live",)
     ]
+
+
+def test_the_mirror_retracts_rows_replace_messages_deleted(
+    hermes_python: Path, hermes_store: Path, tmp_path: Path
+) -> None:
+    """/retry, /undo and /compress rewrite a session through Hermes' destructive
+    replace_messages: a running mirror retracts the rows gone (open, ended and reopened
+    sessions, an emptied one too) and imports the new ones; an idle round after writes
+    nothing."""
+    path = tmp_path / "hermes" / "state.db"
+    path.parent.mkdir()
+    shutil.copy(hermes_store, path)
+    db = tmp_path / "t.db"
+    live, emptied = (
+        r[0]
+        for r in rows(
+            path,
+            "SELECT id FROM sessions s WHERE ended_at IS NULL AND EXISTS "
+            "(SELECT 1 FROM messages m WHERE m.session_id = s.id) ORDER BY id LIMIT 2",
+        )
+    )
+    ended, split = (
+        r[0]
+        for r in rows(
+            path,
+            "SELECT id FROM sessions s WHERE end_reason = 'user_exit' AND EXISTS "
+            "(SELECT 1 FROM messages m WHERE m.session_id = s.id) ORDER BY id LIMIT 2",
+        )
+    )
+    new = [{"role": "user", "content": "again"}, {"role": "assistant", "content": "better"}]
+    with tether.open_store(db) as store:
+        mirror = HermesMirror(store, [path], interval=0.05)
+        mirror.step()
+        hermes_ops(
+            hermes_python,
+            path,
+            [{"op": "reopen", "sid": split}, {"op": "append", "sid": split, "content": "back"}],
+        )
+        (report,) = mirror.step()
+        assert report.continuations == 1
+        held = rows(
+            db,
+            "SELECT count(*) FROM messages m JOIN sessions s ON s.id = m.session_id "
+            "WHERE m.state <> 'retracted' AND (s.origin LIKE ? OR s.origin LIKE ? "
+            "OR s.origin LIKE ? OR s.origin LIKE ?)",
+            tuple(f"hermes:{sid}%" for sid in (live, emptied, ended, split)),
+        )[0][0]
+        hermes_ops(
+            hermes_python,
+            path,
+            [
+                {"op": "replace", "sid": live, "messages": new},
+                {"op": "replace", "sid": emptied, "messages": []},
+                {"op": "replace", "sid": ended, "messages": new[:1]},
+                {"op": "replace", "sid": split, "messages": new},
+            ],
+        )
+        (report,) = mirror.step()
+        assert (report.messages, report.restated) == (5, held)
+        assert mirror.step() == []  # nothing moved since
+        hermes_ops(hermes_python, path, [{"op": "append", "sid": live, "content": "more"}])
+        (report,) = mirror.step()
+        assert (report.messages, report.restated) == (1, 0)
+        mirror.close()
+        # A restarted mirror's first pass compares every session: nothing to write.
+        again = HermesMirror(store, [path], interval=0.05)
+        (report,) = again.step()
+        assert (report.messages, report.restated, report.titles) == (0, 0, 0)
+        again.close()
+    for sid in (live, emptied, ended, split):
+        replaced_states(db, path, sid)

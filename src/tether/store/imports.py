@@ -445,6 +445,23 @@ class ImportBatches:
         )
         return {r[0] for r in rows}
 
+    def keyed_states(self, session_ids: Sequence[str]) -> list[tuple[str, str, str]]:
+        """``(session_id, key, state)`` of every keyed message of these sessions, one
+        query per 500 ids: what a follower compares with the rows its source still
+        has (a source that deletes rows, as Hermes' ``replace_messages`` does)."""
+        ids = [check_id(i) for i in session_ids]
+
+        def read(c: Conn) -> list[tuple[str, str, str]]:
+            out: list[tuple[str, str, str]] = []
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                query = sql_imports.select_keyed_states(len(chunk))
+                for r in c.execute(query, chunk).fetchall():
+                    out.append((str(r[0]), str(r[1]), str(r[2])))
+            return out
+
+        return self.backend.read(read)
+
     def source_deleted_origins(self, prefix: str) -> set[str]:
         """The origins (without ``#n``) imported from ``prefix`` that were recorded as
         deleted at the source."""

@@ -46,6 +46,16 @@ SELECT s.origin, m.idem_key, m.state FROM messages m JOIN sessions s ON s.id = m
 WHERE s.origin >= ? AND s.origin < ? AND m.state <> 'active' AND m.idem_key IS NOT NULL
 """
 
+
+def select_keyed_states(n: int) -> str:
+    """Every keyed message of ``n`` sessions: ``(session_id, key, state)``."""
+    marks = ", ".join("?" * n)
+    return (
+        "SELECT session_id, idem_key, state FROM messages "
+        f"WHERE session_id IN ({marks}) AND idem_key IS NOT NULL"
+    )
+
+
 SELECT_KEYS_OF = "SELECT idem_key FROM messages WHERE session_id = ? AND idem_key IS NOT NULL"
 
 HAS_EVENT = "SELECT 1 FROM events WHERE session_id = ? AND kind = ? LIMIT 1"

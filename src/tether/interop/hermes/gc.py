@@ -13,7 +13,8 @@ The delete is Hermes' own (``SessionDB.delete_session``'s statements, as the
 store's generation runs them): delegate children (``model_config._delegate_from``,
 recursively) are deleted with their parent from schema 16 (Hermes 0.17) on, so
 a session with delegate children goes only when every one of them meets the
-same conditions (else it is kept, and says so); branch and compression
+same conditions (else it is kept, and says so), a ghost child (no message, so
+never imported: tether needs nothing of it) only ended in Hermes; branch and compression
 children are orphaned (``parent_session_id`` set NULL); the messages go
 (Hermes' triggers update its search index) and then the rows; their transcript
 files under ``sessions/`` are removed after the commit.
@@ -94,6 +95,16 @@ def _why_kept(store: StoreCore, conn: sqlite3.Connection, sid: str) -> str | Non
     return None
 
 
+def _is_ghost(conn: sqlite3.Connection, sid: str) -> bool:
+    """Whether ``sid`` has no message an import would take (a ghost is never imported)."""
+    row = conn.execute(
+        f"SELECT 1 FROM messages WHERE session_id = ? AND role NOT IN ({_skipped_roles_sql()}) "
+        "LIMIT 1",
+        (sid,),
+    ).fetchone()
+    return row is None
+
+
 _DELEGATE_FROM = "json_extract(COALESCE(model_config, '{}'), '$._delegate_from')"
 
 
@@ -154,7 +165,13 @@ def _check(
         row = conn.execute("SELECT ended_at FROM sessions WHERE id = ?", (kid,)).fetchone()
         if row is None:  # deleted already (with an earlier parent of this transaction)
             continue
-        if row[0] is None or row[0] >= before or _why_kept(store, conn, kid) is not None:
+        if row[0] is None or row[0] >= before:
+            return "delegate_children", []
+        why_kid = _why_kept(store, conn, kid)
+        if why_kid == "not_in_tether" and _is_ghost(conn, kid):
+            # Never imported for want of a message: tether needs nothing of it.
+            why_kid = None
+        if why_kid is not None:
             return "delegate_children", []
         kids.append(kid)
     return None, kids

@@ -11,7 +11,9 @@ How a pass goes (the mirror runs the same pass in a loop):
 2. **Open sessions** tether holds for this store and that the pass did not
    touch: their row and any new messages, again one snapshot per page; an end
    in Hermes ends them, a row gone from Hermes marks them deleted at the source.
-3. (``import`` only) **Deleted rows**: tether's sessions of this store whose
+3. **Changes** to rows imported before: titles, message states (compaction,
+   rewind) and messages Hermes deleted (``replace_messages``: retracted).
+4. (``import`` only) **Deleted rows**: tether's sessions of this store whose
    Hermes row is gone are counted, and recorded once, as deleted at the source.
 
 Sessions enter tether with their first message: a ghost (a row without
@@ -39,6 +41,7 @@ from .mapping import (
     MESSAGE_FIELDS,
     ORIGIN_PREFIX,
     SESSION_FIELDS,
+    SKIPPED_ROLES,
     deleted_item,
     map_row,
     message_key,
@@ -71,7 +74,9 @@ class SyncReport:
     messages: int = 0
     ends: int = 0
     titles: int = 0
-    restated: int = 0  # imported messages whose state the source changed (compaction, rewind)
+    # Imported messages whose state the source changed (compaction, rewind), or whose
+    # row it deleted (replace_messages: retracted).
+    restated: int = 0
     skipped_meta_rows: int = 0
     replaced_surrogates: int = 0
     ghosts: int = 0  # rows without messages: not imported
@@ -227,7 +232,7 @@ class HermesReader:
         has = self.shape.message_columns
         active = "active" if "active" in has else "1"
         compacted = "compacted" if "compacted" in has else "0"
-        return f"SELECT id, session_id, {active}, {compacted} FROM messages"
+        return f"SELECT id, session_id, {active}, {compacted}, role FROM messages"
 
     def inactive(self, upto: int) -> list[tuple[int, str, str]]:
         """``(id, session_id, state)`` of every message up to ``upto`` that is not
@@ -247,22 +252,68 @@ class HermesReader:
             last = page[-1][0]
 
     def flags(
-        self, *, ids: Sequence[int] = (), sessions: Sequence[str] = (), upto: int
+        self,
+        *,
+        ids: Sequence[int] = (),
+        sessions: Sequence[str] = (),
+        upto: int,
+        counted: dict[str, int] | None = None,
     ) -> list[tuple[int, str, str]]:
         """``(id, session_id, state)`` of these messages, or of these sessions' messages,
-        up to ``upto`` (one read transaction per chunk of ids)."""
+        up to ``upto`` (one read transaction per chunk of ids); ``counted`` gets how
+        many of each session's rows tether would hold (as :meth:`counts`)."""
         out: list[tuple[int, str, str]] = []
         for column, values in (("id", list(ids)), ("session_id", list(sessions))):
             for i in range(0, len(values), _IN_CHUNK):
                 chunk = values[i : i + _IN_CHUNK]
                 marks = ",".join("?" * len(chunk))
-                out.extend(
-                    (r[0], r[1], _state(r[2], r[3]))
-                    for r in self.conn.execute(
-                        f"{self._flag_sql()} WHERE {column} IN ({marks}) AND id <= ?",
-                        (*chunk, upto),
-                    )
-                )
+                for r in self.conn.execute(
+                    f"{self._flag_sql()} WHERE {column} IN ({marks}) AND id <= ?",
+                    (*chunk, upto),
+                ):
+                    out.append((r[0], r[1], _state(r[2], r[3])))
+                    if counted is not None and r[4] not in SKIPPED_ROLES:
+                        counted[r[1]] = counted.get(r[1], 0) + 1
+        return out
+
+    def counts(self, sessions: Sequence[str], upto: int) -> dict[str, int]:
+        """How many rows tether would hold of each of these sessions, up to ``upto``
+        (every message but the skipped roles), one short read per chunk of ids."""
+        out: dict[str, int] = {}
+        skipped = ", ".join(f"'{r}'" for r in sorted(SKIPPED_ROLES))
+        for i in range(0, len(sessions), _IN_CHUNK):
+            chunk = list(sessions[i : i + _IN_CHUNK])
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                self.conn.execute(
+                    f"SELECT session_id, COUNT(*) FROM messages WHERE session_id IN ({marks}) "
+                    f"AND id <= ? AND role NOT IN ({skipped}) GROUP BY session_id",
+                    (*chunk, upto),
+                ).fetchall()
+            )
+        return out
+
+    def ids_of(self, sessions: Sequence[str], upto: int) -> dict[str, set[int]]:
+        """The message ids up to ``upto`` of those of these sessions that exist (a
+        session missing from the answer was deleted), one snapshot per chunk."""
+        out: dict[str, set[int]] = {}
+        for i in range(0, len(sessions), _IN_CHUNK):
+            chunk = list(sessions[i : i + _IN_CHUNK])
+            marks = ",".join("?" * len(chunk))
+
+            def read(chunk: list[str] = chunk, marks: str = marks) -> None:
+                for (sid,) in self.conn.execute(
+                    f"SELECT id FROM sessions WHERE id IN ({marks})", chunk
+                ):
+                    out[sid] = set()
+                for mid, sid in self.conn.execute(
+                    f"SELECT id, session_id FROM messages WHERE session_id IN ({marks}) "
+                    "AND id <= ?",
+                    (*chunk, upto),
+                ):
+                    out[sid].add(mid)
+
+            self._snapshot(read)
         return out
 
     def high_water(self) -> int:
@@ -334,6 +385,12 @@ class StoreSync:
         # and the non-active states of its messages by Hermes message id.
         self._titles: dict[str, str | None] | None = None
         self._inactive: dict[int, str] = {}
+        # Per imported Hermes session: tether's members of its family (a reopen splits
+        # it), how many keyed messages they hold, and how many of those are known gone
+        # from Hermes (deleted by replace_messages, so retracted in tether).
+        self._members: dict[str, list[str]] = {}
+        self._counts: dict[str, int] = {}
+        self._gone: dict[str, int] = {}
         # Each Hermes row's fingerprint at the last pass (see HermesReader.fingerprints).
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
         self._fingerprint_rows: list[tuple[Any, ...]] = []
@@ -399,8 +456,12 @@ class StoreSync:
             for item, r in zip(items, results, strict=True):
                 if item.source_deleted or r.session_id is None:
                     continue
+                hid = _hermes_id(item)
                 if r.created or r.titled:
-                    self._titles[_hermes_id(item)] = None if item.clear_title else item.title
+                    self._titles[hid] = None if item.clear_title else item.title
+                if r.created:
+                    self._members.setdefault(hid, []).append(r.session_id)
+                self._counts[hid] = self._counts.get(hid, 0) + r.written
                 for key, state in item.states.items():
                     mid = int(key.removeprefix("hermes:"))
                     if state == "active":
@@ -472,6 +533,8 @@ class StoreSync:
                 hid = base.removeprefix(ORIGIN_PREFIX)
                 if hid not in newest or newest[hid][0] < order:
                     newest[hid] = (order, s.title)
+                self._members.setdefault(hid, []).append(s.id)
+                self._counts[hid] = self._counts.get(hid, 0) + s.message_count
             self._titles = {hid: v[1] for hid, v in newest.items()}
             self._inactive = {
                 int(key.removeprefix("hermes:")): state
@@ -491,8 +554,13 @@ class StoreSync:
         since the last pass (and those with new messages) have their message states
         compared with tether's. The first pass of a process and ``full`` passes
         compare every non-active message instead (whatever changed while no
-        follower ran, an undone rewind included). Only what differs is written:
-        tether's messages keep their content and seq, their state follows Hermes'."""
+        follower ran, an undone rewind included). Rows Hermes deleted (its destructive
+        ``replace_messages``, behind /retry, /undo and /compress; ``clear_messages``)
+        are found by count: where tether holds more of a compared session (every
+        session in a first or ``full`` pass) than Hermes has and than it knows gone,
+        the two sides' ids are compared and each message gone is retracted. Only
+        what differs is written: tether's messages keep their content and seq, their
+        state follows Hermes'."""
         first = not self._fingerprints  # this process's first pass over this store
         titles = self._load_held()
         rows = self.reader.fingerprints()  # a page per read transaction
@@ -516,6 +584,7 @@ class StoreSync:
             if self._inactive.get(mid, "active") != state and sid in titles:
                 restates.setdefault(sid, {})[message_key(mid)] = state
 
+        counted: dict[str, int] = {}  # Hermes' rows per session, as tether would hold them
         if first or full:
             seen = set()
             for mid, sid, state in self.reader.inactive(cursor):
@@ -525,10 +594,20 @@ class StoreSync:
             back = sorted(mid for mid in self._inactive if mid not in seen and mid <= cursor)
             for mid, sid, state in self.reader.flags(ids=back, upto=cursor):
                 differs(mid, sid, state)
+            check = sorted(set(titles) & {r[0] for r in rows})
+            counted = self.reader.counts(check, cursor)
         else:
             check = sorted((moved | touched) & set(titles))
-            for mid, sid, state in self.reader.flags(sessions=check, upto=cursor):
+            for mid, sid, state in self.reader.flags(sessions=check, upto=cursor, counted=counted):
                 differs(mid, sid, state)
+        # Rows Hermes deleted (replace_messages: /retry, /undo, /compress): tether holds
+        # more of the session than Hermes has and than it knows gone.
+        suspects = [
+            sid
+            for sid in check
+            if self._counts.get(sid, 0) - self._gone.get(sid, 0) > counted.get(sid, 0)
+        ]
+        gone = self._retract_gone(suspects, cursor, restates)
         changed = sorted(set(new_titles) | set(restates))
         for i in range(0, len(changed), PAGE_SESSIONS):
             items = [
@@ -543,6 +622,30 @@ class StoreSync:
             self._apply(items, cursor, report, [])
         # Only once applied: after a failed pass the next one compares again.
         self._fingerprints, self._fingerprint_rows = fps, rows
+        self._gone.update(gone)
+
+    def _retract_gone(
+        self, suspects: Sequence[str], cursor: int, restates: dict[str, dict[str, str]]
+    ) -> dict[str, int]:
+        """Adds to ``restates`` a retraction of each message tether holds of these
+        sessions whose Hermes row is gone (ids are never reused: AUTOINCREMENT); how
+        many are gone per session. A session Hermes deleted whole is left alone (it
+        is recorded as deleted at the source, its messages as they were)."""
+        if not suspects:
+            return {}
+        hermes = self.reader.ids_of(suspects, cursor)
+        owner = {m: sid for sid in hermes for m in self._members.get(sid, ())}
+        gone = dict.fromkeys(hermes, 0)
+        for member, key, state in self.store.keyed_states(list(owner)):
+            number = key.removeprefix(ORIGIN_PREFIX)
+            if not number.isdigit() or int(number) > cursor:
+                continue  # not Hermes' (cannot be) or read after this pass's cursor
+            sid = owner[member]
+            if int(number) not in hermes[sid]:
+                gone[sid] += 1
+                if state != "retracted":
+                    restates.setdefault(sid, {})[key] = "retracted"
+        return gone
 
     def _deleted_rows(self, report: SyncReport) -> None:
         """Count (and record once) tether's sessions of this store whose row Hermes deleted."""
