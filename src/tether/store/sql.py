@@ -2,7 +2,9 @@
 
 Every statement here runs unchanged on SQLite (>= 3.35, for RETURNING) and
 PostgreSQL. Where the two must differ, a function taking the ``dialect``
-returns the right text (:func:`locking`), or both are named (``REAP_*``).
+returns the right text (:func:`locking`), or the statement is named for its
+backend (``REAP_PG``; SQLite's reap, with a temporary table, lives in
+:mod:`tether.store.sqlite.reap`).
 
 Parameters are named (``:name``, with a dict) where a statement has many of
 them, so no one counts question marks: the PostgreSQL backend translates
