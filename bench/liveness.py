@@ -45,6 +45,7 @@ import tether
 from tether.ids import new_id
 from tether.liveness import ProcessIdentity, Reaper, ReaperLoop
 from tether.store import sql
+from tether.store.sqlite.reap import reap as sqlite_reap
 
 from . import pg
 from .report import median, percentile, progress, publish, table
@@ -202,10 +203,7 @@ def sqlite_floor(path: Path, minimal: bool) -> dict[str, float]:
         c.execute(MINIMAL_LOG_SQLITE, (now, ids))
         ended = c.execute(MINIMAL_END_SQLITE, (now, ids)).fetchall()
     else:
-        beats = dict(c.execute(sql.REAP_OWNER_BEATS, (ids,)).fetchall())
-        judged = json.dumps([(o, d) for o, beat, d in dead if beats.get(o) == beat])
-        c.execute(sql.REAP_LOG_SQLITE, (now, None, judged))
-        ended = c.execute(sql.REAP_END_SQLITE, (now, judged)).fetchall()
+        ended = sqlite_reap(c, list(dead), now, None)  # the store's statements, raw connection
     c.execute("COMMIT")
     wall = (time.perf_counter() - t) * 1e3
     out = {"wall": wall, "cpu": (time.process_time() - cpu) * 1e3, "hold": wall}

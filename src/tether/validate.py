@@ -45,8 +45,31 @@ END_REASONS = frozenset(
 )
 
 _REASON_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
-_BAD_CHAR_RE = re.compile("[\x00\ud800-\udfff]")
-BAD_TEXT_SEARCH = _BAD_CHAR_RE.search  # truthy if a string holds NUL or a lone surrogate
+_BAD_CHAR_RE = re.compile("[\x00\ud800-\udfff]")  # only to say where, once found
+
+
+def bad_text(value: str) -> bool:
+    """True if ``value`` holds a NUL character or a lone surrogate (no backend
+    can store either).
+
+    Every append runs this on its content, so it is built from one-pass C
+    string operations: a search for NUL, then (for non-ASCII text only: a
+    string's ASCII flag costs nothing to read) an encode to UTF-8, which fails
+    exactly on a lone surrogate. A regex character class with the surrogate
+    range costs about 30 ns a character, 8 µs of a 240-character message.
+    """
+    if "\x00" in value:
+        return True
+    if value.isascii():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+BAD_TEXT_SEARCH = bad_text  # truthy if a string holds NUL or a lone surrogate
 _MAX_DETAIL = 4000
 
 
@@ -58,8 +81,9 @@ def check_text(value: Any, field: str, *, required: bool = False) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidInputError(f"{field} must be a string, not {type(value).__name__}")
-    bad = _BAD_CHAR_RE.search(value)
-    if bad is not None:
+    if bad_text(value):
+        bad = _BAD_CHAR_RE.search(value)
+        assert bad is not None
         ch = bad.group()
         what = "a NUL character" if ch == "\x00" else f"a lone surrogate (U+{ord(ch):04X})"
         raise InvalidInputError(f"{field} contains {what} at offset {bad.start()}")

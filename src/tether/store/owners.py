@@ -272,25 +272,11 @@ class Ownership:
                 return c.execute(sql.REAP_PG, params).fetchall() if dead else []
 
         else:
+            # Here, not at the top: a PostgreSQL-only process never loads SQLite's code.
+            from .sqlite.reap import reap as sqlite_reap
 
             def run(c: Conn, now: float) -> list[Any]:
-                if not dead:
-                    return []
-                # Still as judged: compared here, under the write lock.
-                rows = c.execute(sql.REAP_OWNER_BEATS, (json.dumps([d[0] for d in dead]),))
-                beats = dict(rows.fetchall())
-                still: dict[str, str] = {}  # an owner named twice is judged once
-                for owner, beat, detail in dead:
-                    if owner in still:
-                        continue
-                    if (owner not in beats) if beat is None else (beats.get(owner) == beat):
-                        still[owner] = detail
-                judged = json.dumps(list(still.items()))
-                logged = c.execute(sql.REAP_LOG_SQLITE, (now, hooks_due_by, judged)).rowcount
-                ended = c.execute(sql.REAP_END_SQLITE, (now, judged)).fetchall()
-                if logged != len(ended):  # cannot happen under the write lock; never half-log
-                    raise RuntimeError(f"reap logged {logged} events for {len(ended)} ends")
-                return ended
+                return sqlite_reap(c, dead, now, hooks_due_by)
 
         def tx(c: Conn) -> list[tuple[str, str, Any]]:
             now = self.clock.now()

@@ -2,7 +2,9 @@
 
 Every statement here runs unchanged on SQLite (>= 3.35, for RETURNING) and
 PostgreSQL. Where the two must differ, a function taking the ``dialect``
-returns the right text (:func:`locking`), or both are named (``REAP_*``).
+returns the right text (:func:`locking`), or the statement is named for its
+backend (``REAP_PG``; SQLite's reap, with a temporary table, lives in
+:mod:`tether.store.sqlite.reap`).
 
 Parameters are named (``:name``, with a dict) where a statement has many of
 them, so no one counts question marks: the PostgreSQL backend translates
@@ -359,41 +361,8 @@ WHERE NOT EXISTS (SELECT 1 FROM owners o WHERE o.id = m.owner_id)
 # heartbeat unchanged (an owner that beat in the meantime is spared), or its
 # row still missing.
 
-# SQLite, 1: the judged owners' rows as they are now, read inside the reap's
-# write transaction and compared with the judged heartbeats in Python, exactly
-# (a float sent through JSON text could come back one ulp off and spare a dead
-# owner for ever). Parameter: a JSON array of owner ids.
-REAP_OWNER_BEATS = """
-SELECT id, heartbeat_at FROM owners WHERE id IN (SELECT value FROM json_each(?))
-"""
-
-# The owners still as judged, with the detail of their verdict: one parameter,
-# a JSON array of [owner id, detail] pairs. (A keyed temporary table would
-# save the UPDATE ... FROM below its copy of the join, about 4 ms at 10,000
-# sessions, but no temporary table may live in this source: see
-# tests/test_postgres.py, pooler safety.)
-_REAP_JUDGED = """(SELECT json_extract(value, '$[0]') AS owner_id,
-        json_extract(value, '$[1]') AS detail FROM json_each(?))"""
-
-# SQLite, 2: one `reaped` event per open session of those owners, written
-# before the update (which takes them out of the open-sessions index both
-# read). SQLite's write lock is held from BEGIN IMMEDIATE to COMMIT, so both
-# statements see the same open sessions; the caller checks that the counts
-# agree. Parameters: at, hooks_due_by (NULL: no hooks owed), the judged pairs.
-REAP_LOG_SQLITE = f"""
-INSERT INTO events (at, session_id, kind, data, hooks_due_by)
-SELECT ?, s.id, 'reaped', json_object('owner', s.owner_id, 'detail', j.detail), ?
-FROM {_REAP_JUDGED} AS j JOIN sessions s ON s.owner_id = j.owner_id
-WHERE s.ended_at IS NULL
-"""
-
-# SQLite, 3: end them. Parameters: ended_at, the judged pairs.
-REAP_END_SQLITE = f"""
-UPDATE sessions SET ended_at = ?, end_reason = 'reaped', end_detail = j.detail
-FROM {_REAP_JUDGED} AS j
-WHERE sessions.owner_id = j.owner_id AND sessions.ended_at IS NULL
-RETURNING id, owner_id, end_detail
-"""
+# SQLite: the reap's statements use a keyed temporary table of the writer
+# connection, SQLite only (tether.store.sqlite.reap).
 
 # PostgreSQL: the whole reap in one statement (one round trip). Writers run
 # concurrently at READ COMMITTED, so a plain comparison with the owner's row
