@@ -6,7 +6,7 @@ import contextlib
 import os
 import sqlite3
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -261,27 +261,3 @@ def test_bad_text_finds_nul_and_lone_surrogates(text: str, bad: bool) -> None:
             check_text(text, "content")
     else:
         assert check_text(text, "content") == text
-
-
-def test_checking_text_costs_about_what_reading_it_does() -> None:
-    """Issue #15: every append checks its text for NUL and lone surrogates. A
-    regex character class with a surrogate range cost about 30 ns a character
-    (8 µs of a 240-character message, a fifth of an append); the check must
-    cost about what one pass over the text does (here: encoding it), not 100
-    times that."""
-    import time
-
-    from tether.validate import check_text
-
-    def fastest(fn: Callable[[], object]) -> float:
-        best = float("inf")
-        for _ in range(5):
-            t = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t)
-        return best
-
-    for text in ("a fine ascii message. " * 100_000, "ünïcödé message. " * 100_000):
-        one_pass = fastest(lambda t=text: t.encode("utf-8"))
-        check = fastest(lambda t=text: check_text(t, "content"))
-        assert check < 20 * one_pass, (len(text), check, one_pass)
