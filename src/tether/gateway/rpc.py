@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..validate import bad_text
+
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
@@ -194,9 +196,10 @@ def check_params(params: dict[str, Any], spec: tuple[Param, ...]) -> dict[str, A
 def _unstorable(value: Any, depth: int = 0) -> str | None:
     """Why ``value`` (or anything inside it) cannot be stored, or None."""
     if isinstance(value, str):
-        bad = _BAD_TEXT.search(value)
-        if bad is None:
+        if not bad_text(value):  # the cheap check first; the regex only says where
             return None
+        bad = _BAD_TEXT.search(value)
+        assert bad is not None
         ch = bad.group()
         what = "a NUL character" if ch == "\x00" else f"a lone surrogate (U+{ord(ch):04X})"
         return f"contains {what} at offset {bad.start()}"
