@@ -443,7 +443,15 @@ def test_gateway_continuation_answers_the_parents_calls_in_the_middle(store: Sto
     sid = middle_session(store)
     history = asyncio.run(one_turn(store, "session.create", parent_id=sid))
     assert_valid_history(history)
-    assert [m.role for m in history] == ["user", "assistant", "tool", "tool", "user", "assistant", "user"]
+    assert [m.role for m in history] == [
+        "user",
+        "assistant",
+        "tool",
+        "tool",
+        "user",
+        "assistant",
+        "user",
+    ]
 
 
 def test_cli_reports_calls_dangling_in_the_middle(db_path: str) -> None:
@@ -547,4 +555,7 @@ def test_repair_tools_skips_a_session_whose_gateway_turn_runs(store: Store, db_u
     messages = store.get_messages(sid)
     assert_valid_history(messages)
     tools = [m for m in messages if m.role == "tool"]
-    assert [(m.tool_call_id, m.content) for m in tools] == [("call_a", "a.txt"), ("call_b", "hello")]
+    assert [(m.tool_call_id, m.content) for m in tools] == [
+        ("call_a", "a.txt"),
+        ("call_b", "hello"),
+    ]
