@@ -31,7 +31,7 @@ its own; the census SQL (``sql_retention.dangling_count``) applies the same rule
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +131,24 @@ def synthetic_result(after: Message, call: Any) -> Message:
     )
 
 
+def answered(messages: Iterable[Message]) -> Iterator[Message]:
+    """``messages`` with a synthetic result after each call left dangling in the
+    middle, streamed (it holds only the calls of the last assistant message)."""
+    pending: list[Any] = []
+    prev: Message | None = None
+    for m in messages:
+        if m.role == "tool":
+            if pending and m.tool_call_id is not None:
+                pending = [c for c in pending if call_id(c) != m.tool_call_id]
+        else:
+            if pending and prev is not None:  # something else follows them: answer here
+                for call in pending:
+                    yield synthetic_result(prev, call)
+            pending = _open_calls(m)
+        yield m
+        prev = m
+
+
 def answered_history(messages: Sequence[Message]) -> list[Message]:
     """``messages`` with a synthetic result after each call left dangling in the middle.
 
@@ -139,18 +157,7 @@ def answered_history(messages: Sequence[Message]) -> list[Message]:
     are left as they are (a running turn's tool may still return; a stored
     repair answers them when the session is resumed). Idempotent.
     """
-    middle, _tail = scan(messages)
-    if not middle:
-        return list(messages)
-    by_index: dict[int, list[Any]] = {}
-    for index, call in middle:
-        by_index.setdefault(index, []).append(call)
-    out: list[Message] = []
-    for i, m in enumerate(messages):
-        out.append(m)
-        for call in by_index.get(i, ()):
-            out.append(synthetic_result(m, call))
-    return out
+    return list(answered(messages))
 
 
 @dataclass(frozen=True, slots=True)
