@@ -559,3 +559,49 @@ def test_repair_tools_skips_a_session_whose_gateway_turn_runs(store: Store, db_u
         ("call_a", "a.txt"),
         ("call_b", "hello"),
     ]
+
+
+def test_census_sql_agrees_with_the_pure_rule(store: Store) -> None:
+    """Random transcripts (answers missing, out of their run, repeated, orphan, calls
+    without ids): the census SQL finds exactly the sessions :func:`scan` finds."""
+    import random
+
+    from tether.store.toolrepair import scan
+
+    rng = random.Random(14)
+    want_tail, want_middle = set(), set()
+    for _ in range(40):
+        h = store.session(source="cli")
+        pending: list[str] = []
+        for k in range(rng.randint(1, 8)):
+            roll = rng.random()
+            if roll < 0.3:
+                h.append("user", f"prompt {k}")
+            elif roll < 0.6:
+                ids = [f"c{k}_{j}" for j in range(rng.randint(1, 3))]
+                calls = [{"id": i, "type": "function", "function": {"name": "f"}} for i in ids]
+                if rng.random() < 0.2:
+                    calls.append({"type": "function", "function": {"name": "no_id"}})
+                if rng.random() < 0.2:
+                    calls.append({"call_id": ids[0] + "r", "name": "responses_style"})
+                    ids.append(ids[0] + "r")
+                h.append("assistant", None, tool_calls=calls)
+                pending = ids
+            else:
+                answer = rng.choice([*pending, "orphan"]) if pending else "orphan"
+                h.append("tool", "out", tool_call_id=answer)
+        h.end("completed")
+        messages = store.get_messages(h.id)
+        middle, tail = scan(messages)
+        if middle:
+            want_middle.add(h.id)
+        if tail:
+            want_tail.add(h.id)
+    assert want_middle and want_tail  # the seed exercises both
+    assert store.count_dangling() == len(want_tail)
+    assert store.count_dangling_middle() == len(want_middle)
+    assert store.dangling_sessions() == sorted(want_tail | want_middle)
+    assert (
+        store.dangling_sessions(limit=3, after=sorted(want_tail | want_middle)[0])
+        == sorted(want_tail | want_middle)[1:4]
+    )

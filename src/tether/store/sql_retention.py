@@ -237,36 +237,44 @@ _CALL_ID = {
                     THEN c.v ->> 'call_id' END, '')) END""",
 }
 _ELEMENTS = {
-    "sqlite": "JOIN json_each(CASE WHEN json_type(a.tool_calls) = 'array' "
-    "THEN a.tool_calls ELSE '[]' END) c",
-    "postgresql": "CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(a.tool_calls) "
-    "= 'array' THEN a.tool_calls ELSE '[]'::jsonb END) AS c(v)",
+    "sqlite": "JOIN json_each(CASE WHEN json_type(d.tool_calls) = 'array' "
+    "THEN d.tool_calls ELSE '[]' END) c",
+    "postgresql": "CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(d.tool_calls) "
+    "= 'array' THEN d.tool_calls ELSE '[]'::jsonb END) AS c(v)",
 }
 
 
-def _dangling_calls(dialect: str) -> str:
-    """Rows (session_id, nxt) of the unanswered calls (sessions outside the trash)."""
+# Keeps the database from flattening the subquery into the join with the calls
+# (it would compute each assistant message's ``nxt`` once per call, twice).
+_FENCE = {"sqlite": "LIMIT -1 OFFSET 0", "postgresql": "OFFSET 0"}
+
+
+def _dangling_calls(dialect: str, kind: str = "") -> str:
+    """Rows (session_id, nxt) of the unanswered calls (sessions outside the trash);
+    ``kind``: a condition on ``d.nxt`` (which calls: the tail's, the middle's)."""
+    cid = _CALL_ID[dialect]
     return f"""
 SELECT d.session_id, d.nxt FROM (
-    SELECT a.session_id, a.seq, {_CALL_ID[dialect]} AS cid,
+    SELECT a.session_id, a.seq, a.tool_calls,
         (SELECT n.seq FROM messages n WHERE n.session_id = a.session_id AND n.seq > a.seq
          AND n.state = 'active' AND n.role <> 'tool' ORDER BY n.seq LIMIT 1) AS nxt
-    FROM messages a JOIN sessions s ON s.id = a.session_id {_ELEMENTS[dialect]}
+    FROM messages a JOIN sessions s ON s.id = a.session_id
     WHERE s.trashed_at IS NULL AND a.role = 'assistant' AND a.state = 'active'
       AND a.tool_calls IS NOT NULL
-) d
-WHERE d.cid IS NOT NULL AND NOT EXISTS (
+    {_FENCE[dialect]}
+) d {_ELEMENTS[dialect]}
+WHERE {kind or "TRUE"} AND {cid} IS NOT NULL AND NOT EXISTS (
     SELECT 1 FROM messages t WHERE t.session_id = d.session_id AND t.seq > d.seq
-    AND (d.nxt IS NULL OR t.seq < d.nxt) AND t.state = 'active' AND t.role = 'tool'
-    AND t.tool_call_id = d.cid)
+    AND t.seq < COALESCE(d.nxt, 9223372036854775807) AND t.state = 'active' AND t.role = 'tool'
+    AND t.tool_call_id = {cid})
 """
 
 
 def dangling_count(dialect: str, *, middle: bool = False) -> str:
     """How many sessions end in unanswered tool calls (``middle``: have some in the
     middle of their conversation, followed by other messages)."""
-    where = "nxt IS NOT NULL" if middle else "nxt IS NULL"
-    return f"SELECT COUNT(DISTINCT session_id) FROM ({_dangling_calls(dialect)}) x WHERE {where}"
+    kind = "d.nxt IS NOT NULL" if middle else "d.nxt IS NULL"
+    return f"SELECT COUNT(DISTINCT session_id) FROM ({_dangling_calls(dialect, kind)}) x"
 
 
 def dangling_sessions(dialect: str) -> str:

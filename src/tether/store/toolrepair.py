@@ -97,21 +97,35 @@ def _open_calls(message: Message) -> list[Any]:
     return unanswered(message, ())
 
 
+def _walk(messages: Iterable[Message]) -> Iterator[tuple[Message | None, list[Any]]]:
+    """Each message with the calls it leaves unanswered by coming before their
+    results (only a message that is not a tool result can), then ``None`` with
+    the calls unanswered at the tail. The one rule of what dangles."""
+    pending: list[Any] = []
+    for m in messages:
+        if m.role == "tool":
+            if pending and m.tool_call_id is not None:
+                pending = [c for c in pending if call_id(c) != m.tool_call_id]
+            yield m, []
+        else:
+            yield m, pending
+            pending = _open_calls(m)
+    yield None, pending
+
+
 def scan(messages: Sequence[Message]) -> tuple[list[tuple[int, Any]], list[Any]]:
     """The unanswered calls of a transcript: those in the middle, each with the
     index in ``messages`` of the last message of its run (the calls and the tool
     results right after them), and those at the tail (still answerable by
     appending, or by the owner's running turn)."""
     middle: list[tuple[int, Any]] = []
-    pending: list[Any] = []
-    for i, m in enumerate(messages):
-        if m.role == "tool":
-            if pending and m.tool_call_id is not None:
-                pending = [c for c in pending if call_id(c) != m.tool_call_id]
-            continue
-        middle.extend((i - 1, c) for c in pending)  # something else follows them
-        pending = _open_calls(m)
-    return middle, pending
+    tail: list[Any] = []
+    for i, (m, left) in enumerate(_walk(messages)):
+        if m is None:
+            tail = left
+        else:
+            middle.extend((i - 1, call) for call in left)
+    return middle, tail
 
 
 def synthetic_result(after: Message, call: Any) -> Message:
@@ -134,17 +148,13 @@ def synthetic_result(after: Message, call: Any) -> Message:
 def answered(messages: Iterable[Message]) -> Iterator[Message]:
     """``messages`` with a synthetic result after each call left dangling in the
     middle, streamed (it holds only the calls of the last assistant message)."""
-    pending: list[Any] = []
     prev: Message | None = None
-    for m in messages:
-        if m.role == "tool":
-            if pending and m.tool_call_id is not None:
-                pending = [c for c in pending if call_id(c) != m.tool_call_id]
-        else:
-            if pending and prev is not None:  # something else follows them: answer here
-                for call in pending:
-                    yield synthetic_result(prev, call)
-            pending = _open_calls(m)
+    for m, left in _walk(messages):
+        if m is None:
+            return
+        if prev is not None:
+            for call in left:  # answered right after the run, before m
+                yield synthetic_result(prev, call)
         yield m
         prev = m
 
