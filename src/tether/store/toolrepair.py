@@ -90,27 +90,34 @@ def unanswered(last_assistant: Message | None, after: Sequence[Message]) -> list
     return out
 
 
-def _open_calls(message: Message) -> list[Any]:
-    """The answerable calls of an assistant message (ids, each once), in order."""
-    if message.role != "assistant" or not message.tool_calls:
-        return []
-    return unanswered(message, ())
+def _open_calls(tool_calls: list[Any]) -> dict[str, Any]:
+    """The answerable calls of an assistant message by id (each once), in order."""
+    out: dict[str, Any] = {}
+    for call in tool_calls:
+        cid = call_id(call)
+        if cid is not None and cid not in out:
+            out[cid] = call
+    return out
 
 
-def _walk(messages: Iterable[Message]) -> Iterator[tuple[Message | None, list[Any]]]:
+_NONE: dict[str, Any] = {}  # no calls pending; never written to (popped only when not empty)
+
+
+def _walk(messages: Iterable[Message]) -> Iterator[tuple[Message | None, Iterable[Any]]]:
     """Each message with the calls it leaves unanswered by coming before their
     results (only a message that is not a tool result can), then ``None`` with
     the calls unanswered at the tail. The one rule of what dangles."""
-    pending: list[Any] = []
+    pending = _NONE
     for m in messages:
         if m.role == "tool":
             if pending and m.tool_call_id is not None:
-                pending = [c for c in pending if call_id(c) != m.tool_call_id]
-            yield m, []
+                pending.pop(m.tool_call_id, None)
+            yield m, ()
         else:
-            yield m, pending
-            pending = _open_calls(m)
-    yield None, pending
+            yield m, pending.values()
+            calls = m.tool_calls
+            pending = _open_calls(calls) if calls and m.role == "assistant" else _NONE
+    yield None, pending.values()
 
 
 def scan(messages: Sequence[Message]) -> tuple[list[tuple[int, Any]], list[Any]]:
@@ -122,7 +129,7 @@ def scan(messages: Sequence[Message]) -> tuple[list[tuple[int, Any]], list[Any]]
     tail: list[Any] = []
     for i, (m, left) in enumerate(_walk(messages)):
         if m is None:
-            tail = left
+            tail = list(left)
         else:
             middle.extend((i - 1, call) for call in left)
     return middle, tail
