@@ -245,35 +245,54 @@ _ELEMENTS = {
 
 
 # Keeps the database from flattening the subquery into the join with the calls
-# (it would compute each assistant message's ``nxt`` once per call, twice).
+# (it would compute each assistant message's ``nxt`` once per call, twice). The
+# answer is looked up by a scalar subquery, not NOT EXISTS: PostgreSQL turns
+# that into an anti join, which with stale statistics (after a bulk import) it
+# ran as a nested loop over every tool message (15 minutes on 250k messages);
+# the subquery is always a short walk of the primary key within the run.
 _FENCE = {"sqlite": "LIMIT -1 OFFSET 0", "postgresql": "OFFSET 0"}
 
 
-def _dangling_calls(dialect: str, kind: str = "") -> str:
-    """Rows (session_id, nxt) of the unanswered calls (sessions outside the trash);
-    ``kind``: a condition on ``d.nxt`` (which calls: the tail's, the middle's)."""
-    cid = _CALL_ID[dialect]
-    return f"""
-SELECT d.session_id, d.nxt FROM (
+# The assistant messages whose calls are checked, with ``nxt``: every one (either
+# kind), or per session only its last message that is not a tool result, when
+# that is an assistant's (the tail: a walk back of the primary key per session,
+# as cheap as before the middle was counted).
+_EVERY_ASSISTANT = """
     SELECT a.session_id, a.seq, a.tool_calls,
         (SELECT n.seq FROM messages n WHERE n.session_id = a.session_id AND n.seq > a.seq
          AND n.state = 'active' AND n.role <> 'tool' ORDER BY n.seq LIMIT 1) AS nxt
     FROM messages a JOIN sessions s ON s.id = a.session_id
     WHERE s.trashed_at IS NULL AND a.role = 'assistant' AND a.state = 'active'
-      AND a.tool_calls IS NOT NULL
+      AND a.tool_calls IS NOT NULL"""
+_TAIL_ASSISTANT = """
+    SELECT a.session_id, a.seq, a.tool_calls, CAST(NULL AS BIGINT) AS nxt
+    FROM sessions s JOIN messages a ON a.session_id = s.id AND a.seq = (
+        SELECT n.seq FROM messages n WHERE n.session_id = s.id AND n.state = 'active'
+        AND n.role <> 'tool' ORDER BY n.seq DESC LIMIT 1)
+    WHERE s.trashed_at IS NULL AND a.role = 'assistant' AND a.tool_calls IS NOT NULL"""
+
+
+def _dangling_calls(dialect: str, kind: str = "") -> str:
+    """Rows (session_id, nxt) of the unanswered calls (sessions outside the trash);
+    ``kind``: ``tail``, ``middle`` or either (``""``)."""
+    cid = _CALL_ID[dialect]
+    source = _TAIL_ASSISTANT if kind == "tail" else _EVERY_ASSISTANT
+    where = "d.nxt IS NOT NULL" if kind == "middle" else "TRUE"
+    return f"""
+SELECT d.session_id, d.nxt FROM ({source}
     {_FENCE[dialect]}
 ) d {_ELEMENTS[dialect]}
-WHERE {kind or "TRUE"} AND {cid} IS NOT NULL AND NOT EXISTS (
+WHERE {where} AND {cid} IS NOT NULL AND (
     SELECT 1 FROM messages t WHERE t.session_id = d.session_id AND t.seq > d.seq
     AND t.seq < COALESCE(d.nxt, 9223372036854775807) AND t.state = 'active' AND t.role = 'tool'
-    AND t.tool_call_id = {cid})
+    AND t.tool_call_id = {cid} LIMIT 1) IS NULL
 """
 
 
 def dangling_count(dialect: str, *, middle: bool = False) -> str:
     """How many sessions end in unanswered tool calls (``middle``: have some in the
     middle of their conversation, followed by other messages)."""
-    kind = "d.nxt IS NOT NULL" if middle else "d.nxt IS NULL"
+    kind = "middle" if middle else "tail"
     return f"SELECT COUNT(DISTINCT session_id) FROM ({_dangling_calls(dialect, kind)}) x"
 
 
