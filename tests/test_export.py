@@ -121,6 +121,29 @@ def test_openai_format_is_the_chat_completions_list(store: Store) -> None:
     assert first["messages"][3]["tool_call_id"] == "c1"
 
 
+def test_openai_format_answers_calls_left_unanswered_in_the_middle(store: Store) -> None:
+    """A chat-completions list a model takes: a call followed by a later prompt
+    gets its synthetic result right after it (issue 14); the tail is left as is."""
+    calls = [{"id": f"c{i}", "type": "function", "function": {"name": "du"}} for i in (1, 2)]
+    h = store.session(source="cli")
+    h.append("user", "What fills the disk?")
+    h.append("assistant", None, tool_calls=calls[:1])
+    h.append("user", "Still there?")
+    h.append("assistant", None, tool_calls=calls[1:])
+    h.end("reaped")
+    [line] = export(store, fmt="openai").splitlines()
+    messages = json.loads(line)["messages"]
+    assert [(m["role"], m.get("tool_call_id")) for m in messages] == [
+        ("user", None),
+        ("assistant", None),
+        ("tool", "c1"),
+        ("user", None),
+        ("assistant", None),
+    ]
+    assert messages[2]["content"].startswith("no result: ")
+    assert store.get_session(h.id).message_count == 4  # nothing stored
+
+
 def test_bad_format_is_refused(store: Store) -> None:
     with pytest.raises(tether.InvalidInputError):
         export(store, fmt="csv")

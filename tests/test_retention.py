@@ -376,8 +376,9 @@ def _exists(store: Store, sid: str) -> bool:
 
 
 def readme_store(path: str) -> None:
-    """The store the README's retention section runs on: two conversations that
-    ended 100 days ago (one continued once, one killed mid tool call) and a new one."""
+    """The store the README's retention section runs on: conversations that ended
+    100 days ago (one continued once, one with a call unanswered in its middle and
+    one at its tail, killed mid tool call) and a new one."""
     past = tether.open_store(
         path, load_plugins=False, clock=tether.ManualClock(time.time() - 100 * DAY)
     )
@@ -391,14 +392,17 @@ def readme_store(path: str) -> None:
         b.append("assistant", "It builds.")
         b.end("cli_close")
         c = past.session(source="web", title="Disk usage")
-        c.append("user", "What fills the disk?")
-        c.append(
-            "assistant",
-            None,
-            tool_calls=[
-                {"id": "c1", "type": "function", "function": {"name": "du", "arguments": "{}"}}
-            ],
-        )
+        for prompt, call in (("What fills the disk?", "c1"), ("Still there?", "c2")):
+            # The first call is left unanswered in the middle (a turn interrupted
+            # mid tool, then another prompt), the second at the tail.
+            c.append("user", prompt)
+            c.append(
+                "assistant",
+                None,
+                tool_calls=[
+                    {"id": call, "type": "function", "function": {"name": "du", "arguments": "{}"}}
+                ],
+            )
         c.end("reaped", "killed during a tool call")
         log = past.session(source="cli", title="Long build log")
         for i in range(300):

@@ -147,3 +147,51 @@ def test_failing_agent_ends_the_turn_with_an_error_not_a_traceback(tmp_path: Pat
             await asyncio.wait_for(next_event(c, "turn.end", timeout=30), 30)
 
         run(go())
+
+
+def test_openai_request_answers_calls_left_unanswered_in_the_middle(tmp_path: Path) -> None:
+    """What the model endpoint receives (issue 14): a conversation killed mid tool,
+    then prompted again, is continued; every tool call in the request body is
+    followed by its result, the missing one synthetic, before the next message."""
+    import tether
+
+    db = str(tmp_path / "killed.db")
+    calls = [
+        {"id": f"call_{x}", "type": "function", "function": {"name": x, "arguments": "{}"}}
+        for x in ("a", "b")
+    ]
+    with tether.open_store(db, load_plugins=False) as store:
+        h = store.session(source="cli")
+        h.append("user", "list and show")
+        h.append("assistant", None, tool_calls=calls)
+        h.append("tool", "a.txt", tool_call_id="call_a", tool_name="a")
+        h.append("user", "still there?")
+        h.append("assistant", "yes")
+        h.end("reaped")
+        parent = h.id
+    with (
+        FakeOpenAI() as fake,
+        serve(tmp_path, "--agent", "openai", "-o", f"base_url={fake.base_url}", db=db) as served,
+    ):
+
+        async def go() -> None:
+            c = await served.client()
+            child = (await c.call("session.create", parent_id=parent))["session_id"]
+            await c.call("prompt.submit", session_id=child, text="go on")
+            assert (await next_event(c, "turn.end", child))["status"] == "completed"
+
+        run(go())
+    [request] = fake.requests
+    sent = request["body"]["messages"]
+    assert [(m["role"], m.get("tool_call_id")) for m in sent] == [
+        ("user", None),
+        ("assistant", None),
+        ("tool", "call_a"),
+        ("tool", "call_b"),
+        ("user", None),
+        ("assistant", None),
+        ("user", None),
+    ]
+    assert sent[3]["content"].startswith("no result: ")
+    with tether.open_store(db, load_plugins=False) as store:
+        assert store.get_session(parent).message_count == 5  # nothing stored for it

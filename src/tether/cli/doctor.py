@@ -158,6 +158,7 @@ def doctor(
 
         census, hung = Reaper(store).breakdown()
         dangling = store.count_dangling()
+        dangling_middle = store.count_dangling_middle()
         policy = store.retention_policy()
         dry_run = (
             None
@@ -170,6 +171,7 @@ def doctor(
                 **census.to_dict(),
                 "open_hung_owner": hung,
                 "dangling_tool_calls": dangling,
+                "dangling_tool_calls_middle": dangling_middle,
                 "retention_policy": None if policy is None else policy.to_dict(),
                 "retention_dry_run": None if dry_run is None else dry_run.to_dict(),
             }
@@ -180,6 +182,13 @@ def doctor(
         out.print(
             f"{plural(dangling, 'conversation')} end in unanswered tool calls"
             " (tether repair-tools --all)"
+        )
+    if dangling_middle:
+        has = "has" if dangling_middle == 1 else "have"
+        out.print(
+            f"{plural(dangling_middle, 'conversation')} {has} unanswered tool calls in its middle"
+            " (answered with a synthetic result when read)",
+            soft_wrap=True,
         )
     if policy is not None and dry_run is not None:
         out.print(

@@ -52,6 +52,7 @@ from ..errors import (
 from ..ids import new_id
 from ..lifecycle import SessionHandle
 from ..model import Message
+from ..store.toolrepair import answered_history
 from ..validate import check_source, check_text
 from . import rpc
 from .connection import Connection
@@ -805,7 +806,11 @@ class Gateway:
         """On a reader thread: the messages of the session's whole chain, oldest first.
 
         A session that continues an ended one (``parent_id``) carries on its
-        conversation, so the agent reads from the root of the chain.
+        conversation, so the agent reads from the root of the chain. Tool calls
+        left unanswered before later messages (a turn interrupted mid tool, an
+        imported session resumed without a result, a parent's dangling tail)
+        get a synthetic result right after them, never stored: the agent never
+        sends a model a history it refuses (issue 14; see store.toolrepair).
         """
         by_id = {s.id: s for s in self.store.get_chain(session_id)}
         lineage: list[str] = []
@@ -813,7 +818,9 @@ class Gateway:
         while at is not None and at in by_id:  # parent links only: not a sibling's turns
             lineage.append(at)
             at = by_id[at].parent_id
-        return [m for sid in reversed(lineage) for m in self.store.get_messages(sid)]
+        return answered_history(
+            [m for sid in reversed(lineage) for m in self.store.get_messages(sid)]
+        )
 
     async def _store(
         self,

@@ -219,32 +219,90 @@ WHERE id = ?
 """
 
 
-def dangling_count(dialect: str) -> str:
-    """Sessions (outside the trash) whose last assistant message has more tool
-    calls than tool results after it, and nothing else after it."""
-    length = (
-        "jsonb_array_length(a.tool_calls)"
-        if dialect == "postgresql"
-        else ("json_array_length(a.tool_calls)")
-    )
+# Every tool call (with an id) of an active assistant message that no active tool
+# message answers in the run of tool messages right after it; ``nxt`` is the seq
+# of the first active message after it that is not a tool result (NULL: the
+# calls end the conversation, its "tail"). The same rule as toolrepair.scan.
+# Elements of a tool_calls value that is not an array of objects are skipped
+# (validate.check_tool_calls stores lists; imports may carry anything).
+_CALL_ID = {
+    "sqlite": """CASE WHEN c.type = 'object' THEN COALESCE(
+        NULLIF(CASE WHEN json_type(c.value, '$.id') = 'text'
+                    THEN json_extract(c.value, '$.id') END, ''),
+        NULLIF(CASE WHEN json_type(c.value, '$.call_id') = 'text'
+                    THEN json_extract(c.value, '$.call_id') END, '')) END""",
+    "postgresql": """CASE WHEN jsonb_typeof(c.v) = 'object' THEN COALESCE(
+        NULLIF(CASE WHEN jsonb_typeof(c.v -> 'id') = 'string' THEN c.v ->> 'id' END, ''),
+        NULLIF(CASE WHEN jsonb_typeof(c.v -> 'call_id') = 'string'
+                    THEN c.v ->> 'call_id' END, '')) END""",
+}
+_ELEMENTS = {
+    "sqlite": "JOIN json_each(CASE WHEN json_type(d.tool_calls) = 'array' "
+    "THEN d.tool_calls ELSE '[]' END) c",
+    "postgresql": "CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(d.tool_calls) "
+    "= 'array' THEN d.tool_calls ELSE '[]'::jsonb END) AS c(v)",
+}
+
+
+# Keeps the database from flattening the subquery into the join with the calls
+# (it would compute each assistant message's ``nxt`` once per call, twice). The
+# answer is looked up by a scalar subquery, not NOT EXISTS: PostgreSQL turns
+# that into an anti join, which with stale statistics (after a bulk import) it
+# ran as a nested loop over every tool message (15 minutes on 250k messages);
+# the subquery is always a short walk of the primary key within the run.
+_FENCE = {"sqlite": "LIMIT -1 OFFSET 0", "postgresql": "OFFSET 0"}
+
+
+# The assistant messages whose calls are checked, with ``nxt``: every one (either
+# kind), or per session only its last message that is not a tool result, when
+# that is an assistant's (the tail: a walk back of the primary key per session,
+# as cheap as before the middle was counted).
+_EVERY_ASSISTANT = """
+    SELECT a.session_id, a.seq, a.tool_calls,
+        (SELECT n.seq FROM messages n WHERE n.session_id = a.session_id AND n.seq > a.seq
+         AND n.state = 'active' AND n.role <> 'tool' ORDER BY n.seq LIMIT 1) AS nxt
+    FROM messages a JOIN sessions s ON s.id = a.session_id
+    WHERE s.trashed_at IS NULL AND a.role = 'assistant' AND a.state = 'active'
+      AND a.tool_calls IS NOT NULL"""
+_TAIL_ASSISTANT = """
+    SELECT a.session_id, a.seq, a.tool_calls, CAST(NULL AS BIGINT) AS nxt
+    FROM sessions s JOIN messages a ON a.session_id = s.id AND a.seq = (
+        SELECT n.seq FROM messages n WHERE n.session_id = s.id AND n.state = 'active'
+        AND n.role <> 'tool' ORDER BY n.seq DESC LIMIT 1)
+    WHERE s.trashed_at IS NULL AND a.role = 'assistant' AND a.tool_calls IS NOT NULL"""
+
+
+def _dangling_calls(dialect: str, kind: str = "") -> str:
+    """Rows (session_id, nxt) of the unanswered calls (sessions outside the trash);
+    ``kind``: ``tail``, ``middle`` or either (``""``)."""
+    cid = _CALL_ID[dialect]
+    source = _TAIL_ASSISTANT if kind == "tail" else _EVERY_ASSISTANT
+    where = "d.nxt IS NOT NULL" if kind == "middle" else "TRUE"
     return f"""
-SELECT COUNT(*) FROM sessions s
-JOIN messages a ON a.session_id = s.id AND a.seq = (
-    SELECT max(x.seq) FROM messages x
-    WHERE x.session_id = s.id AND x.role = 'assistant' AND x.state = 'active')
-WHERE s.trashed_at IS NULL AND a.tool_calls IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM messages y WHERE y.session_id = s.id AND y.seq > a.seq
-                  AND y.state = 'active' AND y.role <> 'tool')
-  AND (SELECT COUNT(*) FROM messages z WHERE z.session_id = s.id AND z.seq > a.seq
-       AND z.state = 'active' AND z.role = 'tool') < {length}
+SELECT d.session_id, d.nxt FROM ({source}
+    {_FENCE[dialect]}
+) d {_ELEMENTS[dialect]}
+WHERE {where} AND {cid} IS NOT NULL AND (
+    SELECT 1 FROM messages t WHERE t.session_id = d.session_id AND t.seq > d.seq
+    AND t.seq < COALESCE(d.nxt, 9223372036854775807) AND t.state = 'active' AND t.role = 'tool'
+    AND t.tool_call_id = {cid} LIMIT 1) IS NULL
 """
 
 
+def dangling_count(dialect: str, *, middle: bool = False) -> str:
+    """How many sessions end in unanswered tool calls (``middle``: have some in the
+    middle of their conversation, followed by other messages)."""
+    kind = "middle" if middle else "tail"
+    return f"SELECT COUNT(DISTINCT session_id) FROM ({_dangling_calls(dialect, kind)}) x"
+
+
 def dangling_sessions(dialect: str) -> str:
-    """The ids of those sessions, by id from a keyset position (after id, limit)."""
-    count = dangling_count(dialect)
-    body = count.split("FROM sessions s", 1)[1]
-    return f"SELECT s.id FROM sessions s{body} AND s.id > ? ORDER BY s.id LIMIT ?"
+    """The ids of sessions with unanswered calls of either kind, by id from a keyset
+    position (after id, limit)."""
+    return f"""
+SELECT DISTINCT session_id FROM ({_dangling_calls(dialect)}) x
+WHERE session_id > ? ORDER BY session_id LIMIT ?
+"""
 
 
 # --- transfer (export / import) ---------------------------------------------------

@@ -56,6 +56,7 @@ from ..validate import (
 )
 from . import sql_retention as q
 from .backend import Conn
+from .toolrepair import answered
 
 if TYPE_CHECKING:
     from ..clock import Clock
@@ -444,10 +445,12 @@ class Transfer:
         """One object per session, its chat-completions list streamed item by item."""
         yield '{"messages":['
         first = True
-        for m in self._messages(sid, count):
-            if m.state == "active":
-                yield ("" if first else ",") + canonical(openai_message(m))
-                first = False
+        # A list a model takes: calls left unanswered in the middle get their
+        # synthetic result after them, as the gateway's agent reads them.
+        active = (m for m in self._messages(sid, count) if m.state == "active")
+        for m in answered(active):
+            yield ("" if first else ",") + canonical(openai_message(m))
+            first = False
         yield f'],"session_id":{canonical(sid)}}}\n'
         return 1
 
