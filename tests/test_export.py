@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tether.compose import Store
 
 from .conftest import run_cli
 
+DAY = 86400.0
 META = {"zeta": 1, "alpha": "ünïcødé ✓ 日本", "nested": {"b": [1, 2.5, None], "a": True}}
 
 
@@ -264,3 +266,80 @@ def test_database_built_lines_are_the_canonical_ones(
     assert text.split("\n") == [*expected, ""]  # not splitlines: U+2028 is no line end
     monkeypatch.setattr(transfer, "MESSAGE_PAGE", 3)  # a is now a large session, paged
     assert export(store) == text
+
+
+def test_a_long_export_keeps_its_claims_while_prune_and_purge_run(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claims last CLAIM_TTL: an export that takes longer renews them, so prune and
+    purge, running between every two chunks on the same (injected) clock, take
+    only sessions it has written in full (a large session read page by page,
+    then groups), and the export is complete. Once it is done, they take the rest."""
+    from tether.store import transfer
+
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 3)
+    with tether.open_store(db_url, load_plugins=False) as w:
+        big = w.session(source="cli")
+        for i in range(8):  # 3 pages of at most 3
+            big.append("user", f"page message {i}")
+        big.end("completed")
+        small = []
+        for _ in range(3):  # groups of at most 3 messages: one session each
+            h = w.session(source="cli")
+            h.append("user", "a")
+            h.append("assistant", "b")
+            h.end("completed")
+            small.append(h.id)
+    clock = tether.ManualClock(time.time() + 100 * DAY)
+    with (
+        tether.open_store(db_url, load_plugins=False, clock=clock) as reader,
+        tether.open_store(db_url, load_plugins=False, clock=clock) as pruner,
+    ):
+        expected = "".join(reader.export_text())
+        sizes = {big.id: 8, **dict.fromkeys(small, 2)}
+        chunks: list[str] = []
+        taken: set[str] = set()
+        step = transfer.CLAIM_TTL * 2 / 3  # each chunk "takes" 200 s: 3 outlive a claim
+        for chunk in reader.export_text():
+            chunks.append(chunk)
+            clock.advance(step)
+            pruner.prune(DAY, apply=True)
+            trashed = {root for root, _ in pruner.trashed_chains()}
+            so_far = "".join(chunks)
+            for sid in trashed:  # only what the export has written in full
+                assert so_far.count(f'"session_id":"{sid}"') == sizes[sid], len(chunks)
+            taken |= trashed
+            pruner.purge(0)
+        assert len(chunks) >= 5
+        assert "".join(chunks) == expected
+        pruner.prune(DAY, apply=True)  # released: nothing protects the rest now
+        taken |= {root for root, _ in pruner.trashed_chains()}
+        assert taken == set(sizes)
+
+
+def test_an_export_stalled_past_its_claims_says_so(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer that leaves the export suspended longer than CLAIM_TTL lets its
+    claims lapse (nothing renews them meanwhile): a session pruned then in the middle
+    of being written is one clear error, never a silently short transcript."""
+    from tether.errors import StoreError
+    from tether.store import transfer
+
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 3)
+    with tether.open_store(db_url, load_plugins=False) as w:
+        h = w.session(source="cli")
+        for i in range(8):
+            h.append("user", f"m{i}")
+        h.end("completed")
+    clock = tether.ManualClock(time.time() + 100 * DAY)
+    with (
+        tether.open_store(db_url, load_plugins=False, clock=clock) as reader,
+        tether.open_store(db_url, load_plugins=False, clock=clock) as pruner,
+    ):
+        chunks = reader.export_text()
+        next(chunks)
+        clock.advance(transfer.CLAIM_TTL + 1)
+        assert pruner.prune(DAY, apply=True).chains == 1
+        with pytest.raises(StoreError, match=f"session {h.id} was trashed while it was exported"):
+            list(chunks)

@@ -10,9 +10,10 @@ JSONL → PostgreSQL → JSONL byte-identical. Owner, epoch and detachment are
 left out: they describe a process of the exporting machine.
 
 Export streams in constant memory: sessions in keyset pages by id, each page
-claimed for the reader first (see :mod:`tether.store.retention`), so a prune
-running meanwhile never deletes what is being copied; a store this process
-cannot write is read without claims. The sessions of a page are read in groups
+claimed for the reader first (see :mod:`tether.store.retention`) and the
+claims renewed as the export goes on (:class:`_Lease`), so a prune running
+meanwhile never deletes what is being copied, however long the export takes;
+a store this process cannot write is read without claims. The sessions of a page are read in groups
 of at most MESSAGE_PAGE messages, each group's rows and messages in one
 snapshot; a larger session page by page, and an error if it lost messages
 meanwhile (a claim that expired). A session's messages are exported up to the
@@ -232,6 +233,84 @@ def _fetch_all(query: str, params: Sequence[Any]) -> Callable[[Conn], list[Any]]
     return run
 
 
+class _Lease:
+    """An export's claims: taken a page of sessions at a time, and renewed before a
+    read once a third of CLAIM_TTL has passed since they were last taken.
+
+    A claim expires CLAIM_TTL after it was taken; a page of large sessions can
+    take longer than that to read, and prune and purge are free to take what
+    is no longer claimed. So every read first calls :meth:`keep` (or
+    :meth:`hold` in the middle of a session), which renews the claims of what
+    the export has yet to read. Time is counted on the store's clock while the
+    export runs; a consumer that leaves the generator suspended longer than
+    CLAIM_TTL can still let claims lapse: what was trashed meanwhile is then
+    left out, and a session half written is an error (see :meth:`hold`).
+    A store that refuses writes is read without claims (``active`` False).
+    """
+
+    __slots__ = ("active", "holder", "pending", "store", "taken")
+
+    def __init__(self, store: Transfer, holder: str) -> None:
+        self.store = store
+        self.holder = holder
+        self.active = True
+        self.taken = 0.0  # the clock's monotonic time when the claims were last taken
+        self.pending: dict[str, None] = {}  # claimed, not yet fully read (in order)
+
+    def claim(self, ids: list[str]) -> list[str]:
+        """Claim a page of sessions; those claimed (all of them without claims)."""
+        if not self.active:
+            return ids
+        started = self.store.clock.monotonic()
+        try:
+            got = set(self.store._claim_ids(ids, self.holder, CLAIM_TTL))
+        except StoreOpenError as exc:
+            # Claims are writes; nobody prunes through a store that refuses them.
+            log.debug("exporting without claims: %s", exc)
+            self.active = False
+            return ids
+        self.taken = started
+        self.pending = dict.fromkeys(i for i in ids if i in got)
+        return list(self.pending)
+
+    def keep(self, reading: list[str]) -> list[str]:
+        """Before reading these sessions: renew the claims if due; those of
+        ``reading`` still claimed (the rest were trashed while unclaimed)."""
+        if not self.active:
+            return reading
+        if self.store.clock.monotonic() - self.taken < CLAIM_TTL / 3:
+            return [i for i in reading if i in self.pending]
+        started = self.store.clock.monotonic()
+        got = set(self.store._claim_ids(list(self.pending), self.holder, CLAIM_TTL))
+        self.taken = started
+        self.pending = {i: None for i in self.pending if i in got}
+        return [i for i in reading if i in got]
+
+    def renewing(self, chunks: Generator[str, None, int]) -> Generator[str, None, int]:
+        """These chunks, renewing the claims (if due) each time the consumer asks for
+        the next: the time the consumer took to write the last one counts too."""
+        while True:
+            try:
+                chunk = next(chunks)
+            except StopIteration as stop:
+                return stop.value
+            yield chunk
+            self.keep([])
+
+    def hold(self, sid: str) -> None:
+        """Before reading the next page of a session already partly written."""
+        if not self.keep([sid]):
+            raise StoreError(
+                f"session {sid} was trashed while it was exported: the export stalled "
+                f"for more than {CLAIM_TTL:.0f} s and its claim expired (export it again)"
+            )
+
+    def done(self, ids: list[str]) -> None:
+        """These sessions are written: their claims need no renewal."""
+        for i in ids:
+            self.pending.pop(i, None)
+
+
 class _Bad(Exception):
     """A bad line (wrapped with its number into InvalidInputError)."""
 
@@ -286,30 +365,26 @@ class Transfer:
         if fmt not in FORMATS:
             raise InvalidInputError(f"invalid format {fmt!r}: expected one of {', '.join(FORMATS)}")
         floor = -math.inf if since is None else check_timestamp(since, "since")
-        holder = f"export:{uuid.uuid4().hex}"
-        claiming = True
+        lease = _Lease(self, f"export:{uuid.uuid4().hex}")
         done = 0
         try:
             for rows in self._export_pages(session_ids, floor, page):
-                if claiming:
-                    try:
-                        claimed = set(self._claim_ids([r[0] for r in rows], holder, CLAIM_TTL))
-                    except StoreOpenError as exc:
-                        # Claims are writes; nobody prunes through a store that refuses them.
-                        log.debug("exporting without claims: %s", exc)
-                        claiming = False
-                    else:
-                        rows = [r for r in rows if r[0] in claimed]
+                claimed = set(lease.claim([r[0] for r in rows]))
+                rows = [r for r in rows if r[0] in claimed]
                 if fmt == "jsonl":
-                    done += yield from self._export_jsonl_page(rows)
+                    done += yield from lease.renewing(self._export_jsonl_page(rows, lease))
                 else:
                     for sid, count in rows:
-                        done += yield from self._export_openai(sid, count)
+                        if lease.keep([sid]):
+                            done += yield from lease.renewing(
+                                self._export_openai(sid, count, lease)
+                            )
+                            lease.done([sid])
                 if progress is not None:
                     progress(done)
         finally:
-            if claiming:
-                self.release(holder)
+            if lease.active:
+                self.release(lease.holder)
 
     def _export_pages(
         self, session_ids: Sequence[str] | None, floor: float, page: int
@@ -342,7 +417,9 @@ class Transfer:
         every message to hash-join a page of sessions."""
         return getattr(self.backend, "read_ordered", self.backend.read)(fn)
 
-    def _export_jsonl_page(self, rows: list[tuple[str, int]]) -> Generator[str, None, int]:
+    def _export_jsonl_page(
+        self, rows: list[tuple[str, int]], lease: _Lease
+    ) -> Generator[str, None, int]:
         """A page of sessions as JSONL, in groups of at most MESSAGE_PAGE messages (by
         the counts of the page: the group's own snapshot may have a few more), each
         large session on its own; returns how many sessions were written."""
@@ -355,12 +432,17 @@ class Transfer:
                 total += row[1]
                 continue
             if group:
-                written += yield from self._export_group(group)
+                group = lease.keep(group)  # those trashed while their claims lapsed: left out
+                if group:
+                    written += yield from self._export_group(group)
+                    lease.done(group)
                 group, total = [], 0
             if row is None:
                 break
             if row[1] > MESSAGE_PAGE:
-                written += yield from self._export_large(row[0])
+                if lease.keep([row[0]]):
+                    written += yield from self._export_large(row[0], lease)
+                    lease.done([row[0]])
             else:
                 group, total = [row[0]], row[1]
         return written
@@ -394,7 +476,7 @@ class Transfer:
         yield "\n".join(out)  # one chunk per group: fewer, larger writes
         return len(sessions)
 
-    def _export_large(self, sid: str) -> Generator[str, None, int]:
+    def _export_large(self, sid: str, lease: _Lease) -> Generator[str, None, int]:
         """A session with more than MESSAGE_PAGE messages: its row and first page in
         one snapshot, then page by page up to the count read with the row."""
         dialect = self.backend.dialect
@@ -425,13 +507,15 @@ class Transfer:
             after = upto
             if after >= count:
                 return 1
+            lease.hold(sid)
             page = _page_reader(lines_query, sid, after, min(count, after + MESSAGE_PAGE))
             lines = self._ordered_read(page)
 
-    def _messages(self, sid: str, count: int) -> Iterator[Message]:
+    def _messages(self, sid: str, count: int, lease: _Lease) -> Iterator[Message]:
         # Up to the count read with the row: appends after it are not this export's.
         after = 0
         while after < count:
+            lease.hold(sid)
             upto = min(count, after + MESSAGE_PAGE)
             rows = self.backend.read(_fetch_all(q.EXPORT_MESSAGES, (sid, after, upto)))
             if not rows:
@@ -440,11 +524,11 @@ class Transfer:
                 yield message_from_row(r)
             after = upto
 
-    def _export_openai(self, sid: str, count: int) -> Generator[str, None, int]:
+    def _export_openai(self, sid: str, count: int, lease: _Lease) -> Generator[str, None, int]:
         """One object per session, its chat-completions list streamed item by item."""
         yield '{"messages":['
         first = True
-        for m in self._messages(sid, count):
+        for m in self._messages(sid, count, lease):
             if m.state == "active":
                 yield ("" if first else ",") + canonical(openai_message(m))
                 first = False
