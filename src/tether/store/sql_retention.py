@@ -7,6 +7,8 @@ spelled out as ``IN (?, ?, ...)`` of at most one batch.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..model import MESSAGE_READ_COLUMNS
 
 
@@ -313,11 +315,23 @@ def _members(dialect: str, pairs: list[tuple[str, str]], *, brace: bool = False)
     return " || ".join(args) + " || '}'"
 
 
-def export_session_lines(dialect: str, n: int) -> str:
-    """These sessions (outside the trash), by id, as the pieces of their lines:
-    created_at, cwd, end_detail, end_reason, ended_at, id, last_active_at,
-    message_count, metadata, then the rest of the line (model to type)."""
-    rest = _members(
+def ids_in(dialect: str, column: str, n: int) -> str:
+    """``column`` is one of ``n`` ids: ``IN (?, ...)``, or on PostgreSQL ``= ANY(?)``
+    of one array (pass ``[ids]``): one statement text whatever ``n``, so psycopg
+    parses it once and the server prepares it (the parse of a long ``IN`` list
+    cost the export about a fifth of its client time)."""
+    if dialect == "postgresql":
+        return f"{column} = ANY(?)"
+    return f"{column} IN ({marks(n)})"
+
+
+def ids_param(dialect: str, ids: list[str]) -> list[Any]:
+    """The parameters of one :func:`ids_in`."""
+    return [ids] if dialect == "postgresql" else ids
+
+
+def _session_rest(dialect: str) -> str:
+    return _members(
         dialect,
         [
             ("model", "s.model"),
@@ -329,12 +343,20 @@ def export_session_lines(dialect: str, n: int) -> str:
             ("type", "str:session"),
         ],
     )
+
+
+def export_session_lines(dialect: str, n: int, *, only_odd: bool = False) -> str:
+    """These sessions (outside the trash), by id, as the pieces of their lines:
+    created_at, cwd, end_detail, end_reason, ended_at, id, last_active_at,
+    message_count, metadata, then the rest of the line (model to type).
+    ``only_odd`` (PostgreSQL): those export_group_text leaves to Python."""
     q = _quote
+    odd = f" AND {_session_line(dialect)} IS NULL" if only_odd else ""
     return f"""
 SELECT s.created_at, {q(dialect, "s.cwd")}, {q(dialect, "s.end_detail")},
     {q(dialect, "s.end_reason")}, s.ended_at, {q(dialect, "s.id")}, s.last_active_at,
-    s.message_count, s.metadata, {rest}
-FROM sessions s WHERE s.id IN ({marks(n)}) AND s.trashed_at IS NULL ORDER BY s.id
+    s.message_count, s.metadata, {_session_rest(dialect)}
+FROM sessions s WHERE {ids_in(dialect, "s.id", n)} AND s.trashed_at IS NULL{odd} ORDER BY s.id
 """
 
 
@@ -343,10 +365,11 @@ _PLAIN = "m.tool_calls IS NULL AND m.meta IS NULL AND m.payload IS NULL"
 # not this export's); the sessions are those of export_session_lines.
 _MESSAGES_OF = """FROM sessions s
 JOIN messages m ON m.session_id = s.id AND m.seq <= s.message_count
-WHERE s.id IN ({marks}) AND s.trashed_at IS NULL"""
+WHERE {ids} AND s.trashed_at IS NULL"""
 
 
-def _message_pieces(dialect: str) -> str:
+def _message_parts(dialect: str) -> tuple[str, str]:
+    """The SQL of a message line's content and of its rest (NULL: nested JSON)."""
     rest = _members(
         dialect,
         [
@@ -364,24 +387,99 @@ def _message_pieces(dialect: str) -> str:
         ],
     )
     # The rest is NULL for a message with nested JSON: see export_nested_messages.
-    return f"{_quote(dialect, 'm.content')}, m.created_at, CASE WHEN {_PLAIN} THEN {rest} END"
+    return _quote(dialect, "m.content"), f"CASE WHEN {_PLAIN} THEN {rest} END"
+
+
+def _message_pieces(dialect: str) -> str:
+    content, rest = _message_parts(dialect)
+    return f"{content}, m.created_at, {rest}"
 
 
 def export_message_lines(dialect: str, n: int) -> str:
     """The messages of these sessions, by session and seq, as the pieces of their
     lines: content, created_at, the rest (NULL for messages with nested JSON)."""
-    where = _MESSAGES_OF.format(marks=marks(n))
+    where = _MESSAGES_OF.format(ids=ids_in(dialect, "s.id", n))
     return f"SELECT {_message_pieces(dialect)}\n{where}\nORDER BY s.id, m.seq"
 
 
 _MESSAGE_ROWS = ", ".join(f"m.{c.strip()}" for c in MESSAGE_READ_COLUMNS.split(","))
 
 
-def export_nested_messages(n: int) -> str:
+def export_nested_messages(dialect: str, n: int, *, only_odd: bool = False) -> str:
     """The rows (MESSAGE_READ_COLUMNS) of the messages export_message_lines left
-    NULL, in the same order: their nested JSON is made canonical in Python."""
-    where = _MESSAGES_OF.format(marks=marks(n))
-    return f"SELECT {_MESSAGE_ROWS}\n{where} AND NOT ({_PLAIN})\nORDER BY s.id, m.seq"
+    NULL, in the same order: their nested JSON is made canonical in Python.
+    ``only_odd`` (PostgreSQL): those export_group_text leaves to Python (also
+    those whose time PostgreSQL does not spell as Python does)."""
+    where = _MESSAGES_OF.format(ids=ids_in(dialect, "s.id", n))
+    odd = f"{_message_line(dialect)} IS NULL" if only_odd else f"NOT ({_PLAIN})"
+    return f"SELECT {_MESSAGE_ROWS}\n{where} AND {odd}\nORDER BY s.id, m.seq"
+
+
+# --- whole lines on PostgreSQL ----------------------------------------------------
+# PostgreSQL (12 and later, extra_float_digits >= 1: the transaction sets it)
+# prints a float8 with the shortest digits that read back to the same value,
+# as Python's repr does; the two spell them alike in positional notation,
+# which both use from 1e-4 up to 1e15 (Python's repr also adds ".0" to an
+# integral value). So there the database builds whole lines; any other
+# time, and nested JSON, make the line NULL: Python writes it (a test
+# compares the two on 700,000 values, and every line with ``canonical``).
+# Every other piece of a line is never NULL (coalesce(..., 'null')).
+
+
+def _pg_float(expr: str) -> str:
+    """A float8 as Python's repr spells it, or NULL outside the range where the two agree."""
+    return (
+        f"CASE WHEN abs({expr}) >= 1e-4 AND abs({expr}) < 1e15 THEN CASE WHEN {expr} = "
+        f"trunc({expr}) THEN {expr}::text || '.0' ELSE {expr}::text END END"
+    )
+
+
+def _session_line(dialect: str) -> str:
+    """A session's whole line (PostgreSQL), NULL when Python must write it."""
+    q = _quote
+    ended = "s.ended_at"
+    return (
+        f"""'{{"created_at":' || {_pg_float("s.created_at")} || ',"cwd":' || """
+        f"""{q(dialect, "s.cwd")} || ',"end_detail":' || {q(dialect, "s.end_detail")} || """
+        f"""',"end_reason":' || {q(dialect, "s.end_reason")} || ',"ended_at":' || """
+        f"""CASE WHEN {ended} IS NULL THEN 'null' ELSE {_pg_float(ended)} END || ',"id":' || """
+        f"""{q(dialect, "s.id")} || ',"last_active_at":' || {_pg_float("s.last_active_at")} """
+        f"""|| ',"message_count":' || s.message_count::text || ',"metadata":' || """
+        f"""CASE WHEN s.metadata IS NULL THEN 'null' END || ',' || {_session_rest(dialect)}"""
+    )
+
+
+def _message_line(dialect: str) -> str:
+    """A message's whole line (PostgreSQL), NULL when Python must write it."""
+    content, rest = _message_parts(dialect)
+    at = _pg_float("m.created_at")
+    return f"""'{{"content":' || {content} || ',"created_at":' || {at} || ',' || {rest}"""
+
+
+# A placeholder for a line Python writes: a control character, which no line can
+# hold (the JSON encoders escape every one).
+SESSION_HOLE = "\x02"
+MESSAGE_HOLE = "\x03"
+
+
+def export_group_text(dialect: str) -> str:
+    """PostgreSQL: a group of sessions (an array of ids) with their messages up to
+    their counts as one text, every line built by the server except the
+    placeholders SESSION_HOLE and MESSAGE_HOLE (see ``only_odd``); then the
+    sessions found, the sum of their counts, the messages found. One object
+    for the client per group, not one per line."""
+    return f"""
+SELECT string_agg(line, E'\\n' ORDER BY sid, seq),
+    count(*) FILTER (WHERE seq = 0), coalesce(sum(n), 0), count(*) FILTER (WHERE seq > 0)
+FROM (
+    SELECT s.id AS sid, 0 AS seq, s.message_count AS n,
+        coalesce({_session_line(dialect)}, chr(2)) AS line
+    FROM sessions s WHERE s.id = ANY(?) AND s.trashed_at IS NULL
+    UNION ALL
+    SELECT s.id, m.seq, NULL, coalesce({_message_line(dialect)}, chr(3))
+    {_MESSAGES_OF.format(ids="s.id = ANY(?)")}
+) AS t
+"""
 
 
 def export_message_page(dialect: str) -> str:

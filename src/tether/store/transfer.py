@@ -33,10 +33,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, StoreError, StoreOpenError
@@ -178,13 +180,29 @@ def _message_lines(rows: list[Any], nested: list[Any]) -> Iterable[str]:
     return [message_row_line(next(full)) if r[2] is None else MESSAGE_TEMPLATE % r for r in rows]
 
 
+_REST = itemgetter(2)  # the rest of a message line's row: None when nested JSON
+SESSION_HOLE = q.SESSION_HOLE
+MESSAGE_HOLE = q.MESSAGE_HOLE
+_HOLES = re.compile(f"[{SESSION_HOLE}{MESSAGE_HOLE}]")
+
+
+def _check_counts(ids: list[str], expected: int, got: int) -> None:
+    """A group's messages read against the sum of its sessions' counts (one snapshot)."""
+    if got != expected:
+        raise StoreError(
+            "the store is inconsistent: sessions in "
+            f"{ids[0]}..{ids[-1]} have fewer messages than their message_count "
+            "(run `tether doctor`)"
+        )
+
+
 def _page_reader(query: str, sid: str, after: int, upto: int) -> Callable[[Conn], list[str]]:
     """A read of one page of a session's message lines (seq after..upto), bound now."""
 
     def run(c: Conn) -> list[str]:
         rows = c.execute(query, (sid, after, upto)).fetchall()
         nested = []
-        if any(r[2] is None for r in rows):
+        if None in map(_REST, rows):
             nested = c.execute(q.EXPORT_NESTED_PAGE, (sid, after, upto)).fetchall()
         return list(_message_lines(rows, nested))
 
@@ -449,24 +467,20 @@ class Transfer:
 
     def _export_group(self, ids: list[str]) -> Generator[str, None, int]:
         """Sessions and their messages read in one snapshot, as one chunk of lines."""
-        dialect = self.backend.dialect
+        if self.backend.dialect == "postgresql":
+            return (yield from self._export_group_pg(ids))
         n = len(ids)
 
         def read(c: Conn) -> tuple[list[Any], list[Any], list[Any]]:
-            sessions = c.execute(q.export_session_lines(dialect, n), ids).fetchall()
-            messages = c.execute(q.export_message_lines(dialect, n), ids).fetchall()
+            sessions = c.execute(q.export_session_lines("sqlite", n), ids).fetchall()
+            messages = c.execute(q.export_message_lines("sqlite", n), ids).fetchall()
             nested = []
-            if any(r[2] is None for r in messages):
-                nested = c.execute(q.export_nested_messages(n), ids).fetchall()
+            if None in map(_REST, messages):  # in C: no Python call per row
+                nested = c.execute(q.export_nested_messages("sqlite", n), ids).fetchall()
             return sessions, messages, nested
 
         sessions, messages, nested = self._ordered_read(read)
-        if len(messages) != sum(s[7] for s in sessions):
-            raise StoreError(
-                "the store is inconsistent: sessions in "
-                f"{ids[0]}..{ids[-1]} have fewer messages than their message_count "
-                "(run `tether doctor`)"
-            )
+        _check_counts(ids, sum(s[7] for s in sessions), len(messages))
         lines = iter(_message_lines(messages, nested))
         out: list[str] = []
         for s in sessions:
@@ -476,6 +490,40 @@ class Transfer:
         yield "\n".join(out)  # one chunk per group: fewer, larger writes
         return len(sessions)
 
+    def _export_group_pg(self, ids: list[str]) -> Generator[str, None, int]:
+        """:meth:`_export_group` on PostgreSQL: the server builds the group's text
+        (sql_retention.export_group_text); Python fills in the lines it left out."""
+        dialect = self.backend.dialect
+        arg = q.ids_param(dialect, ids)
+
+        def read(c: Conn) -> tuple[Any, list[Any], list[Any]]:
+            found = c.execute(q.export_group_text(dialect), [ids, ids]).fetchone()
+            text = found[0] or ""
+            sessions = nested = []
+            if SESSION_HOLE in text:
+                query = q.export_session_lines(dialect, 1, only_odd=True)
+                sessions = c.execute(query, arg).fetchall()
+            if MESSAGE_HOLE in text:
+                query = q.export_nested_messages(dialect, 1, only_odd=True)
+                nested = c.execute(query, arg).fetchall()
+            return found, sessions, nested
+
+        (text, written, expected, got), sessions, nested = self._ordered_read(read)
+        _check_counts(ids, expected, got)
+        if not written:
+            return 0
+        if sessions or nested:
+            odd_sessions, odd_messages = iter(sessions), iter(nested)
+
+            def fill(hole: re.Match[str]) -> str:
+                if hole.group() == SESSION_HOLE:
+                    return session_row_line(next(odd_sessions))
+                return message_row_line(next(odd_messages))
+
+            text = _HOLES.sub(fill, text)
+        yield text + "\n"
+        return int(written)
+
     def _export_large(self, sid: str, lease: _Lease) -> Generator[str, None, int]:
         """A session with more than MESSAGE_PAGE messages: its row and first page in
         one snapshot, then page by page up to the count read with the row."""
@@ -483,7 +531,9 @@ class Transfer:
         lines_query = q.export_message_page(dialect)
 
         def first(c: Conn) -> tuple[Any, list[str]]:
-            found = c.execute(q.export_session_lines(dialect, 1), (sid,)).fetchone()
+            found = c.execute(
+                q.export_session_lines(dialect, 1), q.ids_param(dialect, [sid])
+            ).fetchone()
             if found is None:
                 return None, []
             return found, _page_reader(lines_query, sid, 0, min(found[7], MESSAGE_PAGE))(c)

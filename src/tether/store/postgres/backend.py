@@ -79,6 +79,10 @@ _BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 # plan no longer depends on statistics. Same round trip: two commands, sent
 # unprepared.
 _BEGIN_READ_ORDERED = _BEGIN_READ + "; SET LOCAL enable_sort = off"
+# The export's lines spell floats as the server prints them (the shortest exact
+# digits, as Python's repr), which needs extra_float_digits >= 1: PostgreSQL's
+# default since 12, set here in case a server or role configures less.
+_BEGIN_READ_ORDERED += "; SET LOCAL extra_float_digits = 1"
 _BEGIN_WRITE_ORDERED = _BEGIN_WRITE + "; SET LOCAL enable_sort = off"
 # Retrying these can only help: nothing was committed.
 _TRANSIENT = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
