@@ -207,7 +207,7 @@ class Retention:
         cutoff = self.clock.now() - ended_before
         dialect = self.backend.dialect
         extra: list[Any] = [x for x in (source, reason) if x is not None]
-        find = q.prune_candidates(source=source is not None, reason=reason is not None)
+        find = q.prune_candidates(dialect, source=source is not None, reason=reason is not None)
         after: tuple[float, str] = (-math.inf, "")
         totals = [0, 0, 0, 0]  # chains, sessions, messages, bytes
         sizer = BatchSizer(batch)
@@ -232,7 +232,7 @@ class Retention:
                 # claims committed until now): what a claim won is skipped.
                 now = self._liveness_now(c)
                 recheck = q.prune_candidates(
-                    source=source is not None, reason=reason is not None, ids=len(roots)
+                    dialect, source=source is not None, reason=reason is not None, ids=len(roots)
                 )
                 params = (cutoff, -math.inf, "", cutoff, now, me, now, *extra, *roots, len(roots))
                 roots = [r[0] for r in c.execute(recheck, params).fetchall()]
@@ -381,7 +381,7 @@ class Retention:
 
             def look(c: Conn, a: tuple[float, str] = after) -> tuple[list[Any], Any]:
                 now = self._liveness_now(c)
-                rows = c.execute(q.PURGE_CANDIDATES, (cutoff, *a, now, batch)).fetchall()
+                rows = c.execute(q.purge_candidates(dialect), (cutoff, *a, now, batch)).fetchall()
                 roots = [r[0] for r in rows]
                 size = (
                     c.execute(q.chains_size(dialect, len(roots)), (*roots, *roots)).fetchone()
@@ -401,7 +401,7 @@ class Retention:
                 break
         return PurgeReport(totals[0], totals[1], totals[2], 0)
 
-    # PURGE_CANDIDATES walks the trash by (trashed_at, id). The index holds
+    # purge_candidates walks the trash by (trashed_at, id). The index holds
     # trashed_at alone, so PostgreSQL's planner, which guesses a handful of
     # trashed rows, sorts the whole trash for each batch: 60 ms a batch at
     # 10,000 trashed sessions on a busy machine, a purge quadratic in the trash
@@ -418,7 +418,8 @@ class Retention:
         self, c: Conn, cutoff: float, batch: int, dialect: str
     ) -> tuple[int, int, int, int] | None:
         now = self._liveness_now(c)
-        rows = c.execute(q.PURGE_CANDIDATES, (cutoff, -math.inf, "", now, batch)).fetchall()
+        find = q.purge_candidates(dialect)
+        rows = c.execute(find, (cutoff, -math.inf, "", now, batch)).fetchall()
         if not rows:
             return None
         roots = self._lock_whole_chains(c, [r[0] for r in rows])

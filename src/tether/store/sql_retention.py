@@ -19,20 +19,38 @@ def marks(n: int) -> str:
 
 # --- candidates -------------------------------------------------------------------
 
+
+# A claim is looked up by its session (the primary key), never by its expiry:
+# ``expires_at + 0`` keeps the planner off claims_expiry, which would have it
+# read every live claim, and every released one not yet vacuumed (an export
+# claims and releases thousands), once per candidate: 0.67 s a purge batch
+# after four exports of 10,000 sessions, where the key takes a millisecond.
+# On PostgreSQL claims.session_id has the database's collation and sessions.id
+# "C" (migration 5 made it plain TEXT): compared as they are, the two have no
+# common collation, the primary key cannot serve the comparison, and every
+# claim is read (hashed) once per candidate; so the id is compared in the
+# key's collation.
+def _claimed(dialect: str, session: str) -> str:
+    """A live claim on the session whose id is ``session`` (parameter: now)."""
+    same = f'{session} COLLATE "default"' if dialect == "postgresql" else session
+    return f"EXISTS (SELECT 1 FROM claims k WHERE k.session_id = {same} AND k.expires_at + 0 > ?)"
+
+
 # A chain may go to the trash only when every member ended before the cutoff,
 # none is claimed by a reader (an unexpired lease) and none belongs to another
 # process that is still alive by its own promise (heartbeat within its lease).
 # The pruning process's own sessions are its to judge (`tether serve` applying
 # the policy owns every session its gateway ended). Parameters: cutoff, now
 # (claims), the pruner's owner id, now (owners).
-_CHAIN_UNTOUCHABLE = """EXISTS (SELECT 1 FROM sessions m WHERE m.root_id = r.id AND (
+def _chain_untouchable(dialect: str) -> str:
+    return f"""EXISTS (SELECT 1 FROM sessions m WHERE m.root_id = r.id AND (
     m.ended_at IS NULL OR m.ended_at > ?
-    OR EXISTS (SELECT 1 FROM claims k WHERE k.session_id = m.id AND k.expires_at > ?)
+    OR {_claimed(dialect, "m.id")}
     OR EXISTS (SELECT 1 FROM owners o WHERE o.id = m.owner_id AND o.id <> ?
                AND o.heartbeat_at + o.lease > ?)))"""
 
 
-def prune_candidates(*, source: bool, reason: bool, ids: int = 0) -> str:
+def prune_candidates(dialect: str, *, source: bool, reason: bool, ids: int = 0) -> str:
     """Root ids of chains that may go to the trash, oldest activity first.
 
     Walks the listing index (root rows by chain activity) from a keyset
@@ -46,7 +64,7 @@ def prune_candidates(*, source: bool, reason: bool, ids: int = 0) -> str:
         "r.trashed_at IS NULL",
         "r.chain_last_active_at <= ?",
         "(r.chain_last_active_at, r.id) > (?, ?)",
-        f"NOT {_CHAIN_UNTOUCHABLE}",
+        f"NOT {_chain_untouchable(dialect)}",
     ]
     if source:
         where.append("r.source = ?")
@@ -115,16 +133,18 @@ FROM messages WHERE session_id IN (SELECT id FROM sessions WHERE root_id IN ({ma
 
 # --- the trash --------------------------------------------------------------------
 
-# Trashed chains by their roots, oldest trash first, from a keyset position:
-# cutoff, after trashed_at, after id, now (claims), limit.
-PURGE_CANDIDATES = """
+
+def purge_candidates(dialect: str) -> str:
+    """Trashed chains by their roots, oldest trash first, from a keyset position:
+    cutoff, after trashed_at, after id, now (claims), limit."""
+    return f"""
 SELECT r.id, r.trashed_at FROM sessions r
 WHERE r.trashed_at IS NOT NULL AND r.root_id = r.id AND r.trashed_at <= ?
   AND (r.trashed_at, r.id) > (?, ?)
-  AND NOT EXISTS (SELECT 1 FROM sessions m JOIN claims k ON k.session_id = m.id
-                  WHERE m.root_id = r.id AND k.expires_at > ?)
+  AND NOT EXISTS (SELECT 1 FROM sessions m WHERE m.root_id = r.id AND {_claimed(dialect, "m.id")})
 ORDER BY r.trashed_at, r.id LIMIT ?
 """
+
 
 TRASHED_ROOTS = """
 SELECT r.id, r.trashed_at FROM sessions r
