@@ -383,9 +383,10 @@ def test_every_time_is_exported_as_python_spells_it(store: Store) -> None:
     assert export(store) == "".join(lines)
     if store.backend.dialect == "postgresql":
         ids = [f"01ODD{i:021d}" for i in range(len(ODD_TIMES))]
-        text = store.backend.read_ordered(  # type: ignore[attr-defined]
-            lambda c: c.execute(q.export_group_text("postgresql"), [ids, ids]).fetchone()[0]
+        rows = store.backend.read_ordered(  # type: ignore[attr-defined]
+            lambda c: c.execute(q.export_group_rows("postgresql"), [ids]).fetchall()
         )
+        text = "\n".join(f"{r[0]}\n{r[2]}" for r in rows)
         odd = [t for t in ODD_TIMES if not (1e-4 <= abs(t) < 1e15)]  # Python's lines
         assert text.count(q.SESSION_HOLE) == len(odd)
         assert text.count(q.MESSAGE_HOLE) == len(odd)

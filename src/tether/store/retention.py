@@ -480,7 +480,8 @@ class Retention:
         def tx(c: Conn) -> list[str]:
             # One statement: an upsert per row is a round trip each on PostgreSQL.
             expires = self._liveness_now(c) + ttl
-            claimed = c.execute(q.claim_rows(dialect, len(ids)), [*ids, holder, expires])
+            params = [*q.ids_param(dialect, ids), holder, expires]
+            claimed = c.execute(q.claim_rows(dialect, len(ids)), params)
             return [r[0] for r in claimed.fetchall()]
 
         return self.backend.write(tx)

@@ -18,9 +18,11 @@ of at most MESSAGE_PAGE messages, each group's rows and messages in one
 snapshot; a larger session page by page, and an error if it lost messages
 meanwhile (a claim that expired). A session's messages are exported up to the
 count read with its row: appends that land meanwhile wait for the next export.
-The database builds each line (see sql_retention.export_message_lines); Python
-spells the floats and the nested JSON, and a test compares every line with
-``canonical``.
+The database builds each line (see sql_retention.export_message_lines); on
+SQLite Python spells the floats (SQLite cannot print Python's repr), on
+PostgreSQL the server builds whole lines (sql_retention.export_group_rows);
+Python writes the nested JSON (keys sorted), and a test compares every line
+with ``canonical``.
 
 Import (:meth:`Transfer.import_lines`) is idempotent by session id (ids are
 globally unique, time-sortable): a session already in the store is skipped
@@ -491,27 +493,36 @@ class Transfer:
         return len(sessions)
 
     def _export_group_pg(self, ids: list[str]) -> Generator[str, None, int]:
-        """:meth:`_export_group` on PostgreSQL: the server builds the group's text
-        (sql_retention.export_group_text); Python fills in the lines it left out."""
+        """:meth:`_export_group` on PostgreSQL: the server builds the lines
+        (sql_retention.export_group_rows); Python fills in those it left out."""
         dialect = self.backend.dialect
         arg = q.ids_param(dialect, ids)
 
-        def read(c: Conn) -> tuple[Any, list[Any], list[Any]]:
-            found = c.execute(q.export_group_text(dialect), [ids, ids]).fetchone()
-            text = found[0] or ""
+        def read(c: Conn) -> tuple[list[Any], list[Any], list[Any]]:
+            rows = c.execute(q.export_group_rows(dialect), arg).fetchall()
             sessions = nested = []
-            if SESSION_HOLE in text:
+            if any(r[0] == SESSION_HOLE for r in rows):
                 query = q.export_session_lines(dialect, 1, only_odd=True)
                 sessions = c.execute(query, arg).fetchall()
-            if MESSAGE_HOLE in text:
+            if any(r[2] is not None and MESSAGE_HOLE in r[2] for r in rows):
                 query = q.export_nested_messages(dialect, 1, only_odd=True)
                 nested = c.execute(query, arg).fetchall()
-            return found, sessions, nested
+            return rows, sessions, nested
 
-        (text, written, expected, got), sessions, nested = self._ordered_read(read)
-        _check_counts(ids, expected, got)
-        if not written:
+        rows, sessions, nested = self._ordered_read(read)
+        if not rows:
             return 0
+        out: list[str] = []
+        expected = got = 0
+        for line, count, messages, n in rows:
+            out.append(line)
+            if messages is not None:
+                out.append(messages)
+            expected += count
+            got += n
+        _check_counts(ids, expected, got)
+        out.append("")
+        text = "\n".join(out)
         if sessions or nested:
             odd_sessions, odd_messages = iter(sessions), iter(nested)
 
@@ -521,8 +532,8 @@ class Transfer:
                 return message_row_line(next(odd_messages))
 
             text = _HOLES.sub(fill, text)
-        yield text + "\n"
-        return int(written)
+        yield text
+        return len(rows)
 
     def _export_large(self, sid: str, lease: _Lease) -> Generator[str, None, int]:
         """A session with more than MESSAGE_PAGE messages: its row and first page in
