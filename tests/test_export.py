@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from tether.compose import Store
 
 from .conftest import run_cli
 
+DAY = 86400.0
 META = {"zeta": 1, "alpha": "ünïcødé ✓ 日本", "nested": {"b": [1, 2.5, None], "a": True}}
 
 
@@ -287,3 +290,157 @@ def test_database_built_lines_are_the_canonical_ones(
     assert text.split("\n") == [*expected, ""]  # not splitlines: U+2028 is no line end
     monkeypatch.setattr(transfer, "MESSAGE_PAGE", 3)  # a is now a large session, paged
     assert export(store) == text
+
+
+def test_a_long_export_keeps_its_claims_while_prune_and_purge_run(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claims last CLAIM_TTL: an export that takes longer renews them, so prune and
+    purge, running between every two chunks on the same (injected) clock, take
+    only sessions it has written in full (a large session read page by page,
+    then groups), and the export is complete. Once it is done, they take the rest."""
+    from tether.store import transfer
+
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 3)
+    with tether.open_store(db_url, load_plugins=False) as w:
+        big = w.session(source="cli")
+        for i in range(8):  # 3 pages of at most 3
+            big.append("user", f"page message {i}")
+        big.end("completed")
+        small = []
+        for _ in range(3):  # groups of at most 3 messages: one session each
+            h = w.session(source="cli")
+            h.append("user", "a")
+            h.append("assistant", "b")
+            h.end("completed")
+            small.append(h.id)
+    clock = tether.ManualClock(time.time() + 100 * DAY)
+    with (
+        tether.open_store(db_url, load_plugins=False, clock=clock) as reader,
+        tether.open_store(db_url, load_plugins=False, clock=clock) as pruner,
+    ):
+        expected = "".join(reader.export_text())
+        sizes = {big.id: 8, **dict.fromkeys(small, 2)}
+        chunks: list[str] = []
+        taken: set[str] = set()
+        step = transfer.CLAIM_TTL * 2 / 3  # each chunk "takes" 200 s: 3 outlive a claim
+        for chunk in reader.export_text():
+            chunks.append(chunk)
+            clock.advance(step)
+            pruner.prune(DAY, apply=True)
+            trashed = {root for root, _ in pruner.trashed_chains()}
+            so_far = "".join(chunks)
+            for sid in trashed:  # only what the export has written in full
+                assert so_far.count(f'"session_id":"{sid}"') == sizes[sid], len(chunks)
+            taken |= trashed
+            pruner.purge(0)
+        assert len(chunks) >= 5
+        assert "".join(chunks) == expected
+        pruner.prune(DAY, apply=True)  # released: nothing protects the rest now
+        taken |= {root for root, _ in pruner.trashed_chains()}
+        assert taken == set(sizes)
+
+
+def test_an_export_stalled_past_its_claims_says_so(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer that leaves the export suspended longer than CLAIM_TTL lets its
+    claims lapse (nothing renews them meanwhile): a session pruned then in the middle
+    of being written is one clear error, never a silently short transcript."""
+    from tether.errors import StoreError
+    from tether.store import transfer
+
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 3)
+    with tether.open_store(db_url, load_plugins=False) as w:
+        h = w.session(source="cli")
+        for i in range(8):
+            h.append("user", f"m{i}")
+        h.end("completed")
+    clock = tether.ManualClock(time.time() + 100 * DAY)
+    with (
+        tether.open_store(db_url, load_plugins=False, clock=clock) as reader,
+        tether.open_store(db_url, load_plugins=False, clock=clock) as pruner,
+    ):
+        chunks = reader.export_text()
+        next(chunks)
+        clock.advance(transfer.CLAIM_TTL + 1)
+        assert pruner.prune(DAY, apply=True).chains == 1
+        with pytest.raises(StoreError, match=f"session {h.id} was trashed while it was exported"):
+            list(chunks)
+
+
+# Times the two databases could spell unlike Python's repr: integral values, zero,
+# both sides of the 1e-4 and 1e15 switches to exponents, huge. (Not -0.0: SQLite
+# stores it as 0.0.)
+ODD_TIMES = [1800000000.0, 0.0, 5.0, -1.5, 1e-4, 9.999e-5, 1e-7, 999999999999999.9]
+ODD_TIMES += [1e15, 1e16, 123456789012345678.0, 1e300, 1800000000.123456, 0.1 + 0.2]
+
+
+def test_every_time_is_exported_as_python_spells_it(store: Store) -> None:
+    """Sessions and messages at odd times round-trip byte for byte (a line the
+    database cannot spell exactly is written by Python); on PostgreSQL the
+    database builds every line whose time it spells as Python does."""
+    from tether.store import sql_retention as q
+    from tether.store.transfer import canonical
+
+    lines = []
+    for i, t in enumerate(ODD_TIMES):
+        sid = f"01ODD{i:021d}"
+        session = {
+            "type": "session", "id": sid, "source": "cli", "model": None, "title": None,
+            "cwd": None, "parent_id": None, "root_id": sid, "origin": None, "created_at": t,
+            "last_active_at": t, "ended_at": None if i % 2 else t,
+            "end_reason": None if i % 2 else "completed", "end_detail": None,
+            "message_count": 2, "metadata": None,
+        }  # fmt: skip
+        lines.append(canonical(session) + "\n")
+        for seq in (1, 2):
+            message = {
+                "type": "message", "session_id": sid, "seq": seq, "role": "user",
+                "content": f"at {t!r}", "tool_calls": None, "tool_call_id": None,
+                "tool_name": None, "created_at": t if seq == 1 else 1800000000.5,
+                "idem_key": None, "meta": None, "state": "active", "payload": None,
+            }  # fmt: skip
+            lines.append(canonical(message) + "\n")
+    assert store.import_lines(lines).sessions == len(ODD_TIMES)
+    assert export(store) == "".join(lines)
+    if store.backend.dialect == "postgresql":
+        ids = [f"01ODD{i:021d}" for i in range(len(ODD_TIMES))]
+        rows = store.backend.read_ordered(  # type: ignore[attr-defined]
+            lambda c: c.execute(q.export_group_rows("postgresql"), [ids]).fetchall()
+        )
+        text = "\n".join(f"{r[0]}\n{r[2]}" for r in rows)
+        odd = [t for t in ODD_TIMES if not (1e-4 <= abs(t) < 1e15)]  # Python's lines
+        assert text.count(q.SESSION_HOLE) == len(odd)
+        assert text.count(q.MESSAGE_HOLE) == len(odd)
+        assert text.count("\n") + 1 == 3 * len(ODD_TIMES)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_postgres_spells_floats_as_python_does_where_it_is_trusted(store: Store) -> None:
+    """The export's lines on PostgreSQL take the server's float8 text where
+    sql_retention._pg_float trusts it: compared with repr on 100,000 values
+    (times like time.time()'s, random bit patterns, every decade), which it
+    must trust for every time of this century."""
+    import random
+    import struct
+
+    from tether.store import sql_retention as q
+
+    rng = random.Random(14)
+    times = [rng.uniform(1e9, 4.1e9) for _ in range(40_000)]
+    values = times + [rng.choice((1, -1)) * 10 ** rng.uniform(-6, 17) for _ in range(30_000)]
+    while len(values) < 100_000:
+        x = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+        if math.isfinite(x):
+            values.append(x)
+    values += [float(v) for v in (*ODD_TIMES, -0.0, 2**52, 2**53, 5e-324, 1 / 3, 1e15 - 0.5)]
+    query = f"SELECT {q._pg_float('x')} FROM unnest(?::float8[]) AS t(x)"
+    spelled = store.backend.read_ordered(  # type: ignore[attr-defined]
+        lambda c: [r[0] for r in c.execute(query, [values]).fetchall()]
+    )
+    assert len(spelled) == len(values)
+    trusted = [(x, s) for x, s in zip(values, spelled, strict=True) if s is not None]
+    assert [s for _, s in trusted] == [repr(x) for x, _ in trusted]
+    assert all(s is not None for s in spelled[: len(times)])
+    assert len(trusted) > 60_000

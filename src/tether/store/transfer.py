@@ -10,16 +10,19 @@ JSONL → PostgreSQL → JSONL byte-identical. Owner, epoch and detachment are
 left out: they describe a process of the exporting machine.
 
 Export streams in constant memory: sessions in keyset pages by id, each page
-claimed for the reader first (see :mod:`tether.store.retention`), so a prune
-running meanwhile never deletes what is being copied; a store this process
-cannot write is read without claims. The sessions of a page are read in groups
+claimed for the reader first (see :mod:`tether.store.retention`) and the
+claims renewed as the export goes on (:class:`_Lease`), so a prune running
+meanwhile never deletes what is being copied, however long the export takes;
+a store this process cannot write is read without claims. The sessions of a page are read in groups
 of at most MESSAGE_PAGE messages, each group's rows and messages in one
 snapshot; a larger session page by page, and an error if it lost messages
 meanwhile (a claim that expired). A session's messages are exported up to the
 count read with its row: appends that land meanwhile wait for the next export.
-The database builds each line (see sql_retention.export_message_lines); Python
-spells the floats and the nested JSON, and a test compares every line with
-``canonical``.
+The database builds each line (see sql_retention.export_message_lines); on
+SQLite Python spells the floats (SQLite cannot print Python's repr), on
+PostgreSQL the server builds whole lines (sql_retention.export_group_rows);
+Python writes the nested JSON (keys sorted), and a test compares every line
+with ``canonical``.
 
 Import (:meth:`Transfer.import_lines`) is idempotent by session id (ids are
 globally unique, time-sortable): a session already in the store is skipped
@@ -32,10 +35,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, StoreError, StoreOpenError
@@ -178,13 +183,29 @@ def _message_lines(rows: list[Any], nested: list[Any]) -> Iterable[str]:
     return [message_row_line(next(full)) if r[2] is None else MESSAGE_TEMPLATE % r for r in rows]
 
 
+_REST = itemgetter(2)  # the rest of a message line's row: None when nested JSON
+SESSION_HOLE = q.SESSION_HOLE
+MESSAGE_HOLE = q.MESSAGE_HOLE
+_HOLES = re.compile(f"[{SESSION_HOLE}{MESSAGE_HOLE}]")
+
+
+def _check_counts(ids: list[str], expected: int, got: int) -> None:
+    """A group's messages read against the sum of its sessions' counts (one snapshot)."""
+    if got != expected:
+        raise StoreError(
+            "the store is inconsistent: sessions in "
+            f"{ids[0]}..{ids[-1]} have fewer messages than their message_count "
+            "(run `tether doctor`)"
+        )
+
+
 def _page_reader(query: str, sid: str, after: int, upto: int) -> Callable[[Conn], list[str]]:
     """A read of one page of a session's message lines (seq after..upto), bound now."""
 
     def run(c: Conn) -> list[str]:
         rows = c.execute(query, (sid, after, upto)).fetchall()
         nested = []
-        if any(r[2] is None for r in rows):
+        if None in map(_REST, rows):
             nested = c.execute(q.EXPORT_NESTED_PAGE, (sid, after, upto)).fetchall()
         return list(_message_lines(rows, nested))
 
@@ -231,6 +252,84 @@ def _fetch_all(query: str, params: Sequence[Any]) -> Callable[[Conn], list[Any]]
         return c.execute(query, params).fetchall()
 
     return run
+
+
+class _Lease:
+    """An export's claims: taken a page of sessions at a time, and renewed before a
+    read once a third of CLAIM_TTL has passed since they were last taken.
+
+    A claim expires CLAIM_TTL after it was taken; a page of large sessions can
+    take longer than that to read, and prune and purge are free to take what
+    is no longer claimed. So every read first calls :meth:`keep` (or
+    :meth:`hold` in the middle of a session), which renews the claims of what
+    the export has yet to read. Time is counted on the store's clock while the
+    export runs; a consumer that leaves the generator suspended longer than
+    CLAIM_TTL can still let claims lapse: what was trashed meanwhile is then
+    left out, and a session half written is an error (see :meth:`hold`).
+    A store that refuses writes is read without claims (``active`` False).
+    """
+
+    __slots__ = ("active", "holder", "pending", "store", "taken")
+
+    def __init__(self, store: Transfer, holder: str) -> None:
+        self.store = store
+        self.holder = holder
+        self.active = True
+        self.taken = 0.0  # the clock's monotonic time when the claims were last taken
+        self.pending: dict[str, None] = {}  # claimed, not yet fully read (in order)
+
+    def claim(self, ids: list[str]) -> list[str]:
+        """Claim a page of sessions; those claimed (all of them without claims)."""
+        if not self.active:
+            return ids
+        started = self.store.clock.monotonic()
+        try:
+            got = set(self.store._claim_ids(ids, self.holder, CLAIM_TTL))
+        except StoreOpenError as exc:
+            # Claims are writes; nobody prunes through a store that refuses them.
+            log.debug("exporting without claims: %s", exc)
+            self.active = False
+            return ids
+        self.taken = started
+        self.pending = dict.fromkeys(i for i in ids if i in got)
+        return list(self.pending)
+
+    def keep(self, reading: list[str]) -> list[str]:
+        """Before reading these sessions: renew the claims if due; those of
+        ``reading`` still claimed (the rest were trashed while unclaimed)."""
+        if not self.active:
+            return reading
+        if self.store.clock.monotonic() - self.taken < CLAIM_TTL / 3:
+            return [i for i in reading if i in self.pending]
+        started = self.store.clock.monotonic()
+        got = set(self.store._claim_ids(list(self.pending), self.holder, CLAIM_TTL))
+        self.taken = started
+        self.pending = {i: None for i in self.pending if i in got}
+        return [i for i in reading if i in got]
+
+    def renewing(self, chunks: Generator[str, None, int]) -> Generator[str, None, int]:
+        """These chunks, renewing the claims (if due) each time the consumer asks for
+        the next: the time the consumer took to write the last one counts too."""
+        while True:
+            try:
+                chunk = next(chunks)
+            except StopIteration as stop:
+                return stop.value
+            yield chunk
+            self.keep([])
+
+    def hold(self, sid: str) -> None:
+        """Before reading the next page of a session already partly written."""
+        if not self.keep([sid]):
+            raise StoreError(
+                f"session {sid} was trashed while it was exported: the export stalled "
+                f"for more than {CLAIM_TTL:.0f} s and its claim expired (export it again)"
+            )
+
+    def done(self, ids: list[str]) -> None:
+        """These sessions are written: their claims need no renewal."""
+        for i in ids:
+            self.pending.pop(i, None)
 
 
 class _Bad(Exception):
@@ -287,30 +386,26 @@ class Transfer:
         if fmt not in FORMATS:
             raise InvalidInputError(f"invalid format {fmt!r}: expected one of {', '.join(FORMATS)}")
         floor = -math.inf if since is None else check_timestamp(since, "since")
-        holder = f"export:{uuid.uuid4().hex}"
-        claiming = True
+        lease = _Lease(self, f"export:{uuid.uuid4().hex}")
         done = 0
         try:
             for rows in self._export_pages(session_ids, floor, page):
-                if claiming:
-                    try:
-                        claimed = set(self._claim_ids([r[0] for r in rows], holder, CLAIM_TTL))
-                    except StoreOpenError as exc:
-                        # Claims are writes; nobody prunes through a store that refuses them.
-                        log.debug("exporting without claims: %s", exc)
-                        claiming = False
-                    else:
-                        rows = [r for r in rows if r[0] in claimed]
+                claimed = set(lease.claim([r[0] for r in rows]))
+                rows = [r for r in rows if r[0] in claimed]
                 if fmt == "jsonl":
-                    done += yield from self._export_jsonl_page(rows)
+                    done += yield from lease.renewing(self._export_jsonl_page(rows, lease))
                 else:
                     for sid, count in rows:
-                        done += yield from self._export_openai(sid, count)
+                        if lease.keep([sid]):
+                            done += yield from lease.renewing(
+                                self._export_openai(sid, count, lease)
+                            )
+                            lease.done([sid])
                 if progress is not None:
                     progress(done)
         finally:
-            if claiming:
-                self.release(holder)
+            if lease.active:
+                self.release(lease.holder)
 
     def _export_pages(
         self, session_ids: Sequence[str] | None, floor: float, page: int
@@ -343,7 +438,9 @@ class Transfer:
         every message to hash-join a page of sessions."""
         return getattr(self.backend, "read_ordered", self.backend.read)(fn)
 
-    def _export_jsonl_page(self, rows: list[tuple[str, int]]) -> Generator[str, None, int]:
+    def _export_jsonl_page(
+        self, rows: list[tuple[str, int]], lease: _Lease
+    ) -> Generator[str, None, int]:
         """A page of sessions as JSONL, in groups of at most MESSAGE_PAGE messages (by
         the counts of the page: the group's own snapshot may have a few more), each
         large session on its own; returns how many sessions were written."""
@@ -356,36 +453,37 @@ class Transfer:
                 total += row[1]
                 continue
             if group:
-                written += yield from self._export_group(group)
+                group = lease.keep(group)  # those trashed while their claims lapsed: left out
+                if group:
+                    written += yield from self._export_group(group)
+                    lease.done(group)
                 group, total = [], 0
             if row is None:
                 break
             if row[1] > MESSAGE_PAGE:
-                written += yield from self._export_large(row[0])
+                if lease.keep([row[0]]):
+                    written += yield from self._export_large(row[0], lease)
+                    lease.done([row[0]])
             else:
                 group, total = [row[0]], row[1]
         return written
 
     def _export_group(self, ids: list[str]) -> Generator[str, None, int]:
         """Sessions and their messages read in one snapshot, as one chunk of lines."""
-        dialect = self.backend.dialect
+        if self.backend.dialect == "postgresql":
+            return (yield from self._export_group_pg(ids))
         n = len(ids)
 
         def read(c: Conn) -> tuple[list[Any], list[Any], list[Any]]:
-            sessions = c.execute(q.export_session_lines(dialect, n), ids).fetchall()
-            messages = c.execute(q.export_message_lines(dialect, n), ids).fetchall()
+            sessions = c.execute(q.export_session_lines("sqlite", n), ids).fetchall()
+            messages = c.execute(q.export_message_lines("sqlite", n), ids).fetchall()
             nested = []
-            if any(r[2] is None for r in messages):
-                nested = c.execute(q.export_nested_messages(n), ids).fetchall()
+            if None in map(_REST, messages):  # in C: no Python call per row
+                nested = c.execute(q.export_nested_messages("sqlite", n), ids).fetchall()
             return sessions, messages, nested
 
         sessions, messages, nested = self._ordered_read(read)
-        if len(messages) != sum(s[7] for s in sessions):
-            raise StoreError(
-                "the store is inconsistent: sessions in "
-                f"{ids[0]}..{ids[-1]} have fewer messages than their message_count "
-                "(run `tether doctor`)"
-            )
+        _check_counts(ids, sum(s[7] for s in sessions), len(messages))
         lines = iter(_message_lines(messages, nested))
         out: list[str] = []
         for s in sessions:
@@ -395,14 +493,59 @@ class Transfer:
         yield "\n".join(out)  # one chunk per group: fewer, larger writes
         return len(sessions)
 
-    def _export_large(self, sid: str) -> Generator[str, None, int]:
+    def _export_group_pg(self, ids: list[str]) -> Generator[str, None, int]:
+        """:meth:`_export_group` on PostgreSQL: the server builds the lines
+        (sql_retention.export_group_rows); Python fills in those it left out."""
+        dialect = self.backend.dialect
+        arg = q.ids_param(dialect, ids)
+
+        def read(c: Conn) -> tuple[list[Any], list[Any], list[Any]]:
+            rows = c.execute(q.export_group_rows(dialect), arg).fetchall()
+            sessions = nested = []
+            if any(r[0] == SESSION_HOLE for r in rows):
+                query = q.export_session_lines(dialect, 1, only_odd=True)
+                sessions = c.execute(query, arg).fetchall()
+            if any(r[2] is not None and MESSAGE_HOLE in r[2] for r in rows):
+                query = q.export_nested_messages(dialect, 1, only_odd=True)
+                nested = c.execute(query, arg).fetchall()
+            return rows, sessions, nested
+
+        rows, sessions, nested = self._ordered_read(read)
+        if not rows:
+            return 0
+        out: list[str] = []
+        expected = got = 0
+        for line, count, messages, n in rows:
+            out.append(line)
+            if messages is not None:
+                out.append(messages)
+            expected += count
+            got += n
+        _check_counts(ids, expected, got)
+        out.append("")
+        text = "\n".join(out)
+        if sessions or nested:
+            odd_sessions, odd_messages = iter(sessions), iter(nested)
+
+            def fill(hole: re.Match[str]) -> str:
+                if hole.group() == SESSION_HOLE:
+                    return session_row_line(next(odd_sessions))
+                return message_row_line(next(odd_messages))
+
+            text = _HOLES.sub(fill, text)
+        yield text
+        return len(rows)
+
+    def _export_large(self, sid: str, lease: _Lease) -> Generator[str, None, int]:
         """A session with more than MESSAGE_PAGE messages: its row and first page in
         one snapshot, then page by page up to the count read with the row."""
         dialect = self.backend.dialect
         lines_query = q.export_message_page(dialect)
 
         def first(c: Conn) -> tuple[Any, list[str]]:
-            found = c.execute(q.export_session_lines(dialect, 1), (sid,)).fetchone()
+            found = c.execute(
+                q.export_session_lines(dialect, 1), q.ids_param(dialect, [sid])
+            ).fetchone()
             if found is None:
                 return None, []
             return found, _page_reader(lines_query, sid, 0, min(found[7], MESSAGE_PAGE))(c)
@@ -426,13 +569,15 @@ class Transfer:
             after = upto
             if after >= count:
                 return 1
+            lease.hold(sid)
             page = _page_reader(lines_query, sid, after, min(count, after + MESSAGE_PAGE))
             lines = self._ordered_read(page)
 
-    def _messages(self, sid: str, count: int) -> Iterator[Message]:
+    def _messages(self, sid: str, count: int, lease: _Lease) -> Iterator[Message]:
         # Up to the count read with the row: appends after it are not this export's.
         after = 0
         while after < count:
+            lease.hold(sid)
             upto = min(count, after + MESSAGE_PAGE)
             rows = self.backend.read(_fetch_all(q.EXPORT_MESSAGES, (sid, after, upto)))
             if not rows:
@@ -441,13 +586,13 @@ class Transfer:
                 yield message_from_row(r)
             after = upto
 
-    def _export_openai(self, sid: str, count: int) -> Generator[str, None, int]:
+    def _export_openai(self, sid: str, count: int, lease: _Lease) -> Generator[str, None, int]:
         """One object per session, its chat-completions list streamed item by item."""
         yield '{"messages":['
         first = True
         # A list a model takes: calls left unanswered in the middle get their
         # synthetic result after them, as the gateway's agent reads them.
-        active = (m for m in self._messages(sid, count) if m.state == "active")
+        active = (m for m in self._messages(sid, count, lease) if m.state == "active")
         for m in answered(active):
             yield ("" if first else ",") + canonical(openai_message(m))
             first = False

@@ -79,6 +79,11 @@ _BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 # plan no longer depends on statistics. Same round trip: two commands, sent
 # unprepared.
 _BEGIN_READ_ORDERED = _BEGIN_READ + "; SET LOCAL enable_sort = off"
+# The export's lines spell floats as the server prints them (the shortest exact
+# digits, as Python's repr), which needs extra_float_digits >= 1: PostgreSQL's
+# default since 12, set here in case a server or role configures less.
+_BEGIN_READ_ORDERED += "; SET LOCAL extra_float_digits = 1"
+_BEGIN_WRITE_ORDERED = _BEGIN_WRITE + "; SET LOCAL enable_sort = off"
 # Retrying these can only help: nothing was committed.
 _TRANSIENT = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 _MAIN_THREAD = threading.main_thread().ident
@@ -537,6 +542,14 @@ class PostgresBackend:
         if group is not None and group[0] == threading.get_ident():
             return self._group_write(fn)  # inside write_group: a savepoint of its transaction
         return self._transact(fn, _BEGIN_WRITE, retry_commit=False)
+
+    def write_ordered(self, fn: Callable[[PgConn], T]) -> T:
+        """:meth:`write` for queries that must follow an index's order, never sort
+        (purge's batches: a sort would read the whole trash for each batch)."""
+        group = self._group
+        if group is not None and group[0] == threading.get_ident():
+            return self._group_write(fn)
+        return self._transact(fn, _BEGIN_WRITE_ORDERED, retry_commit=False)
 
     def write_statement(self, query: str, params: Sequence[Any]) -> int:
         """Run one write statement atomically on its own; return its row count."""
