@@ -153,7 +153,7 @@ def test_sigterm_with_an_unstorable_buffer_ends_as_error_and_says_so(db_url: str
         h.append("user", "acknowledged")
         h.buffer("assistant", "poison")
         print("ID", h.id, flush=True)
-        time.sleep(60)
+        idle()
         """,
         db_url,
     )

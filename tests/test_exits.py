@@ -85,7 +85,7 @@ def test_uncaught_exception_outside_a_with_block(db_url: str) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_termination_signals_end_the_session(db_url: str, sig: signal.Signals) -> None:
-    proc = spawn(SETUP + "\nprint('ready', flush=True)\ntime.sleep(60)", db_url)
+    proc = spawn(SETUP + "\nprint('ready', flush=True)\nidle()", db_url)
     wait_for_line(proc, "ready")
     proc.send_signal(sig)
     rc, _, err = finish(proc)
@@ -102,7 +102,7 @@ def test_sigterm_inside_a_with_block(db_url: str) -> None:
             h.buffer("assistant", "buffered 1")
             h.buffer("assistant", "buffered 2")
             print("ready", flush=True)
-            time.sleep(60)
+            idle()
         """,
         db_url,
     )
@@ -114,7 +114,7 @@ def test_sigterm_inside_a_with_block(db_url: str) -> None:
 
 
 def test_ctrl_c_ends_the_session(db_url: str) -> None:
-    proc = spawn(SETUP + "\nprint('ready', flush=True)\ntime.sleep(60)", db_url)
+    proc = spawn(SETUP + "\nprint('ready', flush=True)\nidle()", db_url)
     wait_for_line(proc, "ready")
     proc.send_signal(signal.SIGINT)
     rc, _, err = finish(proc)
@@ -130,7 +130,7 @@ def test_ctrl_c_caught_by_the_program_does_not_end_the_session(db_url: str) -> N
         + """
 try:
     print("ready", flush=True)
-    time.sleep(60)
+    idle()
 except KeyboardInterrupt:
     h.append("assistant", "interrupted turn")
 print("alive", h.ended, flush=True)
@@ -159,7 +159,7 @@ def test_second_ctrl_c_during_finalization_still_ends_the_session(db_url: str) -
             h.buffer("assistant", "buffered 1")
             h.buffer("assistant", "buffered 2")
             print("ready", flush=True)
-            time.sleep(60)
+            idle()
         """,
         db_url,
     )
@@ -183,7 +183,7 @@ def test_previous_handler_is_chained(db_url: str, tmp_path) -> None:  # type: ig
         "    sys.exit(3)\n"
         "signal.signal(signal.SIGTERM, graceful)\n"
         + SETUP
-        + "\nprint('ready', flush=True)\ntime.sleep(60)",
+        + "\nprint('ready', flush=True)\nidle()",
         db_url,
         str(marker),
     )
@@ -212,7 +212,7 @@ def test_ignored_signal_stays_ignored(db_url: str) -> None:
 def test_sigkill_leaves_acknowledged_messages(db_url: str) -> None:
     # No exit path runs under SIGKILL; what append acknowledged is still there
     # (the liveness reaper ends the session).
-    proc = spawn(SETUP + "\nprint('ready', flush=True)\ntime.sleep(60)", db_url)
+    proc = spawn(SETUP + "\nprint('ready', flush=True)\nidle()", db_url)
     wait_for_line(proc, "ready")
     proc.kill()
     finish(proc)
@@ -244,7 +244,7 @@ def test_first_session_on_a_worker_thread_still_ends_on_signal(
         t = threading.Thread(target=work, daemon=True)
         t.start()
         t.join()
-        time.sleep(60)
+        idle()
         """,
         db_url,
     )
@@ -265,7 +265,7 @@ def test_sigterm_with_a_non_daemon_worker_stopped_by_atexit_terminates(db_url: s
         "    while not stop.wait(0.05):\n"
         "        pass\n"
         "threading.Thread(target=work).start()  # non-daemon\n"
-        "atexit.register(stop.set)\n" + SETUP + "\nprint('ready', flush=True)\ntime.sleep(60)",
+        "atexit.register(stop.set)\n" + SETUP + "\nprint('ready', flush=True)\nidle()",
         db_url,
     )
     wait_for_line(proc, "ready")
@@ -289,7 +289,7 @@ def test_sigterm_with_a_worker_nothing_stops_still_terminates(db_url: str) -> No
         "import threading\n"
         "threading.Thread(target=time.sleep, args=(600,)).start()  # non-daemon, never stops\n"
         + SETUP
-        + "\nprint('ready', flush=True)\ntime.sleep(60)",
+        + "\nprint('ready', flush=True)\nidle()",
         db_url,
     )
     wait_for_line(proc, "ready")

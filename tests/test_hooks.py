@@ -143,7 +143,7 @@ class Hook:
     def on_session_end(self, session, reason, interrupted):
         print("HOOK", session.id, reason, interrupted, flush=True)
         if sys.argv[2] == "hang":
-            time.sleep(60)  # killed in here: after the end was recorded, before the hook finished
+            idle()  # killed in here: after the end was recorded, before the hook finished
 
 store = tether.open_store(sys.argv[1])
 store.plugins.register(Hook())
@@ -161,7 +161,7 @@ with store.session(source="exit-test") as h:
     h.buffer("assistant", "buffered")
     print("ID", h.id, flush=True)
     print("ready", flush=True)
-    time.sleep(60)
+    idle()
 """,
         db_url,
         "return",
@@ -376,7 +376,7 @@ for _ in range(3):
     h.append("user", "mine")
     print("ID", h.id, flush=True)
 print("ready", flush=True)
-time.sleep(60)
+idle()
 """
 
 # Ends sessions (as the reaper or the legacy repair) with a hook that finishes the
@@ -390,7 +390,7 @@ class Hook:
         Hook.calls += 1
         print("HOOK", session.id, reason, Hook.calls, flush=True)
         if Hook.calls == 2:
-            time.sleep(60)
+            idle()
 
 store = tether.open_store(sys.argv[1], startup_sweep=False)
 store.plugins.register(Hook())

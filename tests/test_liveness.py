@@ -731,7 +731,7 @@ def test_reaper_loop_ends_a_killed_process_quickly(db_url: str) -> None:
         h.append("user", "acknowledged")
         print(h.id, flush=True)
         print("ready", flush=True)
-        time.sleep(60)
+        idle()
         """,
         db_url,
     )
