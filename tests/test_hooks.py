@@ -260,22 +260,27 @@ def test_ends_without_hooks_leave_nothing_due(store: Store, db_url: str) -> None
         other.close()
 
 
+def ended_by_a_process_killed_in_its_hook(store: Store, db_url: str) -> Any:
+    """A session of this process, ended by another (``end_session``, as ``tether end``)
+    that is SIGKILLed inside its on_session_end hook."""
+    h = store.session(source="cli")
+    h.append("user", "x")
+    proc = spawn(HOOKED_CHILD + "store.end_session(sys.argv[3], 'manual')\n", db_url, "hang", h.id)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.split() == ["HOOK", h.id, "manual", "True"], line
+    proc.kill()
+    proc.communicate(timeout=20)
+    return h
+
+
 @pytest.mark.slow
 def test_an_external_end_of_a_killed_process_is_delivered_at_once(db_url: str) -> None:
     """``tether end`` owns no session: it used to leave no owner row, so its owed hooks
     waited out a whole lease although the process was provably dead."""
     store = tether.open_store(db_url, load_plugins=False)
     try:
-        h = store.session(source="cli")
-        h.append("user", "x")
-        proc = spawn(
-            HOOKED_CHILD + "store.end_session(sys.argv[3], 'manual')\n", db_url, "hang", h.id
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.split() == ["HOOK", h.id, "manual", "True"], line
-        proc.kill()
-        proc.communicate(timeout=20)
+        h = ended_by_a_process_killed_in_its_hook(store, db_url)
         rec = Recorder()
         store.plugins.register(rec)
         _, (due,) = store.due_hook_ends()
@@ -295,16 +300,7 @@ def test_an_external_end_is_delivered_by_the_next_process_once_its_lease_passed(
     clock = tether.ManualClock(start=time.time())
     store = tether.open_store(db_url, load_plugins=False, clock=clock)
     try:
-        h = store.session(source="cli")
-        h.append("user", "x")
-        proc = spawn(
-            HOOKED_CHILD + "store.end_session(sys.argv[3], 'manual')\n", db_url, "hang", h.id
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.split() == ["HOOK", h.id, "manual", "True"], line
-        proc.kill()
-        proc.communicate(timeout=20)
+        h = ended_by_a_process_killed_in_its_hook(store, db_url)
         _, (due,) = store.due_hook_ends()
         store.backend.write(lambda c: c.execute("DELETE FROM owners WHERE id = ?", (due.due_by,)))
         rec = Recorder()

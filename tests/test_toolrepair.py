@@ -240,22 +240,23 @@ def test_cli_repair_tools_dry_run_then_yes(db_path: str) -> None:
     assert unknown.returncode == 1 and "01NOPE" in unknown.stderr
 
 
-def test_imported_session_with_dangling_calls_is_repaired_when_resumed(store: Store) -> None:
-    imported = store.import_session(
-        "hermes:20261130_abc",
-        source="hermes",
-        created_at=1_800_000_000.0,
-        messages=[
-            {"key": "1", "role": "user", "content": "list", "created_at": 1_800_000_001.0},
-            {
-                "key": "2",
-                "role": "assistant",
-                "content": None,
-                "tool_calls": CALLS,
-                "created_at": 1_800_000_002.0,
-            },
-        ],
+def import_calling(store: Store, origin: str, *after: dict[str, Any]) -> Any:
+    """An imported conversation: a user message, an assistant's CALLS, then ``after``
+    (a second apart each)."""
+    messages: list[dict[str, Any]] = [
+        {"key": "1", "role": "user", "content": "list"},
+        {"key": "2", "role": "assistant", "content": None, "tool_calls": CALLS},
+        *after,
+    ]
+    for i, m in enumerate(messages, 1):
+        m["created_at"] = 1_800_000_000.0 + i
+    return store.import_session(
+        origin, source="hermes", created_at=1_800_000_000.0, messages=messages
     )
+
+
+def test_imported_session_with_dangling_calls_is_repaired_when_resumed(store: Store) -> None:
+    imported = import_calling(store, "hermes:20261130_abc")
     sid = imported.session.id
     assert store.count_dangling() == 1
     h = store.resume(sid)
@@ -409,28 +410,11 @@ def test_gateway_turn_interrupted_mid_tool_then_next_turn_gets_a_valid_history(
 
 
 def test_gateway_resume_of_an_imported_session_dangling_in_the_middle(store: Store) -> None:
-    imported = store.import_session(
+    imported = import_calling(
+        store,
         "hermes:20261130_mid",
-        source="hermes",
-        created_at=1_800_000_000.0,
-        messages=[
-            {"key": "1", "role": "user", "content": "list", "created_at": 1_800_000_001.0},
-            {
-                "key": "2",
-                "role": "assistant",
-                "content": None,
-                "tool_calls": CALLS,
-                "created_at": 1_800_000_002.0,
-            },
-            {
-                "key": "3",
-                "role": "tool",
-                "content": "a.txt",
-                "tool_call_id": "call_a",
-                "created_at": 1_800_000_003.0,
-            },
-            {"key": "4", "role": "user", "content": "hello?", "created_at": 1_800_000_004.0},
-        ],
+        {"key": "3", "role": "tool", "content": "a.txt", "tool_call_id": "call_a"},
+        {"key": "4", "role": "user", "content": "hello?"},
     )
     sid = imported.session.id
     assert store.count_dangling_middle() == 1
