@@ -138,12 +138,17 @@ class BatchSizer:
     """How many items the next batch takes, from how long the last one held the lock.
 
     Pure: given durations, it halves after a batch slower than the target and
-    grows by half after one faster than a third of it, between 1 and ``most``.
+    grows by half after one faster than a third of it, between 1 and ``most``,
+    from ``start`` (default ``most``). Prune and purge start at a quarter: the
+    first batch is the one whose cost is unknown (a cold cache, statements not
+    yet planned), and a blind first batch of ``most`` was the longest of a run.
     """
 
-    def __init__(self, most: int, target: float = BATCH_TARGET) -> None:
+    def __init__(
+        self, most: int, target: float = BATCH_TARGET, *, start: int | None = None
+    ) -> None:
         self.most = max(1, most)
-        self.size = self.most
+        self.size = self.most if start is None else max(1, min(self.most, start))
         self.target = target
 
     def pause(self, seconds: float) -> float:
@@ -210,7 +215,7 @@ class Retention:
         find = q.prune_candidates(dialect, source=source is not None, reason=reason is not None)
         after: tuple[float, str] = (-math.inf, "")
         totals = [0, 0, 0, 0]  # chains, sessions, messages, bytes
-        sizer = BatchSizer(batch)
+        sizer = BatchSizer(batch, start=batch // 4)
         pace = self.backend.dialect == "sqlite"  # one write lock for the whole file
         me = self.owner_id or ""  # this process's own sessions are its to judge
 
@@ -221,7 +226,9 @@ class Retention:
             return c.execute(find, params).fetchall()
 
         def measure(c: Conn, roots: list[str]) -> tuple[int, int, int]:
-            row = c.execute(q.chains_size(dialect, len(roots)), (*roots, *roots)).fetchone()
+            row = c.execute(
+                q.chains_size(dialect, len(roots)), q.chains_size_params(dialect, roots)
+            ).fetchone()
             return int(row[0]), int(row[1]), int(row[2])
 
         def trash(c: Conn) -> tuple[list[Any], int, tuple[int, int, int]]:
@@ -348,7 +355,7 @@ class Retention:
         cutoff = self.clock.now() - trashed_before
         dialect = self.backend.dialect
         totals = [0, 0, 0, 0]
-        sizer = BatchSizer(batch)
+        sizer = BatchSizer(batch, start=batch // 4)
         pace = dialect == "sqlite"  # one write lock for the whole file (see BatchSizer.pause)
 
         while True:
@@ -384,7 +391,9 @@ class Retention:
                 rows = c.execute(q.purge_candidates(dialect), (cutoff, *a, now, batch)).fetchall()
                 roots = [r[0] for r in rows]
                 size = (
-                    c.execute(q.chains_size(dialect, len(roots)), (*roots, *roots)).fetchone()
+                    c.execute(
+                        q.chains_size(dialect, len(roots)), q.chains_size_params(dialect, roots)
+                    ).fetchone()
                     if roots
                     else (0, 0, 0)
                 )
