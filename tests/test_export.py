@@ -501,6 +501,26 @@ def test_a_failed_renewal_is_logged_and_retried_never_raised_into_the_consumer(
         assert out.count(f'"session_id":"{sid}"') == 8
 
 
+def test_an_export_left_open_past_its_store_stops_renewing_quietly(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An iterator still open when its store closes: the renewal thread ends without
+    a warning (nothing is left to keep), and closing the iterator then raises nothing
+    (its claims expire by themselves)."""
+    from tether.store import transfer
+
+    monkeypatch.setattr(transfer, "RENEW_EVERY", 0.01)
+    _one_big_session(db_url, n=transfer.MESSAGE_PAGE + 1)
+    reader = tether.open_store(db_url, load_plugins=False)
+    with caplog.at_level(logging.DEBUG, logger="tether"):
+        chunks = reader.export_text()
+        next(chunks)
+        reader.close()
+        _wait_for(lambda: not _renewer_threads(), "the renewal thread's end")
+        chunks.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_a_forked_child_leaves_the_parents_export_claims_alone(db_url: str) -> None:
     """A child forked while an export is open (a subprocess spawned by fork) never
     releases the parent's claims, even if it closes the inherited iterator."""

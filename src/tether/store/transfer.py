@@ -340,6 +340,11 @@ class _Lease:
         with self.lock:
             if not self.active or not self.pending or os.getpid() != self.pid:
                 return None
+            if self.store.closed:  # an iterator left open past its store: nothing to keep
+                self.active = False
+                if self.renewer is not None:
+                    self.renewer.stop()  # from the thread itself: stops the loop, no join
+                return None
             try:
                 self._renew()
             except Exception as exc:  # any failure: log, retry (claims may lapse meanwhile)
@@ -363,8 +368,9 @@ class _Lease:
                 # Collected on the renewal thread itself (a cyclic GC there): it may
                 # hold the store's locks, so the claims are left to expire.
                 return
-        if self.active:
-            self.active = False
+        with self.lock:  # a renewal still under way (stop's join timed out) ends first
+            active, self.active = self.active, False
+        if active:
             try:
                 self.store.release(self.holder)
             except StoreError as exc:
@@ -417,6 +423,9 @@ class Transfer:
     if TYPE_CHECKING:  # provided by Retention and MessageWrites
 
         def _claim_ids(self, ids: list[str], holder: str, ttl: float) -> list[str]: ...
+
+        @property
+        def closed(self) -> bool: ...
 
         def release(self, holder: str) -> int: ...
 
