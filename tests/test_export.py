@@ -444,14 +444,17 @@ def test_an_export_stalled_for_longer_than_its_claims_keeps_them_while_it_lives(
 
 
 @pytest.mark.parametrize("how", ["close", "collect"])
-def test_an_export_closed_or_collected_stops_renewing_and_releases(db_url: str, how: str) -> None:
+def test_an_export_closed_or_collected_stops_renewing_and_releases(
+    db_url: str, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The renewal lives as long as the export iterator: closing it, or dropping it
     unfinished, stops the thread and releases the claims at once."""
     import gc
 
     from tether.store import transfer
 
-    _one_big_session(db_url, n=transfer.MESSAGE_PAGE + 1)
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 3)
+    _one_big_session(db_url)
     with tether.open_store(db_url, load_plugins=False) as reader:
         chunks = reader.export_text()
         next(chunks)
@@ -509,8 +512,9 @@ def test_an_export_left_open_past_its_store_stops_renewing_quietly(
     (its claims expire by themselves)."""
     from tether.store import transfer
 
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 3)
     monkeypatch.setattr(transfer, "RENEW_EVERY", 0.01)
-    _one_big_session(db_url, n=transfer.MESSAGE_PAGE + 1)
+    _one_big_session(db_url)
     reader = tether.open_store(db_url, load_plugins=False)
     with caplog.at_level(logging.DEBUG, logger="tether"):
         chunks = reader.export_text()
@@ -521,12 +525,15 @@ def test_an_export_left_open_past_its_store_stops_renewing_quietly(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-def test_a_forked_child_leaves_the_parents_export_claims_alone(db_url: str) -> None:
+def test_a_forked_child_leaves_the_parents_export_claims_alone(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A child forked while an export is open (a subprocess spawned by fork) never
     releases the parent's claims, even if it closes the inherited iterator."""
     from tether.store import transfer
 
-    sid = _one_big_session(db_url, n=transfer.MESSAGE_PAGE + 1)
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 3)
+    sid = _one_big_session(db_url)
     with tether.open_store(db_url, load_plugins=False) as reader:
         chunks = reader.export_text()
         out = next(chunks)
@@ -543,7 +550,7 @@ def test_a_forked_child_leaves_the_parents_export_claims_alone(db_url: str) -> N
         assert _claim_expiry(reader) is not None
         assert len(_renewer_threads()) == 1
         out += "".join(chunks)
-        assert out.count(f'"session_id":"{sid}"') == transfer.MESSAGE_PAGE + 1
+        assert out.count(f'"session_id":"{sid}"') == 8
         assert _claim_expiry(reader) is None
 
 
