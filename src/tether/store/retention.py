@@ -238,10 +238,10 @@ class Retention:
                 # Recheck under the locks, in a fresh statement (PostgreSQL reads
                 # claims committed until now): what a claim won is skipped.
                 now = self._liveness_now(c)
-                recheck = q.prune_candidates(
+                recheck = q.prune_recheck(
                     dialect, source=source is not None, reason=reason is not None, ids=len(roots)
                 )
-                params = (cutoff, -math.inf, "", cutoff, now, me, now, *extra, *roots, len(roots))
+                params = (cutoff, cutoff, now, me, now, *extra, *q.ids_param(dialect, roots))
                 roots = [r[0] for r in c.execute(recheck, params).fetchall()]
             size = (0, 0, 0)
             if roots:
