@@ -471,9 +471,9 @@ def test_batch_sizer_starts_at_its_start_and_grows_to_the_most() -> None:
     assert BatchSizer(3, start=0).size == 1 and BatchSizer(3, start=9).size == 3
 
 
-def test_prune_and_purge_start_with_a_quarter_batch(db_url: str) -> None:
+def test_prune_and_purge_start_with_half_a_batch(db_url: str) -> None:
     """The first batch is the one whose cost is unknown (a cold cache, statements
-    not yet planned): it takes a quarter of ``batch``, and the sizer grows from
+    not yet planned): it takes half of ``batch``, and the sizer grows from
     there. On PostgreSQL a blind first batch of 200 chains held the write lock
     58 ms, beside later ones of 10 to 25 ms."""
     with tether.open_store(db_url, load_plugins=False) as w:
@@ -481,10 +481,10 @@ def test_prune_and_purge_start_with_a_quarter_batch(db_url: str) -> None:
     with later(db_url) as store:
         seen: list[int] = []
         report = store.prune(90 * DAY, apply=True, batch=8, progress=lambda n, _: seen.append(n))
-        assert report.chains == 12 and seen[0] == 2 and seen[-1] == 12
+        assert report.chains == 12 and seen[0] == 4 and seen[-1] == 12
         seen.clear()
         assert store.purge(0, batch=8, progress=lambda n, _: seen.append(n)).sessions == 12
-        assert seen[0] == 2 and seen[-1] == 12
+        assert seen[0] == 4 and seen[-1] == 12
         assert not {r for r, _ in store.trashed_chains()} & set(roots)
 
 
@@ -599,11 +599,12 @@ def test_a_prune_batch_measures_its_chains_by_index_not_every_message(db_url: st
 @pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_a_prune_recheck_looks_its_chains_up_not_the_trash_before_them(db_url: str) -> None:
     """PostgreSQL: the recheck of a batch's chains under their locks reads those
-    chains' rows, even in the generic plan of a prepared statement (psycopg
-    prepares a statement run five times), not the listing index from its start,
-    where every chain trashed so far still lies. Ordered and limited, the
-    recheck's generic plan walked it: in a prune of 100,000 chains it grew from
-    0.4 ms to 78 ms a batch, the longest batches of the run."""
+    chains' rows, in the generic plan of a prepared statement (psycopg prepares
+    a statement run five times) and in a one-shot plan, never the listing index
+    from its start, where every chain trashed so far still lies. Ordered and
+    limited, the recheck's generic plan walked it: in a prune of 100,000 chains
+    it grew from 0.4 ms to 78 ms a batch, the longest batches of the run; by
+    ``id = ANY(?)`` the one-shot plan walked it too (6 to 20 ms a batch)."""
     from psycopg import sql
 
     from tether.store import sql_retention as q
@@ -629,7 +630,7 @@ def test_a_prune_recheck_looks_its_chains_up_not_the_trash_before_them(db_url: s
         store.backend.write(fill)
         roots = [f"S{i:025d}" for i in range(20001, 20101)]
         query = q.prune_recheck("postgresql", source=False, reason=False, ids=len(roots))
-        params = [cutoff, cutoff, now, "", now, *q.ids_param("postgresql", roots)]
+        params = [*q.ids_param("postgresql", roots), cutoff, cutoff, now, "", now]
         numbered = iter(range(1, query.count("?") + 1))
         prepared = re.sub(r"\?", lambda _: f"${next(numbered)}", query)
         with pg_connect(db_url) as conn:
@@ -640,4 +641,11 @@ def test_a_prune_recheck_looks_its_chains_up_not_the_trash_before_them(db_url: s
             tree = dict(found.fetchone()[0][0]["Plan"])
             rows = conn.execute(f"EXECUTE recheck({args})").fetchall()
         assert sorted(r[0] for r in rows) == roots
+        assert _rows_read(tree, "r") <= len(roots), tree
+
+        def custom(c: Any) -> dict[str, Any]:  # planned for these values (one-shot)
+            found = c.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + query, params).fetchone()[0]
+            return dict(found[0]["Plan"])
+
+        tree = store.backend.read(custom)
         assert _rows_read(tree, "r") <= len(roots), tree

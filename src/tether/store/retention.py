@@ -138,8 +138,9 @@ class BatchSizer:
     """How many items the next batch takes, from how long the last one held the lock.
 
     Pure: given durations, it halves after a batch slower than the target and
-    grows by half after one faster than a third of it, between 1 and ``most``,
-    from ``start`` (default ``most``). Prune and purge start at a quarter: the
+    grows by half after one faster than half of it (a batch grown so stays
+    under the target), between 1 and ``most``,
+    from ``start`` (default ``most``). Prune and purge start at half: the
     first batch is the one whose cost is unknown (a cold cache, statements not
     yet planned), and a blind first batch of ``most`` was the longest of a run.
     """
@@ -164,7 +165,7 @@ class BatchSizer:
         """Record the last batch's duration; return the next batch's size."""
         if seconds > self.target:
             self.size = max(1, self.size // 2)
-        elif seconds < self.target / 3:
+        elif seconds < self.target / 2:
             self.size = min(self.most, self.size + max(1, self.size // 2))
         return self.size
 
@@ -215,7 +216,7 @@ class Retention:
         find = q.prune_candidates(dialect, source=source is not None, reason=reason is not None)
         after: tuple[float, str] = (-math.inf, "")
         totals = [0, 0, 0, 0]  # chains, sessions, messages, bytes
-        sizer = BatchSizer(batch, start=batch // 4)
+        sizer = BatchSizer(batch, start=batch // 2)
         pace = self.backend.dialect == "sqlite"  # one write lock for the whole file
         me = self.owner_id or ""  # this process's own sessions are its to judge
 
@@ -241,7 +242,9 @@ class Retention:
                 recheck = q.prune_recheck(
                     dialect, source=source is not None, reason=reason is not None, ids=len(roots)
                 )
-                params = (cutoff, cutoff, now, me, now, *extra, *q.ids_param(dialect, roots))
+                rules = (cutoff, cutoff, now, me, now, *extra)
+                ids = q.ids_param(dialect, roots)
+                params = (*ids, *rules) if dialect == "postgresql" else (*rules, *ids)
                 roots = [r[0] for r in c.execute(recheck, params).fetchall()]
             size = (0, 0, 0)
             if roots:
@@ -355,7 +358,7 @@ class Retention:
         cutoff = self.clock.now() - trashed_before
         dialect = self.backend.dialect
         totals = [0, 0, 0, 0]
-        sizer = BatchSizer(batch, start=batch // 4)
+        sizer = BatchSizer(batch, start=batch // 2)
         pace = dialect == "sqlite"  # one write lock for the whole file (see BatchSizer.pause)
 
         while True:
