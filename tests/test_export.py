@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
+import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -344,9 +347,10 @@ def test_a_long_export_keeps_its_claims_while_prune_and_purge_run(
 def test_an_export_stalled_past_its_claims_says_so(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A consumer that leaves the export suspended longer than CLAIM_TTL lets its
-    claims lapse (nothing renews them meanwhile): a session pruned then in the middle
-    of being written is one clear error, never a silently short transcript."""
+    """Claims that lapse all the same (the clock jumps past CLAIM_TTL long before the
+    renewal thread's first tick, as if every renewal had failed: the store
+    unreachable): a session pruned then in the middle of being written is one
+    clear error, never a silently short transcript."""
     from tether.errors import StoreError
     from tether.store import transfer
 
@@ -367,6 +371,187 @@ def test_an_export_stalled_past_its_claims_says_so(
         assert pruner.prune(DAY, apply=True).chains == 1
         with pytest.raises(StoreError, match=f"session {h.id} was trashed while it was exported"):
             list(chunks)
+
+
+# --- claims kept alive by the exporting process (issue 14: a live reader keeps its claims) ---
+
+
+def _claim_expiry(store: Store) -> float | None:
+    """The earliest expiry of the export claims in the store (None: none held)."""
+    row = store.backend.read(
+        lambda c: c.execute(
+            "SELECT MIN(expires_at) FROM claims WHERE holder LIKE 'export:%'"
+        ).fetchone()
+    )
+    return None if row[0] is None else float(row[0])
+
+
+def _renewer_threads() -> list[threading.Thread]:
+    from tether.store.transfer import RENEWER_NAME
+
+    return [t for t in threading.enumerate() if t.name == RENEWER_NAME and t.is_alive()]
+
+
+def _wait_for(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def _one_big_session(db_url: str, n: int = 8) -> str:
+    with tether.open_store(db_url, load_plugins=False) as w:
+        h = w.session(source="cli")
+        for i in range(n):
+            h.append("user", f"m{i}")
+        h.end("completed")
+        return h.id
+
+
+def test_an_export_stalled_for_longer_than_its_claims_keeps_them_while_it_lives(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer that stalls between two chunks (a blocked pipe) for several claim
+    lifetimes loses nothing: a thread of the exporting process renews its claims
+    meanwhile, so prune and purge running all along on the same (injected) clock
+    take none of what the export is half-way through, and the export is complete."""
+    from tether.store import transfer
+
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 3)
+    monkeypatch.setattr(transfer, "RENEW_EVERY", 0.01)  # real seconds, the thread's period
+    _one_big_session(db_url)
+    clock = tether.ManualClock(time.time() + 100 * DAY)
+    with (
+        tether.open_store(db_url, load_plugins=False, clock=clock) as reader,
+        tether.open_store(db_url, load_plugins=False, clock=clock) as pruner,
+    ):
+        expected = "".join(reader.export_text())
+        chunks = reader.export_text()
+        first = next(chunks)  # the session's row and first page: then the consumer stalls
+        step = transfer.CLAIM_TTL * 5 / 6
+        for _ in range(4):  # 1000 s in all, more than three claim lifetimes
+            clock.advance(step)
+            _wait_for(
+                lambda: (_claim_expiry(reader) or 0) > clock.now() + step,
+                "the claims' renewal",
+            )
+            assert pruner.prune(DAY, apply=True).chains == 0
+            pruner.purge(0)
+        assert first + "".join(chunks) == expected
+        assert _claim_expiry(reader) is None  # released when done
+        assert not _renewer_threads()
+        assert pruner.prune(DAY, apply=True).chains == 1
+
+
+@pytest.mark.parametrize("how", ["close", "collect"])
+def test_an_export_closed_or_collected_stops_renewing_and_releases(
+    db_url: str, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewal lives as long as the export iterator: closing it, or dropping it
+    unfinished, stops the thread and releases the claims at once."""
+    import gc
+
+    from tether.store import transfer
+
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 3)
+    _one_big_session(db_url)
+    with tether.open_store(db_url, load_plugins=False) as reader:
+        chunks = reader.export_text()
+        next(chunks)
+        assert _claim_expiry(reader) is not None
+        assert len(_renewer_threads()) == 1
+        if how == "close":
+            chunks.close()
+        else:
+            del chunks
+            gc.collect()
+        assert not _renewer_threads()
+        assert _claim_expiry(reader) is None
+
+
+def test_a_failed_renewal_is_logged_and_retried_never_raised_into_the_consumer(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A renewal that fails (here the first two, made to fail as an unreachable store
+    would) is one warning in the log and a retry; the consumer never sees it."""
+    from tether.errors import StoreError
+    from tether.store import transfer
+
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 3)
+    monkeypatch.setattr(transfer, "RENEW_EVERY", 0.01)
+    sid = _one_big_session(db_url)
+    with tether.open_store(db_url, load_plugins=False) as reader:
+        real = reader._claim_ids
+        failures = []
+
+        def claim_ids(ids: list[str], holder: str, ttl: float) -> list[str]:
+            if threading.current_thread().name == transfer.RENEWER_NAME and len(failures) < 2:
+                failures.append(ids)
+                raise StoreError("the database is unreachable (injected)")
+            return real(ids, holder, ttl)
+
+        monkeypatch.setattr(reader, "_claim_ids", claim_ids)
+        chunks = reader.export_text()
+        out = next(chunks)
+        before = _claim_expiry(reader)
+        assert before is not None
+        with caplog.at_level(logging.WARNING, logger="tether.store.transfer"):
+            _wait_for(lambda: (_claim_expiry(reader) or 0) > before, "a renewal after failures")
+        assert len(failures) == 2
+        warnings = [r for r in caplog.records if "renewing" in r.getMessage()]
+        assert len(warnings) == 2 and all(r.exc_info is None for r in warnings)
+        out += "".join(chunks)
+        assert out.count(f'"session_id":"{sid}"') == 8
+
+
+def test_an_export_left_open_past_its_store_stops_renewing_quietly(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An iterator still open when its store closes: the renewal thread ends without
+    a warning (nothing is left to keep), and closing the iterator then raises nothing
+    (its claims expire by themselves)."""
+    from tether.store import transfer
+
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 3)
+    monkeypatch.setattr(transfer, "RENEW_EVERY", 0.01)
+    _one_big_session(db_url)
+    reader = tether.open_store(db_url, load_plugins=False)
+    with caplog.at_level(logging.DEBUG, logger="tether"):
+        chunks = reader.export_text()
+        next(chunks)
+        reader.close()
+        _wait_for(lambda: not _renewer_threads(), "the renewal thread's end")
+        chunks.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_forked_child_leaves_the_parents_export_claims_alone(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child forked while an export is open (a subprocess spawned by fork) never
+    releases the parent's claims, even if it closes the inherited iterator."""
+    from tether.store import transfer
+
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 3)
+    sid = _one_big_session(db_url)
+    with tether.open_store(db_url, load_plugins=False) as reader:
+        chunks = reader.export_text()
+        out = next(chunks)
+        pid = os.fork()
+        if pid == 0:  # the child: close what it inherited, then exit at once
+            code = 0
+            try:
+                chunks.close()
+            except BaseException:
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert _claim_expiry(reader) is not None
+        assert len(_renewer_threads()) == 1
+        out += "".join(chunks)
+        assert out.count(f'"session_id":"{sid}"') == 8
+        assert _claim_expiry(reader) is None
 
 
 # Times the two databases could spell unlike Python's repr: integral values, zero,

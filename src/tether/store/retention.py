@@ -138,12 +138,18 @@ class BatchSizer:
     """How many items the next batch takes, from how long the last one held the lock.
 
     Pure: given durations, it halves after a batch slower than the target and
-    grows by half after one faster than a third of it, between 1 and ``most``.
+    grows by half after one faster than half of it (a batch grown so stays
+    under the target), between 1 and ``most``,
+    from ``start`` (default ``most``). Prune and purge start at half: the
+    first batch is the one whose cost is unknown (a cold cache, statements not
+    yet planned), and a blind first batch of ``most`` was the longest of a run.
     """
 
-    def __init__(self, most: int, target: float = BATCH_TARGET) -> None:
+    def __init__(
+        self, most: int, target: float = BATCH_TARGET, *, start: int | None = None
+    ) -> None:
         self.most = max(1, most)
-        self.size = self.most
+        self.size = self.most if start is None else max(1, min(self.most, start))
         self.target = target
 
     def pause(self, seconds: float) -> float:
@@ -159,7 +165,7 @@ class BatchSizer:
         """Record the last batch's duration; return the next batch's size."""
         if seconds > self.target:
             self.size = max(1, self.size // 2)
-        elif seconds < self.target / 3:
+        elif seconds < self.target / 2:
             self.size = min(self.most, self.size + max(1, self.size // 2))
         return self.size
 
@@ -210,7 +216,7 @@ class Retention:
         find = q.prune_candidates(dialect, source=source is not None, reason=reason is not None)
         after: tuple[float, str] = (-math.inf, "")
         totals = [0, 0, 0, 0]  # chains, sessions, messages, bytes
-        sizer = BatchSizer(batch)
+        sizer = BatchSizer(batch, start=batch // 2)
         pace = self.backend.dialect == "sqlite"  # one write lock for the whole file
         me = self.owner_id or ""  # this process's own sessions are its to judge
 
@@ -221,7 +227,9 @@ class Retention:
             return c.execute(find, params).fetchall()
 
         def measure(c: Conn, roots: list[str]) -> tuple[int, int, int]:
-            row = c.execute(q.chains_size(dialect, len(roots)), (*roots, *roots)).fetchone()
+            row = c.execute(
+                q.chains_size(dialect, len(roots)), q.chains_size_params(dialect, roots)
+            ).fetchone()
             return int(row[0]), int(row[1]), int(row[2])
 
         def trash(c: Conn) -> tuple[list[Any], int, tuple[int, int, int]]:
@@ -231,10 +239,12 @@ class Retention:
                 # Recheck under the locks, in a fresh statement (PostgreSQL reads
                 # claims committed until now): what a claim won is skipped.
                 now = self._liveness_now(c)
-                recheck = q.prune_candidates(
+                recheck = q.prune_recheck(
                     dialect, source=source is not None, reason=reason is not None, ids=len(roots)
                 )
-                params = (cutoff, -math.inf, "", cutoff, now, me, now, *extra, *roots, len(roots))
+                rules = (cutoff, cutoff, now, me, now, *extra)
+                ids = q.ids_param(dialect, roots)
+                params = (*ids, *rules) if dialect == "postgresql" else (*rules, *ids)
                 roots = [r[0] for r in c.execute(recheck, params).fetchall()]
             size = (0, 0, 0)
             if roots:
@@ -348,7 +358,7 @@ class Retention:
         cutoff = self.clock.now() - trashed_before
         dialect = self.backend.dialect
         totals = [0, 0, 0, 0]
-        sizer = BatchSizer(batch)
+        sizer = BatchSizer(batch, start=batch // 2)
         pace = dialect == "sqlite"  # one write lock for the whole file (see BatchSizer.pause)
 
         while True:
@@ -384,7 +394,9 @@ class Retention:
                 rows = c.execute(q.purge_candidates(dialect), (cutoff, *a, now, batch)).fetchall()
                 roots = [r[0] for r in rows]
                 size = (
-                    c.execute(q.chains_size(dialect, len(roots)), (*roots, *roots)).fetchone()
+                    c.execute(
+                        q.chains_size(dialect, len(roots)), q.chains_size_params(dialect, roots)
+                    ).fetchone()
                     if roots
                     else (0, 0, 0)
                 )

@@ -35,7 +35,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
+import threading
 import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, StoreError, StoreOpenError
 from ..model import MESSAGE_STATES, Message, Session, message_from_row
+from ..threads import PeriodicThread
 from ..validate import (
     check_detail,
     check_id,
@@ -73,6 +76,10 @@ FORMATS = ("jsonl", "openai")
 SESSION_PAGE = 1000  # sessions claimed per transaction (a commit each)
 MESSAGE_PAGE = 2000  # messages per read (a snapshot each) and per chunk of output
 CLAIM_TTL = 300.0  # seconds a page stays claimed without being renewed
+# Seconds between two renewals by the exporting process's thread: a claim
+# outlives two of them, so one failed renewal (retried sooner) loses nothing.
+RENEW_EVERY = CLAIM_TTL / 3
+RENEWER_NAME = "tether-export-claims"
 
 SESSION_FIELDS = (
     "id",
@@ -255,21 +262,25 @@ def _fetch_all(query: str, params: Sequence[Any]) -> Callable[[Conn], list[Any]]
 
 
 class _Lease:
-    """An export's claims: taken a page of sessions at a time, and renewed before a
-    read once a third of CLAIM_TTL has passed since they were last taken.
+    """An export's claims: taken a page of sessions at a time, and kept alive while
+    the exporting process lives, whatever its consumer does.
 
-    A claim expires CLAIM_TTL after it was taken; a page of large sessions can
-    take longer than that to read, and prune and purge are free to take what
-    is no longer claimed. So every read first calls :meth:`keep` (or
-    :meth:`hold` in the middle of a session), which renews the claims of what
-    the export has yet to read. Time is counted on the store's clock while the
-    export runs; a consumer that leaves the generator suspended longer than
-    CLAIM_TTL can still let claims lapse: what was trashed meanwhile is then
-    left out, and a session half written is an error (see :meth:`hold`).
-    A store that refuses writes is read without claims (``active`` False).
+    A claim expires CLAIM_TTL after it was taken, and prune and purge are free
+    to take what is no longer claimed. Two things renew the claims of what the
+    export has yet to read: every read first calls :meth:`keep` (or
+    :meth:`hold` in the middle of a session), which renews them once a third
+    of CLAIM_TTL has passed on the store's clock; and a thread of this process
+    (:meth:`start_renewing`) renews them every RENEW_EVERY seconds, so a
+    consumer that leaves the iterator suspended (a blocked pipe, a slow sink)
+    longer than CLAIM_TTL keeps them too. Only a process that dies, or a
+    renewal that keeps failing (the store unreachable), lets them lapse: what
+    was trashed meanwhile is then left out, and a session half written is an
+    error (see :meth:`hold`). A store that refuses writes is read without
+    claims (``active`` False). A forked child never renews nor releases the
+    claims of the process it was forked from (``pid``).
     """
 
-    __slots__ = ("active", "holder", "pending", "store", "taken")
+    __slots__ = ("active", "holder", "lock", "pending", "pid", "renewer", "store", "taken")
 
     def __init__(self, store: Transfer, holder: str) -> None:
         self.store = store
@@ -277,35 +288,94 @@ class _Lease:
         self.active = True
         self.taken = 0.0  # the clock's monotonic time when the claims were last taken
         self.pending: dict[str, None] = {}  # claimed, not yet fully read (in order)
+        # Held across each renewal: the consumer's and the thread's never interleave.
+        self.lock = threading.Lock()
+        self.pid = os.getpid()
+        self.renewer: PeriodicThread | None = None
 
     def claim(self, ids: list[str]) -> list[str]:
         """Claim a page of sessions; those claimed (all of them without claims)."""
         if not self.active:
             return ids
-        started = self.store.clock.monotonic()
-        try:
-            got = set(self.store._claim_ids(ids, self.holder, CLAIM_TTL))
-        except StoreOpenError as exc:
-            # Claims are writes; nobody prunes through a store that refuses them.
-            log.debug("exporting without claims: %s", exc)
-            self.active = False
-            return ids
-        self.taken = started
-        self.pending = dict.fromkeys(i for i in ids if i in got)
+        with self.lock:
+            started = self.store.clock.monotonic()
+            try:
+                got = set(self.store._claim_ids(ids, self.holder, CLAIM_TTL))
+            except StoreOpenError as exc:
+                # Claims are writes; nobody prunes through a store that refuses them.
+                log.debug("exporting without claims: %s", exc)
+                self.active = False
+                return ids
+            self.taken = started
+            self.pending = dict.fromkeys(i for i in ids if i in got)
+        if self.renewer is None:
+            self.start_renewing()
         return list(self.pending)
+
+    def _renew(self) -> None:
+        """Renew the claims of what is yet to be read (``lock`` held); drop those lost."""
+        started = self.store.clock.monotonic()
+        got = set(self.store._claim_ids(list(self.pending), self.holder, CLAIM_TTL))
+        self.taken = started
+        self.pending = {i: None for i in self.pending if i in got}
 
     def keep(self, reading: list[str]) -> list[str]:
         """Before reading these sessions: renew the claims if due; those of
         ``reading`` still claimed (the rest were trashed while unclaimed)."""
         if not self.active:
             return reading
-        if self.store.clock.monotonic() - self.taken < CLAIM_TTL / 3:
+        with self.lock:
+            if self.store.clock.monotonic() - self.taken >= CLAIM_TTL / 3:
+                self._renew()
             return [i for i in reading if i in self.pending]
-        started = self.store.clock.monotonic()
-        got = set(self.store._claim_ids(list(self.pending), self.holder, CLAIM_TTL))
-        self.taken = started
-        self.pending = {i: None for i in self.pending if i in got}
-        return [i for i in reading if i in got]
+
+    def start_renewing(self) -> None:
+        """Start the thread that renews the claims every RENEW_EVERY seconds."""
+        self.renewer = PeriodicThread(self._tick, interval=RENEW_EVERY, name=RENEWER_NAME)
+        self.renewer.start()
+
+    def _tick(self, woken: bool) -> float | None:
+        """The renewal thread's work: a failure is a warning and a sooner retry,
+        never an exception in the consumer (its next read says what was lost)."""
+        with self.lock:
+            if not self.active or not self.pending or os.getpid() != self.pid:
+                return None
+            if self.store.closed:  # an iterator left open past its store: nothing to keep
+                self.active = False
+                if self.renewer is not None:
+                    self.renewer.stop()  # from the thread itself: stops the loop, no join
+                return None
+            try:
+                self._renew()
+            except Exception as exc:  # any failure: log, retry (claims may lapse meanwhile)
+                log.warning(
+                    "export %s: renewing the claims of %d sessions failed (%s); retrying",
+                    self.holder,
+                    len(self.pending),
+                    exc,
+                )
+                return RENEW_EVERY / 10
+        return None
+
+    def close(self) -> None:
+        """The export is over (finished, closed or collected): stop renewing, release."""
+        if os.getpid() != self.pid:
+            return  # a forked child: the claims are its parent's, still exporting
+        renewer, self.renewer = self.renewer, None
+        if renewer is not None:
+            renewer.stop()
+            if renewer is threading.current_thread():
+                # Collected on the renewal thread itself (a cyclic GC there): it may
+                # hold the store's locks, so the claims are left to expire.
+                return
+        with self.lock:  # a renewal still under way (stop's join timed out) ends first
+            active, self.active = self.active, False
+        if active:
+            try:
+                self.store.release(self.holder)
+            except StoreError as exc:
+                # The store closed first (an iterator dropped after it): claims expire.
+                log.debug("export %s: claims left to expire: %s", self.holder, exc)
 
     def renewing(self, chunks: Generator[str, None, int]) -> Generator[str, None, int]:
         """These chunks, renewing the claims (if due) each time the consumer asks for
@@ -322,14 +392,16 @@ class _Lease:
         """Before reading the next page of a session already partly written."""
         if not self.keep([sid]):
             raise StoreError(
-                f"session {sid} was trashed while it was exported: the export stalled "
-                f"for more than {CLAIM_TTL:.0f} s and its claim expired (export it again)"
+                f"session {sid} was trashed while it was exported: its claim expired "
+                f"(the export could not renew it for {CLAIM_TTL:.0f} s: the store "
+                "unreachable?); export it again"
             )
 
     def done(self, ids: list[str]) -> None:
         """These sessions are written: their claims need no renewal."""
-        for i in ids:
-            self.pending.pop(i, None)
+        with self.lock:
+            for i in ids:
+                self.pending.pop(i, None)
 
 
 class _Bad(Exception):
@@ -351,6 +423,9 @@ class Transfer:
     if TYPE_CHECKING:  # provided by Retention and MessageWrites
 
         def _claim_ids(self, ids: list[str], holder: str, ttl: float) -> list[str]: ...
+
+        @property
+        def closed(self) -> bool: ...
 
         def release(self, holder: str) -> int: ...
 
@@ -404,8 +479,7 @@ class Transfer:
                 if progress is not None:
                     progress(done)
         finally:
-            if lease.active:
-                self.release(lease.holder)
+            lease.close()
 
     def _export_pages(
         self, session_ids: Sequence[str] | None, floor: float, page: int
