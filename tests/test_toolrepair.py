@@ -8,6 +8,7 @@ once. The repair is idempotent and marks what it wrote as synthetic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -381,26 +382,33 @@ class ToolThenWait(RecordingAgent):
             yield ToolResult("call_b", "cat", "hello")
 
 
+@contextlib.asynccontextmanager
+async def turn_in_its_tool(store: Store, agent: ToolThenWait) -> AsyncIterator[tuple[Peer, str]]:
+    """A started gateway with a session whose first turn is inside its tool call."""
+    gw = Gateway(store, agent, GatewayConfig())
+    await gw.start()
+    try:
+        peer = Peer(gw)
+        sid = (await peer.call("session.create"))["session_id"]
+        await peer.call("prompt.submit", session_id=sid, text="list and show")
+        await asyncio.wait_for(agent.calling.wait(), 10)
+        yield peer, sid
+    finally:
+        await gw.shutdown()
+
+
 def test_gateway_turn_interrupted_mid_tool_then_next_turn_gets_a_valid_history(
     store: Store,
 ) -> None:
     async def main() -> list[Message]:
         agent = ToolThenWait()
-        gw = Gateway(store, agent, GatewayConfig())
-        await gw.start()
-        try:
-            peer = Peer(gw)
-            sid = (await peer.call("session.create"))["session_id"]
-            await peer.call("prompt.submit", session_id=sid, text="list and show")
-            await asyncio.wait_for(agent.calling.wait(), 10)
+        async with turn_in_its_tool(store, agent) as (peer, sid):
             await peer.call("session.interrupt", session_id=sid)
             await peer.event("turn.end")
             await peer.call("prompt.submit", session_id=sid, text="go on")
             await until(lambda: len(agent.histories) == 2)
             await peer.event("turn.end")
             return agent.histories[1]
-        finally:
-            await gw.shutdown()
 
     history = asyncio.run(main())
     assert_valid_history(history)
@@ -515,13 +523,7 @@ def test_repair_tools_skips_a_session_whose_gateway_turn_runs(store: Store, db_u
     async def main() -> tuple[str, list[str]]:
         agent = ToolThenWait()
         agent.answer_b = True
-        gw = Gateway(store, agent, GatewayConfig())
-        await gw.start()
-        try:
-            peer = Peer(gw)
-            sid = (await peer.call("session.create"))["session_id"]
-            await peer.call("prompt.submit", session_id=sid, text="list and show")
-            await asyncio.wait_for(agent.calling.wait(), 10)
+        async with turn_in_its_tool(store, agent) as (peer, sid):
             outputs = []
             for args in ([sid, "--yes"], ["--all", "--yes"]):
                 got = await asyncio.to_thread(run_cli, "--db", db_url, "repair-tools", *args)
@@ -530,8 +532,6 @@ def test_repair_tools_skips_a_session_whose_gateway_turn_runs(store: Store, db_u
             agent.release.set()  # the tool returns after all
             await peer.event("turn.end")
             return sid, outputs
-        finally:
-            await gw.shutdown()
 
     sid, outputs = asyncio.run(main())
     for text in outputs:

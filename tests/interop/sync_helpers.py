@@ -4,6 +4,7 @@ SessionDB (hermes_ops.py, in the Hermes environment) and plain-SQL reads."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -51,6 +52,14 @@ def churn_report(proc: subprocess.Popen[str], timeout: float = 120) -> dict[str,
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err
     return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def hermes_copy(source: Path, tmp_path: Path) -> Path:
+    """A copy of the Hermes store ``source`` at ``tmp_path/hermes/state.db``."""
+    path = tmp_path / "hermes" / "state.db"
+    path.parent.mkdir()
+    shutil.copy(source, path)
+    return path
 
 
 def rows(path: Path, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

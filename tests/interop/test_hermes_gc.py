@@ -15,14 +15,12 @@ from tether.interop.hermes.gc import gc_stores
 from tether.interop.hermes.importer import import_stores
 
 from ..conftest import run_cli
-from .sync_helpers import hermes_ops, rows, tether_messages
+from .sync_helpers import hermes_copy, hermes_ops, rows, tether_messages
 
 
 @pytest.fixture
 def imported(hermes_store: Path, tmp_path: Path) -> tuple[Path, Path]:
-    path = tmp_path / "hermes" / "state.db"
-    path.parent.mkdir()
-    shutil.copy(hermes_store, path)
+    path = hermes_copy(hermes_store, tmp_path)
     db = tmp_path / "t.db"
     with tether.open_store(db) as store:
         import_stores(store, [path])
@@ -187,9 +185,7 @@ def delegate_family(
 def test_a_session_with_delegate_children_goes_with_them_as_hermes_own_delete_does(
     hermes_python: Path, hermes_store: Path, tmp_path: Path
 ) -> None:
-    path = tmp_path / "hermes" / "state.db"
-    path.parent.mkdir()
-    shutil.copy(hermes_store, path)
+    path = hermes_copy(hermes_store, tmp_path)
     p, d1, d2, b = delegate_family(hermes_python, path, "deleg_ok", child_open=False)
     q, e1, e2, _ = delegate_family(hermes_python, path, "deleg_busy", child_open=True)
     db = tmp_path / "t.db"
@@ -261,9 +257,7 @@ def test_a_ghost_delegate_child_ended_in_hermes_does_not_keep_its_parent(
     imported, so tether has nothing of it to hold and needs nothing: ended in Hermes,
     it goes with its parent as Hermes' own delete takes it. An open one still keeps
     the parent (Hermes' delete would take a live row along)."""
-    path = tmp_path / "hermes" / "state.db"
-    path.parent.mkdir()
-    shutil.copy(hermes_store, path)
+    path = hermes_copy(hermes_store, tmp_path)
     ops: list[dict[str, object]] = []
     for parent, kid_open in (("ghostly", False), ("haunted", True)):
         ops += [

@@ -7,7 +7,6 @@ Python) and is compared with tether's rows read back by plain SQL too.
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -20,14 +19,12 @@ from tether.interop.hermes.importer import StoreSync, import_stores
 from tether.interop.hermes.mapping import decode_content, end_reason, map_message
 
 from ..conftest import run_cli
-from .sync_helpers import hermes_ops, replaced_states, rows, tether_messages
+from .sync_helpers import hermes_copy, hermes_ops, replaced_states, rows, tether_messages
 
 
 @pytest.fixture
 def store_copy(hermes_store: Path, tmp_path: Path) -> Path:
-    path = tmp_path / "hermes" / "state.db"
-    path.parent.mkdir()
-    shutil.copy(hermes_store, path)
+    path = hermes_copy(hermes_store, tmp_path)
     return path
 
 

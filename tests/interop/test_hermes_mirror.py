@@ -8,7 +8,6 @@ report. Each test is bounded to a few seconds.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -26,6 +25,7 @@ from ..conftest import child_env
 from .conftest import generate, start_writer, writer_report
 from .sync_helpers import (
     churn_report,
+    hermes_copy,
     hermes_ops,
     replaced_states,
     rows,
@@ -47,9 +47,7 @@ def follow(mirror: HermesMirror, stop: threading.Event, interval: float) -> None
 def test_a_live_writer_loses_nothing_and_every_message_is_mirrored(
     hermes_python: Path, hermes_store: Path, tmp_path: Path
 ) -> None:
-    path = tmp_path / "hermes" / "state.db"
-    path.parent.mkdir()
-    shutil.copy(hermes_store, path)
+    path = hermes_copy(hermes_store, tmp_path)
     db = tmp_path / "t.db"
     with tether.open_store(db) as store:
         mirror = HermesMirror(store, [path], interval=0.05)
@@ -229,9 +227,7 @@ def test_a_mirror_killed_mid_page_resumes_with_no_duplicate_and_no_gap(
 def test_an_idle_mirror_asks_one_cheap_question_per_interval(
     hermes_python: Path, hermes_store: Path, tmp_path: Path
 ) -> None:
-    path = tmp_path / "hermes" / "state.db"
-    path.parent.mkdir()
-    shutil.copy(hermes_store, path)
+    path = hermes_copy(hermes_store, tmp_path)
     with tether.open_store(tmp_path / "t.db") as store:
         mirror = HermesMirror(store, [path])
         assert mirror.step()  # the first round passes
@@ -246,9 +242,7 @@ def test_an_idle_mirror_asks_one_cheap_question_per_interval(
 
 
 def test_serve_mirrors_hermes_too(hermes_store: Path, tmp_path: Path) -> None:
-    path = tmp_path / "hermes" / "state.db"
-    path.parent.mkdir()
-    shutil.copy(hermes_store, path)
+    path = hermes_copy(hermes_store, tmp_path)
     db = tmp_path / "t.db"
     args = [sys.executable, "-m", "tether", "serve", "--db", str(db), "--port", "0"]
     proc = subprocess.Popen(
@@ -297,9 +291,7 @@ def test_serve_mirrors_hermes_too(hermes_store: Path, tmp_path: Path) -> None:
 def test_the_mirror_follows_retitles_and_compactions_of_imported_sessions(
     hermes_python: Path, hermes_store: Path, tmp_path: Path
 ) -> None:
-    path = tmp_path / "hermes" / "state.db"
-    path.parent.mkdir()
-    shutil.copy(hermes_store, path)
+    path = hermes_copy(hermes_store, tmp_path)
     db = tmp_path / "t.db"
     ended = rows(
         path,
@@ -361,9 +353,7 @@ def test_the_mirror_retracts_rows_replace_messages_deleted(
     replace_messages: a running mirror retracts the rows gone (open, ended and reopened
     sessions, an emptied one too) and imports the new ones; an idle round after writes
     nothing."""
-    path = tmp_path / "hermes" / "state.db"
-    path.parent.mkdir()
-    shutil.copy(hermes_store, path)
+    path = hermes_copy(hermes_store, tmp_path)
     db = tmp_path / "t.db"
     live, emptied = (
         r[0]
