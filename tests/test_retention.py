@@ -322,10 +322,13 @@ def test_prune_against_readers_with_sigkills(db_url: str, tmp_path: Any) -> None
             p = spawn(PRUNER, db_url)
         procs.append((kind, p))
 
+    errors: list[str] = []
+
     def kill(p: subprocess.Popen[str]) -> None:
         p.send_signal(signal.SIGKILL)
-        p.wait()
-        outputs.append(p.stdout.read() if p.stdout else "")
+        out, err = p.communicate()
+        outputs.append(out)
+        errors.append(err[-2000:])  # why a child died, if one did
 
     for k in range(2):
         start("reader", k)
@@ -359,7 +362,9 @@ def test_prune_against_readers_with_sigkills(db_url: str, tmp_path: Any) -> None
     bad = [line for o in outputs for line in o.splitlines() if line.startswith("BAD")]
     assert not bad, bad
     # Both sides did work: readers checked claimed sessions, the trash moved.
-    assert any(line.startswith("ok") and line != "ok 0" for o in outputs for line in o.splitlines())
+    assert any(
+        line.startswith("ok") and line != "ok 0" for o in outputs for line in o.splitlines()
+    ), [e for e in errors if e]
     # Claims of killed readers expire; then everything can go, and goes whole.
     time.sleep(1.6)
     with tether.open_store(db_url, load_plugins=False) as store:
