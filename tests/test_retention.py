@@ -271,10 +271,10 @@ READER = """
 import random
 db, name = sys.argv[1], sys.argv[2]
 store = tether.open_store(db, load_plugins=False)
-ids = [l.strip() for l in open(sys.argv[3])]
 print("ready", flush=True)
 n = 0
 while True:
+    ids = open(sys.argv[3]).read().split()  # the test writes new chains for purged ones
     got = store.claim(random.sample(ids, 8), name, ttl=1.5)
     for sid in got:
         # Claimed: it must be complete, whatever prune and purge do meanwhile.
@@ -306,80 +306,103 @@ while True:
 """
 
 
+POPULATION = 100  # chains the readers pick from while the pruners purge
+
+
+def top_up(store: Store, roots: list[str], id_file: Any) -> None:
+    """Write a new chain for each one purged, and publish every id to the readers.
+
+    Each purge deletes every chain no reader holds at that moment, so without
+    new ones the readers soon had nothing left to claim: readers started after
+    that (every replacement of a killed one) checked nothing, and on a loaded
+    machine, where the first claims come late, no reader ever did.
+    """
+    held = store.backend.read(
+        lambda c: c.execute("SELECT COUNT(*) FROM sessions WHERE parent_id IS NULL").fetchone()
+    )[0]
+    if held < POPULATION:
+        roots.extend(write_chain(store, 4) for _ in range(POPULATION - held))
+        # Whole or not at all: a reader never sees half an id.
+        tmp = id_file.with_suffix(".tmp")
+        tmp.write_text("\n".join(roots))
+        os.replace(tmp, id_file)
+
+
 def test_prune_against_readers_with_sigkills(db_url: str, tmp_path: Any) -> None:
     with tether.open_store(db_url, load_plugins=False) as w:
-        roots = [write_chain(w, 4) for _ in range(100)]
-    id_file = tmp_path / "ids"
-    id_file.write_text("\n".join(roots))
-    rng = random.Random(14)
-    procs: list[tuple[str, subprocess.Popen[str]]] = []
-    outputs: list[str] = []
+        roots: list[str] = []
+        id_file = tmp_path / "ids"
+        top_up(w, roots, id_file)
+        rng = random.Random(14)
+        procs: list[tuple[str, subprocess.Popen[str]]] = []
+        outputs: list[str] = []
 
-    def start(kind: str, k: int) -> None:
-        if kind == "reader":
-            p = spawn(READER, db_url, f"reader-{k}", str(id_file))
-        else:
-            p = spawn(PRUNER, db_url)
-        procs.append((kind, p))
+        def start(kind: str, k: int) -> None:
+            if kind == "reader":
+                p = spawn(READER, db_url, f"reader-{k}", str(id_file))
+            else:
+                p = spawn(PRUNER, db_url)
+            procs.append((kind, p))
 
-    errors: list[str] = []
+        errors: list[str] = []
 
-    def kill(p: subprocess.Popen[str]) -> None:
-        p.send_signal(signal.SIGKILL)
-        out, err = p.communicate()
-        outputs.append(out)
-        errors.append(err[-2000:])  # why a child died, if one did
+        def kill(p: subprocess.Popen[str]) -> None:
+            p.send_signal(signal.SIGKILL)
+            out, err = p.communicate()
+            outputs.append(out)
+            errors.append(err[-2000:])  # why a child died, if one did
 
-    for k in range(2):
-        start("reader", k)
-    start("pruner", 0)
-    start("pruner", 1)
-    for _kind, p in procs:  # started together; each at work before the first kill
-        wait_for_line(p, "ready")
-    killed = 0
-    for k in range(10, 14):  # four kills, each at a random moment
-        time.sleep(rng.uniform(0.2, 0.7))
-        kind, victim = procs.pop(rng.randrange(len(procs)))
-        kill(victim)
-        killed += 1
-        start(kind, k)
-    # Before the last kill, a living reader must have checked a claimed session:
-    # under load the pruners can trash every session a reader picks for the whole
-    # ~2 s above (seen once), and the test would then prove nothing about claims.
-    readers = [p for kind, p in procs if kind == "reader"]
-    read: list[str] = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not any(
-        line.startswith("ok") and line.strip() != "ok 0" for line in read
-    ):
-        for p in readers:
-            assert p.stdout is not None
-            read.append(p.stdout.readline())  # each loop of a reader prints a line
-    outputs.append("".join(read))
-    for _kind, p in procs:
-        kill(p)
-    assert killed >= 4
-    bad = [line for o in outputs for line in o.splitlines() if line.startswith("BAD")]
-    assert not bad, bad
-    # Both sides did work: readers checked claimed sessions, the trash moved.
-    assert any(
-        line.startswith("ok") and line != "ok 0" for o in outputs for line in o.splitlines()
-    ), [e for e in errors if e]
-    # Claims of killed readers expire; then everything can go, and goes whole.
-    time.sleep(1.6)
-    with tether.open_store(db_url, load_plugins=False) as store:
-        store.restore_all()
-        survivors = [r for r in roots if _exists(store, r)]
+        for k in range(2):
+            start("reader", k)
+        start("pruner", 0)
+        start("pruner", 1)
+        for _kind, p in procs:  # started together; each at work before the first kill
+            wait_for_line(p, "ready")
+        killed = 0
+        for k in range(10, 14):  # four kills, each at a random moment
+            until = time.monotonic() + rng.uniform(0.2, 0.7)
+            while time.monotonic() < until:
+                top_up(w, roots, id_file)
+                time.sleep(0.05)
+            kind, victim = procs.pop(rng.randrange(len(procs)))
+            kill(victim)
+            killed += 1
+            start(kind, k)
+        # A reader started after the kills must check claimed sessions too: the
+        # chains it picks from are kept coming.
+        readers = [p for kind, p in procs if kind == "reader"]
+        read: list[str] = []
+        deadline = time.monotonic() + 60
+        checked = False
+        while time.monotonic() < deadline and not checked:
+            for p in readers:
+                assert p.stdout is not None
+                line = p.stdout.readline()  # each loop of a reader prints a line
+                read.append(line)
+                checked = checked or (line.startswith("ok") and line.strip() != "ok 0")
+            top_up(w, roots, id_file)
+        outputs.append("".join(read))
+        for _kind, p in procs:
+            kill(p)
+        assert killed >= 4
+        bad = [line for o in outputs for line in o.splitlines() if line.startswith("BAD")]
+        assert not bad, bad
+        assert checked, ("no living reader checked a claimed session", read[-4:], errors)
+        assert any("purged" in o for o in outputs)  # the trash moved under the readers
+        # Claims of killed readers expire; then everything can go, and goes whole.
+        time.sleep(1.6)
+        w.restore_all()
+        survivors = [r for r in roots if _exists(w, r)]
         for r in survivors:  # every session still here is complete
-            s = store.get_session(r)
-            assert len(store.get_messages(r)) == s.message_count == 4
-        store.prune(0, apply=True)
-        store.purge(0)
-        count = store.backend.read(lambda c: c.execute("SELECT COUNT(*) FROM sessions").fetchone())
+            s = w.get_session(r)
+            assert len(w.get_messages(r)) == s.message_count == 4
+        w.prune(0, apply=True)
+        w.purge(0)
+        count = w.backend.read(lambda c: c.execute("SELECT COUNT(*) FROM sessions").fetchone())
         assert count[0] == 0
-        assert message_rows(store, roots) == 0 and event_rows(store, roots) == 0
-        store.expire_claims()
-        left = store.backend.read(lambda c: c.execute("SELECT COUNT(*) FROM claims").fetchone())
+        assert message_rows(w, roots) == 0 and event_rows(w, roots) == 0
+        w.expire_claims()
+        left = w.backend.read(lambda c: c.execute("SELECT COUNT(*) FROM claims").fetchone())
         assert left[0] == 0
 
 
