@@ -43,7 +43,7 @@ _Job = tuple[
 
 class _Pool:
     def __init__(self) -> None:
-        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self.lock = threading.Lock()
         self.threads = 0
         self.idle = 0
@@ -64,9 +64,7 @@ class _Pool:
     def work(self) -> None:
         jobs = self.jobs
         while True:
-            job = jobs.get()
-            if job is None:
-                return
+            job = jobs.get()  # threads live as long as the process (daemons)
             loop, fut, context, fn, args = job
             try:
                 _deliver(loop, fut, context.run(fn, *args), None)
