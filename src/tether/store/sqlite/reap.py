@@ -77,14 +77,13 @@ SELECT ?, s.id, 'reaped', json_object('owner', s.owner_id, 'detail', j.detail), 
 {_ENDING}
 """
 
-# Parameter: ended_at. A join rather than ``owner_id IN (...)`` with a correlated
-# subquery for the detail: one lookup of the judged owner per session instead of
-# two (about 10% of the UPDATE on issue #15's 10,000 sessions). The table is
-# keyed by owner id, so each session joins at most one judged row.
+# Parameter: ended_at. The IN form looks each judged owner up in the index.
+# (``UPDATE ... FROM temp.reap_judged`` is 5% cheaper when every open session is
+# reaped, but SQLite then scans every open session: O(open), not O(dead).)
 END_REAPED = """
-UPDATE sessions SET ended_at = ?, end_reason = 'reaped', end_detail = j.detail
-FROM temp.reap_judged AS j
-WHERE sessions.owner_id = j.owner_id AND sessions.ended_at IS NULL
+UPDATE sessions SET ended_at = ?, end_reason = 'reaped',
+    end_detail = (SELECT j.detail FROM temp.reap_judged j WHERE j.owner_id = sessions.owner_id)
+WHERE owner_id IN (SELECT owner_id FROM temp.reap_judged) AND ended_at IS NULL
 """
 
 
