@@ -233,12 +233,13 @@ MIGRATIONS: list[Migration] = [
     # work for the reap. Each event is still published on its own, in id order,
     # with the same payload, so listeners of any version hear the same thing.
     # Additive for older code (it never names the trigger); one transaction, so
-    # no insert ever runs between the two triggers.
+    # no insert ever runs between the two triggers. Written to run again over a
+    # schema that has it already (tests undo later steps by hand).
     Migration(
         7,
         [
             f"""
-            CREATE FUNCTION tether_notify_events() RETURNS trigger
+            CREATE OR REPLACE FUNCTION tether_notify_events() RETURNS trigger
             LANGUAGE plpgsql AS $$
             BEGIN
                 PERFORM pg_notify(
@@ -255,13 +256,13 @@ MIGRATIONS: list[Migration] = [
             END
             $$
             """,
-            "DROP TRIGGER events_notify ON events",
+            "DROP TRIGGER IF EXISTS events_notify ON events",
             """
             CREATE TRIGGER events_notify AFTER INSERT ON events
             REFERENCING NEW TABLE AS inserted
             FOR EACH STATEMENT EXECUTE FUNCTION tether_notify_events()
             """,
-            "DROP FUNCTION tether_notify_event()",
+            "DROP FUNCTION IF EXISTS tether_notify_event()",
         ],
         compatible_with=1,
     ),
