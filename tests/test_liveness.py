@@ -367,41 +367,6 @@ def test_reaping_fires_interrupted_hooks(store: Store, clock: tether.ManualClock
     assert seen == [(sid, "reaped", True, "heartbeat stale 100 s")]
 
 
-def test_a_sweep_clears_its_hook_marks_set_based(store: Store, clock: tether.ManualClock) -> None:
-    """A mass death with on_session_end hooks: every hook fires once, every mark is
-    cleared, and the marks go in one write per chunk of sessions, not one per session
-    (10,000 reaped sessions took 10,000 write transactions: 0.8 s instead of 60 ms)."""
-    seen: list[str] = []
-
-    class Hook:
-        @tether.hookimpl
-        def on_session_end(self, session, reason, interrupted):  # type: ignore[no-untyped-def]
-            seen.append(session.id)
-
-    store.plugins.register(Hook())
-    ids = owned_sessions(store, FAR, 40, heartbeat_at=clock.now())
-    ids += owned_sessions(store, FAR, 40, heartbeat_at=clock.now())
-    clock.advance(100)
-    writes = 0
-    write = store.backend.write
-
-    def counted(fn):  # type: ignore[no-untyped-def]
-        nonlocal writes
-        writes += 1
-        return write(fn)
-
-    store.backend.write = counted  # type: ignore[method-assign]
-    report = Reaper(store, clock=clock).sweep()
-    store.backend.write = write  # type: ignore[method-assign]
-    assert sorted(r.id for r in report.reaped) == sorted(ids)
-    assert sorted(seen) == sorted(ids)  # each hook once
-    owed = store.backend.read(
-        lambda c: c.execute("SELECT COUNT(*) FROM events WHERE hooks_due_by IS NOT NULL").fetchone()
-    )
-    assert owed[0] == 0
-    assert writes == 2  # the reap, then the marks of its 80 ends at once
-
-
 def test_an_owner_that_beats_in_between_is_not_reaped(
     store: Store, clock: tether.ManualClock
 ) -> None:

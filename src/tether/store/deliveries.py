@@ -50,9 +50,6 @@ SELECT_HOOKS_DUE = sql.SELECT_HOOKS_DUE
 CLAIM_HOOKS = sql.CLAIM_HOOKS
 HOOKS_DELIVERED = sql.HOOKS_DELIVERED
 
-# Marks cleared per write by mark_many_hooks_delivered (bound parameters stay few).
-MARKS_PER_WRITE = 500
-
 
 @dataclass(frozen=True, slots=True)
 class DueEnd:
@@ -132,26 +129,6 @@ class HookDeliveries:
             self.backend.write(lambda c: c.execute(HOOKS_DELIVERED, (session_id, owner_id)))
         except TetherError as exc:
             log.warning("could not mark the hooks of session %s delivered: %s", session_id, exc)
-
-    def mark_many_hooks_delivered(self, session_ids: list[str], owner_id: str | None) -> None:
-        """:meth:`mark_hooks_delivered` for many ends at once: one write per 500.
-
-        For a sweep that reaped thousands of sessions: one UPDATE per session
-        was a write transaction each (10,000 of them: 0.8 s on SQLite, against
-        60 ms for the reap itself). Clearing them together after the hooks ran
-        keeps delivery at least once: a process killed in between has the hooks
-        of that chunk run again elsewhere, as for a single end.
-        """
-        if owner_id is None:
-            return
-        for i in range(0, len(session_ids), MARKS_PER_WRITE):
-            chunk = session_ids[i : i + MARKS_PER_WRITE]
-            query = sql.hooks_delivered(len(chunk))
-            params = [owner_id, *chunk]
-            try:
-                self.backend.write(lambda c, q=query, p=params: c.execute(q, p))
-            except TetherError as exc:
-                log.warning("could not mark the hooks of %d ends delivered: %s", len(chunk), exc)
 
     def due_hook_ends(self, limit: int = 100) -> tuple[float, list[DueEnd]]:
         """Ends whose hooks other processes owe, oldest first, at most ``limit``.

@@ -109,10 +109,6 @@ class Ownership:
 
         def mark_hooks_delivered(self, session_id: str, owner_id: str | None) -> None: ...
 
-        def mark_many_hooks_delivered(
-            self, session_ids: list[str], owner_id: str | None
-        ) -> None: ...
-
     @property
     def server_clock(self) -> bool:
         """Are heartbeats stamped and judged on the database server's clock?"""
@@ -210,7 +206,7 @@ class Ownership:
         sessions = [session_from_row(r) for r in self.backend.write(tx)]
         for session in sessions:
             self.fire_end(session, "abandoned", True)
-        self.mark_many_hooks_delivered([s.id for s in sessions], due_by)
+            self.mark_hooks_delivered(session.id, due_by)
         return sessions
 
     def beat(self, owner_row: tuple[Any, ...]) -> None:

@@ -586,12 +586,3 @@ CLAIM_HOOKS = "UPDATE events SET hooks_due_by = ? WHERE id = ? AND hooks_due_by 
 
 # The hooks ran: nothing is due for this end any more (a session ends once).
 HOOKS_DELIVERED = "UPDATE events SET hooks_due_by = NULL WHERE session_id = ? AND hooks_due_by = ?"
-
-
-def hooks_delivered(n: int) -> str:
-    """Clear the marks of ``n`` ends whose hooks ran (parameters: owner id, then the ids)."""
-    marks = ", ".join("?" * n)
-    return (
-        "UPDATE events SET hooks_due_by = NULL"
-        f" WHERE hooks_due_by = ? AND session_id IN ({marks})"
-    )
