@@ -163,21 +163,27 @@ class Reaper:
             self.ttl or 0.0,
             None if self._server_time else self.clock.now(),
         )
-        dead = []
+        # (owner id, judged heartbeat or None if its row is missing, detail) of each
+        # dead owner, and how the report names it: tuples, not OwnerState objects
+        # (a mass death judges thousands of owners per sweep).
+        judged: list[tuple[str, float | None, str]] = []
+        names: dict[str, str] = {}
+        verdict = self.verdict
         for owner_id, info in candidates:
-            verdict = self.verdict(owner_id, info, now, quiet_for)
-            if not verdict.alive:
-                dead.append(OwnerState(owner_id, info, verdict, 0))
-        if not dead:
+            v = verdict(owner_id, info, now, quiet_for)
+            if not v.alive:
+                if info is None:
+                    judged.append((owner_id, None, v.detail))
+                    names[owner_id] = owner_id
+                else:
+                    judged.append((owner_id, info.heartbeat_at, v.detail))
+                    names[owner_id] = info.describe()
+        if not judged:
             return ReapReport()
         # With on_session_end hooks, each end is marked as owed by this process in
         # the reap's transaction, and the mark cleared once its hooks ran: killed
         # in between, another process delivers them (tether.liveness.deliveries).
         due_by = self.store.hooks_due_by()
-        judged = [
-            (s.owner_id, s.info.heartbeat_at if s.info else None, s.verdict.detail) for s in dead
-        ]
-        names = {s.owner_id: (s.info.describe() if s.info else s.owner_id) for s in dead}
         size = self.batch or len(judged)
         reaped: list[ReapedSession] = []
         for i in range(0, len(judged), size):
@@ -187,17 +193,21 @@ class Reaper:
                 prune_before=now - OWNER_RETENTION if last else None,
                 hooks_due_by=due_by,
             )
-            batch = [ReapedSession(sid, names.get(owner, owner), why) for sid, owner, why in ended]
+            batch = [ReapedSession(sid, names[owner], why) for sid, owner, why in ended]
             # Each batch's hooks run once it committed: a later batch that fails
-            # cannot leave them owed by this process, which is alive.
+            # cannot leave them owed by this process, which is alive. Each mark is
+            # cleared as soon as its hooks ran, one write per end, so a process
+            # killed mid-way owes only the ends whose hooks had not run
+            # (tests/test_hooks.py); at 10,000 ends those writes are most of the
+            # sweep (branch f-reaper-batched-marks clears them per 500).
             if batch and due_by is not None:
                 for session in self.store.sessions_by_id([r.id for r in batch]):
                     self.store.fire_end(session, "reaped", True)
                     self.store.mark_hooks_delivered(session.id, due_by)
             reaped += batch
         if reaped:
-            log.info("reaped %d sessions of %d dead owners", len(reaped), len(dead))
-        return ReapReport(reaped, len(dead))
+            log.info("reaped %d sessions of %d dead owners", len(reaped), len(judged))
+        return ReapReport(reaped, len(judged))
 
     def census(self) -> Census:
         """The store's census with open sessions split by their owner's liveness."""

