@@ -199,7 +199,7 @@ class Reaper:
             # cleared as soon as its hooks ran, one write per end, so a process
             # killed mid-way owes only the ends whose hooks had not run
             # (tests/test_hooks.py); at 10,000 ends those writes are most of the
-            # sweep (branch f-reaper-batched-marks clears them per 500).
+            # sweep (docs/benchmarks.md, the sweep with a hook).
             if batch and due_by is not None:
                 for session in self.store.sessions_by_id([r.id for r in batch]):
                     self.store.fire_end(session, "reaped", True)
