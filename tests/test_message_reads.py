@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -91,12 +92,13 @@ def test_message_is_frozen_and_equal_by_type_and_value() -> None:
         tool_name=None,
         created_at=1.0,
     )
-    assert m == same and not (m != same)
+    assert m == same and (m != same) is False
     assert (m.idem_key, m.meta, m.state, m.payload) == (None, None, "active", None)
     assert m != Message("s1", 2, "user", "hi", None, None, None, 1.0)
     # Equal only to Messages: not to a tuple of the same values.
     values = ("s1", 1, "user", "hi", None, None, None, 1.0, None, None, "active", None)
-    assert m != values and not (m == values)
+    assert m != values and (m == values) is False and (values == m) is False
+    assert m == mock.ANY  # other objects still decide
     with pytest.raises(AttributeError):
         m.seq = 2  # type: ignore[misc]
     assert pickle.loads(pickle.dumps(m)) == m

@@ -8,9 +8,9 @@ UTC strings), documented in the README.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple, cast
 

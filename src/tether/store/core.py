@@ -93,7 +93,9 @@ def _messages(rows: list[Any]) -> list[Message]:
     0.12 ms per 1,000 rows).
     """
     return [
-        message_of_row(r) if r[4] is None and r[9] is None and r[11] is None else message_from_row(r)
+        message_of_row(r)
+        if r[4] is None and r[9] is None and r[11] is None
+        else message_from_row(r)
         for r in rows
     ]
 
