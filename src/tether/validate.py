@@ -100,6 +100,8 @@ def check_role(role: Any) -> str:
 
 def check_reason(reason: Any) -> str:
     """End reasons are short snake_case words; unknown words are allowed."""
+    if type(reason) is str and reason in END_REASONS:  # the usual case, without the regex
+        return reason
     if not isinstance(reason, str) or not _REASON_RE.fullmatch(reason):
         raise InvalidInputError(
             f"invalid end reason {reason!r}: use a lowercase word such as 'completed' "

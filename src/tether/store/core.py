@@ -41,6 +41,7 @@ from ..model import (
     Session,
     SourceCensus,
     message_from_row,
+    message_of_row,
     session_from_row,
 )
 from ..validate import (
@@ -83,7 +84,8 @@ INTERRUPTED_REASONS = frozenset({"error", "signal", "process_exit", "reaped", "a
 
 
 def _messages(rows: list[Any]) -> list[Message]:
-    """Messages from rows read in MESSAGE_READ_COLUMNS order.
+    """Messages from rows read in MESSAGE_READ_COLUMNS order, JSON as the driver
+    gave it (PostgreSQL: jsonb decoded, the payload a JSON string to decode).
 
     A row without JSON (tool_calls, meta, payload all NULL: most messages) is
     the Message's fields as they are: ``message_from_row``'s three decoding
@@ -91,7 +93,9 @@ def _messages(rows: list[Any]) -> list[Message]:
     0.12 ms per 1,000 rows).
     """
     return [
-        Message(*r) if r[4] is None and r[9] is None and r[11] is None else message_from_row(r)
+        message_of_row(r)
+        if r[4] is None and r[9] is None and r[11] is None
+        else message_from_row(r)
         for r in rows
     ]
 
@@ -239,7 +243,8 @@ class StoreCore(
         after = 0 if after_seq is None else check_int(after_seq, "after_seq")
         cap = INT64_MAX if limit is None else check_int(limit, "limit", minimum=0)
         wanted = check_states(states)
-        query = sql.select_messages(len(wanted))
+        decoded = self.backend.dialect == "sqlite"
+        query = sql.select_messages(len(wanted), decoded)
 
         def run(c: Conn) -> list[Any]:
             rows = c.execute(query, (session_id, after, *wanted, cap)).fetchall()
@@ -247,7 +252,8 @@ class StoreCore(
                 raise SessionNotFoundError(session_id)
             return rows
 
-        return _messages(self.backend.read(run))
+        rows = self.backend.read(run)
+        return list(map(message_of_row, rows)) if decoded else _messages(rows)
 
     def list_sessions(
         self,
@@ -408,7 +414,8 @@ class StoreCore(
         session_id = check_id(session_id)
         cap = check_int(n, "n", minimum=0)
         wanted = check_states(states)
-        query = sql.select_last_messages(len(wanted))
+        decoded = self.backend.dialect == "sqlite"
+        query = sql.select_last_messages(len(wanted), decoded)
 
         def run(c: Conn) -> list[Any]:
             rows = c.execute(query, (session_id, *wanted, cap)).fetchall()
@@ -416,7 +423,8 @@ class StoreCore(
                 raise SessionNotFoundError(session_id)
             return rows
 
-        return _messages(self.backend.read(run))
+        rows = self.backend.read(run)
+        return list(map(message_of_row, rows)) if decoded else _messages(rows)
 
     def retract_last(self, session_id: str, *, epoch: int | None = None) -> Message | None:
         """Mark the newest active message ``retracted``; return it (None: none is active).

@@ -18,6 +18,7 @@ the ``*_FIELDS`` tuples here for what is written).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Any
 
 from ..model import MESSAGE_READ_COLUMNS, MESSAGE_WRITE_COLUMNS, SESSION_COLUMNS
@@ -466,20 +467,39 @@ def _in_states(n: int) -> str:
     return "state IN (" + ", ".join("?" * n) + ")"
 
 
-def select_messages(n_states: int) -> str:
-    """Messages after a seq, in order, in any of ``n_states`` states (PK range scan)."""
+# SQLite: a column aliased "name [tether_json]" comes back decoded by the driver
+# (sqlite3.PARSE_COLNAMES and a converter the SQLite backend registers; NULL stays
+# None without a call), so that rows are a Message's fields as they are and a
+# read of many messages builds them without a Python loop (tether.model.message_of_row).
+JSON_TYPE = "tether_json"
+_JSON_COLUMNS = ("tool_calls", "meta", "payload")
+MESSAGE_READ_COLUMNS_DECODED = ", ".join(
+    f'{c} AS "{c} [{JSON_TYPE}]"' if c in _JSON_COLUMNS else c
+    for c in (c.strip() for c in MESSAGE_READ_COLUMNS.split(","))
+)
+
+
+@cache
+def select_messages(n_states: int, decoded: bool = False) -> str:
+    """Messages after a seq, in order, in any of ``n_states`` states (PK range scan).
+
+    ``decoded`` (SQLite): JSON columns come back decoded (see JSON_TYPE).
+    """
+    columns = MESSAGE_READ_COLUMNS_DECODED if decoded else MESSAGE_READ_COLUMNS
     return f"""
-SELECT {MESSAGE_READ_COLUMNS} FROM messages
+SELECT {columns} FROM messages
 WHERE session_id = ? AND seq > ? AND {_in_states(n_states)} ORDER BY seq LIMIT ?
 """
 
 
-def select_last_messages(n_states: int) -> str:
+@cache
+def select_last_messages(n_states: int, decoded: bool = False) -> str:
     """The last N messages in these states, oldest first: a backward walk of the
     primary key (session_id, seq) that stops after N rows, then a sort of those N."""
+    columns = MESSAGE_READ_COLUMNS_DECODED if decoded else MESSAGE_READ_COLUMNS
     return f"""
 SELECT * FROM (
-    SELECT {MESSAGE_READ_COLUMNS} FROM messages
+    SELECT {columns} FROM messages
     WHERE session_id = ? AND {_in_states(n_states)} ORDER BY seq DESC LIMIT ?) last_n
 ORDER BY seq
 """

@@ -10,6 +10,7 @@ jittered backoff until a time budget runs out, so concurrent writers never see
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -41,11 +42,16 @@ from ..migrations import (
     state_after,
     too_new,
 )
+from ..sql import JSON_TYPE
 from . import schema as ddl
 from .schema import APPLICATION_ID
 
 T = TypeVar("T")
 log = logging.getLogger("tether.store.sqlite")
+
+# What JSON_TYPE columns are decoded with: registered once per process, under a
+# name only tether's statements use (converters are global to the sqlite3 module).
+sqlite3.register_converter(JSON_TYPE, json.loads)
 
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 _MAX_READERS = 4
@@ -257,6 +263,8 @@ class SQLiteBackend:
                 check_same_thread=False,  # guarded by our own locks
                 cached_statements=256,
                 uri=uri,
+                # Only columns aliased "name [tether_json]" are converted (see JSON_TYPE).
+                detect_types=sqlite3.PARSE_COLNAMES,
             )
         except sqlite3.Error as exc:
             if self._identity is not None and not os.path.exists(self._file):
