@@ -124,14 +124,21 @@ class ProcessOwner:
         self._row_at: float | None = None
         # Delivers the hooks dead processes owed, once per store and process.
         self._delivery: threading.Thread | None = None
+        # In _owners (closed at exit) in this process: acquire() adds it once, not
+        # per session (a weak set's add and a second lock cost ~1 us).
+        self._registered = False
 
     def ensure(self) -> str:
         """This process's owner id (made on first use, and anew after fork).
 
         Locked: threads that write their first sessions at the same moment
         must all get the same id, or the process registers several owners and
-        only one of them gets heartbeats.
+        only one of them gets heartbeats. Once made, it is read without the lock
+        (every session asks, twice): the id is set last, and only in this process.
         """
+        owner_id = self.id
+        if owner_id is not None and self._pid == os.getpid():
+            return owner_id
         with self._lock:
             if self._pid != os.getpid():
                 self._reset()
@@ -258,12 +265,14 @@ class ProcessOwner:
         """
         global _exit_hooked
         with self._lock:
-            self.ensure()
-            _owners.add(self)
-            with _registry_lock:
-                if not _exit_hooked:
-                    exits.after_handles(_close_owners_at_exit)
-                    _exit_hooked = True
+            self.ensure()  # after a fork this resets the owner, _registered included
+            if not self._registered:
+                _owners.add(self)
+                with _registry_lock:
+                    if not _exit_hooked:
+                        exits.after_handles(_close_owners_at_exit)
+                        _exit_hooked = True
+                self._registered = True
             if row_written:
                 self.wrote_row()  # the row was written with the session, just now
             elif not self._sessions and self._last_beat is None:
@@ -372,6 +381,7 @@ class ProcessOwner:
         if thread is not None:
             thread.stop()
         _owners.discard(self)
+        self._registered = False
         if owner_id is not None and store is not None and not store.closed:
             try:
                 store.drop_owner(owner_id)
