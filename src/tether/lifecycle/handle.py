@@ -465,7 +465,8 @@ class SessionHandle:
         else:
             row = self._row(role, content, tool_calls, tool_call_id, tool_name, key, meta, payload)
         with self._lock:
-            self._check_writable()
+            if self._state >= ENDED:  # the guard inlined: every buffered message passes
+                self._check_writable()
             self._pending.append(row)
             if idem_key is not None:
                 self._check_keys = True

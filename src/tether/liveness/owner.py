@@ -99,6 +99,13 @@ class ProcessOwner:
         self.heartbeat_interval = options.heartbeat_interval
         self.lease = float(options.owner_ttl)
         self.startup_sweep = options.startup_sweep
+        # How long after a write of the owner row a new session may skip writing it.
+        # Bounded so that the row never gets older than half the lease because of a
+        # skip: the heartbeat writes at most 1.2 intervals (its jitter) after the
+        # new session, and half a lease is where :attr:`lease_ok` turns False.
+        # Computed once (the options are frozen): every first append asks.
+        interval = self.heartbeat_interval
+        self._fresh_window = max(0.0, min(interval / 2, self.lease / 2 - 1.2 * interval))
         self._lock = threading.RLock()
         self._swept = False
         self._at_risk_logged = False
@@ -175,17 +182,6 @@ class ProcessOwner:
             self.lease,
         )
 
-    @property
-    def _fresh_window(self) -> float:
-        """How long after a write of the owner row a new session may skip writing it.
-
-        Bounded so that the row never gets older than half the lease because of a
-        skip: the heartbeat writes at most 1.2 intervals (its jitter) after the
-        new session, and half a lease is where :attr:`lease_ok` turns False.
-        """
-        interval = self.heartbeat_interval
-        return max(0.0, min(interval / 2, self.lease / 2 - 1.2 * interval))
-
     def row_due(self, now: float) -> OwnerRow | None:
         """The owner row for a transaction that starts a session, or None when the
         row was written so recently that writing it again says nothing new.
@@ -196,8 +192,8 @@ class ProcessOwner:
         at = self._row_at
         if (
             at is not None
-            and self._pid == os.getpid()
             and self._store.clock.monotonic() - at < self._fresh_window
+            and self._pid == os.getpid()  # a system call: asked last
         ):
             return None
         return self.row(now)
