@@ -422,9 +422,9 @@ def stmts_whole(
         sid = tether.ids.new_id()
         now = time.time()
         row = ("user", CONTENT, *NONE3, now, *NONE3)
-        params = {"id": sid, "source": "bench", "created_at": now, "last_active_at": now}
-        params.update(owner_id=owner, count=1, chain_last_active_at=now)
-        params.update(dict.fromkeys(("model", "title", "cwd", "origin", "metadata")))
+        params = tether_sql.root_session_params(
+            sid, "bench", None, None, None, None, now, now, owner, None, 1, now
+        )
         created = '{"source":"bench","parent_id":null}'
 
         def first(

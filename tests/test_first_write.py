@@ -136,3 +136,49 @@ def test_a_first_write_onto_an_id_already_taken_goes_through_the_checks(
     with pytest.raises(SessionEndedError):
         late.append("user", "three")
     assert clocked.get_session(first.id).message_count == 2
+
+
+# Every column a new session's row gets from the handle (the owner is the same
+# process for both), compared between the one-step first append and persist().
+EVERY_FIELD = (
+    *COMPARED,
+    "model",
+    "title",
+    "cwd",
+    "root_id = id",
+    "chain_tip_id = id",
+    "owner_id",
+    "metadata",
+    "origin IS NOT NULL",
+)
+
+
+def test_a_first_append_with_every_field_leaves_the_row_persist_leaves(
+    clocked: tether.Store,
+) -> None:
+    """The root row is bound by position (issue 15): each value lands in its column
+    (persist() writes through the same statement, so values are checked too)."""
+    fields = {"model": "m-1", "title": "t-1", "cwd": "/c/1", "metadata": {"k": 1}}
+    one = clocked.session(source="cli", origin="o:one", **fields)
+    two = clocked.session(source="cli", origin="o:two", **fields)
+    two.persist()
+    one.append("user", "hello")
+    two.append("user", "hello")
+    query = f"SELECT {', '.join(EVERY_FIELD)}, origin FROM sessions WHERE id = ?"
+    rows = [
+        clocked.backend.read(lambda c, i=i: c.execute(query, (i,)).fetchone())
+        for i in (one.id, two.id)
+    ]
+    assert tuple(rows[0][:-1]) == tuple(rows[1][:-1])
+    assert (rows[0][-1], rows[1][-1]) == ("o:one", "o:two")
+    got = dict(zip(EVERY_FIELD, rows[0], strict=False))
+    assert (got["model"], got["title"], got["cwd"]) == ("m-1", "t-1", "/c/1")
+    assert got["root_id = id"] and got["chain_tip_id = id"]
+    assert got["owner_id"] == clocked.owner_id
+    metadata = got["metadata"]  # text on SQLite, already decoded (jsonb) on PostgreSQL
+    assert (json.loads(metadata) if isinstance(metadata, str) else metadata) == {"k": 1}
+    assert got["message_count"] == got["chain_message_count"] == 1
+    assert got["created_at"] == got["last_active_at"] == got["chain_last_active_at"]
+    assert got["epoch"] == 0 and got["ended_at"] is None and got["source"] == "cli"
+    one.end()
+    two.end()

@@ -160,18 +160,19 @@ class SessionHandle:
     ) -> SessionHandle:
         """A handle on a session not written yet (``store.session``)."""
         now = store.clock.now()
+        # Most of these are None: a check is only called for a value (every session pays).
         new = NewSession(
-            id=new_id(now),
-            source=check_source(source),
-            model=check_text(model, "model"),
-            title=check_text(title, "title"),
-            cwd=check_text(cwd, "cwd"),
-            parent_id=check_text(parent_id, "parent_id"),
-            branch=bool(branch),
-            metadata=check_metadata(metadata),
-            created_at=now,
-            origin=None if origin is None else check_origin(origin),
-        )
+            new_id(now),
+            check_source(source),
+            None if model is None else check_text(model, "model"),
+            None if title is None else check_text(title, "title"),
+            None if cwd is None else check_text(cwd, "cwd"),
+            None if parent_id is None else check_text(parent_id, "parent_id"),
+            bool(branch),
+            None if metadata is None else check_metadata(metadata),
+            now,
+            None if origin is None else check_origin(origin),
+        )  # NewSession's field order
         handle = cls(store, owner, new, persisted=False, epoch=0)
         exits.track(handle)
         return handle
@@ -329,7 +330,12 @@ class SessionHandle:
             self._check_keys = False
         result.apply(self._w)
         if new is not None:
-            self.state = PERSISTED
+            # NEW -> PERSISTED, always allowed: set directly, not through the checking
+            # setter (the first append of every session passes here).
+            self._state = PERSISTED
+            self._has_row = True
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("session %s: handle NEW -> PERSISTED", self.id)
             if self._owns:
                 self._owner.acquire(self.id, row_written=result.owner_written)
             self._fire_start()
@@ -459,7 +465,8 @@ class SessionHandle:
         else:
             row = self._row(role, content, tool_calls, tool_call_id, tool_name, key, meta, payload)
         with self._lock:
-            self._check_writable()
+            if self._state >= ENDED:  # the guard inlined: every buffered message passes
+                self._check_writable()
             self._pending.append(row)
             if idem_key is not None:
                 self._check_keys = True

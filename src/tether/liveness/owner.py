@@ -99,6 +99,13 @@ class ProcessOwner:
         self.heartbeat_interval = options.heartbeat_interval
         self.lease = float(options.owner_ttl)
         self.startup_sweep = options.startup_sweep
+        # How long after a write of the owner row a new session may skip writing it.
+        # Bounded so that the row never gets older than half the lease because of a
+        # skip: the heartbeat writes at most 1.2 intervals (its jitter) after the
+        # new session, and half a lease is where :attr:`lease_ok` turns False.
+        # Computed once (the options are frozen): every first append asks.
+        interval = self.heartbeat_interval
+        self._fresh_window = max(0.0, min(interval / 2, self.lease / 2 - 1.2 * interval))
         self._lock = threading.RLock()
         self._swept = False
         self._at_risk_logged = False
@@ -124,14 +131,21 @@ class ProcessOwner:
         self._row_at: float | None = None
         # Delivers the hooks dead processes owed, once per store and process.
         self._delivery: threading.Thread | None = None
+        # In _owners (closed at exit) in this process: acquire() adds it once, not
+        # per session (a weak set's add and a second lock cost ~1 us).
+        self._registered = False
 
     def ensure(self) -> str:
         """This process's owner id (made on first use, and anew after fork).
 
         Locked: threads that write their first sessions at the same moment
         must all get the same id, or the process registers several owners and
-        only one of them gets heartbeats.
+        only one of them gets heartbeats. Once made, it is read without the lock
+        (every session asks, twice): the id is set last, and only in this process.
         """
+        owner_id = self.id
+        if owner_id is not None and self._pid == os.getpid():
+            return owner_id
         with self._lock:
             if self._pid != os.getpid():
                 self._reset()
@@ -168,17 +182,6 @@ class ProcessOwner:
             self.lease,
         )
 
-    @property
-    def _fresh_window(self) -> float:
-        """How long after a write of the owner row a new session may skip writing it.
-
-        Bounded so that the row never gets older than half the lease because of a
-        skip: the heartbeat writes at most 1.2 intervals (its jitter) after the
-        new session, and half a lease is where :attr:`lease_ok` turns False.
-        """
-        interval = self.heartbeat_interval
-        return max(0.0, min(interval / 2, self.lease / 2 - 1.2 * interval))
-
     def row_due(self, now: float) -> OwnerRow | None:
         """The owner row for a transaction that starts a session, or None when the
         row was written so recently that writing it again says nothing new.
@@ -189,8 +192,8 @@ class ProcessOwner:
         at = self._row_at
         if (
             at is not None
-            and self._pid == os.getpid()
             and self._store.clock.monotonic() - at < self._fresh_window
+            and self._pid == os.getpid()  # a system call: asked last
         ):
             return None
         return self.row(now)
@@ -258,12 +261,14 @@ class ProcessOwner:
         """
         global _exit_hooked
         with self._lock:
-            self.ensure()
-            _owners.add(self)
-            with _registry_lock:
-                if not _exit_hooked:
-                    exits.after_handles(_close_owners_at_exit)
-                    _exit_hooked = True
+            self.ensure()  # after a fork this resets the owner, _registered included
+            if not self._registered:
+                _owners.add(self)
+                with _registry_lock:
+                    if not _exit_hooked:
+                        exits.after_handles(_close_owners_at_exit)
+                        _exit_hooked = True
+                self._registered = True
             if row_written:
                 self.wrote_row()  # the row was written with the session, just now
             elif not self._sessions and self._last_beat is None:
@@ -372,6 +377,7 @@ class ProcessOwner:
         if thread is not None:
             thread.stop()
         _owners.discard(self)
+        self._registered = False
         if owner_id is not None and store is not None and not store.closed:
             try:
                 store.drop_owner(owner_id)
