@@ -80,6 +80,7 @@ CLAIM_TTL = 300.0  # seconds a page stays claimed without being renewed
 # outlives two of them, so one failed renewal (retried sooner) loses nothing.
 RENEW_EVERY = CLAIM_TTL / 3
 RENEWER_NAME = "tether-export-claims"
+AHEAD_NAME = "tether-export-claim-ahead"
 
 SESSION_FIELDS = (
     "id",
@@ -230,6 +231,22 @@ def session_row_line(row: Sequence[Any]) -> str:
     )
 
 
+# A session line from sql_retention.export_session_pieces (SQLite): Python spells
+# the times (%r, and %s of ended_at: str of a float is its repr), as in MESSAGE_TEMPLATE.
+SESSION_TEMPLATE = (
+    '{"created_at":%r,"cwd":%s,"end_detail":%s,"end_reason":%s,"ended_at":%s,"id":%s,'
+    '"last_active_at":%r,"message_count":%d,"metadata":%s,%s'
+)
+
+
+def session_piece_line(row: Sequence[Any]) -> str:
+    """:func:`session_line` from a row of sql_retention.export_session_pieces: one
+    ``%`` (a fifth of :func:`session_row_line`'s time), metadata made canonical."""
+    if row[8] == "null":  # no metadata (or JSON null: the same line)
+        return SESSION_TEMPLATE % tuple(row)
+    return SESSION_TEMPLATE % (*row[:8], _nested(row[8]), row[9])
+
+
 def openai_message(m: Message) -> dict[str, Any]:
     """A message as the chat-completions API takes it."""
     d: dict[str, Any] = {"role": m.role, "content": m.content}
@@ -278,9 +295,24 @@ class _Lease:
     error (see :meth:`hold`). A store that refuses writes is read without
     claims (``active`` False). A forked child never renews nor releases the
     claims of the process it was forked from (``pid``).
+
+    The next page is claimed ahead (:meth:`claim_ahead`), on a thread of its
+    own while this page is read: the claim is committed before any of its
+    sessions is read, as ever, and its cost (on PostgreSQL a fifth of an
+    export's time) overlaps the reads.
     """
 
-    __slots__ = ("active", "holder", "lock", "pending", "pid", "renewer", "store", "taken")
+    __slots__ = (
+        "active",
+        "ahead",
+        "holder",
+        "lock",
+        "pending",
+        "pid",
+        "renewer",
+        "store",
+        "taken",
+    )
 
     def __init__(self, store: Transfer, holder: str) -> None:
         self.store = store
@@ -292,15 +324,29 @@ class _Lease:
         self.lock = threading.Lock()
         self.pid = os.getpid()
         self.renewer: PeriodicThread | None = None
+        self.ahead: _Ahead | None = None  # the next page's claim, under way
+
+    def claim_ahead(self, ids: list[str]) -> None:
+        """Start claiming the page after this one (:meth:`claim` takes it over)."""
+        if self.active and self.ahead is None:
+            self.ahead = _Ahead(self.store, self.holder, ids)
 
     def claim(self, ids: list[str]) -> list[str]:
         """Claim a page of sessions; those claimed (all of them without claims)."""
+        ahead, self.ahead = self.ahead, None
         if not self.active:
+            if ahead is not None:
+                ahead.thread.join()
             return ids
         with self.lock:
-            started = self.store.clock.monotonic()
             try:
-                got = set(self.store._claim_ids(ids, self.holder, CLAIM_TTL))
+                if ahead is not None and ahead.ids == ids:
+                    started, got = ahead.result()
+                else:
+                    if ahead is not None:  # another page (never, by export_text): wait it out
+                        ahead.thread.join()
+                    started = self.store.clock.monotonic()
+                    got = set(self.store._claim_ids(ids, self.holder, CLAIM_TTL))
             except StoreOpenError as exc:
                 # Claims are writes; nobody prunes through a store that refuses them.
                 log.debug("exporting without claims: %s", exc)
@@ -361,6 +407,11 @@ class _Lease:
         """The export is over (finished, closed or collected): stop renewing, release."""
         if os.getpid() != self.pid:
             return  # a forked child: the claims are its parent's, still exporting
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None:
+            if ahead.thread is threading.current_thread():
+                return  # collected on the claiming thread itself: the claims expire
+            ahead.thread.join()  # a claim that lands after the release would linger
         renewer, self.renewer = self.renewer, None
         if renewer is not None:
             renewer.stop()
@@ -402,6 +453,39 @@ class _Lease:
         with self.lock:
             for i in ids:
                 self.pending.pop(i, None)
+
+
+class _Ahead:
+    """A claim of the next page of an export, taken on a thread of its own
+    (AHEAD_NAME) while the consumer reads the current page; :meth:`result`
+    waits for it and gives what the claim gives, or raises what it raised."""
+
+    __slots__ = ("error", "got", "ids", "started", "thread")
+
+    def __init__(self, store: Transfer, holder: str, ids: list[str]) -> None:
+        self.ids = ids
+        self.started = 0.0
+        self.got: set[str] = set()
+        self.error: BaseException | None = None
+        # The thread holds the store, not the lease: a dropped export is still collected.
+        self.thread = threading.Thread(
+            target=self._run, args=(store, holder), name=AHEAD_NAME, daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, store: Transfer, holder: str) -> None:
+        self.started = store.clock.monotonic()
+        try:
+            self.got = set(store._claim_ids(self.ids, holder, CLAIM_TTL))
+        except BaseException as exc:  # handed to the consumer by result()
+            self.error = exc
+
+    def result(self) -> tuple[float, set[str]]:
+        """(when the claim started on the store's clock, the ids claimed)."""
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.started, self.got
 
 
 class _Bad(Exception):
@@ -463,9 +547,14 @@ class Transfer:
         floor = -math.inf if since is None else check_timestamp(since, "since")
         lease = _Lease(self, f"export:{uuid.uuid4().hex}")
         done = 0
+        pages = self._export_pages(session_ids, floor, page)
         try:
-            for rows in self._export_pages(session_ids, floor, page):
+            rows = next(pages, None)
+            while rows is not None:
                 claimed = set(lease.claim([r[0] for r in rows]))
+                following = next(pages, None)
+                if following is not None:
+                    lease.claim_ahead([r[0] for r in following])
                 rows = [r for r in rows if r[0] in claimed]
                 if fmt == "jsonl":
                     done += yield from lease.renewing(self._export_jsonl_page(rows, lease))
@@ -478,6 +567,7 @@ class Transfer:
                             lease.done([sid])
                 if progress is not None:
                     progress(done)
+                rows = following
         finally:
             lease.close()
 
@@ -549,7 +639,7 @@ class Transfer:
         n = len(ids)
 
         def read(c: Conn) -> tuple[list[Any], list[Any], list[Any]]:
-            sessions = c.execute(q.export_session_lines("sqlite", n), ids).fetchall()
+            sessions = c.execute(q.export_session_pieces(n), ids).fetchall()
             messages = c.execute(q.export_message_lines("sqlite", n), ids).fetchall()
             nested = []
             if None in map(_REST, messages):  # in C: no Python call per row
@@ -561,7 +651,7 @@ class Transfer:
         lines = iter(_message_lines(messages, nested))
         out: list[str] = []
         for s in sessions:
-            out.append(session_row_line(s))
+            out.append(session_piece_line(s))
             out.extend(islice(lines, s[7]))
         out.append("")
         yield "\n".join(out)  # one chunk per group: fewer, larger writes
