@@ -676,7 +676,7 @@ def test_the_next_page_is_claimed_ahead_and_every_claim_released(
     for that claim and releases all of them."""
     from tether.store import transfer
 
-    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 2)  # a group per session
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 2)  # small groups: several chunks
     with tether.open_store(db_url, load_plugins=False) as w:
         ids = []
         for i in range(6):

