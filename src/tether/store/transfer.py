@@ -19,10 +19,14 @@ snapshot; a larger session page by page, and an error if it lost messages
 meanwhile (a claim that expired). A session's messages are exported up to the
 count read with its row: appends that land meanwhile wait for the next export.
 The database builds each line (see sql_retention.export_message_lines); on
-SQLite Python spells the floats (SQLite cannot print Python's repr), on
-PostgreSQL the server builds whole lines (sql_retention.export_group_rows);
-Python writes the nested JSON (keys sorted), and a test compares every line
-with ``canonical``.
+SQLite Python spells the floats (SQLite cannot print Python's repr): a plain
+message (the bulk of a conversation, see sql_retention.export_plain_messages)
+is fetched as its four varying values and spelled by one ``%`` of its
+session's template (:func:`plain_template`), the others from the pieces SQLite
+builds. On PostgreSQL the server builds whole lines
+(sql_retention.export_group_rows). Python writes the nested JSON (keys
+sorted), and tests compare every line with ``canonical``. While a page of
+sessions is read, the next one is claimed on a thread (:class:`_Ahead`).
 
 Import (:meth:`Transfer.import_lines`) is idempotent by session id (ids are
 globally unique, time-sortable): a session already in the store is skipped
