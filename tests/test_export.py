@@ -672,8 +672,9 @@ def test_the_next_page_is_claimed_ahead_and_every_claim_released(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While a page is read the next one is claimed (on its own thread): by the time
-    the first chunk is out, both pages are claimed; closing the export midway waits
-    for that claim and releases all of them."""
+    the first chunk is out, both pages are claimed; a page written is released
+    when the one after next is claimed; closing the export midway waits for the
+    claim under way and releases every claim."""
     from tether.store import transfer
 
     monkeypatch.setattr(transfer, "MESSAGE_PAGE", 2)  # small groups: several chunks
@@ -699,6 +700,10 @@ def test_the_next_page_is_claimed_ahead_and_every_claim_released(
         next(chunks)  # the first session of the first page
         _wait_for(lambda: len(claimed(reader)) == 4, "the second page's claims")
         assert claimed(reader) == sorted(ids[:4])
+        while ids[2] not in next(chunks):  # into the second page
+            pass
+        # The third page claimed ahead, the first (written) released meanwhile.
+        _wait_for(lambda: claimed(reader) == sorted(ids[2:]), "the first page's release")
         chunks.close()
         assert claimed(reader) == []
         assert not [t for t in threading.enumerate() if t.name == transfer.AHEAD_NAME]

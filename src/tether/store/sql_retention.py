@@ -260,6 +260,13 @@ RETURNING session_id
 
 RELEASE_CLAIMS = "DELETE FROM claims WHERE holder = ?"
 
+
+def release_some(dialect: str, n: int) -> str:
+    """Drop a holder's claims on these sessions (the holder, then the ids as
+    :func:`ids_param` gives them): an export's pages once written."""
+    return f"DELETE FROM claims WHERE holder = ? AND {ids_in(dialect, 'session_id', n)}"
+
+
 DELETE_EXPIRED_CLAIMS = "DELETE FROM claims WHERE expires_at <= ?"
 
 COUNT_LIVE_CLAIMS = "SELECT COUNT(*) FROM claims WHERE expires_at > ?"

@@ -349,10 +349,12 @@ class _Lease:
         self.renewer: PeriodicThread | None = None
         self.ahead: _Ahead | None = None  # the next page's claim, under way
 
-    def claim_ahead(self, ids: list[str]) -> None:
-        """Start claiming the page after this one (:meth:`claim` takes it over)."""
+    def claim_ahead(self, ids: list[str], written: list[str]) -> None:
+        """Start claiming the page after this one (:meth:`claim` takes it over), and
+        releasing the claims of ``written``, a page already written (a prune may
+        take those sessions now; and the release at the end is shorter)."""
         if self.active and self.ahead is None:
-            self.ahead = _Ahead(self.store, self.holder, ids)
+            self.ahead = _Ahead(self.store, self.holder, ids, written)
 
     def claim(self, ids: list[str]) -> list[str]:
         """Claim a page of sessions; those claimed (all of them without claims)."""
@@ -483,10 +485,11 @@ class _Ahead:
     (AHEAD_NAME) while the consumer reads the current page; :meth:`result`
     waits for it and gives what the claim gives, or raises what it raised."""
 
-    __slots__ = ("error", "got", "ids", "started", "thread")
+    __slots__ = ("error", "got", "ids", "started", "thread", "written")
 
-    def __init__(self, store: Transfer, holder: str, ids: list[str]) -> None:
+    def __init__(self, store: Transfer, holder: str, ids: list[str], written: list[str]) -> None:
         self.ids = ids
+        self.written = written
         self.started = 0.0
         self.got: set[str] = set()
         self.error: BaseException | None = None
@@ -497,8 +500,9 @@ class _Ahead:
         self.thread.start()
 
     def _run(self, store: Transfer, holder: str) -> None:
-        self.started = store.clock.monotonic()
         try:
+            store._release_ids(self.written, holder)
+            self.started = store.clock.monotonic()
             self.got = set(store._claim_ids(self.ids, holder, CLAIM_TTL))
         except BaseException as exc:  # handed to the consumer by result()
             self.error = exc
@@ -530,6 +534,8 @@ class Transfer:
     if TYPE_CHECKING:  # provided by Retention and MessageWrites
 
         def _claim_ids(self, ids: list[str], holder: str, ttl: float) -> list[str]: ...
+
+        def _release_ids(self, ids: list[str], holder: str) -> int: ...
 
         @property
         def closed(self) -> bool: ...
@@ -571,13 +577,16 @@ class Transfer:
         lease = _Lease(self, f"export:{uuid.uuid4().hex}")
         done = 0
         pages = self._export_pages(session_ids, floor, page)
+        written: list[str] = []  # the ids of the page before this one
         try:
             rows = next(pages, None)
             while rows is not None:
-                claimed = set(lease.claim([r[0] for r in rows]))
+                ids = lease.claim([r[0] for r in rows])
+                claimed = set(ids)
                 following = next(pages, None)
                 if following is not None:
-                    lease.claim_ahead([r[0] for r in following])
+                    lease.claim_ahead([r[0] for r in following], written)
+                written = ids
                 rows = [r for r in rows if r[0] in claimed]
                 if fmt == "jsonl":
                     done += yield from lease.renewing(self._export_jsonl_page(rows, lease))
