@@ -629,3 +629,84 @@ def test_postgres_spells_floats_as_python_does_where_it_is_trusted(store: Store)
     assert [s for _, s in trusted] == [repr(x) for x, _ in trusted]
     assert all(s is not None for s in spelled[: len(times)])
     assert len(trusted) > 60_000
+
+
+def test_plain_and_odd_messages_mixed_in_a_session_export_canonically(store: Store) -> None:
+    """The fast lines (plain messages: one template per session on SQLite, roles and
+    states as literals on PostgreSQL) and the others, mixed within one session and
+    one group, are the canonical encoder's lines; so are those of a role or state
+    outside the known words (written behind the API's back)."""
+    from tether.model import MESSAGE_STATES
+    from tether.store import transfer
+
+    a = store.session(source="cli", title="100% mixed")
+    a.append("system", "be brief")
+    a.append("user", 'plain "quoted" 50% \\ ✓')
+    a.append("assistant", None, tool_calls=[{"id": "c1", "type": "function"}])
+    a.append("tool", "out", tool_call_id="c1", tool_name="ls")
+    a.append("user", "keyed", idem_key="k1")
+    a.append("developer", None)
+    a.append("assistant", "then plain again")
+    a.append("user", "retracted soon")
+    a.retract_last()
+    a.append("user", "odd role")
+    a.end("completed")
+    b = store.session(source="web")  # a second session in the same group, all plain
+    b.append("user", "x")
+    b.end("cli_close")
+    # A role no API writes (the words are a fast path, not a rule): exported all the same.
+    store.backend.write(
+        lambda c: c.execute(
+            "UPDATE messages SET role = ? WHERE session_id = ? AND seq = ?",
+            ('odd "role"', a.id, 10),
+        )
+    )
+    expected = []
+    for s in (a, b):
+        expected.append(transfer.session_line(store.get_session(s.id)))
+        expected += map(transfer.message_line, store.get_messages(s.id, states=MESSAGE_STATES))
+    assert export(store).split("\n") == [*expected, ""]
+
+
+def test_the_next_page_is_claimed_ahead_and_every_claim_released(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a page is read the next one is claimed (on its own thread): by the time
+    the first chunk is out, both pages are claimed; a page written is released
+    when the one after next is claimed; closing the export midway waits for the
+    claim under way and releases every claim."""
+    from tether.store import transfer
+
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 2)  # small groups: several chunks
+    with tether.open_store(db_url, load_plugins=False) as w:
+        ids = []
+        for i in range(6):
+            h = w.session(source="cli")
+            h.append("user", f"m{i}")
+            h.append("assistant", "ok")
+            h.end("completed")
+            ids.append(h.id)
+
+    def claimed(store: Store) -> list[str]:
+        rows = store.backend.read(
+            lambda c: c.execute(
+                "SELECT session_id FROM claims WHERE holder LIKE 'export:%' ORDER BY 1"
+            ).fetchall()
+        )
+        return [r[0] for r in rows]
+
+    with tether.open_store(db_url, load_plugins=False) as reader:
+        chunks = reader.export_text(page=2)
+        next(chunks)  # the first session of the first page
+        _wait_for(lambda: len(claimed(reader)) == 4, "the second page's claims")
+        assert claimed(reader) == sorted(ids[:4])
+        while ids[2] not in next(chunks):  # into the second page
+            pass
+        # The third page claimed ahead, the first (written) released meanwhile.
+        _wait_for(lambda: claimed(reader) == sorted(ids[2:]), "the first page's release")
+        chunks.close()
+        assert claimed(reader) == []
+        assert not [t for t in threading.enumerate() if t.name == transfer.AHEAD_NAME]
+        text = "".join(reader.export_text(page=2))  # whole, page after page
+        assert text.count('"type":"session"') == 6
+        assert claimed(reader) == []

@@ -498,6 +498,16 @@ class Retention:
 
         return self.backend.write(tx)
 
+    def _release_ids(self, ids: list[str], holder: str) -> int:
+        """Drop ``holder``'s claims on these sessions (ids as the database spells
+        them: an export's written pages); return how many."""
+        if not ids:
+            return 0
+        dialect = self.backend.dialect
+        query = q.release_some(dialect, len(ids))
+        params = [holder, *q.ids_param(dialect, ids)]
+        return int(self.backend.write(lambda c: c.execute(query, params).rowcount))
+
     def release(self, holder: str) -> int:
         """Drop every claim of ``holder``; return how many."""
         holder_text = check_text(holder, "holder", required=True)

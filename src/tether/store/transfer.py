@@ -19,10 +19,14 @@ snapshot; a larger session page by page, and an error if it lost messages
 meanwhile (a claim that expired). A session's messages are exported up to the
 count read with its row: appends that land meanwhile wait for the next export.
 The database builds each line (see sql_retention.export_message_lines); on
-SQLite Python spells the floats (SQLite cannot print Python's repr), on
-PostgreSQL the server builds whole lines (sql_retention.export_group_rows);
-Python writes the nested JSON (keys sorted), and a test compares every line
-with ``canonical``.
+SQLite Python spells the floats (SQLite cannot print Python's repr): a plain
+message (the bulk of a conversation, see sql_retention.export_plain_messages)
+is fetched as its four varying values and spelled by one ``%`` of its
+session's template (:func:`plain_template`), the others from the pieces SQLite
+builds. On PostgreSQL the server builds whole lines
+(sql_retention.export_group_rows). Python writes the nested JSON (keys
+sorted), and tests compare every line with ``canonical``. While a page of
+sessions is read, the next one is claimed on a thread (:class:`_Ahead`).
 
 Import (:meth:`Transfer.import_lines`) is idempotent by session id (ids are
 globally unique, time-sortable): a session already in the store is skipped
@@ -75,11 +79,17 @@ log = logging.getLogger(__name__)
 FORMATS = ("jsonl", "openai")
 SESSION_PAGE = 1000  # sessions claimed per transaction (a commit each)
 MESSAGE_PAGE = 2000  # messages per read (a snapshot each) and per chunk of output
+# Groups of small sessions hold this many pages' worth of messages on PostgreSQL,
+# where each group costs three round trips (begin, read, commit): 12% faster an
+# export with three than with one (measured, 10,000 sessions), for a peak of
+# about 7 MB instead of 2.5.
+GROUP_PAGES = {"postgresql": 3}
 CLAIM_TTL = 300.0  # seconds a page stays claimed without being renewed
 # Seconds between two renewals by the exporting process's thread: a claim
 # outlives two of them, so one failed renewal (retried sooner) loses nothing.
 RENEW_EVERY = CLAIM_TTL / 3
 RENEWER_NAME = "tether-export-claims"
+AHEAD_NAME = "tether-export-claim-ahead"
 
 SESSION_FIELDS = (
     "id",
@@ -191,6 +201,7 @@ def _message_lines(rows: list[Any], nested: list[Any]) -> Iterable[str]:
 
 
 _REST = itemgetter(2)  # the rest of a message line's row: None when nested JSON
+_ROLE = itemgetter(2)  # the role of a row of export_plain_messages: None when not plain
 SESSION_HOLE = q.SESSION_HOLE
 MESSAGE_HOLE = q.MESSAGE_HOLE
 _HOLES = re.compile(f"[{SESSION_HOLE}{MESSAGE_HOLE}]")
@@ -228,6 +239,35 @@ def session_row_line(row: Sequence[Any]) -> str:
         f'"id":{sid},"last_active_at":{float(active)!r},"message_count":{int(count)},'
         f'"metadata":{_nested(metadata)},{rest}'
     )
+
+
+# A session line from sql_retention.export_session_pieces (SQLite): Python spells
+# the times (%r, and %s of ended_at: str of a float is its repr), as in MESSAGE_TEMPLATE.
+SESSION_TEMPLATE = (
+    '{"created_at":%r,"cwd":%s,"end_detail":%s,"end_reason":%s,"ended_at":%s,"id":%s,'
+    '"last_active_at":%r,"message_count":%d,"metadata":%s,%s'
+)
+
+
+def plain_template(session: str) -> str:
+    """The ``%`` template of the lines of a session's plain messages (see
+    sql_retention.export_plain_messages): content (a JSON string), created_at,
+    role and seq fill it; ``session`` is the session's id as a JSON string."""
+    return (
+        '{"content":%s,"created_at":%r,"idem_key":null,"meta":null,"payload":null,'
+        '"role":"%s","seq":%d,"session_id":'
+        + session.replace("%", "%%")
+        + ',"state":"active","tool_call_id":null,"tool_calls":null,"tool_name":null,'
+        '"type":"message"}'
+    )
+
+
+def session_piece_line(row: Sequence[Any]) -> str:
+    """:func:`session_line` from a row of sql_retention.export_session_pieces: one
+    ``%`` (a fifth of :func:`session_row_line`'s time), metadata made canonical."""
+    if row[8] == "null":  # no metadata (or JSON null: the same line)
+        return SESSION_TEMPLATE % tuple(row)
+    return SESSION_TEMPLATE % (*row[:8], _nested(row[8]), row[9])
 
 
 def openai_message(m: Message) -> dict[str, Any]:
@@ -278,9 +318,24 @@ class _Lease:
     error (see :meth:`hold`). A store that refuses writes is read without
     claims (``active`` False). A forked child never renews nor releases the
     claims of the process it was forked from (``pid``).
+
+    The next page is claimed ahead (:meth:`claim_ahead`), on a thread of its
+    own while this page is read: the claim is committed before any of its
+    sessions is read, as ever, and its cost (on PostgreSQL a fifth of an
+    export's time) overlaps the reads.
     """
 
-    __slots__ = ("active", "holder", "lock", "pending", "pid", "renewer", "store", "taken")
+    __slots__ = (
+        "active",
+        "ahead",
+        "holder",
+        "lock",
+        "pending",
+        "pid",
+        "renewer",
+        "store",
+        "taken",
+    )
 
     def __init__(self, store: Transfer, holder: str) -> None:
         self.store = store
@@ -292,15 +347,31 @@ class _Lease:
         self.lock = threading.Lock()
         self.pid = os.getpid()
         self.renewer: PeriodicThread | None = None
+        self.ahead: _Ahead | None = None  # the next page's claim, under way
+
+    def claim_ahead(self, ids: list[str], written: list[str]) -> None:
+        """Start claiming the page after this one (:meth:`claim` takes it over), and
+        releasing the claims of ``written``, a page already written (a prune may
+        take those sessions now; and the release at the end is shorter)."""
+        if self.active and self.ahead is None:
+            self.ahead = _Ahead(self.store, self.holder, ids, written)
 
     def claim(self, ids: list[str]) -> list[str]:
         """Claim a page of sessions; those claimed (all of them without claims)."""
+        ahead, self.ahead = self.ahead, None
         if not self.active:
+            if ahead is not None:
+                ahead.thread.join()
             return ids
         with self.lock:
-            started = self.store.clock.monotonic()
             try:
-                got = set(self.store._claim_ids(ids, self.holder, CLAIM_TTL))
+                if ahead is not None and ahead.ids == ids:
+                    started, got = ahead.result()
+                else:
+                    if ahead is not None:  # another page (never, by export_text): wait it out
+                        ahead.thread.join()
+                    started = self.store.clock.monotonic()
+                    got = set(self.store._claim_ids(ids, self.holder, CLAIM_TTL))
             except StoreOpenError as exc:
                 # Claims are writes; nobody prunes through a store that refuses them.
                 log.debug("exporting without claims: %s", exc)
@@ -361,6 +432,11 @@ class _Lease:
         """The export is over (finished, closed or collected): stop renewing, release."""
         if os.getpid() != self.pid:
             return  # a forked child: the claims are its parent's, still exporting
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None:
+            if ahead.thread is threading.current_thread():
+                return  # collected on the claiming thread itself: the claims expire
+            ahead.thread.join()  # a claim that lands after the release would linger
         renewer, self.renewer = self.renewer, None
         if renewer is not None:
             renewer.stop()
@@ -404,6 +480,41 @@ class _Lease:
                 self.pending.pop(i, None)
 
 
+class _Ahead:
+    """A claim of the next page of an export, taken on a thread of its own
+    (AHEAD_NAME) while the consumer reads the current page; :meth:`result`
+    waits for it and gives what the claim gives, or raises what it raised."""
+
+    __slots__ = ("error", "got", "ids", "started", "thread", "written")
+
+    def __init__(self, store: Transfer, holder: str, ids: list[str], written: list[str]) -> None:
+        self.ids = ids
+        self.written = written
+        self.started = 0.0
+        self.got: set[str] = set()
+        self.error: BaseException | None = None
+        # The thread holds the store, not the lease: a dropped export is still collected.
+        self.thread = threading.Thread(
+            target=self._run, args=(store, holder), name=AHEAD_NAME, daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, store: Transfer, holder: str) -> None:
+        try:
+            store._release_ids(self.written, holder)
+            self.started = store.clock.monotonic()
+            self.got = set(store._claim_ids(self.ids, holder, CLAIM_TTL))
+        except BaseException as exc:  # handed to the consumer by result()
+            self.error = exc
+
+    def result(self) -> tuple[float, set[str]]:
+        """(when the claim started on the store's clock, the ids claimed)."""
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.started, self.got
+
+
 class _Bad(Exception):
     """A bad line (wrapped with its number into InvalidInputError)."""
 
@@ -423,6 +534,8 @@ class Transfer:
     if TYPE_CHECKING:  # provided by Retention and MessageWrites
 
         def _claim_ids(self, ids: list[str], holder: str, ttl: float) -> list[str]: ...
+
+        def _release_ids(self, ids: list[str], holder: str) -> int: ...
 
         @property
         def closed(self) -> bool: ...
@@ -463,9 +576,17 @@ class Transfer:
         floor = -math.inf if since is None else check_timestamp(since, "since")
         lease = _Lease(self, f"export:{uuid.uuid4().hex}")
         done = 0
+        pages = self._export_pages(session_ids, floor, page)
+        written: list[str] = []  # the ids of the page before this one
         try:
-            for rows in self._export_pages(session_ids, floor, page):
-                claimed = set(lease.claim([r[0] for r in rows]))
+            rows = next(pages, None)
+            while rows is not None:
+                ids = lease.claim([r[0] for r in rows])
+                claimed = set(ids)
+                following = next(pages, None)
+                if following is not None:
+                    lease.claim_ahead([r[0] for r in following], written)
+                written = ids
                 rows = [r for r in rows if r[0] in claimed]
                 if fmt == "jsonl":
                     done += yield from lease.renewing(self._export_jsonl_page(rows, lease))
@@ -478,6 +599,7 @@ class Transfer:
                             lease.done([sid])
                 if progress is not None:
                     progress(done)
+                rows = following
         finally:
             lease.close()
 
@@ -515,14 +637,16 @@ class Transfer:
     def _export_jsonl_page(
         self, rows: list[tuple[str, int]], lease: _Lease
     ) -> Generator[str, None, int]:
-        """A page of sessions as JSONL, in groups of at most MESSAGE_PAGE messages (by
-        the counts of the page: the group's own snapshot may have a few more), each
-        large session on its own; returns how many sessions were written."""
+        """A page of sessions as JSONL, in groups of at most MESSAGE_PAGE messages
+        (times GROUP_PAGES on PostgreSQL; by the counts of the page: the group's own
+        snapshot may have a few more), each large session (more than MESSAGE_PAGE)
+        on its own; returns how many sessions were written."""
         written = 0
         group: list[str] = []
         total = 0
+        limit = MESSAGE_PAGE * GROUP_PAGES.get(self.backend.dialect, 1)
         for row in [*rows, None]:
-            if row is not None and row[1] <= MESSAGE_PAGE - total:
+            if row is not None and row[1] <= MESSAGE_PAGE and row[1] <= limit - total:
                 group.append(row[0])
                 total += row[1]
                 continue
@@ -548,21 +672,32 @@ class Transfer:
             return (yield from self._export_group_pg(ids))
         n = len(ids)
 
-        def read(c: Conn) -> tuple[list[Any], list[Any], list[Any]]:
-            sessions = c.execute(q.export_session_lines("sqlite", n), ids).fetchall()
-            messages = c.execute(q.export_message_lines("sqlite", n), ids).fetchall()
-            nested = []
-            if None in map(_REST, messages):  # in C: no Python call per row
-                nested = c.execute(q.export_nested_messages("sqlite", n), ids).fetchall()
-            return sessions, messages, nested
+        def read(c: Conn) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+            sessions = c.execute(q.export_session_pieces(n), ids).fetchall()
+            messages = c.execute(q.export_plain_messages(n), ids).fetchall()
+            odd = nested = []
+            if None in map(_ROLE, messages):  # in C: no Python call per row
+                odd = c.execute(q.export_odd_messages(n), ids).fetchall()
+                if None in map(_REST, odd):
+                    nested = c.execute(q.export_odd_messages(n, nested=True), ids).fetchall()
+            return sessions, messages, odd, nested
 
-        sessions, messages, nested = self._ordered_read(read)
+        sessions, messages, odd, nested = self._ordered_read(read)
         _check_counts(ids, sum(s[7] for s in sessions), len(messages))
-        lines = iter(_message_lines(messages, nested))
+        rows = iter(messages)
         out: list[str] = []
-        for s in sessions:
-            out.append(session_row_line(s))
-            out.extend(islice(lines, s[7]))
+        if not odd:  # every message plain: one % each, by map (no Python call per row)
+            for s in sessions:
+                out.append(session_piece_line(s))
+                out.extend(map(plain_template(s[5]).__mod__, islice(rows, s[7])))
+        else:
+            odd_lines = iter(_message_lines(odd, nested))
+            for s in sessions:
+                out.append(session_piece_line(s))
+                plain = plain_template(s[5])
+                out.extend(
+                    [next(odd_lines) if r[2] is None else plain % r for r in islice(rows, s[7])]
+                )
         out.append("")
         yield "\n".join(out)  # one chunk per group: fewer, larger writes
         return len(sessions)
