@@ -175,6 +175,30 @@ def test_purge_deletes_everything_and_tells_cursors_to_reload(db_url: str) -> No
         assert len(store.get_messages(kept)) == s.message_count == 3
 
 
+@pytest.mark.parametrize("buffered", [False, True])
+def test_a_handle_whose_session_was_ended_elsewhere_and_purged_ends_quietly(
+    db_url: str, buffered: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing is left to end: end() says so (False) and the handle is done; before,
+    it raised SessionNotFoundError, stayed open, and the store's close and the
+    process's exit each logged an error trying to end it again."""
+    store = tether.open_store(db_url, load_plugins=False)
+    h = store.session(source="cli")
+    h.append("user", "hi")
+    store.end_session(h.id, "cli_close")
+    assert store.prune(0, apply=True).sessions == 1 and store.purge(0).sessions == 1
+    if buffered:  # a message it can no longer store: lost, and said so
+        h.buffer("assistant", "late")
+        with pytest.raises(tether.MessagesLostError) as lost:
+            h.end()
+        assert lost.value.ended is False
+    else:
+        assert h.end() is False
+    assert h.end() is False  # and it stays done
+    store.close()
+    assert [r.getMessage() for r in caplog.records if "could not end" in r.getMessage()] == []
+
+
 def test_purge_gives_the_space_back_to_the_file_system(db_path: str) -> None:
     big = "x" * 2000
     with tether.open_store(db_path, load_plugins=False) as w:

@@ -21,6 +21,7 @@ from ..errors import (
     CommitUnknownError,
     MessagesLostError,
     SessionEndedError,
+    SessionNotFoundError,
     StaleOwnerError,
     TetherError,
 )
@@ -544,8 +545,8 @@ class SessionHandle:
         """Finalize: flush what is buffered, record the end, fire ``on_session_end``.
 
         Returns True if this call ended the session. Ending twice, ending a
-        session someone else ended, or ending one that never had content (no row
-        was written) returns False.
+        session someone else ended (even one purged since), or ending one that
+        never had content (no row was written) returns False.
 
         If the final flush fails (after the store's own retries within its busy
         budget, and one more try when a commit's outcome was unknown), the
@@ -617,6 +618,15 @@ class SessionHandle:
                     log.warning("session %s was taken over; this handle does not end it", self.id)
                     self._close_locally(fenced=True)
                     return False
+                except SessionNotFoundError:
+                    # Ended elsewhere and purged since: nothing is left to end, and
+                    # nothing to retry at close or exit (the handle would stay open).
+                    log.info("session %s is gone (ended and purged elsewhere)", self.id)
+                    self._close_locally()
+                    if lost is not None:
+                        self._pending.clear()
+                        raise MessagesLostError(self.id, lost[0], lost[1], ended=False) from None
+                    return False
                 self._pending.clear()  # stored, or counted as lost in the recorded end
                 self._close_locally()
             if ended is not None:
@@ -632,7 +642,7 @@ class SessionHandle:
             try:
                 self.flush()
                 return None
-            except (StaleOwnerError, SessionEndedError) as exc:
+            except (StaleOwnerError, SessionEndedError, SessionNotFoundError) as exc:
                 return _describe(exc)
             except CommitUnknownError as exc:
                 # It may have committed: one more try looks the idempotency keys
