@@ -68,6 +68,23 @@ INSERT INTO {VERSION_TABLE} (version) SELECT %s
 WHERE NOT EXISTS (SELECT 1 FROM {VERSION_TABLE} WHERE version = %s)
 """
 
+
+def _notify(row: str) -> str:
+    """The ``pg_notify`` call that publishes one event (``row``: the trigger's NEW, or
+    an alias of a row of its inserted rows). The channel carries the schema name
+    unless it is "public", so that several tether schemas in one database do not
+    hear each other; data too large for a notification is left out."""
+    return f"""pg_notify(
+                    CASE WHEN TG_TABLE_SCHEMA = 'public' THEN '{EVENTS_CHANNEL}'
+                         ELSE '{EVENTS_CHANNEL}.' || TG_TABLE_SCHEMA END,
+                    json_build_object(
+                        'id', {row}.id, 'at', {row}.at, 'kind', {row}.kind,
+                        'session_id', {row}.session_id,
+                        'data', CASE WHEN octet_length({row}.data::text) <= {NOTIFY_DATA_LIMIT}
+                                     THEN {row}.data END
+                    )::text)"""
+
+
 # Each step declares the oldest schema version whose code still works after it:
 # additive steps keep the previous one (see docs/data-model.md, "Upgrades").
 # Migration 1 creates the legacy record (tether_schema) too.
@@ -153,15 +170,7 @@ MIGRATIONS: list[Migration] = [
             CREATE FUNCTION tether_notify_event() RETURNS trigger
             LANGUAGE plpgsql AS $$
             BEGIN
-                PERFORM pg_notify(
-                    CASE WHEN TG_TABLE_SCHEMA = 'public' THEN '{EVENTS_CHANNEL}'
-                         ELSE '{EVENTS_CHANNEL}.' || TG_TABLE_SCHEMA END,
-                    json_build_object(
-                        'id', NEW.id, 'at', NEW.at, 'kind', NEW.kind,
-                        'session_id', NEW.session_id,
-                        'data', CASE WHEN octet_length(NEW.data::text) <= {NOTIFY_DATA_LIMIT}
-                                     THEN NEW.data END
-                    )::text);
+                PERFORM {_notify("NEW")};
                 RETURN NULL;
             END
             $$
@@ -242,15 +251,7 @@ MIGRATIONS: list[Migration] = [
             CREATE OR REPLACE FUNCTION tether_notify_events() RETURNS trigger
             LANGUAGE plpgsql AS $$
             BEGIN
-                PERFORM pg_notify(
-                    CASE WHEN TG_TABLE_SCHEMA = 'public' THEN '{EVENTS_CHANNEL}'
-                         ELSE '{EVENTS_CHANNEL}.' || TG_TABLE_SCHEMA END,
-                    json_build_object(
-                        'id', n.id, 'at', n.at, 'kind', n.kind,
-                        'session_id', n.session_id,
-                        'data', CASE WHEN octet_length(n.data::text) <= {NOTIFY_DATA_LIMIT}
-                                     THEN n.data END
-                    )::text)
+                PERFORM {_notify("n")}
                 FROM (SELECT * FROM inserted ORDER BY id) n;
                 RETURN NULL;
             END
