@@ -564,3 +564,78 @@ def test_a_direct_connection_helper_sees_the_schema(db_url: str, schema: str) ->
     tether.open_store(db_url, load_plugins=False).close()
     with pg_connect(db_url) as conn:
         assert conn.execute("SELECT current_schema()").fetchone()[0] == schema
+
+
+# --- end() in one round trip ---------------------------------------------------------
+
+
+def _statements(store: tether.Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements this thread sends from now on, by their first two words
+    (the store's own threads, a startup sweep say, are not counted)."""
+    import psycopg
+
+    sent: list[str] = []
+    execute = psycopg.Cursor.execute
+    me = threading.get_ident()
+
+    def counting(self: psycopg.Cursor[object], query: object, *args: object, **kw: object) -> object:
+        if threading.get_ident() == me:
+            sent.append(" ".join(str(query).split()[:2]))
+        return execute(self, query, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", counting)
+    return sent
+
+
+def _ended_events(store: tether.Store, sid: str) -> int:
+    return int(
+        store.backend.read(
+            lambda c: c.execute(
+                "SELECT COUNT(*) FROM events WHERE session_id = ? AND kind = 'ended'", (sid,)
+            ).fetchone()[0]
+        )
+    )
+
+
+def test_an_end_is_one_statement(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BEGIN, UPDATE, the event, COMMIT were four round trips; the end and its
+    event are now one statement (the event only for the row it ended)."""
+    with tether.open_store(db_url, load_plugins=False) as store:
+        h = store.session(source="cli")
+        h.append("user", "hi")
+        sent = _statements(store, monkeypatch)
+        assert h.end("completed", "done") is True
+        assert sent == ["WITH ended"], sent
+        s = store.get_session(h.id)
+        assert (s.end_reason, s.end_detail) == ("completed", "done")
+        assert _ended_events(store, h.id) == 1
+        # Ended elsewhere first: False, and no second event.
+        g = store.session(source="cli")
+        g.append("user", "hi")
+        store.end_session(g.id, "cli_close")
+        assert g.end() is False
+        assert _ended_events(store, g.id) == 1
+        assert store.get_session(g.id).end_reason == "cli_close"
+
+
+@pytest.mark.parametrize("landed", [True, False])
+def test_an_end_whose_commit_outcome_is_unknown_is_found_out(db_url: str, landed: bool) -> None:
+    """The connection lost around the end's commit: whether it landed or not, the
+    session ends once, with one event, and end() says it ended it."""
+    with tether.open_store(db_url, load_plugins=False) as store:
+        h = store.session(source="cli")
+        h.append("user", "hi")
+        real = store._append_statement
+        assert real is not None
+
+        def lost(query: str, params: object) -> int:
+            if query.lstrip().startswith("WITH ended"):
+                if landed:
+                    real(query, params)  # type: ignore[arg-type]
+                raise tether.CommitUnknownError("connection lost during COMMIT")
+            return real(query, params)  # type: ignore[arg-type]
+
+        store._append_statement = lost
+        assert h.end() is True
+        assert _ended_events(store, h.id) == 1
+        assert store.get_session(h.id).end_reason == "completed"

@@ -622,6 +622,19 @@ class MessageWrites:
         True if this call ended the session, False if it was already ended."""
 
         data = _ended_json(reason) if detail is None else None
+        if self._append_statement is not None:
+            # One statement (PostgreSQL). Not ended by it (ended already, taken
+            # over, gone), or a commit of unknown outcome that did not land: the
+            # transaction below tells those apart, as it always did.
+            now = self.clock.now()
+            text = data or _compact_json({"reason": reason, "detail": detail})
+            params = (now, reason, detail, session_id, epoch, text)
+            try:
+                if self._append_statement(sql.END_QUIETLY_ONE_STATEMENT, params) == 1:
+                    return True
+            except CommitUnknownError:
+                if self._ended_at(session_id, now, reason):
+                    return True
 
         def tx(c: Conn) -> bool:
             now = self.clock.now()
@@ -636,6 +649,14 @@ class MessageWrites:
             return False
 
         return self.backend.write(tx)
+
+    def _ended_at(self, session_id: str, at: float, reason: str) -> bool:
+        """After a commit of unknown outcome: did this very end land (its time is
+        this writer's clock reading, so a match is this end, not another's)?"""
+        found = self.backend.read(
+            lambda c: c.execute(sql.SELECT_END_WITNESS, (session_id,)).fetchone()
+        )
+        return found is not None and found[0] == at and found[1] == reason
 
     def _import(
         self,
