@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -578,7 +579,7 @@ def _statements(store: tether.Store, monkeypatch: pytest.MonkeyPatch) -> list[st
     execute = psycopg.Cursor.execute
     me = threading.get_ident()
 
-    def counting(self: psycopg.Cursor[object], query: object, *args: object, **kw: object) -> object:
+    def counting(self: Any, query: object, *args: object, **kw: object) -> object:
         if threading.get_ident() == me:
             sent.append(" ".join(str(query).split()[:2]))
         return execute(self, query, *args, **kw)  # type: ignore[arg-type]
