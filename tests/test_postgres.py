@@ -640,3 +640,61 @@ def test_an_end_whose_commit_outcome_is_unknown_is_found_out(db_url: str, landed
         assert h.end() is True
         assert _ended_events(store, h.id) == 1
         assert store.get_session(h.id).end_reason == "completed"
+
+
+# --- a session's first append in one round trip ---------------------------------------
+
+
+def test_a_first_append_is_one_statement(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BEGIN, the session, its created event, the message, COMMIT were five round
+    trips; with this process's owner row fresh they are one statement."""
+    with tether.open_store(db_url, load_plugins=False) as store:
+        first = store.session(source="cli")
+        first.append("user", "the owner row goes with this one")
+        h = store.session(source="web", title="t", cwd="/w", metadata={"k": "é"})
+        sent = _statements(store, monkeypatch)
+        assert h.append("user", "hi", meta={"turn": 1}).seq == 1
+        assert sent == ["WITH s"], sent
+        monkeypatch.undo()
+        s = store.get_session(h.id)
+        assert (s.source, s.title, s.cwd, s.metadata, s.message_count) == (
+            "web",
+            "t",
+            "/w",
+            {"k": "é"},
+            1,
+        )
+        assert s.owner_id == store.owner_id and s.root_id == h.id
+        (m,) = store.get_messages(h.id)
+        assert (m.seq, m.role, m.content, m.meta) == (1, "user", "hi", {"turn": 1})
+        created = store.backend.read(
+            lambda c: c.execute(
+                "SELECT COUNT(*) FROM events WHERE session_id = ? AND kind = 'created'", (h.id,)
+            ).fetchone()[0]
+        )
+        assert created == 1
+        assert h.append("assistant", "and on").seq == 2  # the handle knows its state
+        assert store.list_sessions().items[0].session.id == h.id  # newest first
+
+
+@pytest.mark.parametrize("landed", [True, False])
+def test_a_first_append_whose_commit_outcome_is_unknown_is_found_out(
+    db_url: str, landed: bool
+) -> None:
+    with tether.open_store(db_url, load_plugins=False) as store:
+        store.session(source="cli").append("user", "owner row written")
+        real = store._append_statement
+        assert real is not None
+
+        def lost(query: str, params: object) -> int:
+            if query.lstrip().startswith("WITH s"):
+                if landed:
+                    real(query, params)  # type: ignore[arg-type]
+                raise tether.CommitUnknownError("connection lost during COMMIT")
+            return real(query, params)  # type: ignore[arg-type]
+
+        store._append_statement = lost
+        h = store.session(source="cli")
+        assert h.append("user", "once").seq == 1
+        assert [m.content for m in store.get_messages(h.id)] == ["once"]
+        assert store.get_session(h.id).message_count == 1

@@ -57,8 +57,12 @@ if known < 4:
         sql.APPEND_ONE_STATEMENT.replace(", meta, payload)", ")")
         .replace(",\\n    ?::jsonb, to_jsonb(?::text) FROM bump", " FROM bump WHERE " + _EMPTY)
     )
+    sql.START_ROOT_ONE_STATEMENT = (
+        sql.START_ROOT_ONE_STATEMENT.replace(", meta, payload)", ")")
+        .replace(",\\n    ?::jsonb, to_jsonb(?::text) FROM s", " FROM s WHERE " + _EMPTY)
+    )
     assert "meta" not in sql.INSERT_MESSAGE + sql.APPEND_ONE_STATEMENT
-    assert "to_jsonb" not in sql.APPEND_ONE_STATEMENT
+    assert "to_jsonb" not in sql.APPEND_ONE_STATEMENT + sql.START_ROOT_ONE_STATEMENT
 """
 
 # A step older code survives (it never names the new table) and one it does not.

@@ -131,6 +131,23 @@ def root_session_params(
     )
 
 
+# PostgreSQL: a root session's first write of one message as one statement (one
+# round trip instead of five: BEGIN, the row, its created event, the message,
+# COMMIT), when this process's owner row need not be written with it. Nothing is
+# written if the id is taken (the event and the message come from the inserted
+# row), so a row count of 0 sends the writer through the transaction instead.
+# Parameters: root_session_params, the event's time and data, then the message's
+# nine fields (a Row).
+START_ROOT_ONE_STATEMENT = f"""
+WITH s AS ({INSERT_ROOT_SESSION.strip()}
+    RETURNING id),
+e AS (INSERT INTO events (at, session_id, kind, data)
+    SELECT ?::float8, id, 'created', ?::jsonb FROM s)
+INSERT INTO messages ({MESSAGE_WRITE_COLUMNS})
+SELECT id, 1, ?::text, ?::text, ?::jsonb, ?::text, ?::text, ?::float8, ?::text,
+    ?::jsonb, to_jsonb(?::text) FROM s
+"""
+
 SELECT_ROOT_OF = "SELECT root_id FROM sessions WHERE id = ?"
 
 # The chain rule: a chain's tip is its newest created member (greatest

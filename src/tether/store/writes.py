@@ -503,6 +503,15 @@ class MessageWrites:
         A commit of unknown outcome is resolved here (did it land?), so the
         caller never sees :class:`CommitUnknownError` and a retry never doubles.
         """
+        if (
+            new is not None
+            and new.parent_id is None
+            and len(rows) == 1
+            and self._append_statement is not None
+        ):
+            started = self._start_root_statement(new, rows[0])
+            if started is not None:
+                return started
         planned: list[WriteResult] = []  # what tx did, for an unknown commit
 
         def tx(c: Conn) -> WriteResult:
@@ -545,6 +554,35 @@ class MessageWrites:
                 # nothing was written by this attempt, so look the keys up this time.
                 check_keys = True
         raise self._unresolved(w.session_id)
+
+    def _start_root_statement(self, s: NewSession, row: Row) -> WriteResult | None:
+        """:meth:`_start_root` of one message in one statement (PostgreSQL); None
+        when it wrote nothing: the owner row is due (it goes in the transaction),
+        the id is taken, or a commit of unknown outcome did not land."""
+        assert self._append_statement is not None
+        if self._owner.row_due(self.clock.now()) is not None:
+            return None
+        sid = s.id
+        created = s.created_at
+        last = row[5]
+        activity = last if last - created >= ACTIVITY_RESOLUTION else created
+        params = (
+            *sql.root_session_params(
+                sid, s.source, s.model, s.title, s.cwd, s.origin, created, last,
+                self._owner.ensure(), s.metadata, 1, activity,
+            ),
+            self.clock.now(),
+            _created_json(s.source),
+            *row,
+        )  # fmt: skip
+        done = WriteResult([1], 1, sid, activity, False)
+        try:
+            if self._append_statement(sql.START_ROOT_ONE_STATEMENT, params) == 1:
+                return done
+        except CommitUnknownError:
+            if self._landed(sid, 1, row):
+                return done
+        return None
 
     def _all_landed(
         self, new: NewSession | None, session_id: str, rows: Sequence[Row], done: WriteResult
