@@ -619,6 +619,22 @@ def test_an_end_is_one_statement(db_url: str, monkeypatch: pytest.MonkeyPatch) -
         assert store.get_session(g.id).end_reason == "cli_close"
 
 
+def lose_commit(store: tether.Store, statement: str, landed: bool) -> None:
+    """The connection lost around the commit of each one-statement write that starts
+    with ``statement``: after it ran (``landed``) or before."""
+    real = store._append_statement
+    assert real is not None
+
+    def lost(query: str, params: Any) -> int:
+        if query.lstrip().startswith(statement):
+            if landed:
+                real(query, params)
+            raise tether.CommitUnknownError("connection lost during COMMIT")
+        return real(query, params)
+
+    store._append_statement = lost
+
+
 @pytest.mark.parametrize("landed", [True, False])
 def test_an_end_whose_commit_outcome_is_unknown_is_found_out(db_url: str, landed: bool) -> None:
     """The connection lost around the end's commit: whether it landed or not, the
@@ -626,17 +642,7 @@ def test_an_end_whose_commit_outcome_is_unknown_is_found_out(db_url: str, landed
     with tether.open_store(db_url, load_plugins=False) as store:
         h = store.session(source="cli")
         h.append("user", "hi")
-        real = store._append_statement
-        assert real is not None
-
-        def lost(query: str, params: object) -> int:
-            if query.lstrip().startswith("WITH ended"):
-                if landed:
-                    real(query, params)  # type: ignore[arg-type]
-                raise tether.CommitUnknownError("connection lost during COMMIT")
-            return real(query, params)  # type: ignore[arg-type]
-
-        store._append_statement = lost
+        lose_commit(store, "WITH ended", landed)
         assert h.end() is True
         assert _ended_events(store, h.id) == 1
         assert store.get_session(h.id).end_reason == "completed"
@@ -683,17 +689,7 @@ def test_a_first_append_whose_commit_outcome_is_unknown_is_found_out(
 ) -> None:
     with tether.open_store(db_url, load_plugins=False) as store:
         store.session(source="cli").append("user", "owner row written")
-        real = store._append_statement
-        assert real is not None
-
-        def lost(query: str, params: object) -> int:
-            if query.lstrip().startswith("WITH s"):
-                if landed:
-                    real(query, params)  # type: ignore[arg-type]
-                raise tether.CommitUnknownError("connection lost during COMMIT")
-            return real(query, params)  # type: ignore[arg-type]
-
-        store._append_statement = lost
+        lose_commit(store, "WITH s", landed)
         h = store.session(source="cli")
         assert h.append("user", "once").seq == 1
         assert [m.content for m in store.get_messages(h.id)] == ["once"]
