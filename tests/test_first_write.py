@@ -153,7 +153,7 @@ EVERY_FIELD = (
 )
 
 
-def test_a_first_append_with_every_field_leaves_the_row_persist_leaves(
+def test_a_first_append_writes_the_row_persist_then_append_writes(
     clocked: tether.Store,
 ) -> None:
     """The root row is bound by position (issue 15): each value lands in its column
