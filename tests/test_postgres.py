@@ -582,7 +582,7 @@ def _statements(store: tether.Store, monkeypatch: pytest.MonkeyPatch) -> list[st
     def counting(self: Any, query: object, *args: object, **kw: object) -> object:
         if threading.get_ident() == me:
             sent.append(" ".join(str(query).split()[:2]))
-        return execute(self, query, *args, **kw)  # type: ignore[arg-type]
+        return execute(self, query, *args, **kw)
 
     monkeypatch.setattr(psycopg.Cursor, "execute", counting)
     return sent

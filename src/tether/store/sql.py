@@ -131,6 +131,12 @@ def root_session_params(
     )
 
 
+# PostgreSQL: a Row's nine fields as typed parameters, for the one-statement
+# writes below (role, content, tool_calls, tool_call_id, tool_name, created_at,
+# idem_key, meta, payload: its exact text kept as a JSON string).
+ROW_CASTS = """?::text, ?::text, ?::jsonb, ?::text, ?::text, ?::float8, ?::text,
+    ?::jsonb, to_jsonb(?::text)"""
+
 # PostgreSQL: a root session's first write of one message as one statement (one
 # round trip instead of five: BEGIN, the row, its created event, the message,
 # COMMIT), when this process's owner row need not be written with it. Nothing is
@@ -144,8 +150,7 @@ WITH s AS ({INSERT_ROOT_SESSION.strip()}
 e AS (INSERT INTO events (at, session_id, kind, data)
     SELECT ?::float8, id, 'created', ?::jsonb FROM s)
 INSERT INTO messages ({MESSAGE_WRITE_COLUMNS})
-SELECT id, 1, ?::text, ?::text, ?::jsonb, ?::text, ?::text, ?::float8, ?::text,
-    ?::jsonb, to_jsonb(?::text) FROM s
+SELECT id, 1, {ROW_CASTS} FROM s
 """
 
 SELECT_ROOT_OF = "SELECT root_id FROM sessions WHERE id = ?"
@@ -216,7 +221,7 @@ WHERE id = ? AND epoch = ? AND ended_at IS NULL AND message_count = ?
 # (autocommit): one round trip instead of BEGIN, UPDATE, INSERT, COMMIT. The
 # INSERT reads from the UPDATE, so a stale count, epoch or an ended session
 # inserts nothing (row count 0) and the caller takes the slow path.
-APPEND_ONE_STATEMENT = """
+APPEND_ONE_STATEMENT = f"""
 WITH bump AS (
     UPDATE sessions SET message_count = ?, chain_message_count = chain_message_count + 1,
         last_active_at = ?
@@ -224,8 +229,7 @@ WITH bump AS (
     RETURNING id)
 INSERT INTO messages (session_id, seq, role, content, tool_calls, tool_call_id, tool_name,
     created_at, idem_key, meta, payload)
-SELECT id, ?::integer, ?::text, ?::text, ?::jsonb, ?::text, ?::text, ?::float8, ?::text,
-    ?::jsonb, to_jsonb(?::text) FROM bump
+SELECT id, ?::integer, {ROW_CASTS} FROM bump
 """
 
 
@@ -283,10 +287,8 @@ WHERE id = ? AND ended_at IS NULL AND epoch = ?
 # one round trip instead of four (BEGIN, UPDATE, INSERT, COMMIT); the event is
 # inserted only for the row the UPDATE ended, so the row count says whether this
 # statement ended it. Parameters: ended_at, reason, detail, id, epoch, event data.
-END_QUIETLY_ONE_STATEMENT = """
-WITH ended AS (
-    UPDATE sessions SET ended_at = ?, end_reason = ?, end_detail = ?
-    WHERE id = ? AND ended_at IS NULL AND epoch = ?
+END_QUIETLY_ONE_STATEMENT = f"""
+WITH ended AS ({END_SESSION_FENCED_QUIETLY.strip()}
     RETURNING id, ended_at)
 INSERT INTO events (at, session_id, kind, data) SELECT ended_at, id, 'ended', ?::jsonb FROM ended
 """
