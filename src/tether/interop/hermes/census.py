@@ -21,11 +21,9 @@ SOURCE_KEYS = ("total", "open", "ended", "ghosts")
 MESSAGE_KEYS = ("rows", "active", "compacted", "null_content", "dangling_tool_calls")
 NO_REASON = "(none)"  # an ended row whose end_reason is NULL (no release writes one)
 
-# Calls an assistant message asked for that no tool message of the same session
-# answers: what a process killed mid-tool leaves behind. (This form, the call ids in a
-# subquery, measured about 15% faster at 100k sessions than a correlated json_each.)
-# Dangling tool calls: each call of an assistant message (its id, from Hermes'
-# JSON list) that no tool message of the same session answers. The calls and the
+# Dangling tool calls (what a process killed mid-tool leaves behind): each call of
+# an assistant message (its id, from Hermes' JSON list) that no tool message of the
+# same session answers. The calls and the
 # answers are read in one pass each and compared as sets: a NOT EXISTS lookup per
 # call (the session's messages through Hermes' session index) cost 0.7 s of a
 # 100,000-session census, the two passes and the set about 0.5 s.
