@@ -564,7 +564,7 @@ ODD_TIMES += [1e15, 1e16, 123456789012345678.0, 1e300, 1800000000.123456, 0.1 + 
 def test_every_time_is_exported_as_python_spells_it(store: Store) -> None:
     """Sessions and messages at odd times round-trip byte for byte (a line the
     database cannot spell exactly is written by Python); on PostgreSQL the
-    database builds every line whose time it spells as Python does."""
+    server builds every message line whose time it spells as Python does."""
     from tether.store import sql_retention as q
     from tether.store.transfer import canonical
 
@@ -592,13 +592,13 @@ def test_every_time_is_exported_as_python_spells_it(store: Store) -> None:
     if store.backend.dialect == "postgresql":
         ids = [f"01ODD{i:021d}" for i in range(len(ODD_TIMES))]
         rows = store.backend.read_ordered(  # type: ignore[attr-defined]
-            lambda c: c.execute(q.export_group_rows("postgresql"), [ids]).fetchall()
+            lambda c: c.execute(
+                q.EXPORT_MESSAGE_ROWS, q.ids_json_param("postgresql", ids)
+            ).fetchall()
         )
-        text = "\n".join(f"{r[0]}\n{r[2]}" for r in rows)
         odd = [t for t in ODD_TIMES if not (1e-4 <= abs(t) < 1e15)]  # Python's lines
-        assert text.count(q.SESSION_HOLE) == len(odd)
-        assert text.count(q.MESSAGE_HOLE) == len(odd)
-        assert text.count("\n") + 1 == 3 * len(ODD_TIMES)
+        assert [r[0] for r in rows].count(q.MESSAGE_HOLE) == len(odd)
+        assert len(rows) == 2 * len(ODD_TIMES)
 
 
 @pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -629,6 +629,30 @@ def test_postgres_spells_floats_as_python_does_where_it_is_trusted(store: Store)
     assert [s for _, s in trusted] == [repr(x) for x, _ in trusted]
     assert all(s is not None for s in spelled[: len(times)])
     assert len(trusted) > 60_000
+
+
+def test_times_are_spelled_as_python_does_in_bulk() -> None:
+    """spell_times (orjson where it agrees with repr, repr elsewhere) spells every
+    value as repr does: times like time.time()'s, every decade, random bit
+    patterns, and groups mixing values inside and outside orjson's range."""
+    import random
+    import struct
+
+    from tether.store.transfer import spell_times
+
+    rng = random.Random(15)
+    times = [rng.uniform(1e9, 4.1e9) for _ in range(40_000)]
+    decades = [10 ** rng.uniform(-4, 16) for _ in range(30_000)]
+    decades = [x for x in decades if 1e-4 <= x < 1e16]
+    bits = []
+    while len(bits) < 30_000:
+        x = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+        if math.isfinite(x):
+            bits.append(x)
+    edges = [1e-4, 1e16 - 2, 9.999999999999998e15, 1.0, 2.0**52, 2.0**53, 1 / 3, 0.1 + 0.2]
+    for values in (times, decades, edges, bits, ODD_TIMES, [*times[:5], 1e-7], [5.0]):
+        assert spell_times(values) == list(map(repr, values))
+    assert spell_times([]) == []
 
 
 def test_plain_and_odd_messages_mixed_in_a_session_export_canonically(store: Store) -> None:

@@ -492,7 +492,7 @@ class Retention:
         def tx(c: Conn) -> list[str]:
             # One statement: an upsert per row is a round trip each on PostgreSQL.
             expires = self._liveness_now(c) + ttl
-            params = [*q.ids_param(dialect, ids), holder, expires]
+            params = [*q.ids_json_param(dialect, ids), holder, expires]
             claimed = c.execute(q.claim_rows(dialect, len(ids)), params)
             return [r[0] for r in claimed.fetchall()]
 
@@ -505,7 +505,7 @@ class Retention:
             return 0
         dialect = self.backend.dialect
         query = q.release_some(dialect, len(ids))
-        params = [holder, *q.ids_param(dialect, ids)]
+        params = [holder, *q.ids_json_param(dialect, ids)]
         return int(self.backend.write(lambda c: c.execute(query, params).rowcount))
 
     def release(self, holder: str) -> int:

@@ -7,6 +7,7 @@ spelled out as ``IN (?, ?, ...)`` of at most one batch.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..model import MESSAGE_READ_COLUMNS, MESSAGE_STATES
@@ -244,13 +245,15 @@ OLDEST_EVENT = "SELECT min(id) FROM events"
 
 def claim_rows(dialect: str, n: int) -> str:
     """Claim those of these sessions outside the trash in one statement (the ids
-    as :func:`ids_param` gives them, then holder and expires); returns the ids
+    as :func:`ids_json_param` gives them, then holder and expires); returns the ids
     claimed. On PostgreSQL the rows are locked for share first, so a prune
     deciding at the same time (it locks them for update) waits for this claim
     or is waited for."""
     lock = " ORDER BY id FOR SHARE" if dialect == "postgresql" else ""
     return f"""
-WITH got AS (SELECT id FROM sessions WHERE {ids_in(dialect, "id", n)} AND trashed_at IS NULL{lock})
+WITH got AS (
+    SELECT id FROM sessions WHERE {ids_in_json(dialect, "id", n)} AND trashed_at IS NULL{lock}
+)
 INSERT INTO claims (session_id, holder, expires_at)
 SELECT id, ?, ? FROM got WHERE true
 ON CONFLICT (session_id, holder) DO UPDATE SET expires_at = excluded.expires_at
@@ -263,8 +266,8 @@ RELEASE_CLAIMS = "DELETE FROM claims WHERE holder = ?"
 
 def release_some(dialect: str, n: int) -> str:
     """Drop a holder's claims on these sessions (the holder, then the ids as
-    :func:`ids_param` gives them): an export's pages once written."""
-    return f"DELETE FROM claims WHERE holder = ? AND {ids_in(dialect, 'session_id', n)}"
+    :func:`ids_json_param` gives them): an export's pages once written."""
+    return f"DELETE FROM claims WHERE holder = ? AND {ids_in_json(dialect, 'session_id', n)}"
 
 
 DELETE_EXPIRED_CLAIMS = "DELETE FROM claims WHERE expires_at <= ?"
@@ -498,6 +501,25 @@ def ids_param(dialect: str, ids: list[str]) -> list[Any]:
     return [ids] if dialect == "postgresql" else ids
 
 
+# On PostgreSQL, a long list of ids as one JSON text: psycopg dumps a list as an
+# array element by element (2.9 ms a statement with 600 ids, 1.1 as JSON: more
+# than an export's query of them took), json.dumps in C. An initplan unpacks it
+# once, then the key's index is walked as with an array; only where the column
+# is a key (the planner knows no size for the array, so only a key's index is
+# sure to be chosen): an export's and its claims' sessions, by id.
+_JSON_IDS = "ANY(ARRAY(SELECT json_array_elements_text(CAST(? AS json))))"
+
+
+def ids_in_json(dialect: str, column: str, n: int) -> str:
+    """:func:`ids_in` of a key, the ids passed by :func:`ids_json_param`."""
+    return f"{column} = {_JSON_IDS}" if dialect == "postgresql" else ids_in(dialect, column, n)
+
+
+def ids_json_param(dialect: str, ids: list[str]) -> list[Any]:
+    """The parameters of one :func:`ids_in_json`."""
+    return [json.dumps(ids)] if dialect == "postgresql" else ids
+
+
 def _session_rest(dialect: str) -> str:
     return _members(
         dialect,
@@ -513,30 +535,30 @@ def _session_rest(dialect: str) -> str:
     )
 
 
-def export_session_lines(dialect: str, n: int, *, only_odd: bool = False) -> str:
+def export_session_lines(dialect: str, n: int) -> str:
     """These sessions (outside the trash), by id, as the pieces of their lines:
     created_at, cwd, end_detail, end_reason, ended_at, id, last_active_at,
-    message_count, metadata, then the rest of the line (model to type).
-    ``only_odd`` (PostgreSQL): those export_group_rows leaves to Python."""
+    message_count, metadata, then the rest of the line (model to type)."""
     q = _quote
-    odd = f" AND {_session_line(dialect)} IS NULL" if only_odd else ""
     return f"""
 SELECT s.created_at, {q(dialect, "s.cwd")}, {q(dialect, "s.end_detail")},
     {q(dialect, "s.end_reason")}, s.ended_at, {q(dialect, "s.id")}, s.last_active_at,
     s.message_count, s.metadata, {_session_rest(dialect)}
-FROM sessions s WHERE {ids_in(dialect, "s.id", n)} AND s.trashed_at IS NULL{odd} ORDER BY s.id
+FROM sessions s WHERE {ids_in(dialect, "s.id", n)} AND s.trashed_at IS NULL ORDER BY s.id
 """
 
 
-def export_session_pieces(n: int) -> str:
-    """SQLite: :func:`export_session_lines` with ended_at and metadata as 'null'
-    when NULL, so that one ``%`` of transfer.SESSION_TEMPLATE spells the line."""
+def export_session_pieces(dialect: str, n: int) -> str:
+    """:func:`export_session_lines` for transfer.session_piece_lines, which
+    spells the times and makes the metadata canonical (SQLite: 'null' when NULL;
+    PostgreSQL: decoded by the driver, None when NULL)."""
     q = _quote
+    meta = "coalesce(s.metadata, 'null')" if dialect == "sqlite" else "s.metadata"
     return f"""
-SELECT s.created_at, {q("sqlite", "s.cwd")}, {q("sqlite", "s.end_detail")},
-    {q("sqlite", "s.end_reason")}, coalesce(s.ended_at, 'null'), {q("sqlite", "s.id")},
-    s.last_active_at, s.message_count, coalesce(s.metadata, 'null'), {_session_rest("sqlite")}
-FROM sessions s WHERE {ids_in("sqlite", "s.id", n)} AND s.trashed_at IS NULL ORDER BY s.id
+SELECT s.created_at, {q(dialect, "s.cwd")}, {q(dialect, "s.end_detail")},
+    {q(dialect, "s.end_reason")}, s.ended_at, {q(dialect, "s.id")},
+    s.last_active_at, s.message_count, {meta}, {_session_rest(dialect)}
+FROM sessions s WHERE {ids_in_json(dialect, "s.id", n)} AND s.trashed_at IS NULL ORDER BY s.id
 """
 
 
@@ -588,25 +610,31 @@ def export_message_lines(dialect: str, n: int) -> str:
 # word: nothing to escape). Python spells its line with one % of its session's
 # template (transfer.plain_template); SQLite builds no JSON for it, which was
 # two thirds of the export's SQL time (measured on 100,000 messages).
-_SIMPLE = (
+_PLAIN_BUT_ROLE = (
     f"{_PLAIN} AND m.idem_key IS NULL AND m.tool_call_id IS NULL AND m.tool_name IS NULL "
-    f"AND m.state = 'active' AND m.role IN ({', '.join(repr(r) for r in sorted(ROLES))})"
+    "AND m.state = 'active'"
 )
+_SIMPLE = f"{_PLAIN_BUT_ROLE} AND m.role IN ({', '.join(repr(r) for r in sorted(ROLES))})"
 
 
 def export_plain_messages(n: int) -> str:
-    """SQLite: the messages of these sessions, by session and seq, as content (a
-    JSON string), created_at, role (NULL: not plain, see export_odd_messages) and seq."""
+    """SQLite: the messages of these sessions, by session and seq, as content (its
+    text: Python's encoder spells it, mapped in C), created_at, role and seq.
+    The role is NULL when the message is not plain but for its role; a role
+    outside ROLES makes it not plain either, which Python checks (a set's
+    superset test, in C: the ``IN`` cost SQLite a tenth of the export's SQL
+    time). Either way see export_odd_messages."""
     where = _MESSAGES_OF.format(ids=ids_in("sqlite", "s.id", n))
     return (
-        f"SELECT {_quote('sqlite', 'm.content')}, m.created_at, "
-        f"CASE WHEN {_SIMPLE} THEN m.role END, m.seq\n{where}\nORDER BY s.id, m.seq"
+        "SELECT m.content, m.created_at, "
+        f"CASE WHEN {_PLAIN_BUT_ROLE} THEN m.role END, m.seq\n{where}\nORDER BY s.id, m.seq"
     )
 
 
 def export_odd_messages(n: int, *, nested: bool = False) -> str:
-    """SQLite: the messages export_plain_messages leaves NULL, in the same order, as
-    export_message_lines does (``nested``: as export_nested_messages does)."""
+    """SQLite: the messages export_plain_messages leaves out (NULL or another
+    role), in the same order, as export_message_lines does (``nested``: as rows of
+    MESSAGE_READ_COLUMNS, those whose nested JSON Python makes canonical)."""
     where = _MESSAGES_OF.format(ids=ids_in("sqlite", "s.id", n))
     if nested:
         return f"SELECT {_MESSAGE_ROWS}\n{where} AND NOT ({_PLAIN})\nORDER BY s.id, m.seq"
@@ -617,26 +645,17 @@ def export_odd_messages(n: int, *, nested: bool = False) -> str:
 _MESSAGE_ROWS = ", ".join(f"m.{c.strip()}" for c in MESSAGE_READ_COLUMNS.split(","))
 
 
-def export_nested_messages(dialect: str, n: int, *, only_odd: bool = False) -> str:
-    """The rows (MESSAGE_READ_COLUMNS) of the messages export_message_lines left
-    NULL, in the same order: their nested JSON is made canonical in Python.
-    ``only_odd`` (PostgreSQL): those export_group_rows leaves to Python (also
-    those whose time PostgreSQL does not spell as Python does)."""
-    where = _MESSAGES_OF.format(ids=ids_in(dialect, "s.id", n))
-    odd = f"{_message_line(dialect)} IS NULL" if only_odd else f"NOT ({_PLAIN})"
-    return f"SELECT {_MESSAGE_ROWS}\n{where} AND {odd}\nORDER BY s.id, m.seq"
-
-
-# --- whole lines on PostgreSQL ----------------------------------------------------
+# --- message lines on PostgreSQL -------------------------------------------------
 # PostgreSQL (12 and later, extra_float_digits >= 1: the transaction sets it)
 # prints a float8 with the shortest digits that read back to the same value,
 # as Python's repr does; the two spell them alike in positional notation,
 # which both use from 1e-4 up to 1e15 (Python's repr also adds ".0" to an
-# integral value). So there the database builds whole lines; any other
-# time, and nested JSON, make the line NULL: Python writes it (checked on
-# 700,000 values, 100,000 of them in a test; another compares every line with
-# ``canonical``).
-# Every other piece of a line is never NULL (coalesce(..., 'null')).
+# integral value). So there the server builds a message's whole line; any
+# other time, and nested JSON, make the line NULL: Python writes it (checked
+# on 700,000 values, 100,000 of them in a test; another compares every line
+# with ``canonical``). Every other piece of a line is never NULL
+# (coalesce(..., 'null')). Session lines are Python's (transfer.SESSION_TEMPLATE):
+# a tenth of the lines, and one float format call per group for their times.
 
 
 def _pg_float(expr: str) -> str:
@@ -647,50 +666,43 @@ def _pg_float(expr: str) -> str:
     )
 
 
-def _session_line(dialect: str) -> str:
-    """A session's whole line (PostgreSQL), NULL when Python must write it."""
-    q = _quote
-    ended = "s.ended_at"
-    return (
-        f"""'{{"created_at":' || {_pg_float("s.created_at")} || ',"cwd":' || """
-        f"""{q(dialect, "s.cwd")} || ',"end_detail":' || {q(dialect, "s.end_detail")} || """
-        f"""',"end_reason":' || {q(dialect, "s.end_reason")} || ',"ended_at":' || """
-        f"""CASE WHEN {ended} IS NULL THEN 'null' ELSE {_pg_float(ended)} END || ',"id":' || """
-        f"""{q(dialect, "s.id")} || ',"last_active_at":' || {_pg_float("s.last_active_at")} """
-        f"""|| ',"message_count":' || s.message_count::text || ',"metadata":' || """
-        f"""CASE WHEN s.metadata IS NULL THEN 'null' END || ',' || {_session_rest(dialect)}"""
-    )
-
-
-def _message_line(dialect: str) -> str:
-    """A message's whole line (PostgreSQL), NULL when Python must write it."""
-    content, rest = _message_parts(dialect, lead=",")
+def _message_line() -> str:
+    """A message's whole line (PostgreSQL), NULL when Python must write it. A plain
+    one (see _SIMPLE: most of a conversation) takes the constants of its line as
+    one literal between five values, the others every column's JSON."""
+    content, rest = _message_parts("postgresql", lead=",")
     at = _pg_float("m.created_at")
-    return f"""'{{"content":' || {content} || ',"created_at":' || {at} || {rest}"""
+    plain = (
+        f"""'{{"content":' || {content} || ',"created_at":' || {at} || """
+        """',"idem_key":null,"meta":null,"payload":null,"role":"' || m.role || '","seq":' """
+        """|| m.seq::text || ',"session_id":' || to_json(m.session_id)::text || """
+        """',"state":"active","tool_call_id":null,"tool_calls":null,"tool_name":null,"""
+        """"type":"message"}'"""
+    )
+    other = f"""'{{"content":' || {content} || ',"created_at":' || {at} || {rest}"""
+    return f"CASE WHEN {_SIMPLE} THEN {plain} ELSE {other} END"
 
 
 # A placeholder for a line Python writes: a control character, which no line can
 # hold (the JSON encoders escape every one).
-SESSION_HOLE = "\x02"
 MESSAGE_HOLE = "\x03"
 
+# PostgreSQL: the lines of these sessions' messages (ids_json_param of the group's
+# sessions outside the trash), by session and seq, each built by the server or
+# MESSAGE_HOLE where Python writes it (EXPORT_HOLE_MESSAGES). One index range in
+# key order, no join, no sort, no aggregate: a per-session string_agg sorted each
+# session's ten messages and cost the server a fifth more (a join, more yet). The
+# counts are those of the sessions read in the same snapshot (transfer checks).
+EXPORT_MESSAGE_ROWS = f"""
+SELECT coalesce({_message_line()}, chr(3)) FROM messages m
+WHERE m.session_id = {_JSON_IDS} ORDER BY m.session_id, m.seq
+"""
 
-def export_group_rows(dialect: str) -> str:
-    """PostgreSQL: a group of sessions (an array of ids), by id: each one's line,
-    its message_count, its messages up to that count as one text (NULL: none)
-    and how many they are. Every line is built by the server except the
-    placeholders SESSION_HOLE and MESSAGE_HOLE (see ``only_odd``). One row per
-    session, not one per line; each session's messages are read in key order
-    by one index range (a join of the group's sessions and messages cost the
-    server a quarter more, an ordered aggregate of the whole group more yet)."""
-    return f"""
-SELECT coalesce({_session_line(dialect)}, chr(2)), s.message_count, x.text, x.n
-FROM sessions s CROSS JOIN LATERAL (
-    SELECT string_agg(coalesce({_message_line(dialect)}, chr(3)), E'\\n' ORDER BY m.seq) AS text,
-        count(*) AS n
-    FROM messages m WHERE m.session_id = s.id AND m.seq <= s.message_count
-) AS x
-WHERE s.id = ANY(?) AND s.trashed_at IS NULL ORDER BY s.id
+# Their rows (MESSAGE_READ_COLUMNS) where EXPORT_MESSAGE_ROWS left a hole, in order.
+EXPORT_HOLE_MESSAGES = f"""
+SELECT {_MESSAGE_ROWS} FROM messages m
+WHERE m.session_id = {_JSON_IDS} AND ({_message_line()}) IS NULL
+ORDER BY m.session_id, m.seq
 """
 
 
