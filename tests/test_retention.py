@@ -561,6 +561,16 @@ def _rows_read(plan: dict[str, Any], relation: str) -> int:
     return own + sum(_rows_read(p, relation) for p in plan.get("Plans", []))
 
 
+# PostgreSQL: 3,000 trashed chains of one session each, ten trashed at each time.
+TRASHED_ROOTS_3000 = """
+INSERT INTO sessions (id, source, root_id, created_at, last_active_at, ended_at, end_reason,
+    message_count, trashed_at, chain_tip_id, chain_last_active_at)
+SELECT 'T' || lpad(i::text, 25, '0'), 'cli', 'T' || lpad(i::text, 25, '0'),
+    1, 1, 1, 'completed', 0, 1000 + i / 10, 'T' || lpad(i::text, 25, '0'), 1
+FROM generate_series(1, 3000) AS i
+"""
+
+
 @pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_a_purge_batch_reads_its_share_of_the_trash_not_all_of_it(db_url: str) -> None:
     """PostgreSQL: the statement that picks a purge batch walks the trash index in
@@ -575,16 +585,7 @@ def test_a_purge_batch_reads_its_share_of_the_trash_not_all_of_it(db_url: str) -
         far = store.clock.now() + 1e6
 
         def fill(c: Any) -> None:
-            c.execute(
-                """
-                INSERT INTO sessions (id, source, root_id, created_at, last_active_at,
-                    ended_at, end_reason, message_count, trashed_at, chain_tip_id,
-                    chain_last_active_at)
-                SELECT 'T' || lpad(i::text, 25, '0'), 'cli', 'T' || lpad(i::text, 25, '0'),
-                    1, 1, 1, 'completed', 0, 1000 + i / 10, 'T' || lpad(i::text, 25, '0'), 1
-                FROM generate_series(1, 3000) AS i
-                """
-            )
+            c.execute(TRASHED_ROOTS_3000)
             # A mirror's live claims on 20,000 other sessions.
             c.execute(
                 "INSERT INTO claims (session_id, holder, expires_at)"
@@ -627,16 +628,7 @@ def test_a_purge_batch_locks_its_chains_by_index_not_the_whole_table(db_url: str
     with later(db_url) as store:
 
         def fill(c: Any) -> None:
-            c.execute(
-                """
-                INSERT INTO sessions (id, source, root_id, created_at, last_active_at,
-                    ended_at, end_reason, message_count, trashed_at, chain_tip_id,
-                    chain_last_active_at)
-                SELECT 'T' || lpad(i::text, 25, '0'), 'cli', 'T' || lpad(i::text, 25, '0'),
-                    1, 1, 1, 'completed', 0, 1000 + i, 'T' || lpad(i::text, 25, '0'), 1
-                FROM generate_series(1, 3000) AS i
-                """
-            )
+            c.execute(TRASHED_ROOTS_3000)
             # Each one's events, the trash's oldest first, then newer ones of others.
             c.execute(
                 "INSERT INTO events (at, session_id, kind) SELECT 1, 'T' || lpad(i::text, 25, '0'),"
