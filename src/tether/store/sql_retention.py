@@ -538,23 +538,13 @@ def _session_rest(dialect: str) -> str:
     )
 
 
-def export_session_lines(dialect: str, n: int) -> str:
+def export_session_pieces(dialect: str, n: int) -> str:
     """These sessions (outside the trash), by id, as the pieces of their lines:
     created_at, cwd, end_detail, end_reason, ended_at, id, last_active_at,
-    message_count, metadata, then the rest of the line (model to type)."""
-    q = _quote
-    return f"""
-SELECT s.created_at, {q(dialect, "s.cwd")}, {q(dialect, "s.end_detail")},
-    {q(dialect, "s.end_reason")}, s.ended_at, {q(dialect, "s.id")}, s.last_active_at,
-    s.message_count, s.metadata, {_session_rest(dialect)}
-FROM sessions s WHERE {ids_in(dialect, "s.id", n)} AND s.trashed_at IS NULL ORDER BY s.id
-"""
-
-
-def export_session_pieces(dialect: str, n: int) -> str:
-    """:func:`export_session_lines` for transfer.session_piece_lines, which
-    spells the times and makes the metadata canonical (SQLite: 'null' when NULL;
-    PostgreSQL: decoded by the driver, None when NULL)."""
+    message_count, metadata, then the rest of the line (model to type), for
+    transfer.session_piece_lines, which spells the times and makes the metadata
+    canonical (SQLite: 'null' when NULL; PostgreSQL: decoded by the driver,
+    None when NULL). The ids as :func:`ids_json_param` gives them."""
     q = _quote
     meta = "coalesce(s.metadata, 'null')" if dialect == "sqlite" else "s.metadata"
     return f"""
@@ -567,7 +557,7 @@ FROM sessions s WHERE {ids_in_json(dialect, "s.id", n)} AND s.trashed_at IS NULL
 
 _PLAIN = "m.tool_calls IS NULL AND m.meta IS NULL AND m.payload IS NULL"
 # The sessions' messages up to their counts (appends after the snapshot's row are
-# not this export's); the sessions are those of export_session_lines.
+# not this export's); the sessions are those of export_session_pieces.
 _MESSAGES_OF = """FROM sessions s
 JOIN messages m ON m.session_id = s.id AND m.seq <= s.message_count
 WHERE {ids} AND s.trashed_at IS NULL"""

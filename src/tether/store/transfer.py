@@ -205,8 +205,9 @@ def _message_lines(rows: list[Any], nested: list[Any]) -> Iterable[str]:
     return [message_row_line(next(full)) if r[2] is None else MESSAGE_TEMPLATE % r for r in rows]
 
 
-_REST = itemgetter(2)  # the rest of a message line's row: None when nested JSON
-_ROLE = itemgetter(2)  # the role of a row of export_plain_messages: not in ROLES when not plain
+# The third column: the rest of a message line's row (None when nested JSON), or
+# the role of a row of export_plain_messages (not in ROLES when not plain).
+_THIRD = itemgetter(2)
 _FIRST = itemgetter(0)
 MESSAGE_HOLE = q.MESSAGE_HOLE
 _HOLE = re.compile(MESSAGE_HOLE)
@@ -228,22 +229,11 @@ def _page_reader(query: str, sid: str, after: int, upto: int) -> Callable[[Conn]
     def run(c: Conn) -> list[str]:
         rows = c.execute(query, (sid, after, upto)).fetchall()
         nested = []
-        if None in map(_REST, rows):
+        if None in map(_THIRD, rows):
             nested = c.execute(q.EXPORT_NESTED_PAGE, (sid, after, upto)).fetchall()
         return list(_message_lines(rows, nested))
 
     return run
-
-
-def session_row_line(row: Sequence[Any]) -> str:
-    """:func:`session_line` from the pieces of sql_retention.export_session_lines."""
-    created, cwd, detail, reason, ended, sid, active, count, metadata, rest = row
-    return (
-        f'{{"created_at":{float(created)!r},"cwd":{cwd},"end_detail":{detail},'
-        f'"end_reason":{reason},"ended_at":{"null" if ended is None else repr(float(ended))},'
-        f'"id":{sid},"last_active_at":{float(active)!r},"message_count":{int(count)},'
-        f'"metadata":{_nested(metadata)},{rest}'
-    )
 
 
 # Where orjson spells a float as Python's repr does: both write the shortest
@@ -270,7 +260,7 @@ def spell_texts(values: Sequence[str | None]) -> list[str]:
     return list(map(_encode_text, values))  # type: ignore[arg-type]
 
 
-# A session line from sql_retention.export_session_pieces (SQLite), its times
+# A session line from sql_retention.export_session_pieces, its times
 # spelled by spell_times (ended_at: 'null' when NULL) and its metadata canonical.
 SESSION_TEMPLATE = (
     '{"created_at":%s,"cwd":%s,"end_detail":%s,"end_reason":%s,"ended_at":%s,"id":%s,'
@@ -729,9 +719,9 @@ class Transfer:
             messages = c.execute(q.export_plain_messages(n), ids).fetchall()
             odd = nested = []
             # In C, no Python call per row: a NULL role, or one outside ROLES.
-            if not ROLES.issuperset(map(_ROLE, messages)):
+            if not ROLES.issuperset(map(_THIRD, messages)):
                 odd = c.execute(q.export_odd_messages(n), ids).fetchall()
-                if None in map(_REST, odd):
+                if None in map(_THIRD, odd):
                     nested = c.execute(q.export_odd_messages(n, nested=True), ids).fetchall()
             return sessions, messages, odd, nested
 
@@ -798,9 +788,8 @@ class Transfer:
         lines_query = q.export_message_page(dialect)
 
         def first(c: Conn) -> tuple[Any, list[str]]:
-            found = c.execute(
-                q.export_session_lines(dialect, 1), q.ids_param(dialect, [sid])
-            ).fetchone()
+            query = q.export_session_pieces(dialect, 1)
+            found = c.execute(query, q.ids_json_param(dialect, [sid])).fetchone()
             if found is None:
                 return None, []
             return found, _page_reader(lines_query, sid, 0, min(found[7], MESSAGE_PAGE))(c)
@@ -809,7 +798,7 @@ class Transfer:
         if row is None:
             return 0
         count = row[7]
-        yield session_row_line(row) + "\n"
+        yield session_piece_lines([row])[0] + "\n"
         after = 0
         while True:
             upto = min(count, after + MESSAGE_PAGE)

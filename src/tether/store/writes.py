@@ -122,6 +122,13 @@ _MANY_MAX = 1000
 # than the append itself.
 ACTIVITY_RESOLUTION = 1.0
 
+
+def _first_activity(created: float, last: float) -> float:
+    """A new root's listing key: its last message's time, as BUMP_ROOT(_ACTIVE)
+    would move it from its creation."""
+    return last if last - created >= ACTIVITY_RESOLUTION else created
+
+
 # A message ready to insert: role, content, tool_calls JSON, tool_call_id,
 # tool_name, created_at, idem_key, meta JSON, payload JSON.
 Row = tuple[
@@ -209,8 +216,7 @@ class MessageWrites:
         n = len(fresh)
         created = s.created_at
         last = fresh[-1][5] if n else created
-        # The listing's activity key moves as BUMP_ROOT(_ACTIVE) would move it.
-        activity = last if last - created >= ACTIVITY_RESOLUTION else created
+        activity = _first_activity(created, last)
         owner_id, owner_written = self._session_owner(c)
         params = sql.root_session_params(
             sid, s.source, s.model, s.title, s.cwd, s.origin, created, last, owner_id,
@@ -565,7 +571,7 @@ class MessageWrites:
         sid = s.id
         created = s.created_at
         last = row[5]
-        activity = last if last - created >= ACTIVITY_RESOLUTION else created
+        activity = _first_activity(created, last)
         params = (
             *sql.root_session_params(
                 sid, s.source, s.model, s.title, s.cwd, s.origin, created, last,
@@ -659,13 +665,16 @@ class MessageWrites:
         ``on_session_end`` hook is implemented, so the row is not read back.
         True if this call ended the session, False if it was already ended."""
 
-        data = _ended_json(reason) if detail is None else None
+        text = (
+            _ended_json(reason)
+            if detail is None
+            else _compact_json({"reason": reason, "detail": detail})
+        )
         if self._append_statement is not None:
             # One statement (PostgreSQL). Not ended by it (ended already, taken
             # over, gone), or a commit of unknown outcome that did not land: the
             # transaction below tells those apart, as it always did.
             now = self.clock.now()
-            text = data or _compact_json({"reason": reason, "detail": detail})
             params = (now, reason, detail, session_id, epoch, text)
             try:
                 if self._append_statement(sql.END_QUIETLY_ONE_STATEMENT, params) == 1:
@@ -678,7 +687,6 @@ class MessageWrites:
             now = self.clock.now()
             params = (now, reason, detail, session_id, epoch)
             if c.execute(sql.END_SESSION_FENCED_QUIETLY, params).rowcount == 1:
-                text = data or _compact_json({"reason": reason, "detail": detail})
                 c.execute(sql.INSERT_EVENT, (now, session_id, "ended", text))
                 return True
             err = self._write_state_error(c, session_id, epoch)
