@@ -734,3 +734,90 @@ def test_the_next_page_is_claimed_ahead_and_every_claim_released(
         text = "".join(reader.export_text(page=2))  # whole, page after page
         assert text.count('"type":"session"') == 6
         assert claimed(reader) == []
+
+
+def test_postgres_reads_the_next_group_while_this_one_is_written(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a group's read starts on the read-ahead thread before the group
+    before it is handed to the consumer (the server builds it meanwhile); SQLite
+    reads on the consumer's thread. The output is the same either way, and an
+    export closed midway leaves no read behind."""
+    from tether.store import transfer
+
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 2)  # one session of two messages a group
+    monkeypatch.setattr(transfer, "GROUP_PAGES", {})
+    with tether.open_store(db_url, load_plugins=False) as w:
+        for i in range(5):
+            h = w.session(source="cli")
+            h.append("user", f"m{i}")
+            h.append("assistant", "ok")
+            h.end("completed")
+    reads: list[tuple[list[str], str]] = []
+    real = transfer.Transfer._read_group
+
+    def recorded(self: transfer.Transfer, ids: list[str]) -> object:
+        reads.append((ids, threading.current_thread().name))
+        return real(self, ids)
+
+    monkeypatch.setattr(transfer.Transfer, "_read_group", recorded)
+    with tether.open_store(db_url, load_plugins=False) as reader:
+        whole = "".join(reader.export_text())
+        assert whole.count('"type":"session"') == 5
+        # By group, in id order (the reads of two groups run at once: any order).
+        names = [name for _ids, name in sorted(reads)]
+        if reader.backend.dialect == "postgresql":
+            # The first group of each page on the consumer's thread, the rest ahead.
+            assert names == ["MainThread"] + [transfer.GROUP_READER_NAME] * 4
+        else:
+            assert names == ["MainThread"] * 5
+        read_ids = [i for ids, _name in reads for i in ids]
+        assert len(read_ids) == len(set(read_ids)) == 5  # each session read once
+        reads.clear()
+        chunks = reader.export_text()
+        first = next(chunks)
+        if reader.backend.dialect == "postgresql":
+            _wait_for(lambda: len(reads) == 2, "the second group's read, ahead")
+        chunks.close()
+        assert not [t for t in threading.enumerate() if t.name == transfer.GROUP_READER_NAME]
+        assert whole.startswith(first)
+
+
+def test_a_failed_read_ahead_reaches_the_consumer_at_its_group(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's read that fails (here the second, on the read-ahead thread on
+    PostgreSQL) raises its error in the consumer when that group is due, after
+    the groups before it were written, and leaves no read behind."""
+    from tether.errors import StoreError
+    from tether.store import transfer
+
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 2)
+    monkeypatch.setattr(transfer, "GROUP_PAGES", {})
+    made = []
+    with tether.open_store(db_url, load_plugins=False) as w:
+        for i in range(3):
+            h = w.session(source="cli")
+            h.append("user", f"m{i}")
+            h.append("assistant", "ok")
+            h.end("completed")
+            made.append(h.id)
+    second = sorted(made)[1]
+    real = transfer.Transfer._read_group
+
+    def failing(self: transfer.Transfer, ids: list[str]) -> object:
+        if ids == [second]:
+            raise StoreError("the store went away")
+        return real(self, ids)
+
+    monkeypatch.setattr(transfer.Transfer, "_read_group", failing)
+    with tether.open_store(db_url, load_plugins=False) as reader:
+        chunks = reader.export_text()
+        assert next(chunks).count('"type":"session"') == 1
+        with pytest.raises(StoreError, match="went away"):
+            next(chunks)
+        assert not [t for t in threading.enumerate() if t.name == transfer.GROUP_READER_NAME]
+        assert (
+            reader.backend.read(lambda c: c.execute("SELECT COUNT(*) FROM claims").fetchone()[0])
+            == 0
+        )  # the export's claims released
