@@ -112,3 +112,34 @@ def test_listing_is_o_page_on_a_large_store(tmp_path: Path) -> None:
     # A full scan of 20,000 rows would take far more than a few thousand VM steps.
     assert len(steps) * 100 < 20000, len(steps) * 100
     s.close()
+
+
+def test_bulk_writes_wake_the_checkpointer_before_the_wal_backstop(tmp_path: Path) -> None:
+    """A few commits that each change thousands of rows (a purge batch, an import)
+    wake the background checkpointer, as many small commits do: otherwise the WAL
+    grows to the backstop and the writer checkpoints inline, holding the write
+    lock for tens of milliseconds (a purge's longest batches: 60 to 77 ms, every
+    ~70 batches, against a median of 5)."""
+    store = tether.open_store(tmp_path / "bulk.db", load_plugins=False)
+    backend = store.backend
+    assert isinstance(backend, sqlite_backend.SQLiteBackend)
+    rows = [(float(i), "bulk") for i in range(sqlite_backend._CHECKPOINT_ROWS // 4 + 1)]
+    for _ in range(4):  # far fewer commits than _CHECKPOINT_EVERY
+        backend.write(lambda c: c.executemany("INSERT INTO events (at, kind) VALUES (?, ?)", rows))
+    assert backend._checkpointer is not None and backend._checkpointer.is_alive()
+    store.close()
+
+
+def test_small_writes_wake_the_checkpointer_by_their_count(tmp_path: Path) -> None:
+    """Appends of a row or two wake it every _CHECKPOINT_EVERY commits, not sooner."""
+    store = tether.open_store(tmp_path / "small.db", load_plugins=False)
+    backend = store.backend
+    assert isinstance(backend, sqlite_backend.SQLiteBackend)
+    h = store.session(source="cli")
+    for i in range(sqlite_backend._CHECKPOINT_EVERY - 10):
+        h.append("user", f"m{i}")
+    assert backend._checkpointer is None
+    for i in range(20):
+        h.append("user", f"n{i}")
+    assert backend._checkpointer is not None
+    store.close()
