@@ -399,6 +399,19 @@ def _wait_for(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> Non
         time.sleep(0.005)
 
 
+def _ended_sessions(db_url: str, n: int) -> list[str]:
+    """``n`` ended sessions of two messages each; their ids."""
+    ids = []
+    with tether.open_store(db_url, load_plugins=False) as w:
+        for i in range(n):
+            h = w.session(source="cli")
+            h.append("user", f"m{i}")
+            h.append("assistant", "ok")
+            h.end("completed")
+            ids.append(h.id)
+    return ids
+
+
 def _one_big_session(db_url: str, n: int = 8) -> str:
     with tether.open_store(db_url, load_plugins=False) as w:
         h = w.session(source="cli")
@@ -702,14 +715,7 @@ def test_the_next_page_is_claimed_ahead_and_every_claim_released(
     from tether.store import transfer
 
     monkeypatch.setattr(transfer, "MESSAGE_PAGE", 2)  # small groups: several chunks
-    with tether.open_store(db_url, load_plugins=False) as w:
-        ids = []
-        for i in range(6):
-            h = w.session(source="cli")
-            h.append("user", f"m{i}")
-            h.append("assistant", "ok")
-            h.end("completed")
-            ids.append(h.id)
+    ids = _ended_sessions(db_url, 6)
 
     def claimed(store: Store) -> list[str]:
         rows = store.backend.read(
@@ -747,12 +753,7 @@ def test_postgres_reads_the_next_group_while_this_one_is_written(
 
     monkeypatch.setattr(transfer, "MESSAGE_PAGE", 2)  # one session of two messages a group
     monkeypatch.setattr(transfer, "GROUP_PAGES", {})
-    with tether.open_store(db_url, load_plugins=False) as w:
-        for i in range(5):
-            h = w.session(source="cli")
-            h.append("user", f"m{i}")
-            h.append("assistant", "ok")
-            h.end("completed")
+    _ended_sessions(db_url, 5)
     reads: list[tuple[list[str], str]] = []
     real = transfer.Transfer._read_group
 
@@ -794,15 +795,7 @@ def test_a_failed_read_ahead_reaches_the_consumer_at_its_group(
 
     monkeypatch.setattr(transfer, "MESSAGE_PAGE", 2)
     monkeypatch.setattr(transfer, "GROUP_PAGES", {})
-    made = []
-    with tether.open_store(db_url, load_plugins=False) as w:
-        for i in range(3):
-            h = w.session(source="cli")
-            h.append("user", f"m{i}")
-            h.append("assistant", "ok")
-            h.end("completed")
-            made.append(h.id)
-    second = sorted(made)[1]
+    second = sorted(_ended_sessions(db_url, 3))[1]
     real = transfer.Transfer._read_group
 
     def failing(self: transfer.Transfer, ids: list[str]) -> object:
