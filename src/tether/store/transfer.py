@@ -51,9 +51,9 @@ import threading
 import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, pairwise
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import orjson
 
@@ -533,39 +533,61 @@ class _Lease:
                 self.pending.pop(i, None)
 
 
-class _Ahead:
-    """A claim of the next page of an export, taken on a thread of its own
-    (AHEAD_NAME) while the consumer reads the current page; :meth:`result`
-    waits for it and gives what the claim gives, or raises what it raised."""
+T = TypeVar("T")
 
-    __slots__ = ("error", "got", "ids", "started", "thread", "written")
 
-    def __init__(self, store: Transfer, holder: str, ids: list[str], written: list[str]) -> None:
-        self.ids = ids
-        self.written = written
-        self.started = 0.0
-        self.got: set[str] = set()
+class _OnThread(Generic[T]):
+    """``fn()`` run on a daemon thread of its own (``name``), started now:
+    :meth:`result` waits for it and gives what it returned, or raises what it
+    raised (an export's claim ahead and read ahead)."""
+
+    __slots__ = ("error", "thread", "value")
+
+    def __init__(self, fn: Callable[[], T], name: str) -> None:
+        self.value: T | None = None
         self.error: BaseException | None = None
-        # The thread holds the store, not the lease: a dropped export is still collected.
-        self.thread = threading.Thread(
-            target=self._run, args=(store, holder), name=AHEAD_NAME, daemon=True
-        )
+        self.thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
         self.thread.start()
 
-    def _run(self, store: Transfer, holder: str) -> None:
+    def _run(self, fn: Callable[[], T]) -> None:
         try:
-            store._release_ids(self.written, holder)
-            self.started = store.clock.monotonic()
-            self.got = set(store._claim_ids(self.ids, holder, CLAIM_TTL))
+            self.value = fn()
         except BaseException as exc:  # handed to the consumer by result()
             self.error = exc
 
-    def result(self) -> tuple[float, set[str]]:
-        """(when the claim started on the store's clock, the ids claimed)."""
+    def result(self) -> T:
         self.thread.join()
         if self.error is not None:
             raise self.error
-        return self.started, self.got
+        return cast(T, self.value)
+
+    def wait(self) -> None:
+        """Until ``fn`` is over (at once if it runs here: a dropped export
+        collected by a cyclic GC on this very thread)."""
+        if self.thread is not threading.current_thread():
+            self.thread.join()
+
+
+def _claim_page(
+    store: Transfer, holder: str, ids: list[str], written: list[str]
+) -> tuple[float, set[str]]:
+    """Release ``written`` (a page already written), then claim ``ids``: (when the
+    claim started on the store's clock, the ids claimed)."""
+    store._release_ids(written, holder)
+    started = store.clock.monotonic()
+    return started, set(store._claim_ids(ids, holder, CLAIM_TTL))
+
+
+class _Ahead(_OnThread[tuple[float, set[str]]]):
+    """A claim of the next page of an export (:func:`_claim_page`), taken on a
+    thread of its own (AHEAD_NAME) while the consumer reads the current page."""
+
+    __slots__ = ("ids",)
+
+    def __init__(self, store: Transfer, holder: str, ids: list[str], written: list[str]) -> None:
+        self.ids = ids
+        # The thread holds the store, not the lease: a dropped export is still collected.
+        super().__init__(functools.partial(_claim_page, store, holder, ids, written), AHEAD_NAME)
 
 
 # --- a group of small sessions: read (any thread), then spelled -------------------
@@ -674,38 +696,24 @@ class _Read:
     """One group's read: on a thread of its own (GROUP_READER_NAME), started now,
     or on the consumer's when :meth:`result` asks for it."""
 
-    __slots__ = ("data", "error", "ids", "store", "thread")
+    __slots__ = ("ids", "job", "store")
 
     def __init__(self, store: Transfer, ids: list[str], *, thread: bool) -> None:
         self.store = store
         self.ids = ids
-        self.data: Any = None
-        self.error: BaseException | None = None
-        self.thread: threading.Thread | None = None
+        self.job: _OnThread[Any] | None = None
         if thread and ids:
-            self.thread = threading.Thread(target=self._run, name=GROUP_READER_NAME, daemon=True)
-            self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.data = self.store._read_group(self.ids)
-        except BaseException as exc:  # handed to the consumer by result()
-            self.error = exc
+            self.job = _OnThread(functools.partial(store._read_group, ids), GROUP_READER_NAME)
 
     def result(self) -> Any:
         """What was read (None: no session of the group was still claimed)."""
-        if self.thread is None:
-            return self.store._read_group(self.ids) if self.ids else None
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.data
+        if self.job is not None:
+            return self.job.result()
+        return self.store._read_group(self.ids) if self.ids else None
 
     def wait(self) -> None:
-        """Until the read is over (at once if it runs here: a dropped export
-        collected by a cyclic GC on the read's own thread)."""
-        if self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join()
+        if self.job is not None:
+            self.job.wait()
 
 
 def _page_items(
@@ -720,27 +728,27 @@ def _page_items(
     waited for, so none outlives the export."""
     limit = MESSAGE_PAGE * GROUP_PAGES.get(store.backend.dialect, 1)
     items = _plan(rows, limit)
-    started: dict[int, _Read] = {}
+    groups = [(k, item) for k, item in enumerate(items) if isinstance(item, list)]
+    following = {k: after for (k, _), after in pairwise(groups)}
+    pending: tuple[int, _Read] | None = None  # the next group's read, under way
     try:
         for k, item in enumerate(items):
             if isinstance(item, str):
                 yield item
                 continue
-            read = started.pop(k, None) or _Read(store, lease.keep(item), thread=False)
-            if ahead:
-                after = next(
-                    (j for j in range(k + 1, len(items)) if isinstance(items[j], list)), None
-                )
-                if after is not None and after not in started:
-                    group = items[after]
-                    assert isinstance(group, list)
-                    started[after] = _Read(store, lease.keep(group), thread=True)
+            if pending is not None and pending[0] == k:
+                read, pending = pending[1], None
+            else:
+                read = _Read(store, lease.keep(item), thread=False)
+            if ahead and k in following:
+                after, group = following[k]
+                pending = (after, _Read(store, lease.keep(group), thread=True))
             data = read.result()
             if data is not None:
                 yield read.ids, data
     finally:
-        for read in started.values():
-            read.wait()
+        if pending is not None:
+            pending[1].wait()
 
 
 class _Bad(Exception):
