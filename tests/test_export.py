@@ -814,3 +814,136 @@ def test_a_failed_read_ahead_reaches_the_consumer_at_its_group(
             reader.backend.read(lambda c: c.execute("SELECT COUNT(*) FROM claims").fetchone()[0])
             == 0
         )  # the export's claims released
+
+
+# --- SQLite: every other group read and spelled by a worker process ---------------------
+
+
+def _varied_store(db_path: str) -> None:
+    """Sessions of every kind (chains, tool calls, NULL content, unicode, open and
+    ended, a role no API writes), several times over: many small groups."""
+    with tether.open_store(db_path, load_plugins=False) as w:
+        for _ in range(4):
+            fill(w)
+        _ended_sessions(db_path, 6)
+        s = w.session(source="cli")
+        s.append("user", "odd")
+        s.end("completed")
+        w.backend.write(
+            lambda c: c.execute(
+                "UPDATE messages SET role = 'odd \"role\"' WHERE session_id = ?", (s.id,)
+            )
+        )
+
+
+class _Workers:
+    """The export workers started, each waited for until it is ready (so that it
+    takes groups from the first it can), and the groups each sent back."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, spoil: bool = False) -> None:
+        from tether.store.sqlite.export_worker import ExportWorker
+
+        self.started: list[ExportWorker] = []
+        self.served = 0
+        start, ready, receive = ExportWorker.start, ExportWorker.ready, ExportWorker.receive
+
+        def started(target: str, path: str, identity: tuple[int, int]) -> ExportWorker | None:
+            if spoil:  # the worker finds another file than the exporter's
+                identity = (identity[0], identity[1] + 1)
+            worker = start(target, path, identity)
+            assert worker is not None
+            self.started.append(worker)
+            return worker
+
+        def ready_soon(worker: ExportWorker) -> bool:
+            deadline = time.monotonic() + 30
+            while worker.usable and not ready(worker) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return ready(worker)
+
+        def counted(worker: ExportWorker) -> tuple[str, int] | None:
+            got = receive(worker)
+            self.served += got is not None
+            return got
+
+        monkeypatch.setattr(ExportWorker, "start", staticmethod(started))
+        monkeypatch.setattr(ExportWorker, "ready", ready_soon)
+        monkeypatch.setattr(ExportWorker, "receive", counted)
+
+
+def _export_small_groups(db_path: str, monkeypatch: pytest.MonkeyPatch, *, worker: bool) -> str:
+    from tether.store import transfer
+
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 6)  # a group: one session or a few
+    monkeypatch.setattr(transfer, "EXPORT_WORKER", worker)
+    with tether.open_store(db_path, load_plugins=False) as reader:
+        return "".join(reader.export_text(page=5))
+
+
+def test_a_large_sqlite_export_reads_every_other_group_in_a_worker_process(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export of more than a page of sessions on SQLite starts one worker process:
+    while this process reads and spells a group, the worker reads and spells the
+    next. The output is the same line for line, and the worker is gone after."""
+    _varied_store(db_path)
+    alone = _export_small_groups(db_path, monkeypatch, worker=False)
+    workers = _Workers(monkeypatch)
+    shared = _export_small_groups(db_path, monkeypatch, worker=True)
+    assert shared == alone
+    assert alone.count('"type":"session"') == 19
+    assert len(workers.started) == 1 and workers.served >= 4
+    assert workers.started[0].proc.returncode == 0  # ended with its export, on its own
+
+
+def test_an_export_goes_on_without_a_worker_that_dies_or_does_not_start(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed midway (SIGKILL), or one that finds another file than the
+    exporter's and exits before its handshake: the exporter reads those groups
+    itself, and the output is the same."""
+    import signal
+
+    _varied_store(db_path)
+    alone = _export_small_groups(db_path, monkeypatch, worker=False)
+    workers = _Workers(monkeypatch)
+    from tether.store.sqlite.export_worker import ExportWorker
+
+    receive = ExportWorker.receive  # counted by _Workers
+
+    def killed_after_one(worker: ExportWorker) -> tuple[str, int] | None:
+        got = receive(worker)
+        if workers.served == 1 and worker.usable:
+            os.kill(worker.proc.pid, signal.SIGKILL)
+        return got
+
+    monkeypatch.setattr(ExportWorker, "receive", killed_after_one)
+    assert _export_small_groups(db_path, monkeypatch, worker=True) == alone
+    assert workers.served == 1 and not workers.started[0].usable
+    assert workers.started[0].proc.returncode == -signal.SIGKILL  # waited for: no zombie
+
+    spoiled = _Workers(monkeypatch, spoil=True)
+    assert _export_small_groups(db_path, monkeypatch, worker=True) == alone
+    assert spoiled.served == 0 and spoiled.started[0].proc.returncode == 1
+
+
+def test_an_export_stopped_midway_ends_its_worker(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer that stops reading (closes the export) ends the worker with it,
+    whatever it was doing: nothing of the export outlives it."""
+    from tether.store import transfer
+
+    _varied_store(db_path)
+    monkeypatch.setattr(transfer, "MESSAGE_PAGE", 6)
+    workers = _Workers(monkeypatch)
+    with tether.open_store(db_path, load_plugins=False) as reader:
+        chunks = reader.export_text(page=5)
+        while workers.served < 2:
+            next(chunks)
+        chunks.close()
+        assert workers.started[0].proc.returncode is not None
+        assert (
+            reader.backend.read(lambda c: c.execute("SELECT COUNT(*) FROM claims").fetchone()[0])
+            == 0
+        )

@@ -30,7 +30,10 @@ cannot spell as Python does. Python writes the nested JSON (keys
 sorted), and tests compare every line with ``canonical``. While a page of
 sessions is read, the next one is claimed on a thread (:class:`_Ahead`); on
 PostgreSQL the next group is read on a thread too (:func:`_page_items`), so
-the server builds its lines while Python writes this group's.
+the server builds its lines while Python writes this group's. On SQLite a
+thread would not help (the GIL changes hands at every row): an export of
+more than a page starts a worker process instead, which reads and spells every
+other group (see :mod:`tether.store.sqlite.export_worker`).
 
 Import (:meth:`Transfer.import_lines`) is idempotent by session id (ids are
 globally unique, time-sortable): a session already in the store is skipped
@@ -47,13 +50,14 @@ import logging
 import math
 import os
 import re
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice, pairwise
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
 
 import orjson
 
@@ -82,6 +86,7 @@ from .toolrepair import answered
 if TYPE_CHECKING:
     from ..clock import Clock
     from .backend import Backend
+    from .sqlite.export_worker import ExportWorker
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +111,13 @@ RENEW_EVERY = CLAIM_TTL / 3
 RENEWER_NAME = "tether-export-claims"
 AHEAD_NAME = "tether-export-claim-ahead"
 GROUP_READER_NAME = "tether-export-read-ahead"
+# SQLite: an export of more than a page of sessions reads and spells every other
+# group in a worker process (see tether.store.sqlite.export_worker).
+EXPORT_WORKER = True
+# With a worker, groups hold this many times fewer messages: a page's groups
+# alternate between the two processes, and a page's first is always this
+# process's, so ten groups a page share out better than five.
+WORKER_SPLIT = 2
 
 SESSION_FIELDS = (
     "id",
@@ -593,7 +605,7 @@ class _Ahead(_OnThread[tuple[float, set[str]]]):
 # --- a group of small sessions: read (any thread), then spelled -------------------
 
 
-def _read_group_sqlite(ids: list[str], c: Conn) -> tuple[list[Any], ...]:
+def read_group_sqlite(ids: list[str], c: Conn) -> tuple[list[Any], ...]:
     """A group's session pieces and plain messages (and the others, if any) on SQLite."""
     n = len(ids)
     sessions = c.execute(q.export_session_pieces("sqlite", n), ids).fetchall()
@@ -607,10 +619,10 @@ def _read_group_sqlite(ids: list[str], c: Conn) -> tuple[list[Any], ...]:
     return sessions, messages, odd, nested
 
 
-def _group_text_sqlite(
+def group_text_sqlite(
     ids: list[str], sessions: list[Any], messages: list[Any], odd: list[Any], nested: list[Any]
 ) -> tuple[str, int]:
-    """The lines of what :func:`_read_group_sqlite` read, and its sessions."""
+    """The lines of what :func:`read_group_sqlite` read, and its sessions."""
     _check_counts(ids, sum(s[7] for s in sessions), len(messages))
     out: list[str] = []
     lines = session_piece_lines(sessions)
@@ -693,20 +705,38 @@ def _plan(rows: list[tuple[str, int]], limit: int) -> list[str | list[str]]:
 
 
 class _Read:
-    """One group's read: on a thread of its own (GROUP_READER_NAME), started now,
-    or on the consumer's when :meth:`result` asks for it."""
+    """One group's read: on a thread of its own (GROUP_READER_NAME), started now;
+    read and spelled by an export worker (SQLite, see
+    :mod:`tether.store.sqlite.export_worker`), asked now; or on the consumer's
+    thread when :meth:`result` asks for it."""
 
-    __slots__ = ("ids", "job", "store")
+    __slots__ = ("ids", "job", "store", "worker")
 
-    def __init__(self, store: Transfer, ids: list[str], *, thread: bool) -> None:
+    def __init__(
+        self,
+        store: Transfer,
+        ids: list[str],
+        *,
+        thread: bool = False,
+        worker: ExportWorker | None = None,
+    ) -> None:
         self.store = store
         self.ids = ids
         self.job: _OnThread[Any] | None = None
-        if thread and ids:
+        self.worker: ExportWorker | None = None
+        if worker is not None and ids and worker.send(ids):
+            self.worker = worker
+        elif thread and ids:
             self.job = _OnThread(functools.partial(store._read_group, ids), GROUP_READER_NAME)
 
     def result(self) -> Any:
-        """What was read (None: no session of the group was still claimed)."""
+        """What was read (None: no session of the group was still claimed); from a
+        worker, the group's text already (:class:`_Spelled`), or, if the worker
+        failed, what this thread read instead."""
+        if self.worker is not None:
+            spelled = self.worker.receive()
+            if spelled is not None:
+                return _Spelled(*spelled)
         if self.job is not None:
             return self.job.result()
         return self.store._read_group(self.ids) if self.ids else None
@@ -716,17 +746,33 @@ class _Read:
             self.job.wait()
 
 
+class _Spelled(NamedTuple):
+    """A group's lines as an export worker sent them, and its sessions."""
+
+    text: str
+    sessions: int
+
+
 def _page_items(
-    store: Transfer, lease: _Lease, rows: list[tuple[str, int]], *, ahead: bool
+    store: Transfer,
+    lease: _Lease,
+    rows: list[tuple[str, int]],
+    *,
+    ahead: bool,
+    worker: ExportWorker | None = None,
 ) -> Generator[str | tuple[list[str], Any], None, None]:
     """A page's large sessions (ids) and groups ((ids still claimed, what was
     read)), in order. With ``ahead``, the read of the next group starts on a
     thread before this one is handed over, so the database builds it while the
-    consumer spells and writes this one. A group is read only once
-    :meth:`_Lease.keep` said which of its sessions are still claimed, as
-    without read-ahead; a read still under way when the consumer stops is
-    waited for, so none outlives the export."""
+    consumer spells and writes this one. With a ``worker`` (SQLite), groups
+    alternate: the worker reads and spells the next group while this process
+    reads and spells this one. A group is read only once :meth:`_Lease.keep`
+    said which of its sessions are still claimed, as without either; a read
+    still under way when the consumer stops is waited for (a worker's is left
+    to it: it only reads), so none outlives the export."""
     limit = MESSAGE_PAGE * GROUP_PAGES.get(store.backend.dialect, 1)
+    if worker is not None:
+        limit //= WORKER_SPLIT
     items = _plan(rows, limit)
     groups = [(k, item) for k, item in enumerate(items) if isinstance(item, list)]
     following = {k: after for (k, _), after in pairwise(groups)}
@@ -739,10 +785,13 @@ def _page_items(
             if pending is not None and pending[0] == k:
                 read, pending = pending[1], None
             else:
-                read = _Read(store, lease.keep(item), thread=False)
-            if ahead and k in following:
+                read = _Read(store, lease.keep(item))
+            if k in following:
                 after, group = following[k]
-                pending = (after, _Read(store, lease.keep(group), thread=True))
+                if worker is not None and read.worker is None and worker.ready():
+                    pending = (after, _Read(store, lease.keep(group), worker=worker))
+                elif ahead:
+                    pending = (after, _Read(store, lease.keep(group), thread=True))
             data = read.result()
             if data is not None:
                 yield read.ids, data
@@ -818,6 +867,7 @@ class Transfer:
             page = SESSION_PAGES.get(self.backend.dialect, SESSION_PAGE)
         pages = self._export_pages(session_ids, floor, page)
         written: list[str] = []  # the ids of the page before this one
+        worker: ExportWorker | None = None
         try:
             rows = next(pages, None)
             while rows is not None:
@@ -826,10 +876,15 @@ class Transfer:
                 following = next(pages, None)
                 if following is not None:
                     lease.claim_ahead([r[0] for r in following], written)
+                    if worker is None and fmt == "jsonl" and not written:
+                        # More than a page: a worker pays for its start (it starts
+                        # while this page is read, and helps from the next group).
+                        worker = self._export_worker()
                 written = ids
                 rows = [r for r in rows if r[0] in claimed]
                 if fmt == "jsonl":
-                    done += yield from lease.renewing(self._export_jsonl_page(rows, lease))
+                    page_lines = self._export_jsonl_page(rows, lease, worker)
+                    done += yield from lease.renewing(page_lines)
                 else:
                     for sid, count in rows:
                         if lease.keep([sid]):
@@ -841,7 +896,19 @@ class Transfer:
                     progress(done)
                 rows = following
         finally:
+            if worker is not None:
+                worker.close()
             lease.close()
+
+    def _export_worker(self) -> ExportWorker | None:
+        """A worker process for a large export, where one helps (a SQLite file, more
+        than one core, EXPORT_WORKER on); None otherwise or if it cannot start."""
+        start = getattr(self.backend, "export_worker", None)
+        if start is None or not EXPORT_WORKER or (os.cpu_count() or 1) < 2:
+            return None
+        if getattr(sys, "frozen", False):  # sys.executable is the app, not a Python
+            return None
+        return cast("ExportWorker | None", start())
 
     def _export_pages(
         self, session_ids: Sequence[str] | None, floor: float, page: int
@@ -875,7 +942,7 @@ class Transfer:
         return getattr(self.backend, "read_ordered", self.backend.read)(fn)
 
     def _export_jsonl_page(
-        self, rows: list[tuple[str, int]], lease: _Lease
+        self, rows: list[tuple[str, int]], lease: _Lease, worker: ExportWorker | None = None
     ) -> Generator[str, None, int]:
         """A page of sessions as JSONL, in groups of at most MESSAGE_PAGE messages
         (times GROUP_PAGES on PostgreSQL; by the counts of the page: the group's own
@@ -888,7 +955,8 @@ class Transfer:
         written = 0
         ahead = self.backend.dialect == "postgresql"
         # closing: a consumer that stops here waits for the read under way, now.
-        with contextlib.closing(_page_items(self, lease, rows, ahead=ahead)) as items:
+        items = _page_items(self, lease, rows, ahead=ahead, worker=worker)
+        with contextlib.closing(items):
             for item in items:
                 if isinstance(item, str):  # a large session, read page by page
                     if lease.keep([item]):
@@ -906,13 +974,15 @@ class Transfer:
         """A group's sessions and messages, read in one snapshot (any thread)."""
         if self.backend.dialect == "postgresql":
             return self._ordered_read(functools.partial(_read_group_pg, ids))
-        return self._ordered_read(functools.partial(_read_group_sqlite, ids))
+        return self._ordered_read(functools.partial(read_group_sqlite, ids))
 
     def _group_text(self, ids: list[str], data: Any) -> tuple[str, int]:
         """The lines of a group read by :meth:`_read_group` (one chunk), and its sessions."""
+        if isinstance(data, _Spelled):
+            return data.text, data.sessions
         if self.backend.dialect == "postgresql":
             return _group_text_pg(ids, *data)
-        return _group_text_sqlite(ids, *data)
+        return group_text_sqlite(ids, *data)
 
     def _export_large(self, sid: str, lease: _Lease) -> Generator[str, None, int]:
         """A session with more than MESSAGE_PAGE messages: its row and first page in

@@ -21,7 +21,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...errors import (
     CommitUnknownError,
@@ -45,6 +45,9 @@ from ..migrations import (
 from ..sql import JSON_TYPE
 from . import schema as ddl
 from .schema import APPLICATION_ID
+
+if TYPE_CHECKING:
+    from .export_worker import ExportWorker
 
 T = TypeVar("T")
 log = logging.getLogger("tether.store.sqlite")
@@ -599,6 +602,15 @@ class SQLiteBackend:
                 raise self._translate(exc) from None
             raise
         return result
+
+    def export_worker(self) -> ExportWorker | None:
+        """A process that reads and spells groups of an export beside this one (see
+        :mod:`.export_worker`); None for an in-memory database or if it cannot start."""
+        if self._memory or self._identity is None or self._closed:
+            return None
+        from .export_worker import ExportWorker
+
+        return ExportWorker.start(self._target, self._file, self._identity)
 
     def close(self) -> None:
         if self._closed:
