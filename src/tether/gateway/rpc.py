@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from ..validate import bad_text
 
 PARSE_ERROR = -32700
@@ -42,7 +44,18 @@ _MAX_DEPTH = 32
 
 # ASCII-only output: a client may send text with lone surrogates, and a reply that
 # echoes it must still encode as a WebSocket text frame.
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_ascii_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def _dumps(obj: Any) -> str:
+    """A frame's JSON: orjson's (UTF-8, a tenth of the json module's time: 9 frames
+    a turn), or the json module's, escaped to ASCII, for what orjson refuses (a
+    lone surrogate, an integer beyond 64 bits, a key that is not a string)."""
+    try:
+        return orjson.dumps(obj).decode()
+    except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
+        return _ascii_dumps(obj)
+
 
 Id = str | int | None
 
