@@ -143,3 +143,43 @@ def test_small_writes_wake_the_checkpointer_by_their_count(tmp_path: Path) -> No
         h.append("user", f"n{i}")
     assert backend._checkpointer is not None
     store.close()
+
+
+def test_a_writer_behind_another_process_tries_again_within_a_millisecond(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that finds the file locked by another connection is tried again by
+    tether, after sleeps that start under a millisecond and grow by half, not by
+    SQLite's own handler (1, 2, 5, 10 ms...: a lock held for 4 ms cost a waiting
+    agent 8). It goes through once the lock is released."""
+    import threading
+    import time
+
+    store = tether.open_store(str(tmp_path / "t.db"), load_plugins=False)
+    h = store.session(source="cli")
+    h.append("user", "first")
+    other = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's write lock
+    sleeps: list[float] = []
+    real_sleep = time.sleep
+
+    def recorded(seconds: float) -> None:
+        sleeps.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(sqlite_backend.time, "sleep", recorded)
+    writer = threading.Thread(target=h.append, args=("user", "second"))
+    writer.start()
+    deadline = time.monotonic() + 10
+    while len(sleeps) < 6 and time.monotonic() < deadline:
+        real_sleep(0.001)
+    other.execute("COMMIT")
+    writer.join(10)
+    assert not writer.is_alive()
+    assert len(sleeps) >= 6, "the waiting was not tether's"
+    assert 0.00025 <= sleeps[0] <= 0.0005
+    assert all(b <= a * 1.5 * 2 for a, b in zip(sleeps, sleeps[1:], strict=False))  # jittered
+    assert max(sleeps) <= 0.05
+    assert [m.content for m in store.get_messages(h.id)] == ["first", "second"]
+    other.close()
+    store.close()
