@@ -50,7 +50,6 @@ import logging
 import math
 import os
 import re
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -905,8 +904,6 @@ class Transfer:
         than one core, EXPORT_WORKER on); None otherwise or if it cannot start."""
         start = getattr(self.backend, "export_worker", None)
         if start is None or not EXPORT_WORKER or (os.cpu_count() or 1) < 2:
-            return None
-        if getattr(sys, "frozen", False):  # sys.executable is the app, not a Python
             return None
         return cast("ExportWorker | None", start())
 

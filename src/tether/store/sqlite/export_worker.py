@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 # A response holds a group's text (about 250 KB for 2,000 messages): a pipe of
 # that size takes it in one write where Linux allows it (the default is 64 KB).
 _PIPE_SIZE = 1 << 20
-_F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named in Python only from 3.10 on Linux
+# What reading a reply can raise when the worker is gone or broke off mid-reply.
+_GONE = (EOFError, OSError, pickle.UnpicklingError, ValueError)
 
 
 class ExportWorker:
@@ -61,8 +62,8 @@ class ExportWorker:
     def start(cls, target: str, path: str, identity: tuple[int, int]) -> ExportWorker | None:
         """A worker on the database file ``path`` (opened as the URI ``target``,
         which must still be the file of ``identity``); None if it cannot start."""
-        if not sys.executable:
-            return None
+        if not sys.executable or getattr(sys, "frozen", False):
+            return None  # no Python to start (a frozen app's executable is the app)
         command = [
             sys.executable,
             "-m",
@@ -101,7 +102,7 @@ class ExportWorker:
             if self._load() != ("ready",):
                 self._fail("no handshake")
                 return False
-        except (EOFError, OSError, pickle.UnpicklingError, ValueError) as exc:
+        except _GONE as exc:
             self._fail(f"did not start ({exc or type(exc).__name__})")
             return False
         self._ready = True
@@ -127,7 +128,7 @@ class ExportWorker:
         self._pending = False
         try:
             reply = self._load()
-        except (EOFError, OSError, pickle.UnpicklingError, ValueError) as exc:
+        except _GONE as exc:
             self._fail(f"gone ({exc or type(exc).__name__})")
             return None
         if reply[0] == "ok":
@@ -166,7 +167,7 @@ def _widen(pipe: IO[bytes]) -> None:
         import fcntl
 
         try:
-            fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         except OSError:
             pass  # above /proc/sys/fs/pipe-max-size: the default size works too
 
