@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -46,6 +47,8 @@ from .backend import Conn
 if TYPE_CHECKING:
     from ..clock import Clock
     from .backend import Backend
+
+log = logging.getLogger("tether.store")
 
 # Chains per prune transaction, sessions per purge transaction: small enough that
 # a batch holds the write lock for a few milliseconds (see bench/retention.py).
@@ -250,33 +253,61 @@ class Retention:
             if roots:
                 size = measure(c, roots)
                 c.execute(q.trash_chains(len(roots)), (self.clock.now(), *roots))
-                self._event(c, None, "trashed", {"chains": len(roots), "sessions": size[0]})
             return rows, len(roots), size
 
         def look(c: Conn) -> tuple[list[Any], int, tuple[int, int, int]]:
             rows = candidates(c)
             return rows, len(rows), measure(c, [r[0] for r in rows]) if rows else (0, 0, 0)
 
-        while True:
-            limit = sizer.size
-            started = time.perf_counter()
-            rows, chains, size = self.backend.write(trash) if apply else self.backend.read(look)
-            took = time.perf_counter() - started
-            sizer.took(took)
-            if held is not None:
-                held.append(took)
-            if not rows:
-                break
-            if apply and pace:
-                time.sleep(sizer.pause(took))
-            after = (rows[-1][1], rows[-1][0])
-            for i, n in enumerate((chains, *size)):
-                totals[i] += n
-            if progress is not None:
-                progress(totals[1], None)
-            if len(rows) < limit:
-                break
+        finished = False
+        try:
+            while True:
+                limit = sizer.size
+                started = time.perf_counter()
+                rows, chains, size = self._write_batch(trash) if apply else self.backend.read(look)
+                took = time.perf_counter() - started
+                sizer.took(took)
+                if held is not None:
+                    held.append(took)
+                if not rows:
+                    break
+                if apply and pace:
+                    time.sleep(sizer.pause(took))
+                after = (rows[-1][1], rows[-1][0])
+                for i, n in enumerate((chains, *size)):
+                    totals[i] += n
+                if progress is not None:
+                    progress(totals[1], None)
+                if len(rows) < limit:
+                    break
+            finished = True
+        finally:
+            if apply and totals[0]:
+                summary = {"chains": totals[0], "sessions": totals[1]}
+                self._log_run("trashed", summary, finished=finished)
         return PruneReport(totals[0], totals[1], totals[2], totals[3], applied=apply)
+
+    def _write_batch(self, fn: Callable[[Conn], Any], *, ordered: bool = False) -> Any:
+        """One prune or purge batch: on PostgreSQL its COMMIT does not wait for the
+        disk (a batch a crash undoes is done again by the next run); a run ends
+        with :meth:`_log_run`, whose commit does, and flushes every batch before it."""
+        unflushed = getattr(self.backend, "write_unflushed", None)
+        if unflushed is not None:
+            return unflushed(fn, ordered=ordered)
+        return self._write_ordered(fn) if ordered else self.backend.write(fn)
+
+    def _log_run(self, kind: str, data: dict[str, Any], *, finished: bool) -> None:
+        """The one event of a prune or purge run that did something, written (and
+        flushed) when it ends, also when it was interrupted. Its batches write no
+        event: an id from the events' sequence must never be taken in a commit
+        that is not flushed (see ``write_unflushed``)."""
+        try:
+            self.backend.write(lambda c: self._event(c, None, kind, data))
+        except Exception:
+            if finished:
+                raise
+            # What interrupted the run is the error to report; this one follows from it.
+            log.debug("could not log the %s event of an interrupted run", kind, exc_info=True)
 
     def _lock_whole_chains(self, c: Conn, roots: list[str]) -> list[str]:
         """Lock every member of these chains (PostgreSQL); the chains fully locked."""
@@ -361,24 +392,31 @@ class Retention:
         sizer = BatchSizer(batch, start=batch // 2)
         pace = dialect == "sqlite"  # one write lock for the whole file (see BatchSizer.pause)
 
-        while True:
-            limit = sizer.size
-            started = time.perf_counter()
-            done = self._write_ordered(
-                functools.partial(self._purge_batch, cutoff=cutoff, batch=limit, dialect=dialect)
-            )
-            took = time.perf_counter() - started
-            sizer.took(took)
-            if held is not None:
-                held.append(took)
-            if done is None:
-                break
-            for i, n in enumerate(done):
-                totals[i] += n
-            if progress is not None:
-                progress(totals[1], None)
-            if pace:
-                time.sleep(sizer.pause(took))
+        finished = False
+        try:
+            while True:
+                limit = sizer.size
+                started = time.perf_counter()
+                batch_of = functools.partial(
+                    self._purge_batch, cutoff=cutoff, batch=limit, dialect=dialect
+                )
+                done = self._write_batch(batch_of, ordered=True)
+                took = time.perf_counter() - started
+                sizer.took(took)
+                if held is not None:
+                    held.append(took)
+                if done is None:
+                    break
+                for i, n in enumerate(done):
+                    totals[i] += n
+                if progress is not None:
+                    progress(totals[1], None)
+                if pace:
+                    time.sleep(sizer.pause(took))
+            finished = True
+        finally:
+            if totals[0]:
+                self._log_run("purged", PurgeReport(*totals).to_dict(), finished=finished)
         return PurgeReport(*totals)
 
     def purge_preview(self, trashed_before: float, *, batch: int = PRUNE_BATCH) -> PurgeReport:
