@@ -312,7 +312,8 @@ def section(name: str, n: int, r: dict[str, object]) -> str:
         f"{n * 10:,} messages, one batch per write transaction, beside an agent appending "
         "one message at a time in another process (ms; targets: batch max <= 50, "
         "agent p99 < 10; a batch's time split into its statements and its COMMIT, "
-        "which on PostgreSQL waits for the server's WAL flush):\n\n"
+        "which on PostgreSQL no longer waits for the server's WAL flush: the run's "
+        "last write, its event, does):\n\n"
         + table(
             [
                 "step",
