@@ -634,3 +634,11 @@ def test_resuming_a_session_another_live_process_owns_is_refused(gateway: Served
 
         run(go())
         mine.end()
+
+
+def test_the_gateway_runs_its_collector_for_a_server(gateway: Served) -> None:
+    """``tether serve`` freezes what start-up built and reports its collector in
+    ``gateway.info`` (see tests/test_gcpolicy.py)."""
+    stats = run(info(gateway))["stats"]
+    assert stats["gc_frozen_objects"] > 1000
+    assert stats["gc_collections"] >= 0 and stats["gc_pause_max_ms"] >= 0

@@ -50,7 +50,16 @@ def test_serves_the_store_and_stops_on_sigterm(tmp_path: Path) -> None:
             headers={"Authorization": f"Bearer {TOKEN}", "Host": f"127.0.0.1:{port}"},
         )
         live = json.loads(conn.getresponse().read())
+        # The server froze what start-up built (tether.gcpolicy, tests/test_gcpolicy.py).
+        conn.request(
+            "GET",
+            "/metrics",
+            headers={"Authorization": f"Bearer {TOKEN}", "Host": f"127.0.0.1:{port}"},
+        )
+        metrics = conn.getresponse().read().decode()
         conn.close()
+        frozen = [x for x in metrics.splitlines() if x.startswith("tether_gc_frozen_objects ")]
+        assert frozen and float(frozen[0].split()[1]) > 1000, metrics
         assert [r["id"] for r in live["sessions"]] == [sid]
         assert live["sessions"][0]["state"] == "idle"  # this test process owns it
     finally:

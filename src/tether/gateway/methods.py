@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import __version__
+from .. import __version__, gcpolicy
 from ..errors import (
     InvalidInputError,
     OwnerAliveError,
@@ -314,5 +314,6 @@ async def gateway_info(gw: Gateway, conn: Connection, p: dict[str, Any]) -> Any:
             "tasks": len(asyncio.all_tasks()),
             "threads": threading.active_count(),
             "rss_bytes": _rss_bytes(),
+            **gcpolicy.stats(),
         },
     }

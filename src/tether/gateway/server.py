@@ -39,6 +39,7 @@ from starlette.routing import BaseRoute
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from .. import gcpolicy
 from ..agents import Agent
 from ..compose import Store
 from ..liveness import ReaperLoop
@@ -433,6 +434,7 @@ def run(
 ) -> None:
     """Blocking entry point of ``tether serve``: serves until SIGINT, SIGTERM or SIGHUP."""
     sock = bind(options.host, options.port)
+    gcpolicy.tune_for_server()  # see tether.gcpolicy: no full walks of start-up's objects
     asyncio.run(
         serve(
             store,

@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from .. import gcpolicy
 from ..interop.hermes.mirror import mirrors
 from ..model import Census
 from .live import STATES
@@ -90,6 +91,27 @@ class StoreCollector(Collector):
                     g.add_metric([], float(stats[key]))
                     yield g
         yield from _mirrors()
+        yield from _collector()
+
+
+def _collector() -> Iterator[Metric]:
+    """This process's garbage collector, once tuned for a server (see tether.gcpolicy)."""
+    stats = gcpolicy.stats()
+    if not stats:
+        return
+    runs = CounterMetricFamily("tether_gc_collections", "Garbage collections in this process.")
+    runs.add_metric([], stats["gc_collections"])
+    yield runs
+    pause = GaugeMetricFamily(
+        "tether_gc_pause_max_seconds", "Longest garbage collection in this process."
+    )
+    pause.add_metric([], stats["gc_pause_max_ms"] / 1000)
+    yield pause
+    frozen = GaugeMetricFamily(
+        "tether_gc_frozen_objects", "Objects of start-up the collector never walks."
+    )
+    frozen.add_metric([], stats["gc_frozen_objects"])
+    yield frozen
 
 
 def _mirrors() -> Iterator[Metric]:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import uvicorn
 
+from .. import gcpolicy
 from ..compose import Store
 from ..gateway.security import Policy, bind_hosts
 from ..gateway.server import bind
@@ -93,6 +94,7 @@ def run(
 ) -> None:
     """Blocking entry point of ``tether web``."""
     sock = bind(host, port)
+    gcpolicy.tune_for_server()  # see tether.gcpolicy: no full walks of start-up's objects
     asyncio.run(
         serve(
             store,
