@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -181,3 +181,27 @@ def test_store_properties(new_db: Callable[[], str]) -> None:
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+def _iso_by_datetime(ts: float) -> str:
+    """``iso`` as datetime spells it (the definition the fast path must match)."""
+    from datetime import UTC, datetime
+
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(
+        st.floats(min_value=0, max_value=253402300799.4, allow_nan=False),
+        # Near a second's end, where rounding to microseconds carries into the next second.
+        st.integers(0, 4_102_444_800).map(lambda s: s + 0.9999995),
+        st.integers(0, 4_102_444_800).map(lambda s: s - 5e-7),
+    )
+)
+def test_iso_spells_times_as_datetime_does(ts: float) -> None:
+    from tether.model import iso
+
+    assert iso(ts) == _iso_by_datetime(ts)
+    assert iso(ts) == _iso_by_datetime(ts)  # again: from the cached second this time
