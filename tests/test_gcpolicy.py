@@ -21,7 +21,6 @@ from tether.gcpolicy import YOUNG, GcMeter, tune_for_server
 before = gc.get_freeze_count()
 meter = GcMeter()
 tune_for_server(meter)
-junk = []
 for _ in range(3):
     a = []; a.append(a)  # a cycle: only the collector frees it
     del a
