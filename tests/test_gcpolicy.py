@@ -17,17 +17,15 @@ from .conftest import child_env
 
 PROBE = """
 import gc, json
-from tether.gcpolicy import YOUNG, GcMeter, tune_for_server
+from tether.gcpolicy import YOUNG, tune_for_server
 before = gc.get_freeze_count()
-meter = GcMeter()
-tune_for_server(meter)
+meter = tune_for_server()
 for _ in range(3):
     a = []; a.append(a)  # a cycle: only the collector frees it
     del a
     gc.collect()
 print(json.dumps({"before": before, "frozen": gc.get_freeze_count(), "young": gc.get_threshold()[0],
                   "YOUNG": YOUNG, "stats": meter.stats()}))
-meter.stop()
 """
 
 

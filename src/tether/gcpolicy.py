@@ -52,21 +52,17 @@ class GcMeter:
             "gc_frozen_objects": gc.get_freeze_count(),
         }
 
-    def stop(self) -> None:
-        if self._on_gc in gc.callbacks:
-            gc.callbacks.remove(self._on_gc)
 
-
-def tune_for_server(meter: GcMeter | None = None) -> GcMeter:
+def tune_for_server() -> GcMeter:
     """Freeze what start-up built and collect young objects every ``YOUNG``
     allocations; call once, when the server's code is imported (idempotent)."""
     global _meter
     if _meter is None:
+        _meter = GcMeter()  # counting from the collection below
         gc.collect()  # garbage left by start-up would otherwise be frozen for good
         gc.freeze()
         _, middle, old = gc.get_threshold()
         gc.set_threshold(YOUNG, middle, old)
-        _meter = meter or GcMeter()
     return _meter
 
 
