@@ -107,22 +107,29 @@ async def _finish(coro: Coroutine[Any, None, None], waiting: Any) -> None:
     for the future it yielded (a bare ``yield``, as in ``sleep(0)``, just lets
     the loop run once), then resume it; if this is cancelled meanwhile, the
     future is cancelled, which the coroutine sees as it resumes.
+
+    The future is awaited directly, so its completion wakes this task at once:
+    one turn of the event loop, not the two of ``asyncio.wait`` (its callback,
+    then this task). Its outcome, error or cancellation included, is the
+    coroutine's to see: it is not raised here.
     """
     while True:
-        step: Callable[[], Any]
+        step: Callable[[], Any] = functools.partial(coro.send, None)
         try:
             if waiting is None:
                 await asyncio.sleep(0)
             else:
                 waiting._asyncio_future_blocking = False
-                await asyncio.wait([waiting])
+                await waiting
         except asyncio.CancelledError:
-            if waiting is not None and not waiting.done():
-                waiting.cancel()  # the coroutine sees it when it resumes, next round
-                continue
-            step = functools.partial(coro.throw, asyncio.CancelledError())
-        else:
-            step = functools.partial(coro.send, None)
+            # This task was cancelled. Its cancellation cancelled the future, which
+            # the coroutine sees as it resumes; unless there was none (a bare
+            # yield) or it had finished already: then the cancellation is thrown
+            # into the coroutine, as a task would.
+            if waiting is None or not waiting.cancelled():
+                step = functools.partial(coro.throw, asyncio.CancelledError())
+        except BaseException:
+            pass  # the future's own failure: the coroutine raises it as it resumes
         try:
             waiting = step()
         except StopIteration:
