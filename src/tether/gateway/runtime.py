@@ -136,6 +136,12 @@ class _Running:
             self.pump.cancel()
 
 
+def _stopped_unstarted(queue: asyncio.Queue[Any], pump: asyncio.Task[None]) -> None:
+    """A pump cancelled before it ran: the runner is told the turn was interrupted."""
+    if pump.cancelled():
+        queue.put_nowait(_Stop("interrupted"))
+
+
 def _pass_result(waiter: asyncio.Future[bool | None], fut: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(False if fut.cancelled() or fut.exception() else fut.result())
@@ -773,8 +779,28 @@ class Gateway:
     # --- turns -------------------------------------------------------------------------
 
     def start_turn(self, session_id: str, running: _Running, text: str) -> None:
+        """Start the turn's runner and, unless it was interrupted already, its agent.
+
+        Both tasks take their first step in the same turn of the event loop: the
+        agent does not wait for the runner to start it (one turn less before the
+        first token). The runner is never cancelled before it runs (see shutdown),
+        and it stops the agent whatever ends it.
+        """
+        sid, tid = session_id, running.turn_id
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        if running.interrupted:  # interrupted (or closed) before it could start
+            queue.put_nowait(_Stop("interrupted"))
+        else:
+            turn = Turn(sid, tid, text, history=lambda: self.read(self._transcript, sid))
+            pump = asyncio.create_task(
+                self._pump(sid, running, turn, queue), name=f"tether-agent-{tid}"
+            )
+            # Cancelled before its first step (an interrupt right away), the pump
+            # never reaches its own handler, which tells the runner: say it here.
+            pump.add_done_callback(functools.partial(_stopped_unstarted, queue))
+            running.pump = pump
         running.task = asyncio.create_task(
-            self._run_turn(session_id, running, text), name=f"tether-turn-{running.turn_id}"
+            self._run_turn(sid, running, queue), name=f"tether-turn-{tid}"
         )
 
     async def _pump(self, sid: str, r: _Running, turn: Turn, queue: asyncio.Queue[Any]) -> None:
@@ -839,15 +865,7 @@ class Gateway:
         self.emit(session_id, "message", {"turn_id": r.turn_id, "message": message_view(msg)})
         return msg
 
-    async def _run_turn(self, sid: str, r: _Running, text: str) -> None:
-        turn = Turn(sid, r.turn_id, text, history=lambda: self.read(self._transcript, sid))
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        if r.interrupted:  # interrupted (or closed) before it could start
-            queue.put_nowait(_Stop("interrupted"))
-        else:
-            r.pump = asyncio.create_task(
-                self._pump(sid, r, turn, queue), name=f"tether-agent-{r.turn_id}"
-            )
+    async def _run_turn(self, sid: str, r: _Running, queue: asyncio.Queue[Any]) -> None:
         stop = _Stop("error", "the turn ended unexpectedly")
         parts = r.parts
         tid = r.turn_id
