@@ -25,9 +25,10 @@ What is measured, each beside a baseline run in the same process:
 * **The heartbeat's share** (issue 15): the raw floor runs once more with one
   idle thread alive (blocked on an Event, as tether's heartbeat thread is
   between beats; liveness needs it while a session is open). On the 2-core
-  VMs measured, a live idle thread alone slowed raw sqlite3's fsynced commits
-  by a quarter to a third; unfsynced ones not at all. The target is still
-  judged against the plain floor.
+  VM measured, a live idle thread started after the connection opened cost
+  raw sqlite3 9 to 13% of its whole-session rate at ``full`` (its commits
+  up to a third longer in a test of commits alone), nothing at ``normal``.
+  The target is still judged against the plain floor.
 * **PostgreSQL** (``--pg URL``, default the test server): the same appends
   against raw psycopg inserting the same rows (autocommit, one INSERT each;
   ``executemany`` of 10 in one transaction), and the same listings, loaded
