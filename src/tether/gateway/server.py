@@ -150,6 +150,17 @@ def _protocols(options: ServeOptions, accepts: _AcceptErrors) -> tuple[type, typ
         _direct: Callable[[str], bool] | None = None
         _direct_budget = 0
 
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            # The scope holds bound methods of this protocol, which holds the scope:
+            # a cycle that left each closed connection's whole object graph (about
+            # a hundred objects) to the cycle collector, whose passes pause the loop.
+            scope = getattr(self, "scope", None)
+            if scope is not None:
+                for key in ("tether.abort", "tether.send_now", "tether.direct"):
+                    scope.pop(key, None)
+            self._direct = None
+
         def data_received(self, data: bytes) -> None:
             # At most READ_AHEAD frames of one read are handled on the spot: a
             # client sending thousands at once is queued (and its reading paused)
