@@ -645,3 +645,51 @@ def test_streamed_events_never_touch_the_timers(clock: tether.ManualClock) -> No
     assert not r.timers_changed
     r.end_turn("s1", "t1", "completed")
     assert r.timers_changed and r.next_deadline() == clock.monotonic() + 600
+
+
+def test_tick_with_a_limit_takes_the_earliest_expiries_and_leaves_the_rest_due(
+    clock: tether.ManualClock,
+) -> None:
+    """A reconnect storm: many sessions expire together; the event loop takes them
+    a batch at a time, the earliest first, and is told the rest are due."""
+    r = make(clock, detach_grace=1.0)
+    for i in range(10):
+        r.connect(f"c{i}")
+        r.open(f"s{i}", f"c{i}")
+        r.disconnect(f"c{i}")
+        clock.advance(0.01)  # s0 expires first
+    clock.advance(1.0)
+    batches = []
+    while (at := r.next_deadline()) is not None and at <= clock.monotonic():
+        batches.append([a.session_id for a in of(r.tick(4), Finalize)])
+    assert batches == [["s0", "s1", "s2", "s3"], ["s4", "s5", "s6", "s7"], ["s8", "s9"]]
+    assert len(r) == 0 and r.ending == 10
+
+
+def test_retries_are_due_by_their_time_whatever_else_is_ending(
+    clock: tether.ManualClock,
+) -> None:
+    """Ends in flight (no retry asked) are not the timers' business; the ones waiting
+    for a retry come back in time order, a limit at a time."""
+    r = make(clock, end_retry=0.5, end_retry_max=4.0)
+    fins = {}
+    for i in range(6):
+        r.connect(f"c{i}")
+        r.open(f"s{i}", f"c{i}")
+        [fins[f"s{i}"]] = of(r.close(f"s{i}", "completed"), Finalize)
+    assert r.next_deadline() is None and r.tick() == []  # six in flight, none to retry
+    r.end_failed("s3", "busy")
+    clock.advance(0.1)
+    r.end_failed("s1", "busy")
+    r.end_failed("s5", "busy")
+    assert r.next_deadline() == pytest.approx(clock.monotonic() + 0.4)  # s3's
+    clock.advance(0.5)
+    assert r.tick(2) == [fins["s3"], fins["s1"]]  # s1 and s5 at the same time: by id
+    assert r.tick(2) == [fins["s5"]]
+    assert r.tick() == [] and r.next_deadline() is None
+    r.end_failed("s2", "busy")
+    r.end_recorded("s2")  # recorded by an attempt still under way: nothing to retry
+    clock.advance(10)
+    assert r.tick() == [] and r.next_deadline() is None
+    r.end_failed("s4", "busy")
+    assert r.retry_endings() == [fins["s4"]] and r.next_deadline() is None

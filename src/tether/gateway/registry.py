@@ -310,6 +310,10 @@ class Registry:
         self.end_retry = end_retry
         self.end_retry_max = end_retry_max
         self._ending: dict[str, Ending] = {}
+        # The ids of _ending waiting for a retry (retry_at set): the timers look
+        # at these only, not at every end in flight (a reconnect storm leaves
+        # thousands in flight, and the timers run after every one).
+        self._retrying: set[str] = set()
         self._replay_events = replay_events
         self._replay_bytes = replay_bytes
         # Streams name one live incarnation of a session: seqs restart after a
@@ -699,6 +703,7 @@ class Registry:
     def end_recorded(self, session_id: str) -> None:
         """The store has the end (or the session turned out ended): forget it for good."""
         e = self._ending.pop(session_id, None)
+        self._retrying.discard(session_id)
         if e is not None and e.attempts:
             log.info(
                 "session %s: end %s recorded after %d failed attempts",
@@ -716,16 +721,17 @@ class Registry:
         e.error = error
         delay = min(self.end_retry * 2 ** min(e.attempts - 1, 32), self.end_retry_max)
         e.retry_at = self.clock.monotonic() + delay
+        self._retrying.add(session_id)
         self.timers_changed = True
         return e.retry_at
 
     def retry_endings(self) -> list[Action]:
         """Ask now for every end waiting for its retry (at shutdown: no more waiting)."""
         actions: list[Action] = []
-        for e in sorted(self._ending.values(), key=lambda e: e.id):
-            if e.retry_at is not None:
-                e.retry_at = None
-                actions.append(Finalize(e.id, e.reason, e.interrupted))
+        for e in sorted((self._ending[i] for i in self._retrying), key=lambda e: e.id):
+            e.retry_at = None
+            actions.append(Finalize(e.id, e.reason, e.interrupted))
+        self._retrying.clear()
         return actions
 
     # --- time ------------------------------------------------------------------------
@@ -776,21 +782,42 @@ class Registry:
         """The monotonic time at which :meth:`tick` next has work (None: no timer set)."""
         top = self._live_top()
         at = None if top is None else top[0]
-        for e in self._ending.values():
-            if e.retry_at is not None and (at is None or e.retry_at < at):
-                at = e.retry_at
+        for i in self._retrying:
+            retry_at = self._ending[i].retry_at
+            if retry_at is not None and (at is None or retry_at < at):
+                at = retry_at
         return at
 
-    def tick(self) -> list[Action]:
-        """Finalize every session whose deadline has passed."""
+    def tick(self, limit: int | None = None) -> list[Action]:
+        """Finalize the sessions whose deadline has passed, and ask again for the ends
+        whose retry is due: all of them, or at most ``limit`` sessions and ``limit``
+        retries, the earliest first (:meth:`next_deadline` then says the rest are due).
+
+        A caller on an event loop takes them ``limit`` at a time, letting the
+        loop run between: a reconnect storm's thousands of expiries at once
+        would otherwise hold it for tens of milliseconds.
+        """
         now = self.clock.monotonic()
         actions: list[Action] = []
-        while (top := self._live_top()) is not None and top[0] <= now:
+        finalized = 0
+        while (limit is None or finalized < limit) and (
+            (top := self._live_top()) is not None and top[0] <= now
+        ):
             heapq.heappop(self._heap)
             s = top[1]
             actions += self._finalize(s, s.deadline_reason or "ws_disconnect")
-        for e in sorted(self._ending.values(), key=lambda e: (e.retry_at or 0.0, e.id)):
-            if e.retry_at is not None and e.retry_at <= now:
+            finalized += 1
+        if self._retrying:
+            due = sorted(
+                (
+                    e
+                    for e in map(self._ending.__getitem__, self._retrying)
+                    if e.retry_at is not None and e.retry_at <= now
+                ),
+                key=lambda e: (e.retry_at, e.id),
+            )
+            for e in due if limit is None else due[:limit]:
                 e.retry_at = None
+                self._retrying.discard(e.id)
                 actions.append(Finalize(e.id, e.reason, e.interrupted))
         return actions
