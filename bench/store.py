@@ -509,25 +509,18 @@ def whole_sessions(
     for r in range(rounds):
         # The two floors in alternating order: whichever runs second in a round
         # finds the disk and caches warmed by the first.
-        thread_first = r % 2 == 1
-        if thread_first:
-            thread_rate, _, _ = raw_whole(
-                directory / f"raw-thread-whole-{durability}-{r}.db",
-                durability,
-                sessions,
-                with_thread=True,
+        thread_db = directory / f"raw-thread-whole-{durability}-{r}.db"
+        if r % 2:
+            out["raw_thread"].append(
+                raw_whole(thread_db, durability, sessions, with_thread=True)[0]
             )
         raw_rate, raw_firsts, raw_ends = raw_whole(
             directory / f"raw-whole-{durability}-{r}.db", durability, sessions
         )
-        if not thread_first:
-            thread_rate, _, _ = raw_whole(
-                directory / f"raw-thread-whole-{durability}-{r}.db",
-                durability,
-                sessions,
-                with_thread=True,
+        if not r % 2:
+            out["raw_thread"].append(
+                raw_whole(thread_db, durability, sessions, with_thread=True)[0]
             )
-        out["raw_thread"].append(thread_rate)
         stmts_rate, stmts_firsts, stmts_ends = stmts_whole(
             directory / f"stmts-whole-{durability}-{r}.db", durability, sessions
         )
@@ -540,7 +533,7 @@ def whole_sessions(
         out["raw"].append(raw_rate)
         out["ours"].append(rate)
         out["ratio"].append(rate / raw_rate)
-        out["ratio_thread"].append(rate / thread_rate)
+        out["ratio_thread"].append(rate / out["raw_thread"][-1])
         out["first_raw_us"].append(median(raw_firsts) * 1e6)
         out["first_us"].append(median(firsts) * 1e6)
         out["end_raw_us"].append(median(raw_ends) * 1e6)

@@ -21,6 +21,11 @@ def _started(coro: Any) -> tuple[Any, Any]:
     return coro, coro.send(None)
 
 
+def _finishing(coro: Any) -> asyncio.Future[None]:
+    """``coro`` started by hand, then handed to ``_finish`` in a task (as ``direct`` does)."""
+    return asyncio.ensure_future(_finish(*_started(coro)))
+
+
 async def _turns_until(done: list[Any]) -> int:
     """Turns of the event loop until ``done`` holds something (at most 10)."""
     for n in range(1, 11):
@@ -38,8 +43,7 @@ def test_a_finished_wait_resumes_the_handler_in_one_turn() -> None:
         async def handler() -> None:
             got.append(await fut)
 
-        coro, waiting = _started(handler())
-        task = asyncio.ensure_future(_finish(coro, waiting))
+        task = _finishing(handler())
         await asyncio.sleep(0)  # the task now waits on the future
         fut.set_result(7)
         turns = await _turns_until(got)
@@ -61,8 +65,7 @@ def test_the_futures_error_is_raised_in_the_handler_not_in_finish() -> None:
             except ValueError as exc:
                 seen.append(f"handler: {exc}")
 
-        coro, waiting = _started(handler())
-        task = asyncio.ensure_future(_finish(coro, waiting))
+        task = _finishing(handler())
         await asyncio.sleep(0)
         fut.set_exception(ValueError("no such session"))
         await task  # does not raise: the handler dealt with it
@@ -83,8 +86,7 @@ def test_cancelling_finish_cancels_the_wait_and_the_handler_sees_it() -> None:
                 seen.append("cancelled")
                 raise
 
-        coro, waiting = _started(handler())
-        task = asyncio.ensure_future(_finish(coro, waiting))
+        task = _finishing(handler())
         await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -105,8 +107,7 @@ def test_a_handler_may_catch_the_cancellation_and_finish() -> None:
             except asyncio.CancelledError:
                 seen.append("cleaned up")
 
-        coro, waiting = _started(handler())
-        task = asyncio.ensure_future(_finish(coro, waiting))
+        task = _finishing(handler())
         await asyncio.sleep(0)
         task.cancel()
         await task  # the handler returned: so does _finish
@@ -130,8 +131,7 @@ def test_cancelled_after_the_wait_finished_throws_into_the_handler() -> None:
                 seen.append("cancelled")
                 raise
 
-        coro, waiting = _started(handler())
-        task = asyncio.ensure_future(_finish(coro, waiting))
+        task = _finishing(handler())
         await asyncio.sleep(0)
         fut.set_result(1)
         task.cancel()  # before the task's wake-up ran
@@ -163,8 +163,7 @@ def test_a_bare_yield_lets_the_loop_run_once_and_a_cancel_is_thrown_in() -> None
                 seen.append("cancelled")
                 raise
 
-        coro, waiting = _started(cancelled())
-        task = asyncio.ensure_future(_finish(coro, waiting))
+        task = _finishing(cancelled())
         await asyncio.sleep(0)  # the task now sits in its bare yield
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -184,8 +183,7 @@ def test_several_waits_in_a_row() -> None:
             for f in futs:
                 got.append(await f)
 
-        coro, waiting = _started(handler())
-        task = asyncio.ensure_future(_finish(coro, waiting))
+        task = _finishing(handler())
         for i, f in enumerate(futs):
             await asyncio.sleep(0)
             f.set_result(i)

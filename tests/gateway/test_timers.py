@@ -10,11 +10,8 @@ everything else run between batches, and every session still ends once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
-
-import pytest
 
 import tether
 from tether.agents.echo import EchoAgent
@@ -27,16 +24,9 @@ from .inproc import Peer, until
 STORM = 300
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = tether.open_store(str(tmp_path / "t.db"), kind="gateway", load_plugins=False)
-    try:
-        yield s
-    finally:
-        s.close()
+def test_a_storm_of_expiries_is_finalized_a_batch_per_loop_turn(sqlite_store: Store) -> None:
+    store = sqlite_store
 
-
-def test_a_storm_of_expiries_is_finalized_a_batch_per_loop_turn(store: Store) -> None:
     async def scenario() -> tuple[list[int], int]:
         clock = tether.ManualClock()  # every session expires at the same moment
         gw = Gateway(

@@ -14,13 +14,9 @@ running for ever).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import pytest
-
-import tether
 from tether.agents.base import AgentEvent, Turn
 from tether.agents.echo import EchoAgent
 from tether.compose import Store
@@ -42,92 +38,57 @@ class Recording(EchoAgent):
             yield event
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = tether.open_store(str(tmp_path / "t.db"), kind="gateway", load_plugins=False)
+async def one_turn(
+    store: Store, agent: Recording, after_start: Callable[[Any], None]
+) -> tuple[str, list[str]]:
+    """One prompt through a gateway whose turn start is followed by ``after_start(running)``:
+    the turn's end status and the deltas streamed."""
+    gw = Gateway(store, agent, GatewayConfig())
+    await gw.start()
+    start_turn = gw.start_turn
+
+    def start(session_id: str, running: Any, text: str) -> None:
+        start_turn(session_id, running, text)
+        after_start(running)
+
+    gw.start_turn = start  # type: ignore[method-assign]
     try:
-        yield s
+        peer = Peer(gw)
+        sid = (await peer.call("session.create"))["session_id"]
+        await peer.call("prompt.submit", session_id=sid, text="one two three")
+        end = await peer.event("turn.end", timeout=5)
     finally:
-        s.close()
+        await gw.shutdown()
+    return end["status"], [p["text"] for m, p in peer.events if m == "message.delta"]
 
 
 def test_the_agent_takes_its_first_step_in_the_first_loop_turn_after_the_start(
-    store: Store,
+    sqlite_store: Store,
 ) -> None:
-    async def scenario() -> list[bool]:
-        agent = Recording()
-        gw = Gateway(store, agent, GatewayConfig())
-        await gw.start()
-        seen: list[bool] = []
-        start_turn = gw.start_turn
+    agent = Recording()
+    seen: list[bool] = []
 
-        def start_and_look(session_id: str, running: Any, text: str) -> None:
-            start_turn(session_id, running, text)
-            # Runs after every step the start scheduled for the next loop turn.
-            asyncio.get_running_loop().call_soon(lambda: seen.append(bool(agent.began)))
+    def look_next_turn(running: Any) -> None:
+        # Runs after every step the start scheduled for the next loop turn.
+        asyncio.get_running_loop().call_soon(lambda: seen.append(bool(agent.began)))
 
-        gw.start_turn = start_and_look  # type: ignore[method-assign]
-        try:
-            peer = Peer(gw)
-            sid = (await peer.call("session.create"))["session_id"]
-            await peer.call("prompt.submit", session_id=sid, text="hello there")
-            end = await peer.event("turn.end")
-            assert end["status"] == "completed"
-        finally:
-            await gw.shutdown()
-        return seen
-
-    assert asyncio.run(scenario()) == [True]
+    status, _ = asyncio.run(one_turn(sqlite_store, agent, look_next_turn))
+    assert status == "completed"
+    assert seen == [True]
 
 
-def test_a_turn_interrupted_before_its_agent_ran_still_stops_it(store: Store) -> None:
-    async def scenario() -> tuple[str, list[str]]:
-        agent = Recording()
-        gw = Gateway(store, agent, GatewayConfig())
-        await gw.start()
-        start_turn = gw.start_turn
-
-        def start_then_interrupt(session_id: str, running: Any, text: str) -> None:
-            start_turn(session_id, running, text)
-            running.interrupt()  # before either task took a step
-
-        gw.start_turn = start_then_interrupt  # type: ignore[method-assign]
-        try:
-            peer = Peer(gw)
-            sid = (await peer.call("session.create"))["session_id"]
-            await peer.call("prompt.submit", session_id=sid, text="one two three")
-            end = await peer.event("turn.end")
-            deltas = [p["text"] for m, p in peer.events if m == "message.delta"]
-        finally:
-            await gw.shutdown()
-        return end["status"], deltas
-
-    assert asyncio.run(scenario()) == ("interrupted", [])
+def test_a_turn_interrupted_before_its_agent_ran_still_stops_it(sqlite_store: Store) -> None:
+    # Interrupted before either task took a step.
+    outcome = asyncio.run(one_turn(sqlite_store, Recording(), lambda running: running.interrupt()))
+    assert outcome == ("interrupted", [])
 
 
-def test_an_interrupt_one_loop_turn_after_the_start_ends_the_turn(store: Store) -> None:
+def test_an_interrupt_one_loop_turn_after_the_start_ends_the_turn(sqlite_store: Store) -> None:
     """The interrupt lands after the runner's first step, before the agent's first:
     the turn still ends (it used to wait forever for an agent that never ran)."""
 
-    async def scenario() -> tuple[str, list[str]]:
-        gw = Gateway(store, Recording(), GatewayConfig())
-        await gw.start()
-        start_turn = gw.start_turn
-
-        def start_then_interrupt_soon(session_id: str, running: Any, text: str) -> None:
-            start_turn(session_id, running, text)
-            asyncio.get_running_loop().call_soon(running.interrupt)
-
-        gw.start_turn = start_then_interrupt_soon  # type: ignore[method-assign]
-        try:
-            peer = Peer(gw)
-            sid = (await peer.call("session.create"))["session_id"]
-            await peer.call("prompt.submit", session_id=sid, text="one two three")
-            end = await peer.event("turn.end", timeout=5)
-            deltas = [p["text"] for m, p in peer.events if m == "message.delta"]
-        finally:
-            await gw.shutdown()
-        return end["status"], deltas
+    def interrupt_soon(running: Any) -> None:
+        asyncio.get_running_loop().call_soon(running.interrupt)
 
     # The echo agent yields to the loop before its first token: none went out.
-    assert asyncio.run(scenario()) == ("interrupted", [])
+    assert asyncio.run(one_turn(sqlite_store, Recording(), interrupt_soon)) == ("interrupted", [])
